@@ -1,0 +1,1 @@
+"""musubi-tuner dataset TOMLs (shipped as package data)."""

@@ -1,0 +1,122 @@
+"""Atomic output: a file appears whole under its final name, or not at all.
+
+Everything the project writes goes through :func:`atomic_path` (or the small helpers on
+top of it). The data goes to a hidden temporary file in the destination directory (same
+file system, so the final ``os.replace`` is atomic), is fsynced, then renamed. An
+exception, Ctrl-C or a full disk removes the temporary file and leaves any previous
+output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+from circle_rotate.errors import UserError
+
+PathLike = Union[str, os.PathLike]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool = False) -> Path:
+    """Validate an output path before any work is done.
+
+    Args:
+        out: the file that will be written.
+        inputs: files the command reads; the output may never be one of them.
+        force: allow replacing an existing output.
+
+    Returns:
+        ``out`` as an absolute :class:`Path`.
+
+    Raises:
+        UserError: the output is one of the inputs, or exists and ``force`` is off.
+    """
+    out_p = Path(out).absolute()
+    for src in inputs:
+        src_p = Path(src).absolute()
+        if src_p == out_p or _same_file(src_p, out_p):
+            raise UserError(
+                "output path is the same file as an input; refusing to overwrite a source file",
+                path=out_p,
+                fix="choose a different output path",
+            )
+    if out_p.exists() and not force:
+        raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
+    if out_p.exists() and out_p.is_dir():
+        raise UserError("output path is a directory", path=out_p, fix="give a file name")
+    return out_p
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform lets a directory be opened.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: PathLike, *, suffix: Optional[str] = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it onto ``final`` on success.
+
+    The caller writes the temporary path by any means (a library that wants a file
+    name, e.g. ``safetensors`` or PyAV). On exit without error the file is fsynced and
+    renamed; on any exception (KeyboardInterrupt included) it is deleted.
+
+    Args:
+        final: the destination file.
+        suffix: extension of the temporary name (defaults to ``final``'s own).
+
+    Example:
+        >>> with atomic_path("clip.mp4") as tmp:
+        ...     encode_video(frames, tmp)
+    """
+    final_p = Path(final)
+    final_p.parent.mkdir(parents=True, exist_ok=True)
+    # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final_p.stem}.", suffix=".part" + (suffix if suffix is not None else final_p.suffix),
+        dir=final_p.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final_p)
+        _fsync_dir(final_p.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: object) -> Path:
+    """Write ``obj`` as indented JSON atomically and return the path."""
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")

@@ -1,0 +1,82 @@
+"""``circle-rotate <command>``: the one entry point.
+
+Every module in this package that defines ``add_parser(subparsers)`` and ``run(args) -> int``
+is a command; ``ORDER`` (an int, default 100) sorts them in ``--help``. The CLI layer only
+parses and prints: each ``run`` builds typed values and calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+from types import ModuleType
+from typing import List, Optional, Sequence
+
+import circle_rotate
+from circle_rotate.errors import UserError
+from circle_rotate.progress import set_quiet
+
+EPILOG = """examples:
+  circle-rotate doctor                 what this machine can do
+  circle-rotate <command> --help       options of one command
+"""
+
+
+def command_modules() -> List[ModuleType]:
+    """The command modules of ``circle_rotate.cli``, in help order."""
+    import circle_rotate.cli as pkg
+
+    mods = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_") or info.name == "main":
+            continue
+        mod = importlib.import_module(f"circle_rotate.cli.{info.name}")
+        if hasattr(mod, "add_parser") and hasattr(mod, "run"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circle-rotate",
+        description="Train, merge and evaluate camera-orbit (turntable) LoRAs for Wan2.2 I2V-A14B with musubi-tuner.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"circle-rotate {circle_rotate.__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for mod in command_modules():
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+                        format="%(levelname)s %(name)s: %(message)s")
+    set_quiet(args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"circle-rotate {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"circle-rotate {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
