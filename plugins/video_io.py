@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Encoder per output suffix: H.264 for MP4 (what musubi, ComfyUI and browsers all read).
 _ENCODERS = {".mp4": "libx264", ".mov": "libx264", ".m4v": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
-             ".gif": "gif"}
+             ".gif": "pillow"}
 
 
 @dataclass(frozen=True)
@@ -221,13 +221,26 @@ def _fps_fraction(fps: Union[float, Fraction, int]) -> Fraction:
     return Fraction(float(fps)).limit_denominator(1001)
 
 
+def _write_gif(path: Path, frames: Iterable[np.ndarray], *, fps: float) -> int:
+    # PyAV's GIF encoder crashes on RGB input; Pillow builds an adaptive palette per frame.
+    # GIF stores delays in centiseconds (16 fps becomes 60 ms), and Pillow merges identical
+    # consecutive frames into one longer frame, as the format allows.
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    if not images:
+        raise UserError("no frames to write", path=path, fix="check the input produced frames")
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return len(images)
+
+
 def write_video(path: PathLike, frames: Iterable[np.ndarray], *, fps: Union[float, Fraction, int], crf: int = 18,
                 preset: str = "medium", codec: Optional[str] = None, rotation: int = 0, threads: int = 0,
                 options: Optional[dict] = None) -> int:
     """Encode RGB uint8 frames to ``path`` atomically; the encoder follows the suffix.
 
     Args:
-        path: output (``.mp4`` -> H.264 yuv420p, ``.webm`` -> VP9, ``.gif`` -> GIF).
+        path: output (``.mp4`` -> H.264 yuv420p, ``.webm`` -> VP9, ``.gif`` -> GIF through Pillow).
         frames: (H, W, 3) RGB uint8 arrays, all the same size (even sizes for H.264).
         fps: frame rate; NTSC rates such as 29.97 are stored exactly (30000/1001).
         crf: H.264/VP9 constant rate factor (lower is better; 18 is visually lossless).
@@ -248,6 +261,9 @@ def write_video(path: PathLike, frames: Iterable[np.ndarray], *, fps: Union[floa
     codec = codec or _ENCODERS.get(suffix)
     if codec is None:
         raise UserError(f"unknown video suffix '{suffix}'", path=out, fix=f"use one of {', '.join(_ENCODERS)}")
+    if codec == "pillow":
+        with atomic_path(out) as tmp:
+            return _write_gif(tmp, frames, fps=float(fps))
     count = 0
     with atomic_path(out) as tmp:
         container = av.open(str(tmp), mode="w", format=None if suffix != ".mkv" else "matroska")
@@ -260,17 +276,14 @@ def write_video(path: PathLike, frames: Iterable[np.ndarray], *, fps: Union[floa
                 if stream is None:
                     stream = container.add_stream(codec, rate=_fps_fraction(fps))
                     stream.height, stream.width = frame.shape[:2]
-                    if codec == "gif":
-                        stream.pix_fmt = "pal8"
-                    else:
-                        stream.pix_fmt = "yuv420p"
-                        opts = {"crf": str(crf)}
-                        if codec == "libx264":
-                            opts["preset"] = preset
-                        elif codec == "libvpx-vp9":
-                            opts.update({"b": "0", "row-mt": "1"})
-                        opts.update(options or {})
-                        stream.options = opts
+                    stream.pix_fmt = "yuv420p"
+                    opts = {"crf": str(crf)}
+                    if codec == "libx264":
+                        opts["preset"] = preset
+                    elif codec == "libvpx-vp9":
+                        opts.update({"b": "0", "row-mt": "1"})
+                    opts.update(options or {})
+                    stream.options = opts
                     if threads:
                         stream.codec_context.thread_count = threads
                 elif frame.shape[:2] != (stream.height, stream.width):

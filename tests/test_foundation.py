@@ -1,0 +1,177 @@
+"""Shared pieces: errors, atomic output, safetensors streaming, video I/O, the CLI shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from circle_rotate.atomic import atomic_path, check_output_path, write_json
+from circle_rotate.errors import UserError
+from circle_rotate.safetensors_io import SafetensorsWriter, copy_raw, iter_tensors, read_header, read_tensor
+from circle_rotate.video_io import iter_frames, probe_video, read_video, write_video
+
+
+def test_user_error_is_one_line_with_path_and_fix():
+    err = UserError("key 'a'\n has no pair", path="x.safetensors", fix="re-save it")
+    assert str(err) == "x.safetensors: key 'a' has no pair; fix: re-save it"
+
+
+def test_atomic_path_leaves_nothing_on_failure_or_interrupt(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    for exc in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(b"partial")
+                raise exc
+        assert target.read_bytes() == b"old"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".bin" and tmp.parent == tmp_path
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_check_output_path_refuses_inputs_and_existing(tmp_path):
+    src = tmp_path / "in.safetensors"
+    src.write_bytes(b"x")
+    with pytest.raises(UserError, match="same file as an input"):
+        check_output_path(src, inputs=[src], force=True)
+    link = tmp_path / "alias.safetensors"
+    os.symlink(src, link)
+    with pytest.raises(UserError, match="same file as an input"):
+        check_output_path(link, inputs=[src], force=True)
+    write_json(tmp_path / "o.json", {"a": 1})
+    with pytest.raises(UserError, match="--force"):
+        check_output_path(tmp_path / "o.json")
+    assert check_output_path(tmp_path / "o.json", force=True) == (tmp_path / "o.json").absolute()
+
+
+def _sample_tensors():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(3, 5, generator=g).half(),
+        "b": torch.randn(7, generator=g).to(torch.bfloat16),
+        "scale": torch.tensor(0.25),
+        "q": torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn),
+        "empty": torch.empty(0, dtype=torch.float8_e4m3fn),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+    }
+
+
+def test_writer_output_reads_back_with_the_safetensors_library(tmp_path):
+    tensors = _sample_tensors()
+    path = tmp_path / "w.safetensors"
+    with SafetensorsWriter(path, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}, metadata={"k": "v"}) as w:
+        for k, v in tensors.items():
+            w.write(k, v)
+    back = load_file(str(path))
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
+    header = read_header(path)
+    assert header.metadata == {"k": "v"}
+    assert torch.equal(read_tensor(header, "a.weight"), tensors["a.weight"])
+    assert [k for k, _ in iter_tensors(header)] == list(tensors)
+
+
+def test_writer_copies_raw_bytes_and_refuses_wrong_order(tmp_path):
+    src = tmp_path / "src.safetensors"
+    save_file({"x": torch.randn(64, 64), "y": torch.randn(3)}, str(src))
+    h = read_header(src)
+    out = tmp_path / "copy.safetensors"
+    with SafetensorsWriter(out, {k: (t.torch_dtype, t.shape) for k, t in h.tensors.items()}) as w, open(src, "rb") as fh:
+        for k in h.tensors:
+            w.write_raw(k, copy_raw(h, k, fh, chunk=1000))
+    assert load_file(str(out))["x"].equal(load_file(str(src))["x"])
+    bad = tmp_path / "bad.safetensors"
+    with pytest.raises(RuntimeError, match="expected x"):
+        with SafetensorsWriter(bad, {"x": (torch.float32, (1,)), "y": (torch.float32, (1,))}) as w:
+            w.write("y", torch.zeros(1))
+    with pytest.raises(RuntimeError, match="never written"):
+        with SafetensorsWriter(bad, {"x": (torch.float32, (1,)), "y": (torch.float32, (1,))}) as w:
+            w.write("x", torch.zeros(1))
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_read_header_rejects_truncated_garbage_and_pickles(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.randn(100, 100)}, str(src))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(src.read_bytes()[:-1000])
+    with pytest.raises(UserError, match="truncated") as e:
+        read_header(cut)
+    assert "cut.safetensors" in str(e.value) and "re-download" in str(e.value)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("this is not a model")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        read_header(junk)
+    pkl = tmp_path / "lora.ckpt"
+    torch.save({"w": torch.zeros(1)}, pkl)
+    with pytest.raises(UserError, match="never unpickled"):
+        read_header(pkl)
+
+
+def test_video_roundtrip_frames_and_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(7)]
+    for suffix in (".mp4", ".webm", ".gif"):
+        path = tmp_path / f"v{suffix}"
+        assert write_video(path, frames, fps=29.97) == 7
+        got = read_video(path)
+        assert got.shape == (7, 48, 64, 3)
+    assert probe_video(tmp_path / "v.mp4").fps == pytest.approx(30000 / 1001)
+    assert read_video(tmp_path / "v.mp4", indices=[0, 6]).shape[0] == 2
+    assert next(iter_frames(tmp_path / "v.mp4", max_side=32)).shape == (24, 32, 3)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        probe_video(tmp_path / "empty.mp4")
+    (tmp_path / "text.mp4").write_text("hello")
+    with pytest.raises(UserError, match="text.mp4"):
+        read_video(tmp_path / "text.mp4")
+    data = (tmp_path / "v.mp4").read_bytes()
+    (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError):
+        read_video(tmp_path / "trunc.mp4")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "circle_rotate", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_version_doctor_and_help():
+    import circle_rotate
+
+    assert _cli("--version").stdout.strip() == f"circle-rotate {circle_rotate.__version__}"
+    report = json.loads(_cli("doctor", "--json").stdout)
+    assert report["encoders"]["libx264"] is True
+    assert report["decode_roundtrip"] == {"pyav": True, "opencv": True}
+    assert {j["job"].split(" ")[0] for j in report["jobs"]} >= {"prepare", "merge", "evaluate"}
+    assert "doctor" in _cli("--help").stdout
+
+
+def test_cli_user_error_is_one_line_exit_2(monkeypatch, capsys):
+    from circle_rotate.cli import main as cli_main
+
+    def boom(args):
+        raise UserError("frame 3 is black", path="clip.mp4", fix="re-export it")
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["doctor"].set_defaults(func=boom)
+    assert cli_main.main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert err == "circle-rotate doctor: error: clip.mp4: frame 3 is black; fix: re-export it\n"
+    parser._subparsers._group_actions[0].choices["doctor"].set_defaults(func=bug)
+    with pytest.raises(ZeroDivisionError):  # bugs keep their traceback
+        cli_main.main(["doctor"])
