@@ -1,0 +1,88 @@
+"""`circle-rotate download` against a pre-populated huggingface_hub cache, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from circle_rotate.downloads import DATASET_REPO, FILES
+from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _populate(cache: Path, repo_id: str, repo_type: str, files: dict) -> None:
+    """The hub cache layout: <type>s--org--name/refs/main -> commit, snapshots/<commit>/<path>."""
+    root = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    for rel, data in files.items():
+        dst = root / "snapshots" / COMMIT / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, Path):
+            dst.write_bytes(data.read_bytes())
+        else:
+            dst.write_bytes(data)
+
+
+def _run(*args, cache: Path, cwd: Path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache.parent / "hf_home")}
+    return subprocess.run([sys.executable, "-m", "circle_rotate", "download", *args, "--cache-dir", str(cache)],
+                          capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture()
+def cache(tmp_path) -> Path:
+    cache = tmp_path / "hub"
+    expert = write_tiny_wan(tmp_path / "expert.safetensors")
+    for f in FILES["models"] + FILES["lora"]:
+        _populate(cache, f.repo_id, f.repo_type, {f.filename: expert if f.filename.endswith(".safetensors") else b"pth"})
+    _populate(cache, DATASET_REPO, "dataset", {"videos/a.mp4": b"x" * 10, "videos/a.txt": b"caption"})
+    return cache
+
+
+def test_models_offline_links_and_prints_recipe_variables(cache, tmp_path):
+    out = _run("models", "--to", str(tmp_path / "models"), cache=cache, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("cached") == 4
+    exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))
+    assert set(exports) == {"DIT_HIGH", "DIT_LOW", "VAE", "T5"}
+    assert exports["DIT_HIGH"] == str(tmp_path / "models" / "wan2.2_i2v_high_noise_14B_fp16.safetensors")
+    for value in exports.values():
+        assert Path(value).is_file()
+    # a second run finds the same files and replaces the links in place
+    assert _run("models", "--to", str(tmp_path / "models"), cache=cache, cwd=tmp_path).returncode == 0
+
+
+def test_lora_and_dataset_offline(cache, tmp_path):
+    out = _run("lora", cache=cache, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "export LORA_HIGH=" in out.stdout and "circle_rotate_h.safetensors" in out.stdout
+    ds = _run("dataset", "--to", str(tmp_path / "data"), cache=cache, cwd=tmp_path)
+    assert ds.returncode == 0, ds.stderr
+    assert (tmp_path / "data" / "circle-rotate-dataset" / "videos" / "a.txt").read_text() == "caption"
+
+
+def test_missing_from_cache_offline_is_a_one_line_error(tmp_path):
+    out = _run("lora", cache=tmp_path / "empty", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "not in the local cache" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
+
+
+def test_dry_run_shows_sizes_and_refuses_when_disk_is_short(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from circle_rotate import downloads
+    from circle_rotate.errors import UserError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests
+    planned = downloads.plan("models", cache_dir=tmp_path / "nothing")
+    assert [p.cached for p in planned] == [False] * 4
+    assert sum(p.size for p in planned) > 60e9  # two 28.6 GB experts, VAE, T5
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda p: type("U", (), {"free": 10e9})())
+    with pytest.raises(UserError, match="needs .* GB but only 10.0 GB"):
+        downloads.check_disk(planned, cache_dir=tmp_path)
