@@ -1,0 +1,40 @@
+"""``circle-rotate combine --lora A[:S] --lora B[:S] --out OUT``: several LoRAs into one, exactly."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._lora_options import add_output_options, lora_arg
+from circle_rotate.tools.combine import COMBINE_DTYPES, combine_loras
+from circle_rotate.tools.lora_io import parse_alpha_if_missing
+from circle_rotate.tools.lora_keys import FORMATS
+
+ORDER = 33
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "combine", help="combine LoRAs with strengths into one (exact, by rank concatenation)",
+                   description="The combined LoRA's delta is the strength-weighted sum of the inputs' deltas; its rank "
+                               "is the sum of their ranks. fp32 output (the default) keeps it exact.",
+                   examples="  circle-rotate combine --lora orbit.safetensors:1.0 --lora style.safetensors:0.5 "
+                            "--out both.safetensors\n")
+    p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
+                   help="a LoRA and its strength (default 1.0); repeat")
+    p.add_argument("--out", type=Path, required=True, help="output LoRA")
+    p.add_argument("--to", choices=FORMATS, default="musubi", help="output layout (default musubi)")
+    p.add_argument("--dtype", choices=list(COMBINE_DTYPES), default="fp32", help="stored dtype (fp32 is exact)")
+    add_output_options(p, run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = combine_loras(args.lora, args.out, to=args.to, dtype=args.dtype,
+                           alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        ranks = ", ".join(f"{k} x{v}" for k, v in report.ranks.items())
+        print(f"{report.out}: {report.modules} modules (rank {ranks}), {report.format} layout, {report.dtype}, "
+              f"{'exact' if report.exact else 'rounded to ' + report.dtype}")
+    return 0

@@ -1,0 +1,68 @@
+"""``circle-rotate inspect FILE``: what a LoRA or a Wan expert file is."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._lora_options import add_output_options
+from circle_rotate.tools.lora_inspect import LoraReport, ModelReport, inspect_file
+
+ORDER = 30
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "inspect", help="describe a LoRA or a Wan2.2 expert (.safetensors)",
+                   description="For a LoRA: layout, ranks, alphas and scale, Wan2.2 target modules covered and missed, "
+                               "dtype, parameters, delta norms, ss_* training metadata, expert, and whether ComfyUI "
+                               "loads every key. For a model: expert, I2V/T2V, dtype or fp8_scaled, key prefix.",
+                   examples="  circle-rotate inspect circle_rotate_h.safetensors\n"
+                            "  circle-rotate inspect wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors --json\n")
+    p.add_argument("file", type=Path, help="a .safetensors LoRA or DiT checkpoint")
+    add_output_options(p, run, alpha=False, force=False)
+
+
+def _lora_lines(r: LoraReport) -> list:
+    missing = ", ".join(r.missing_targets[:5]) + (f" (+{len(r.missing_targets) - 5} more)" if len(r.missing_targets) > 5 else "")
+    norm = r.delta_norm
+    return [
+        ("kind", f"LoRA, {r.format} layout"),
+        ("modules", f"{r.modules} ({r.params:,} parameters, {r.file_bytes / 2**20:.1f} MiB, {', '.join(r.dtypes)})"),
+        ("rank", ", ".join(f"{k} x{v}" for k, v in r.ranks.items())),
+        ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())),
+        ("scale alpha/rank", ", ".join(f"{k} x{v}" for k, v in r.scales.items())),
+        ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")),
+        ("extra modules", ", ".join(r.extra_modules[:5]) or "none"),
+        ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
+        ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
+        ("ComfyUI", "loads every key" if r.comfyui_loads_all_keys else
+         "would not load every key: circle-rotate convert IN OUT --to comfy"),
+        ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),
+    ] + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]
+
+
+def _model_lines(r: ModelReport) -> list:
+    return [
+        ("kind", f"model, {r.family}, {r.task}"),
+        ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
+        ("dtype", r.dtype),
+        ("fp8 layout", r.fp8_layout),
+        ("key prefix", r.key_prefix or "(none)"),
+        ("shape", f"dim {r.dim}, {r.num_layers} blocks, in_dim {r.in_dim}"),
+        ("tensors", f"{r.tensors} ({r.params:,} parameters, {r.file_bytes / 2**30:.2f} GiB)"),
+        ("metadata", ", ".join(r.metadata_keys) or "none"),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    report = inspect_file(args.file)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    rows = _lora_lines(report) if isinstance(report, LoraReport) else _model_lines(report)
+    width = max(len(k) for k, _ in rows)
+    print(report.path)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,54 @@
+"""``circle-rotate merge --base EXPERT --lora FILE[:STRENGTH] --out OUT --dtype ...``: streaming merge."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._lora_options import add_output_options, lora_arg
+from circle_rotate.tools.lora_io import parse_alpha_if_missing
+from circle_rotate.tools.merge import MergeReport, merge_loras
+from circle_rotate.tools.merge_plan import MERGE_DTYPES
+
+ORDER = 34
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=MERGE_DTYPES, default="same",
+                        help="output dtype: same (as the base), fp16, bf16, fp32, fp8_e4m3fn, or fp8_scaled "
+                             "(ComfyUI's per-tensor scaled fp8)")
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "merge", help="merge LoRAs into a Wan2.2 expert, streaming (any dtype, fp8_scaled too)",
+                   description="W' = W + strength * alpha/rank * up @ down, computed in fp32 one row chunk at a time from "
+                               "a memory-mapped base; untouched tensors are copied byte for byte. fp8_scaled bases are "
+                               "dequantized, merged and requantized. The output appears only when complete.",
+                   examples="  circle-rotate merge --base wan2.2_i2v_high_noise_14B_fp16.safetensors "
+                            "--lora circle_rotate_h.safetensors --out high_merged.safetensors --dtype fp8_scaled\n"
+                            "  circle-rotate merge --base low.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5 "
+                            "--out low_ab.safetensors\n")
+    p.add_argument("--base", type=Path, required=True, help="the expert checkpoint (.safetensors)")
+    p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
+                   help="a LoRA and its strength (default 1.0); repeat for several")
+    p.add_argument("--out", type=Path, required=True, help="merged checkpoint to write")
+    add_dtype_option(p)
+    add_output_options(p, run)
+
+
+def describe(report: MergeReport) -> str:
+    loras = ", ".join(f"{Path(str(x['file'])).name}@{x['strength']:g} ({x['modules']} modules)" for x in report.loras)
+    return (f"{report.out}: {report.dtype}, expert {report.expert or 'unknown'}; {loras}; {report.merged} merged, "
+            f"{report.converted} converted, {report.copied} copied byte for byte, {len(report.dropped)} fp8 side "
+            f"tensors dropped; {report.bytes / 2**30:.2f} GiB in {report.seconds:.1f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = merge_loras(args.base, args.lora, args.out, dtype=args.dtype,
+                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(describe(report))
+    return 0

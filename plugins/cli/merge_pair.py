@@ -1,0 +1,52 @@
+"""``circle-rotate merge-pair --high H_EXPERT H_LORA --low L_EXPERT L_LORA --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._lora_options import add_output_options
+from circle_rotate.cli.merge import add_dtype_option, describe
+from circle_rotate.tools.lora_io import parse_alpha_if_missing
+from circle_rotate.tools.merge_pair import merge_pair
+
+ORDER = 35
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "merge-pair", help="merge the released LoRA pair into both Wan2.2 experts in one go",
+                   description="Merges the high-noise LoRA into the high-noise expert and the low into the low, after "
+                               "checking each file's expert (metadata, then file name); a swapped or unidentifiable "
+                               "file is refused before anything is written.",
+                   examples="  circle-rotate merge-pair --high wan2.2_i2v_high_noise_14B_fp16.safetensors circle_rotate_h.safetensors \\\n"
+                            "      --low wan2.2_i2v_low_noise_14B_fp16.safetensors circle_rotate_l.safetensors "
+                            "--out merged/ --dtype fp8_scaled\n")
+    p.add_argument("--high", nargs=2, type=Path, required=True, metavar=("H_EXPERT", "H_LORA"),
+                   help="high-noise expert and its LoRA")
+    p.add_argument("--low", nargs=2, type=Path, required=True, metavar=("L_EXPERT", "L_LORA"),
+                   help="low-noise expert and its LoRA")
+    p.add_argument("--out", type=Path, required=True, help="folder for the two merged experts")
+    p.add_argument("--strength-high", type=float, default=1.0, help="strength of the high-noise LoRA (default 1)")
+    p.add_argument("--strength-low", type=float, default=1.0, help="strength of the low-noise LoRA (default 1)")
+    add_dtype_option(p)
+    p.add_argument("--assume-experts", action="store_true",
+                   help="trust the --high/--low order for files whose expert nothing tells")
+    p.add_argument("--ignore-expert-evidence", action="store_true",
+                   help="merge even if a file's metadata or name says it is the other expert")
+    add_output_options(p, run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = merge_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
+                        strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
+                        ignore_expert_evidence=args.ignore_expert_evidence,
+                        alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    for role, how in report.evidence.items():
+        print(f"{role}: {how}")
+    print(describe(report.high))
+    print(describe(report.low))
+    return 0

@@ -1,0 +1,40 @@
+"""``circle-rotate resize IN OUT --rank R``: SVD a LoRA down to a smaller rank."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._lora_options import add_output_options
+from circle_rotate.tools.lora_io import parse_alpha_if_missing
+from circle_rotate.tools.lora_keys import FORMATS
+from circle_rotate.tools.resize import resize_lora
+
+ORDER = 32
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "resize", help="reduce a LoRA's rank by SVD and report the error",
+                   description="Keep each module's largest singular values (the best approximation of its delta at "
+                               "that rank); the scale alpha/rank is kept. Reports the relative Frobenius error per module.",
+                   examples="  circle-rotate resize circle_rotate_h.safetensors circle_rotate_h_r16.safetensors --rank 16\n")
+    p.add_argument("src", type=Path, help="input LoRA")
+    p.add_argument("out", type=Path, help="output LoRA")
+    p.add_argument("--rank", type=int, required=True, help="new rank")
+    p.add_argument("--to", choices=FORMATS, default="", help="output layout (default: the input's)")
+    add_output_options(p, run, json_help="machine-readable output (with the error of every module)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = resize_lora(args.src, args.out, rank=args.rank, to=args.to,
+                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    print(f"{report.out}: {report.resized} of {report.modules} modules resized to rank {report.rank} ({report.format})")
+    if report.rel_error:
+        e = report.rel_error
+        print(f"  relative error ||delta - delta_r|| / ||delta||: min {e['min']:.4f}, mean {e['mean']:.4f}, max {e['max']:.4f}")
+        print("  worst: " + ", ".join(f"{m} {v:.4f}" for m, v in report.worst))
+    return 0

@@ -1,0 +1,179 @@
+"""convert, resize and combine: LoRA files in, LoRA files out, checked against deltas we build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from circle_rotate import wan_arch
+from circle_rotate.cli.main import main
+from circle_rotate.errors import UserError
+from circle_rotate.tools.combine import combine_loras
+from circle_rotate.tools.convert import convert_lora
+from circle_rotate.tools.lora_io import module_scales, read_lora_index, resolved_modules
+from circle_rotate.tools.resize import resize_lora, svd_truncate
+from circle_rotate.tools.synthetic_lora import random_lora_modules, write_random_lora
+
+CFG = wan_arch.tiny_config()
+
+
+def deltas(path, *, strength=1.0, alpha_if_missing=None):
+    """module -> strength * alpha / rank * up @ down (fp32), from any layout."""
+    index = read_lora_index(path)
+    scales = module_scales(index, alpha_if_missing=alpha_if_missing)
+    return {m: strength * scales[m] * (mod.up.float() @ mod.down.float()) for m, mod in resolved_modules(index, scales).items()}
+
+
+@pytest.fixture()
+def musubi_lora(tmp_path):
+    # alpha 1 at rank 4: scale 1/4, a power of two, as musubi's default 1/32 is
+    return write_random_lora(tmp_path / "circle_rotate_h.safetensors", CFG, rank=4, alpha=1.0, seed=3,
+                             metadata={"ss_network_dim": "4", "ss_sd_model_name": "wan2.2_i2v_high_noise_14B_fp16.safetensors"})
+
+
+@pytest.mark.parametrize("to", ["comfy", "diffusers"])
+def test_musubi_to_x_and_back_keeps_every_delta_exactly(tmp_path, musubi_lora, to):
+    mid = convert_lora(musubi_lora, tmp_path / f"mid_{to}.safetensors", to=to)
+    back = convert_lora(mid.out, tmp_path / "back.safetensors", to="musubi")
+    want, got_mid, got_back = deltas(musubi_lora), deltas(mid.out), deltas(back.out)
+    assert set(want) == set(got_mid) == set(got_back) == set(wan_arch.lora_target_modules(CFG))
+    for m in want:  # power-of-two scale: folding is exact, so are the products
+        assert torch.equal(want[m], got_mid[m]) and torch.equal(want[m], got_back[m]), m
+    assert mid.alpha == ("copied" if to == "comfy" else "folded into the weights")
+    with safe_open(mid.out, framework="pt") as f:
+        assert f.metadata()["ss_sd_model_name"].startswith("wan2.2_i2v_high_noise")  # metadata kept
+        if to == "diffusers":
+            assert not any(k.endswith(".alpha") for k in f.keys())
+            assert "transformer.blocks.0.attn1.to_q.lora_A.weight" in f.keys()
+
+
+def test_fold_of_a_non_power_of_two_scale_stays_within_one_rounding(tmp_path):
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=3, alpha=1.0, dtype=torch.float32)
+    out = convert_lora(src, tmp_path / "d.safetensors", to="diffusers").out
+    want, got = deltas(src), deltas(out)
+    for m in want:
+        assert torch.allclose(got[m], want[m], rtol=1e-6, atol=1e-9), m
+
+
+def test_missing_alpha_in_a_musubi_file_is_an_error_unless_told(tmp_path, musubi_lora):
+    sd = {k: v for k, v in load_file(str(musubi_lora)).items() if not k.endswith(".alpha")}
+    save_file(sd, str(tmp_path / "noalpha.safetensors"))
+    with pytest.raises(UserError, match=r"missing alpha: 'lora_unet_blocks_0_self_attn_q.alpha'.*--alpha-if-missing"):
+        convert_lora(tmp_path / "noalpha.safetensors", tmp_path / "x.safetensors", to="comfy")
+    assert not (tmp_path / "x.safetensors").exists()
+    rep = convert_lora(tmp_path / "noalpha.safetensors", tmp_path / "x.safetensors", to="comfy", alpha_if_missing="rank")
+    assert rep.alpha.startswith("written")
+    assert all(float(v) == 4.0 for k, v in load_file(rep.out).items() if k.endswith(".alpha"))
+
+
+def test_comfy_file_without_alpha_means_scale_one_as_in_comfyui(tmp_path):
+    mods = random_lora_modules(CFG, rank=2, alpha=2.0)  # alpha == rank -> scale 1
+    sd = {}
+    for m, mod in mods.items():
+        sd[f"diffusion_model.{m}.lora_A.weight"] = mod.down
+        sd[f"diffusion_model.{m}.lora_B.weight"] = mod.up
+    save_file(sd, str(tmp_path / "plain.safetensors"))
+    got = deltas(tmp_path / "plain.safetensors")
+    assert all(torch.equal(got[m], mods[m].up.float() @ mods[m].down.float()) for m in mods)
+
+
+def test_convert_refuses_bad_inputs(tmp_path, musubi_lora):
+    with pytest.raises(UserError, match="same file as an input"):
+        convert_lora(musubi_lora, musubi_lora, to="comfy")
+    (tmp_path / "exists.safetensors").write_bytes(b"keep me")
+    with pytest.raises(UserError, match="--force"):
+        convert_lora(musubi_lora, tmp_path / "exists.safetensors", to="comfy")
+    assert (tmp_path / "exists.safetensors").read_bytes() == b"keep me"
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(8, 2)}, str(tmp_path / "flux.safetensors"))
+    with pytest.raises(UserError, match="made for another model"):
+        convert_lora(tmp_path / "flux.safetensors", tmp_path / "y.safetensors", to="comfy")
+    data = musubi_lora.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(UserError, match="truncated"):
+        convert_lora(tmp_path / "cut.safetensors", tmp_path / "z.safetensors", to="comfy")
+
+
+def test_convert_cli(tmp_path, musubi_lora, capsys):
+    out = tmp_path / "c.safetensors"
+    assert main(["convert", str(musubi_lora), str(out), "--to", "comfy", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["to_format"] == "comfy" and report["modules"] == 20
+    assert main(["convert", str(musubi_lora), str(out), "--to", "comfy"]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+
+
+def test_svd_truncate_is_the_best_low_rank_approximation():
+    gen = torch.Generator().manual_seed(0)
+    up, down = torch.randn(40, 6, generator=gen), torch.randn(6, 30, generator=gen)
+    up_k, down_k, err = svd_truncate(up, down, 3)
+    full = up.double() @ down.double()
+    s = torch.linalg.svdvals(full)
+    best = full - (torch.linalg.svd(full).U[:, :3] * s[:3]) @ torch.linalg.svd(full).Vh[:3]
+    assert err == pytest.approx(float(torch.linalg.norm(best) / torch.linalg.norm(full)), rel=1e-9)
+    assert float(torch.linalg.norm(full - up_k @ down_k) / torch.linalg.norm(full)) == pytest.approx(err, rel=1e-9)
+    _, _, zero = svd_truncate(up, down, 6)
+    assert zero < 1e-12
+
+
+def test_resize_reports_the_true_error_and_keeps_the_scale(tmp_path):
+    # rank 6 built from a rank-2 signal plus small noise: rank 2 keeps almost all of it
+    gen = torch.Generator().manual_seed(5)
+    mods = random_lora_modules(CFG, rank=6, alpha=3.0, dtype=torch.float32)
+    sd = {}
+    for m, mod in mods.items():
+        up = mod.up.clone()
+        up[:, 2:] *= 1e-3
+        sd[f"lora_unet_{m.replace('.', '_')}.lora_down.weight"] = mod.down
+        sd[f"lora_unet_{m.replace('.', '_')}.lora_up.weight"] = up
+        sd[f"lora_unet_{m.replace('.', '_')}.alpha"] = torch.tensor(3.0)
+    save_file(sd, str(tmp_path / "r6.safetensors"))
+    rep = resize_lora(tmp_path / "r6.safetensors", tmp_path / "r2.safetensors", rank=2)
+    assert rep.resized == 20 and rep.rank == 2
+    want, got = deltas(tmp_path / "r6.safetensors"), deltas(tmp_path / "r2.safetensors")
+    for m in want:
+        true_err = float(torch.linalg.norm(want[m] - got[m]) / torch.linalg.norm(want[m]))
+        assert rep.per_module[m] == pytest.approx(true_err, rel=1e-3, abs=1e-6), m
+        assert rep.per_module[m] < 0.01
+    index = read_lora_index(tmp_path / "r2.safetensors")
+    assert {i.rank for i in index.modules.values()} == {2} and {i.alpha for i in index.modules.values()} == {1.0}
+    assert index.metadata["ss_network_dim"] == "2"
+    with pytest.raises(UserError, match="--rank"):
+        resize_lora(tmp_path / "r6.safetensors", tmp_path / "r0.safetensors", rank=0)
+
+
+def test_combine_is_the_strength_weighted_sum(tmp_path):
+    a = write_random_lora(tmp_path / "a_h.safetensors", CFG, rank=4, alpha=1.0, seed=1)
+    b = write_random_lora(tmp_path / "b.safetensors", CFG, rank=2, alpha=2.0, seed=2, fmt="comfy",
+                          modules=wan_arch.lora_target_modules(CFG)[:7])
+    rep = combine_loras([(a, 0.7), (b, -1.5)], tmp_path / "ab.safetensors")
+    assert rep.exact and rep.modules == 20 and rep.ranks == {4: 13, 6: 7}
+    da, db, got = deltas(a, strength=0.7), deltas(b, strength=-1.5), deltas(tmp_path / "ab.safetensors")
+    for m in got:
+        want = da[m] + db.get(m, 0)
+        assert torch.allclose(got[m], want, rtol=1e-6, atol=1e-7), m
+    rep16 = combine_loras([(a, 0.7), (b, 1.0)], tmp_path / "ab16.safetensors", dtype="bf16")
+    assert not rep16.exact  # 0.7 / 4 is not representable in bf16 alongside the weights
+
+
+def test_combine_refuses_modules_of_different_shapes(tmp_path):
+    a = write_random_lora(tmp_path / "a.safetensors", CFG, rank=2)
+    big = wan_arch.tiny_config(dim=128, ffn_dim=256)
+    b = write_random_lora(tmp_path / "b.safetensors", big, rank=2)
+    with pytest.raises(UserError, match="different shapes"):
+        combine_loras([(a, 1.0), (b, 1.0)], tmp_path / "ab.safetensors")
+    assert not (tmp_path / "ab.safetensors").exists()
+
+
+def test_resize_and_combine_cli(tmp_path, capsys):
+    a = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4)
+    b = write_random_lora(tmp_path / "b.safetensors", CFG, rank=4, seed=9)
+    assert main(["combine", "--lora", f"{a}:0.5", "--lora", str(b), "--out", str(tmp_path / "ab.safetensors")]) == 0
+    assert "exact" in capsys.readouterr().out
+    assert main(["resize", str(tmp_path / "ab.safetensors"), str(tmp_path / "ab4.safetensors"), "--rank", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["resized"] == 20 and 0 < report["rel_error"]["max"] < 1

@@ -1,0 +1,96 @@
+"""inspect: numbers checked against LoRAs and checkpoints we built, expert evidence, CLI output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from circle_rotate import wan_arch
+from circle_rotate.cli.main import main
+from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.lora_inspect import LoraReport, ModelReport, inspect_file, lora_expert
+from circle_rotate.tools.lora_io import read_lora_index
+from circle_rotate.tools.synthetic_lora import random_lora_modules, write_random_lora
+
+CFG = wan_arch.tiny_config()
+
+
+def test_lora_report_matches_what_we_wrote(tmp_path):
+    modules = [m for m in wan_arch.lora_target_modules(CFG) if m != "blocks.1.ffn.2"]
+    meta = {"ss_network_dim": "8", "ss_network_alpha": "2", "ss_sd_model_name": "wan2.2_i2v_low_noise_14B_fp16.safetensors"}
+    path = write_random_lora(tmp_path / "lora.safetensors", CFG, rank=8, alpha=2.0, modules=modules, metadata=meta, seed=4)
+    r = inspect_file(path)
+    assert isinstance(r, LoraReport)
+    assert (r.format, r.modules, r.ranks, r.alphas, r.scales, r.dtypes) == ("musubi", 19, {8: 19}, {"2": 19}, {"0.25": 19}, ["bf16"])
+    assert (r.targets_covered, r.targets_total, r.missing_targets, r.extra_modules) == (19, 20, ["blocks.1.ffn.2"], [])
+    tensors = load_file(str(path))
+    assert r.params == sum(v.numel() for k, v in tensors.items() if not k.endswith(".alpha"))
+    norms = {}
+    for m in modules:
+        stem = wan_arch.musubi_lora_name(m)
+        delta = 0.25 * tensors[stem + ".lora_up.weight"].float() @ tensors[stem + ".lora_down.weight"].float()
+        norms[m] = float(torch.linalg.norm(delta))
+    assert r.delta_norm["max"] == pytest.approx(max(norms.values()), rel=1e-4)
+    assert r.delta_norm["min"] == pytest.approx(min(norms.values()), rel=1e-4)
+    assert r.largest_deltas[0][0] == max(norms, key=norms.get)
+    assert (r.expert, r.expert_evidence) == ("low", "metadata")
+    assert r.training == meta and r.comfyui_loads_all_keys and r.unknown_keys == []
+
+
+def test_full_size_target_model_is_named_from_shapes(tmp_path):
+    # the real 5120-wide modules (two of them, rank 1) are enough to tell A14B
+    big = wan_arch.I2V_A14B.with_layers(1)
+    path = write_random_lora(tmp_path / "x.safetensors", big, rank=1, modules=["blocks.0.self_attn.q", "blocks.0.ffn.0"])
+    r = inspect_file(path)
+    assert r.target_model == "wan2.2-a14b" and r.targets_total == 400 and r.targets_covered == 2
+
+
+@pytest.mark.parametrize("name,meta,expected", [
+    ("circle_rotate_h.safetensors", {}, ("high", "filename")),
+    ("circle_rotate_l.safetensors", {}, ("low", "filename")),
+    ("my_high_noise_lora.safetensors", {}, ("high", "filename")),
+    ("lora.safetensors", {"modelspec.timestep_range": "900,1000"}, ("high", "metadata (timestep range)")),
+    ("lora.safetensors", {"modelspec.timestep_range": "0,900"}, ("low", "metadata (timestep range)")),
+    ("circle_rotate_h.safetensors", {"circle_rotate.expert": "low"}, ("low", "metadata")),  # metadata wins
+    ("lora.safetensors", {}, (None, None)),
+    ("highlights.safetensors", {}, (None, None)),
+])
+def test_lora_expert_evidence(tmp_path, name, meta, expected):
+    path = write_random_lora(tmp_path / name, CFG, rank=2, metadata=meta or None)
+    assert lora_expert(read_lora_index(path)) == expected
+
+
+def test_other_layouts_and_foreign_keys_are_reported(tmp_path):
+    mods = random_lora_modules(CFG, rank=2, alpha=2.0)
+    sd = {}
+    for m, mod in mods.items():
+        sd[f"transformer.{m}.lora_A.weight"] = mod.down  # Wan names under transformer.
+        sd[f"transformer.{m}.lora_B.weight"] = mod.up
+    sd["lora_unet_double_blocks_0_img_mod_lin.lora_down.weight"] = torch.zeros(2, 4)
+    save_file(sd, str(tmp_path / "d.safetensors"))
+    r = inspect_file(tmp_path / "d.safetensors")
+    assert r.format == "diffusers" and r.scales == {"1": 20} and r.alphas == {"missing": 20}
+    assert not r.comfyui_loads_all_keys and r.unknown_keys == ["lora_unet_double_blocks_0_img_mod_lin.lora_down.weight"]
+
+
+def test_model_report_for_a_prefixed_fp8_scaled_expert(tmp_path):
+    path = write_tiny_wan(tmp_path / "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", dtype="fp8_scaled",
+                          key_prefix=wan_arch.COMFY_PREFIX)
+    r = inspect_file(path)
+    assert isinstance(r, ModelReport)
+    assert (r.family, r.task, r.expert, r.expert_evidence, r.dtype, r.fp8_layout, r.key_prefix, r.num_layers) == (
+        "wan2.2-a14b", "i2v", "high", "filename", "fp8_scaled", "scaled_fp8 (legacy)", wan_arch.COMFY_PREFIX, 2)
+
+
+def test_inspect_cli_text_and_json(tmp_path, capsys):
+    path = write_random_lora(tmp_path / "circle_rotate_h.safetensors", CFG, rank=4)
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "musubi layout" in text and "20/20" in text and "high (filename)" in text and "loads every key" in text
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ranks"] == {"4": 20}
+    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
+    assert "file not found" in capsys.readouterr().err

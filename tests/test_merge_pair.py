@@ -1,0 +1,109 @@
+"""merge-pair: the right LoRA into the right expert, refused before any work when it is not."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from circle_rotate import wan_arch
+from circle_rotate.cli.main import main
+from circle_rotate.errors import UserError
+from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.merge import merge_loras
+from circle_rotate.tools.merge_pair import merge_pair
+from circle_rotate.tools.synthetic_lora import write_random_lora
+
+CFG = wan_arch.tiny_config()
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    d = tmp_path / "in"
+    high = write_tiny_wan(d / "wan2.2_i2v_high_noise_14B_fp16.safetensors", seed=1)
+    low = write_tiny_wan(d / "wan2.2_i2v_low_noise_14B_fp16.safetensors", seed=2)
+    lh = write_random_lora(d / "circle_rotate_h.safetensors", CFG, rank=4, seed=3)
+    ll = write_random_lora(d / "circle_rotate_l.safetensors", CFG, rank=4, seed=4)
+    return high, lh, low, ll
+
+
+def test_pair_merges_each_lora_into_its_expert(tmp_path, pair):
+    high, lh, low, ll = pair
+    out = tmp_path / "merged"
+    report = merge_pair((high, lh), (low, ll), out, dtype="fp8_scaled", strengths=(1.0, 0.5))
+    assert report.evidence == {"high base": "high (filename)", "high LoRA": "high (filename)",
+                               "low base": "low (filename)", "low LoRA": "low (filename)"}
+    assert sorted(os.listdir(out)) == ["wan2.2_i2v_high_noise_circle_rotate_h_fp8_scaled.safetensors",
+                                       "wan2.2_i2v_low_noise_circle_rotate_l_fp8_scaled.safetensors"]
+    for expert, base, lora, strength, merged in (("high", high, lh, 1.0, report.high), ("low", low, ll, 0.5, report.low)):
+        single = tmp_path / f"single_{expert}.safetensors"
+        merge_loras(base, [(lora, strength)], single, dtype="fp8_scaled")
+        a, b = load_file(merged.out), load_file(str(single))
+        assert set(a) == set(b)
+        assert all(a[k].reshape(-1).view(torch.uint8).equal(b[k].reshape(-1).view(torch.uint8)) for k in a)
+        with safe_open(merged.out, framework="pt") as f:
+            assert f.metadata()["circle_rotate.expert"] == expert
+
+
+def test_swapped_pair_is_refused_naming_files_and_evidence(tmp_path, pair):
+    high, lh, low, ll = pair
+    with pytest.raises(UserError) as err:
+        merge_pair((low, lh), (high, ll), tmp_path / "out")
+    msg = str(err.value)
+    assert "--high base 'wan2.2_i2v_low_noise_14B_fp16.safetensors' is the low-noise one (by filename)" in msg
+    assert "--low base 'wan2.2_i2v_high_noise_14B_fp16.safetensors' is the high-noise one (by filename)" in msg
+    with pytest.raises(UserError, match="--high LoRA 'circle_rotate_l.safetensors' is the low-noise one"):
+        merge_pair((high, ll), (low, lh), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    report = merge_pair((high, ll), (low, lh), tmp_path / "out", ignore_expert_evidence=True)
+    assert report.evidence["high LoRA"] == "high (overriding low by filename)"
+
+
+def test_unnamed_experts_need_metadata_or_assume_experts(tmp_path, pair):
+    _, lh, _, ll = pair
+    a = write_tiny_wan(tmp_path / "expert_a.safetensors", seed=1)
+    b = write_tiny_wan(tmp_path / "expert_b.safetensors", seed=2, expert="low")  # metadata tells
+    with pytest.raises(UserError, match="cannot tell which expert --high base 'expert_a.safetensors'.*--assume-experts"):
+        merge_pair((a, lh), (b, ll), tmp_path / "out")
+    report = merge_pair((a, lh), (b, ll), tmp_path / "out", assume_experts=True)
+    assert report.evidence["high base"] == "high (assumed from the command line)"
+    assert report.evidence["low base"] == "low (metadata)"
+
+
+def test_merge_pair_cli(tmp_path, pair, capsys):
+    high, lh, low, ll = pair
+    out = tmp_path / "merged"
+    args = ["merge-pair", "--high", str(high), str(lh), "--low", str(low), str(ll), "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "high base: high (filename)" in text and "wan2.2_i2v_low_noise_circle_rotate_l_fp16.safetensors" in text
+    assert main(args) == 2  # outputs exist
+    assert "--force" in capsys.readouterr().err
+    assert main(["--quiet"] + args + ["--force"]) == 0
+
+
+def test_readme_section_3_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """Every ``circle-rotate`` command of README section 3, on tiny files with the real names."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## 3. Use the LoRAs in ComfyUI", 1)[1].split("\n## ", 1)[0]
+    commands = [c.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+                for c in re.split(r"\n(?=circle-rotate )", block.strip())]
+    assert len(commands) >= 5
+    monkeypatch.chdir(tmp_path)
+    for expert, seed in (("high", 1), ("low", 2)):
+        write_tiny_wan(tmp_path / f"wan2.2_i2v_{expert}_noise_14B_fp16.safetensors", seed=seed)
+        write_random_lora(tmp_path / f"circle_rotate_{expert[0]}.safetensors", CFG, rank=4, seed=seed + 2)
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "circle-rotate"
+        assert main(argv[1:]) == 0, command
+    capsys.readouterr()
+    assert sorted(os.listdir(tmp_path / "merged")) == ["wan2.2_i2v_high_noise_circle_rotate_h_fp8_scaled.safetensors",
+                                                       "wan2.2_i2v_low_noise_circle_rotate_l_fp8_scaled.safetensors"]
