@@ -1,0 +1,39 @@
+"""Options shared by ``cache`` and ``train``: recipe variables from flags (``--set VAR=VALUE`` too)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, Tuple
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("recipe variables (defaults: recipes/common.sh)")
+    g.add_argument("--dataset-config", type=Path, help="musubi dataset TOML (DATASET_CONFIG)")
+    g.add_argument("--vae", type=Path, help="the Wan2.1 VAE (VAE)")
+    g.add_argument("--gpus", type=gpu_list, default=(), metavar="0,1",
+                   help="CUDA devices, comma-separated (GPU); two or more split the work, one process per GPU")
+    g.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", type=assignment,
+                   help="any other recipe variable, e.g. --set TE_BATCH_SIZE=4 (repeatable)")
+
+
+def gpu_list(text: str) -> Tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items or not all(t.isdigit() for t in items):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of GPU indices, e.g. 0,1")
+    return items
+
+
+def assignment(text: str) -> Tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or not name.isupper():
+        raise argparse.ArgumentTypeError(f"'{text}' is not VAR=VALUE with an upper-case recipe variable name")
+    return name, value
+
+
+def recipe_env(args: argparse.Namespace, extra: Dict[str, object]) -> Tuple[Tuple[str, str], ...]:
+    """Recipe variables from the common flags, ``extra`` (flag values, None = unset) and ``--set``."""
+    env = {"DATASET_CONFIG": args.dataset_config, "VAE": args.vae, **extra}
+    out = {k: str(v) for k, v in env.items() if v is not None}
+    out.update(dict(args.set))
+    return tuple(out.items())

@@ -1,0 +1,63 @@
+"""``circle-rotate cache [status]``: the latent + text-encoder caches both experts train on."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
+
+ORDER = 40
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "cache", help="cache latents (--i2v) and text-encoder outputs once for both experts",
+                   description="Runs recipes/cache.sh: musubi's wan_cache_latents.py --i2v and "
+                               "wan_cache_text_encoder_outputs.py with --skip_existing --keep_cache, so an interrupted "
+                               "run resumes. The caches depend on the VAE, the T5, the clips and --i2v, never on the "
+                               "expert: one pass serves both. Refuses when the disk cannot hold the estimate; "
+                               "`cache status` lists cached / missing / stale clips and the space used.",
+                   examples="  circle-rotate cache --dataset-config datasets/circle/circle.toml --dry-run\n"
+                            "  circle-rotate cache --vae models/wan_2.1_vae.safetensors --t5 models/t5.pth --gpus 0,1\n"
+                            "  circle-rotate cache status --dataset-config my.toml\n")
+    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
+                   help="run (default) or status (what is cached, nothing runs)")
+    add_recipe_options(p)
+    p.add_argument("--t5", type=Path, help="the umt5-xxl text encoder (T5)")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
+    p.add_argument("--refresh-stale", action="store_true",
+                   help="delete caches made without --i2v, older than their clip or with an old caption, and redo them")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from circle_rotate.cache import CacheRequest, describe_job, prepare_cache, run_cache
+    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.cache_status import check_cache
+    from circle_rotate.recipe_reader import recipe_variables
+
+    env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
+    if args.action == "status":
+        config = args.dataset_config or Path(recipe_variables(["DATASET_CONFIG"], env=dict(env))["DATASET_CONFIG"])
+        status = check_cache(plan_cache(config))
+        if args.json:
+            print_json(status.to_dict())
+        else:
+            d = status.to_dict()
+            print(f"{config}: {d['cached']} cached, {d['missing']} missing, {d['stale']} stale, {len(d['strays'])} stray; "
+                  f"{d['used_bytes'] / 1e9:.2f} GB used, about {d['to_write_bytes'] / 1e9:.2f} GB to write")
+            for item in d["items"]:
+                print(f"  {item['state']:<7} {item['video']}: {'; '.join(item['reasons'])}")
+            for stray in d["strays"]:
+                print(f"  stray   {stray} (no clip of the config; training would still use it)")
+        return 0
+    job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
+                                     refresh_stale=args.refresh_stale))
+    for line in describe_job(job):
+        print(line)
+    if not args.dry_run:
+        run_cache(job)
+    return 0

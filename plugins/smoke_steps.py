@@ -1,0 +1,109 @@
+"""The smoke run's data and checking steps: tiny orbit clips in, trained LoRAs checked out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Dict, List, Mapping
+
+from circle_rotate.errors import UserError
+from circle_rotate.musubi_tiny import TINY_DIT
+from circle_rotate.tiny_models import TinyModels
+from circle_rotate.wan_arch import lora_target_modules
+
+logger = logging.getLogger(__name__)
+
+#: Clip shape: the smallest musubi handles that still has 2 latent frames and 2x2 DiT patches.
+CLIP = {"width": 32, "height": 32, "frames": 5, "fps": 16.0}
+DIRECTIONS = ("right", "left")
+
+
+def _cli(*argv: str) -> None:
+    """A circle-rotate command in this process; its output is kept out of the smoke report."""
+    from circle_rotate.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--quiet", *argv])
+    if code != 0:
+        raise UserError(f"`circle-rotate {' '.join(argv)}` failed (exit {code}): {out.getvalue()[-300:]}",
+                        fix="run that command by hand to see the problem")
+
+
+def make_dataset(work: Path) -> Path:
+    """Synthetic orbit footage through ``prepare``, ``caption`` and ``config``; returns the dataset config."""
+    from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+
+    raw, prepared, config = work / "raw", work / "prepared", work / "dataset.toml"
+    for i, direction in enumerate(DIRECTIONS):
+        # a few frames more than a clip, so prepare has something to cut
+        spec = TurntableSpec(name=f"orbit_{direction}", direction=direction, seed=i, width=CLIP["width"],
+                             height=CLIP["height"], frames=2 * CLIP["frames"] - 1, fps=CLIP["fps"])
+        write_turntable(spec, raw, preset="ultrafast")
+    size = f"{CLIP['width']}x{CLIP['height']}"
+    # QC off and still frames kept: 32-pixel clips are too small to judge an orbit by, and judging is not the point
+    _cli("prepare", str(raw), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
+         "--resolution", size, "--size-mode", "exact", "--qc", "off", "--keep-still", "--max-clips", "1",
+         "--jobs", "1", "--preset", "ultrafast")
+    _cli("caption", str(prepared), "--subject", "a box on a table")
+    _cli("config", str(prepared), "-o", str(config), "--cache", str(work / "cache"), "--resolution", size,
+         "--batch-size", "2", "--force")
+    return config
+
+
+def _wan_model():
+    from circle_rotate.musubi_env import import_musubi
+
+    model_cls = import_musubi("wan.modules.model").WanModel
+    c = TINY_DIT
+    return model_cls(model_type="i2v", model_version=c.model_version, in_dim=c.in_dim, dim=c.dim, ffn_dim=c.ffn_dim,
+                     freq_dim=c.freq_dim, text_dim=c.text_dim, out_dim=c.out_dim, num_heads=c.num_heads,
+                     num_layers=c.num_layers)
+
+
+def _musubi_merged(base: Path, lora: Path) -> Dict[str, object]:
+    """musubi's own LoRA code: build the network from the file, merge it into the tiny base (fp32)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from circle_rotate.musubi_env import import_musubi
+
+    lora_wan = import_musubi("networks.lora_wan")
+    model = _wan_model()
+    model.load_state_dict(load_file(str(base)), strict=True)
+    weights = load_file(str(lora))
+    net = lora_wan.create_arch_network_from_weights(1.0, weights, unet=model, for_inference=True)
+    modules = len(net.unet_loras)
+    if modules != len(lora_target_modules(TINY_DIT)):
+        raise UserError(f"musubi's LoRA code found {modules} modules, expected {len(lora_target_modules(TINY_DIT))}",
+                        path=lora, fix="the training wrote an incomplete LoRA")
+    if not any(v.abs().max() > 0 for k, v in weights.items() if k.endswith("lora_up.weight")):
+        raise UserError("every lora_up weight is still zero: training did not update the LoRA", path=lora,
+                        fix="read the training output")
+    net.merge_to(None, model, weights, device=torch.device("cpu"))
+    return {"modules": modules, "state": {k: v.detach() for k, v in model.state_dict().items()}}
+
+
+def verify_loras(models: TinyModels, loras: Mapping[str, str], work: Path) -> str:
+    """Each LoRA loads in musubi, has every module and moved; our merge equals musubi's."""
+    from safetensors.torch import load_file
+
+    details: List[str] = []
+    for expert, lora in sorted(loras.items()):
+        base = models.dit_low if expert == "low" else models.dit_high
+        theirs = _musubi_merged(base, Path(lora))
+        out = work / f"merged_{expert}.safetensors"
+        _cli("merge", "--base", str(base), "--lora", str(lora), "--out", str(out), "--force")
+        ours = load_file(str(out))
+        worst = max(float((ours[k].float() - v.float()).abs().max()) for k, v in theirs["state"].items())
+        moved = max(float((ours[k].float() - v.float()).abs().max()) for k, v in load_file(str(base)).items())
+        if moved == 0:
+            raise UserError("merging the LoRA changed no weight", path=out, fix="read the training output")
+        scale = max(float(v.float().abs().max()) for v in theirs["state"].values())
+        if worst > 1e-5 * scale:
+            raise UserError(f"our merge differs from musubi's by {worst:.3g} (scale {scale:.3g})", path=out,
+                            fix="report this: the merge maths disagree")
+        details.append(f"{expert}: {theirs['modules']} modules, max change {moved:.1e}, ours vs musubi's {worst:.1e}")
+    return "; ".join(details)

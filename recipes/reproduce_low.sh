@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# reproduce_low.sh: train circle_rotate_l.safetensors, the LoRA of the Wan2.2 I2V-A14B low-noise
+# expert, with the published command flag for flag (Jklaity/Circle-Rotate README, "Training").
+#
+# Needs: the low-noise expert in fp16 ($DIT_LOW), the Wan2.1 VAE ($VAE), the dataset config
+# ($DATASET_CONFIG) and its latent + text-encoder caches made with `circle-rotate cache` (--i2v),
+# musubi-tuner 0.3.4, accelerate, bitsandbytes (adamw8bit), a CUDA GPU (see recipes/README.md).
+# Run:  bash recipes/reproduce_low.sh          (or: circle-rotate train low --recipe reproduce)
+#
+# The publication leaves implicit (musubi-tuner 0.3.4 defaults, unchanged here):
+#   --network_alpha 1, so each LoRA update is scaled by alpha/dim = 1/32;
+#   no --min_timestep/--max_timestep: this expert is trained on all 1000 timesteps, not only on
+#   the ones it denoises at inference (t < 900); recommended_low.sh restricts them;
+#   --lr_scheduler constant, no warmup; --gradient_accumulation_steps 1; the batch size and
+#   resolution come from $DATASET_CONFIG; LoRA weights saved in fp32 (--save_precision unset).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+: "${OUTPUT_DIR_LOW:=./outputs/low}"
+: "${OUTPUT_NAME_LOW:=circle_rotate_l}"
+
+musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NUM_PROCESSES" \
+    "$MUSUBI_SCRIPTS/wan_train_network.py" \
+    --task i2v-A14B \
+    --dit "$DIT_LOW" \
+    --dataset_config "$DATASET_CONFIG" \
+    --vae "$VAE" \
+    --sdpa --fp8_base \
+    --optimizer_type adamw8bit \
+    --learning_rate 2e-4 \
+    --network_module networks.lora_wan \
+    --network_dim 32 \
+    --timestep_sampling shift \
+    --discrete_flow_shift 8.0 \
+    --max_train_epochs 100 \
+    --save_every_n_epochs 1 \
+    --seed 42 \
+    --output_dir "$OUTPUT_DIR_LOW" \
+    --output_name "$OUTPUT_NAME_LOW" \
+    --mixed_precision fp16 \
+    ${OPTIONAL_ARGS[@]+"${OPTIONAL_ARGS[@]}"}

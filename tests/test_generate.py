@@ -1,0 +1,141 @@
+"""``circle-rotate generate``: musubi's prompt syntax, its parser, the expert hand-over, named outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from circle_rotate.errors import UserError
+from circle_rotate.generate import GenerateRequest, Models, build_command, generate, high_noise_steps, read_prompts
+from test_train_cli import sparse_expert
+
+
+@pytest.fixture
+def files(musubi, tmp_path):
+    from PIL import Image
+
+    first, last = tmp_path / "car_first.png", tmp_path / "car_last.png"
+    for p in (first, last):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
+    lora = {}
+    for expert in ("low", "high"):
+        lora[expert] = tmp_path / f"circle_rotate_{expert[0]}.safetensors"
+        save_file({"lora_unet_blocks_0_ffn_0.lora_down.weight": torch.zeros(4, 8)}, str(lora[expert]))
+    vae = tmp_path / "Wan2.1_VAE.pth"
+    vae.write_bytes(b"\0")
+    t5 = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    t5.write_bytes(b"\0")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"# orbit prompts\na silver sedan, camera orbits left --i {first} --ei {last}\n\n"
+                       f"a red mug on a table, camera orbits right --i {last} --d 7\n", encoding="utf-8")
+    return {"first": first, "last": last, "lora": lora, "vae": vae, "t5": t5, "prompts": prompts, "tmp": tmp_path}
+
+
+def _request(files, dits, **kw) -> GenerateRequest:
+    models = Models(dits["low"], dits["high"], files["vae"], files["t5"])
+    return GenerateRequest(prompts=files["prompts"], out_dir=files["tmp"] / "videos", models=models,
+                           lora_low=files["lora"]["low"], lora_high=files["lora"]["high"], **kw)
+
+
+@pytest.fixture
+def dits(tmp_path):
+    return {e: sparse_expert(tmp_path / f"wan2.2_i2v_{e}_noise_14B_fp16.safetensors") for e in ("low", "high")}
+
+
+def test_prompt_file_through_musubis_line_parser(files):
+    lines = read_prompts(files["prompts"], base_seed=42)
+    assert [p.name for p in lines] == ["000_car_first", "001_car_last"]
+    assert [p.seed for p in lines] == [42, 7]
+    assert lines[0].text.endswith("--d 42") and lines[0].end_image == files["last"] and lines[1].end_image is None
+
+
+@pytest.mark.parametrize("body,match", [("a car orbiting\n", "needs a first frame"),
+                                        ("a car --i /nope/first.png\n", "image not found"),
+                                        ("a --i {img} --d 3\nb --i {img} --d 3\n", "seed 3 is also used on line 1")])
+def test_bad_prompt_lines_name_the_line(files, body, match):
+    bad = files["tmp"] / "bad.txt"
+    bad.write_text(body.format(img=files["first"]))
+    with pytest.raises(UserError, match=match) as err:
+        read_prompts(bad, base_seed=0)
+    assert f"{bad}:" in str(err.value)
+
+
+def test_command_passes_musubis_parser_with_each_lora_on_its_expert(files, dits):
+    from circle_rotate.musubi_args import check_command
+
+    accel = {e: files["tmp"] / f"lightx2v_{e}.safetensors" for e in ("low", "high")}
+    plain = check_command(build_command(_request(files, dits), files["prompts"]))
+    assert plain.lora_weight == [str(files["lora"]["low"])] and plain.lora_weight_high_noise == [str(files["lora"]["high"])]
+    assert (plain.video_length, plain.flow_shift, plain.video_size, plain.fps) == (81, 8.0, [720, 1280], 16)
+    assert plain.infer_steps is None and plain.sample_solver == "unipc"  # musubi's own defaults then
+    fast = check_command(build_command(_request(files, dits, accel_lora_low=accel["low"], accel_lora_high=accel["high"]),
+                                       files["prompts"]))
+    assert fast.lora_weight == [str(accel["low"]), str(files["lora"]["low"])] and fast.lora_multiplier == [1.0, 1.0]
+    assert (fast.infer_steps, fast.guidance_scale, fast.sample_solver) == (4, 1.6, "vanilla")
+
+
+def test_the_paper_hands_over_after_two_of_four_steps(musubi):
+    assert high_noise_steps("vanilla", 4, 8.0) == 2
+    assert 0 < high_noise_steps("unipc", 40, 8.0) < 40
+
+
+def test_dry_run_checks_the_models(files, dits, tmp_path):
+    record = generate(_request(files, dits), dry_run=True, echo=lambda s: None)
+    assert [v["name"] for v in record["videos"]] == ["000_car_first.mp4", "001_car_last.mp4"]
+    swapped = _request(files, {"low": dits["high"], "high": dits["low"]})
+    with pytest.raises(UserError, match="swapped"):
+        generate(swapped, dry_run=True, echo=lambda s: None)
+
+
+def test_prefixed_expert_with_a_lora_is_refused(files, dits, tmp_path):
+    from circle_rotate.wan_arch import COMFY_PREFIX
+
+    prefixed = tmp_path / "comfy" / "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+    prefixed.parent.mkdir()
+    sparse_expert(prefixed, prefix=COMFY_PREFIX)
+    with pytest.raises(UserError, match="silently skip the LoRA"):
+        generate(_request(files, {**dits, "low": prefixed}), dry_run=True, echo=lambda s: None)
+
+
+def test_videos_are_renamed_by_prompt_for_eval_pairing(files, dits, monkeypatch):
+    import circle_rotate.generate as gen
+    from circle_rotate.launch import ChainResult
+    from circle_rotate.video_io import probe_video, write_video
+
+    def fake_musubi(chains, env=None):  # what wan_generate_video.py leaves: <time>_<seed>.mp4 per prompt line
+        (command,) = chains["generate"]
+        args = list(command.args)
+        save = Path(args[args.index("--save_path") + 1])
+        for line in Path(args[args.index("--from_file") + 1]).read_text().splitlines():
+            seed = line.rsplit("--d ", 1)[1].split()[0]
+            write_video(save / f"20260101-000000_{seed}.mp4", [np.full((32, 32, 3), 90, np.uint8)] * 5, fps=16)
+        return [ChainResult("generate", (0,))]
+
+    monkeypatch.setattr(gen, "run_chains", fake_musubi)
+    request = _request(files, dits)
+    generate(request, dry_run=False, echo=lambda s: None)
+    videos = sorted(p.name for p in request.out_dir.glob("*.mp4"))
+    assert videos == ["000_car_first.mp4", "001_car_last.mp4"]
+    assert probe_video(request.out_dir / videos[0]).frame_count == 5
+    record = json.loads((request.out_dir / "generate.json").read_text())
+    assert record["settings"]["high_noise_steps"] > 0 and record["differences_from_paper"]
+    with pytest.raises(UserError, match="already exist"):
+        generate(request, dry_run=True, echo=lambda s: None)
+
+
+def test_cli_dry_run(files, dits, capsys):
+    from circle_rotate.cli.main import main
+
+    code = main(["generate", "--prompts", str(files["prompts"]), "--out", str(files["tmp"] / "videos"),
+                 "--dit-low", str(dits["low"]), "--dit-high", str(dits["high"]), "--vae", str(files["vae"]),
+                 "--t5", str(files["t5"]), "--lora-low", str(files["lora"]["low"]),
+                 "--lora-high", str(files["lora"]["high"]), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "wan_generate_video.py" in out and "2 videos, 81 frames at 1280x720, shift 8" in out
+    assert "differs from the paper" in out and not (files["tmp"] / "videos").exists()

@@ -1,0 +1,151 @@
+"""``circle-rotate train``: exact commands, GPUs, resume onto musubi's states, run.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+from collections import namedtuple
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from circle_rotate.errors import UserError
+from circle_rotate.recipe_reader import option_values, train_command
+from circle_rotate.train import TrainRequest, plan_training, train
+from circle_rotate.wan_arch import I2V_A14B, dit_shapes
+from test_preflight import tiny_task, write_dataset
+
+
+def sparse_expert(path: Path, *, dtype: str = "F16", prefix: str = "") -> Path:
+    """A real-shaped Wan2.2 I2V-A14B expert: the true header, the 28 GB of data a sparse hole of zeros."""
+    header, offset = {}, 0
+    for name, shape in dit_shapes(I2V_A14B).items():
+        n = 2
+        for s in shape:
+            n *= s
+        header[prefix + name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return path
+
+
+@pytest.fixture
+def real_ws(musubi, tmp_path, write_musubi_caches):
+    from circle_rotate.cache_plan import plan_cache
+
+    config = write_dataset(tmp_path)
+    write_musubi_caches(plan_cache(config))
+    vae = tmp_path / "Wan2.1_VAE.pth"
+    vae.write_bytes(b"\0" * 1024)
+    return {"low": sparse_expert(tmp_path / "wan2.2_i2v_low_noise_14B_fp16.safetensors"),
+            "high": sparse_expert(tmp_path / "wan2.2_i2v_high_noise_14B_fp16.safetensors"),
+            "vae": vae, "config": config, "out": tmp_path / "outputs"}
+
+
+def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch):
+    import circle_rotate.disk_space as disk_space
+    from circle_rotate.cli.main import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
+    code = main(["train", "both", "--dry-run", "--dit-low", str(real_ws["low"]), "--dit-high", str(real_ws["high"]),
+                 "--vae", str(real_ws["vae"]), "--dataset-config", str(real_ws["config"]),
+                 "--output-dir", str(real_ws["out"]), "--gradient-checkpointing"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    env = {"DIT_LOW": str(real_ws["low"]), "DIT_HIGH": str(real_ws["high"]), "VAE": str(real_ws["vae"]),
+           "DATASET_CONFIG": str(real_ws["config"]), "GRADIENT_CHECKPOINTING": "1",
+           "OUTPUT_DIR_LOW": str(real_ws["out"] / "low"), "OUTPUT_DIR_HIGH": str(real_ws["out"] / "high")}
+    lines = out.splitlines()
+    for expert in ("low", "high"):
+        assert train_command("reproduce", expert, env=env).shell() in lines
+    assert "error" not in out and "80 GB" in out and "--gradient_checkpointing" in out
+
+
+def test_both_experts_one_per_gpu_or_one_after_the_other():
+    parallel = plan_training(TrainRequest(("low", "high"), gpus=("0", "1")))
+    assert [label for label, _ in parallel.chains] == ["low@gpu0", "high@gpu1"]
+    assert [r.command.env_dict["CUDA_VISIBLE_DEVICES"] for r in parallel.runs] == ["0", "1"]
+    serial = plan_training(TrainRequest(("high", "low"), gpus=("3",)))
+    assert serial.chains == (("train", (0, 1)),) and [r.expert for r in serial.runs] == ["low", "high"]
+    assert {r.command.env_dict["CUDA_VISIBLE_DEVICES"] for r in serial.runs} == {"3"}
+
+
+def test_resume_continues_from_the_last_epoch_state(musubi, tmp_path):
+    from circle_rotate.musubi_args import check_command
+
+    out = tmp_path / "low"
+    for epoch in (12, 37):
+        (out / f"circle_rotate_l-{epoch:06d}-state").mkdir(parents=True)
+    env = (("OUTPUT_DIR_LOW", str(out)),)
+    (run,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
+    values = option_values(run.command.args)
+    assert values["--resume"] == [str(out / "circle_rotate_l-000037-state")]
+    assert values["--max_train_epochs"] == ["63"] and "--save_state" in values
+    assert values["--output_dir"] == [str(out / "resume-from-epoch-000037")] and run.epoch_offset == 37
+    check_command(run.command)
+    (out / "resume-from-epoch-000037" / "circle_rotate_l-000010-state").mkdir(parents=True)
+    (again,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
+    assert again.epoch_offset == 47 and option_values(again.command.args)["--max_train_epochs"] == ["53"]
+    (out / "circle_rotate_l-000100-state").mkdir()
+    with pytest.raises(UserError, match="already finished"):
+        plan_training(TrainRequest(("low",), env=env, resume=True))
+    with pytest.raises(UserError, match="--save-state"):
+        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(tmp_path / "empty")),), resume=True))
+
+
+def test_save_state_and_memory_knobs_reach_the_command():
+    (run,) = plan_training(TrainRequest(("high",), env=(("BLOCKS_TO_SWAP", "12"),), save_state=True)).runs
+    values = option_values(run.command.args)
+    assert values["--blocks_to_swap"] == ["12"] and "--save_state" in values
+
+
+def test_file_identity_hashes_the_header_not_the_weights(real_ws, tmp_path):
+    from circle_rotate.run_record import file_identity
+
+    ident = file_identity(real_ws["low"])
+    with open(real_ws["low"], "rb") as fh:
+        head = fh.read(8)
+        raw = head + fh.read(struct.unpack("<Q", head)[0])
+    assert ident["header_sha256"] == hashlib.sha256(raw).hexdigest() and ident["size"] > 28e9
+    assert file_identity(real_ws["high"])["header_sha256"] == ident["header_sha256"]  # same shapes, same header
+    assert "head_tail_sha256" in file_identity(real_ws["vae"]) and not file_identity(tmp_path / "no")["exists"]
+
+
+def test_dataset_hash_follows_captions(musubi, tmp_path):
+    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.run_record import dataset_hash
+
+    config = write_dataset(tmp_path)
+    first = dataset_hash(plan_cache(config))
+    assert dataset_hash(plan_cache(config)) == first
+    (tmp_path / "clips" / "orbit_a.txt").write_text("another caption")
+    assert dataset_hash(plan_cache(config)) != first
+
+
+def test_a_failed_run_is_recorded_and_reported(musubi, tmp_path, tiny_wan_dir, write_musubi_caches):
+    from circle_rotate.cache_plan import plan_cache
+
+    config = write_dataset(tmp_path)
+    write_musubi_caches(plan_cache(config))
+    (tmp_path / "vae.pth").write_bytes(b"\0")
+    out = tmp_path / "out"
+    env = {"DIT_LOW": str(tiny_wan_dir / "wan2.2_i2v_low_noise_14B_fp16.safetensors"), "VAE": str(tmp_path / "vae.pth"),
+           "DATASET_CONFIG": str(config), "OUTPUT_DIR_LOW": str(out)}
+
+    def failing(command):  # the tiny task's command, launched by a stand-in that exits 3
+        return replace(tiny_task(command), launcher=(sys.executable, "-c", "import sys; sys.exit(3)"))
+
+    with pytest.raises(UserError, match="training failed on train"):
+        train(TrainRequest(("low",), env=tuple(env.items())), dry_run=False, echo=lambda s: None, transform=failing)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and record["seed"] == "42" and record["expert"] == "low"
+    assert record["models"]["dit"]["header_sha256"] and record["dataset"]["clips"] == 2
+    assert record["command"][:2] == [sys.executable, "-c"] and record["musubi_tuner_version"]
