@@ -1,0 +1,227 @@
+"""Baseline vs LoRA: pair videos by name, compare each metric with a paired test and a
+bootstrap interval (scipy.stats), and report the relative change (e.g. "drift -81%").
+
+Pairing: identical file stems first; when none match, the stems are compared after
+removing what all names on one side share at the start or end (``demo2_base.gif`` pairs
+with ``demo2_ours.gif``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import stats
+
+from circle_rotate.errors import UserError
+from circle_rotate.eval.registry import COLUMNS
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    baseline: Mapping[str, Any]
+    lora: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One column compared over the paired videos (LoRA minus baseline)."""
+
+    column: str
+    label: str
+    better: Optional[str]
+    n: int
+    baseline_mean: float
+    baseline_std: float
+    lora_mean: float
+    lora_std: float
+    mean_diff: float
+    relative_change: Optional[float]  # (lora - baseline) / |baseline| of the means
+    ci_low: Optional[float]  # bootstrap interval of the mean difference
+    ci_high: Optional[float]
+    t_stat: Optional[float]
+    p_value: Optional[float]  # paired t-test
+    wilcoxon_p: Optional[float]  # Wilcoxon signed-rank test
+    cohens_d: Optional[float]
+    verdict: str
+
+    def headline(self) -> str:
+        """E.g. ``drift -81% (12.30 -> 2.34 px, p=0.003)``."""
+        unit = COLUMNS[self.column].unit if self.column in COLUMNS else ""
+        change = f"{self.relative_change:+.0%}" if self.relative_change is not None else "n/a"
+        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        return f"{self.column} {change} ({self.baseline_mean:.4g} -> {self.lora_mean:.4g}{' ' + unit if unit else ''}{p})"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def _affix(stems: Sequence[str]) -> Tuple[int, int]:
+    """Lengths of the prefix and suffix that every stem shares (none for a single stem)."""
+    if len(stems) < 2:
+        return 0, 0
+    pre = len(os.path.commonprefix(list(stems)))
+    suf = len(os.path.commonprefix([s[::-1] for s in stems]))
+    shortest = min(len(s) for s in stems)
+    pre = min(pre, shortest - 1)
+    return pre, min(suf, shortest - pre - 1)
+
+
+def _keys(rows: Sequence[Mapping[str, Any]], *, prefix: bool, suffix: bool) -> Dict[str, Mapping[str, Any]]:
+    stems = [Path(r["video"]).stem for r in rows]
+    pre, suf = _affix(stems)
+    pre, suf = (pre if prefix else 0), (suf if suffix else 0)
+    return {s[pre:len(s) - suf]: r for s, r in zip(stems, rows)}
+
+
+def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> List[Pair]:
+    """Pair ok rows by video name (see the module docstring).
+
+    Raises:
+        UserError: no video name in common.
+    """
+    base_ok = [r for r in baseline if r.get("status") == "ok"]
+    lora_ok = [r for r in lora if r.get("status") == "ok"]
+    for prefix, suffix in ((False, False), (False, True), (True, True)):
+        b, l = _keys(base_ok, prefix=prefix, suffix=suffix), _keys(lora_ok, prefix=prefix, suffix=suffix)
+        common = [k for k in b if k in l]
+        if common:
+            return [Pair(k, b[k], l[k]) for k in common]
+    raise UserError("no video of the baseline has a namesake among the LoRA videos",
+                    fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora)")
+
+
+def _bootstrap_ci(diff: np.ndarray, *, resamples: int, seed: int) -> Tuple[Optional[float], Optional[float]]:
+    if diff.size < 2 or np.allclose(diff, diff[0]):
+        return (float(diff[0]), float(diff[0])) if diff.size else (None, None)
+    res = stats.bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile",
+                          random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _verdict(better: Optional[str], diff_mean: float, p: Optional[float], ci: Tuple[Optional[float], Optional[float]]) -> str:
+    if better is None:
+        return "changed" if p is not None and p < 0.05 else "no clear change"
+    improved = diff_mean < 0 if better == "lower" else diff_mean > 0
+    excludes_zero = ci[0] is not None and ci[1] is not None and (ci[0] > 0 or ci[1] < 0)
+    if p is not None and p < 0.05 and excludes_zero:
+        return "better" if improved else "worse"
+    return "no significant difference"
+
+
+def compare_column(pairs: Sequence[Pair], column: str, *, resamples: int = 9999, seed: int = 0) -> Optional[Comparison]:
+    """Paired statistics of ``column``; None when fewer than one pair has numbers for it."""
+    vals = [(p.baseline.get(column), p.lora.get(column)) for p in pairs]
+    vals = [(b, l) for b, l in vals if isinstance(b, (int, float)) and isinstance(l, (int, float))
+            and not isinstance(b, bool) and math.isfinite(b) and math.isfinite(l)]
+    if not vals:
+        return None
+    base = np.array([v[0] for v in vals], np.float64)
+    lora = np.array([v[1] for v in vals], np.float64)
+    diff = lora - base
+    t = p = w = d = None
+    if diff.size >= 2 and np.std(diff) > 0:
+        t, p = (float(x) for x in stats.ttest_rel(lora, base))
+        d = float(diff.mean() / diff.std(ddof=1))
+        if np.count_nonzero(diff) >= 1:
+            w = float(stats.wilcoxon(lora, base).pvalue)
+    ci = _bootstrap_ci(diff, resamples=resamples, seed=seed)
+    info = COLUMNS.get(column)
+    rel = float(diff.mean() / abs(base.mean())) if base.mean() != 0 else None
+    return Comparison(column, info.label if info else column, info.better if info else None, int(diff.size),
+                      float(base.mean()), float(base.std()), float(lora.mean()), float(lora.std()), float(diff.mean()),
+                      rel, ci[0], ci[1], t, p, w, d, _verdict(info.better if info else None, float(diff.mean()), p, ci))
+
+
+def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
+    """:func:`compare_column` for every numeric metric column present, in registry order."""
+    out = []
+    for column in COLUMNS:
+        c = compare_column(pairs, column, resamples=resamples, seed=seed)
+        if c is not None:
+            out.append(c)
+    return out
+
+
+#: The figures a comparison may write (those with something to show).
+FIGURES = ("trajectories.png", "drift_per_video.png", "distributions.png")
+
+
+@dataclass(frozen=True)
+class CompareOutcome:
+    pairs: List[Pair]
+    comparisons: List[Comparison]
+    written: Tuple[Path, ...]
+    notes: Tuple[str, ...]
+    failed: int  # videos that could not be evaluated, both sides
+
+
+def _load_side(path: Path, *, metrics: Sequence[str], jobs: int, options: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    from circle_rotate.eval.results_io import read_results
+    from circle_rotate.eval.runner import evaluate
+
+    if path.is_file() and path.suffix.lower() == ".json":
+        return list(read_results(path))
+    return evaluate([path], metrics=metrics, jobs=jobs, options=options).rows
+
+
+def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
+    """The files ``run_compare`` writes into ``out_dir``."""
+    d = Path(out_dir)
+    return (d / "compare.json", d / "report.html", *(d / n for n in FIGURES))
+
+
+def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir: os.PathLike | str,
+                metrics: Sequence[str] = ("default",), jobs: int = 1, options: Optional[Mapping[str, Any]] = None,
+                force: bool = False, resamples: int = 9999) -> CompareOutcome:
+    """Evaluate (or read) both sides, pair, compare, and write compare.json, PNGs and report.html.
+
+    Args:
+        baseline, lora: a folder of videos, one video, or a results JSON from ``circle-rotate eval``.
+        out_dir: folder for the outputs (created).
+        metrics: metrics to compute when a side is videos.
+        jobs: worker processes for evaluating.
+        options: learned-backend settings.
+        force: replace existing outputs.
+        resamples: bootstrap resamples.
+
+    Raises:
+        UserError: a missing side, existing outputs without ``force``, or no common names.
+    """
+    from circle_rotate.atomic import check_output_path, write_bytes, write_json, write_text
+    from circle_rotate.eval.plots import compare_figures
+    from circle_rotate.eval.report import render_report
+
+    sides = [Path(baseline), Path(lora)]
+    for side in sides:
+        if not side.exists():
+            raise UserError("not found", path=side, fix="pass a folder of videos, a video, or a results .json")
+    out = Path(out_dir)
+    for p in compare_outputs(out):
+        check_output_path(p, inputs=sides, force=force)
+    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options) for s in sides)
+    pairs = pair_rows(base_rows, lora_rows)
+    comparisons = compare_pairs(pairs, resamples=resamples)
+    paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
+    notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
+    notes += [f"{r['video']}: no namesake on the other side" for r in base_rows + lora_rows
+              if r.get("status") == "ok" and id(r) not in paired]
+    figures = compare_figures(pairs, comparisons)
+    written = []
+    for name, data in figures.items():
+        written.append(write_bytes(out / name, data))
+    summary = {"baseline": str(sides[0]), "lora": str(sides[1]), "pairs": [p.name for p in pairs],
+               "metrics": [c.to_dict() for c in comparisons], "headline": [c.headline() for c in comparisons],
+               "notes": notes, "baseline_videos": base_rows, "lora_videos": lora_rows}
+    json_path, html_path = compare_outputs(out)[:2]
+    written.append(write_json(json_path, summary))
+    written.append(write_text(html_path, render_report(title="circle-rotate: baseline vs LoRA", baseline=str(sides[0]),
+                                                        lora=str(sides[1]), pairs=pairs, comparisons=comparisons,
+                                                        figures=figures, notes=notes)))
+    failed = sum(r.get("status") != "ok" for r in base_rows + lora_rows)
+    return CompareOutcome(pairs, comparisons, tuple(written), tuple(notes), failed)

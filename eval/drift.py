@@ -1,0 +1,67 @@
+"""Subject drift, subject flow and global flow (``circle_rotate/metrics/subject_drift.py`` in the reference).
+
+On the 16 frames sampled with ``np.linspace(0, n - 1, 16).astype(int)``:
+
+- drift: population standard deviation of the subject mask's centroid, combined over the
+  two axes, ``sqrt(std_x^2 + std_y^2)``, in pixels;
+- subject flow: mean over consecutive sampled pairs of the mean Farneback magnitude inside
+  the earlier frame's subject mask;
+- global flow: the same over the whole frame.
+
+The reference finds the mask with YOLO + SAM; here it comes from
+:mod:`circle_rotate.eval.subject_mask` (no weights), and every sampled frame has one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from circle_rotate.eval.context import EvalContext, MetricResult
+from circle_rotate.eval.flow import magnitude
+from circle_rotate.eval.subject_mask import SubjectMasks, segment_subject
+
+
+def drift_of(centroids: np.ndarray) -> float:
+    """``sqrt(std_x^2 + std_y^2)`` of (K, 2) centroids (population std, pixels)."""
+    std = np.asarray(centroids, np.float64).std(axis=0)
+    return float(np.sqrt(np.sum(std ** 2)))
+
+
+def subject_masks(ctx: EvalContext) -> SubjectMasks:
+    """The clip's subject masks on its sampled frames, computed once per clip."""
+    def build(c: EvalContext) -> SubjectMasks:
+        idx = c.clip.sampled()
+        flows = [c.flows.get(int(a), int(b)) for a, b in zip(idx[:-1], idx[1:])]
+        return segment_subject(c.clip.frames, idx, flows)
+
+    return ctx.shared("subject_masks", build)
+
+
+def compute_subject_drift(ctx: EvalContext) -> MetricResult:
+    """Subject drift, subject flow and global flow on the 16 sampled frames."""
+    idx = ctx.clip.sampled()
+    masks = subject_masks(ctx)
+    centroids = masks.centroids()
+    subject, whole = [], []
+    for k, (a, b) in enumerate(zip(idx[:-1], idx[1:])):
+        mag = magnitude(ctx.flows.get(int(a), int(b)))
+        whole.append(float(np.mean(mag, dtype=np.float64)))
+        subject.append(float(np.mean(mag[masks.masks[k]], dtype=np.float64)))
+    notes = ()
+    if masks.fallbacks:
+        kinds = sorted(set(s for s in masks.sources if s != "motion"))
+        notes = (f"subject_drift: {masks.fallbacks} of {len(idx)} sampled frames had no motion evidence of their own; "
+                 f"their masks are {' / '.join(kinds)}",)
+    values = {
+        "drift": drift_of(centroids),
+        "subject_flow": float(np.mean(subject)),
+        "global_flow": float(np.mean(whole)),
+        "mask_fallbacks": int(masks.fallbacks),
+    }
+    series = {
+        "frames": [int(i) for i in idx],
+        "centroids": np.round(centroids, 3).tolist(),
+        "mask_area": [int(m.sum()) for m in masks.masks],
+        "mask_source": list(masks.sources),
+    }
+    return MetricResult(values, series=series, notes=notes)

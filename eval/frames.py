@@ -1,0 +1,112 @@
+"""Decode a video once and share its frames between every metric.
+
+The reference implementation (``Jklaity/Circle-Rotate``) opens the file again for each
+metric; here one :class:`Clip` holds the RGB frames and their grey versions, and every
+metric reads from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+from circle_rotate.errors import UserError
+from circle_rotate.video_io import is_frame_folder, iter_frames, probe_video
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Frames the subject-drift family of metrics samples (the paper's ``num_frames``).
+DRIFT_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A decoded video: RGB frames, their grey versions and the frame rate."""
+
+    path: str
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    grey: np.ndarray  # (T, H, W) uint8, cv2 RGB2GRAY (the reference's BGR2GRAY on BGR frames)
+    fps: float
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def count(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    def sampled(self, count: int = DRIFT_SAMPLES) -> np.ndarray:
+        return sample_indices(self.count, count)
+
+
+def sample_indices(n: int, count: int = DRIFT_SAMPLES) -> np.ndarray:
+    """The reference's frame sampling: ``np.linspace(0, n - 1, count).astype(int)``.
+
+    With fewer than ``count`` frames some indices repeat, exactly as in the reference.
+    """
+    return np.linspace(0, n - 1, count).astype(int)
+
+
+def to_grey(frame: np.ndarray) -> np.ndarray:
+    """cv2's BT.601 grey (what the reference's ``cv2.COLOR_BGR2GRAY`` gives on BGR frames)."""
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def clip_from_frames(frames: np.ndarray, *, fps: float, path: str = "<frames>") -> Clip:
+    """Wrap frames already in memory (tests, other tools) as a :class:`Clip`.
+
+    Raises:
+        UserError: fewer than two frames, or not (T, H, W, 3) uint8.
+    """
+    frames = np.ascontiguousarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise UserError(f"frames must be (T, H, W, 3) uint8, got {frames.dtype} {frames.shape}", path=path)
+    if frames.shape[0] < 2:
+        raise UserError(f"has {frames.shape[0]} frame(s); the metrics compare frames, so at least 2 are needed",
+                        path=path, fix="evaluate a video, not a still image")
+    grey = np.stack([to_grey(f) for f in frames])
+    return Clip(str(path), frames, grey, float(fps))
+
+
+def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
+    """Decode a video file or frame folder once.
+
+    Args:
+        path: mp4/webm/gif/... or a folder of image frames.
+        default_fps: used when the container states no rate (frame folders).
+
+    Returns:
+        The decoded :class:`Clip`.
+
+    Raises:
+        UserError: missing, corrupt, unreadable, no frames, or a single frame.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError("video not found", path=p, fix="check the path")
+    if p.is_dir() and not is_frame_folder(p):
+        raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
+    info = probe_video(p)
+    frames = list(iter_frames(p))
+    if not frames:
+        raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise UserError(f"frames differ in size ({', '.join(str(s[1]) + 'x' + str(s[0]) for s in sorted(sizes))})",
+                        path=p, fix="re-export the video (or frames) at one size")
+    fps = info.fps if info.fps and info.fps > 0 else default_fps
+    return clip_from_frames(np.stack(frames), fps=fps, path=str(p))

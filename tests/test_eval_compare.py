@@ -1,0 +1,96 @@
+"""``circle-rotate eval compare``: pairing by name, paired statistics, figures and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+from scipy import stats
+
+from circle_rotate.cli.main import main
+from circle_rotate.errors import UserError
+from circle_rotate.eval.compare import compare_column, pair_rows, run_compare
+from circle_rotate.eval.results_io import write_results
+from circle_rotate.eval.runner import evaluate
+from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
+
+SUBJECTS = ("box", "figure", "car", "lshape")
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory):
+    """The same four orbits twice: with a strong injected drift (baseline) and without (LoRA)."""
+    root = tmp_path_factory.mktemp("compare")
+    for side, amp in (("baseline", 40.0), ("lora", 0.0)):
+        for i, subject in enumerate(SUBJECTS):
+            spec = TurntableSpec(name=f"demo{i}", width=256, height=160, frames=21, subject=subject, seed=i,
+                                 direction=("left", "right")[i % 2], drift=DriftPath("linear", amp, angle_deg=15 * i))
+            write_turntable(spec, root / side)
+    return root
+
+
+def test_compare_folders_writes_json_pngs_and_a_self_contained_report(sides, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["-q", "eval", "compare", str(sides / "baseline"), str(sides / "lora"), "--out", str(out),
+                 "--metrics", "subject_drift", "psnr", "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 paired videos" in printed and re.search(r"drift [+-]\d+%", printed)
+    data = json.loads((out / "compare.json").read_text())
+    assert data["pairs"] == ["demo0", "demo1", "demo2", "demo3"]
+    drift = next(m for m in data["metrics"] if m["column"] == "drift")
+    base = [r["drift"] for r in data["baseline_videos"]]
+    lora = [r["drift"] for r in data["lora_videos"]]
+    assert drift["baseline_mean"] == pytest.approx(np.mean(base)) and drift["lora_mean"] == pytest.approx(np.mean(lora))
+    assert drift["relative_change"] == pytest.approx((np.mean(lora) - np.mean(base)) / np.mean(base))
+    assert drift["p_value"] == pytest.approx(stats.ttest_rel(lora, base).pvalue)
+    assert drift["ci_low"] <= np.mean(np.subtract(lora, base)) <= drift["ci_high"]
+    for name in ("trajectories.png", "drift_per_video.png", "distributions.png"):
+        img = cv2.imread(str(out / name))
+        assert img is not None and img.shape[0] > 100
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # nothing to fetch: one file is the report
+    assert "demo3" in html and "paired t" in html
+    capsys.readouterr()
+    assert main(["-q", "eval", "compare", str(sides / "baseline"), str(sides / "lora"), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_compare_reads_results_json_and_pairs_names_with_side_suffixes(sides, tmp_path):
+    base = evaluate([sides / "baseline"], metrics=["psnr", "ssim"])
+    lora = evaluate([sides / "lora"], metrics=["psnr", "ssim"])
+    for r in base.rows:
+        r["video"] = r["video"].replace(".mp4", "_base.mp4")
+    for r in lora.rows:
+        r["video"] = r["video"].replace(".mp4", "_ours.mp4")
+    write_results(base, tmp_path / "base.json")
+    write_results(lora, tmp_path / "lora.json")
+    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp", resamples=999)
+    assert [p.name for p in outcome.pairs] == ["demo0", "demo1", "demo2", "demo3"]
+    ssim = next(c for c in outcome.comparisons if c.column == "ssim")
+    b = [r["ssim"] for r in base.rows]
+    l_ = [r["ssim"] for r in lora.rows]
+    assert ssim.mean_diff == pytest.approx(np.mean(np.subtract(l_, b)))
+    assert ssim.wilcoxon_p == pytest.approx(stats.wilcoxon(l_, b).pvalue)
+    assert (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_pairing_refuses_sides_without_common_names():
+    with pytest.raises(UserError, match="namesake"):
+        pair_rows([{"video": "a.mp4", "status": "ok"}, {"video": "b.mp4", "status": "ok"}],
+                  [{"video": "x.mp4", "status": "ok"}, {"video": "yz.mp4", "status": "ok"}])
+
+
+def test_verdict_needs_significance_and_an_interval_that_excludes_zero():
+    from circle_rotate.eval.compare import Pair
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(15, 25, 12)
+    pairs = [Pair(str(i), {"drift": float(b)}, {"drift": float(b * 0.2 + rng.normal(0, 0.5))}) for i, b in enumerate(base)]
+    c = compare_column(pairs, "drift", resamples=1999)
+    assert c.verdict == "better" and c.relative_change == pytest.approx(-0.8, abs=0.05) and c.ci_high < 0
+    same = [Pair(str(i), {"drift": float(b)}, {"drift": float(b + rng.normal(0, 0.5))}) for i, b in enumerate(base)]
+    assert compare_column(same, "drift", resamples=1999).verdict == "no significant difference"

@@ -1,0 +1,122 @@
+"""``circle-rotate eval``: files and folders, error rows, exit codes, outputs, both call shapes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from circle_rotate.cli.main import main
+from circle_rotate.eval.runner import evaluate, find_videos
+from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
+from circle_rotate.video_io import write_video
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two good clips, one portrait GIF, and the bad kinds: corrupt, empty, one frame, not a video."""
+    d = tmp_path_factory.mktemp("videos")
+    write_turntable(TurntableSpec(name="orbit_a", width=256, height=160, frames=21, subject="box", clutter=1,
+                                  drift=DriftPath("linear", 10.0)), d)
+    write_turntable(TurntableSpec(name="orbit_b", width=256, height=160, frames=21, subject="car", direction="left"), d)
+    raw = (d / "orbit_a.mp4").read_bytes()
+    (d / "corrupt.mp4").write_bytes(raw[: len(raw) // 3])
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "notes.webm").write_text("this is not a video\n")
+    write_video(d / "still.mp4", [np.full((64, 64, 3), 90, np.uint8)], fps=16)
+    return d
+
+
+def test_bad_videos_become_error_rows_and_the_others_still_run(folder):
+    res = evaluate([folder], metrics=["motion_magnitude", "psnr"], jobs=2)
+    rows = {r["video"]: r for r in res.rows}
+    assert set(rows) == {"orbit_a.mp4", "orbit_b.mp4", "corrupt.mp4", "empty.mp4", "notes.webm", "still.mp4"}
+    assert [r["video"] for r in res.rows] == sorted(rows)  # input (sorted folder) order, whatever finished first
+    for good in ("orbit_a.mp4", "orbit_b.mp4"):
+        assert rows[good]["status"] == "ok" and rows[good]["motion_magnitude"] > 0
+    assert "0 bytes" in rows["empty.mp4"]["error"]
+    assert "1 frame" in rows["still.mp4"]["error"]
+    assert rows["notes.webm"]["status"] == "error" and "notes.webm" in rows["notes.webm"]["error"]
+    assert rows["corrupt.mp4"]["status"] == "error" or rows["corrupt.mp4"]["frames"] < 21  # truncated mid-stream
+    assert res.aggregate["motion_magnitude"]["n"] == sum(r["status"] == "ok" for r in res.rows)
+
+
+def test_exit_status_says_something_failed_unless_keep_going(folder, tmp_path, capsys):
+    assert main(["-q", "eval", str(folder / "orbit_b.mp4"), str(folder / "empty.mp4"), "--metrics", "psnr"]) == 1
+    assert "could not be evaluated" in capsys.readouterr().err
+    assert main(["-q", "eval", str(folder / "orbit_b.mp4"), str(folder / "empty.mp4"), "--metrics", "psnr",
+                 "--keep-going"]) == 0
+    assert main(["-q", "eval", str(tmp_path / "missing.mp4")]) == 1  # an error row, like any unreadable video
+    (tmp_path / "empty_folder").mkdir()
+    assert main(["-q", "eval", str(tmp_path / "empty_folder")]) == 2  # a folder without videos is a usage error
+    assert main(["-q", "eval", str(folder / "orbit_b.mp4"), "--metrics", "nonsense"]) == 2
+
+
+def test_outputs_json_csv_png_and_force(folder, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    args = ["-q", "eval", str(folder / "orbit_a.mp4"), str(folder / "orbit_b.mp4"), "--out", str(out), "--csv",
+            "--jobs", "1"]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert [r["video"] for r in data["videos"]] == ["orbit_a.mp4", "orbit_b.mp4"]
+    row = data["videos"][0]
+    for col in ("drift", "subject_flow", "global_flow", "motion_magnitude", "dynamic_degree", "psnr", "ssim",
+                "orbit_direction", "angular_speed_deg_s"):
+        assert col in row
+    assert len(row["series"]["subject_drift"]["centroids"]) == 16
+    assert data["aggregate"]["drift"]["n"] == 2
+    with open(out.with_suffix(".csv")) as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["video"] for t in table] == ["orbit_a.mp4", "orbit_b.mp4"]
+    assert float(table[1]["psnr"]) == pytest.approx(data["videos"][1]["psnr"])
+    png = cv2.imread(str(out.with_suffix(".png")))
+    assert png is not None and png.shape[0] > 100
+    capsys.readouterr()
+    assert main(args) == 2  # exists: refused before any work
+    assert "--force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
+
+
+def test_reference_call_shape(folder, tmp_path, capsys):
+    d = tmp_path / "outputs"
+    d.mkdir()
+    shutil.copy(folder / "orbit_b.mp4", d)
+    out = tmp_path / "results.json"
+    assert main(["-q", "eval", "--metric", "all", "--input_dir", str(d), "--output", str(out)]) == 0
+    row = json.loads(out.read_text())["videos"][0]
+    assert row["status"] == "ok" and row["drift"] >= 0
+    # learned metrics without weights on this machine are reported as skipped, saying what is missing
+    skipped = {s.split(":")[0]: s for s in row["skipped"]}
+    for name, column in (("clip_i", "clip_first_last"), ("lpips", "lpips"), ("vbench_sc", "vbench_sc"),
+                         ("subject_drift_sam", "drift_sam")):
+        assert (name in skipped and "skipped:" in skipped[name] and ("install" in skipped[name] or "weights" in
+                skipped[name] or "cache" in skipped[name])) or column in row
+
+
+@pytest.mark.parametrize("frames", [30, 50])
+def test_small_portrait_gifs_evaluate_without_error(tmp_path, frames):
+    spec = TurntableSpec(name=f"portrait_{frames}", width=180, height=320, frames=frames, fps=16, subject="figure",
+                         total_angle_deg=60, clutter=1, drift=DriftPath("sine", 5.0))
+    gif = write_turntable(spec, tmp_path, suffix=".gif").video
+    res = evaluate([gif], metrics=["default"])
+    row = res.rows[0]
+    assert row["status"] == "ok", row["error"]
+    assert (row["width"], row["height"], row["frames"]) == (180, 320, frames)
+    assert np.isfinite(row["drift"]) and row["ssim"] <= 1 and row["orbit_motion"]
+
+
+def test_frame_folders_are_videos(tmp_path):
+    spec = TurntableSpec(name="f", width=128, height=96, frames=9)
+    from circle_rotate.synthetic.turntable import render_frames
+
+    d = tmp_path / "clip_frames"
+    d.mkdir()
+    for i, fr in enumerate(render_frames(spec)):
+        cv2.imwrite(str(d / f"{i:04d}.png"), fr.image[..., ::-1])
+    assert find_videos([tmp_path]) == [d] and find_videos([d]) == [d]
+    row = evaluate([d], metrics=["dynamic_degree", "ssim"]).rows[0]
+    assert row["status"] == "ok" and row["frames"] == 9
