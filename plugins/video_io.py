@@ -173,7 +173,17 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
                 raise UserError(f"frame {i} ({f.name}) cannot be read", path=p, fix="re-export the frames")
             yield _resize_max_side(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_side)
         return
-    rotation = read_rotation(p) if apply_rotation and p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0
+    rotation = _display_rotation(p, apply_rotation)
+    for frame, _ in _decode(p, threads):
+        yield _resize_max_side(_apply_rotation(frame.to_ndarray(format="rgb24"), rotation), max_side)
+
+
+def _display_rotation(p: Path, apply_rotation: bool) -> int:
+    return read_rotation(p) if apply_rotation and p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0
+
+
+def _decode(p: Path, threads: int) -> Iterator[tuple]:
+    """(PyAV frame, nominal rate) for every frame of a video file; failures become UserErrors."""
     container = _open(p)
     index = 0
     try:
@@ -181,9 +191,9 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
+        rate = stream.average_rate or stream.guessed_rate
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")
-            yield _resize_max_side(_apply_rotation(rgb, rotation), max_side)
+            yield frame, rate
             index += 1
     except av.error.FFmpegError as exc:
         raise UserError(f"decoding failed at frame {index} ({exc})", path=p,
@@ -302,3 +312,52 @@ def write_video(path: PathLike, frames: Iterable[np.ndarray], *, fps: Union[floa
         if rotation:
             set_rotation(tmp, rotation)
     return count
+
+
+class DecodedFrame:
+    """One decoded frame whose pixels are converted only when asked (resampling skips most).
+
+    ``time`` is seconds since the stream's first frame; ``to_rgb`` applies the display
+    rotation and scales with FFmpeg's swscale in the same step as the colour conversion.
+    """
+
+    __slots__ = ("index", "time", "_frame", "_rotation")
+
+    def __init__(self, index: int, time: float, frame: "av.VideoFrame", rotation: int):
+        self.index = index
+        self.time = time
+        self._frame = frame
+        self._rotation = rotation
+
+    def to_rgb(self, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+        """RGB uint8 (H, W, 3) upright; ``size`` is the upright (width, height) to scale to."""
+        if size is None:
+            rgb = self._frame.to_ndarray(format="rgb24")
+        else:
+            w, h = size
+            if self._rotation in (90, 270):  # scale the stored (sideways) picture, then turn it
+                w, h = h, w
+            rgb = self._frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+        return _apply_rotation(rgb, self._rotation)
+
+
+def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:
+    """Decode every frame of a video file with its timestamp, converting no pixels yet.
+
+    Args:
+        path: a video file (not a frame folder).
+        apply_rotation: turn phone videos upright (in :meth:`DecodedFrame.to_rgb`).
+        threads: decoder threads (0 lets FFmpeg choose).
+
+    Raises:
+        UserError: the file cannot be opened or decoding fails part way (naming the frame).
+    """
+    p = Path(path)
+    rotation = _display_rotation(p, apply_rotation)
+    start = None
+    for index, (frame, rate) in enumerate(_decode(p, threads)):
+        t = frame.time
+        if t is None:  # no timestamps (raw streams): fall back to the nominal rate
+            t = index / float(rate) if rate else float(index)
+        start = t if start is None else start
+        yield DecodedFrame(index, float(t - start), frame, rotation)

@@ -1,0 +1,55 @@
+"""``circle-rotate caption OUT_DIR``: Circle-Rotate captions for prepared clips."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.caption import CaptionOptions, caption_dataset
+from circle_rotate.caption_templates import LANGS, STYLES
+from circle_rotate.cli._common import new_parser
+
+ORDER = 21
+
+
+def add_parser(sub) -> None:
+    p = new_parser(
+        sub, "caption", help="write orbit-aware captions for prepared clips",
+        description="Caption every accepted clip of a prepared folder in the Circle-Rotate structure (subject, "
+                    "context, viewpoint, shot scale, trajectory). The trajectory comes from the measured orbit "
+                    "direction (right = 'Circle Left->Right'); the subject from --map (CSV with match,subject,... "
+                    "columns, per folder or per file), else --subject, else the source's folder name. Writes "
+                    "<clip>.txt next to each clip (musubi's caption_extension) or one --jsonl file "
+                    "(video_jsonl_file); a caption you edited is kept unless --overwrite.",
+        examples="  circle-rotate caption data/prepared\n"
+                 "  circle-rotate caption data/prepared --map subjects.csv --style sentence --lang zh\n"
+                 "  circle-rotate caption data/prepared --subject 'a silver sedan' --context 'Urban Night View' "
+                 "--jsonl data/prepared/dataset.jsonl\n")
+    p.add_argument("out_dir", type=Path, help="folder written by circle-rotate prepare")
+    p.add_argument("--map", type=Path, help="subject map CSV (columns: match, subject, viewpoint, shot_scale, "
+                                            "context, and *_zh)")
+    p.add_argument("--subject", help="subject of clips the map does not name (default: their folder's name)")
+    p.add_argument("--viewpoint", help="e.g. 'Side View (Right)'")
+    p.add_argument("--shot-scale", help="e.g. 'Medium Shot'")
+    p.add_argument("--context", action="append", default=[], help="context tag, repeatable (e.g. 'Static Display')")
+    p.add_argument("--lang", choices=LANGS, default="en")
+    p.add_argument("--style", choices=STYLES, default="tags", help="tags (default) or one sentence")
+    p.add_argument("--ext", default=".txt", help="caption file extension (musubi's caption_extension)")
+    p.add_argument("--jsonl", type=Path, help="write this video_jsonl_file instead of caption files")
+    p.add_argument("--overwrite", action="store_true", help="replace caption files (and the jsonl) that exist")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = CaptionOptions(lang=args.lang, style=args.style, subject=args.subject, viewpoint=args.viewpoint,
+                             shot_scale=args.shot_scale, context=tuple(args.context), extension=args.ext,
+                             jsonl=args.jsonl, overwrite=args.overwrite)
+    r = caption_dataset(args.out_dir, options=options, subject_map=args.map)
+    where = f"in {r.jsonl}" if r.jsonl else "as caption files"
+    print(f"{r.written} caption(s) written {where}, {r.unchanged} unchanged, {len(r.kept)} kept (yours differ; "
+          f"--overwrite replaces them)")
+    for path in r.kept:
+        print(f"kept {path}")
+    for clip in r.missing_clips:
+        print(f"MISSING clip {clip} (listed in the manifest; run prepare again)")
+    return 0 if not r.missing_clips else 1

@@ -1,0 +1,51 @@
+"""``circle-rotate config PREPARED_DIR``: a commented musubi-tuner dataset TOML."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import add_force, new_parser
+from circle_rotate.cli.prepare import parse_size
+from circle_rotate.config_check import check_config
+from circle_rotate.dataset_config import config_from_prepared, write_dataset_config
+
+ORDER = 22
+
+
+def add_parser(sub) -> None:
+    p = new_parser(
+        sub, "config", help="write the musubi-tuner dataset TOML for prepared clips",
+        description="Write a musubi-tuner dataset config for a folder written by prepare: [general] (bucket "
+                    "resolution, batch size, caption extension) and a [[datasets]] table (video_directory or "
+                    "video_jsonl_file, cache_directory, target_frames, frame_extraction, source_fps as a float), "
+                    "every choice explained in a comment, paths with forward slashes. The result is checked with "
+                    "check-config before it is reported.",
+        examples="  circle-rotate config data/prepared\n"
+                 "  circle-rotate config data/prepared -o datasets/mine.toml --cache /fast/cache --repeats 2\n"
+                 "  circle-rotate config data/prepared --jsonl data/prepared/dataset.jsonl --relative-to .\n")
+    p.add_argument("prepared_dir", type=Path, help="folder written by circle-rotate prepare")
+    p.add_argument("-o", "--output", type=Path, help="TOML to write (default PREPARED_DIR/dataset.toml)")
+    p.add_argument("--jsonl", type=Path, help="use this video_jsonl_file (from caption --jsonl) instead of videos/")
+    p.add_argument("--cache", type=Path, help="cache_directory (default PREPARED_DIR/cache)")
+    p.add_argument("--resolution", type=parse_size, metavar="WxH", help="bucket area (default: prepare's)")
+    p.add_argument("--repeats", type=int, default=1, help="num_repeats (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch_size (default 1)")
+    p.add_argument("--ext", default=".txt", help="caption_extension (default .txt)")
+    p.add_argument("--relative-to", type=Path, help="write paths relative to this folder (where training runs)")
+    add_force(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_prepared(args.prepared_dir, jsonl=args.jsonl, cache_directory=args.cache,
+                               resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,
+                               caption_extension=args.ext, relative_to=args.relative_to)
+    out = write_dataset_config(args.output or args.prepared_dir / "dataset.toml", cfg, force=args.force)
+    print(f"wrote {out}")
+    report = check_config(out, base_dir=args.relative_to)
+    for problem in report.problems:
+        print(problem.one_line())
+    if report.musubi_verdict:
+        print(report.musubi_verdict)
+    return 0 if report.ok else 1

@@ -1,0 +1,77 @@
+"""``circle-rotate prepare RAW_DIR OUT_DIR``: footage -> orbit-checked 4n+1 clips + manifest."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circle_rotate.cli._common import new_parser
+from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
+from circle_rotate.errors import UserError
+from circle_rotate.orbit_qc import QC_MODES
+from circle_rotate.prepare import prepare_dataset
+from circle_rotate.prepare_options import PrepareOptions
+
+ORDER = 20
+
+
+def parse_size(text: str) -> tuple:
+    """'832x480' -> (832, 480)."""
+    try:
+        w, h = (int(v) for v in text.lower().replace("*", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
+    return w, h
+
+
+def add_parser(sub) -> None:
+    p = new_parser(
+        sub, "prepare", help="cut turntable footage into orbit-checked 4n+1 clips",
+        description="Probe every video under RAW_DIR, cut it into clips of 4n+1 frames resampled to --fps by "
+                    "timestamp (never across a scene cut; still heads, tails and pauses left out), measure each "
+                    "clip's orbit from the pixels, keep what --qc accepts in OUT_DIR/videos and describe every "
+                    "source and clip in OUT_DIR/manifest.jsonl. Re-running skips finished sources. Sources are "
+                    "never modified. Exit status 1 when a source could not be used, unless --keep-going.",
+        examples="  circle-rotate prepare raw/ data/prepared\n"
+                 "  circle-rotate prepare raw/ data/prepared --frames 81 --fps 16 --resolution 832x480 --qc strict\n"
+                 "  circle-rotate prepare phone/ data/tiny --frames 9 --resolution 64x64 --size-mode exact --upscale\n")
+    p.add_argument("raw_dir", type=Path, help="folder of source videos (searched recursively) or one video")
+    p.add_argument("out_dir", type=Path, help="output folder (videos/, manifest.jsonl, prepare_summary.json/.png)")
+    p.add_argument("--frames", type=int, default=81, help="frames per clip, 4n+1 (default 81, what Wan2.2 trains on)")
+    p.add_argument("--fps", type=float, default=16.0, help="clip frame rate (default 16, what Wan2.2 expects)")
+    p.add_argument("--resolution", type=parse_size, default=(832, 480), metavar="WxH",
+                   help="target size (default 832x480; in bucket mode only the area counts, so 480x832 is the same); "
+                        "use the same value as the dataset config's resolution")
+    p.add_argument("--size-mode", choices=SIZE_MODES, default="bucket",
+                   help="bucket (default): musubi's bucket of area WxH nearest the source's aspect, which its "
+                        "caching keeps as it is; fit: inside WxH; exact: crop to WxH; keep: source size. Sides are "
+                        "multiples of 16")
+    p.add_argument("--upscale", action="store_true", help="allow scaling small sources up")
+    p.add_argument("--keep-still", action="store_true", help="do not drop still heads, tails and pauses")
+    p.add_argument("--max-clips", type=int, default=None, help="at most this many clips per source")
+    p.add_argument("--qc", choices=QC_MODES, default="strict",
+                   help="strict: clean orbits only (default); lenient: drop only static and cut clips; off: keep all")
+    p.add_argument("--keep-rejected", action="store_true", help="also write rejected clips to OUT_DIR/rejected/")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
+    p.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    p.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view in degrees, for speeds")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--keep-going", action="store_true", help="exit 0 even when some sources failed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    w, h = args.resolution
+    options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),
+                             trim_still=not args.keep_still, max_clips=args.max_clips, qc=args.qc, crf=args.crf,
+                             preset=args.preset, jobs=args.jobs, keep_rejected=args.keep_rejected, hfov_deg=args.hfov)
+    report = prepare_dataset(args.raw_dir, args.out_dir, options=options)
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
+    print(f"{report.sources} source(s) ({report.processed} processed, {report.unchanged} unchanged): {statuses or 'none'}")
+    print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC")
+    print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
+    for source, status, reason in report.failed:
+        print(f"FAILED {source}: {status}: {reason}")
+    if not report.sources:
+        raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
+    return 0 if report.ok or args.keep_going else 1

@@ -1,0 +1,255 @@
+"""Dataset TOMLs: what ``config`` writes, the shipped ones, and ``check-config``'s findings,
+each held against musubi-tuner's own validator and loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import toml
+
+from circle_rotate.cli.main import main
+from circle_rotate.config_check import check_config
+from circle_rotate.dataset_items import frames_after_fps, items_for
+from circle_rotate.manifest import MANIFEST_NAME, accepted_clips, read_manifest
+from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.video_io import write_video
+
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """The training smoke test's path: prepare 9-frame clips at 64x64, caption them."""
+    root = tmp_path_factory.mktemp("cfg")
+    for i, (fps, direction) in enumerate([(24.0, "right"), (30.0, "left")]):
+        files = write_turntable(TurntableSpec(name=f"take{i}", width=160, height=96, frames=40, fps=fps,
+                                              direction=direction, total_angle_deg=30, seed=i), root / "raw" / "mug")
+        files.truth.unlink()
+        files.masks.unlink()
+    out = root / "prepared"
+    assert main(["-q", "prepare", str(root / "raw"), str(out), "--frames", "9", "--resolution", "64x64"]) == 0
+    assert main(["-q", "caption", str(out)]) == 0
+    assert main(["-q", "caption", str(out), "--jsonl", str(out / "dataset.jsonl")]) == 0
+    return out
+
+
+def _musubi_group(path: Path, cwd: Path):
+    from musubi_tuner.dataset import config_utils as cu
+
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        user = cu.load_user_config(str(path))
+        blueprint = cu.BlueprintGenerator(cu.ConfigSanitizer()).generate(user, argparse.Namespace(debug_dataset=False),
+                                                                        architecture="wan")
+        return cu.generate_dataset_group_by_blueprint(blueprint.dataset_group, training=False)
+    finally:
+        os.chdir(old)
+
+
+def _cached_items(group, cwd: Path):
+    """Run musubi's latent-caching iteration (no VAE): every (bucket, frames) it would encode."""
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return [(key, len(batch)) for ds in group.datasets for key, batch in ds.retrieve_latent_cache_batches(1)]
+    finally:
+        os.chdir(old)
+
+
+def test_config_writes_a_commented_toml_musubi_accepts(prepared, tmp_path, musubi):
+    out = tmp_path / "ds.toml"
+    assert main(["-q", "config", str(prepared), "-o", str(out)]) == 0
+    text = out.read_text()
+    data = toml.loads(text)
+    ds = data["datasets"][0]
+    assert data["general"]["resolution"] == [64, 64] and data["general"]["caption_extension"] == ".txt"
+    assert ds["target_frames"] == [9] and ds["frame_extraction"] == "head"
+    assert isinstance(ds["source_fps"], float) and ds["source_fps"] == 16.0
+    assert "\\" not in text and ds["video_directory"] == (prepared / "videos").absolute().as_posix()
+    assert sum(line.lstrip().startswith("#") for line in text.splitlines()) >= 10
+    report = check_config(out)
+    assert report.ok, [p.one_line() for p in report.problems]
+    assert report.musubi_verdict.startswith("accepted by musubi-tuner")
+    clips = accepted_clips(read_manifest(prepared / MANIFEST_NAME))
+    assert report.datasets[0].videos == report.datasets[0].items == len(clips) >= 2
+    # musubi's own loader finds the same items, at the clips' own size (nothing rescaled)
+    cached = _cached_items(_musubi_group(out, tmp_path), tmp_path)
+    assert sum(n for _, n in cached) == len(clips)
+    assert {key for key, _ in cached} == {(c["width"], c["height"], 9) for c in clips}
+    assert main(["-q", "config", str(prepared), "-o", str(out)]) == 2  # exists: needs --force
+
+
+def test_jsonl_and_relative_configs_are_accepted_too(prepared, tmp_path, musubi):
+    jsonl_toml = tmp_path / "jsonl.toml"
+    assert main(["-q", "config", str(prepared), "-o", str(jsonl_toml), "--jsonl", str(prepared / "dataset.jsonl"),
+                 "--cache", str(tmp_path / "cache"), "--repeats", "3"]) == 0
+    data = toml.load(jsonl_toml)
+    assert "video_directory" not in data["datasets"][0] and "caption_extension" not in data["general"]
+    report = check_config(jsonl_toml)
+    assert report.ok and report.datasets[0].items == 3 * report.datasets[0].videos
+    assert sum(n for _, n in _cached_items(_musubi_group(jsonl_toml, tmp_path), tmp_path)) == report.datasets[0].videos
+    rel_toml = prepared.parent / "rel.toml"
+    assert main(["-q", "config", str(prepared), "-o", str(rel_toml), "--relative-to", str(prepared.parent)]) == 0
+    assert toml.load(rel_toml)["datasets"][0]["video_directory"] == "prepared/videos"
+    assert check_config(rel_toml, base_dir=prepared.parent).ok
+    assert not check_config(rel_toml, base_dir=tmp_path, use_musubi=False).ok  # from elsewhere: folder missing
+
+
+def _layout(base: Path, folder: str, count: int, size=(480, 832)) -> None:
+    videos = base / folder
+    for i in range(count):
+        frames = [np.full((size[1], size[0], 3), 30 + 2 * t + 40 * i, np.uint8) for t in range(81)]
+        write_video(videos / f"clip{i}.mp4", frames, fps=16, preset="ultrafast")
+        (videos / f"clip{i}.txt").write_text("a car, Circle Left->Right\n")
+
+
+@pytest.mark.parametrize("shipped,folder,size", [("circle/circle.toml", "datasets/circle/videos", (480, 832)),
+                                                 ("custom/custom.toml", "data/prepared/videos", (832, 480))])
+def test_shipped_tomls_pass_musubi_and_load_the_expected_items(tmp_path, musubi, shipped, folder, size):
+    toml_file = DATASETS / shipped
+    empty = _musubi_group(toml_file, tmp_path)  # validator and blueprint; no clips yet: 0 videos, no error
+    assert [len(ds.datasource) for ds in empty.datasets] == [0]
+    _layout(tmp_path, folder, 2, size)
+    report = check_config(toml_file, base_dir=tmp_path)
+    assert report.ok, [p.one_line() for p in report.problems]
+    assert (report.datasets[0].videos, report.datasets[0].items) == (2, 2)
+    cached = _cached_items(_musubi_group(toml_file, tmp_path), tmp_path)
+    assert cached == [((*size, 81), 1), ((*size, 81), 1)] or sorted(cached) == [((*size, 81), 2)]
+
+
+def _clips(folder: Path, names, frames=17, fps=16, captions=True):
+    for name in names:
+        write_video(folder / name, [np.full((48, 64, 3), 100, np.uint8)] * frames, fps=fps, preset="ultrafast")
+        if captions:
+            (folder / name).with_suffix(".txt").write_text("x\n")
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_check_config_explains_every_problem_with_line_and_fix(tmp_path):
+    (tmp_path / "clips").mkdir()
+    _clips(tmp_path / "clips", ["a.mp4", "b.mp4"])
+    _clips(tmp_path / "clips", ["a.mov"], captions=False)  # same stem as a.mp4 (and so the same caption file)
+    _clips(tmp_path / "clips", ["c.mp4"], captions=False)
+    (tmp_path / "short").mkdir()
+    _clips(tmp_path / "short", ["s1.mp4", "s2.mp4"], frames=9)
+    text = f"""[general]
+resolution = [64, 48]
+caption_extension = ".txt"
+video_directory = "misplaced"
+
+[[datasets]]
+video_directory = "{(tmp_path / 'clips').as_posix()}"
+cache_directory = "{(tmp_path / 'cache').as_posix()}"
+target_frames = [16]
+source_fps = 30
+frame_extraction = "middle"
+targetframes = [17]
+
+[[datasets]]
+video_directory = "{(tmp_path / 'short').as_posix()}"
+cache_directory = "{(tmp_path / 'cache').as_posix()}"
+target_frames = [17]
+
+[[datasets]]
+video_directory = 'C:\\clips'
+
+[[datasets]]
+video_directory = "{(tmp_path / 'nowhere').as_posix()}"
+cache_directory = "{(tmp_path / 'c4').as_posix()}"
+"""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    r = check_config(cfg, use_musubi=False)
+    assert not r.ok and r.musubi_verdict is None
+    by = {}
+    for p in r.problems:
+        by.setdefault((p.key, p.severity), []).append(p)
+        assert p.fix and p.file == str(cfg)
+
+    def one(key, needle, severity="error"):
+        found = [p for p in by.get((key, severity), []) if needle in p.message]
+        assert found, (key, needle, "\n".join(p.one_line() for p in r.problems))
+        return found[0]
+
+    assert one("video_directory", "belongs in each [[datasets]]").line == _line_of(text, "misplaced")
+    typo = one("targetframes", "unknown key")
+    assert typo.line == _line_of(text, "targetframes") and "target_frames" in typo.fix
+    fps = one("source_fps", "wrong type")
+    assert fps.line == _line_of(text, "source_fps = 30") and "30.0" in fps.fix
+    assert one("target_frames", "4n+1").line == _line_of(text, "target_frames = [16]")
+    assert one("frame_extraction", "'middle'").line == _line_of(text, '"middle"')
+    assert "1 video(s) have no caption: c.mp4" in one("caption_extension", "no caption").message
+    assert "a" in one("video_directory", "repeat").message  # a.mp4 and a.mov share one cache key
+    assert "after source_fps 30 -> 16 fps" in one("target_frames", "shorter than [13] frames").message
+    short = one("target_frames", "shorter than [17]")
+    assert "2 of 2" in short.message and "s1.mp4 (9 frames)" in short.message
+    assert one("video_directory", "backslashes").line == _line_of(text, "C:\\clips")
+    assert "does not exist" in one("video_directory", "nowhere").message
+    assert one("cache_directory", "share the cache folder").severity == "error"
+    counts = {d.index: d for d in r.datasets}
+    assert (counts[0].videos, counts[0].missing_captions) == (4, 1)
+    assert (counts[1].videos, counts[1].usable, counts[1].too_short, counts[1].items) == (2, 0, 2, 0)
+    assert all(p.one_line().startswith(f"{cfg}:") for p in r.problems)
+
+
+def test_toml_syntax_errors_name_the_line(tmp_path):
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text('[general]\nresolution = [832, 480]\n\n[[datasets]]\nvideo_directory = "C:\\data\\clips"\n')
+    r = check_config(cfg, use_musubi=False)
+    assert not r.ok and r.problems[0].line == 5 and "forward slashes" in r.problems[0].fix
+
+
+def test_frame_dropping_matches_musubi(tmp_path, musubi):
+    """Our count of the frames musubi keeps after source_fps dropping, against its own loader."""
+    from musubi_tuner.dataset.media_utils import load_video
+
+    for n, src_fps in [(81, 30.0), (81, 16.0), (50, 24.0), (81, 10.0), (40, 29.97)]:
+        path = tmp_path / f"v{n}_{src_fps}.mp4"
+        write_video(path, [np.full((32, 32, 3), t, np.uint8) for t in range(n)], fps=16, preset="ultrafast")
+        for end in (None, 17, 81):
+            got = len(load_video(str(path), 0, end, source_fps=src_fps, target_fps=16.0))
+            assert frames_after_fps(n, source_fps=src_fps, end_frame=end) == got, (n, src_fps, end)
+    assert items_for(81, targets=[81], extraction="head") == 1
+    assert items_for(80, targets=[81], extraction="head") == 0
+    assert items_for(170, targets=[81], extraction="chunk") == 2
+    assert items_for(85, targets=[81], extraction="slide", stride=2) == 3
+    assert items_for(100, targets=[80], extraction="head") == 1  # musubi rounds 80 down to 77
+
+
+def test_musubi_verdict_reports_its_own_rejection(tmp_path, musubi):
+    (tmp_path / "v").mkdir()
+    _clips(tmp_path / "v", ["a.mp4"])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[datasets]]\nvideo_directory = "{(tmp_path / "v").as_posix()}"\ncaption_extension = ".txt"\n'
+                   f'cache_directory = "{(tmp_path / "c").as_posix()}"\ntarget_frames = [17]\nsource_fps = 16\n')
+    r = check_config(cfg)
+    assert r.musubi_verdict.startswith("rejected by musubi-tuner") and "source_fps" in r.musubi_verdict
+    cfg.write_text(cfg.read_text().replace("source_fps = 16", "source_fps = 16.0"))
+    r = check_config(cfg)
+    assert r.ok and r.musubi_verdict.startswith("accepted") and r.datasets[0].items == 1
+
+
+def test_check_config_cli_exit_codes_and_json(prepared, tmp_path, capsys):
+    good = prepared / "dataset.toml"  # config's default output
+    assert main(["-q", "config", str(prepared), "--force"]) == 0
+    capsys.readouterr()
+    assert main(["check-config", str(good), "--json", "--no-musubi"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["datasets"][0]["items"] >= 2 and report["musubi_verdict"] is None
+    bad = tmp_path / "bad.toml"
+    shutil.copy(good, bad)
+    bad.write_text(bad.read_text().replace("source_fps = 16.0", "source_fps = 16"))
+    assert main(["check-config", str(bad), "--no-musubi"]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:{_line_of(bad.read_text(), 'source_fps = 16')}: error [source_fps]" in out and "NOT OK" in out
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2

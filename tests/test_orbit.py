@@ -1,0 +1,161 @@
+"""The orbit estimator on synthetic turntable footage whose camera path is known exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from circle_rotate.orbit import MOTIONS, OrbitMeasurement, measure_orbit
+from circle_rotate.orbit_qc import qc_verdict
+from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, profile, render_frames, write_turntable
+from circle_rotate.video_io import read_video
+
+
+def _frames(spec: TurntableSpec) -> np.ndarray:
+    return np.stack([f.image for f in render_frames(spec)])
+
+
+# Orbits that vary direction, angle, speed profile, subject, clutter, lighting, background,
+# camera height, field of view and size (speeds up to 4.5 deg/frame: a full turn in 81 frames).
+ORBITS = [
+    dict(direction="right", total_angle_deg=48, subject="box"),
+    dict(direction="left", total_angle_deg=48, subject="box"),
+    dict(direction="right", total_angle_deg=96, speed_profile="ease", subject="car", clutter=3),
+    dict(direction="left", total_angle_deg=90, speed_profile="accelerate", subject="figure", lighting="exposure_ramp"),
+    dict(direction="right", total_angle_deg=72, speed_profile="decelerate", subject="lshape", lighting="moving_light"),
+    dict(direction="left", total_angle_deg=60, speed_profile="stop_go", subject="cylinder", lighting="flicker"),
+    dict(direction="right", total_angle_deg=30, subject="figure", background="studio", clutter=5),
+    dict(direction="left", total_angle_deg=20, subject="car", background="studio", camera_height=0.9),
+    dict(direction="right", total_angle_deg=80, subject="box", camera_height=2.8, look_height=0.5, hfov_deg=40),
+    dict(direction="left", total_angle_deg=100, subject="lshape", camera_height=1.0, look_height=1.0, hfov_deg=35,
+         radius=7.0),
+    dict(direction="right", total_angle_deg=60, subject="cylinder", noise_sigma=3.0, shadow=False, width=112, height=192),
+    dict(direction="left", total_angle_deg=40, subject="figure", width=256, height=144, seed=7),
+    dict(direction="right", total_angle_deg=24, subject="car", width=832, height=480, frames=13, clutter=2),
+    dict(direction="left", total_angle_deg=36, subject="box", width=832, height=480, frames=13, background="studio"),
+]
+PANS = [
+    dict(camera="pan", direction="right", total_angle_deg=20, subject="box"),
+    dict(camera="pan", direction="left", total_angle_deg=30, subject="car", clutter=3, background="studio"),
+    dict(camera="pan", direction="right", total_angle_deg=12, speed_profile="ease", subject="figure", hfov_deg=40),
+    dict(camera="pan", direction="left", total_angle_deg=40, subject="lshape", width=256, height=144),
+]
+STATICS = [
+    dict(camera="static", subject="box"),
+    dict(camera="static", subject="car", lighting="flicker", clutter=3),
+    dict(camera="static", subject="figure", lighting="moving_light", noise_sigma=3.0, width=256, height=144),
+    dict(camera="static", subject="cylinder", drift=DriftPath("sine", 10.0)),  # a subject that moves, a camera that does not
+]
+
+
+def _spec(i: int, kw: dict) -> TurntableSpec:
+    base = dict(name=f"c{i}", width=192, height=112, frames=25, fps=16.0, seed=i, start_azimuth_deg=37.0 * i)
+    return TurntableSpec(**{**base, **kw})
+
+
+def _id(kw: dict) -> str:
+    return "-".join(f"{v}" for k, v in kw.items() if k in ("camera", "direction", "subject", "speed_profile", "lighting"))
+
+
+@pytest.mark.parametrize("kw", ORBITS, ids=[_id(k) for k in ORBITS])
+def test_orbit_direction_is_right_for_every_orbit(kw):
+    spec = _spec(ORBITS.index(kw), kw)
+    m = measure_orbit(_frames(spec), fps=spec.fps, hfov_deg=spec.hfov_deg)
+    assert m.motion == "orbit", m.reasons
+    assert m.direction == spec.direction
+    assert m.seen_from_above == spec.seen_from_above
+    assert m.confidence > 0.5
+    assert m.angular_speed_deg_s > 0 and m.total_angle_deg > 0
+
+
+@pytest.mark.parametrize("kw", PANS + STATICS, ids=[_id(k) for k in PANS + STATICS])
+def test_pans_and_statics_are_never_orbits(kw):
+    spec = _spec(100 + (PANS + STATICS).index(kw), kw)
+    m = measure_orbit(_frames(spec), fps=spec.fps, hfov_deg=spec.hfov_deg)
+    assert m.motion == spec.camera, m.reasons
+    assert m.seen_from_above == "none"
+    if spec.camera == "pan":
+        assert m.direction == spec.direction  # the way the camera turns
+    else:
+        assert m.direction == "none" and m.angular_speed_deg_s == 0.0
+
+
+def test_speed_matches_the_camera_path():
+    """Constant orbit, known field of view: the estimate is the far field's flow, so it reads
+    low by about subject distance / backdrop distance (5 / 27 here) and never high."""
+    spec = _spec(0, dict(direction="left", total_angle_deg=64, subject="figure", frames=33))
+    m = measure_orbit(_frames(spec), fps=spec.fps, hfov_deg=spec.hfov_deg)
+    true_speed = spec.total_angle_deg / ((spec.frames - 1) / spec.fps)  # 32 deg/s
+    assert 0.6 * true_speed < m.angular_speed_deg_s < 1.05 * true_speed
+    assert m.total_angle_deg == pytest.approx(m.angular_speed_deg_s * (spec.frames - 1) / spec.fps)
+    assert m.speed_cv < 0.35
+
+
+def test_steadiness_separates_constant_from_stop_and_go():
+    steady = _spec(1, dict(total_angle_deg=80, frames=33, subject="box"))
+    jerky = _spec(1, dict(total_angle_deg=80, frames=33, subject="box", speed_profile="stop_go"))
+    a = measure_orbit(_frames(steady), fps=16)
+    b = measure_orbit(_frames(jerky), fps=16)
+    assert a.speed_cv < 0.35 < b.speed_cv
+    p = profile("stop_go", 33)
+    assert np.ptp(np.diff(p)) > 0  # the generator really does change speed
+
+
+def test_hand_shake_is_shaky_and_a_cut_is_a_cut():
+    shaky = _spec(2, dict(total_angle_deg=40, subject="car", shake_px=5.0))
+    cut = _spec(3, dict(total_angle_deg=60, subject="figure", cut_at=12))
+    m_shaky = measure_orbit(_frames(shaky), fps=16)
+    m_cut = measure_orbit(_frames(cut), fps=16)
+    assert m_shaky.motion == "shaky" and m_shaky.shake > 0.0016
+    assert m_cut.motion == "cut" and "11 and 12" in m_cut.reasons[0]
+    assert qc_verdict(m_cut, mode="lenient")[0] == "reject"
+
+
+def test_full_orbit_reports_loop_closure_and_part_orbit_does_not():
+    full = _spec(4, dict(total_angle_deg=360, frames=81, width=160, height=96, subject="lshape"))
+    m = measure_orbit(_frames(full), fps=16, hfov_deg=full.hfov_deg)
+    assert m.motion == "orbit" and m.total_angle_deg > 250
+    assert m.loop_closure is not None and m.loop_closure > 0.5
+    part = measure_orbit(_frames(_spec(4, dict(total_angle_deg=45, width=160, height=96))), fps=16)
+    assert part.loop_closure is None
+
+
+def test_subject_at_centre_gives_small_centre_offset():
+    m = measure_orbit(_frames(_spec(5, dict(total_angle_deg=50, subject="box"))), fps=16)
+    assert 0 <= m.centre_offset < 0.35
+
+
+def test_precomputed_full_size_farneback_flows_give_the_same_answer():
+    spec = _spec(6, dict(direction="left", total_angle_deg=50, subject="car", width=320, height=192, frames=17))
+    frames = _frames(spec)
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    flows = [cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0) for a, b in zip(grey[:-1], grey[1:])]
+    own = measure_orbit(frames, fps=16)
+    shared = measure_orbit(np.stack(grey), fps=16, flows=flows)
+    assert own.motion == shared.motion == "orbit"
+    assert own.direction == shared.direction == "left"
+    assert shared.angular_speed_deg_s == pytest.approx(own.angular_speed_deg_s, rel=0.35)
+
+
+def test_encoded_video_round_trip(tmp_path):
+    """Through x264 and back: what prepare and evaluation actually see."""
+    spec = _spec(8, dict(direction="right", total_angle_deg=40, subject="figure", width=256, height=144))
+    files = write_turntable(spec, tmp_path)
+    m = measure_orbit(read_video(files.video), fps=spec.fps)
+    assert (m.motion, m.direction) == ("orbit", "right")
+
+
+def test_measurement_serialises_and_bad_input_is_refused():
+    m = measure_orbit(_frames(_spec(9, dict(camera="static", frames=5))), fps=16)
+    d = json.loads(json.dumps(m.to_dict()))
+    assert d["motion"] in MOTIONS and d["centre_offset"] is None and isinstance(d["reasons"], list)
+    assert set(d) >= {f for f in OrbitMeasurement.__dataclass_fields__}
+    with pytest.raises(ValueError):
+        measure_orbit(np.zeros((1, 32, 32, 3), np.uint8), fps=16)
+    with pytest.raises(ValueError):
+        measure_orbit(np.zeros((3, 32, 32, 3), np.uint8), fps=16, flows=[np.zeros((32, 32, 2))])
+    assert not math.isnan(m.shake)

@@ -1,0 +1,211 @@
+"""``prepare`` on real encoded footage: mixed frame rates and sizes, a phone video, a cut, bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from circle_rotate.cli.main import main
+from circle_rotate.manifest import MANIFEST_NAME, read_manifest
+from circle_rotate.synthetic.turntable import TurntableSpec, render_frames, write_turntable
+from circle_rotate.video_io import probe_video, write_video
+
+FRAMES = 17  # 4n+1, about a second at 16 fps: small clips keep the test fast
+
+ORBITS = {  # relative path -> spec (fps, size, length, direction vary)
+    "red_car/orbit24.mp4": TurntableSpec(width=256, height=144, frames=53, fps=24.0, total_angle_deg=50, subject="car"),
+    "red_car/orbit25.mp4": TurntableSpec(width=320, height=192, frames=45, fps=25.0, total_angle_deg=40,
+                                         direction="left", subject="car", seed=3),
+    "statue/orbit2997.mp4": TurntableSpec(width=192, height=112, frames=40, fps=30000 / 1001, total_angle_deg=30,
+                                          subject="figure", seed=4),
+    "statue/orbit30.mp4": TurntableSpec(width=224, height=128, frames=36, fps=30.0, total_angle_deg=30,
+                                        direction="left", subject="lshape", seed=5),
+    "orbit60.mp4": TurntableSpec(width=160, height=96, frames=75, fps=60.0, total_angle_deg=40, subject="box", seed=6),
+    "cut25.mp4": TurntableSpec(width=256, height=144, frames=75, fps=25.0, total_angle_deg=90, subject="cylinder",
+                               cut_at=35, seed=7),
+}
+PHONE = TurntableSpec(width=144, height=256, frames=40, fps=30.0, total_angle_deg=40, subject="figure", seed=8)
+PAN = TurntableSpec(width=256, height=144, frames=40, fps=30.0, camera="pan", total_angle_deg=15, seed=9)
+
+
+def _write(raw: Path, rel: str, spec: TurntableSpec) -> Path:
+    path = raw / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files = write_turntable(TurntableSpec(**{**spec.__dict__, "name": path.stem}), path.parent)
+    files.truth.unlink()  # the raw folder holds only what a user would put there
+    files.masks.unlink()
+    return files.video
+
+
+def _write_phone(path: Path) -> np.ndarray:
+    """A portrait orbit stored sideways with a 90-degree display matrix, as phones record."""
+    upright = np.stack([f.image for f in render_frames(PHONE)])
+    write_video(path, (np.ascontiguousarray(np.rot90(f, 1)) for f in upright), fps=PHONE.fps, rotation=90, preset="veryfast")
+    return upright
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare")
+    raw, out = root / "raw", root / "out"
+    for rel, spec in ORBITS.items():
+        _write(raw, rel, spec)
+    phone_frames = _write_phone(raw / "phone" / "portrait.mp4")
+    _write(raw, "pan30.mp4", PAN)
+    good = raw / "orbit60.mp4"
+    (raw / "bad").mkdir()
+    (raw / "bad" / "zero.mp4").write_bytes(b"")
+    (raw / "bad" / "text.mp4").write_text("this is a caption, not a video\n")
+    (raw / "bad" / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 5])
+    write_video(root / "full.mkv", (f.image for f in render_frames(TurntableSpec(width=160, height=96, frames=60,
+                                                                                 fps=30.0, total_angle_deg=40))), fps=30)
+    data = (root / "full.mkv").read_bytes()  # Matroska keeps its index up front: a cut-off file still plays
+    (raw / "bad" / "cut_off.mkv").write_bytes(data[: len(data) * 6 // 10])
+    write_video(raw / "bad" / "one_frame.mp4", [np.full((96, 160, 3), 128, np.uint8)], fps=30)
+    _write(raw, "bad/short.mp4", TurntableSpec(width=160, height=96, frames=12, fps=30.0))
+    (raw / "notes.txt").write_text("not a video, ignored")
+    hashes = {p: _sha(p) for p in raw.rglob("*") if p.is_file()}
+    argv = ["-q", "prepare", str(raw), str(out), "--frames", str(FRAMES), "--fps", "16", "--resolution", "256x144",
+            "--qc", "strict", "--jobs", "2"]
+    rc = main(argv)
+    records = read_manifest(out / MANIFEST_NAME)
+    return dict(raw=raw, out=out, rc=rc, records=records, hashes=hashes, phone=phone_frames, argv=argv)
+
+
+def _sources(records):
+    return {r["source"]: r for r in records if r["type"] == "source"}
+
+
+def _clips(records, source=None):
+    return [r for r in records if r["type"] == "clip" and (source is None or r["source"] == source)]
+
+
+def test_every_source_is_reported_and_bad_files_do_not_stop_the_batch(prepared):
+    src = _sources(prepared["records"])
+    assert set(src) == {*ORBITS, "phone/portrait.mp4", "pan30.mp4", "bad/zero.mp4", "bad/text.mp4",
+                        "bad/truncated.mp4", "bad/one_frame.mp4", "bad/short.mp4", "bad/cut_off.mkv"}
+    for rel in [*ORBITS, "phone/portrait.mp4"]:
+        assert src[rel]["status"] == "ok" and src[rel]["clips"] >= 1, src[rel]
+    assert src["bad/zero.mp4"]["status"] == "error" and "0 bytes" in src["bad/zero.mp4"]["reason"]
+    assert src["bad/text.mp4"]["status"] == "error" and "cannot be opened" in src["bad/text.mp4"]["reason"]
+    assert src["bad/one_frame.mp4"]["status"] == "too_short"
+    assert src["bad/short.mp4"]["status"] == "too_short" and "need" in src["bad/short.mp4"]["reason"]
+    # an MP4 cut off before its index cannot be opened; a cut-off MKV plays up to the cut
+    assert src["bad/truncated.mp4"]["status"] == "error"
+    cut_off = src["bad/cut_off.mkv"]
+    assert cut_off["status"] == "truncated" and cut_off["clips"] == 1 and "of the 2.00 s" in cut_off["reason"]
+    assert src["pan30.mp4"]["status"] == "rejected"
+    assert all("not an orbit: pan" in r["reasons"][0] for r in _clips(prepared["records"], "pan30.mp4"))
+    assert prepared["rc"] == 1  # something failed and --keep-going was not given
+    summary = json.loads((prepared["out"] / "prepare_summary.json").read_text())
+    assert {f["source"] for f in summary["failed"]} == {"bad/zero.mp4", "bad/text.mp4", "bad/short.mp4",
+                                                        "bad/one_frame.mp4", "bad/truncated.mp4", "bad/cut_off.mkv"}
+    assert (prepared["out"] / "prepare_summary.png").stat().st_size > 1000
+
+
+def test_clips_are_4n1_frames_at_16_fps_sized_in_multiples_of_16(prepared):
+    clips = [c for c in _clips(prepared["records"]) if c["verdict"] == "accept"]
+    assert len(clips) >= 8
+    for c in clips:
+        path = prepared["out"] / c["clip"]
+        info = probe_video(path, count_frames=True)
+        assert (info.frame_count, info.codec, info.rotation) == (FRAMES, "h264", 0)
+        assert info.fps == pytest.approx(16.0)
+        assert (info.width, info.height) == (c["width"], c["height"])
+        assert info.width % 16 == 0 and info.height % 16 == 0 and info.width * info.height <= 256 * 144
+        assert c["frames"] == FRAMES and c["fps"] == 16.0
+        assert c["start_time"] * 16 == pytest.approx(round(c["start_time"] * 16))
+        assert c["end_time"] - c["start_time"] == pytest.approx((FRAMES - 1) / 16)
+        with av.open(str(path)) as box:
+            assert sum(1 for _ in box.decode(video=0)) == FRAMES
+
+
+def test_measured_direction_matches_the_camera_path(prepared):
+    truth = {**{rel: s.direction for rel, s in ORBITS.items()}, "phone/portrait.mp4": PHONE.direction}
+    for rel, direction in truth.items():
+        clips = _clips(prepared["records"], rel)
+        assert clips, rel
+        for c in clips:
+            assert c["orbit"]["motion"] == "orbit" and c["orbit"]["direction"] == direction, (rel, c["orbit"])
+            assert c["verdict"] == "accept", c["reasons"]
+            assert ("Circle Left->Right" if direction == "right" else "Circle Right->Left") in c["caption"]
+
+
+def test_no_clip_spans_the_scene_cut(prepared):
+    spec = ORBITS["cut25.mp4"]
+    cut_t = spec.cut_at / spec.fps
+    clips = _clips(prepared["records"], "cut25.mp4")
+    assert len(clips) >= 2
+    for c in clips:
+        assert not (c["start_time"] < cut_t <= c["end_time"] + 1 / 32), (c["start_time"], c["end_time"], cut_t)
+    assert "1 scene cut(s)" in _sources(prepared["records"])["cut25.mp4"]["notes"]
+
+
+def test_phone_video_is_turned_upright(prepared):
+    clip = _clips(prepared["records"], "phone/portrait.mp4")[0]
+    assert clip["height"] > clip["width"]
+    with av.open(str(prepared["out"] / clip["clip"])) as box:
+        first = next(box.decode(video=0)).to_ndarray(format="rgb24").astype(np.float64)
+    k = int(round(clip["start_time"] * PHONE.fps))
+    import cv2
+
+    ref = cv2.resize(prepared["phone"][k], (first.shape[1], first.shape[0]), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.corrcoef(first.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+def test_sources_are_never_modified(prepared):
+    for path, digest in prepared["hashes"].items():
+        assert _sha(path) == digest, path
+
+
+def test_musubi_loader_reads_every_clip(prepared, musubi):
+    from musubi_tuner.dataset.media_utils import load_video
+
+    for c in [c for c in _clips(prepared["records"]) if c["clip"]][:4]:
+        frames = load_video(str(prepared["out"] / c["clip"]), source_fps=16.0, target_fps=16.0)
+        assert len(frames) == FRAMES and frames[0].shape == (c["height"], c["width"], 3)
+
+
+def test_rerun_skips_finished_work_and_picks_up_new_sources(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write(raw, "a/one.mp4", ORBITS["red_car/orbit24.mp4"])
+    argv = ["-q", "prepare", str(raw), str(out), "--frames", str(FRAMES), "--resolution", "256x144", "--jobs", "1"]
+    assert main(argv) == 0
+    first = read_manifest(out / MANIFEST_NAME)
+    stamps = {c["clip"]: os.stat(out / c["clip"]).st_mtime_ns for c in _clips(first) if c["clip"]}
+    assert stamps
+    assert main(argv) == 0
+    assert read_manifest(out / MANIFEST_NAME) == first
+    assert stamps == {k: os.stat(out / k).st_mtime_ns for k in stamps}
+    _write(raw, "b/two.mp4", ORBITS["statue/orbit30.mp4"])
+    assert main(argv) == 0
+    again = read_manifest(out / MANIFEST_NAME)
+    assert set(_sources(again)) == {"a/one.mp4", "b/two.mp4"}
+    assert stamps == {k: os.stat(out / k).st_mtime_ns for k in stamps}
+    # changing QC re-judges without re-encoding the clips it keeps
+    assert main(argv + ["--qc", "lenient"]) == 0
+    assert stamps == {k: os.stat(out / k).st_mtime_ns for k in stamps if (out / k).exists()}
+    (raw / "c").mkdir()
+    (raw / "c" / "broken.mp4").write_bytes(b"\x00" * 100)
+    assert main(argv) == 1
+    assert main(argv + ["--keep-going"]) == 0
+    # one file as RAW, at most one clip from it
+    single = tmp_path / "single"
+    assert main(argv[:2] + [str(raw / "a" / "one.mp4"), str(single)] + argv[4:] + ["--max-clips", "1"]) == 0
+    assert [c["source"] for c in _clips(read_manifest(single / MANIFEST_NAME))] == ["one.mp4"]
+
+
+def test_bad_options_are_one_user_error(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path), str(tmp_path / "o"), "--frames", "80", "--fps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "4n+1" in err and "--fps" in err and len(err.strip().splitlines()) == 1
