@@ -24,7 +24,7 @@ from circle_rotate.errors import UserError
 from circle_rotate.musubi_env import SUPPORTED_VERSION, musubi_available, musubi_version
 from circle_rotate.recipe_reader import MusubiCommand
 from circle_rotate.safetensors_io import read_header
-from circle_rotate.wan_arch import WanDiTConfig
+from circle_rotate.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, WanDiTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +197,25 @@ def check_vae(f: Findings, path: Optional[str]) -> None:
                    "Wan2.2_VAE is for the 5B model only", "use wan_2.1_vae.safetensors (circle-rotate download models)")
 
 
+def check_timesteps(f: Findings, ns: argparse.Namespace, *, expert: str, boundary: int) -> None:
+    """Each expert only ever sees its side of the boundary at inference (t >= boundary: high noise)."""
+    lo = 0 if ns.min_timestep is None else int(ns.min_timestep)
+    hi = 1000 if ns.max_timestep is None else int(ns.max_timestep)
+    own = (boundary, 1000) if expert == "high" else (0, boundary)
+    if (lo, hi) == (0, 1000):
+        f.notes.append(f"{expert}: trains on all timesteps 0-1000, as published; at inference Wan2.2 runs the "
+                       f"{NOISE[expert]} expert only for t {'>=' if expert == 'high' else '<'} {boundary} "
+                       f"(--recipe recommended trains it on {own[0]}-{own[1]})")
+    elif (expert == "high" and hi <= boundary) or (expert == "low" and lo >= boundary):
+        f.error(ns.dit or "", f"trains the {NOISE[expert]} expert on timesteps {lo}-{hi}, where Wan2.2 runs the "
+                              f"{NOISE[OTHER[expert]]} expert (boundary {boundary}); the timestep ranges are swapped",
+                f"--min_timestep {own[0]} --max_timestep {own[1]} for this expert (--recipe recommended)")
+    elif (lo, hi) != own:
+        f.warning(ns.dit or "", f"trains the {NOISE[expert]} expert on timesteps {lo}-{hi}; Wan2.2 hands over at "
+                                f"{boundary}, so its own range is {own[0]}-{own[1]}",
+                  f"--min_timestep {own[0]} --max_timestep {own[1]} unless this is deliberate")
+
+
 def check_runtime(f: Findings, ns: argparse.Namespace, *, for_run: bool, tiny: bool) -> None:
     """What the GPU machine itself needs (errors only when about to run, notes for a dry run)."""
     if tiny:
@@ -255,6 +274,7 @@ def preflight(targets: Sequence[TrainTarget], *, for_run: bool, force: bool = Fa
     identities = []
     for t, ns in parsed:
         ident = check_dit(f, Path(ns.dit or ""), expert=t.expert, flag="--dit", ns=ns)
+        check_timesteps(f, ns, expert=t.expert, boundary=BOUNDARY_I2V if "i2v" in (ns.task or "") else BOUNDARY_T2V)
         if ident is not None:
             identities.append((t.expert, ident.to_dict()))
     dits = [Path(ns.dit).resolve() for _, ns in parsed if ns.dit]

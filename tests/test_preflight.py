@@ -209,3 +209,25 @@ def test_cli_prints_each_problem_on_one_line_and_exits_2(ws):
     assert len(swapped) == 2 and all(line.startswith("error: ") and "fix: swap" in line for line in swapped)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("circle-rotate train: error:") and "fix:" in last
+
+
+def test_timestep_ranges_per_expert():
+    """Wan2.2 I2V runs the high-noise expert for t >= 900 only: a swapped range is an error."""
+    import argparse
+
+    from circle_rotate.preflight import Findings, check_timesteps
+
+    def run(expert, lo, hi):
+        f = Findings()
+        check_timesteps(f, argparse.Namespace(min_timestep=lo, max_timestep=hi, dit="x.safetensors"), expert=expert,
+                        boundary=900)
+        return f
+
+    assert not run("high", 900, 1000).problems and not run("low", 0, 900).problems
+    published = run("high", None, None)
+    assert not published.problems and "as published" in published.notes[0] and "900-1000" in published.notes[0]
+    swapped = run("high", 0, 900).problems
+    assert [p.severity for p in swapped] == ["error"] and "ranges are swapped" in swapped[0].message
+    assert swapped[0].fix.startswith("--min_timestep 900 --max_timestep 1000")
+    assert run("low", 900, 1000).problems[0].severity == "error"
+    assert run("low", 0, 875).problems[0].severity == "warning"

@@ -1,0 +1,55 @@
+"""`circle-rotate demo`: the whole kit end to end on a CPU, through the public commands only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors import safe_open
+
+from circle_rotate.musubi_env import musubi_available
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "demo", "--out", str(out)], capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_every_step_runs_and_says_what_it_made(demo):
+    out, stdout = demo
+    steps = [line.split("]")[0] + "]" for line in stdout.splitlines() if line.startswith("[")]
+    assert steps == [f"[{i}/7]" for i in range(1, 8)]
+    assert stdout.strip().splitlines()[-1].startswith(f"report: {out / 'report' / 'report.html'}")
+    summary = json.loads((out / "prepared" / "prepare_summary.json").read_text())
+    assert summary["clips_accepted"] >= 3 and summary["clips_rejected"] >= 1  # the pan is no orbit
+    assert [f["source"] for f in summary["failed"]] == ["broken_upload.mp4"]
+    assert len(list((out / "prepared" / "videos").glob("*.txt"))) == summary["clips_accepted"]
+    if musubi_available():
+        for e in ("high", "low"):
+            assert (out / "smoke" / "outputs" / e / f"circle_rotate_{e[0]}.safetensors").is_file()
+    for dtype in ("fp16", "fp8_scaled"):
+        with safe_open(str(out / "merged" / f"high_merged_{dtype}.safetensors"), framework="pt") as f:
+            assert ("scaled_fp8" in f.keys()) == (dtype == "fp8_scaled")
+    with safe_open(str(out / "merged" / "circle_rotate_h_comfy.safetensors"), framework="pt") as f:
+        assert all(k.startswith("diffusion_model.blocks.") for k in f.keys())
+
+
+def test_headline_shows_lower_drift_matching_the_ground_truth(demo):
+    out, stdout = demo
+    compare = json.loads((out / "report" / "compare.json").read_text())
+    drift = next(m for m in compare["metrics"] if m["column"] == "drift")
+    truth = {side: [json.loads(p.read_text())["drift"] for p in sorted((out / "eval").glob(f"{side}_*.truth.json"))]
+             for side in ("baseline", "lora")}
+    for side, key in (("baseline", "baseline_mean"), ("lora", "lora_mean")):
+        true_mean = sum(truth[side]) / len(truth[side])
+        assert abs(drift[key] - true_mean) <= max(1.5, 0.15 * true_mean), (side, drift[key], true_mean)
+    assert drift["lora_mean"] < 0.5 * drift["baseline_mean"] and drift["p_value"] < 0.05
+    assert "drift -" in stdout and "ground truth: drift -" in stdout
+    html = (out / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img src=\"http" not in html
