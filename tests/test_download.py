@@ -11,23 +11,7 @@ import pytest
 
 from circle_rotate.downloads import DATASET_REPO, FILES
 from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _populate(cache: Path, repo_id: str, repo_type: str, files: dict) -> None:
-    """The hub cache layout: <type>s--org--name/refs/main -> commit, snapshots/<commit>/<path>."""
-    root = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    for rel, data in files.items():
-        dst = root / "snapshots" / COMMIT / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, Path):
-            dst.write_bytes(data.read_bytes())
-        else:
-            dst.write_bytes(data)
-
+from hub_cache import populate
 
 def _run(*args, cache: Path, cwd: Path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache.parent / "hf_home")}
@@ -40,8 +24,8 @@ def cache(tmp_path) -> Path:
     cache = tmp_path / "hub"
     expert = write_tiny_wan(tmp_path / "expert.safetensors")
     for f in FILES["models"] + FILES["lora"]:
-        _populate(cache, f.repo_id, f.repo_type, {f.filename: expert if f.filename.endswith(".safetensors") else b"pth"})
-    _populate(cache, DATASET_REPO, "dataset", {"videos/a.mp4": b"x" * 10, "videos/a.txt": b"caption"})
+        populate(cache, f.repo_id, f.repo_type, {f.filename: expert if f.filename.endswith(".safetensors") else b"pth"})
+    populate(cache, DATASET_REPO, "dataset", {"videos/a.mp4": b"x" * 10, "videos/a.txt": b"caption"})
     return cache
 
 

@@ -20,10 +20,10 @@ from circle_rotate.synthetic.tiny_wan import write_tiny_wan
 from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 from circle_rotate.tools.synthetic_lora import write_random_lora
 from circle_rotate.wan_arch import tiny_config
+from hub_cache import populate
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 #: README commands that cannot run here, and where their behaviour is tested instead.
 NOT_RUN_HERE: Dict[str, str] = {
@@ -83,16 +83,6 @@ def test_every_readme_command_parses_with_the_real_cli():
             pytest.fail(f"README command does not parse (exit {exc.code}): {cmd}")
 
 
-def _populate_hub(cache: Path, repo_id: str, repo_type: str, files: Dict[str, Path]) -> None:
-    root = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    for rel, src in files.items():
-        dst = root / "snapshots" / COMMIT / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Path:
     """A working folder laid out as the README's commands expect."""
@@ -110,8 +100,8 @@ def sandbox(tmp_path_factory) -> Path:
     stand_in = {"dit_high": experts["high"], "dit_low": experts["low"], "vae": experts["low"], "t5": experts["low"],
                 "lora_high": loras["high"], "lora_low": loras["low"]}
     for f in FILES["models"] + FILES["lora"]:
-        _populate_hub(box / "hub", f.repo_id, f.repo_type, {f.filename: stand_in[f.key]})
-    _populate_hub(box / "hub", DATASET_REPO, "dataset", {f"videos/{v.name}": v for v in footage})
+        populate(box / "hub", f.repo_id, f.repo_type, {f.filename: stand_in[f.key]})
+    populate(box / "hub", DATASET_REPO, "dataset", {f"videos/{v.name}": v for v in footage})
     for v in footage:
         (box / "my_footage").mkdir(exist_ok=True)
         shutil.copyfile(v, box / "my_footage" / v.name)
