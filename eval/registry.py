@@ -6,12 +6,14 @@ magnitude computes the consecutive flows that the orbit metrics then reuse.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.errors import UserError
-from circle_rotate.eval import drift, image_quality, learned, motion, orbit_metrics
-from circle_rotate.eval.context import EvalContext, MetricResult
+
+if TYPE_CHECKING:
+    from circle_rotate.eval.context import EvalContext, MetricResult
 
 
 @dataclass(frozen=True)
@@ -27,25 +29,34 @@ class Column:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    compute: Callable[[EvalContext], MetricResult]
+    # Where ``compute_<name>`` lives, as "module:function" under circle_rotate.eval (a learned
+    # metric: "learned:<key of LEARNED>"). Imported on first use, so listing the metrics (the
+    # CLI's help) loads neither cv2 nor scipy.
+    entry: str
     columns: Tuple[Column, ...]
     default: bool = True
     learned: bool = False
 
+    @property
+    def compute(self) -> Callable[[EvalContext], MetricResult]:
+        module, _, name = self.entry.partition(":")
+        mod = importlib.import_module(f"circle_rotate.eval.{module}")
+        return mod.LEARNED[name] if self.learned else getattr(mod, name)
+
 
 METRICS: Tuple[Metric, ...] = (
-    Metric("motion_magnitude", motion.compute_motion_magnitude,
+    Metric("motion_magnitude", "motion:compute_motion_magnitude",
            (Column("motion_magnitude", "motion magnitude", None, "px/frame"),)),
-    Metric("dynamic_degree", motion.compute_dynamic_degree, (Column("dynamic_degree", "dynamic degree"),)),
-    Metric("subject_drift", drift.compute_subject_drift, (
+    Metric("dynamic_degree", "motion:compute_dynamic_degree", (Column("dynamic_degree", "dynamic degree"),)),
+    Metric("subject_drift", "drift:compute_subject_drift", (
         Column("drift", "subject drift", "lower", "px"),
         Column("subject_flow", "subject flow", "lower", "px"),
         Column("global_flow", "global flow", None, "px"),
         Column("mask_fallbacks", "frames without own mask evidence", "lower"),
     )),
-    Metric("psnr", image_quality.compute_psnr, (Column("psnr", "first-last PSNR", None, "dB"),)),
-    Metric("ssim", image_quality.compute_ssim, (Column("ssim", "first-last SSIM"),)),
-    Metric("orbit", orbit_metrics.compute_orbit, (
+    Metric("psnr", "image_quality:compute_psnr", (Column("psnr", "first-last PSNR", None, "dB"),)),
+    Metric("ssim", "image_quality:compute_ssim", (Column("ssim", "first-last SSIM"),)),
+    Metric("orbit", "orbit_metrics:compute_orbit", (
         Column("orbit_motion", "camera motion"),
         Column("orbit_direction", "orbit direction"),
         Column("seen_from_above", "seen from above"),
@@ -56,15 +67,15 @@ METRICS: Tuple[Metric, ...] = (
         Column("total_angle_deg", "total angle", None, "deg"),
         Column("orbit_confidence", "orbit confidence", "higher"),
     )),
-    Metric("clip_i", learned.LEARNED["clip_i"], (
+    Metric("clip_i", "learned:clip_i", (
         Column("clip_first_last", "CLIP-I first-last", "higher"),
         Column("clip_global_avg", "CLIP-I global", "higher"),
         Column("clip_frame_acc", "CLIP-I frame-to-frame", "higher"),
     ), default=False, learned=True),
-    Metric("lpips", learned.LEARNED["lpips"], (Column("lpips", "first-last LPIPS"),), default=False, learned=True),
-    Metric("vbench_sc", learned.LEARNED["vbench_sc"], (Column("vbench_sc", "DINO subject consistency", "higher"),),
+    Metric("lpips", "learned:lpips", (Column("lpips", "first-last LPIPS"),), default=False, learned=True),
+    Metric("vbench_sc", "learned:vbench_sc", (Column("vbench_sc", "DINO subject consistency", "higher"),),
            default=False, learned=True),
-    Metric("subject_drift_sam", learned.LEARNED["subject_drift_sam"],
+    Metric("subject_drift_sam", "learned:subject_drift_sam",
            (Column("drift_sam", "subject drift (YOLO+SAM)", "lower", "px"),), default=False, learned=True),
 )
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
-from circle_rotate.orbit import OrbitMeasurement
+if TYPE_CHECKING:  # the measurement imports cv2; the CLI reads QC_MODES at start-up without it
+    from circle_rotate.orbit import OrbitMeasurement
 
 QC_MODES = ("strict", "lenient", "off")
 

@@ -11,6 +11,7 @@ Pickle checkpoints (``.pt``, ``.ckpt``, ``.pth``, ``.bin``) are never unpickled 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -21,6 +22,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple,
 import torch
 
 from circle_rotate.atomic import atomic_path
+from circle_rotate.direct_io import DirectWriter, read_at
 from circle_rotate.errors import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -200,6 +202,16 @@ def iter_tensors(header: SafetensorsHeader, keys=None) -> Iterator[Tuple[str, to
             yield key, read_tensor(header, key, fh=fh)
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """``nbytes`` of the open file ``fd`` from ``offset``: a :meth:`SafetensorsWriter.write_raw`
+    chunk read straight into the output's buffers (untouched tensors of a base model)."""
+
+    fd: int
+    offset: int
+    nbytes: int
+
+
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor as safetensors stores them."""
     t = t.detach().contiguous().cpu()
@@ -221,8 +233,11 @@ class SafetensorsWriter:
     """
 
     def __init__(self, path: PathLike, specs: Mapping[str, Tuple[torch.dtype, Tuple[int, ...]]], *,
-                 metadata: Optional[Mapping[str, str]] = None):
+                 metadata: Optional[Mapping[str, str]] = None, direct: bool = False):
+        """``direct``: write through :class:`circle_rotate.direct_io.DirectWriter` (no page cache;
+        for multi-GB outputs, where the cache costs more CPU than it saves)."""
         self.path = Path(path)
+        self._direct = direct
         self._order = list(specs)
         self._specs = dict(specs)
         self._next = 0
@@ -246,7 +261,7 @@ class SafetensorsWriter:
     def __enter__(self) -> "SafetensorsWriter":
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
-        self._fh = open(tmp, "wb")
+        self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
         self._fh.write(self._header)
         return self
 
@@ -261,22 +276,42 @@ class SafetensorsWriter:
         self._fh.write(tensor_bytes(tensor))
         self._next += 1
 
-    def write_raw(self, name: str, chunks: Iterable[Union[bytes, memoryview]]) -> None:
+    def write_raw(self, name: str, chunks: Iterable[Union[bytes, memoryview, FileSpan]]) -> None:
         """Append the next tensor's stored bytes as they are (byte-for-byte copies of untouched tensors)."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             raise RuntimeError(f"SafetensorsWriter: got '{name}' out of order")
         for chunk in chunks:
-            self._fh.write(chunk)
+            if isinstance(chunk, FileSpan):
+                self._copy_span(chunk)
+            else:
+                self._fh.write(chunk)
         self._next += 1
+
+    def _copy_span(self, span: FileSpan) -> None:
+        if isinstance(self._fh, DirectWriter):
+            self._fh.copy_from(span.fd, span.offset, span.nbytes)
+            return
+        buf, done = memoryview(bytearray(min(span.nbytes, 32 << 20))), 0
+        while done < span.nbytes:
+            got = read_at(span.fd, buf[:span.nbytes - done], span.offset + done)
+            if not got:
+                raise OSError(errno.EIO, f"source ended {span.nbytes - done} bytes early")
+            self._fh.write(buf[:got])
+            done += got
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if self._fh is not None:
+            if isinstance(self._fh, DirectWriter):
+                self._fh.close(discard=exc_type is not None)
+            elif self._fh is not None:
                 self._fh.close()
             if exc_type is None and self._next != len(self._order):
                 missing = self._order[self._next]
-                exc_type, exc = RuntimeError, RuntimeError(f"SafetensorsWriter: '{missing}' was never written")
-                raise exc
+                raise RuntimeError(f"SafetensorsWriter: '{missing}' was never written")
+        except BaseException as err:  # a failed final write (a full disk) must not be renamed into place
+            if exc_type is None:
+                exc_type, exc, tb = type(err), err, err.__traceback__
+            raise
         finally:
             self._ctx.__exit__(exc_type, exc, tb)
         return False

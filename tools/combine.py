@@ -21,14 +21,16 @@ import torch
 from circle_rotate.atomic import check_output_path
 from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY
 from circle_rotate.errors import UserError
+from circle_rotate.safetensors_io import DTYPES
 from circle_rotate.tools.lora_inspect import lora_expert
 from circle_rotate.tools.lora_io import (AlphaIfMissing, LoraModule, module_scales, read_lora_index, require_wan_lora,
                                          resolved_modules, write_lora)
 from circle_rotate.tools.lora_keys import FORMATS, module_sort_key
+from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, FLOAT_DTYPES
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
-COMBINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMBINE_DTYPES = {name: DTYPES[FLOAT_DTYPES[name]] for name in COMBINE_DTYPE_NAMES}
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,18 @@ def scale_from_max(max_abs: float, dtype: torch.dtype = FP8) -> torch.Tensor:
     return (torch.tensor(max_abs, dtype=torch.float32) / float(torch.finfo(dtype).max)).clamp(min=_MIN_SCALE)
 
 
-def quantize(w: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype = FP8) -> torch.Tensor:
-    """fp32 -> fp8 ``dtype``, divided by ``scale`` first when given; saturates at the dtype's max
-    (a plain cast would turn an out-of-range e4m3fn value into NaN)."""
-    w = w.float()
+def quantize_into(out: torch.Tensor, work: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """fp32 ``work`` -> the fp8 tensor ``out`` (same shape, its dtype), divided by ``scale`` first
+    when given; saturates at the dtype's max (a plain cast would turn an out-of-range e4m3fn value
+    into NaN). Returns ``out``.
+
+    ``work`` is overwritten: the streaming merge quantizes its scratch buffer in place rather
+    than allocating two temporaries per chunk.
+    """
     if scale is not None:
-        w = w / scale.float().reshape(())
-    limit = float(torch.finfo(dtype).max)
-    return w.clamp(-limit, limit).to(dtype)
+        work.div_(scale.float().reshape(()))
+    limit = float(torch.finfo(out.dtype).max)
+    return out.copy_(work.clamp_(-limit, limit))
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import torch
 from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.tools.lora_keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
+from circle_rotate.tools.options import AlphaIfMissing
 
 PathLike = Union[str, os.PathLike]
-AlphaIfMissing = Union[None, str, float]
 
 
 @dataclass(frozen=True)
@@ -191,19 +191,6 @@ def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) 
     return out
 
 
-def parse_alpha_if_missing(text: Optional[str]) -> AlphaIfMissing:
-    """CLI value -> ``None``, ``"rank"`` or a float (raises UserError for anything else)."""
-    if text is None or text == "rank":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"--alpha-if-missing must be 'rank' or a number, not {text!r}", fix="e.g. --alpha-if-missing 1") from None
-    if not value > 0:
-        raise UserError(f"--alpha-if-missing must be positive, not {text}", fix="e.g. --alpha-if-missing 1")
-    return value
-
-
 def load_module(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None) -> LoraModule:
     """Read one module's down/up weights (as stored) and its alpha."""
     info = index.modules[module]
@@ -272,22 +259,3 @@ def resolved_modules(index: LoraIndex, scales: Mapping[str, float], *, modules: 
             alpha = mod.alpha if mod.alpha is not None else scales[name] * mod.rank
             out[name] = LoraModule(name, mod.down, mod.up, alpha)
     return out
-
-
-def parse_lora_spec(text: str) -> Tuple[Path, float]:
-    """``FILE[:STRENGTH]`` -> (path, strength); a suffix that is not a number stays part of the path.
-
-    Raises:
-        UserError: an empty file name.
-    """
-    path, strength = text, 1.0
-    head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            strength = float(tail)
-            path = head
-        except ValueError:
-            pass
-    if not path:
-        raise UserError(f"no file in {text!r}", fix="write --lora FILE or --lora FILE:STRENGTH, e.g. lora.safetensors:0.8")
-    return Path(path), strength

@@ -3,10 +3,12 @@
 The base is memory-mapped (its pages are page cache, not process memory) and the output is
 written tensor by tensor through :class:`circle_rotate.safetensors_io.SafetensorsWriter`, so
 the process holds a few row chunks at a time, never a whole model or even a whole tensor.
-Untouched tensors go from the map to the output file byte for byte. Touched ones are computed
-in fp32 in row chunks on a small thread pool (torch releases the GIL) while the main thread
-writes finished chunks in order; an fp8_scaled output first takes the maximum of the merged
-tensor (one extra pass over its chunks) to get its per-tensor scale.
+Untouched tensors are read byte for byte straight into the output's buffers. Touched ones are
+computed in fp32 in row chunks on a small thread pool (torch releases the GIL; the arithmetic is
+:mod:`circle_rotate.tools.merge_chunks`) while the main thread hands finished chunks in order to
+a direct-I/O writer (:mod:`circle_rotate.direct_io`): the disk writes while we compute, and no
+CPU goes into copying GBs through the page cache. An fp8_scaled output first takes the maximum
+of the merged tensor (one extra pass over its chunks) to get its per-tensor scale.
 
 Output is atomic: any error, Ctrl-C or full disk removes the temporary file.
 """
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -32,19 +34,17 @@ from circle_rotate.atomic import check_output_path
 from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, identify_checkpoint
 from circle_rotate.errors import UserError
 from circle_rotate.progress import progress
-from circle_rotate.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
-from circle_rotate.tools.fp8 import quantize, scale_from_max
+from circle_rotate.safetensors_io import FileSpan, SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
+from circle_rotate.tools.fp8 import scale_from_max
 from circle_rotate.tools.lora_io import AlphaIfMissing, load_module, module_scales, read_lora_index, require_wan_lora
+from circle_rotate.tools.merge_chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
 from circle_rotate.tools.merge_plan import LoraSource, MergePlan, OutTensor, plan_merge
-from circle_rotate.tools.pipeline import counted, pipelined, torch_threads
+from circle_rotate.tools.pipeline import pipelined, torch_threads
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-#: Elements per compute chunk: 1 MB of fp32 stays in cache across decode, addmm and encode, and
-#: chunks this small are served from the allocator's free lists (no fresh pages to fault in).
-CHUNK_ELEMS = 1 << 18
-#: Bytes per write of an untouched tensor.
+#: Bytes per read of an untouched tensor (the progress bar advances by them).
 RAW_CHUNK = 32 << 20
 
 
@@ -69,19 +69,15 @@ class MergeReport:
         return asdict(self)
 
 
-def _as_2d(t: torch.Tensor) -> torch.Tensor:
-    rows = t.shape[0] if t.dim() else 1
-    return t.reshape(rows, -1)
-
-
 class _Executor:
     """Turns a :class:`MergePlan` into an ordered stream of output byte chunks."""
 
-    def __init__(self, plan: MergePlan, mm: mmap.mmap, pool: ThreadPoolExecutor):
-        self.plan, self.mm, self.pool = plan, mm, pool
+    def __init__(self, plan: MergePlan, mm: mmap.mmap, fd: int, pool: ThreadPoolExecutor):
+        self.plan, self.mm, self.fd, self.pool = plan, mm, fd, pool
         self.header: SafetensorsHeader = plan.base
         self.by_key = {t.key: t for t in plan.tensors}
         self.scales: Dict[str, torch.Tensor] = {}
+        self.chunks = Chunks()
 
     def view(self, key: str) -> torch.Tensor:
         info = self.header.tensors[key]
@@ -90,58 +86,34 @@ class _Executor:
         return torch.frombuffer(self.mm, dtype=info.torch_dtype, count=info.numel,
                                 offset=self.header.data_start + info.begin).reshape(info.shape)
 
-    def _loaded_deltas(self, t: OutTensor) -> Tuple[Tuple[torch.Tensor, torch.Tensor, float], ...]:
-        """(up, down, factor) in fp32 for each LoRA touching ``t``; a LoRA module is a few MB at most."""
-        out = []
+    def source(self, t: OutTensor) -> Source:
+        """The base view, its scale and the deltas of ``t`` (a LoRA module is a few MB at most)."""
+        deltas = []
         for d in t.deltas:
             mod = load_module(self.plan.loras[d.lora].index, d.module)
-            out.append((_as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
-        return tuple(out)
-
-    def _decoded(self, t: OutTensor, deltas, r0: int, r1: int) -> torch.Tensor:
-        buf = _as_2d(self.view(t.src))[r0:r1].to(torch.float32, copy=True)  # never write into the map
-        if t.src_scale is not None:
-            buf.mul_(self.view(t.src_scale).float().reshape(()))
-        for up, down, factor in deltas:
-            buf.addmm_(up[r0:r1], down, alpha=factor)
-        return buf
-
-    def _encoded(self, t: OutTensor, deltas, scale, r0: int, r1: int) -> memoryview:
-        buf = self._decoded(t, deltas, r0, r1)
-        if t.encode == "fp8_scaled":
-            return tensor_bytes(quantize(buf, scale, t.dtype))
-        if t.encode == "fp8":
-            return tensor_bytes(quantize(buf, None, t.dtype))
-        return tensor_bytes(buf.to(t.dtype))
-
-    def _row_ranges(self, t: OutTensor) -> List[Tuple[int, int]]:
-        info = self.header.tensors[t.src]
-        rows = info.shape[0] if info.shape else 1
-        step = max(1, CHUNK_ELEMS // max(1, info.numel // max(rows, 1)))
-        return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
-
-    def _max_abs(self, t: OutTensor, deltas, r0: int, r1: int) -> float:
-        return float(self._decoded(t, deltas, r0, r1).abs().max()) if r1 > r0 else 0.0
+            deltas.append((as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
+        scale = self.view(t.src_scale).float().reshape(()) if t.src_scale is not None else None
+        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode)
 
     def scale_of(self, weight_key: str) -> torch.Tensor:
         """Per-tensor scale of a merged fp8_scaled weight: max |W'| / 448 (one pass over its chunks)."""
         if weight_key not in self.scales:
             t = self.by_key[weight_key]
-            deltas = self._loaded_deltas(t)
-            jobs = [self.pool.submit(self._max_abs, t, deltas, r0, r1) for r0, r1 in self._row_ranges(t)]
-            self.scales[weight_key] = scale_from_max(max(f.result() for f in jobs), t.dtype)
+            src = self.source(t)
+            jobs = [self.pool.submit(self.chunks.max_abs, src, r0, r1)
+                    for r0, r1 in row_ranges(*src.weight.shape, JOB_ELEMS)]
+            self.scales[weight_key] = scale_from_max(max((f.result() for f in jobs), default=0.0), t.dtype)
         return self.scales[weight_key]
 
-    def _raw_pieces(self, t: OutTensor) -> Iterator[Tuple[str, Union[memoryview, bytes]]]:
-        # Slices of the map: the kernel copies page cache to page cache, nothing lands in our heap.
+    def _raw_pieces(self, t: OutTensor) -> Iterator[Tuple[str, Union[FileSpan, bytes]]]:
         info = self.header.tensors[t.src]
         start, end = self.header.data_start + info.begin, self.header.data_start + info.end
         if start == end:
             yield t.key, b""
         for a in range(start, end, RAW_CHUNK):
-            yield t.key, memoryview(self.mm)[a:min(a + RAW_CHUNK, end)]
+            yield t.key, FileSpan(self.fd, a, min(RAW_CHUNK, end - a))
 
-    def pieces(self) -> Iterator[Tuple[str, Union[memoryview, bytes, Callable[[], memoryview]]]]:
+    def pieces(self) -> Iterator[Tuple[str, Union[memoryview, bytes, FileSpan, Callable[[], Pooled]]]]:
         """(key, bytes or a job making them) for every output tensor, in output order."""
         for t in self.plan.tensors:
             if t.kind == "marker":
@@ -152,9 +124,19 @@ class _Executor:
                 yield from self._raw_pieces(t)
             else:
                 scale = self.scale_of(t.key) if t.encode == "fp8_scaled" else None
-                deltas = self._loaded_deltas(t)
-                for r0, r1 in self._row_ranges(t):
-                    yield t.key, partial(self._encoded, t, deltas, scale, r0, r1)
+                src = self.source(t)
+                for r0, r1 in row_ranges(*src.weight.shape, JOB_ELEMS) or [(0, 0)]:
+                    yield t.key, partial(self.chunks.encoded, src, scale, r0, r1)
+
+    def written(self, group: Iterable[Tuple[str, object]], bar) -> Iterator[Union[bytes, memoryview, FileSpan]]:
+        """The chunks of one tensor for the writer, advancing ``bar``; a computed chunk's buffer is
+        reused once the writer, which consumes each chunk before asking for the next, is done with it."""
+        for _, piece in group:
+            data = piece.data if isinstance(piece, Pooled) else piece
+            yield data
+            bar.update(data.nbytes if isinstance(data, (memoryview, FileSpan)) else len(data))
+            if isinstance(piece, Pooled):
+                self.chunks.release(piece)
 
 
 def execute_plan(plan: MergePlan, out: Path, *, workers: Optional[int] = None) -> None:
@@ -168,12 +150,12 @@ def execute_plan(plan: MergePlan, out: Path, *, workers: Optional[int] = None) -
             mm.madvise(mmap.MADV_SEQUENTIAL)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge")
         try:
-            executor = _Executor(plan, mm, pool)
+            executor = _Executor(plan, mm, fh.fileno(), pool)
             bar = progress(total=plan.output_bytes, desc=f"merge -> {out.name}", unit="B", unit_scale=True)
-            with bar, SafetensorsWriter(out, specs, metadata=plan.metadata) as writer:
+            with bar, SafetensorsWriter(out, specs, metadata=plan.metadata, direct=True) as writer:
                 stream = pipelined(executor.pieces(), pool, depth=8 * workers)
                 for key, group in groupby(stream, key=lambda kv: kv[0]):
-                    writer.write_raw(key, counted(group, bar))
+                    writer.write_raw(key, executor.written(group, bar))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(BufferError):  # a view still referenced; the map closes when collected
@@ -260,3 +242,4 @@ def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: Pa
     """
     prepared = prepare_merge(base, loras, out, dtype=dtype, alpha_if_missing=alpha_if_missing, force=force, expert=expert)
     return run_merge(prepared, workers=workers)
+

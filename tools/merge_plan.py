@@ -30,10 +30,10 @@ from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import DTYPES, SafetensorsHeader
 from circle_rotate.tools.fp8 import FP8, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable, fp8_layout
 from circle_rotate.tools.lora_io import LoraIndex
+from circle_rotate.tools.options import FLOAT_DTYPES, MERGE_DTYPES
 from circle_rotate.wan_arch import is_fp8_target
 
-MERGE_DTYPES = ("same", "fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_scaled")
-_TORCH = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_TORCH = {name: DTYPES[code] for name, code in FLOAT_DTYPES.items()}
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _FP8 = {"F8_E4M3", "F8_E5M2"}
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")  # the official repo's diffusion_pytorch_model-00001-of-00006

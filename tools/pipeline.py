@@ -52,10 +52,3 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def counted(group: Iterable[Tuple[K, T]], bar) -> Iterator[T]:
-    """The values of ``(key, bytes)`` pairs, advancing progress ``bar`` by their sizes."""
-    for _, data in group:
-        bar.update(len(data))
-        yield data

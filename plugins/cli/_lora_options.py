@@ -8,7 +8,7 @@ from typing import Callable, Tuple
 
 from circle_rotate.cli._common import add_force
 from circle_rotate.errors import UserError
-from circle_rotate.tools.lora_io import parse_lora_spec
+from circle_rotate.tools.options import parse_lora_spec
 
 
 def lora_arg(text: str) -> Tuple[Path, float]:

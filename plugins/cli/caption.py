@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circle_rotate.caption import CaptionOptions, caption_dataset
 from circle_rotate.caption_templates import LANGS, STYLES
 from circle_rotate.cli._common import new_parser
 
@@ -41,6 +40,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.caption import CaptionOptions, caption_dataset
+
     options = CaptionOptions(lang=args.lang, style=args.style, subject=args.subject, viewpoint=args.viewpoint,
                              shot_scale=args.shot_scale, context=tuple(args.context), extension=args.ext,
                              jsonl=args.jsonl, overwrite=args.overwrite)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
-from circle_rotate.config_check import check_config
 
 ORDER = 23
 
@@ -31,6 +30,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.config_check import check_config
+
     report = check_config(args.config, use_musubi=not args.no_musubi, base_dir=args.base)
     if args.json:
         print_json(report.to_dict())

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
-from circle_rotate.tools.combine import COMBINE_DTYPES, combine_loras
-from circle_rotate.tools.lora_io import parse_alpha_if_missing
 from circle_rotate.tools.lora_keys import FORMATS
+from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, parse_alpha_if_missing
 
 ORDER = 33
 
@@ -24,11 +23,13 @@ def add_parser(sub) -> None:
                    help="a LoRA and its strength (default 1.0); repeat")
     p.add_argument("--out", type=Path, required=True, help="output LoRA")
     p.add_argument("--to", choices=FORMATS, default="musubi", help="output layout (default musubi)")
-    p.add_argument("--dtype", choices=list(COMBINE_DTYPES), default="fp32", help="stored dtype (fp32 is exact)")
+    p.add_argument("--dtype", choices=list(COMBINE_DTYPE_NAMES), default="fp32", help="stored dtype (fp32 is exact)")
     add_output_options(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.combine import combine_loras
+
     report = combine_loras(args.lora, args.out, to=args.to, dtype=args.dtype,
                            alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.json:

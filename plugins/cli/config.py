@@ -7,8 +7,6 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_force, new_parser
 from circle_rotate.cli.prepare import parse_size
-from circle_rotate.config_check import check_config
-from circle_rotate.dataset_config import config_from_prepared, write_dataset_config
 
 ORDER = 22
 
@@ -38,6 +36,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.config_check import check_config
+    from circle_rotate.dataset_config import config_from_prepared, write_dataset_config
+
     cfg = config_from_prepared(args.prepared_dir, jsonl=args.jsonl, cache_directory=args.cache,
                                resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,
                                caption_extension=args.ext, relative_to=args.relative_to)

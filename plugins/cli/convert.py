@@ -7,9 +7,8 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
-from circle_rotate.tools.convert import convert_lora
-from circle_rotate.tools.lora_io import parse_alpha_if_missing
 from circle_rotate.tools.lora_keys import FORMATS
+from circle_rotate.tools.options import parse_alpha_if_missing
 
 ORDER = 31
 
@@ -28,6 +27,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.convert import convert_lora
+
     report = convert_lora(args.src, args.out, to=args.to, alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing),
                           force=args.force)
     if args.json:

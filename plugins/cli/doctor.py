@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
-from circle_rotate.doctor import collect
 
 ORDER = 0
 
@@ -26,6 +25,8 @@ def _yes(flag: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.doctor import collect
+
     r = collect(disk_path=args.disk)
     if args.json:
         print_json(r.to_dict())

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
-from circle_rotate.tools.lora_inspect import LoraReport, ModelReport, inspect_file
+
+if TYPE_CHECKING:  # the reports' module imports torch, which only run() may pay for
+    from circle_rotate.tools.lora_inspect import LoraReport, ModelReport
 
 ORDER = 30
 
@@ -56,6 +59,8 @@ def _model_lines(r: ModelReport) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.lora_inspect import LoraReport, inspect_file
+
     report = inspect_file(args.file)
     if args.json:
         print_json(report.to_dict())

@@ -8,6 +8,8 @@ parses and prints: each ``run`` builds typed values and calls one library functi
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import logging
 import os
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Interpreter teardown garbage-collects every object alive at exit, which after torch's import
+    # is ~170k of them (0.4 s measured): freezing them at exit skips that scan. Our outputs are
+    # closed explicitly and atomically; nothing waits on a finalizer there. Once per process.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),

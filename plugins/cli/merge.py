@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
-from circle_rotate.tools.lora_io import parse_alpha_if_missing
-from circle_rotate.tools.merge import MergeReport, merge_loras
-from circle_rotate.tools.merge_plan import MERGE_DTYPES
+from circle_rotate.tools.options import MERGE_DTYPES, parse_alpha_if_missing
+
+if TYPE_CHECKING:  # the merge imports torch, which only run() may pay for
+    from circle_rotate.tools.merge import MergeReport
 
 ORDER = 34
 
@@ -45,6 +47,8 @@ def describe(report: MergeReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.merge import merge_loras
+
     report = merge_loras(args.base, args.lora, args.out, dtype=args.dtype,
                          alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.json:

@@ -8,8 +8,7 @@ from pathlib import Path
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
 from circle_rotate.cli.merge import add_dtype_option, describe
-from circle_rotate.tools.lora_io import parse_alpha_if_missing
-from circle_rotate.tools.merge_pair import merge_pair
+from circle_rotate.tools.options import parse_alpha_if_missing
 
 ORDER = 35
 
@@ -38,6 +37,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.merge_pair import merge_pair
+
     report = merge_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
                         strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
                         ignore_expert_evidence=args.ignore_expert_evidence,

@@ -9,8 +9,6 @@ from circle_rotate.cli._common import new_parser
 from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
 from circle_rotate.errors import UserError
 from circle_rotate.orbit_qc import QC_MODES
-from circle_rotate.prepare import prepare_dataset
-from circle_rotate.prepare_options import PrepareOptions
 
 ORDER = 20
 
@@ -61,6 +59,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.prepare import prepare_dataset
+    from circle_rotate.prepare_options import PrepareOptions
+
     w, h = args.resolution
     options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),
                              trim_still=not args.keep_still, max_clips=args.max_clips, qc=args.qc, crf=args.crf,

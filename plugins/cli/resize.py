@@ -7,9 +7,8 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
-from circle_rotate.tools.lora_io import parse_alpha_if_missing
 from circle_rotate.tools.lora_keys import FORMATS
-from circle_rotate.tools.resize import resize_lora
+from circle_rotate.tools.options import parse_alpha_if_missing
 
 ORDER = 32
 
@@ -27,6 +26,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.tools.resize import resize_lora
+
     report = resize_lora(args.src, args.out, rank=args.rank, to=args.to,
                          alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.json:
