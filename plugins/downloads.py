@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from circle_rotate.disk_space import short_disks
 from circle_rotate.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -157,11 +158,9 @@ def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = No
     """Bytes still to download; raise when the cache's disk cannot hold them."""
     cache = _cache_dir(cache_dir)
     need = sum(p.size for p in planned if not p.cached)
-    probe = cache
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if need * margin > free:
+    short = short_disks([(cache, need)], margin=int(need * (margin - 1)))
+    if short:
+        free = short[0][2]
         raise UserError(f"needs {need / GB:.1f} GB but only {free / GB:.1f} GB is free", path=cache,
                         fix="free disk space, or point --cache-dir (or HF_HOME) at a larger disk")
     return need

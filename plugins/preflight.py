@@ -119,7 +119,7 @@ def _expert_problem(f: Findings, ident: CheckpointIdentity, expert: str, flag: s
     if ident.expert == OTHER[expert]:
         f.error(path, f"is the {NOISE[ident.expert]} expert (by its {ident.expert_evidence}) but is given as the "
                       f"{NOISE[expert]} one ({flag}); the experts are swapped",
-                f"swap DIT_LOW and DIT_HIGH (--dit-low / --dit-high)")
+                "swap DIT_LOW and DIT_HIGH (--dit-low / --dit-high)")
     elif ident.expert is None:
         f.warning(path, f"nothing in its metadata or file name says which expert it is (both have identical shapes); "
                         f"it is used as the {NOISE[expert]} expert", f"make sure it is the {NOISE[expert]} expert")

@@ -19,10 +19,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = bool(quiet)
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def progress(iterable: Optional[Iterable[T]] = None, *, total: Optional[int] = None, desc: str = "", unit: str = "it",
              **kwargs) -> tqdm:
     """A tqdm bar on stderr, disabled under ``--quiet`` (and left out of pipes' stdout)."""

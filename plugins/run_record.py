@@ -13,7 +13,7 @@ import os
 import struct
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import circle_rotate
 from circle_rotate.atomic import write_json
@@ -62,9 +62,3 @@ def write_run_record(output_dir: Path, record: Mapping[str, object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, body)
 
-
-def read_run_record(output_dir: Path) -> Optional[Dict[str, object]]:
-    import json
-
-    path = Path(output_dir) / RUN_RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -14,7 +14,7 @@ residual several times the recent ones; fast motion does not.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, List, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -66,19 +66,3 @@ class CutDetector:
                 self._recent.append(residual)
         return is_cut
 
-
-def find_cuts(frames: Iterable[np.ndarray], *, fps: float, residuals: Optional[Iterable[Optional[float]]] = None,
-              threshold: float = DEFAULT_THRESHOLD, min_scene_s: float = 0.5) -> List[int]:
-    """Indices of the frames that start a new scene (never 0).
-
-    Args:
-        frames: RGB uint8 frames in order.
-        fps: their frame rate.
-        residuals: optional per-frame residual of the pair ending at that frame (None for
-            frame 0), to confirm candidates (see :meth:`CutDetector.push`).
-        threshold: see :class:`CutDetector`.
-        min_scene_s: see :class:`CutDetector`.
-    """
-    det = CutDetector(fps=fps, threshold=threshold, min_scene_s=min_scene_s)
-    res = list(residuals) if residuals is not None else None
-    return [i for i, f in enumerate(frames) if det.push(f, residual=res[i] if res is not None else None)]

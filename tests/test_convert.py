@@ -122,7 +122,6 @@ def test_svd_truncate_is_the_best_low_rank_approximation():
 
 def test_resize_reports_the_true_error_and_keeps_the_scale(tmp_path):
     # rank 6 built from a rank-2 signal plus small noise: rank 2 keeps almost all of it
-    gen = torch.Generator().manual_seed(5)
     mods = random_lora_modules(CFG, rank=6, alpha=3.0, dtype=torch.float32)
     sd = {}
     for m, mod in mods.items():

@@ -11,7 +11,7 @@ pixel (no anti-aliasing: a mask pixel is the subject or it is not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np

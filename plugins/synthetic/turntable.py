@@ -147,6 +147,8 @@ def drift_offsets(drift: DriftPath, n: int, seed: int) -> np.ndarray:
 def drift_value(centroids: np.ndarray) -> Tuple[float, List[int]]:
     """The Circle-Rotate subject drift: population std of the centroid over 16 frames
     sampled with ``np.linspace(0, n - 1, 16).astype(int)``; sqrt(std_x^2 + std_y^2)."""
+    # Written out here rather than taken from circle_rotate.eval: this is the ground truth the
+    # evaluation is checked against, so a mistake there must not reappear in it.
     n = len(centroids)
     idx = np.linspace(0, n - 1, 16).astype(int)
     pts = np.asarray(centroids, float)[idx]
