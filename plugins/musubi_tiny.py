@@ -21,7 +21,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 from circle_rotate.wan_arch import WanDiTConfig, tiny_config
 
@@ -40,31 +40,42 @@ TINY_T5: Dict[str, int] = {"dim_attn": 64, "dim_ffn": 64, "num_heads": 2, "encod
 #: The musubi scripts this runner accepts (module names under ``musubi_tuner``).
 SCRIPTS = ("wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_train_network", "wan_generate_video")
 
-_registered = False
+#: What every tiny run needs in its environment: the tokenizer is local, no hub look-ups.
+TINY_ENV: Dict[str, str] = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def register() -> None:
-    """Add :data:`TINY_TASK` to musubi's Wan configs and shrink its T5 builder (idempotent)."""
-    global _registered
-    if _registered:
-        return
+    """Add :data:`TINY_TASK` to musubi's Wan configs and shrink its T5 builder (idempotent).
+
+    Whether it is done is read from musubi's modules, not kept here: a fork-server child runs
+    this module again as ``__main__`` (a fresh namespace) over the server's registered musubi.
+    """
     from circle_rotate.musubi_env import import_musubi
 
     configs = import_musubi("wan.configs")
     t5 = import_musubi("wan.modules.t5")
-    cfg = copy.deepcopy(configs.WAN_CONFIGS["i2v-A14B"])
-    cfg.__name__ = "Config: circle-rotate tiny Wan2.2 I2V (CPU smoke tests)"
-    for key in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim"):
-        cfg[key] = getattr(TINY_DIT, key)
-    configs.WAN_CONFIGS[TINY_TASK] = cfg
-
+    if TINY_TASK not in configs.WAN_CONFIGS:
+        cfg = copy.deepcopy(configs.WAN_CONFIGS["i2v-A14B"])
+        cfg.__name__ = "Config: circle-rotate tiny Wan2.2 I2V (CPU smoke tests)"
+        for key in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim"):
+            cfg[key] = getattr(TINY_DIT, key)
+        configs.WAN_CONFIGS[TINY_TASK] = cfg
+    if getattr(t5.umt5_xxl, "circle_rotate_tiny", False):
+        return
     full_size = t5.umt5_xxl
 
     def tiny_umt5_xxl(**kwargs):
         return full_size(**{**TINY_T5, **kwargs})
 
+    tiny_umt5_xxl.circle_rotate_tiny = True
     t5.umt5_xxl = tiny_umt5_xxl
-    _registered = True
+
+
+def preload() -> None:
+    """Register the tiny task and import every script: what a fork server runs before forking."""
+    register()
+    for script in SCRIPTS:
+        importlib.import_module(f"musubi_tuner.{script}")
 
 
 def build_tiny_t5():
@@ -75,10 +86,19 @@ def build_tiny_t5():
     return t5.umt5_xxl(encoder_only=True, return_tokenizer=False)
 
 
-def tiny_command(command: "MusubiCommand", *, workdir: Path) -> "MusubiCommand":
-    """The same script and arguments, run through this module in ``workdir`` (tokenizer root), offline."""
-    return replace(command, launcher=(sys.executable, "-m", "circle_rotate.musubi_tiny"), script_path="",
-                   cwd=str(workdir)).with_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def tiny_command(command: "MusubiCommand", *, workdir: Path, server: Optional[Path] = None) -> "MusubiCommand":
+    """The same script and arguments, run through this module in ``workdir`` (tokenizer root), offline.
+
+    With ``server`` (a :func:`circle_rotate.forkserver.fork_server` socket preloaded with
+    :func:`preload`) the run is a fork of that server instead of a fresh interpreter.
+    """
+    if server is None:
+        launcher: Tuple[str, ...] = (sys.executable, "-m", "circle_rotate.musubi_tiny")
+    else:
+        from circle_rotate.forkserver import client_argv
+
+        launcher = client_argv(server, "circle_rotate.musubi_tiny")
+    return replace(command, launcher=launcher, script_path="", cwd=str(workdir)).with_env(**TINY_ENV)
 
 
 def run_script(script: str, argv: Sequence[str]) -> int:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import TYPE_CHECKING, Dict, List, Mapping
 
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_tiny import TINY_DIT
-from circle_rotate.tiny_models import TinyModels
 from circle_rotate.wan_arch import lora_target_modules
+
+if TYPE_CHECKING:
+    from circle_rotate.tiny_models import TinyModels
 
 logger = logging.getLogger(__name__)
 
 #: Clip shape: the smallest musubi handles that still has 2 latent frames and 2x2 DiT patches.
 CLIP = {"width": 32, "height": 32, "frames": 5, "fps": 16.0}
 DIRECTIONS = ("right", "left")
+SOURCE_PRESET = "ultrafast"
 
 
 def _cli(*argv: str) -> None:
@@ -32,19 +36,43 @@ def _cli(*argv: str) -> None:
                         fix="run that command by hand to see the problem")
 
 
-def make_dataset(work: Path) -> Path:
-    """Synthetic orbit footage through ``prepare``, ``caption`` and ``config``; returns the dataset config."""
+def source_clips(cache: Path) -> Path:
+    """Synthetic orbit footage to prepare from, rendered once into ``cache`` and reused (like the tiny models).
+
+    Rendering and encoding it costs more CPU than ``prepare`` itself, and it is only the
+    raw material: every run still cuts, captions and configures it afresh.
+    """
+    import shutil
+    import tempfile
+
+    import circle_rotate
+
+    key = hashlib.sha256(repr((circle_rotate.__version__, CLIP, DIRECTIONS, SOURCE_PRESET)).encode()).hexdigest()[:12]
+    raw = cache / f"source-clips-{key}"
+    if raw.is_dir():
+        return raw
     from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
 
-    raw, prepared, config = work / "raw", work / "prepared", work / "dataset.toml"
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".source-clips-"))
     for i, direction in enumerate(DIRECTIONS):
         # a few frames more than a clip, so prepare has something to cut
         spec = TurntableSpec(name=f"orbit_{direction}", direction=direction, seed=i, width=CLIP["width"],
                              height=CLIP["height"], frames=2 * CLIP["frames"] - 1, fps=CLIP["fps"])
-        write_turntable(spec, raw, preset="ultrafast")
+        write_turntable(spec, tmp, preset=SOURCE_PRESET)
+    try:
+        tmp.rename(raw)
+    except OSError:  # another run finished the same clips first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return raw
+
+
+def make_dataset(work: Path, *, sources: Path) -> Path:
+    """``sources`` (:func:`source_clips`) through ``prepare``, ``caption`` and ``config``; returns the dataset config."""
+    prepared, config = work / "prepared", work / "dataset.toml"
     size = f"{CLIP['width']}x{CLIP['height']}"
     # QC off and still frames kept: 32-pixel clips are too small to judge an orbit by, and judging is not the point
-    _cli("prepare", str(raw), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
+    _cli("prepare", str(sources), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
          "--resolution", size, "--size-mode", "exact", "--qc", "off", "--keep-still", "--max-clips", "1",
          "--jobs", "1", "--preset", "ultrafast")
     _cli("caption", str(prepared), "--subject", "a box on a table")
@@ -86,7 +114,7 @@ def _musubi_merged(base: Path, lora: Path) -> Dict[str, object]:
     return {"modules": modules, "state": {k: v.detach() for k, v in model.state_dict().items()}}
 
 
-def verify_loras(models: TinyModels, loras: Mapping[str, str], work: Path) -> str:
+def verify_loras(models: "TinyModels", loras: Mapping[str, str], work: Path) -> str:
     """Each LoRA loads in musubi, has every module and moved; our merge equals musubi's."""
     from safetensors.torch import load_file
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.smoke import CACHE_WHY, PATH_WHY, SCALED_DOWN
+from circle_rotate.smoke import CACHE_WHY, PATH_WHY, SCALED_DOWN, script_threads_env
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,30 @@ def test_run_json_beside_each_lora(smoke_run):
         assert Path(lora).name in record["outputs"]
         assert {f"wan_train_network: {d['option']}" for d in record["smoke_differences_from_recipe"]} == {
             d["option"] for d in report["differences"] if d["option"].startswith("wan_train_network")}
+
+
+def test_scripts_ran_as_forks_of_the_preloaded_server_with_their_thread_count(smoke_run):
+    from circle_rotate.forkserver import supported
+
+    _, report = smoke_run
+    for lora in report["loras"].values():
+        record = json.loads((Path(lora).parent / "run.json").read_text())
+        launcher = ["-m", "circle_rotate.forkserver"] if supported() else ["-m", "circle_rotate.musubi_tiny"]
+        assert record["command"][1:3] == launcher and "circle_rotate.musubi_tiny" in record["command"]
+        assert record["environment"]["OMP_NUM_THREADS"] == script_threads_env()["OMP_NUM_THREADS"]
+
+
+def test_source_clips_are_rendered_once_and_prepared_each_run(smoke_run, tiny_musubi_models):
+    from circle_rotate.smoke_steps import DIRECTIONS, source_clips
+
+    work, _ = smoke_run
+    raw = source_clips(tiny_musubi_models.tokenizer_root)  # what the smoke run rendered
+    videos = sorted(raw.glob("*.mp4"))
+    assert [v.stem for v in videos] == sorted(f"orbit_{d}" for d in DIRECTIONS)
+    stamps = [v.stat().st_mtime_ns for v in videos]
+    assert source_clips(tiny_musubi_models.tokenizer_root) == raw
+    assert [v.stat().st_mtime_ns for v in videos] == stamps
+    assert len(list((work / "prepared" / "videos").glob("*.mp4"))) == len(DIRECTIONS)
 
 
 def test_cache_was_complete_and_an_interrupted_pass_resumes(smoke_run, tiny_musubi_models):
