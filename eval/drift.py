@@ -30,9 +30,7 @@ def drift_of(centroids: np.ndarray) -> float:
 def subject_masks(ctx: EvalContext) -> SubjectMasks:
     """The clip's subject masks on its sampled frames, computed once per clip."""
     def build(c: EvalContext) -> SubjectMasks:
-        idx = c.clip.sampled()
-        flows = [c.flows.get(int(a), int(b)) for a, b in zip(idx[:-1], idx[1:])]
-        return segment_subject(c.clip.frames, idx, flows)
+        return segment_subject(c.clip.frames, c.clip.sampled())
 
     return ctx.shared("subject_masks", build)
 

@@ -1,46 +1,44 @@
-"""The subject mask without learned weights: what moves like neither the ground nor the backdrop.
+"""The subject mask without learned weights: what stands up from the ground at the orbit's centre.
 
-In an orbit the camera circles the subject. The ground is a plane, so between two frames
-it moves by one homography; the backdrop is far, so it moves (nearly) by another. A cast
-shadow lies on the ground and moves with it. The subject stands up from the ground, so
-its pixels follow neither warp (plane + parallax), and neither do objects on the floor
-(clutter), which tracking tells apart from the subject.
+:mod:`circle_rotate.eval.parallax` gives each sampled frame a map of relative parallax: about
+0 on the ground (and its shadows) and the backdrop, growing linearly with height on anything
+standing on the ground. Here, for each sampled frame:
 
-Steps, for each sampled frame (the drift's 16):
+1. Threshold it and keep the blob that is largest once weighted by closeness to where the
+   subject was in the previous sampled frame (the image centre for the first: the camera
+   looks at the orbit's centre). Clutter stands off the plane too, but smaller and elsewhere.
+2. The outline: the flow smooths the evidence's edge over a few pixels, so each row is cut
+   at half its own peak (parallax grows with height, so one cut for all rows would shave
+   the lower rows and pad the upper ones). Holes are filled.
+3. The bottom: parallax falls to zero where the subject meets the ground, so no threshold
+   sees the last part. Per column, the fall is a straight line in the image row (a vertical
+   surface at one depth); extrapolated to zero it gives the contact row, and the mask is
+   extended down to it (smoothed across columns).
+4. A frame with no blob keeps the previous frame's mask, flagged ``propagated``; a clip with
+   none at all gets a central box, flagged ``centre``. Every sampled frame gets a non-empty
+   mask.
 
-1. Pick a neighbour on each side, far enough that the ground has moved visibly (slow or
-   stopping orbits look further away), and fit the ground and backdrop homographies to
-   it by direct image alignment (OpenCV ECC, coarse to fine), each on its own part of the
-   frame with the frame's centre left out. Direct alignment uses every edge, so a floor of
-   plain tiles and grout lines aligns where corner matching has little to hold on to, and
-   ECC ignores exposure changes.
-2. Warp each neighbour onto the frame with each homography, match brightness, and compare
-   colours with a 1-pixel tolerance (3x3 min/max). Keep the smallest difference over
-   warps and sides: a patch hidden in one neighbour is visible in the other. What stays
-   large is off-plane: the subject, exactly to its outline, and clutter.
-3. Threshold (relative to the frame's own noise), close small gaps, fill holes.
-4. Seed the subject in the frame whose evidence holds the largest central blob, then
-   track it forwards and backwards with the shared Farneback flow between sampled
-   frames: each frame keeps the blobs that overlap the tracked mask.
-5. A frame without such a blob (the camera stood still) keeps the tracked mask, flagged
-   ``propagated``; a clip without any evidence gets a central box, flagged ``centre``.
-   Every sampled frame gets a non-empty mask.
+Work is at a reduced resolution (``ParallaxParams.side``); masks are scaled back to the
+frame's size, and centroids are in full-resolution pixels.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from circle_rotate.eval.parallax import ParallaxParams, WorkingClip, parallax_evidence
+
 logger = logging.getLogger(__name__)
 
 SOURCES = ("motion", "propagated", "centre")
 _K3 = np.ones((3, 3), np.uint8)
+_DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
 @dataclass(frozen=True)
@@ -48,28 +46,17 @@ class MaskParams:
     """Tuning of the weight-free segmentation (the defaults are what the tests check).
 
     Attributes:
-        min_threshold: least colour difference (grey levels, 3x3 mean) that counts as off-plane.
-        noise_factor: the threshold is at least this times the frame's median difference.
-        target_motion: how far (fraction of the frame width) the ground should move between
-            a frame and its neighbour; slow orbits look further for it.
-        max_reach: the furthest neighbour, in sampled frames.
-        coarse_side, fine_side: long sides of the two ECC levels (pixels).
-        min_far_motion: a backdrop warp must move the frame by at least this many pixels,
-            or it would explain a subject that stays put as well.
-        close: radius of the gap closing, as a fraction of the frame diagonal.
-        keep_overlap: a blob joins the tracked subject when this share of it (or of the
-            tracked mask) overlaps the tracked mask.
+        threshold: least relative parallax that counts as standing off the ground.
+        reach: a blob's distance from the previous subject (fraction of the diagonal) at
+            which its weight falls to 1/e.
+        max_extension: the furthest the bottom is extended, as a fraction of the blob's height.
+        parallax: the evidence's own tuning.
     """
 
-    min_threshold: float = 8.0
-    noise_factor: float = 4.0
-    target_motion: float = 0.03
-    max_reach: int = 2
-    coarse_side: int = 160
-    fine_side: int = 320
-    min_far_motion: float = 3.0
-    close: float = 0.006
-    keep_overlap: float = 0.3
+    threshold: float = 0.45
+    reach: float = 0.12
+    max_extension: float = 0.25
+    parallax: ParallaxParams = field(default_factory=ParallaxParams)
 
 
 @dataclass(frozen=True)
@@ -100,241 +87,122 @@ def centre_box(height: int, width: int) -> np.ndarray:
     return m
 
 
-def _scaled(img: np.ndarray, side: int) -> Tuple[np.ndarray, float]:
-    scale = min(1.0, side / max(img.shape[:2]))
-    if scale == 1.0:
-        return img, 1.0
-    return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+def nearest_blob(candidates: np.ndarray, near: Tuple[float, float], *, reach: float
+                 ) -> Optional[Tuple[np.ndarray, Tuple[float, float]]]:
+    """The blob that is largest once weighted by closeness to ``near``, and its centroid."""
+    h, w = candidates.shape
+    n, labels, stats, centres = cv2.connectedComponentsWithStats(candidates.astype(np.uint8))
+    best, score = 0, 0.0
+    for i in range(1, n):
+        dist = np.hypot(centres[i, 0] - near[0], centres[i, 1] - near[1]) / np.hypot(w, h)
+        s = stats[i, cv2.CC_STAT_AREA] * np.exp(-(dist / reach) ** 2)
+        if s > score:
+            best, score = i, s
+    return (labels == best, (float(centres[best, 0]), float(centres[best, 1]))) if best else None
 
 
-def align_plane(grey_a: np.ndarray, grey_b: np.ndarray, region: np.ndarray, *, init: Optional[np.ndarray] = None,
-                sides: Sequence[int] = (240, 480)) -> Optional[np.ndarray]:
-    """Homography ``H`` with ``a(x) ~ b(H x)`` over ``region`` (ECC, coarse to fine).
+def outline(blob: np.ndarray, evidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Cut each row of ``blob`` at half the row's peak evidence; drop specks; fill holes."""
+    peak = np.where(blob, evidence, 0).max(axis=1, keepdims=True)
+    cut = blob & (evidence > np.maximum(threshold, 0.5 * peak))
+    # thin threads (a horizon line, a lit window edge) joining the subject are not part of it
+    cut = cv2.morphologyEx(cut.astype(np.uint8), cv2.MORPH_OPEN, _DISC5) > 0
+    if cut.sum() < 0.2 * blob.sum():
+        return ndi.binary_fill_holes(blob)
+    # every part above the cut stays (a limb may separate from the body), specks do not
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cut.astype(np.uint8))
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= 0.02 * cut.sum()
+    return ndi.binary_fill_holes(keep[labels])
 
-    Returns None when the region is too small or ECC converges at no level.
-    """
-    if np.count_nonzero(region) < 0.02 * region.size:
-        return None
-    H = np.eye(3) if init is None else init.astype(np.float64)
-    found = False
-    for side, iters in zip(sides, (40, 12)):
-        a, s = _scaled(grey_a, side)
-        b, _ = _scaled(grey_b, side)
-        m = cv2.resize(region.astype(np.uint8), (a.shape[1], a.shape[0]), interpolation=cv2.INTER_NEAREST)
-        S = np.diag([s, s, 1.0])
-        warp = (S @ H @ np.linalg.inv(S)).astype(np.float32)
-        try:
-            _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_HOMOGRAPHY,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-4), m, 5)
-        except cv2.error:  # no convergence at this level: keep the previous estimate
+
+def contact_rows(mask: np.ndarray, evidence: np.ndarray, *, threshold: float, max_extension: float) -> np.ndarray:
+    """Per column of ``mask``, the row where the straight-line fall of parallax reaches zero
+    (NaN where a column has too little of it to fit), smoothed across columns."""
+    ys, xs = np.nonzero(mask)
+    height = ys.max() - ys.min() + 1
+    strength = float(np.percentile(evidence[mask], 90))
+    rows = np.full(mask.shape[1], np.nan)
+    for x in range(xs.min(), xs.max() + 1):
+        col = np.nonzero(mask[:, x])[0]
+        if len(col) < 0.3 * height:
             continue
-        found = True
-        H = np.linalg.inv(S) @ warp.astype(np.float64) @ S
-    return H / H[2, 2] if found else None
+        top_value = evidence[col, x].max()
+        if top_value < 0.6 * strength:
+            continue
+        span = np.arange(max(col.min(), col.max() - height // 2), col.max() + 1)
+        v = evidence[span, x]
+        # the straight part: above the noise, below the flow's rounding of the top edge
+        ok = (v > 0.9 * threshold) & (v < 0.85 * top_value)
+        if ok.sum() < 5:
+            continue
+        slope, intercept = np.polyfit(span[ok], v[ok], 1)
+        if slope < -1e-4:
+            rows[x] = min(-intercept / slope, col.max() + max_extension * height)
+    good = np.nonzero(np.isfinite(rows))[0]
+    if len(good) >= 3:
+        rows[good] = ndi.median_filter(rows[good], size=min(15, len(good) | 1), mode="nearest")
+    return rows
 
 
-def displacement(H: np.ndarray, region: np.ndarray) -> float:
-    """Median distance (pixels) that ``H`` moves the points of ``region`` (every 8th pixel)."""
-    ys, xs = np.nonzero(region[::8, ::8])
-    if len(xs) == 0:
-        return 0.0
-    pts = np.stack([xs * 8, ys * 8], axis=1).astype(np.float64)
-    moved = cv2.perspectiveTransform(pts[None], H)[0]
-    return float(np.median(np.linalg.norm(moved - pts, axis=1)))
-
-
-def _tolerant_diff(frame: np.ndarray, warped: np.ndarray) -> np.ndarray:
-    """How far ``frame`` lies outside the 3x3 min..max of ``warped``, per pixel (max over channels), uint8."""
-    # Saturating uint8 subtraction: one of the two terms is always 0.
-    out = cv2.max(cv2.subtract(frame, cv2.dilate(warped, _K3)), cv2.subtract(cv2.erode(warped, _K3), frame))
-    r, g, b = cv2.split(out)
-    return cv2.max(cv2.max(r, g), b)
-
-
-def _match_gain(src: np.ndarray, ref: np.ndarray, region: np.ndarray) -> np.ndarray:
-    # Exposure ramps and flicker change brightness between frames; ECC ignores that, the
-    # colour comparison must not. Every 4th pixel of the region is plenty for two medians.
-    sel = region[::4, ::4] & (src[::4, ::4].max(axis=-1) > 8)
-    if np.count_nonzero(sel) < 100:
-        return src
-    gain = (float(np.median(ref[::4, ::4][sel])) + 1) / (float(np.median(src[::4, ::4][sel])) + 1)
-    return src if abs(gain - 1) < 0.01 else cv2.convertScaleAbs(src, alpha=gain)
-
-
-class BackgroundWarps:
-    """Ground and backdrop homographies between any two frames of a clip, fitted once each."""
-
-    def __init__(self, frames: np.ndarray, params: MaskParams):
-        self._frames = frames
-        self._params = params
-        h, w = frames.shape[1:3]
-        keep_out = cv2.dilate(centre_box(h, w).astype(np.uint8), np.ones((31, 31), np.uint8)) > 0
-        rows = np.arange(h)[:, None]
-        self.ground = (rows >= h // 2) & ~keep_out
-        self.far = (rows < int(0.4 * h)) & ~keep_out
-        self.centre = keep_out
-        self.target = params.target_motion * w
-        self._grey: Dict[int, np.ndarray] = {}
-        self._cache: Dict[Tuple[int, int], List[np.ndarray]] = {}
-
-    def grey(self, i: int) -> np.ndarray:
-        if i not in self._grey:
-            self._grey[i] = cv2.cvtColor(self._frames[i], cv2.COLOR_RGB2GRAY)
-        return self._grey[i]
-
-    def between(self, i: int, j: int) -> List[np.ndarray]:
-        """[ground, backdrop (when it moves)] homographies mapping frame i's pixels to frame j's."""
-        if (i, j) not in self._cache and (j, i) in self._cache:
-            return [np.linalg.inv(H) for H in self._cache[(j, i)]]
-        if (i, j) not in self._cache:
-            sides = (self._params.coarse_side, self._params.fine_side)
-            out = []
-            ground = align_plane(self.grey(i), self.grey(j), self.ground, sides=sides)
-            if ground is not None:
-                out.append(ground)
-                far = align_plane(self.grey(i), self.grey(j), self.far, init=ground, sides=sides)
-                # A backdrop fit that leaves the centre in place would also explain a
-                # subject that stays put (the point of an orbit): it is no backdrop.
-                if far is not None and displacement(far, self.centre) >= self._params.min_far_motion:
-                    out.append(far)
-            self._cache[(i, j)] = out
-        return self._cache[(i, j)]
-
-    def moved(self, i: int, j: int) -> float:
-        """How far (pixels, median) the ground moves from frame i to frame j."""
-        warps = self.between(i, j)
-        return displacement(warps[0], self.ground | self.centre) if warps else 0.0
-
-
-def evidence(frames: np.ndarray, warps: BackgroundWarps, s: int, neighbours: Sequence[int]) -> Optional[np.ndarray]:
-    """Off-plane evidence of frame ``s``: the smallest colour difference to its
-    neighbours warped by each background homography (None when nothing aligned)."""
-    h, w = frames.shape[1:3]
-    frame = cv2.GaussianBlur(frames[s], (3, 3), 0)
-    best = None
-    for j in neighbours:
-        other = cv2.GaussianBlur(frames[j], (3, 3), 0)
-        for H in warps.between(s, j):
-            warped = cv2.warpPerspective(other, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                         borderMode=cv2.BORDER_REPLICATE)
-            diff = _tolerant_diff(frame, _match_gain(warped, frame, warps.ground))
-            best = diff if best is None else np.minimum(best, diff)
-    return best
-
-
-def neighbours(warps: BackgroundWarps, idx: Sequence[int], k: int, *, reach: int) -> List[int]:
-    """The sampled frames next to ``idx[k]`` on each side; when the ground barely moved, the
-    next ones out (up to ``reach`` samples away) so that slow orbits still show parallax."""
-    target = warps.target
-    out = []
-    for step in (-1, 1):
-        chosen = None
-        for m in range(1, reach + 1):
-            j = k + m * step
-            if not 0 <= j < len(idx) or idx[j] == idx[k]:
-                continue
-            chosen = idx[j]
-            if warps.moved(idx[k], chosen) >= target:
-                break
-        if chosen is not None:
-            out.append(chosen)
+def extend_to_ground(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``mask`` with each column filled down to its contact row (columns without one unchanged)."""
+    out = mask.copy()
+    for x in np.nonzero(np.isfinite(rows))[0]:
+        col = np.nonzero(mask[:, x])[0]
+        bottom = int(round(rows[x]))
+        if len(col) and bottom > col.max():
+            out[col.max():bottom + 1, x] = True
     return out
 
 
-def candidates(diff: np.ndarray, params: MaskParams) -> np.ndarray:
-    """Off-plane blobs: thresholded above the frame's noise, speckle removed, gaps closed, holes filled."""
-    e = cv2.blur(diff.astype(np.float32), (3, 3))
-    threshold = max(params.min_threshold, params.noise_factor * float(np.median(e)))
-    c = cv2.morphologyEx((e > threshold).astype(np.uint8), cv2.MORPH_OPEN, _K3)
-    r = max(1, int(round(params.close * np.hypot(*diff.shape))))
-    c = cv2.morphologyEx(c, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    return ndi.binary_fill_holes(c > 0)
+def subject_in_frame(evidence: np.ndarray, near: Tuple[float, float], params: MaskParams
+                     ) -> Optional[Tuple[np.ndarray, Tuple[float, float]]]:
+    """The subject's mask in one frame's evidence (working resolution) and its blob's centre."""
+    candidates = cv2.morphologyEx((evidence > params.threshold).astype(np.uint8), cv2.MORPH_OPEN, _K3) > 0
+    found = nearest_blob(candidates, near, reach=params.reach)
+    if found is None:
+        return None
+    blob, centre = found
+    mask = outline(blob, evidence, params.threshold)
+    rows = contact_rows(mask, evidence, threshold=params.threshold, max_extension=params.max_extension)
+    return extend_to_ground(mask, rows), centre
 
 
-def central_blob(cand: np.ndarray) -> Tuple[np.ndarray, float]:
-    """The blob that is largest once weighted by closeness to the centre, and its score."""
-    h, w = cand.shape
-    n, lab, stats, cent = cv2.connectedComponentsWithStats(cand.astype(np.uint8))
-    best, score = 0, 0.0
-    diag = np.hypot(w, h)
-    for i in range(1, n):
-        dist = np.hypot(cent[i, 0] - w / 2, cent[i, 1] - h / 2) / diag
-        s = stats[i, cv2.CC_STAT_AREA] * np.exp(-(dist / 0.15) ** 2)
-        if s > score:
-            best, score = i, s
-    return (lab == best) if best else np.zeros_like(cand), score / cand.size
-
-
-def warp_forward(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Move mask pixels along ``flow`` (defined on the mask's frame) and close the gaps."""
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    qx = np.clip(np.rint(xs + flow[ys, xs, 0]).astype(np.int64), 0, w - 1)
-    qy = np.clip(np.rint(ys + flow[ys, xs, 1]).astype(np.int64), 0, h - 1)
-    out = np.zeros((h, w), np.uint8)
-    out[qy, qx] = 1
-    return cv2.morphologyEx(out, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) > 0
-
-
-def warp_backward(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """The pixels of the earlier frame that ``flow`` (earlier -> later) carries into ``mask``."""
-    h, w = mask.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    out = cv2.remap(mask.astype(np.uint8), gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,
-                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out > 0
-
-
-def follow(cand: np.ndarray, predicted: np.ndarray, *, overlap: float) -> Optional[np.ndarray]:
-    """The blobs of ``cand`` that overlap the tracked mask; None when they cover less than
-    half of it (no evidence of its own in this frame)."""
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8))
-    hits = np.bincount(lab[predicted].ravel(), minlength=n)
-    area = max(int(predicted.sum()), 1)
-    keep = [i for i in range(1, n) if hits[i] > overlap * stats[i, cv2.CC_STAT_AREA] or hits[i] > overlap * area]
-    m = np.isin(lab, keep)
-    return m if np.count_nonzero(m) >= 0.5 * area else None
-
-
-def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[np.ndarray], *,
-                    params: MaskParams = MaskParams()) -> SubjectMasks:
+def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskParams = MaskParams()) -> SubjectMasks:
     """Segment the subject in the frames ``indices`` of a clip.
 
     Args:
         frames: (T, H, W, 3) RGB uint8, the whole clip (neighbours are looked up in it).
         indices: the K sampled frame indices, increasing.
-        flows: K - 1 Farneback flows, ``flows[k]`` from frame ``indices[k]`` to ``indices[k + 1]``.
         params: tuning (see :class:`MaskParams`).
 
     Returns:
-        :class:`SubjectMasks` with a non-empty mask for each sampled frame.
+        :class:`SubjectMasks` with a non-empty mask (full resolution) for each sampled frame.
     """
     idx = [int(i) for i in indices]
-    k_count, (h, w) = len(idx), frames.shape[1:3]
-    warps = BackgroundWarps(frames, params)
-    cands, scores = [], []
-    for k, s in enumerate(idx):
-        diff = evidence(frames, warps, s, neighbours(warps, idx, k, reach=params.max_reach))
-        cand = candidates(diff, params) if diff is not None else np.zeros((h, w), bool)
-        cands.append(cand)
-        scores.append(central_blob(cand)[1])
-    anchor = int(np.argmax(scores))
-    if scores[anchor] <= 1e-4:
-        logger.info("no off-plane evidence in any sampled frame: the subject mask is the central box")
-        return SubjectMasks(np.repeat(centre_box(h, w)[None], k_count, axis=0), ("centre",) * k_count)
-    masks: List[Optional[np.ndarray]] = [None] * k_count
-    sources = ["motion"] * k_count
-    masks[anchor] = central_blob(cands[anchor])[0]
-    order = [(k, k - 1) for k in range(anchor + 1, k_count)] + [(k, k + 1) for k in range(anchor - 1, -1, -1)]
-    for k, ref in order:
-        if ref < k:
-            predicted = warp_forward(masks[ref], flows[ref])
-        else:
-            predicted = warp_backward(masks[ref], flows[k])
-        if not predicted.any():
-            predicted = masks[ref]
-        got = follow(cands[k], predicted, overlap=params.keep_overlap)
-        if got is None:
-            got, sources[k] = predicted, "propagated"
-        masks[k] = got
-    return SubjectMasks(np.stack(masks), tuple(sources))
+    height, width = frames.shape[1:3]
+    clip = WorkingClip(frames, params.parallax.side)
+    evidence = [None if e is None else cv2.blur(e, (3, 3))
+                for e in parallax_evidence(clip, idx, params.parallax)]
+    h, w = clip.grey(idx[0]).shape
+    near = (w / 2, h / 2)
+    masks: List[np.ndarray] = []
+    sources: List[str] = []
+    for e in evidence:
+        found = subject_in_frame(e, near, params) if e is not None else None
+        if found is None:
+            masks.append(masks[-1] if masks else None)
+            sources.append("propagated")
+            continue
+        mask, near = found
+        masks.append(mask)
+        sources.append("motion")
+    if all(s != "motion" for s in sources):
+        logger.info("no parallax evidence in any sampled frame: the subject mask is the central box")
+        return SubjectMasks(np.repeat(centre_box(height, width)[None], len(idx), axis=0), ("centre",) * len(idx))
+    # frames before the first one with evidence take its mask
+    first = sources.index("motion")
+    masks[:first] = [masks[first]] * first
+    full = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0 for m in masks]
+    return SubjectMasks(np.stack(full), tuple(sources))

@@ -58,11 +58,25 @@ def test_orbit_direction_is_always_right(measured):
     assert not wrong
 
 
+def _drift_pairs(measured):
+    true = np.array([t["drift"] for _, t in measured.values()])
+    ours = np.array([r["drift"] for r, _ in measured.values()])
+    return true, ours
+
+
+def test_drift_follows_the_ground_truth(measured):
+    """Where the weight-free mask stands (a guard against going back, not the acceptance):
+    measured on 24 development and 16 held-out orbits: median error 3.7 and 5.0 px, Spearman 0.87 and 0.62."""
+    true, ours = _drift_pairs(measured)
+    table = list(zip(measured, true.round(2), ours.round(2)))
+    assert np.median(np.abs(ours - true)) <= 6.0, table
+    assert spearmanr(true, ours)[0] >= 0.6, table
+
+
 @pytest.mark.xfail(reason="the weight-free subject mask does not yet reach the acceptance bounds "
                           "(median error <= 1 px, each within max(3 px, 15%), Spearman >= 0.95)", strict=False)
 def test_drift_matches_the_ground_truth(measured):
-    true = np.array([t["drift"] for _, t in measured.values()])
-    ours = np.array([r["drift"] for r, _ in measured.values()])
+    true, ours = _drift_pairs(measured)
     err = np.abs(ours - true)
     assert np.median(err) <= 1.0
     assert np.all(err <= np.maximum(3.0, 0.15 * true)), list(zip(measured, true.round(2), ours.round(2)))

@@ -1,0 +1,263 @@
+"""Orbit parallax: how far each pixel moves unlike the ground plane and the backdrop.
+
+In an orbit the camera circles the subject. The ground is a plane, so between two frames it
+moves by one homography, and so do its cast shadows and markings; the backdrop is far and
+moves smoothly across the image. The subject stands up from the ground, so its pixels move
+unlike either, by an amount that grows linearly with their height above the ground
+(plane + parallax). Measuring that with a dense flow, rather than with colour differences
+after warping, keeps the evidence on plain or self-similar surfaces (a checkered box front
+warped onto itself still differs in flow, not in colour).
+
+For one frame and a neighbour in the clip on each side, far enough that the ground moved a
+few percent of the width:
+
+1. dense flow (OpenCV DIS, started at the phase-correlation shift so regular facades do not
+   lock onto the wrong period), the ground homography from it by RANSAC;
+2. the neighbour warped by that homography and a second flow: what is left is parallax; a
+   small homography fitted to it takes out the first fit's error;
+3. a smooth polynomial flow fitted on the backdrop band's sides explains the backdrop;
+4. the residual against the better of the two, divided by the ground's own motion, so that
+   slow and fast orbits read alike (the subject's top reads about 1-3, the ground about 0).
+   Near the horizon a model must also match in brightness to explain a pixel: there the
+   ground warp stretches far ground over everything and a plain surface's flow to that
+   stretch can come out small. A pixel neither model explains reads ``UNEXPLAINED``.
+
+The two sides are combined by their minimum: a background patch hidden in one neighbour
+(next to the subject) is visible in the other. A frame with one usable side (the clip's
+ends, or where the orbit stops) checks forward-backward consistency instead and gives
+occluded pixels no evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParallaxParams:
+    """Tuning of the parallax evidence.
+
+    Attributes:
+        side: long side (pixels) of the working resolution.
+        target_motion: how far (fraction of the width) the ground should move between a
+            frame and its neighbour; slow orbits look further for it.
+        max_offset: the furthest neighbour, in clip frames.
+    """
+
+    side: int = 480
+    target_motion: float = 0.03
+    max_offset: int = 40
+
+
+class WorkingClip:
+    """The clip's frames in grey at the working resolution, converted on first use."""
+
+    def __init__(self, frames: np.ndarray, side: int):
+        self.frames = frames
+        h, w = frames.shape[1:3]
+        self.scale = min(1.0, side / max(h, w))
+        self._grey: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def grey(self, i: int) -> np.ndarray:
+        if i not in self._grey:
+            f = self.frames[i]
+            if self.scale < 1.0:
+                f = cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+            self._grey[i] = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+        return self._grey[i]
+
+
+@dataclass(frozen=True)
+class _Regions:
+    """Where the ground and the backdrop are fitted (the centre, where the subject is, left out)."""
+
+    ground: Tuple[np.ndarray, np.ndarray]  # (x, y) sample points
+    backdrop: Tuple[np.ndarray, np.ndarray]
+    band: int  # rows above this may be backdrop
+    grid: np.ndarray  # (H, W, 2) pixel coordinates
+
+    @classmethod
+    def of(cls, h: int, w: int) -> "_Regions":
+        rows, cols = np.mgrid[0:h, 0:w]
+        centre = (cols > 0.25 * w) & (cols < 0.75 * w) & (rows > 0.15 * h) & (rows < 0.85 * h)
+        ground = (rows >= 0.5 * h) & ~centre
+        backdrop = (rows < 0.38 * h) & ~((cols > 0.3 * w) & (cols < 0.7 * w))
+        gy, gx = np.nonzero(ground[::4, ::4])
+        by, bx = np.nonzero(backdrop[::3, ::3])
+        grid = np.stack([cols, rows], -1).astype(np.float32)
+        return cls((gx * 4, gy * 4), (bx * 3, by * 3), int(0.42 * h), grid)
+
+
+_DIS: Optional[cv2.DISOpticalFlow] = None
+_K5 = np.ones((5, 5), np.uint8)
+#: grey levels a backdrop pixel may differ from its match (noise, compression, exposure drift)
+PHOTO_TOLERANCE = 16
+#: the relative parallax given to a pixel that neither the ground nor the backdrop explains
+UNEXPLAINED = 2.0
+
+
+def _dis() -> cv2.DISOpticalFlow:
+    global _DIS
+    if _DIS is None:
+        _DIS = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return _DIS
+
+
+def shifted_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense flow a -> b, started at the global shift found by phase correlation."""
+    h, w = a.shape
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    (tx, ty), _ = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), window)
+    shift = np.float32([[1, 0, tx], [0, 1, ty]])
+    b_shifted = cv2.warpAffine(b, shift, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+    return _dis().calc(a, b_shifted, None) + np.float32([tx, ty])
+
+
+def homography_flow(H: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The flow (H, W, 2) that the homography ``H`` gives each pixel of ``grid``."""
+    h, w = grid.shape[:2]
+    return cv2.perspectiveTransform(grid.reshape(1, -1, 2), H).reshape(h, w, 2) - grid
+
+
+def _sampled(flow: np.ndarray, pts: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    xs, ys = pts
+    p = np.stack([xs, ys], 1).astype(np.float32)
+    return p, p + flow[ys, xs]
+
+
+def _basis(x: np.ndarray, y: np.ndarray, w: int, h: int) -> np.ndarray:
+    # cubic across the image (a cylinder's depth changes along it), quadratic down it
+    u, v = x / w - 0.5, y / h - 0.5
+    return np.stack([np.ones_like(u), u, u * u, u ** 3, v, u * v, v * v], -1)
+
+
+def backdrop_residual(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Regions) -> np.ndarray:
+    """How far ``flow`` (a -> b) is from a smooth flow fitted (robustly) on the backdrop band's
+    sides; infinite below the band and where ``b`` moved by the smooth flow does not look like
+    ``a`` (a plain surface can take the backdrop's motion in the flow without moving with it)."""
+    h, w = flow.shape[:2]
+    xs, ys = regions.backdrop
+    A = _basis(xs.astype(np.float64), ys.astype(np.float64), w, h)
+    F = flow[ys, xs].astype(np.float64)
+    keep = np.ones(len(xs), bool)
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(A[keep], F[keep], rcond=None)
+        r = np.linalg.norm(A @ coef - F, axis=1)
+        keep = r < max(0.5, 2.5 * float(np.median(r[keep])))
+    band = regions.band
+    g = regions.grid[:band].astype(np.float64)
+    model = (_basis(g[..., 0], g[..., 1], w, h) @ coef).astype(np.float32)
+    out = np.full((h, w), np.inf, np.float32)
+    out[:band] = np.linalg.norm(flow[:band] - model, axis=-1)
+    g = regions.grid[:band]
+    moved = cv2.remap(b, g[..., 0] + model[..., 0], g[..., 1] + model[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)
+    differs = _tolerant_diff(a[:band], _gain_matched(moved, a[:band])) > PHOTO_TOLERANCE
+    out[:band][differs] = np.inf
+    return out
+
+
+def _gain_matched(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``b`` scaled to ``a``'s median brightness (exposure ramps and flicker change it)."""
+    gain = (float(np.median(a[::4, ::4])) + 1.0) / (float(np.median(b[::4, ::4])) + 1.0)
+    return b if abs(gain - 1.0) < 0.01 else cv2.convertScaleAbs(b, alpha=gain)
+
+
+def _tolerant_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How far ``a`` lies outside the 5x5 min..max of ``b``, per pixel (uint8): a model
+    that is off by a pixel or two at a window's edge still explains it."""
+    return cv2.max(cv2.subtract(a, cv2.dilate(b, _K5)), cv2.subtract(cv2.erode(b, _K5), a))
+
+
+def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Regions, *,
+                   check_occlusion: bool) -> Optional[Tuple[np.ndarray, float]]:
+    """Relative parallax of ``a``'s pixels seen from ``b`` and the ground's motion (pixels).
+
+    Returns None when no ground homography fits the flow.
+    """
+    h, w = a.shape
+    p, q = _sampled(flow, regions.ground)
+    H, _ = cv2.findHomography(p, q, cv2.RANSAC, 2.0, maxIters=2000)
+    if H is None:
+        return None
+    b_ground = cv2.warpPerspective(b, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=cv2.BORDER_REPLICATE)
+    rest = _dis().calc(a, b_ground, None)
+    band = regions.band
+    # near the horizon the ground warp stretches far ground over everything, and the flow
+    # between a plain surface and that stretch can come out small: there the ground must
+    # also look the same once warped
+    ground_differs = _tolerant_diff(a[:band], _gain_matched(b_ground[:band], a[:band])) > PHOTO_TOLERANCE
+    occluded = None
+    if check_occlusion:
+        back = _dis().calc(b_ground, a, None)
+        g = regions.grid
+        there = cv2.remap(back, g[..., 0] + rest[..., 0], g[..., 1] + rest[..., 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+        # a pixel that b does not show has a flow that does not come back; the subject's own
+        # large parallax is measured less exactly, hence the relative allowance
+        occluded = np.linalg.norm(rest + there, axis=-1) > 1.5 + 0.5 * np.linalg.norm(rest, axis=-1)
+    p, q = _sampled(rest, regions.ground)
+    H_fix, _ = cv2.findHomography(p, q, cv2.RANSAC, 0.7, maxIters=2000)
+    if H_fix is not None:
+        rest = rest - homography_flow(H_fix, regions.grid)
+    on_ground = np.linalg.norm(rest, axis=-1)
+    on_ground[:band][ground_differs] = np.inf
+    residual = np.minimum(on_ground, backdrop_residual(a, b, flow, regions))
+    xs, ys = regions.ground
+    moved = float(np.median(np.linalg.norm(homography_flow(H, regions.grid)[ys, xs], axis=1)))
+    # explained by neither model, by flow or by look: it stands off the ground
+    residual[~np.isfinite(residual)] = UNEXPLAINED * max(moved, 1.0)
+    if occluded is not None:
+        residual[occluded] = 0.0
+    return residual / max(moved, 1.0), moved
+
+
+def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: ParallaxParams
+               ) -> Optional[Tuple[int, np.ndarray, float]]:
+    """The nearest frame on one side where the ground moved ``target_motion`` of the width,
+    else the furthest one tried: (index, flow, ground motion in pixels)."""
+    w = clip.grey(s).shape[1]
+    xs, ys = regions.ground
+    found, offset = None, 0
+    while offset < params.max_offset:
+        offset = offset + 1 if offset < 4 else int(round(offset * 1.25))
+        j = s + step * offset
+        if not 0 <= j < len(clip):
+            break
+        flow = shifted_flow(clip.grey(s), clip.grey(j))
+        moved = float(np.median(np.linalg.norm(flow[ys, xs], axis=1)))
+        found = (j, flow, moved)
+        if moved >= params.target_motion * w:
+            break
+    return found
+
+
+def parallax_evidence(clip: WorkingClip, indices: List[int], params: ParallaxParams = ParallaxParams()
+                      ) -> List[Optional[np.ndarray]]:
+    """Relative parallax (working resolution, float32) of each frame in ``indices``; None for
+    a frame with no usable neighbour."""
+    h, w = clip.grey(indices[0]).shape
+    regions = _Regions.of(h, w)
+    out: List[Optional[np.ndarray]] = []
+    for s in indices:
+        sides = [n for n in (_neighbour(clip, s, -1, regions, params), _neighbour(clip, s, 1, regions, params)) if n]
+        enough = [n for n in sides if n[2] >= 0.5 * params.target_motion * w]
+        if enough:
+            # a side that barely moved (the orbit stops, or the clip ends) only adds noise
+            sides = enough
+        maps = []
+        for j, flow, _ in sides:
+            got = plane_parallax(clip.grey(s), clip.grey(j), flow, regions, check_occlusion=len(sides) == 1)
+            if got is not None:
+                maps.append(got[0])
+        out.append(np.minimum.reduce(maps).astype(np.float32) if maps else None)
+    return out
