@@ -50,12 +50,14 @@ class MaskParams:
         reach: a blob's distance from the previous subject (fraction of the diagonal) at
             which its weight falls to 1/e.
         max_extension: the furthest the bottom is extended, as a fraction of the blob's height.
+        row_cut: each row of the blob is cut at this fraction of its peak evidence.
         parallax: the evidence's own tuning.
     """
 
     threshold: float = 0.45
     reach: float = 0.12
     max_extension: float = 0.25
+    row_cut: float = 0.5
     parallax: ParallaxParams = field(default_factory=ParallaxParams)
 
 
@@ -101,10 +103,10 @@ def nearest_blob(candidates: np.ndarray, near: Tuple[float, float], *, reach: fl
     return (labels == best, (float(centres[best, 0]), float(centres[best, 1]))) if best else None
 
 
-def outline(blob: np.ndarray, evidence: np.ndarray, threshold: float) -> np.ndarray:
-    """Cut each row of ``blob`` at half the row's peak evidence; drop specks; fill holes."""
+def outline(blob: np.ndarray, evidence: np.ndarray, threshold: float, *, row_cut: float = 0.5) -> np.ndarray:
+    """Cut each row of ``blob`` at ``row_cut`` of the row's peak evidence; drop threads; fill holes."""
     peak = np.where(blob, evidence, 0).max(axis=1, keepdims=True)
-    cut = blob & (evidence > np.maximum(threshold, 0.5 * peak))
+    cut = blob & (evidence > np.maximum(threshold, row_cut * peak))
     # thin threads (a horizon line, a lit window edge) joining the subject are not part of it
     cut = cv2.morphologyEx(cut.astype(np.uint8), cv2.MORPH_OPEN, _DISC5) > 0
     if cut.sum() < 0.2 * blob.sum():
@@ -164,7 +166,7 @@ def subject_in_frame(evidence: np.ndarray, near: Tuple[float, float], params: Ma
     if found is None:
         return None
     blob, centre = found
-    mask = outline(blob, evidence, params.threshold)
+    mask = outline(blob, evidence, params.threshold, row_cut=params.row_cut)
     rows = contact_rows(mask, evidence, threshold=params.threshold, max_extension=params.max_extension)
     return extend_to_ground(mask, rows), centre
 
