@@ -184,8 +184,8 @@ def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Reg
     Returns None when no ground homography fits the flow.
     """
     h, w = a.shape
-    p, q = _sampled(flow, regions.ground)
-    H, _ = cv2.findHomography(p, q, cv2.RANSAC, 2.0, maxIters=2000)
+    ground, q = _sampled(flow, regions.ground)
+    H, _ = cv2.findHomography(ground, q, cv2.RANSAC, 2.0, maxIters=2000)
     if H is None:
         return None
     b_ground = cv2.warpPerspective(b, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
@@ -212,8 +212,7 @@ def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Reg
     on_ground = np.linalg.norm(rest, axis=-1)
     on_ground[:band][ground_differs] = np.inf
     residual = np.minimum(on_ground, backdrop_residual(a, b, flow, regions))
-    xs, ys = regions.ground
-    moved = float(np.median(np.linalg.norm(homography_flow(H, regions.grid)[ys, xs], axis=1)))
+    moved = float(np.median(np.linalg.norm(cv2.perspectiveTransform(ground[None], H)[0] - ground, axis=1)))
     # explained by neither model, by flow or by look: it stands off the ground
     residual[~np.isfinite(residual)] = UNEXPLAINED * max(moved, 1.0)
     if occluded is not None:

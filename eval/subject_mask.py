@@ -189,7 +189,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskP
                 for e in parallax_evidence(clip, idx, params.parallax)]
     h, w = clip.grey(idx[0]).shape
     near = (w / 2, h / 2)
-    masks: List[np.ndarray] = []
+    masks: List[Optional[np.ndarray]] = []  # None until the first frame with evidence
     sources: List[str] = []
     for e in evidence:
         found = subject_in_frame(e, near, params) if e is not None else None

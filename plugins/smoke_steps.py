@@ -55,14 +55,18 @@ def source_clips(cache: Path) -> Path:
 
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".source-clips-"))
-    for i, direction in enumerate(DIRECTIONS):
-        # a few frames more than a clip, so prepare has something to cut
-        spec = TurntableSpec(name=f"orbit_{direction}", direction=direction, seed=i, width=CLIP["width"],
-                             height=CLIP["height"], frames=2 * CLIP["frames"] - 1, fps=CLIP["fps"])
-        write_turntable(spec, tmp, preset=SOURCE_PRESET)
     try:
+        for i, direction in enumerate(DIRECTIONS):
+            # a few frames more than a clip, so prepare has something to cut
+            spec = TurntableSpec(name=f"orbit_{direction}", direction=direction, seed=i, width=CLIP["width"],
+                                 height=CLIP["height"], frames=2 * CLIP["frames"] - 1, fps=CLIP["fps"])
+            write_turntable(spec, tmp, preset=SOURCE_PRESET)
         tmp.rename(raw)
-    except OSError:  # another run finished the same clips first
+    except OSError:
+        if not raw.is_dir():  # not "another run finished the same clips first": a real failure
+            raise
+    finally:
+        # an interrupted render leaves no half-made folder in the cache
         shutil.rmtree(tmp, ignore_errors=True)
     return raw
 
