@@ -17,6 +17,8 @@ standing on the ground. Here, for each sampled frame:
 4. A frame with no blob keeps the previous frame's mask, flagged ``propagated``; a clip with
    none at all gets a central box, flagged ``centre``. Every sampled frame gets a non-empty
    mask.
+5. The outline is then snapped to the image's own edges (:mod:`circle_rotate.eval.mask_snap`):
+   parallax finds the subject, colour and edges draw its outline.
 
 Work is at a reduced resolution (``ParallaxParams.side``); masks are scaled back to the
 frame's size, and centroids are in full-resolution pixels.
@@ -32,6 +34,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from circle_rotate.eval.mask_snap import SnapParams, snap_clip
 from circle_rotate.eval.parallax import ParallaxParams, WorkingClip, parallax_evidence
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class MaskParams:
         max_extension: the furthest the bottom is extended, as a fraction of the blob's height.
         row_cut: each row of the blob is cut at this fraction of its peak evidence.
         parallax: the evidence's own tuning.
+        snap: the tuning of the snap to the image's edges (None: keep the parallax outline).
     """
 
     threshold: float = 0.45
@@ -59,6 +63,7 @@ class MaskParams:
     max_extension: float = 0.25
     row_cut: float = 0.5
     parallax: ParallaxParams = field(default_factory=ParallaxParams)
+    snap: Optional[SnapParams] = field(default_factory=SnapParams)
 
 
 @dataclass(frozen=True)
@@ -207,4 +212,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskP
     first = sources.index("motion")
     masks[:first] = [masks[first]] * first
     full = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0 for m in masks]
+    if params.snap is not None:
+        evidence_full = [None if e is None else cv2.resize(e, (width, height), interpolation=cv2.INTER_LINEAR)
+                         for e in evidence]
+        full = snap_clip([frames[i] for i in idx], full, evidence_full, params.snap)
     return SubjectMasks(np.stack(full), tuple(sources))

@@ -59,8 +59,6 @@ def test_report_states_measured_and_true_drift(demo):
     assert "data:image/png;base64," in html and "<img src=\"http" not in html
 
 
-@pytest.mark.xfail(reason="issue 6: the weight-free subject mask does not yet measure drift to the acceptance "
-                          "bounds (see tests/test_eval_accuracy.py)", strict=False)
 def test_measured_drift_matches_the_ground_truth(demo):
     out, _ = demo
     drift, truth = _drift_and_truth(out)

@@ -65,16 +65,20 @@ def _drift_pairs(measured):
 
 
 def test_drift_follows_the_ground_truth(measured):
-    """Where the weight-free mask stands (a guard against going back, not the acceptance):
-    measured on 24 development and 16 held-out orbits: median error 3.7 and 5.0 px, Spearman 0.87 and 0.62."""
+    """Where the weight-free mask stands (a guard against going back, not the acceptance): on these
+    ten, median error 0.83 px, 8 within bounds, Spearman 0.95; on 24 development and 16 held-out
+    orbits, median 0.46 and 0.35 px, 22/24 and 14/16 within, Spearman 0.87 and 0.97."""
     true, ours = _drift_pairs(measured)
     table = list(zip(measured, true.round(2), ours.round(2)))
-    assert np.median(np.abs(ours - true)) <= 6.0, table
-    assert spearmanr(true, ours)[0] >= 0.6, table
+    err = np.abs(ours - true)
+    assert np.median(err) <= 1.5, table
+    assert np.sum(err <= np.maximum(3.0, 0.15 * true)) >= 7, table
+    assert spearmanr(true, ours)[0] >= 0.9, table
 
 
-@pytest.mark.xfail(reason="the weight-free subject mask does not yet reach the acceptance bounds "
-                          "(median error <= 1 px, each within max(3 px, 15%), Spearman >= 0.95)", strict=False)
+@pytest.mark.xfail(reason="the weight-free subject mask is within the acceptance bounds on most orbits, not all: "
+                          "a moving light's shadow joined to the subject's dark side, and a stop-go orbit's "
+                          "slow middle, stay outside max(3 px, 15%)", strict=False)
 def test_drift_matches_the_ground_truth(measured):
     true, ours = _drift_pairs(measured)
     err = np.abs(ours - true)
