@@ -105,9 +105,9 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, evidence: Optional[np.nda
         ev = None if ev is None else cv2.resize(ev, dsize, interpolation=cv2.INTER_LINEAR)
     size *= scale
     core = cv2.erode(inside, _disc(max(1, int(params.core * size))))
-    near = cv2.dilate(inside, _disc(max(1, int(params.band * size)))) > 0
     if core.sum() < 20:
         return mask
+    near = cv2.dilate(inside, _disc(max(1, int(params.band * size)))) > 0
     labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
     labels[near] = cv2.GC_PR_BGD
     if ev is not None:
