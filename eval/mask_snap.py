@@ -12,6 +12,11 @@ within a band around the parallax outline:
   are surely not the subject, so a cast shadow that is as dark as the subject's dark side
   cannot be taken in; except just below the mask, where the subject's own base has no
   parallax either;
+- there the ground's look decides instead (:class:`~circle_rotate.eval.parallax.GroundLook`):
+  outside the mask, what looks as the ground warp predicts, or is a shadow that slid over
+  the ground, is surely not the subject (this also teaches the background model the
+  shadow's colours, so the part of it inside the mask goes too); inside, a shadow that slid
+  is not either (probably not, in the core);
 - then each frame is cut again, seeded by the majority of itself and its two sampled
   neighbours, which removes a frame's own slip (a missed face, a patch of ground) when the
   frames on either side agree.
@@ -26,6 +31,8 @@ from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
+
+from circle_rotate.eval.parallax import GroundLook
 
 
 @dataclass(frozen=True)
@@ -73,15 +80,31 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def _crop_scaled(evidence: np.ndarray, full: tuple, box: tuple, size: tuple) -> np.ndarray:
+    """The part of ``evidence`` under ``box`` (y0, y1, x0, x1 in a ``full``-sized frame),
+    resized to ``size`` (rows, cols): only the crop is scaled, not the whole map."""
+    (h, w), (y0, y1, x0, x1) = full, box
+    sy, sx = evidence.shape[0] / h, evidence.shape[1] / w
+    if sy == 1.0 and sx == 1.0 and (y1 - y0, x1 - x0) == tuple(size):
+        return evidence[y0:y1, x0:x1]
+    # the crop's pixel centres, mapped into the evidence's own grid
+    ys = (y0 + (np.arange(size[0], dtype=np.float32) + 0.5) * (y1 - y0) / size[0]) * sy - 0.5
+    xs = (x0 + (np.arange(size[1], dtype=np.float32) + 0.5) * (x1 - x0) / size[1]) * sx - 0.5
+    mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+    return cv2.remap(evidence.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def snap_to_edges(image: np.ndarray, mask: np.ndarray, evidence: Optional[np.ndarray],
-                  params: SnapParams = SnapParams()) -> np.ndarray:
+                  params: SnapParams = SnapParams(), *, ground: Optional[GroundLook] = None) -> np.ndarray:
     """``mask`` redrawn along ``image``'s edges (both full resolution).
 
     Args:
         image: (H, W, 3) RGB uint8.
         mask: (H, W) bool, the subject roughly.
-        evidence: (H, W) relative parallax, or None where the frame has none.
+        evidence: relative parallax at any resolution (it is scaled to the mask's), or None
+            where the frame has none.
         params: tuning.
+        ground: the frame's :class:`GroundLook` at any resolution, or None.
 
     Returns:
         The snapped mask, or ``mask`` unchanged when it is too small or the cut leaves nothing.
@@ -97,12 +120,10 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, evidence: Optional[np.nda
     scale = min(1.0, params.crop / max(y1 - y0, x1 - x0))
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     inside = mask[y0:y1, x0:x1].astype(np.uint8)
-    ev = None if evidence is None else evidence[y0:y1, x0:x1]
     if scale < 1.0:
         crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        dsize = (crop.shape[1], crop.shape[0])
-        inside = cv2.resize(inside, dsize, interpolation=cv2.INTER_NEAREST)
-        ev = None if ev is None else cv2.resize(ev, dsize, interpolation=cv2.INTER_LINEAR)
+        inside = cv2.resize(inside, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST)
+    ev = None if evidence is None else _crop_scaled(evidence, (h, w), (y0, y1, x0, x1), crop.shape[:2])
     size *= scale
     core = cv2.erode(inside, _disc(max(1, int(params.core * size))))
     if core.sum() < 20:
@@ -116,9 +137,21 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, evidence: Optional[np.nda
         labels[explained] = cv2.GC_BGD
     labels[inside > 0] = cv2.GC_PR_FGD
     labels[core > 0] = cv2.GC_FGD
+    if ground is not None:
+        box = (h, w), (y0, y1, x0, x1), crop.shape[:2]
+        still = _crop_scaled(ground.still.astype(np.float32), *box) >= 0.5
+        moved = _crop_scaled(ground.moved_shadow.astype(np.float32), *box) >= 0.5
+        labels[near & (inside == 0) & (still | moved)] = cv2.GC_BGD
+        # the core stays probable: a plain face whose shading changed with the light has the
+        # same signature, and the core is where the subject surely is
+        labels[(inside > 0) & moved] = cv2.GC_BGD
+        labels[(core > 0) & moved] = cv2.GC_PR_BGD
     if not (labels == cv2.GC_BGD).any():
         return mask  # the subject fills the frame: nothing to learn the background from
     bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    # GrabCut seeds its colour models by k-means from OpenCV's global generator: without a
+    # fixed seed a frame's cut would depend on whatever ran before it in the process
+    cv2.setRNGSeed(0)
     try:
         cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, params.iterations,
                     cv2.GC_INIT_WITH_MASK)
@@ -151,12 +184,15 @@ def _agree(a: np.ndarray, b: np.ndarray, iou: float) -> bool:
 
 
 def snap_clip(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], evidence: Sequence[Optional[np.ndarray]],
-              params: SnapParams = SnapParams()) -> List[np.ndarray]:
+              params: SnapParams = SnapParams(), *, ground: Optional[Sequence[Optional[GroundLook]]] = None
+              ) -> List[np.ndarray]:
     """Snap each sampled frame's mask, then snap again from the neighbours' majority where
-    that differs from the frame's own (most frames agree, and a second cut would not move them)."""
-    first = [snap_to_edges(im, m, e, params) for im, m, e in zip(images, masks, evidence)]
+    that differs from the frame's own (most frames agree, and a second cut would not move them).
+    ``evidence`` and ``ground`` are per frame, as :func:`snap_to_edges` takes them."""
+    looks = ground if ground is not None else [None] * len(masks)
+    first = [snap_to_edges(im, m, e, params, ground=g) for im, m, e, g in zip(images, masks, evidence, looks)]
     second = []
-    for im, seed, own, e in zip(images, neighbour_majority(first), first, evidence):
+    for im, seed, own, e, g in zip(images, neighbour_majority(first), first, evidence, looks):
         redo = seed.sum() >= 50 and not _agree(seed, own, params.agree)
-        second.append(snap_to_edges(im, seed, e, params) if redo else own)
+        second.append(snap_to_edges(im, seed, e, params, ground=g) if redo else own)
     return second

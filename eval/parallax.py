@@ -26,12 +26,21 @@ The two sides are combined by their minimum: a background patch hidden in one ne
 (next to the subject) is visible in the other. A frame with one usable side (the clip's
 ends, or where the orbit stops) checks forward-backward consistency instead and gives
 occluded pixels no evidence.
+
+The neighbour is searched for on half-size frames, starting at the offset the previous
+sampled frame needed, and the full flow is computed only where the half-size one comes near
+the target: the same neighbour as trying every offset at full size, for a fraction of the
+flows. Each side also says how the frame *looks* next to the neighbour seen through the
+ground homography (:func:`ground_look`): sharp to the pixel where the flow is smooth, and
+able to tell a shadow from what casts it.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -61,17 +70,31 @@ class WorkingClip:
         h, w = frames.shape[1:3]
         self.scale = min(1.0, side / max(h, w))
         self._grey: dict = {}
+        self._small: dict = {}
+        self._colour: dict = {}
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
-            f = self.frames[i]
-            if self.scale < 1.0:
-                f = cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
-            self._grey[i] = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+            self._grey[i] = cv2.cvtColor(self.colour(i), cv2.COLOR_RGB2GRAY)
         return self._grey[i]
+
+    def colour(self, i: int) -> np.ndarray:
+        """The RGB frame at the working resolution."""
+        if i not in self._colour:
+            f = self.frames[i]
+            self._colour[i] = f if self.scale >= 1.0 else cv2.resize(f, None, fx=self.scale, fy=self.scale,
+                                                                      interpolation=cv2.INTER_AREA)
+        return self._colour[i]
+
+    def small(self, i: int) -> np.ndarray:
+        """The working frame at 1/``SEARCH_SCALE`` size: enough to tell how far the ground moved."""
+        if i not in self._small:
+            self._small[i] = cv2.resize(self.grey(i), None, fx=1 / SEARCH_SCALE, fy=1 / SEARCH_SCALE,
+                                        interpolation=cv2.INTER_AREA)
+        return self._small[i]
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,7 @@ class _Regions:
     backdrop: Tuple[np.ndarray, np.ndarray]
     band: int  # rows above this may be backdrop
     grid: np.ndarray  # (H, W, 2) pixel coordinates
+    band_basis: np.ndarray  # (band, W, 7) the backdrop model's basis at every band pixel
 
     @classmethod
     def of(cls, h: int, w: int) -> "_Regions":
@@ -92,15 +116,31 @@ class _Regions:
         gy, gx = np.nonzero(ground[::4, ::4])
         by, bx = np.nonzero(backdrop[::3, ::3])
         grid = np.stack([cols, rows], -1).astype(np.float32)
-        return cls((gx * 4, gy * 4), (bx * 3, by * 3), int(0.42 * h), grid)
+        band = int(0.42 * h)
+        g = grid[:band].astype(np.float64)
+        return cls((gx * 4, gy * 4), (bx * 3, by * 3), band, grid, _basis(g[..., 0], g[..., 1], w, h))
 
 
 _DIS: Optional[cv2.DISOpticalFlow] = None
 _K5 = np.ones((5, 5), np.uint8)
+_DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 #: grey levels a backdrop pixel may differ from its match (noise, compression, exposure drift)
 PHOTO_TOLERANCE = 16
 #: the relative parallax given to a pixel that neither the ground nor the backdrop explains
 UNEXPLAINED = 2.0
+#: grey levels added to each channel before its hue (chromaticity) is taken
+CHROMA_OFFSET = 8.0
+#: hue difference (sum over r, g, b of |chromaticity difference|, x 255) under which two pixels share a hue
+SAME_HUE = 6.0
+#: brightness ratios within (STILL_GAIN, 1 / STILL_GAIN) are the same brightness ...
+STILL_GAIN = 0.93
+#: ... and beyond (SHADOW_GAIN, 1 / SHADOW_GAIN) a shadow came or went
+SHADOW_GAIN = 0.85
+#: the search for a neighbour measures the ground's motion on frames this many times smaller
+#: (a quarter of the cost) and computes the full flow only from where that reads at least
+#: ``SEARCH_MARGIN`` of the target
+SEARCH_SCALE = 2
+SEARCH_MARGIN = 0.75
 
 
 def _dis() -> cv2.DISOpticalFlow:
@@ -153,8 +193,7 @@ def backdrop_residual(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _
         r = np.linalg.norm(A @ coef - F, axis=1)
         keep = r < max(0.5, 2.5 * float(np.median(r[keep])))
     band = regions.band
-    g = regions.grid[:band].astype(np.float64)
-    model = (_basis(g[..., 0], g[..., 1], w, h) @ coef).astype(np.float32)
+    model = (regions.band_basis @ coef).astype(np.float32)
     out = np.full((h, w), np.inf, np.float32)
     out[:band] = np.linalg.norm(flow[:band] - model, axis=-1)
     g = regions.grid[:band]
@@ -178,8 +217,10 @@ def _tolerant_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Regions, *,
-                   check_occlusion: bool) -> Optional[Tuple[np.ndarray, float]]:
-    """Relative parallax of ``a``'s pixels seen from ``b`` and the ground's motion (pixels).
+                   check_occlusion: bool) -> Optional[Tuple[np.ndarray, float, np.ndarray]]:
+    """Relative parallax of ``a``'s pixels seen from ``b``, the ground's motion (pixels), and
+    the ground's homography (``a``'s pixel ``x`` shows the ground point that ``b`` shows at
+    ``H x``).
 
     Returns None when no ground homography fits the flow.
     """
@@ -209,6 +250,7 @@ def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Reg
     H_fix, _ = cv2.findHomography(p, q, cv2.RANSAC, 0.7, maxIters=2000)
     if H_fix is not None:
         rest = rest - homography_flow(H_fix, regions.grid)
+        H = H @ H_fix
     on_ground = np.linalg.norm(rest, axis=-1)
     on_ground[:band][ground_differs] = np.inf
     residual = np.minimum(on_ground, backdrop_residual(a, b, flow, regions))
@@ -217,46 +259,156 @@ def plane_parallax(a: np.ndarray, b: np.ndarray, flow: np.ndarray, regions: _Reg
     residual[~np.isfinite(residual)] = UNEXPLAINED * max(moved, 1.0)
     if occluded is not None:
         residual[occluded] = 0.0
-    return residual / max(moved, 1.0), moved
+    return residual / max(moved, 1.0), moved, H
 
 
-def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: ParallaxParams
-               ) -> Optional[Tuple[int, np.ndarray, float]]:
-    """The nearest frame on one side where the ground moved ``target_motion`` of the width,
-    else the furthest one tried: (index, flow, ground motion in pixels)."""
-    w = clip.grey(s).shape[1]
-    xs, ys = regions.ground
-    found, offset = None, 0
+@dataclass(frozen=True)
+class GroundLook:
+    """How a frame's pixels look next to a neighbour's seen through the ground homography
+    (bool maps, working resolution).
+
+    Attributes:
+        still: the same hue and brightness: the ground, and shadows that stay where they are.
+        moved_shadow: the same hue, another brightness: a shadow that slid over the ground.
+    """
+
+    still: np.ndarray
+    moved_shadow: np.ndarray
+
+    def __or__(self, other: "GroundLook") -> "GroundLook":
+        return GroundLook(self.still | other.still, self.moved_shadow | other.moved_shadow)
+
+
+def ground_look(a: np.ndarray, b: np.ndarray, H: np.ndarray) -> GroundLook:
+    """Compare ``a`` (RGB) with ``b`` seen through the ground homography ``H``, pixel by pixel.
+
+    The parallax comes from a flow, which smooths over a few pixels: the evidence bleeds
+    from the subject onto the ground next to it, and a cast shadow there joins the subject.
+    The look is sharp to the pixel. A shadow scales a colour; it does not change its hue. So
+    ground that looks the same once warped (a shadow included) is ground; and where the
+    light moves, its shadow slides over the ground, which the flow reads as standing up, but
+    the hue still matches. The frame's overall gain is divided out first (exposure ramps and
+    flicker scale everything). The subject's own foot has next to no parallax and can look
+    the same: the snap only uses this outside the parallax mask, and for shadows inside it.
+    """
+    h, w = a.shape[:2]
+    b_ground = cv2.warpPerspective(b, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=cv2.BORDER_REPLICATE)
+    # the offset keeps near-black pixels (noise over almost nothing) from reading as any hue
+    ca = a.astype(np.float32) + CHROMA_OFFSET
+    cb = b_ground.astype(np.float32) + CHROMA_OFFSET
+    sa, sb = ca.sum(axis=-1, keepdims=True), cb.sum(axis=-1, keepdims=True)
+    same_hue = np.abs(ca / sa - cb / sb).sum(axis=-1) * 255.0 < SAME_HUE
+    ratio = (sa / sb)[..., 0]
+    ratio /= float(np.median(ratio[::4, ::4]))
+    still = same_hue & (ratio > STILL_GAIN) & (ratio < 1.0 / STILL_GAIN)
+    moved = same_hue & ((ratio < SHADOW_GAIN) | (ratio > 1.0 / SHADOW_GAIN))
+    # ground and shadows are regions; specks are a texture's spots landing on others of their hue
+    return GroundLook(*(cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, _DISC5) > 0 for m in (still, moved)))
+
+
+def offsets(params: ParallaxParams) -> List[int]:
+    """The neighbour offsets tried, nearest first: every frame up to 4, then 25% further each."""
+    out, offset = [], 0
     while offset < params.max_offset:
         offset = offset + 1 if offset < 4 else int(round(offset * 1.25))
-        j = s + step * offset
-        if not 0 <= j < len(clip):
-            break
-        flow = shifted_flow(clip.grey(s), clip.grey(j))
-        moved = float(np.median(np.linalg.norm(flow[ys, xs], axis=1)))
-        found = (j, flow, moved)
-        if moved >= params.target_motion * w:
-            break
-    return found
+        out.append(offset)
+    return out
+
+
+def first_reaching(n: int, reaches: Callable[[int], bool], hint: int) -> Tuple[int, bool]:
+    """The first of ``0..n-1`` where ``reaches`` (true from some point on) holds, found by
+    walking from ``hint``: (index, whether it holds there; if it never does, the last index)."""
+    i = min(max(hint, 0), n - 1)
+    if reaches(i):
+        while i > 0 and reaches(i - 1):
+            i -= 1
+        return i, True
+    while i < n - 1:
+        i += 1
+        if reaches(i):
+            return i, True
+    return i, False
+
+
+def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: ParallaxParams, hint: int
+               ) -> Optional[Tuple[int, np.ndarray, float, int]]:
+    """The nearest frame on one side where the ground moved ``target_motion`` of the width,
+    else the furthest one tried: (index, flow, ground motion in pixels, position in
+    :func:`offsets`). The walk starts at ``hint``, the position the previous sampled frame
+    found (the orbit's speed changes slowly), instead of at the nearest frame."""
+    w = clip.grey(s).shape[1]
+    target = params.target_motion * w
+    tried = [o for o in offsets(params) if 0 <= s + step * o < len(clip)]
+    if not tried:
+        return None
+    sh, sw = clip.small(s).shape
+    coarse_pts = (np.minimum(regions.ground[0] // SEARCH_SCALE, sw - 1),
+                  np.minimum(regions.ground[1] // SEARCH_SCALE, sh - 1))
+    full: dict = {}
+
+    def measured(k: int) -> Tuple[np.ndarray, float]:
+        if k not in full:
+            flow = shifted_flow(clip.grey(s), clip.grey(s + step * tried[k]))
+            full[k] = (flow, _ground_motion(flow, regions.ground))
+        return full[k]
+
+    def reaches(k: int) -> bool:
+        # the small frames' flow reads the motion low by up to a fifth: below that margin the
+        # full flow is not worth computing
+        j = s + step * tried[k]
+        if SEARCH_SCALE * _ground_motion(shifted_flow(clip.small(s), clip.small(j)), coarse_pts) < SEARCH_MARGIN * target:
+            return False
+        return measured(k)[1] >= target
+
+    k, _ = first_reaching(len(tried), reaches, hint)
+    flow, moved = measured(k)
+    return s + step * tried[k], flow, moved, k
+
+
+def _ground_motion(flow: np.ndarray, pts: Tuple[np.ndarray, np.ndarray]) -> float:
+    """The median flow length at the ground's sample points."""
+    xs, ys = pts
+    return float(np.median(np.linalg.norm(flow[ys, xs], axis=1)))
+
+
+@dataclass(frozen=True)
+class FrameEvidence:
+    """What a sampled frame's neighbours say about each of its pixels (working resolution).
+
+    Attributes:
+        parallax: relative parallax, float32 (about 0 on the ground and the backdrop).
+        ground: :func:`ground_look`, true where either neighbour says so.
+    """
+
+    parallax: np.ndarray
+    ground: GroundLook
 
 
 def parallax_evidence(clip: WorkingClip, indices: List[int], params: ParallaxParams = ParallaxParams()
-                      ) -> List[Optional[np.ndarray]]:
-    """Relative parallax (working resolution, float32) of each frame in ``indices``; None for
-    a frame with no usable neighbour."""
+                      ) -> List[Optional[FrameEvidence]]:
+    """The evidence of each frame in ``indices``; None for a frame with no usable neighbour."""
     h, w = clip.grey(indices[0]).shape
     regions = _Regions.of(h, w)
     out: List[Optional[np.ndarray]] = []
+    hints = {-1: 0, 1: 0}
     for s in indices:
-        sides = [n for n in (_neighbour(clip, s, -1, regions, params), _neighbour(clip, s, 1, regions, params)) if n]
+        sides = []
+        for step in (-1, 1):
+            found = _neighbour(clip, s, step, regions, params, hints[step])
+            if found is not None:
+                hints[step] = found[3]
+                sides.append(found[:3])
         enough = [n for n in sides if n[2] >= 0.5 * params.target_motion * w]
         if enough:
             # a side that barely moved (the orbit stops, or the clip ends) only adds noise
             sides = enough
-        maps = []
+        maps, looks = [], []
         for j, flow, _ in sides:
             got = plane_parallax(clip.grey(s), clip.grey(j), flow, regions, check_occlusion=len(sides) == 1)
             if got is not None:
                 maps.append(got[0])
-        out.append(np.minimum.reduce(maps).astype(np.float32) if maps else None)
+                looks.append(ground_look(clip.colour(s), clip.colour(j), got[2]))
+        out.append(FrameEvidence(np.minimum.reduce(maps).astype(np.float32), functools.reduce(operator.or_, looks))
+                   if maps else None)
     return out

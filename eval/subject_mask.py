@@ -18,7 +18,8 @@ standing on the ground. Here, for each sampled frame:
    none at all gets a central box, flagged ``centre``. Every sampled frame gets a non-empty
    mask.
 5. The outline is then snapped to the image's own edges (:mod:`circle_rotate.eval.mask_snap`):
-   parallax finds the subject, colour and edges draw its outline.
+   parallax finds the subject, colour and edges draw its outline, and the ground's look
+   (:func:`circle_rotate.eval.parallax.ground_look`) keeps its shadows out.
 
 Work is at a reduced resolution (``ParallaxParams.side``); masks are scaled back to the
 frame's size, and centroids are in full-resolution pixels.
@@ -190,8 +191,9 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskP
     idx = [int(i) for i in indices]
     height, width = frames.shape[1:3]
     clip = WorkingClip(frames, params.parallax.side)
-    evidence = [None if e is None else cv2.blur(e, (3, 3))
-                for e in parallax_evidence(clip, idx, params.parallax)]
+    found_evidence = parallax_evidence(clip, idx, params.parallax)
+    evidence = [None if e is None else cv2.blur(e.parallax, (3, 3)) for e in found_evidence]
+    ground = [None if e is None else e.ground for e in found_evidence]
     h, w = clip.grey(idx[0]).shape
     near = (w / 2, h / 2)
     masks: List[Optional[np.ndarray]] = []  # None until the first frame with evidence
@@ -213,7 +215,5 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskP
     masks[:first] = [masks[first]] * first
     full = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0 for m in masks]
     if params.snap is not None:
-        evidence_full = [None if e is None else cv2.resize(e, (width, height), interpolation=cv2.INTER_LINEAR)
-                         for e in evidence]
-        full = snap_clip([frames[i] for i in idx], full, evidence_full, params.snap)
+        full = snap_clip([frames[i] for i in idx], full, evidence, params.snap, ground=ground)
     return SubjectMasks(np.stack(full), tuple(sources))
