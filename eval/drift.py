@@ -48,8 +48,8 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     notes = ()
     if masks.fallbacks:
         kinds = sorted(set(s for s in masks.sources if s != "motion"))
-        notes = (f"subject_drift: {masks.fallbacks} of {len(idx)} sampled frames had no motion evidence of their own; "
-                 f"their masks are {' / '.join(kinds)}",)
+        notes = (f"subject_drift: {masks.fallbacks} of {len(idx)} sampled frames had no or too little motion evidence "
+                 f"of their own; their masks are {' / '.join(kinds)}",)
     values = {
         "drift": drift_of(centroids),
         "subject_flow": float(np.mean(subject)),

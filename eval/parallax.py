@@ -28,9 +28,10 @@ ends, or where the orbit stops) checks forward-backward consistency instead and 
 occluded pixels no evidence.
 
 The neighbour is searched for on half-size frames, starting at the offset the previous
-sampled frame needed, and the full flow is computed only where the half-size one comes near
-the target: the same neighbour as trying every offset at full size, for a fraction of the
-flows. Each side also says how the frame *looks* next to the neighbour seen through the
+sampled frame needed. The half-size flow reads the motion a little low; until the clip has
+shown by how much, the full flow checks every reading near the target, then the calibrated
+reading decides alone: the neighbour that trying every offset at full size would pick, or
+at the target's edge the offset next to it, for a third of the flows. Each side also says how the frame *looks* next to the neighbour seen through the
 ground homography (:func:`ground_look`): sharp to the pixel where the flow is smooth, and
 able to tell a shadow from what casts it.
 """
@@ -141,6 +142,8 @@ SHADOW_GAIN = 0.85
 #: ``SEARCH_MARGIN`` of the target
 SEARCH_SCALE = 2
 SEARCH_MARGIN = 0.75
+#: full-size flows measured before the half-size one's reading is trusted alone
+CALIBRATION_PAIRS = 4
 
 
 def _dis() -> cv2.DISOpticalFlow:
@@ -331,8 +334,26 @@ def first_reaching(n: int, reaches: Callable[[int], bool], hint: int) -> Tuple[i
     return i, False
 
 
-def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: ParallaxParams, hint: int
-               ) -> Optional[Tuple[int, np.ndarray, float, int]]:
+class _Calibration:
+    """How the half-size flow's reading of the ground's motion compares with the full one's,
+    in this clip (full / half-size, one ratio per pair measured both ways)."""
+
+    def __init__(self) -> None:
+        self.ratios: List[float] = []
+
+    def add(self, full: float, coarse: float) -> None:
+        if coarse > 0.1:
+            self.ratios.append(full / coarse)
+
+    def predict(self, coarse: float) -> Optional[float]:
+        """The full reading expected from a half-size one; None until enough pairs were measured."""
+        if len(self.ratios) < CALIBRATION_PAIRS:
+            return None
+        return coarse * float(np.median(self.ratios[-4 * CALIBRATION_PAIRS:]))
+
+
+def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: ParallaxParams, hint: int,
+               calibration: _Calibration) -> Optional[Tuple[int, np.ndarray, float, int]]:
     """The nearest frame on one side where the ground moved ``target_motion`` of the width,
     else the furthest one tried: (index, flow, ground motion in pixels, position in
     :func:`offsets`). The walk starts at ``hint``, the position the previous sampled frame
@@ -346,18 +367,29 @@ def _neighbour(clip: WorkingClip, s: int, step: int, regions: _Regions, params: 
     coarse_pts = (np.minimum(regions.ground[0] // SEARCH_SCALE, sw - 1),
                   np.minimum(regions.ground[1] // SEARCH_SCALE, sh - 1))
     full: dict = {}
+    coarse: dict = {}
+
+    def coarse_reading(k: int) -> float:
+        if k not in coarse:
+            j = s + step * tried[k]
+            coarse[k] = SEARCH_SCALE * _ground_motion(shifted_flow(clip.small(s), clip.small(j)), coarse_pts)
+        return coarse[k]
 
     def measured(k: int) -> Tuple[np.ndarray, float]:
         if k not in full:
             flow = shifted_flow(clip.grey(s), clip.grey(s + step * tried[k]))
             full[k] = (flow, _ground_motion(flow, regions.ground))
+            calibration.add(full[k][1], coarse_reading(k))
         return full[k]
 
     def reaches(k: int) -> bool:
-        # the small frames' flow reads the motion low by up to a fifth: below that margin the
-        # full flow is not worth computing
-        j = s + step * tried[k]
-        if SEARCH_SCALE * _ground_motion(shifted_flow(clip.small(s), clip.small(j)), coarse_pts) < SEARCH_MARGIN * target:
+        # the half-size flow reads the motion low by up to a fifth: once this clip has shown
+        # by how much, its reading decides; before, it only spares the full flow far below
+        # the target
+        expected = calibration.predict(coarse_reading(k))
+        if expected is not None:
+            return expected >= target
+        if coarse_reading(k) < SEARCH_MARGIN * target:
             return False
         return measured(k)[1] >= target
 
@@ -392,10 +424,11 @@ def parallax_evidence(clip: WorkingClip, indices: List[int], params: ParallaxPar
     regions = _Regions.of(h, w)
     out: List[Optional[np.ndarray]] = []
     hints = {-1: 0, 1: 0}
+    calibration = _Calibration()
     for s in indices:
         sides = []
         for step in (-1, 1):
-            found = _neighbour(clip, s, step, regions, params, hints[step])
+            found = _neighbour(clip, s, step, regions, params, hints[step], calibration)
             if found is not None:
                 hints[step] = found[3]
                 sides.append(found[:3])

@@ -16,7 +16,9 @@ standing on the ground. Here, for each sampled frame:
    extended down to it (smoothed across columns).
 4. A frame with no blob keeps the previous frame's mask, flagged ``propagated``; a clip with
    none at all gets a central box, flagged ``centre``. Every sampled frame gets a non-empty
-   mask.
+   mask. A frame whose mask is much smaller than its neighbours' lost a part (where the
+   orbit slows, a face's parallax can fade for a few frames in a row): the nearest whole
+   mask is added to it, flagged ``completed``, and the snap redraws the outline.
 5. The outline is then snapped to the image's own edges (:mod:`circle_rotate.eval.mask_snap`):
    parallax finds the subject, colour and edges draw its outline, and the ground's look
    (:func:`circle_rotate.eval.parallax.ground_look`) keeps its shadows out.
@@ -40,7 +42,7 @@ from circle_rotate.eval.parallax import ParallaxParams, WorkingClip, parallax_ev
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("motion", "propagated", "centre")
+SOURCES = ("motion", "completed", "propagated", "centre")
 _K3 = np.ones((3, 3), np.uint8)
 _DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
@@ -55,6 +57,8 @@ class MaskParams:
             which its weight falls to 1/e.
         max_extension: the furthest the bottom is extended, as a fraction of the blob's height.
         row_cut: each row of the blob is cut at this fraction of its peak evidence.
+        lost_area: a mask smaller than this fraction of its neighbourhood's lost a part
+            (see :func:`complete_lost_parts`).
         parallax: the evidence's own tuning.
         snap: the tuning of the snap to the image's edges (None: keep the parallax outline).
     """
@@ -63,6 +67,7 @@ class MaskParams:
     reach: float = 0.12
     max_extension: float = 0.25
     row_cut: float = 0.5
+    lost_area: float = 0.75
     parallax: ParallaxParams = field(default_factory=ParallaxParams)
     snap: Optional[SnapParams] = field(default_factory=SnapParams)
 
@@ -72,7 +77,7 @@ class SubjectMasks:
     """One boolean mask per sampled frame and where it came from."""
 
     masks: np.ndarray  # (K, H, W) bool, never empty
-    sources: Tuple[str, ...]  # per frame: "motion" | "propagated" | "centre"
+    sources: Tuple[str, ...]  # per frame: one of SOURCES
 
     @property
     def fallbacks(self) -> int:
@@ -177,6 +182,30 @@ def subject_in_frame(evidence: np.ndarray, near: Tuple[float, float], params: Ma
     return extend_to_ground(mask, rows), centre
 
 
+def complete_lost_parts(masks: Sequence[np.ndarray], sources: Sequence[str], lost_area: float
+                        ) -> Tuple[List[np.ndarray], List[str]]:
+    """Masks that lost a part, completed by the nearest whole one.
+
+    The subject's size in the image changes slowly along an orbit, so a mask smaller than
+    ``lost_area`` of its neighbourhood (the 75th percentile of the areas within three
+    sampled frames either side: up to four frames in a row may have lost the same part)
+    lost something. The nearest mask that did not is added to it (not put in its place:
+    what the frame found itself is where the subject is now); the snap then redraws the
+    outline from the image. Such frames are flagged ``completed``.
+    """
+    areas = np.array([m.sum() for m in masks], np.float64)
+    local = np.array([np.percentile(areas[max(0, k - 3):k + 4], 75) for k in range(len(masks))])
+    lost = areas < lost_area * local
+    whole = np.nonzero(~lost)[0]
+    out, flags = list(masks), list(sources)
+    for k in np.nonzero(lost)[0]:
+        nearest = whole[np.argmin(np.abs(whole - k))]
+        out[k] = masks[k] | masks[nearest]
+        if flags[k] == "motion":
+            flags[k] = "completed"
+    return out, flags
+
+
 def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskParams = MaskParams()) -> SubjectMasks:
     """Segment the subject in the frames ``indices`` of a clip.
 
@@ -213,6 +242,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], *, params: MaskP
     # frames before the first one with evidence take its mask
     first = sources.index("motion")
     masks[:first] = [masks[first]] * first
+    masks, sources = complete_lost_parts(masks, sources, params.lost_area)
     full = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0 for m in masks]
     if params.snap is not None:
         full = snap_clip([frames[i] for i in idx], full, evidence, params.snap, ground=ground)

@@ -50,7 +50,7 @@ def test_every_sampled_frame_gets_a_mask_and_a_finite_drift(measured):
         assert cents.shape == (16, 2) and np.isfinite(cents).all(), name
         assert min(row["series"]["subject_drift"]["mask_area"]) > 0
         assert np.isfinite(row["drift"]) and 0 <= row["mask_fallbacks"] <= 16
-        assert set(row["series"]["subject_drift"]["mask_source"]) <= {"motion", "propagated", "centre"}
+        assert set(row["series"]["subject_drift"]["mask_source"]) <= {"motion", "completed", "propagated", "centre"}
 
 
 def test_orbit_direction_is_always_right(measured):
@@ -66,19 +66,19 @@ def _drift_pairs(measured):
 
 def test_drift_follows_the_ground_truth(measured):
     """Where the weight-free mask stands (a guard against going back, not the acceptance): on these
-    ten, median error 1.01 px, 8 within bounds, Spearman 0.95; on 24 development and 16 held-out
-    orbits, median 0.54 and 0.57 px, 21/24 and 15/16 within, Spearman 0.89 and 0.97."""
+    ten, median error 1.01 px, all 10 within bounds, Spearman 0.95; on 66 orbits of four sets (these
+    ten, 24 development, 16 + 16 held out), median 0.76 px, 58 within, Spearman 0.92."""
     true, ours = _drift_pairs(measured)
     table = list(zip(measured, true.round(2), ours.round(2)))
     err = np.abs(ours - true)
     assert np.median(err) <= 1.5, table
-    assert np.sum(err <= np.maximum(3.0, 0.15 * true)) >= 7, table
-    assert spearmanr(true, ours)[0] >= 0.9, table
+    assert np.sum(err <= np.maximum(3.0, 0.15 * true)) >= 9, table
+    assert spearmanr(true, ours)[0] >= 0.93, table
 
 
-@pytest.mark.xfail(reason="the weight-free subject mask is within the acceptance bounds on most orbits, not all: "
-                          "a moving light's shadow joined to the subject's dark side, and a stop-go orbit's "
-                          "slow middle, stay outside max(3 px, 15%)", strict=False)
+@pytest.mark.xfail(reason="the weight-free subject mask is within max(3 px, 15%) on all ten and ranks them at "
+                          "0.95, but its median error sits at the 1 px bound (1.01 px): the outline's frame-to-frame "
+                          "noise adds to the measured drift", strict=False)
 def test_drift_matches_the_ground_truth(measured):
     true, ours = _drift_pairs(measured)
     err = np.abs(ours - true)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from circle_rotate.eval.subject_mask import (
-    MaskParams, contact_rows, extend_to_ground, nearest_blob, outline, segment_subject, subject_in_frame,
+    MaskParams, complete_lost_parts, contact_rows, extend_to_ground, nearest_blob, outline, segment_subject,
+    subject_in_frame,
 )
 from circle_rotate.synthetic.turntable import TurntableSpec, load_masks, write_turntable
 from circle_rotate.video_io import read_video
@@ -84,3 +85,27 @@ def test_masks_cover_the_true_subject_on_a_synthetic_orbit(orbit):
     true_c = np.array([np.argwhere(truth[i]).mean(axis=0)[::-1] for i in idx])
     err = np.linalg.norm(got.centroids() - true_c, axis=1)
     assert np.median(err) <= 8.0, err.round(1)
+
+
+def test_a_mask_that_lost_a_part_is_completed_by_the_nearest_whole_one():
+    masks = []
+    for k in range(8):
+        m = np.zeros((60, 80), bool)
+        m[10:50, 20 + k:40 + k] = True  # the subject drifts right a pixel a frame
+        masks.append(m)
+    for k in (3, 4, 5):
+        masks[k][10:30] = False  # three frames in a row lost the top half
+    sources = ["motion"] * 8
+    sources[7] = "propagated"
+    done, flags = complete_lost_parts(masks, sources, 0.75)
+    assert flags == ["motion", "motion", "motion", "completed", "completed", "completed", "motion", "propagated"]
+    for k, nearest in ((3, 2), (4, 2), (5, 6)):  # the nearest frame that kept its whole mask
+        assert (done[k] == (masks[k] | masks[nearest])).all()
+        assert done[k][10:30].any() and (done[k] >= masks[k]).all()  # what the frame found stays
+    for k in (0, 1, 2, 6, 7):
+        assert done[k] is masks[k]
+    # a subject that grows or shrinks slowly (the orbit's distance changes) is not taken for a loss
+    growing = [np.zeros((100, 100), bool) for _ in range(8)]
+    for k, m in enumerate(growing):
+        m[10:50 + k, 10:50 + k] = True
+    assert complete_lost_parts(growing, ["motion"] * 8, 0.75)[1] == ["motion"] * 8
