@@ -137,6 +137,8 @@ SAME_HUE = 6.0
 STILL_GAIN = 0.93
 #: ... and beyond (SHADOW_GAIN, 1 / SHADOW_GAIN) a shadow came or went
 SHADOW_GAIN = 0.85
+#: the least area (fraction of the frame) of a region taken for a shadow that moved
+SHADOW_AREA = 0.004
 #: the search for a neighbour measures the ground's motion on frames this many times smaller
 #: (a quarter of the cost) and computes the full flow only from where that reads at least
 #: ``SEARCH_MARGIN`` of the target
@@ -307,7 +309,13 @@ def ground_look(a: np.ndarray, b: np.ndarray, H: np.ndarray) -> GroundLook:
     still = same_hue & (ratio > STILL_GAIN) & (ratio < 1.0 / STILL_GAIN)
     moved = same_hue & ((ratio < SHADOW_GAIN) | (ratio > 1.0 / SHADOW_GAIN))
     # ground and shadows are regions; specks are a texture's spots landing on others of their hue
-    return GroundLook(*(cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, _DISC5) > 0 for m in (still, moved)))
+    still, moved = (cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, _DISC5) for m in (still, moved))
+    # and a shadow is a large one: a subject's own pattern (dots, stripes) can also land on
+    # spots of its hue and another brightness, in patches larger than the opening
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(moved)
+    large = stats[:, cv2.CC_STAT_AREA] >= SHADOW_AREA * h * w
+    large[0] = False
+    return GroundLook(still > 0, large[labels])
 
 
 def offsets(params: ParallaxParams) -> List[int]:

@@ -65,9 +65,9 @@ def _drift_pairs(measured):
 
 
 def test_drift_follows_the_ground_truth(measured):
-    """Where the weight-free mask stands (a guard against going back, not the acceptance): on these
-    ten, median error 1.01 px, all 10 within bounds, Spearman 0.95; on 66 orbits of four sets (these
-    ten, 24 development, 16 + 16 held out), median 0.76 px, 58 within, Spearman 0.92."""
+    """A looser guard that names what moved when the acceptance below fails: on these ten the mask
+    measures median error 0.85 px, all 10 within bounds, Spearman 0.95; on 66 orbits of four sets
+    (these ten, 24 development, 16 + 16 held out), median 0.67 px, 60 within, Spearman 0.93."""
     true, ours = _drift_pairs(measured)
     table = list(zip(measured, true.round(2), ours.round(2)))
     err = np.abs(ours - true)
@@ -76,9 +76,6 @@ def test_drift_follows_the_ground_truth(measured):
     assert spearmanr(true, ours)[0] >= 0.93, table
 
 
-@pytest.mark.xfail(reason="the weight-free subject mask is within max(3 px, 15%) on all ten and ranks them at "
-                          "0.95, but its median error sits at the 1 px bound (1.01 px): the outline's frame-to-frame "
-                          "noise adds to the measured drift", strict=False)
 def test_drift_matches_the_ground_truth(measured):
     true, ours = _drift_pairs(measured)
     err = np.abs(ours - true)

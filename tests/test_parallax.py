@@ -100,6 +100,7 @@ def test_ground_look_tells_ground_static_shadow_moved_shadow_and_subject_apart()
     static[160:190, 50:100] = True  # inside the shadow as a shows it (the warp moved it by a few pixels)
     a[60:110, 200:260] = (a[60:110, 200:260] * 0.5).astype(np.uint8)  # a shadow that came since b
     a[130:200, 200:250] = (60, 160, 60)  # something green standing there
+    a[20:32, 260:272] = (a[20:32, 260:272] * 0.5).astype(np.uint8)  # a dot of a pattern, not a shadow
     look = P.ground_look(a, b, H)
     open_floor = np.zeros((h, w), bool)
     open_floor[20:50, 20:150] = True
@@ -111,6 +112,7 @@ def test_ground_look_tells_ground_static_shadow_moved_shadow_and_subject_apart()
     subject = np.zeros((h, w), bool)
     subject[135:195, 205:245] = True
     assert not look.still[subject].any() and not look.moved_shadow[subject].any()
+    assert not look.moved_shadow[20:32, 260:272].any()  # too small for a shadow (SHADOW_AREA)
 
 
 def test_either_neighbour_may_vouch_for_a_pixel():
