@@ -31,9 +31,10 @@ The neighbour is searched for on half-size frames, starting at the offset the pr
 sampled frame needed. The half-size flow reads the motion a little low; until the clip has
 shown by how much, the full flow checks every reading near the target, then the calibrated
 reading decides alone: the neighbour that trying every offset at full size would pick, or
-at the target's edge the offset next to it, for a third of the flows. Each side also says how the frame *looks* next to the neighbour seen through the
-ground homography (:func:`ground_look`): sharp to the pixel where the flow is smooth, and
-able to tell a shadow from what casts it.
+at the target's edge the offset next to it, for a third of the flows. Each side also says
+how the frame *looks* next to the neighbour seen through the ground homography
+(:func:`ground_look`): sharp to the pixel where the flow is smooth, and able to tell a
+shadow from what casts it.
 """
 
 from __future__ import annotations
@@ -430,7 +431,7 @@ def parallax_evidence(clip: WorkingClip, indices: List[int], params: ParallaxPar
     """The evidence of each frame in ``indices``; None for a frame with no usable neighbour."""
     h, w = clip.grey(indices[0]).shape
     regions = _Regions.of(h, w)
-    out: List[Optional[np.ndarray]] = []
+    out: List[Optional[FrameEvidence]] = []
     hints = {-1: 0, 1: 0}
     calibration = _Calibration()
     for s in indices:
