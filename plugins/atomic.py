@@ -5,6 +5,10 @@ top of it). The data goes to a hidden temporary file in the destination director
 file system, so the final ``os.replace`` is atomic), is fsynced, then renamed. An
 exception, Ctrl-C or a full disk removes the temporary file and leaves any previous
 output untouched.
+
+The finished file gets the mode any ordinary new file would (``0o666`` less the umask), or
+keeps the mode of the file it replaces: ``mkstemp`` creates 0600 files, and outputs that only
+their writer can read break a ComfyUI running as another user or a shared dataset folder.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
@@ -58,6 +64,25 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
     return out_p
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; the lock keeps two writers from racing on it.
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def output_mode(final: Path) -> int:
+    """The permission bits ``final`` gets: those of the file it replaces, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(final.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _fsync_dir(directory: Path) -> None:
     # Persist the rename itself; not every platform lets a directory be opened.
     with contextlib.suppress(OSError):
@@ -97,6 +122,8 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None) -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # after writing: a library may have recreated the temporary file with a mode of its own
+        os.chmod(tmp, output_mode(final_p))
         os.replace(tmp, final_p)
         _fsync_dir(final_p.parent)
     except BaseException:

@@ -157,11 +157,11 @@ def _open(path: PathLike):
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     if _O_DIRECT:
         try:
-            return os.open(path, flags | _O_DIRECT, 0o600), True
+            return os.open(path, flags | _O_DIRECT, 0o666), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EINVAL: this file system has no direct I/O
                 raise
-    return os.open(path, flags, 0o600), False
+    return os.open(path, flags, 0o666), False
 
 
 def _write_all(fd: int, view: memoryview) -> int:
