@@ -1,7 +1,7 @@
 """``circle-rotate demo``: the whole kit on an embedded default, from nothing, on a CPU.
 
-Every step runs a public command (``circle_rotate.cli.main.main``) exactly as a user would
-type it, so the demo is also the end-to-end test. Each step's own output goes to
+Every step runs a public command (the CLI's ``main``, which the ``demo`` command hands down)
+exactly as a user would type it, so the demo is also the end-to-end test. Each step's own output goes to
 ``OUT/logs/<step>.log`` (child processes included); the demo prints what each step made and
 where, and ends with the report's path and the headline drift numbers next to the ground
 truth the generator wrote.
@@ -81,8 +81,9 @@ def _captured(log: Path) -> Iterator[None]:
 class _Runner:
     """Runs public commands in-process, logging each, and reports progress lines."""
 
-    def __init__(self, out: Path, echo: Callable[[str], None]):
+    def __init__(self, out: Path, echo: Callable[[str], None], run_command: Callable[[Sequence[str]], int]):
         self.out = out
+        self.run_command = run_command
         self.echo = echo
         self.step = 0
 
@@ -91,13 +92,11 @@ class _Runner:
         self.echo(f"[{self.step}/{STEPS}] {title}")
 
     def command(self, argv: Sequence[str], *, log: str, ok_codes: Tuple[int, ...] = (0,)) -> int:
-        from circle_rotate.cli.main import main
-
         self.echo(f"      $ circle-rotate {' '.join(shlex.quote(str(a)) for a in argv)}")
         path = self.out / "logs" / f"{log}.log"
         with _captured(path):
             print(f"$ circle-rotate {' '.join(shlex.quote(str(a)) for a in argv)}", flush=True)
-            code = main([str(a) for a in argv])
+            code = self.run_command([str(a) for a in argv])
         if code not in ok_codes:
             tail = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
             raise UserError(f"demo step '{log}' failed (exit {code}): {' | '.join(tail)}", path=path,
@@ -141,11 +140,13 @@ def _lora_files(out: Path, smoke_ran: bool) -> Dict[str, Path]:
             for i, e in enumerate(("high", "low"))}
 
 
-def run_demo(out: Path, *, smoke: Optional[bool] = None, echo: Callable[[str], None] = print) -> DemoResult:
+def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: Optional[bool] = None,
+             echo: Callable[[str], None] = print) -> DemoResult:
     """Run the demo into ``out`` (created; must be empty or absent).
 
     Args:
         out: the demo folder.
+        run_command: runs one public command from its argv and returns its exit status (the CLI's ``main``).
         smoke: run the real CPU training chain through musubi-tuner (default: when it is installed).
         echo: where progress lines go.
     """
@@ -157,7 +158,7 @@ def run_demo(out: Path, *, smoke: Optional[bool] = None, echo: Callable[[str], N
     if out.exists() and any(out.iterdir()):
         raise UserError("demo folder is not empty", path=out, fix="pass --out NEW_DIR, or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    run = _Runner(out, echo)
+    run = _Runner(out, echo, run_command)
     result = DemoResult(out=out, report=out / "report" / "report.html", headline="", measured={}, truth={})
 
     run.header("synthesize raw turntable footage")

@@ -184,7 +184,8 @@ def high_noise_steps(solver: str, steps: int, shift: float, boundary: float = BO
 
 
 def _check_models(request: GenerateRequest, echo) -> None:
-    from circle_rotate.preflight import Findings, check_dit, check_vae, user_error_parts
+    from circle_rotate.preflight import check_dit, check_vae
+    from circle_rotate.preflight_findings import Findings, user_error_parts
     from circle_rotate.safetensors_io import read_header
 
     f = Findings()

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterator, Sequence
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_env import import_musubi
 from circle_rotate.recipe_reader import MusubiCommand
+from circle_rotate.wan_arch import WanDiTConfig
 
 
 class _ParseError(Exception):
@@ -156,3 +157,15 @@ def check_command(command: MusubiCommand) -> argparse.Namespace:
         if command.source:
             raise UserError(str(exc), path=command.source) from None
         raise
+
+
+def task_config(task: str) -> WanDiTConfig:
+    """The DiT shapes musubi builds for ``--task`` (read from its ``WAN_CONFIGS``)."""
+    from circle_rotate.musubi_tiny import TINY_TASK, register
+
+    if task == TINY_TASK:
+        register()
+    c = import_musubi("wan.configs").WAN_CONFIGS[task]
+    return WanDiTConfig(dim=c.dim, ffn_dim=c.ffn_dim, num_heads=c.num_heads, num_layers=c.num_layers, in_dim=c.in_dim,
+                        out_dim=c.out_dim, freq_dim=c.freq_dim, patch_size=tuple(c.patch_size),
+                        model_version="2.2" if c.v2_2 else "2.1")

@@ -15,103 +15,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from circle_rotate.checkpoint_id import CheckpointIdentity, identify_checkpoint
 from circle_rotate.errors import UserError
+from circle_rotate.musubi_args import task_config
 from circle_rotate.musubi_env import SUPPORTED_VERSION, musubi_available, musubi_version
-from circle_rotate.recipe_reader import MusubiCommand
+from circle_rotate.preflight_data import check_data, check_outputs_and_disk, vram_notes
+from circle_rotate.preflight_findings import Findings, PreflightReport, TrainTarget, user_error_parts
 from circle_rotate.safetensors_io import read_header
-from circle_rotate.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, WanDiTConfig
+from circle_rotate.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V
 
 logger = logging.getLogger(__name__)
 
 OTHER = {"low": "high", "high": "low"}
 NOISE = {"low": "low-noise", "high": "high-noise"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: ``severity`` is "error" (the run would fail or train wrongly) or "warning"."""
-
-    severity: str
-    path: str
-    message: str
-    fix: str = ""
-
-    def one_line(self) -> str:
-        text = f"{self.severity}: {self.path + ': ' if self.path else ''}{' '.join(self.message.split())}"
-        return f"{text}; fix: {self.fix}" if self.fix else text
-
-
-@dataclass
-class Findings:
-    """Collects problems; checks append to it and carry on."""
-
-    problems: List[Problem] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    def error(self, path, message: str, fix: str = "") -> None:
-        self.problems.append(Problem("error", str(path or ""), message, fix))
-
-    def warning(self, path, message: str, fix: str = "") -> None:
-        self.problems.append(Problem("warning", str(path or ""), message, fix))
-
-
-@dataclass(frozen=True)
-class TrainTarget:
-    """One expert's training command, as preflight sees it."""
-
-    expert: str  # "low" or "high"
-    command: MusubiCommand
-
-
-@dataclass(frozen=True)
-class PreflightReport:
-    problems: Tuple[Problem, ...]
-    notes: Tuple[str, ...]
-    musubi_version: Optional[str]
-    identities: Tuple[Tuple[str, Dict[str, object]], ...] = ()
-
-    @property
-    def errors(self) -> List[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def raise_for_errors(self) -> None:
-        """Raise the first error as a UserError (the caller has printed them all)."""
-        if self.errors:
-            first = self.errors[0]
-            more = f" (and {len(self.errors) - 1} more problem(s) listed above)" if len(self.errors) > 1 else ""
-            raise UserError(f"preflight: {first.message}{more}", path=first.path or None, fix=first.fix or None)
-
-
-def user_error_parts(exc: UserError) -> Tuple[str, str]:
-    """(message without the file prefix and the fix, fix) of a UserError, to re-file it as a Problem."""
-    text = exc.message
-    if exc.fix:
-        text = text[: -len(f"; fix: {' '.join(exc.fix.split())}")]
-    if exc.path and text.startswith(f"{exc.path}: "):
-        text = text[len(exc.path) + 2:]
-    return text, exc.fix or ""
-
-
-def task_config(task: str) -> WanDiTConfig:
-    """The DiT shapes musubi builds for ``--task`` (read from its ``WAN_CONFIGS``)."""
-    from circle_rotate.musubi_env import import_musubi
-    from circle_rotate.musubi_tiny import TINY_TASK, register
-
-    if task == TINY_TASK:
-        register()
-    c = import_musubi("wan.configs").WAN_CONFIGS[task]
-    return WanDiTConfig(dim=c.dim, ffn_dim=c.ffn_dim, num_heads=c.num_heads, num_layers=c.num_layers, in_dim=c.in_dim,
-                        out_dim=c.out_dim, freq_dim=c.freq_dim, patch_size=tuple(c.patch_size),
-                        model_version="2.2" if c.v2_2 else "2.1")
 
 
 def _expert_problem(f: Findings, ident: CheckpointIdentity, expert: str, flag: str) -> None:
@@ -258,7 +177,6 @@ def preflight(targets: Sequence[TrainTarget], *, for_run: bool, force: bool = Fa
     """
     from circle_rotate.musubi_args import check_command
     from circle_rotate.musubi_tiny import TINY_TASK
-    from circle_rotate.preflight_data import check_data, check_outputs_and_disk, vram_notes
 
     f = Findings()
     version = check_musubi(f)

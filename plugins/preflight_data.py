@@ -12,7 +12,8 @@ from circle_rotate.cache_plan import CachePlan, plan_cache
 from circle_rotate.cache_status import check_cache
 from circle_rotate.disk_space import short_disks
 from circle_rotate.errors import UserError
-from circle_rotate.preflight import Findings, TrainTarget, task_config, user_error_parts
+from circle_rotate.musubi_args import task_config
+from circle_rotate.preflight_findings import Findings, TrainTarget, user_error_parts
 from circle_rotate.vram import BUDGETS_GB, VramSettings, estimate_vram, fitting_settings, lora_parameters, tokens_per_sample
 
 GB = 1e9

@@ -27,7 +27,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_tiny import TINY_ENV, TINY_TASK, tiny_command
@@ -131,8 +131,12 @@ class _Clock:
         return result
 
 
-def run_smoke(request: SmokeRequest, *, echo: Callable[[str], None] = print) -> SmokeReport:
+def run_smoke(request: SmokeRequest, *, run_command: Callable[[Sequence[str]], int],
+              echo: Callable[[str], None] = print) -> SmokeReport:
     """Run the chain; every step goes through the same code (and musubi scripts) as a GPU run.
+
+    ``run_command`` runs a public command from its argv: the CLI hands its own ``main`` down, so
+    the dataset steps run exactly as typed while the library never imports the CLI.
 
     Raises:
         UserError: musubi-tuner is missing, or a step fails (naming it).
@@ -147,7 +151,7 @@ def run_smoke(request: SmokeRequest, *, echo: Callable[[str], None] = print) -> 
     report.work_dir = str(work)
     try:
         with _script_server(echo) as server:
-            _steps(request, work, report, _Clock(report, echo), server)
+            _steps(request, work, report, _Clock(report, echo), server, run_command)
     finally:
         if request.work_dir is None and not request.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -178,18 +182,19 @@ def _models(models_dir: Path) -> Tuple[Tuple["TinyModels", Path], str]:
     return (write_tiny_models(models_dir), source_clips(models_dir)), str(models_dir)
 
 
-def _steps(request: SmokeRequest, work: Path, report: SmokeReport, clock: _Clock, server: Optional[Path]) -> None:
+def _steps(request: SmokeRequest, work: Path, report: SmokeReport, clock: _Clock, server: Optional[Path],
+           run_command: Callable[[Sequence[str]], int]) -> None:
     from circle_rotate.smoke_steps import make_dataset, verify_loras
 
     models_dir = Path(request.models_dir) if request.models_dir else default_models_dir()
     # the first step also pays this process's torch import (the steps' total is the run's time)
     m, sources = clock.step("tiny models and source clips", lambda: _models(models_dir))
-    config = clock.step("dataset (prepare, caption, config)", lambda: (make_dataset(work, sources=sources), ""))
+    config = clock.step("dataset (prepare, caption, config)", lambda: (make_dataset(work, sources=sources, run_command=run_command), ""))
     clock.step("cache (latents --i2v, text encoder)", lambda: (None, _cache(config, m, report, server)))
     clock.step(f"train both ({request.recipe} recipe, 2 steps each)",
                lambda: (None, _train(request.recipe, config, m, work, report, server)))
     clock.step("load back with musubi's LoRA code, merge with ours",
-               lambda: (None, verify_loras(m, report.loras, work)))
+               lambda: (None, verify_loras(m, report.loras, work, run_command=run_command)))
 
 
 def _cache(config: Path, m: "TinyModels", report: SmokeReport, server: Optional[Path]) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Sequence
 
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_tiny import TINY_DIT
@@ -24,13 +24,11 @@ DIRECTIONS = ("right", "left")
 SOURCE_PRESET = "ultrafast"
 
 
-def _cli(*argv: str) -> None:
+def _cli(run_command: Callable[[Sequence[str]], int], *argv: str) -> None:
     """A circle-rotate command in this process; its output is kept out of the smoke report."""
-    from circle_rotate.cli.main import main
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["--quiet", *argv])
+        code = run_command(["--quiet", *argv])
     if code != 0:
         raise UserError(f"`circle-rotate {' '.join(argv)}` failed (exit {code}): {out.getvalue()[-300:]}",
                         fix="run that command by hand to see the problem")
@@ -71,16 +69,19 @@ def source_clips(cache: Path) -> Path:
     return raw
 
 
-def make_dataset(work: Path, *, sources: Path) -> Path:
-    """``sources`` (:func:`source_clips`) through ``prepare``, ``caption`` and ``config``; returns the dataset config."""
+def make_dataset(work: Path, *, sources: Path, run_command: Callable[[Sequence[str]], int]) -> Path:
+    """``sources`` (:func:`source_clips`) through ``prepare``, ``caption`` and ``config``; returns the dataset config.
+
+    ``run_command`` runs one public command from its argv (the CLI's ``main``, handed down by it).
+    """
     prepared, config = work / "prepared", work / "dataset.toml"
     size = f"{CLIP['width']}x{CLIP['height']}"
     # QC off and still frames kept: 32-pixel clips are too small to judge an orbit by, and judging is not the point
-    _cli("prepare", str(sources), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
+    _cli(run_command, "prepare", str(sources), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
          "--resolution", size, "--size-mode", "exact", "--qc", "off", "--keep-still", "--max-clips", "1",
          "--jobs", "1", "--preset", "ultrafast")
-    _cli("caption", str(prepared), "--subject", "a box on a table")
-    _cli("config", str(prepared), "-o", str(config), "--cache", str(work / "cache"), "--resolution", size,
+    _cli(run_command, "caption", str(prepared), "--subject", "a box on a table")
+    _cli(run_command, "config", str(prepared), "-o", str(config), "--cache", str(work / "cache"), "--resolution", size,
          "--batch-size", "2", "--force")
     return config
 
@@ -118,7 +119,8 @@ def _musubi_merged(base: Path, lora: Path) -> Dict[str, object]:
     return {"modules": modules, "state": {k: v.detach() for k, v in model.state_dict().items()}}
 
 
-def verify_loras(models: "TinyModels", loras: Mapping[str, str], work: Path) -> str:
+def verify_loras(models: "TinyModels", loras: Mapping[str, str], work: Path, *,
+                 run_command: Callable[[Sequence[str]], int]) -> str:
     """Each LoRA loads in musubi, has every module and moved; our merge equals musubi's."""
     from safetensors.torch import load_file
 
@@ -127,7 +129,7 @@ def verify_loras(models: "TinyModels", loras: Mapping[str, str], work: Path) -> 
         base = models.dit_low if expert == "low" else models.dit_high
         theirs = _musubi_merged(base, Path(lora))
         out = work / f"merged_{expert}.safetensors"
-        _cli("merge", "--base", str(base), "--lora", str(lora), "--out", str(out), "--force")
+        _cli(run_command, "merge", "--base", str(base), "--lora", str(lora), "--out", str(out), "--force")
         ours = load_file(str(out))
         worst = max(float((ours[k].float() - v.float()).abs().max()) for k, v in theirs["state"].items())
         moved = max(float((ours[k].float() - v.float()).abs().max()) for k, v in load_file(str(base)).items())

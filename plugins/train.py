@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from circle_rotate.errors import UserError
 from circle_rotate.launch import ChainResult, run_chains
-from circle_rotate.preflight import PreflightReport, TrainTarget, preflight
+from circle_rotate.preflight import preflight
+from circle_rotate.preflight_findings import PreflightReport, TrainTarget
 from circle_rotate.recipe_reader import EXPERTS, MusubiCommand, edit_options, option_values, train_command
 from circle_rotate.run_record import file_identity, write_run_record
 

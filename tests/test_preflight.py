@@ -67,7 +67,8 @@ def ws(musubi, tmp_path, clips, tiny_wan_dir, write_musubi_caches):
 
 
 def run_preflight(env, *, experts=("low", "high"), **kw):
-    from circle_rotate.preflight import TrainTarget, preflight
+    from circle_rotate.preflight import preflight
+    from circle_rotate.preflight_findings import TrainTarget
     from circle_rotate.train import TrainRequest, plan_training
 
     plan = plan_training(TrainRequest(experts, env=tuple(env.items())), transform=tiny_task)
@@ -215,7 +216,8 @@ def test_timestep_ranges_per_expert():
     """Wan2.2 I2V runs the high-noise expert for t >= 900 only: a swapped range is an error."""
     import argparse
 
-    from circle_rotate.preflight import Findings, check_timesteps
+    from circle_rotate.preflight import check_timesteps
+    from circle_rotate.preflight_findings import Findings
 
     def run(expert, lo, hi):
         f = Findings()

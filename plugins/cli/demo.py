@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.cli.main import main
     from circle_rotate.demo import run_demo
 
     out = args.out or Path(tempfile.mkdtemp(prefix="circle-rotate-demo-"))
-    result = run_demo(out, smoke=args.smoke)
+    result = run_demo(out, smoke=args.smoke, run_command=main)
     return 0 if result.report.exists() else 1

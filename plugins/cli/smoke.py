@@ -33,16 +33,17 @@ def _values(values) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.cli.main import main
     from circle_rotate.smoke import SmokeRequest, run_smoke
 
     request = SmokeRequest(recipe=args.recipe, work_dir=args.work, models_dir=args.models_dir, keep=args.keep)
     if not args.json:
-        report = run_smoke(request)
+        report = run_smoke(request, run_command=main)
     else:  # musubi's own output goes to stderr so stdout is only the JSON
         saved = os.dup(1)
         os.dup2(2, 1)
         try:
-            report = run_smoke(request, echo=lambda line: None)
+            report = run_smoke(request, run_command=main, echo=lambda line: None)
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
