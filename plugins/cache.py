@@ -133,8 +133,8 @@ def prepare_cache(request: CacheRequest, *,
 
     Args:
         request: config, GPUs, recipe variables.
-        transform: applied to every command (the smoke run uses it to run musubi's scripts
-            through :mod:`circle_rotate.musubi_tiny`).
+        transform: applied to every command (the CPU self-check runs musubi's scripts
+            through its own launcher with it).
 
     Raises:
         UserError: musubi-tuner or the config is unusable, clips lack captions, stale caches

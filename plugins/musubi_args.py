@@ -11,8 +11,8 @@ Each parser is built the way the script's ``main()`` builds it (musubi-tuner 0.3
   runs the script's own checks on the parsed values.
 
 An ``accelerate launch`` launcher is checked with accelerate's own ``launch_command_parser``.
-``--task`` choices are read from ``WAN_CONFIGS`` when the parser is built, so the tiny smoke
-task is registered first when a command names it.
+``--task`` choices are read from ``WAN_CONFIGS`` when the parser is built, so a task added to
+:mod:`circle_rotate.musubi_tasks` is registered first when a command names it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterator, Sequence
 
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_env import import_musubi
+from circle_rotate.musubi_tasks import register_named
 from circle_rotate.recipe_reader import MusubiCommand
 from circle_rotate.wan_arch import WanDiTConfig
 
@@ -76,13 +77,6 @@ _PARSERS: Dict[str, Callable[[], argparse.ArgumentParser]] = {
 }
 
 
-def _register_tasks(args: Sequence[str]) -> None:
-    from circle_rotate.musubi_tiny import TINY_TASK, register
-
-    if TINY_TASK in args:
-        register()
-
-
 def parse_musubi_args(script: str, args: Sequence[str]) -> argparse.Namespace:
     """Parse ``args`` with musubi's own parser for ``script``.
 
@@ -98,7 +92,7 @@ def parse_musubi_args(script: str, args: Sequence[str]) -> argparse.Namespace:
         UserError: musubi-tuner is missing, or its parser rejects an argument (unknown option,
             invalid value or choice, missing required option); the message is argparse's.
     """
-    _register_tasks(args)
+    register_named(args)  # a --task musubi does not ship must be in WAN_CONFIGS before its parser runs
     if script == "wan_generate_video":
         module = import_musubi("wan_generate_video")
         saved = sys.argv
@@ -161,10 +155,7 @@ def check_command(command: MusubiCommand) -> argparse.Namespace:
 
 def task_config(task: str) -> WanDiTConfig:
     """The DiT shapes musubi builds for ``--task`` (read from its ``WAN_CONFIGS``)."""
-    from circle_rotate.musubi_tiny import TINY_TASK, register
-
-    if task == TINY_TASK:
-        register()
+    register_named([task])
     c = import_musubi("wan.configs").WAN_CONFIGS[task]
     return WanDiTConfig(dim=c.dim, ffn_dim=c.ffn_dim, num_heads=c.num_heads, num_layers=c.num_layers, in_dim=c.in_dim,
                         out_dim=c.out_dim, freq_dim=c.freq_dim, patch_size=tuple(c.patch_size),

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
+from circle_rotate.musubi_tasks import ExtraTask, add_task
 from circle_rotate.wan_arch import WanDiTConfig, tiny_config
 
 if TYPE_CHECKING:
@@ -69,6 +70,11 @@ def register() -> None:
 
     tiny_umt5_xxl.circle_rotate_tiny = True
     t5.umt5_xxl = tiny_umt5_xxl
+
+
+# Importing the self-check makes its task known to the product's parser and preflight (a hook,
+# so that production code never names it); it trains on a CPU, so no GPU checks apply.
+add_task(ExtraTask(TINY_TASK, register, runs_on_cpu=True))
 
 
 def preload() -> None:

@@ -16,12 +16,13 @@ import argparse
 import importlib.util
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.checkpoint_id import CheckpointIdentity, identify_checkpoint
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_args import task_config
-from circle_rotate.musubi_env import SUPPORTED_VERSION, musubi_available, musubi_version
+from circle_rotate.musubi_env import SUPPORTED_VERSION, import_musubi, musubi_available, musubi_version
+from circle_rotate.musubi_tasks import extra_task
 from circle_rotate.preflight_data import check_data, check_outputs_and_disk, vram_notes
 from circle_rotate.preflight_findings import Findings, PreflightReport, TrainTarget, user_error_parts
 from circle_rotate.safetensors_io import read_header
@@ -86,6 +87,22 @@ def check_dit(f: Findings, path: Path, *, expert: str, flag: str, ns: argparse.N
     return ident
 
 
+def vae_shapes() -> Dict[str, Tuple[int, ...]]:
+    """Every key of musubi's Wan2.1 VAE with its shape (built on the meta device, no weights)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    vae_module = import_musubi("wan.modules.vae")
+    with tempfile.TemporaryDirectory() as d:
+        empty = Path(d) / "empty.safetensors"
+        save_file({}, str(empty))
+        # musubi loads a .safetensors VAE with strict=False into a meta-device model: an empty
+        # file leaves every parameter on meta, which is exactly the shape table we want.
+        model = vae_module._video_vae(pretrained_path=str(empty), z_dim=16)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def check_vae(f: Findings, path: Optional[str]) -> None:
     """The VAE exists and, for safetensors, has exactly the keys and shapes of musubi's Wan2.1 VAE."""
     if not path:
@@ -103,8 +120,6 @@ def check_vae(f: Findings, path: Optional[str]) -> None:
         message, fix = user_error_parts(exc)
         f.error(p, message, fix or "re-download it")
         return
-    from circle_rotate.tiny_models import vae_shapes
-
     expected = vae_shapes()
     got = {k: tuple(v.shape) for k, v in header.tensors.items()}
     missing = sorted(set(expected) - set(got))
@@ -135,9 +150,10 @@ def check_timesteps(f: Findings, ns: argparse.Namespace, *, expert: str, boundar
                   f"--min_timestep {own[0]} --max_timestep {own[1]} unless this is deliberate")
 
 
-def check_runtime(f: Findings, ns: argparse.Namespace, *, for_run: bool, tiny: bool) -> None:
+def check_runtime(f: Findings, ns: argparse.Namespace, *, for_run: bool) -> None:
     """What the GPU machine itself needs (errors only when about to run, notes for a dry run)."""
-    if tiny:
+    task = extra_task(ns.task)
+    if task is not None and task.runs_on_cpu:
         return
     add = f.error if for_run else f.warning
     import torch
@@ -176,7 +192,6 @@ def preflight(targets: Sequence[TrainTarget], *, for_run: bool, force: bool = Fa
         The report; nothing is raised for problems (see :meth:`PreflightReport.raise_for_errors`).
     """
     from circle_rotate.musubi_args import check_command
-    from circle_rotate.musubi_tiny import TINY_TASK
 
     f = Findings()
     version = check_musubi(f)
@@ -201,7 +216,7 @@ def preflight(targets: Sequence[TrainTarget], *, for_run: bool, force: bool = Fa
     if parsed:
         ns0 = parsed[0][1]
         check_vae(f, ns0.vae)
-        check_runtime(f, ns0, for_run=for_run, tiny=ns0.task == TINY_TASK)
+        check_runtime(f, ns0, for_run=for_run)
         plan = check_data(f, [ns for _, ns in parsed])
         check_outputs_and_disk(f, parsed, plan, force=force, resume=resume)
         vram_notes(f, ns0, plan)

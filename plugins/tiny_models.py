@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import logging
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from circle_rotate.atomic import atomic_path
-from circle_rotate.musubi_env import import_musubi
 from circle_rotate.musubi_tiny import TINY_DIT, TINY_T5, build_tiny_t5
+from circle_rotate.preflight import vae_shapes
 from circle_rotate.synthetic.tiny_wan import write_tiny_wan
 
 logger = logging.getLogger(__name__)
@@ -57,20 +56,6 @@ def _init_like_torch(name: str, param: torch.Tensor, gen: torch.Generator) -> to
         return torch.zeros(param.shape)
     fan_in = param[0].numel() if param.dim() > 1 else param.numel()
     return torch.randn(param.shape, generator=gen) / fan_in ** 0.5
-
-
-def vae_shapes() -> dict:
-    """Every key of musubi's Wan2.1 VAE with its shape (built on the meta device, no weights)."""
-    vae_module = import_musubi("wan.modules.vae")
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as d:
-        empty = Path(d) / "empty.safetensors"
-        save_file({}, str(empty))
-        # musubi loads a .safetensors VAE with strict=False into a meta-device model: an empty
-        # file leaves every parameter on meta, which is exactly the shape table we want.
-        model = vae_module._video_vae(pretrained_path=str(empty), z_dim=16)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def write_tiny_vae(path: Path, *, seed: int = 0) -> Path:
