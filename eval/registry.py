@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.errors import UserError
 
 if TYPE_CHECKING:
     from circle_rotate.eval.context import EvalContext, MetricResult
+
+
+def definitions_path() -> str:
+    """Where this installation keeps METRICS.md, the metric definitions (``eval/`` in a checkout)."""
+    return str(resources.files(__package__).joinpath("METRICS.md"))
 
 
 @dataclass(frozen=True)

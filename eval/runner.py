@@ -31,6 +31,8 @@ from circle_rotate.progress import progress
 from circle_rotate.video_io import VIDEO_SUFFIXES, is_frame_folder
 
 logger = logging.getLogger(__name__)
+#: Where the results say their metrics are defined: a stable name, not this machine's install path.
+DEFINITIONS = "METRICS.md of the circle_rotate.eval package (eval/METRICS.md in the source)"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class EvalResults:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"tool": "circle-rotate eval", "version": circle_rotate.__version__, "metrics": self.metrics,
-                "definitions": "circle_rotate/eval/METRICS.md", "seconds": round(self.seconds, 2),
+                "definitions": DEFINITIONS, "seconds": round(self.seconds, 2),
                 "failed": len(self.failed), "aggregate": self.aggregate, "videos": self.rows}
 
 

@@ -1,7 +1,7 @@
 """The shell recipes (``recipes/*.sh``), read as the musubi-tuner commands they run.
 
-The recipes are the source of truth (STYLE.md point 9): this module never keeps a copy of
-their flags. It runs a recipe with bash and ``CIRCLE_ROTATE_PRINT=1``, so bash itself
+The recipes are the source of truth: this module never keeps a copy of their flags, so a
+recipe edited by hand is what runs and what is checked. It runs a recipe with bash and ``CIRCLE_ROTATE_PRINT=1``, so bash itself
 resolves every variable, default and memory knob exactly as it would for a real run, and
 the recipe's ``musubi`` function prints each command (NUL-separated, see
 ``recipes/common.sh``) instead of running it.

@@ -19,7 +19,7 @@ _TABLE = (("drift", "drift px"), ("subject_flow", "subj.flow"), ("motion_magnitu
 
 
 def add_parser(sub) -> None:
-    from circle_rotate.eval.registry import ALIASES, METRICS
+    from circle_rotate.eval.registry import ALIASES, METRICS, definitions_path
 
     names = ", ".join(m.name + ("*" if m.learned else "") for m in METRICS)
     p = new_parser(
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
             "BASELINE / LORA: folders of videos paired by name, or results .json files of earlier runs.\n"
             f"Metrics: {names} (* = learned, needs local weights, else reported as skipped);\n"
             f"'default' (everything without weights) and 'all'; reference names {', '.join(ALIASES)}.\n"
-            "Definitions: circle_rotate/eval/METRICS.md. A video that cannot be read becomes an error row;\n"
+            f"Definitions: {definitions_path()}. A video that cannot be read becomes an error row;\n"
             "the exit status is then 1 unless --keep-going."),
         examples=("  circle-rotate eval outputs/ --out results.json --csv\n"
                   "  circle-rotate eval --metric all --input_dir outputs --output results.json\n"
