@@ -1,6 +1,6 @@
 """Benchmark: ``prepare`` against its floor, side by side in one run.
 
-    python -m circle_rotate.bench_prepare [--sources 6] [--frames 81] [--size 832x480] [--repeat 3]
+    circle-rotate bench prepare [--sources 6] [--frames 81] [--size 832x480] [--repeat 3]
 
 The floor is what any tool must do to make the same clips: decode every source once and
 encode the same output frames with the same x264 settings (one process; x264 threads
@@ -65,7 +65,7 @@ def cpu_seconds() -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m circle_rotate.bench_prepare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="circle-rotate bench prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", type=int, default=6)
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--size", default="832x480", help="source and clip size WxH")

@@ -1,0 +1,42 @@
+"""``circle-rotate bench prepare|merge|eval``: the benchmarks, each against its floor in one run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from circle_rotate.cli._common import new_parser
+
+ORDER = 90
+
+#: name -> (module with ``main(argv) -> int``, what it measures). Imported only when run.
+BENCHES = {
+    "prepare": ("circle_rotate.bench_prepare",
+                "prepare against decoding and encoding the same clips (target <= 1.3x)"),
+    "merge": ("circle_rotate.tools.bench_merge",
+              "merge against a file copy + fsync and a load-everything merge (14B-shaped blocks)"),
+    "eval": ("circle_rotate.eval.bench_eval",
+             "the default metric set against decoding + one Farneback pass (motion magnitude alone)"),
+}
+
+
+def add_parser(sub) -> None:
+    p = new_parser(sub, "bench", help="benchmarks: prepare, merge and eval against their floors (prints figures)",
+                   description="Each benchmark makes its own synthetic inputs, runs the command and the work no "
+                               "tool can avoid side by side in one run (so a busy machine slows both alike), and "
+                               "prints the medians and their ratio. The options after the name are the benchmark's "
+                               "own: circle-rotate bench NAME --help.",
+                   examples="  circle-rotate bench prepare --sources 4 --repeat 3\n"
+                            "  circle-rotate bench merge --layers 3\n"
+                            "  circle-rotate bench eval --videos 4 --jobs 2\n")
+    names = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for name, (_, what) in BENCHES.items():
+        # '+' as the option prefix: every '-' option (--help included) goes to the benchmark's own parser
+        b = names.add_parser(name, help=what, description=what, add_help=False, prefix_chars="+")
+        b.add_argument("options", nargs="*", help="the benchmark's options")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHES[args.bench][0])
+    return int(module.main(list(args.options)) or 0)

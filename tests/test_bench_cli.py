@@ -1,0 +1,30 @@
+"""``circle-rotate bench prepare|merge|eval``: one command runs each benchmark with its own options."""
+
+from __future__ import annotations
+
+import pytest
+
+from circle_rotate.cli.bench import BENCHES
+from circle_rotate.cli.main import main
+
+
+def test_each_name_reaches_its_benchmark_and_its_own_options(capsys):
+    own = {"prepare": "--sources", "merge": "--layers", "eval": "--videos"}
+    assert set(own) == set(BENCHES)
+    for name, option in own.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", name, "--help"])  # the benchmark's parser answers, not the CLI's
+        assert exit_.value.code == 0
+        assert option in capsys.readouterr().out, name
+
+
+def test_bench_eval_prints_its_figures(capsys):
+    assert main(["-q", "bench", "eval", "--videos", "1", "--frames", "9", "--size", "64x48", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "floor" in out and "the floor" in out
+
+
+def test_an_unknown_benchmark_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "nope"])
+    assert exit_.value.code == 2 and "prepare" in capsys.readouterr().err
