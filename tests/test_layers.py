@@ -11,8 +11,8 @@ Layers, bottom to top (a module may import its own layer and the layers its laye
 - cli on top.
 
 Modules are found from ``pyproject.toml``'s ``package-dir`` and placed by the longest prefix of
-their dotted name in :data:`PLACES`, so the test reads the flat tree of today and the tree
-after the folder relayout alike (the relayout rewrites the module names below with the code).
+their file path in :data:`PLACES`, so the test reads the flat tree of today and the tree after
+the folder relayout alike (the relayout rewrites the file entries below with the files).
 """
 
 from __future__ import annotations
@@ -32,78 +32,80 @@ MAY_IMPORT: Dict[str, Set[str]] = {
     "selfcheck": set(CHAIN) | {"tools", "selfcheck"},
     "cli": set(CHAIN) | {"tools", "selfcheck", "cli"},
 }
-#: dotted-name prefix -> layer; the longest matching prefix wins.
+#: file path prefix (from the repository root) -> layer; the longest matching prefix wins. Keyed by
+#: path, so the relayout script rewrites the module entries with the files and leaves the folders.
 PLACES: Dict[str, str] = {
     # packages (after the relayout each job has its own)
-    "circle_rotate": "kernel",
-    "circle_rotate.kernel": "kernel",
-    "circle_rotate.media": "media",
-    "circle_rotate.prepare": "prepare",
-    "circle_rotate.dataset": "dataset",
-    "circle_rotate.musubi": "musubi",
-    "circle_rotate.eval": "eval",
-    "circle_rotate.tools": "tools",
-    "circle_rotate.selfcheck": "selfcheck",
-    "circle_rotate.synthetic": "selfcheck",
-    "circle_rotate.cli": "cli",
-    "circle_rotate.__main__": "cli",
-    "circle_rotate.recipes": "kernel",
-    "circle_rotate.datasets": "kernel",
-    # the flat modules of circle_rotate (plugins/)
-    "circle_rotate.errors": "kernel",
-    "circle_rotate.atomic": "kernel",
-    "circle_rotate.direct_io": "kernel",
-    "circle_rotate.safetensors_io": "kernel",
-    "circle_rotate.checkpoint_id": "kernel",
-    "circle_rotate.progress": "kernel",
-    "circle_rotate.disk_space": "kernel",
-    "circle_rotate.video_io": "kernel",
-    "circle_rotate.mp4_rotation": "kernel",
-    "circle_rotate.wan_arch": "kernel",
-    "circle_rotate.buckets": "kernel",
-    "circle_rotate.musubi_env": "kernel",
-    "circle_rotate.orbit": "media",
-    "circle_rotate.orbit_flow": "media",
-    "circle_rotate.orbit_qc": "media",
-    "circle_rotate.scene_cuts": "media",
-    "circle_rotate.clip_plan": "prepare",
-    "circle_rotate.manifest": "prepare",
-    "circle_rotate.prepare_options": "prepare",
-    "circle_rotate.prepare_source": "prepare",
-    "circle_rotate.prepare_plot": "prepare",
-    "circle_rotate.caption": "prepare",
-    "circle_rotate.caption_templates": "prepare",
-    "circle_rotate.dataset_items": "dataset",
-    "circle_rotate.dataset_config": "dataset",
-    "circle_rotate.config_schema": "dataset",
-    "circle_rotate.config_check": "dataset",
-    "circle_rotate.recipe_reader": "musubi",
-    "circle_rotate.launch": "musubi",
-    "circle_rotate.musubi_tasks": "musubi",
-    "circle_rotate.musubi_args": "musubi",
-    "circle_rotate.cache_plan": "musubi",
-    "circle_rotate.cache_status": "musubi",
-    "circle_rotate.cache": "musubi",
-    "circle_rotate.vram": "musubi",
-    "circle_rotate.preflight_findings": "musubi",
-    "circle_rotate.preflight_data": "musubi",
-    "circle_rotate.preflight": "musubi",
-    "circle_rotate.run_record": "musubi",
-    "circle_rotate.train": "musubi",
-    "circle_rotate.generate": "musubi",
-    "circle_rotate.downloads": "musubi",
-    "circle_rotate.doctor": "musubi",
-    "circle_rotate.musubi_tiny": "selfcheck",
-    "circle_rotate.tiny_models": "selfcheck",
-    "circle_rotate.forkserver": "selfcheck",
-    "circle_rotate.smoke_steps": "selfcheck",
-    "circle_rotate.smoke": "selfcheck",
-    "circle_rotate.demo": "selfcheck",
-    "circle_rotate.bench_prepare": "selfcheck",
+    "plugins/__init__.py": "kernel",
+    "plugins/kernel/": "kernel",
+    "plugins/media/": "media",
+    "plugins/prepare/": "prepare",
+    "plugins/dataset/": "dataset",
+    "plugins/musubi/": "musubi",
+    "eval/": "eval",
+    "tools/": "tools",
+    "plugins/selfcheck/": "selfcheck",
+    "plugins/synthetic/": "selfcheck",
+    "plugins/cli/": "cli",
+    "plugins/__main__.py": "cli",
+    "recipes/": "kernel",
+    "datasets/": "kernel",
+    # the flat modules of today (plugins/)
+    "plugins/errors.py": "kernel",
+    "plugins/atomic.py": "kernel",
+    "plugins/direct_io.py": "kernel",
+    "plugins/safetensors_io.py": "kernel",
+    "plugins/checkpoint_id.py": "kernel",
+    "plugins/progress.py": "kernel",
+    "plugins/disk_space.py": "kernel",
+    "plugins/video_io.py": "kernel",
+    "plugins/mp4_rotation.py": "kernel",
+    "plugins/wan_arch.py": "kernel",
+    "plugins/buckets.py": "kernel",
+    "plugins/musubi_env.py": "kernel",
+    "plugins/orbit.py": "media",
+    "plugins/orbit_flow.py": "media",
+    "plugins/orbit_qc.py": "media",
+    "plugins/scene_cuts.py": "media",
+    "plugins/prepare.py": "prepare",
+    "plugins/clip_plan.py": "prepare",
+    "plugins/manifest.py": "prepare",
+    "plugins/prepare_options.py": "prepare",
+    "plugins/prepare_source.py": "prepare",
+    "plugins/prepare_plot.py": "prepare",
+    "plugins/caption.py": "prepare",
+    "plugins/caption_templates.py": "prepare",
+    "plugins/dataset_items.py": "dataset",
+    "plugins/dataset_config.py": "dataset",
+    "plugins/config_schema.py": "dataset",
+    "plugins/config_check.py": "dataset",
+    "plugins/recipe_reader.py": "musubi",
+    "plugins/launch.py": "musubi",
+    "plugins/musubi_tasks.py": "musubi",
+    "plugins/musubi_args.py": "musubi",
+    "plugins/cache_plan.py": "musubi",
+    "plugins/cache_status.py": "musubi",
+    "plugins/cache.py": "musubi",
+    "plugins/vram.py": "musubi",
+    "plugins/preflight_findings.py": "musubi",
+    "plugins/preflight_data.py": "musubi",
+    "plugins/preflight.py": "musubi",
+    "plugins/run_record.py": "musubi",
+    "plugins/train.py": "musubi",
+    "plugins/generate.py": "musubi",
+    "plugins/downloads.py": "musubi",
+    "plugins/doctor.py": "musubi",
+    "plugins/musubi_tiny.py": "selfcheck",
+    "plugins/tiny_models.py": "selfcheck",
+    "plugins/forkserver.py": "selfcheck",
+    "plugins/smoke_steps.py": "selfcheck",
+    "plugins/smoke.py": "selfcheck",
+    "plugins/demo.py": "selfcheck",
+    "plugins/bench_prepare.py": "selfcheck",
     # self-check modules that live in other folders today
-    "circle_rotate.tools.synthetic_lora": "selfcheck",
-    "circle_rotate.tools.bench_merge": "selfcheck",
-    "circle_rotate.eval.bench_eval": "selfcheck",
+    "tools/synthetic_lora.py": "selfcheck",
+    "tools/bench_merge.py": "selfcheck",
+    "eval/bench_eval.py": "selfcheck",
 }
 
 
@@ -154,7 +156,8 @@ def import_graph(modules: Dict[str, Path]) -> Dict[str, Set[str]]:
 
 
 def layer_of(name: str) -> Optional[str]:
-    best = max((p for p in PLACES if name == p or name.startswith(p + ".")), key=len, default=None)
+    path = MODULES[name].relative_to(ROOT).as_posix()
+    best = max((p for p in PLACES if path == p or (p.endswith("/") and path.startswith(p))), key=len, default=None)
     return PLACES[best] if best else None
 
 
@@ -228,5 +231,5 @@ def test_the_checker_finds_a_cycle_and_an_upward_import():
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert "musubi" not in MAY_IMPORT["prepare"] and "cli" not in MAY_IMPORT["selfcheck"]
-    assert layer_of("circle_rotate.tools.merge_plan") == "tools"
-    assert layer_of("circle_rotate.tools.bench_merge") == "selfcheck"
+    tools = [m for m in MODULES if MODULES[m].relative_to(ROOT).parts[0] == "tools"]
+    assert tools and all(layer_of(m) in ("tools", "selfcheck") for m in tools)
