@@ -1,4 +1,4 @@
-"""``circle-rotate eval``: subject drift and the paper's metrics on videos, on a CPU; and
+"""``circle-rotate eval [run] PATH...``: subject drift and the paper's metrics on videos, on a CPU; and
 ``circle-rotate eval compare BASELINE LORA``: the paired comparison with a report."""
 
 from __future__ import annotations
@@ -9,13 +9,40 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from circle_rotate.cli._common import add_force, new_parser, print_json
+from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.errors import UserError
 
 ORDER = 40
 
 _TABLE = (("drift", "drift px"), ("subject_flow", "subj.flow"), ("motion_magnitude", "motion"),
           ("dynamic_degree", "dyn.deg"), ("psnr", "psnr"), ("ssim", "ssim"), ("orbit_direction", "orbit"))
+
+
+class _MetricsAction(argparse.Action):
+    """``--metrics A,B`` or ``--metrics A B``; a value that names no metric is a PATH the option
+    ran into (``--metrics subject_drift videos/``), handed back to the paths."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from circle_rotate.eval.registry import ALIASES, BY_NAME
+
+        known = set(BY_NAME) | set(ALIASES) | {"all", "default"}
+        metrics = [v for v in values if all(part.strip() in known for part in v.split(",") if part.strip())]
+        if not metrics:  # `--metrics nonsense`: the registry names the valid choices
+            metrics = values[:1]
+        namespace.metrics = (namespace.metrics or []) + metrics
+        namespace.more_paths = getattr(namespace, "more_paths", []) + [v for v in values if v not in metrics]
+
+
+def _add_shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", "--metric", nargs="+", action=_MetricsAction, default=None, metavar="M[,M...]",
+                   help="metric names, 'default' or 'all', comma-separated (default: default)")
+    p.set_defaults(more_paths=[])
+    p.add_argument("--jobs", type=int, default=0, metavar="N", help="videos evaluated at once (default: all cores)")
+    p.add_argument("--keep-going", action="store_true", help="exit 0 even when some videos could not be evaluated")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="local weights for learned metrics: clip=DIR, yolo=FILE, sam=FILE")
+    add_force(p)
 
 
 def add_parser(sub) -> None:
@@ -25,35 +52,43 @@ def add_parser(sub) -> None:
     p = new_parser(
         sub, "eval", help="measure subject drift, motion, PSNR/SSIM and orbit metrics of videos (CPU, no weights)",
         description=(
-            "Two shapes:\n"
-            "  circle-rotate eval PATH... [--metrics M ...] [--out results.json] [--csv] [--jobs N] [--keep-going]\n"
-            "  circle-rotate eval compare BASELINE LORA [--out DIR]\n\n"
-            "PATH: video files (mp4, webm, gif, ...), folders of them, or folders of image frames.\n"
+            "Two actions:\n"
+            "  circle-rotate eval [run] PATH... [--metrics M,...] [-o results.json] [--csv] [--jobs N] [--keep-going]\n"
+            "  circle-rotate eval compare BASELINE LORA [-o DIR]\n\n"
+            "PATH: video files (mp4, webm, gif, ...), folders of them, or folders of image frames\n"
+            "(a folder named 'compare' or 'run' is written ./compare).\n"
             "BASELINE / LORA: folders of videos paired by name, or results .json files of earlier runs.\n"
             f"Metrics: {names} (* = learned, needs local weights, else reported as skipped);\n"
             f"'default' (everything without weights) and 'all'; reference names {', '.join(ALIASES)}.\n"
             f"Definitions: {definitions_path()}. A video that cannot be read becomes an error row;\n"
             "the exit status is then 1 unless --keep-going."),
-        examples=("  circle-rotate eval outputs/ --out results.json --csv\n"
+        examples=("  circle-rotate eval outputs/ -o results.json --csv\n"
                   "  circle-rotate eval --metric all --input_dir outputs --output results.json\n"
-                  "  circle-rotate eval compare baseline_videos/ lora_videos/ --out report/\n"
-                  "  circle-rotate eval compare base.json lora.json --out report/ --force\n"))
-    p.add_argument("paths", nargs="*", metavar="PATH", help="videos or folders (or: compare BASELINE LORA)")
-    p.add_argument("--metrics", "--metric", nargs="+", default=None, metavar="M",
-                   help="metric names, 'default' or 'all' (default: default)")
-    p.add_argument("--input_dir", "--input-dir", action="append", default=[], metavar="DIR",
+                  "  circle-rotate eval compare baseline_videos/ lora_videos/ -o report/\n"
+                  "  circle-rotate eval compare base.json lora.json -o report/ --force\n"))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    p.default_action = "run"  # `eval PATH...` is `eval run PATH...` (see cli.main)
+    r = actions.add_parser("run", help="evaluate videos (the default action)",
+                           description="Evaluate videos, folders of videos or folders of frames.")
+    r.add_argument("paths", nargs="*", metavar="PATH", help="videos or folders")
+    r.add_argument("--input_dir", "--input-dir", action="append", default=[], metavar="DIR",
                    help="a folder of videos (the reference's spelling; same as a PATH)")
-    p.add_argument("--out", "--output", type=Path, default=None, metavar="FILE|DIR",
-                   help="results .json (a .png is written next to it); for compare, the report folder "
-                        "(default: compare-report)")
-    p.add_argument("--csv", action="store_true", help="also write the per-video rows as .csv next to the .json")
-    p.add_argument("--jobs", type=int, default=0, metavar="N", help="videos evaluated at once (default: all cores)")
-    p.add_argument("--keep-going", action="store_true", help="exit 0 even when some videos could not be evaluated")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
-                   help="local weights for learned metrics: clip=DIR, yolo=FILE, sam=FILE")
-    add_force(p)
-    p.set_defaults(func=run)
+    add_out(r, metavar="FILE", help="results .json (a .png is written next to it)")
+    add_alias(r, "--output", dest="out", new="-o/--out", type=Path)
+    r.add_argument("--csv", action="store_true", help="also write the per-video rows as .csv next to the .json")
+    _add_shared(r)
+    r.set_defaults(func=run)
+    c = actions.add_parser("compare", help="paired comparison of a baseline and a LoRA set, with a report",
+                           usage="circle-rotate eval compare BASELINE LORA [-o DIR] [options]",
+                           description="Evaluate (or read) both sides, pair the videos by name, compare every "
+                                       "metric and write compare.json, plots and report.html. BASELINE / LORA: "
+                                       "a folder of videos each, or a results .json of an earlier run.")
+    # one list, not two positionals: paths given after --metrics come back from it (_MetricsAction)
+    c.add_argument("paths", nargs="*", metavar="BASELINE LORA", help="the two sides")
+    add_out(c, metavar="DIR", default=Path("compare-report"), help="the report folder (default: compare-report)")
+    add_alias(c, "--output", dest="out", new="-o/--out", type=Path)
+    _add_shared(c)
+    c.set_defaults(func=run_compare)
 
 
 def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
@@ -95,38 +130,48 @@ def _print_table(rows, aggregate) -> None:
         print(f"note: {n}", file=sys.stderr)
 
 
-def _run_compare(args: argparse.Namespace) -> int:
-    from circle_rotate.eval.compare import run_compare
+def _metrics(args: argparse.Namespace) -> List[str]:
+    return args.metrics or ["default"]
 
-    if len(args.paths) != 3:
-        raise UserError(f"eval compare takes BASELINE and LORA, got {len(args.paths) - 1} path(s)",
-                        fix="circle-rotate eval compare baseline_videos/ lora_videos/ --out report/")
-    outcome = run_compare(args.paths[1], args.paths[2], out_dir=args.out or Path("compare-report"),
-                          metrics=args.metrics or ["default"], jobs=_jobs(args.jobs), options=_options(args.weights),
-                          force=args.force)
-    print(f"{len(outcome.pairs)} paired videos")
-    for c in outcome.comparisons:
-        print(f"  {c.headline()}  [{c.verdict}]")
-    for n in outcome.notes:
-        print(f"note: {n}", file=sys.stderr)
-    print("wrote " + ", ".join(str(p) for p in outcome.written))
+
+def run_compare(args: argparse.Namespace) -> int:
+    from circle_rotate.eval.compare import run_compare as compare
+
+    sides = _paths(args)
+    if len(sides) != 2:
+        raise UserError(f"eval compare takes BASELINE and LORA, got {len(sides)} path(s)",
+                        fix="circle-rotate eval compare baseline_videos/ lora_videos/ -o report/")
+    outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
+                      options=_options(args.weights), force=args.force)
+    if args.json:
+        print_json({"pairs": len(outcome.pairs), "comparisons": [c.to_dict() for c in outcome.comparisons],
+                    "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
+    else:
+        print(f"{len(outcome.pairs)} paired videos")
+        for c in outcome.comparisons:
+            print(f"  {c.headline()}  [{c.verdict}]")
+        for n in outcome.notes:
+            print(f"note: {n}", file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in outcome.written))
     return 1 if outcome.failed and not args.keep_going else 0
+
+
+def _paths(args: argparse.Namespace) -> List[str]:
+    return list(args.paths) + list(args.more_paths)
 
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.eval.results_io import check_outputs, write_results
     from circle_rotate.eval.runner import evaluate
 
-    if args.paths and args.paths[0] == "compare" and not Path("compare").exists():
-        return _run_compare(args)
-    paths = list(args.paths) + list(args.input_dir)
+    paths = _paths(args) + list(args.input_dir)
     if not paths:
         raise UserError("no videos given", fix="circle-rotate eval VIDEO_OR_FOLDER... (see --help)")
     if args.out is not None:
         check_outputs(args.out, csv_too=args.csv, force=args.force, inputs=paths)
     elif args.csv:
-        raise UserError("--csv needs --out results.json", fix="add --out results.json")
-    results = evaluate(paths, metrics=args.metrics or ["default"], jobs=_jobs(args.jobs), options=_options(args.weights))
+        raise UserError("--csv needs -o results.json", fix="add -o results.json")
+    results = evaluate(paths, metrics=_metrics(args), jobs=_jobs(args.jobs), options=_options(args.weights))
     if args.out is not None:
         written = write_results(results, args.out, csv_too=args.csv)
     if args.json:
