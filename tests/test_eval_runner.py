@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 
@@ -81,20 +82,36 @@ def test_outputs_json_csv_png_and_force(folder, tmp_path, capsys):
     assert main(args + ["--force"]) == 0
 
 
-def test_reference_call_shape(folder, tmp_path, capsys):
+def _missing(*packages: str) -> str:
+    """What a learned metric says first when one of its packages is absent here ("" when all are present)."""
+    absent = [p for p in packages if importlib.util.find_spec(p) is None]
+    return f"the '{absent[0]}' package is not installed" if absent else ""
+
+
+def test_reference_call_shape(folder, tmp_path, capsys, monkeypatch):
     d = tmp_path / "outputs"
     d.mkdir()
     shutil.copy(folder / "orbit_b.mp4", d)
     out = tmp_path / "results.json"
-    assert main(["-q", "eval", "--metric", "all", "--input_dir", str(d), "--output", str(out)]) == 0
+    # no learned weights for this run, whatever this machine has cached: an empty torch hub, a CLIP
+    # folder that does not exist, no YOLO/SAM files; so every learned metric must say what it lacks
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for name in ("CLIP", "YOLO", "SAM"):
+        monkeypatch.delenv(f"CIRCLE_ROTATE_{name}_WEIGHTS", raising=False)
+    assert main(["-q", "eval", "--metric", "all", "--input_dir", str(d), "--output", str(out),
+                 "--weights", f"clip={tmp_path / 'no_clip'}"]) == 0
     row = json.loads(out.read_text())["videos"][0]
     assert row["status"] == "ok" and row["drift"] >= 0
-    # learned metrics without weights on this machine are reported as skipped, saying what is missing
     skipped = {s.split(":")[0]: s for s in row["skipped"]}
+    says = {"clip_i": _missing("transformers") or "are not on this machine",
+            "lpips": _missing("lpips") or "needs torchvision's AlexNet weights",
+            "vbench_sc": "DINO is not in the torch hub cache",
+            "subject_drift_sam": _missing("ultralytics", "segment_anything") or "need local weights"}
+    assert sorted(skipped) == sorted(says)
     for name, column in (("clip_i", "clip_first_last"), ("lpips", "lpips"), ("vbench_sc", "vbench_sc"),
                          ("subject_drift_sam", "drift_sam")):
-        assert (name in skipped and "skipped:" in skipped[name] and ("install" in skipped[name] or "weights" in
-                skipped[name] or "cache" in skipped[name])) or column in row
+        assert skipped[name].startswith(f"{name}: skipped: ") and says[name] in skipped[name], skipped[name]
+        assert column not in row
 
 
 @pytest.mark.parametrize("frames", [30, 50])
