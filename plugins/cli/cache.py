@@ -1,4 +1,4 @@
-"""``circle-rotate cache [status]``: the latent + text-encoder caches both experts train on."""
+"""``circle-rotate cache [run|status]``: the latent + text-encoder caches both experts train on."""
 
 from __future__ import annotations
 
@@ -21,43 +21,59 @@ def add_parser(sub) -> None:
                    examples="  circle-rotate cache --dataset-config datasets/circle/circle.toml --dry-run\n"
                             "  circle-rotate cache --vae models/wan_2.1_vae.safetensors --t5 models/t5.pth --gpus 0,1\n"
                             "  circle-rotate cache status --dataset-config my.toml\n")
-    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
-                   help="run (default) or status (what is cached, nothing runs)")
-    add_recipe_options(p)
-    p.add_argument("--t5", type=Path, help="the umt5-xxl text encoder (T5)")
-    p.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
-    p.add_argument("--refresh-stale", action="store_true",
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    p.default_action = "run"  # `cache --dry-run` is `cache run --dry-run` (see cli.main)
+    r = actions.add_parser("run", help="cache latents and text-encoder outputs (the default action)",
+                           description="Plan, check and run the cache pass (recipes/cache.sh).")
+    add_recipe_options(r)
+    r.add_argument("--t5", type=Path, help="the umt5-xxl text encoder (T5)")
+    r.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
+    r.add_argument("--refresh-stale", action="store_true",
                    help="delete caches made without --i2v, older than their clip or with an old caption, and redo them")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
-    p.add_argument("--json", action="store_true", help="status as JSON")
-    p.set_defaults(func=run)
+    r.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
+    r.add_argument("--json", action="store_true", help="the plan and the commands as JSON")
+    r.set_defaults(func=run)
+    st = actions.add_parser("status", help="what is cached, missing or stale, and the space used (nothing runs)",
+                            description="List cached / missing / stale clips of the dataset config and the space used.")
+    add_recipe_options(st)
+    st.add_argument("--json", action="store_true", help="status as JSON")
+    st.set_defaults(func=status)
 
 
-def run(args: argparse.Namespace) -> int:
-    from circle_rotate.cache import CacheRequest, describe_job, prepare_cache, run_cache
+def status(args: argparse.Namespace) -> int:
     from circle_rotate.cache_plan import plan_cache
     from circle_rotate.cache_status import check_cache
     from circle_rotate.recipe_reader import recipe_variables
 
-    env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
-    if args.action == "status":
-        config = args.dataset_config or Path(recipe_variables(["DATASET_CONFIG"], env=dict(env))["DATASET_CONFIG"])
-        status = check_cache(plan_cache(config))
-        if args.json:
-            print_json(status.to_dict())
-        else:
-            d = status.to_dict()
-            print(f"{config}: {d['cached']} cached, {d['missing']} missing, {d['stale']} stale, {len(d['strays'])} stray; "
-                  f"{d['used_bytes'] / 1e9:.2f} GB used, about {d['to_write_bytes'] / 1e9:.2f} GB to write")
-            for item in d["items"]:
-                print(f"  {item['state']:<7} {item['video']}: {'; '.join(item['reasons'])}")
-            for stray in d["strays"]:
-                print(f"  stray   {stray} (no clip of the config; training would still use it)")
+    env = recipe_env(args, {})
+    config = args.dataset_config or Path(recipe_variables(["DATASET_CONFIG"], env=dict(env))["DATASET_CONFIG"])
+    result = check_cache(plan_cache(config))
+    if args.json:
+        print_json(result.to_dict())
         return 0
+    d = result.to_dict()
+    print(f"{config}: {d['cached']} cached, {d['missing']} missing, {d['stale']} stale, {len(d['strays'])} stray; "
+          f"{d['used_bytes'] / 1e9:.2f} GB used, about {d['to_write_bytes'] / 1e9:.2f} GB to write")
+    for item in d["items"]:
+        print(f"  {item['state']:<7} {item['video']}: {'; '.join(item['reasons'])}")
+    for stray in d["strays"]:
+        print(f"  stray   {stray} (no clip of the config; training would still use it)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from circle_rotate.cache import CacheRequest, describe_job, prepare_cache, run_cache
+
+    env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
                                      refresh_stale=args.refresh_stale))
-    for line in describe_job(job):
-        print(line)
+    lines = describe_job(job)
+    if args.json:
+        print_json({"config": str(job.plan.config), "clips": len(job.plan.items), "planned_bytes": job.plan.total_bytes,
+                    "commands": [[c.shell() for c in chain] for _, chain in job.commands], "dry_run": args.dry_run})
+    else:
+        for line in lines:
+            print(line)
     if not args.dry_run:
         run_cache(job)
     return 0
