@@ -1,11 +1,12 @@
-"""``circle-rotate prepare RAW_DIR OUT_DIR``: footage -> orbit-checked 4n+1 clips + manifest."""
+"""``circle-rotate prepare RAW_DIR -o OUT_DIR``: footage -> orbit-checked 4n+1 clips + manifest."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from circle_rotate.cli._common import new_parser
+from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
 from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
 from circle_rotate.errors import UserError
 from circle_rotate.orbit_qc import QC_MODES
@@ -30,11 +31,13 @@ def add_parser(sub) -> None:
                     "clip's orbit from the pixels, keep what --qc accepts in OUT_DIR/videos and describe every "
                     "source and clip in OUT_DIR/manifest.jsonl. Re-running skips finished sources. Sources are "
                     "never modified. Exit status 1 when a source could not be used, unless --keep-going.",
-        examples="  circle-rotate prepare raw/ data/prepared\n"
-                 "  circle-rotate prepare raw/ data/prepared --frames 81 --fps 16 --resolution 832x480 --qc strict\n"
-                 "  circle-rotate prepare phone/ data/tiny --frames 9 --resolution 64x64 --size-mode exact --upscale\n")
+        examples="  circle-rotate prepare raw/ -o data/prepared\n"
+                 "  circle-rotate prepare raw/ -o data/prepared --frames 81 --fps 16 --resolution 832x480 --qc strict\n"
+                 "  circle-rotate prepare phone/ -o data/tiny --frames 9 --resolution 64x64 --size-mode exact --upscale\n"
+                 "  circle-rotate prepare raw/ -o data/prepared --dry-run\n")
     p.add_argument("raw_dir", type=Path, help="folder of source videos (searched recursively) or one video")
-    p.add_argument("out_dir", type=Path, help="output folder (videos/, manifest.jsonl, prepare_summary.json/.png)")
+    add_out(p, metavar="OUT_DIR", help="where clips (OUT_DIR/videos), manifest and summary go")
+    add_legacy_out(p)  # the old spelling: prepare RAW_DIR OUT_DIR
     p.add_argument("--frames", type=int, default=81, help="frames per clip, 4n+1 (default 81, what Wan2.2 trains on)")
     p.add_argument("--fps", type=float, default=16.0, help="clip frame rate (default 16, what Wan2.2 expects)")
     p.add_argument("--resolution", type=parse_size, default=(832, 480), metavar="WxH",
@@ -54,8 +57,25 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default="medium", help="x264 preset (default medium)")
     p.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view in degrees, for speeds")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--dry-run", action="store_true", help="list the sources that would be prepared, write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some sources failed")
     p.set_defaults(func=run)
+
+
+def _dry_run(args: argparse.Namespace, out: Path) -> int:
+    from circle_rotate.prepare import find_sources
+
+    sources = find_sources(args.raw_dir.absolute(), exclude=out.absolute()) if args.raw_dir.exists() else []
+    if not sources:
+        raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
+    if args.json:
+        print_json({"sources": [str(p) for p in sources], "out": str(out), "dry_run": True})
+    else:
+        print(f"{len(sources)} source(s) would be prepared into {out / 'videos'} (manifest {out / 'manifest.jsonl'}):")
+        for source in sources:
+            print(f"  {source}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +86,17 @@ def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),
                              trim_still=not args.keep_still, max_clips=args.max_clips, qc=args.qc, crf=args.crf,
                              preset=args.preset, jobs=args.jobs, keep_rejected=args.keep_rejected, hfov_deg=args.hfov)
-    report = prepare_dataset(args.raw_dir, args.out_dir, options=options)
+    out = out_path(args, "circle-rotate prepare")
+    if out is None:
+        raise UserError("no output folder given", fix=f"circle-rotate prepare {args.raw_dir} -o data/prepared")
+    if args.dry_run:
+        return _dry_run(args, out)
+    report = prepare_dataset(args.raw_dir, out, options=options)
+    if args.json:
+        print_json(dataclasses.asdict(report))
+        if not report.sources:
+            raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
+        return 0 if report.ok or args.keep_going else 1
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
     print(f"{report.sources} source(s) ({report.processed} processed, {report.unchanged} unchanged): {statuses or 'none'}")
     print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC")
