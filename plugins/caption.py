@@ -164,7 +164,7 @@ def caption_for(record: dict, *, rows: Sequence[MapRow] = (), options: CaptionOp
 class CaptionReport:
     written: int
     unchanged: int
-    kept: tuple  # caption files that differ and were left alone (no --overwrite)
+    kept: tuple  # caption files that differ and were left alone (no --force)
     jsonl: Optional[Path]
     missing_clips: tuple
 
@@ -187,12 +187,12 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     options.validate()
     manifest = Path(out_dir) / MANIFEST_NAME
     if not manifest.exists():
-        raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR OUT_DIR first")
+        raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     rows = read_subject_map(subject_map) if subject_map else []
     records = read_manifest(manifest)
     if options.jsonl is not None:
         if Path(options.jsonl).exists() and not options.overwrite:
-            raise UserError("jsonl already exists", path=options.jsonl, fix="pass --overwrite to replace it")
+            raise UserError("jsonl already exists", path=options.jsonl, fix="pass --force to replace it")
         check_output_path(options.jsonl, force=True)
     written = unchanged = 0
     kept, missing, lines = [], [], []
@@ -223,6 +223,6 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         written = len(lines)
     write_manifest(manifest, records)
     if kept:
-        logger.warning("kept %d existing caption file(s) that differ (pass --overwrite to replace them)", len(kept))
+        logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
     return CaptionReport(written, unchanged, tuple(kept), options.jsonl, tuple(missing))
 

@@ -116,9 +116,9 @@ def test_jsonl_output_and_cli(prepared, tmp_path, capsys):
     assert [Path(d["video_path"]).name for d in lines] == ["a_000_x.mp4", "a_001_x.mp4"]
     assert all(Path(d["video_path"]).is_absolute() and "\\" not in d["video_path"] for d in lines)
     assert lines[0]["caption"] == "x，从左向右环绕"  # --subject beats the folder name
-    assert main(["caption", str(prepared), "--jsonl", str(jsonl)]) == 2  # exists: needs --overwrite
+    assert main(["caption", str(prepared), "--jsonl", str(jsonl)]) == 2  # exists: needs --force
     assert "already exists" in capsys.readouterr().err
-    assert main(["caption", str(prepared), "--jsonl", str(jsonl), "--overwrite"]) == 0
+    assert main(["caption", str(prepared), "--jsonl", str(jsonl), "--force"]) == 0
     shipped = Path(__file__).resolve().parents[1] / "datasets" / "custom" / "subjects.csv"
     assert main(["caption", str(prepared), "--map", str(shipped)]) == 0
     assert (prepared / "videos/a_000_x.txt").read_text() == ("a red hatchback, Urban Night View, Static Display, "

@@ -1,4 +1,4 @@
-"""``circle-rotate caption OUT_DIR``: Circle-Rotate captions for prepared clips."""
+"""``circle-rotate caption PREPARED_DIR``: Circle-Rotate captions for prepared clips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.caption_templates import LANGS, STYLES
-from circle_rotate.cli._common import new_parser
+from circle_rotate.cli._common import add_alias, new_parser, print_json
 
 ORDER = 21
 
@@ -19,12 +19,13 @@ def add_parser(sub) -> None:
                     "direction (right = 'Circle Left->Right'); the subject from --map (CSV with match,subject,... "
                     "columns, per folder or per file), else --subject, else the source's folder name. Writes "
                     "<clip>.txt next to each clip (musubi's caption_extension) or one --jsonl file "
-                    "(video_jsonl_file); a caption you edited is kept unless --overwrite.",
+                    "(video_jsonl_file); a caption you edited is kept unless --force.",
         examples="  circle-rotate caption data/prepared\n"
                  "  circle-rotate caption data/prepared --map subjects.csv --style sentence --lang zh\n"
                  "  circle-rotate caption data/prepared --subject 'a silver sedan' --context 'Urban Night View' "
                  "--jsonl data/prepared/dataset.jsonl\n")
-    p.add_argument("out_dir", type=Path, help="folder written by circle-rotate prepare")
+    p.add_argument("prepared_dir", type=Path, metavar="PREPARED_DIR", help="folder written by circle-rotate prepare "
+                                                                         "(the captions are written into it)")
     p.add_argument("--map", type=Path, help="subject map CSV (columns: match, subject, viewpoint, shot_scale, "
                                             "context, and *_zh)")
     p.add_argument("--subject", help="subject of clips the map does not name (default: their folder's name)")
@@ -35,7 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--style", choices=STYLES, default="tags", help="tags (default) or one sentence")
     p.add_argument("--ext", default=".txt", help="caption file extension (musubi's caption_extension)")
     p.add_argument("--jsonl", type=Path, help="write this video_jsonl_file instead of caption files")
-    p.add_argument("--overwrite", action="store_true", help="replace caption files (and the jsonl) that exist")
+    p.add_argument("--force", action="store_true", help="replace caption files (and the jsonl) that exist")
+    add_alias(p, "--overwrite", dest="force", new="--force", switch=True)
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=run)
 
 
@@ -44,11 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
     options = CaptionOptions(lang=args.lang, style=args.style, subject=args.subject, viewpoint=args.viewpoint,
                              shot_scale=args.shot_scale, context=tuple(args.context), extension=args.ext,
-                             jsonl=args.jsonl, overwrite=args.overwrite)
-    r = caption_dataset(args.out_dir, options=options, subject_map=args.map)
+                             jsonl=args.jsonl, overwrite=args.force)
+    r = caption_dataset(args.prepared_dir, options=options, subject_map=args.map)
+    if args.json:
+        print_json({"written": r.written, "unchanged": r.unchanged, "kept": [str(p) for p in r.kept],
+                    "missing_clips": [str(c) for c in r.missing_clips], "jsonl": str(r.jsonl) if r.jsonl else None})
+        return 0 if not r.missing_clips else 1
     where = f"in {r.jsonl}" if r.jsonl else "as caption files"
     print(f"{r.written} caption(s) written {where}, {r.unchanged} unchanged, {len(r.kept)} kept (yours differ; "
-          f"--overwrite replaces them)")
+          f"--force replaces them)")
     for path in r.kept:
         print(f"kept {path}")
     for clip in r.missing_clips:
