@@ -249,7 +249,7 @@ def test_check_config_cli_exit_codes_and_json(prepared, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     shutil.copy(good, bad)
     bad.write_text(bad.read_text().replace("source_fps = 16.0", "source_fps = 16"))
-    assert main(["check-config", str(bad), "--no-musubi"]) == 1
+    assert main(["check-config", str(bad), "--no-musubi"]) == 2  # a fixable error
     out = capsys.readouterr().out
     assert f"{bad}:{_line_of(bad.read_text(), 'source_fps = 16')}: error [source_fps]" in out and "NOT OK" in out
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 2

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
                     "30.0), target_frames not 4n+1, missing folders, clips musubi would silently drop as too short, "
                     "missing captions, file names whose caches would collide, backslash paths. Each problem is "
                     "printed on one line with its line number and the fix; then how many items musubi will find. "
-                    "When musubi-tuner is installed, its own validator runs too. Exit status 1 when there are errors.",
+                    "When musubi-tuner is installed, its own validator runs too. Exit status 2 when there are errors "
+                    "(a fixable error, as everywhere in circle-rotate).",
         examples="  circle-rotate check-config data/prepared/dataset.toml\n"
                  "  circle-rotate check-config datasets/circle/circle.toml --base ~/musubi-tuner\n"
                  "  circle-rotate check-config mine.toml --json\n")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_config(args.config, use_musubi=not args.no_musubi, base_dir=args.base)
     if args.json:
         print_json(report.to_dict())
-        return 0 if report.ok else 1
+        return 0 if report.ok else 2
     for problem in report.problems:
         print(problem.one_line())
     for d in report.datasets:
@@ -47,4 +48,4 @@ def run(args: argparse.Namespace) -> int:
     errors = sum(p.severity == "error" for p in report.problems)
     warnings = len(report.problems) - errors
     print(f"{'OK' if report.ok else 'NOT OK'}: {errors} error(s), {warnings} warning(s)")
-    return 0 if report.ok else 1
+    return 0 if report.ok else 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circle_rotate.cli._common import add_force, new_parser
+from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.cli.prepare import parse_size
 
 ORDER = 22
@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                  "  circle-rotate config data/prepared -o datasets/mine.toml --cache /fast/cache --repeats 2\n"
                  "  circle-rotate config data/prepared --jsonl data/prepared/dataset.jsonl --relative-to .\n")
     p.add_argument("prepared_dir", type=Path, help="folder written by circle-rotate prepare")
-    p.add_argument("-o", "--output", type=Path, help="TOML to write (default PREPARED_DIR/dataset.toml)")
+    add_out(p, metavar="TOML", help="TOML to write (default PREPARED_DIR/dataset.toml)")
+    add_alias(p, "--output", dest="out", new="-o/--out", type=Path)
     p.add_argument("--jsonl", type=Path, help="use this video_jsonl_file (from caption --jsonl) instead of videos/")
     p.add_argument("--cache", type=Path, help="cache_directory (default PREPARED_DIR/cache)")
     p.add_argument("--resolution", type=parse_size, metavar="WxH", help="bucket area (default: prepare's)")
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ext", default=".txt", help="caption_extension (default .txt)")
     p.add_argument("--relative-to", type=Path, help="write paths relative to this folder (where training runs)")
     add_force(p)
+    p.add_argument("--json", action="store_true", help="print the path written and check-config's findings as JSON")
     p.set_defaults(func=run)
 
 
@@ -42,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_prepared(args.prepared_dir, jsonl=args.jsonl, cache_directory=args.cache,
                                resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,
                                caption_extension=args.ext, relative_to=args.relative_to)
-    out = write_dataset_config(args.output or args.prepared_dir / "dataset.toml", cfg, force=args.force)
-    print(f"wrote {out}")
+    out = write_dataset_config(args.out or args.prepared_dir / "dataset.toml", cfg, force=args.force)
     report = check_config(out, base_dir=args.relative_to)
+    if args.json:
+        print_json({"wrote": str(out), **report.to_dict()})
+        return 0 if report.ok else 2
+    print(f"wrote {out}")
     for problem in report.problems:
         print(problem.one_line())
     if report.musubi_verdict:
         print(report.musubi_verdict)
-    return 0 if report.ok else 1
+    return 0 if report.ok else 2
