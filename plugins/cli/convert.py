@@ -1,12 +1,13 @@
-"""``circle-rotate convert IN OUT --to comfy|musubi|diffusers``: exact LoRA layout conversion."""
+"""``circle-rotate convert IN -o OUT --format comfy|musubi|diffusers``: exact LoRA layout conversion."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._common import add_alias, add_legacy_out, add_out, new_parser, out_path, print_json
 from circle_rotate.cli._lora_options import add_output_options
+from circle_rotate.errors import UserError
 from circle_rotate.tools.lora_keys import FORMATS
 from circle_rotate.tools.options import parse_alpha_if_missing
 
@@ -18,18 +19,25 @@ def add_parser(sub) -> None:
                    description="Rename every key exactly (musubi lora_unet_* <-> ComfyUI diffusion_model.*.lora_A/B); "
                                "alpha is kept, or folded into the weights for diffusers (which has none). "
                                "Metadata is kept. The ComfyUI layout loads with zero 'lora key not loaded'.",
-                   examples="  circle-rotate convert circle_rotate_h.safetensors circle_rotate_h_comfy.safetensors --to comfy\n"
-                            "  circle-rotate convert lora_comfy.safetensors lora_musubi.safetensors --to musubi\n")
+                   examples="  circle-rotate convert circle_rotate_h.safetensors -o circle_rotate_h_comfy.safetensors "
+                            "--format comfy\n"
+                            "  circle-rotate convert lora_comfy.safetensors -o lora_musubi.safetensors --format musubi\n")
     p.add_argument("src", type=Path, help="input LoRA (.safetensors, any layout)")
-    p.add_argument("out", type=Path, help="output LoRA (.safetensors)")
-    p.add_argument("--to", required=True, choices=FORMATS, help="target layout")
+    add_out(p, metavar="OUT", help="output LoRA (.safetensors)")
+    add_legacy_out(p)  # the old spelling: convert SRC OUT
+    p.add_argument("--format", choices=FORMATS, help="target key layout (required)")
+    add_alias(p, "--to", dest="format", new="--format", choices=FORMATS)
     add_output_options(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.tools.convert import convert_lora
 
-    report = convert_lora(args.src, args.out, to=args.to, alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing),
+    out = out_path(args, "circle-rotate convert")
+    if out is None or args.format is None:
+        raise UserError("convert needs -o OUT and --format", fix=f"circle-rotate convert {args.src} -o OUT.safetensors "
+                                                                f"--format {{{','.join(FORMATS)}}}")
+    report = convert_lora(args.src, out, to=args.format, alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing),
                           force=args.force)
     if args.json:
         print_json(report.to_dict())

@@ -40,7 +40,7 @@ def _lora_lines(r: LoraReport) -> list:
         ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
         ("ComfyUI", "loads every key" if r.comfyui_loads_all_keys else
-         "would not load every key: circle-rotate convert IN OUT --to comfy"),
+         "would not load every key: circle-rotate convert IN -o OUT --format comfy"),
         ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),
     ] + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]
 
