@@ -1,11 +1,10 @@
-"""``circle-rotate combine --lora A[:S] --lora B[:S] --out OUT``: several LoRAs into one, exactly."""
+"""``circle-rotate combine --lora A[:S] --lora B[:S] -o OUT``: several LoRAs into one, exactly."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
 from circle_rotate.tools.lora_keys import FORMATS
 from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, parse_alpha_if_missing
@@ -18,11 +17,12 @@ def add_parser(sub) -> None:
                    description="The combined LoRA's delta is the strength-weighted sum of the inputs' deltas; its rank "
                                "is the sum of their ranks. fp32 output (the default) keeps it exact.",
                    examples="  circle-rotate combine --lora orbit.safetensors:1.0 --lora style.safetensors:0.5 "
-                            "--out both.safetensors\n")
+                            "-o both.safetensors\n")
     p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
                    help="a LoRA and its strength (default 1.0); repeat")
-    p.add_argument("--out", type=Path, required=True, help="output LoRA")
-    p.add_argument("--to", choices=FORMATS, default="musubi", help="output layout (default musubi)")
+    add_out(p, required=True, metavar="OUT", help="output LoRA")
+    p.add_argument("--format", choices=FORMATS, default="musubi", help="output key layout (default musubi)")
+    add_alias(p, "--to", dest="format", new="--format", choices=FORMATS)
     p.add_argument("--dtype", choices=list(COMBINE_DTYPE_NAMES), default="fp32", help="stored dtype (fp32 is exact)")
     add_output_options(p, run)
 
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.tools.combine import combine_loras
 
-    report = combine_loras(args.lora, args.out, to=args.to, dtype=args.dtype,
+    report = combine_loras(args.lora, args.out, to=args.format, dtype=args.dtype,
                            alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.json:
         print_json(report.to_dict())
