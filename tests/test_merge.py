@@ -257,13 +257,13 @@ def test_interrupted_write_leaves_no_partial_file_and_keeps_the_old_output(tmp_p
 def test_merge_cli_strength_suffix_and_json(tmp_path, lora, capsys):
     base = write_tiny_wan(tmp_path / "base.safetensors", seed=1)
     out = tmp_path / "m.safetensors"
-    assert main(["merge", "--base", str(base), "--lora", f"{lora}:0.5", "--out", str(out), "--dtype", "bf16", "--json"]) == 0
+    assert main(["merge", str(base), "--lora", f"{lora}:0.5", "-o", str(out), "--dtype", "bf16", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["loras"][0]["strength"] == 0.5 and report["dtype"] == "bf16" and report["merged"] == len(TARGETS)
     want, got = truth(base, [(lora, 0.5)]), load_file(str(out))
     for key in TARGETS:
         assert_close_to(got[key], want, key)
-    assert main(["merge", "--base", str(base), "--lora", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["merge", str(base), "--lora", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.safetensors: file not found" in err
 

@@ -1,4 +1,4 @@
-"""``circle-rotate merge --base EXPERT --lora FILE[:STRENGTH] --out OUT --dtype ...``: streaming merge."""
+"""``circle-rotate merge EXPERT --lora FILE[:STRENGTH] -o OUT --dtype ...``: streaming merge."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
+from circle_rotate.errors import UserError
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
 from circle_rotate.tools.options import MERGE_DTYPES, parse_alpha_if_missing
 
@@ -27,15 +28,19 @@ def add_parser(sub) -> None:
                    description="W' = W + strength * alpha/rank * up @ down, computed in fp32 one row chunk at a time from "
                                "a memory-mapped base; untouched tensors are copied byte for byte. fp8_scaled bases are "
                                "dequantized, merged and requantized. The output appears only when complete.",
-                   examples="  circle-rotate merge --base wan2.2_i2v_high_noise_14B_fp16.safetensors "
-                            "--lora circle_rotate_h.safetensors --out high_merged.safetensors --dtype fp8_scaled\n"
-                            "  circle-rotate merge --base low.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5 "
-                            "--out low_ab.safetensors\n")
-    p.add_argument("--base", type=Path, required=True, help="the expert checkpoint (.safetensors)")
+                   examples="  circle-rotate merge wan2.2_i2v_high_noise_14B_fp16.safetensors "
+                            "--lora circle_rotate_h.safetensors -o high_merged.safetensors --dtype fp8_scaled\n"
+                            "  circle-rotate merge low.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5 "
+                            "-o low_ab.safetensors --dry-run\n")
+    # SUPPRESS: an absent positional must not overwrite the old --base spelling
+    p.add_argument("base", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="EXPERT",
+                   help="the expert checkpoint (.safetensors)")
+    add_alias(p, "--base", dest="base", new="the positional EXPERT", type=Path)
     p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
                    help="a LoRA and its strength (default 1.0); repeat for several")
-    p.add_argument("--out", type=Path, required=True, help="merged checkpoint to write")
+    add_out(p, required=True, metavar="OUT", help="merged checkpoint to write")
     add_dtype_option(p)
+    p.add_argument("--dry-run", action="store_true", help="check every input and plan every tensor, write nothing")
     add_output_options(p, run)
 
 
@@ -47,10 +52,24 @@ def describe(report: MergeReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.merge import merge_loras
+    from circle_rotate.tools.merge import prepare_merge, run_merge
 
-    report = merge_loras(args.base, args.lora, args.out, dtype=args.dtype,
-                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if getattr(args, "base", None) is None:
+        raise UserError("no expert given", fix="circle-rotate merge EXPERT.safetensors --lora LORA.safetensors -o OUT")
+    prepared = prepare_merge(args.base, args.lora, args.out, dtype=args.dtype,
+                             alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.dry_run:
+        plan = prepared.plan
+        summary = {"out": str(prepared.out), "dtype": plan.dtype, "tensors": len(plan.tensors),
+                   "merged": sum(1 for t in plan.tensors if t.deltas), "copied": plan.count("raw"),
+                   "bytes": plan.output_bytes, "dry_run": True}
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"would write {summary['out']}: {summary['dtype']}, {summary['tensors']} tensors ({summary['merged']} "
+                  f"merged, {summary['copied']} copied byte for byte), {summary['bytes'] / 2**30:.2f} GiB")
+        return 0
+    report = run_merge(prepared)
     if args.json:
         print_json(report.to_dict())
     else:
