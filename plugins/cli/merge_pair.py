@@ -1,11 +1,11 @@
-"""``circle-rotate merge-pair --high H_EXPERT H_LORA --low L_EXPERT L_LORA --out DIR``."""
+"""``circle-rotate merge-pair --high H_EXPERT H_LORA --low L_EXPERT L_LORA -o DIR``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._common import add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
 from circle_rotate.cli.merge import add_dtype_option, describe
 from circle_rotate.tools.options import parse_alpha_if_missing
@@ -20,12 +20,12 @@ def add_parser(sub) -> None:
                                "file is refused before anything is written.",
                    examples="  circle-rotate merge-pair --high wan2.2_i2v_high_noise_14B_fp16.safetensors circle_rotate_h.safetensors \\\n"
                             "      --low wan2.2_i2v_low_noise_14B_fp16.safetensors circle_rotate_l.safetensors "
-                            "--out merged/ --dtype fp8_scaled\n")
+                            "-o merged/ --dtype fp8_scaled\n")
     p.add_argument("--high", nargs=2, type=Path, required=True, metavar=("H_EXPERT", "H_LORA"),
                    help="high-noise expert and its LoRA")
     p.add_argument("--low", nargs=2, type=Path, required=True, metavar=("L_EXPERT", "L_LORA"),
                    help="low-noise expert and its LoRA")
-    p.add_argument("--out", type=Path, required=True, help="folder for the two merged experts")
+    add_out(p, required=True, metavar="DIR", help="folder for the two merged experts")
     p.add_argument("--strength-high", type=float, default=1.0, help="strength of the high-noise LoRA (default 1)")
     p.add_argument("--strength-low", type=float, default=1.0, help="strength of the low-noise LoRA (default 1)")
     add_dtype_option(p)
