@@ -145,11 +145,11 @@ def _output_problems(f: Findings, ns: argparse.Namespace, *, force: bool, resume
     final = out / f"{ns.output_name}.safetensors"
     if final.exists() and not (force or resume):
         f.error(final, "a finished run's LoRA is already there; training again overwrites it",
-                "pass --force to train again, or choose another --output-dir")
+                "pass --force to train again, or choose another -o/--out")
     elif not final.exists() and not resume and any(out.glob(f"{ns.output_name}-*.safetensors")):
         states = sorted(out.glob(f"{ns.output_name}-*-state"))
         f.warning(out, "an interrupted run left epoch checkpoints here; a fresh run overwrites them",
-                  "pass --resume to continue from its last state" if states else "choose another --output-dir to keep them")
+                  "pass --resume to continue from its last state" if states else "choose another -o/--out to keep them")
 
 
 def check_outputs_and_disk(f: Findings, parsed: Sequence[Tuple[TrainTarget, argparse.Namespace]],
@@ -164,7 +164,7 @@ def check_outputs_and_disk(f: Findings, parsed: Sequence[Tuple[TrainTarget, argp
         needs.append((Path(ns.output_dir or "."), size))
     for probe, total, free in short_disks(needs):
         f.error(probe, f"the runs save about {total / GB:.1f} GB of checkpoints but only {free / GB:.1f} GB is free",
-                "free disk, choose another --output-dir, or keep fewer epoch files (--set SAVE_LAST_N_EPOCHS=10)")
+                "free disk, choose another -o/--out, or keep fewer epoch files (--set SAVE_LAST_N_EPOCHS=10)")
 
 
 def vram_notes(f: Findings, ns: argparse.Namespace, plan: Optional[CachePlan]) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from circle_rotate.cli._common import add_force, new_parser
+from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
 
 ORDER = 41
@@ -29,7 +30,8 @@ def add_parser(sub) -> None:
     add_recipe_options(p)
     p.add_argument("--dit-low", type=Path, help="low-noise expert, fp16 (DIT_LOW)")
     p.add_argument("--dit-high", type=Path, help="high-noise expert, fp16 (DIT_HIGH)")
-    p.add_argument("--output-dir", type=Path, help="outputs go to DIR/low and DIR/high (OUTPUT_DIR_LOW/HIGH)")
+    add_out(p, metavar="DIR", help="outputs go to DIR/low and DIR/high (OUTPUT_DIR_LOW/HIGH)")
+    add_alias(p, "--output-dir", dest="out", new="-o/--out", type=Path)
     p.add_argument("--gradient-checkpointing", action="store_true", help="GRADIENT_CHECKPOINTING=1 (memory only)")
     p.add_argument("--cpu-offload", action="store_true", help="GRADIENT_CHECKPOINTING_CPU_OFFLOAD=1 (memory only)")
     p.add_argument("--blocks-to-swap", type=int, help="BLOCKS_TO_SWAP=N (memory only)")
@@ -37,6 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--save-state", action="store_true", help="also save optimizer state each epoch (for --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the last saved state in the output folder")
     p.add_argument("--dry-run", action="store_true", help="preflight and print the exact commands, run nothing")
+    p.add_argument("--json", action="store_true", help="the run records written (and, with --dry-run, the commands)")
     add_force(p)
     p.set_defaults(func=run)
 
@@ -44,7 +47,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.train import TrainRequest, train
 
-    out = args.output_dir
+    out = args.out
     env = recipe_env(args, {
         "DIT_LOW": args.dit_low, "DIT_HIGH": args.dit_high,
         "OUTPUT_DIR_LOW": out / "low" if out else None, "OUTPUT_DIR_HIGH": out / "high" if out else None,
@@ -55,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     experts = ("low", "high") if args.expert == "both" else (args.expert,)
     request = TrainRequest(experts, recipe=args.recipe, env=env, gpus=args.gpus, save_state=args.save_state,
                            resume=args.resume, force=args.force)
-    result = train(request, dry_run=args.dry_run)
+    # with --json the preflight and the commands go to stderr, so stdout is only the JSON
+    echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = train(request, dry_run=args.dry_run, echo=echo)
+    if args.json:
+        print_json({"commands": {run.expert: run.command.shell() for run in result.plan.runs},
+                    "problems": [p.one_line() for p in result.report.problems], "notes": list(result.report.notes),
+                    "records": [str(p) for p in result.records], "dry_run": args.dry_run})
+        return 0
     for path in result.records:
         print(f"wrote {path}")
     return 0
