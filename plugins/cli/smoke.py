@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from circle_rotate.cli._common import new_parser, print_json
+from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
 
 ORDER = 43
 
@@ -19,9 +19,10 @@ def add_parser(sub) -> None:
                                "prepare/caption/config, then cache (--i2v), train both for 2 steps per expert with the "
                                "recipe's settings scaled down, and both LoRAs loaded back by musubi's LoRA code and "
                                "merged by ours. Lists every setting that differs from the recipe and why.",
-                   examples="  circle-rotate smoke\n  circle-rotate smoke --recipe recommended --work /tmp/smoke --keep\n")
+                   examples="  circle-rotate smoke\n  circle-rotate smoke --recipe recommended -o /tmp/smoke --keep\n")
     p.add_argument("--recipe", choices=("reproduce", "recommended"), default="reproduce", help="recipe to scale down")
-    p.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed afterwards)")
+    add_out(p, metavar="DIR", help="work folder, kept (default: a temporary one, removed afterwards)")
+    add_alias(p, "--work", dest="out", new="-o/--out", type=Path)
     p.add_argument("--models-dir", type=Path, help="where the tiny models are cached (default ~/.cache/circle-rotate/...)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     p.add_argument("--json", action="store_true", help="machine-readable report")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from circle_rotate.cli.main import main
     from circle_rotate.smoke import SmokeRequest, run_smoke
 
-    request = SmokeRequest(recipe=args.recipe, work_dir=args.work, models_dir=args.models_dir, keep=args.keep)
+    request = SmokeRequest(recipe=args.recipe, work_dir=args.out, models_dir=args.models_dir, keep=args.keep)
     if not args.json:
         report = run_smoke(request, run_command=main)
     else:  # musubi's own output goes to stderr so stdout is only the JSON
