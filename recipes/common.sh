@@ -2,7 +2,7 @@
 #
 # Every setting below is a variable the environment overrides, for example
 #   DIT_LOW=/data/wan2.2_i2v_low_noise_14B_fp16.safetensors GRADIENT_CHECKPOINTING=1 bash recipes/reproduce_low.sh
-# Paths default to the layout that `circle-rotate download models --to models` creates.
+# Paths default to the layout that `circle-rotate download models -o models` creates.
 # `circle-rotate train|cache` read the recipes through this file too (CIRCLE_ROTATE_PRINT=1 prints
 # each musubi-tuner command instead of running it), so what they run is what you would run.
 

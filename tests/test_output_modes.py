@@ -40,13 +40,13 @@ def test_every_kind_of_output_is_0644_under_umask_022(tmp_path, umask_022):
     files.truth.unlink()
     files.masks.unlink()
     prepared = tmp_path / "prepared"
-    assert main(["-q", "prepare", str(raw.parent), str(prepared), "--frames", "9", "--resolution", "64x64"]) == 0
+    assert main(["-q", "prepare", str(raw.parent), "-o", str(prepared), "--frames", "9", "--resolution", "64x64"]) == 0
     assert main(["-q", "caption", str(prepared)]) == 0
     assert main(["-q", "config", str(prepared), "-o", str(tmp_path / "dataset.toml")]) == 0
     base = write_tiny_wan(tmp_path / "base.safetensors", dtype="fp16", seed=1)
     lora = write_random_lora(tmp_path / "lora.safetensors", tiny_config(), rank=4, alpha=1.0, seed=7)
-    assert main(["-q", "merge", "--base", str(base), "--lora", str(lora), "--out", str(tmp_path / "merged.safetensors")]) == 0
-    assert main(["-q", "convert", str(lora), str(tmp_path / "comfy.safetensors"), "--to", "comfy"]) == 0
+    assert main(["-q", "merge", str(base), "--lora", str(lora), "-o", str(tmp_path / "merged.safetensors")]) == 0
+    assert main(["-q", "convert", str(lora), "-o", str(tmp_path / "comfy.safetensors"), "--format", "comfy"]) == 0
     assert main(["-q", "eval", str(files.video), "--metrics", "drift", "--out", str(tmp_path / "r.json"),
                  "--csv"]) == 0
 
@@ -85,7 +85,7 @@ def test_a_replaced_file_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path
 def test_force_keeps_the_mode_of_the_replaced_lora(tmp_path, umask_022):
     lora = write_random_lora(tmp_path / "lora.safetensors", tiny_config(), rank=4, alpha=1.0, seed=7)
     out = tmp_path / "comfy.safetensors"
-    assert main(["-q", "convert", str(lora), str(out), "--to", "comfy"]) == 0
+    assert main(["-q", "convert", str(lora), "-o", str(out), "--format", "comfy"]) == 0
     os.chmod(out, 0o664)
-    assert main(["-q", "convert", str(lora), str(out), "--to", "comfy", "--force"]) == 0
+    assert main(["-q", "convert", str(lora), "-o", str(out), "--format", "comfy", "--force"]) == 0
     assert mode(out) == 0o664

@@ -33,13 +33,13 @@ NOT_RUN_HERE: Dict[str, str] = {
     "circle-rotate cache --dataset-config data/prepared/dataset.toml": "GPU; dry run: test_cache.py",
     "circle-rotate train both --recipe reproduce --dry-run": "14B experts + caches; test_train_cli.py",
     "circle-rotate train both --recipe reproduce --gpus 0,1 --gradient-checkpointing --save-state": "GPU",
-    "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml --output-dir outputs --dry-run":
+    "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml -o outputs --dry-run":
         "14B experts + caches; test_train_cli.py",
-    "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml --output-dir outputs": "GPU",
-    "circle-rotate generate --prompts prompts.txt --out videos/lora --lora-low outputs/low/circle_rotate_l.safetensors "
+    "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml -o outputs": "GPU",
+    "circle-rotate generate prompts.txt -o videos/lora --lora-low outputs/low/circle_rotate_l.safetensors "
     "--lora-high outputs/high/circle_rotate_h.safetensors --dry-run": "14B experts; test_generate.py",
-    "circle-rotate generate --prompts prompts.txt --out videos/base --dry-run": "14B experts; test_generate.py",
-    "circle-rotate generate --prompts prompts.txt --out videos/lora --lora-low outputs/low/circle_rotate_l.safetensors "
+    "circle-rotate generate prompts.txt -o videos/base --dry-run": "14B experts; test_generate.py",
+    "circle-rotate generate prompts.txt -o videos/lora --lora-low outputs/low/circle_rotate_l.safetensors "
     "--lora-high outputs/high/circle_rotate_h.safetensors": "GPU; test_generate.py",
     "circle-rotate eval compare videos/base videos/lora --out report/": "same command as section 4's compare",
 }
