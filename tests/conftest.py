@@ -1,14 +1,20 @@
-"""Shared fixtures: small real files the project makes itself (videos, checkpoints).
+"""Shared fixtures: one per kind of model file the project makes itself, and the markers.
 
-Tests that need musubi-tuner use the ``musubi`` fixture: it skips with a reason when
-musubi-tuner is not installed, and fails instead when ``CIRCLE_ROTATE_REQUIRE_MUSUBI=1``
-(set by ``.ci/run``), so CI can never pass by skipping them.
+Kinds: ``tiny_wan_dir`` (tiny Wan2.2 experts in every dtype), ``tiny_loras`` (the released
+pair's shape, tiny: musubi LoRAs for the high and low expert), ``real_size_experts`` (the
+real 14B headers over sparse files), ``tiny_musubi_models`` (what musubi's scripts run on).
+
+Tests that need musubi-tuner use the ``musubi`` fixture or the ``musubi`` marker (either
+implies the other): they skip with a reason when musubi-tuner is not installed, and fail
+instead when ``CIRCLE_ROTATE_REQUIRE_MUSUBI=1`` (set by ``.ci/run``), so CI can never pass by
+skipping them. ``slow`` marks tests of more than a few seconds: ``pytest -m "not slow"``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -17,13 +23,30 @@ from circle_rotate.musubi_env import musubi_available, prepare_cpu_import
 MUSUBI_HINT = "musubi-tuner not installed (pip install --no-deps ../shared/musubi-tuner, or circle-rotate[train])"
 
 
-@pytest.fixture(scope="session")
-def musubi():
-    """Make musubi-tuner importable on this CPU, or skip (fail in CI) when it is absent."""
+def _require_musubi() -> None:
     if not musubi_available():
         if os.environ.get("CIRCLE_ROTATE_REQUIRE_MUSUBI") == "1":
             pytest.fail(MUSUBI_HINT + "; CI requires it")
         pytest.skip(MUSUBI_HINT)
+
+
+def pytest_collection_modifyitems(config, items):
+    # a test that uses the fixture (directly or through another fixture) carries the marker,
+    # so `-m musubi` / `-m "not musubi"` select exactly the tests that need it
+    for item in items:
+        if "musubi" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.musubi)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("musubi") is not None:
+        _require_musubi()
+
+
+@pytest.fixture(scope="session")
+def musubi():
+    """Make musubi-tuner importable on this CPU, or skip (fail in CI) when it is absent."""
+    _require_musubi()
     prepare_cpu_import()
     import musubi_tuner
 
@@ -40,6 +63,29 @@ def tiny_wan_dir(tmp_path_factory) -> Path:
         for seed, expert in ((1, "high"), (2, "low")):
             write_tiny_wan(d / f"wan2.2_i2v_{expert}_noise_14B_{dtype}.safetensors", dtype=dtype, seed=seed)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tmp_path_factory) -> Dict[str, Path]:
+    """Random musubi-layout LoRAs over every tiny-Wan target, named like the released pair (read-only)."""
+    from circle_rotate.tools.synthetic_lora import write_random_lora
+    from circle_rotate.wan_arch import tiny_config
+
+    d = tmp_path_factory.mktemp("tiny_loras")
+    # alpha 1 at rank 4: scale 1/4, a power of two, as musubi's default 1/32 is
+    return {expert: write_random_lora(d / f"circle_rotate_{expert[0]}.safetensors", tiny_config(), rank=4, alpha=1.0,
+                                      seed=seed, metadata={"ss_network_dim": "4", "ss_sd_model_name":
+                                                           f"wan2.2_i2v_{expert}_noise_14B_fp16.safetensors"})
+            for expert, seed in (("high", 3), ("low", 4))}
+
+
+@pytest.fixture(scope="session")
+def real_size_experts(tmp_path_factory) -> Dict[str, Path]:
+    """Both Wan2.2 I2V-A14B experts with their true headers over sparse files (read-only; ~28 GB apparent each)."""
+    from model_files import sparse_expert
+
+    d = tmp_path_factory.mktemp("real_size_experts")
+    return {e: sparse_expert(d / f"wan2.2_i2v_{e}_noise_14B_fp16.safetensors") for e in ("low", "high")}
 
 
 @pytest.fixture(scope="session")

@@ -29,10 +29,8 @@ def deltas(path, *, strength=1.0, alpha_if_missing=None):
 
 
 @pytest.fixture()
-def musubi_lora(tmp_path):
-    # alpha 1 at rank 4: scale 1/4, a power of two, as musubi's default 1/32 is
-    return write_random_lora(tmp_path / "circle_rotate_h.safetensors", CFG, rank=4, alpha=1.0, seed=3,
-                             metadata={"ss_network_dim": "4", "ss_sd_model_name": "wan2.2_i2v_high_noise_14B_fp16.safetensors"})
+def musubi_lora(tiny_loras):
+    return tiny_loras["high"]
 
 
 @pytest.mark.parametrize("to", ["comfy", "diffusers"])

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from circle_rotate.errors import UserError
 from circle_rotate.generate import GenerateRequest, Models, build_command, generate, high_noise_steps, read_prompts
-from test_train_cli import sparse_expert
+from model_files import sparse_expert
 
 
 @pytest.fixture
@@ -43,8 +43,8 @@ def _request(files, dits, **kw) -> GenerateRequest:
 
 
 @pytest.fixture
-def dits(tmp_path):
-    return {e: sparse_expert(tmp_path / f"wan2.2_i2v_{e}_noise_14B_fp16.safetensors") for e in ("low", "high")}
+def dits(real_size_experts):
+    return real_size_experts
 
 
 def test_prompt_file_through_musubis_line_parser(files):
@@ -131,7 +131,7 @@ def test_videos_are_renamed_by_prompt_for_eval_pairing(files, dits, monkeypatch)
 def test_cli_dry_run(files, dits, capsys):
     from circle_rotate.cli.main import main
 
-    code = main(["generate", "--prompts", str(files["prompts"]), "--out", str(files["tmp"] / "videos"),
+    code = main(["generate", str(files["prompts"]), "-o", str(files["tmp"] / "videos"),
                  "--dit-low", str(dits["low"]), "--dit-high", str(dits["high"]), "--vae", str(files["vae"]),
                  "--t5", str(files["t5"]), "--lora-low", str(files["lora"]["low"]),
                  "--lora-high", str(files["lora"]["high"]), "--dry-run"])

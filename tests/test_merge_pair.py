@@ -21,13 +21,9 @@ CFG = wan_arch.tiny_config()
 
 
 @pytest.fixture()
-def pair(tmp_path):
-    d = tmp_path / "in"
-    high = write_tiny_wan(d / "wan2.2_i2v_high_noise_14B_fp16.safetensors", seed=1)
-    low = write_tiny_wan(d / "wan2.2_i2v_low_noise_14B_fp16.safetensors", seed=2)
-    lh = write_random_lora(d / "circle_rotate_h.safetensors", CFG, rank=4, seed=3)
-    ll = write_random_lora(d / "circle_rotate_l.safetensors", CFG, rank=4, seed=4)
-    return high, lh, low, ll
+def pair(tiny_wan_dir, tiny_loras):
+    high, low = (tiny_wan_dir / f"wan2.2_i2v_{e}_noise_14B_fp16.safetensors" for e in ("high", "low"))
+    return high, tiny_loras["high"], low, tiny_loras["low"]
 
 
 def test_pair_merges_each_lora_into_its_expert(tmp_path, pair):

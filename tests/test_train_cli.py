@@ -8,45 +8,24 @@ import struct
 import sys
 from collections import namedtuple
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from circle_rotate.errors import UserError
 from circle_rotate.recipe_reader import option_values, train_command
 from circle_rotate.train import TrainRequest, plan_training, train
-from circle_rotate.wan_arch import I2V_A14B, dit_shapes
 from test_preflight import tiny_task, write_dataset
 
 
-def sparse_expert(path: Path, *, dtype: str = "F16", prefix: str = "") -> Path:
-    """A real-shaped Wan2.2 I2V-A14B expert: the true header, the 28 GB of data a sparse hole of zeros."""
-    header, offset = {}, 0
-    for name, shape in dit_shapes(I2V_A14B).items():
-        n = 2
-        for s in shape:
-            n *= s
-        header[prefix + name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
-        fh.truncate(8 + len(raw) + offset)
-    return path
-
-
 @pytest.fixture
-def real_ws(musubi, tmp_path, write_musubi_caches):
+def real_ws(musubi, tmp_path, write_musubi_caches, real_size_experts):
     from circle_rotate.cache_plan import plan_cache
 
     config = write_dataset(tmp_path)
     write_musubi_caches(plan_cache(config))
     vae = tmp_path / "Wan2.1_VAE.pth"
     vae.write_bytes(b"\0" * 1024)
-    return {"low": sparse_expert(tmp_path / "wan2.2_i2v_low_noise_14B_fp16.safetensors"),
-            "high": sparse_expert(tmp_path / "wan2.2_i2v_high_noise_14B_fp16.safetensors"),
-            "vae": vae, "config": config, "out": tmp_path / "outputs"}
+    return {**real_size_experts, "vae": vae, "config": config, "out": tmp_path / "outputs"}
 
 
 def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch):

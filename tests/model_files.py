@@ -1,0 +1,26 @@
+"""Model files the tests make that are not tiny: real-shaped Wan2.2 experts as sparse files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from circle_rotate.wan_arch import I2V_A14B, dit_shapes
+
+
+def sparse_expert(path: Path, *, dtype: str = "F16", prefix: str = "") -> Path:
+    """A real-shaped Wan2.2 I2V-A14B expert: the true header, the 28 GB of data a sparse hole of zeros."""
+    header, offset = {}, 0
+    for name, shape in dit_shapes(I2V_A14B).items():
+        n = 2
+        for s in shape:
+            n *= s
+        header[prefix + name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return path
