@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
     r.add_argument("--input_dir", "--input-dir", action="append", default=[], metavar="DIR",
                    help="a folder of videos (the reference's spelling; same as a PATH)")
     add_out(r, metavar="FILE", help="results .json (a .png is written next to it)")
-    add_alias(r, "--output", dest="out", new="-o/--out", type=Path)
+    r.add_argument("--output", dest="out", type=Path, help=argparse.SUPPRESS)  # the reference's spelling, kept
     r.add_argument("--csv", action="store_true", help="also write the per-video rows as .csv next to the .json")
     _add_shared(r)
     r.set_defaults(func=run)
