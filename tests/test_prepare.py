@@ -75,7 +75,7 @@ def prepared(tmp_path_factory):
     _write(raw, "bad/short.mp4", TurntableSpec(width=160, height=96, frames=12, fps=30.0))
     (raw / "notes.txt").write_text("not a video, ignored")
     hashes = {p: _sha(p) for p in raw.rglob("*") if p.is_file()}
-    argv = ["-q", "prepare", str(raw), str(out), "--frames", str(FRAMES), "--fps", "16", "--resolution", "256x144",
+    argv = ["-q", "prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--fps", "16", "--resolution", "256x144",
             "--qc", "strict", "--jobs", "2"]
     rc = main(argv)
     records = read_manifest(out / MANIFEST_NAME)
@@ -179,7 +179,7 @@ def test_musubi_loader_reads_every_clip(prepared, musubi):
 def test_rerun_skips_finished_work_and_picks_up_new_sources(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     _write(raw, "a/one.mp4", ORBITS["red_car/orbit24.mp4"])
-    argv = ["-q", "prepare", str(raw), str(out), "--frames", str(FRAMES), "--resolution", "256x144", "--jobs", "1"]
+    argv = ["-q", "prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--resolution", "256x144", "--jobs", "1"]
     assert main(argv) == 0
     first = read_manifest(out / MANIFEST_NAME)
     stamps = {c["clip"]: os.stat(out / c["clip"]).st_mtime_ns for c in _clips(first) if c["clip"]}
@@ -201,11 +201,11 @@ def test_rerun_skips_finished_work_and_picks_up_new_sources(tmp_path):
     assert main(argv + ["--keep-going"]) == 0
     # one file as RAW, at most one clip from it
     single = tmp_path / "single"
-    assert main(argv[:2] + [str(raw / "a" / "one.mp4"), str(single)] + argv[4:] + ["--max-clips", "1"]) == 0
+    assert main(argv[:2] + [str(raw / "a" / "one.mp4"), "-o", str(single)] + argv[5:] + ["--max-clips", "1"]) == 0
     assert [c["source"] for c in _clips(read_manifest(single / MANIFEST_NAME))] == ["one.mp4"]
 
 
 def test_bad_options_are_one_user_error(tmp_path, capsys):
-    assert main(["prepare", str(tmp_path), str(tmp_path / "o"), "--frames", "80", "--fps", "0"]) == 2
+    assert main(["prepare", str(tmp_path), "-o", str(tmp_path / "o"), "--frames", "80", "--fps", "0"]) == 2
     err = capsys.readouterr().err
     assert "4n+1" in err and "--fps" in err and len(err.strip().splitlines()) == 1

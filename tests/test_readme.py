@@ -73,12 +73,12 @@ def test_first_command_sets_up_and_runs_the_demo_second_is_what_ci_runs():
 
 
 def test_every_readme_command_parses_with_the_real_cli():
-    from circle_rotate.cli.main import build_parser
+    from circle_rotate.cli.main import build_parser, with_default_action
 
     parser = build_parser()
     for cmd in readme_commands():
         try:
-            parser.parse_args(shlex.split(cmd)[1:])
+            parser.parse_args(with_default_action(parser, shlex.split(cmd)[1:]))
         except SystemExit as exc:
             pytest.fail(f"README command does not parse (exit {exc.code}): {cmd}")
 
