@@ -11,6 +11,8 @@ from safetensors import safe_open
 
 from circle_rotate.musubi_env import musubi_available
 
+pytestmark = pytest.mark.slow  # the demo end to end (minutes on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

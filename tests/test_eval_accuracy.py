@@ -14,6 +14,8 @@ from scipy.stats import spearmanr
 from circle_rotate.eval.runner import evaluate
 from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, load_truth, write_turntable
 
+pytestmark = pytest.mark.slow  # drift accuracy over a set of rendered orbits
+
 CASES = [
     # (subject, direction, total angle, profile, drift kind, amplitude, clutter, lighting, size)
     ("box", "right", 90, "constant", "none", 0.0, 0, "constant", (832, 480)),

@@ -12,6 +12,8 @@ import pytest
 
 from circle_rotate.smoke import CACHE_WHY, PATH_WHY, SCALED_DOWN, script_threads_env
 
+pytestmark = pytest.mark.slow  # the whole chain through musubi's scripts on a CPU (a minute or more)
+
 
 @pytest.fixture(scope="module")
 def smoke_run(musubi, tiny_musubi_models, tmp_path_factory):
