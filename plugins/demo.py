@@ -167,7 +167,7 @@ def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: O
 
     run.header("prepare: probe, cut 4n+1 clips at 16 fps, orbit QC")
     prepared = out / "prepared"
-    run.command(["prepare", out / "raw", prepared, "--frames", "33", "--resolution", "320x192", "--keep-going"],
+    run.command(["prepare", out / "raw", "-o", prepared, "--frames", "33", "--resolution", "320x192", "--keep-going"],
                 log="prepare")
     summary = json.loads((prepared / "prepare_summary.json").read_text())
     echo(f"      {summary['clips_accepted']} clips accepted, {summary['clips_rejected']} rejected by orbit QC, "
@@ -189,7 +189,7 @@ def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: O
     smoke = musubi_available() if smoke is None else smoke
     if smoke:
         run.header("cache + train both experts for real on CPU (musubi-tuner's scripts, tiny models)")
-        run.command(["smoke", "--work", out / "smoke", "--keep"], log="smoke")
+        run.command(["smoke", "-o", out / "smoke", "--keep"], log="smoke")
         echo(f"      LoRAs: {out / 'smoke' / 'outputs'}/{{high,low}}; recipe differences listed in logs/smoke.log")
     else:
         why = "--no-smoke" if musubi_available() else "musubi-tuner is not installed"
@@ -207,10 +207,10 @@ def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: O
     base = write_tiny_wan(models / "wan2.2_i2v_high_noise_14B_fp16.safetensors", dtype="fp16", seed=1)
     merged = out / "merged"
     for dtype in ("fp16", "fp8_scaled"):
-        run.command(["merge", "--base", base, "--lora", loras["high"], "--out", merged / f"high_merged_{dtype}.safetensors",
+        run.command(["merge", base, "--lora", loras["high"], "-o", merged / f"high_merged_{dtype}.safetensors",
                      "--dtype", dtype], log=f"merge_{dtype}")
     comfy = merged / "circle_rotate_h_comfy.safetensors"
-    run.command(["convert", loras["high"], comfy, "--to", "comfy"], log="convert")
+    run.command(["convert", loras["high"], "-o", comfy, "--format", "comfy"], log="convert")
     echo(f"      {merged}/high_merged_fp16.safetensors, high_merged_fp8_scaled.safetensors, {comfy.name}")
 
     run.header("evaluate: baseline (drifting subject) vs LoRA (steady subject)")

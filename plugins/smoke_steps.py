@@ -77,8 +77,8 @@ def make_dataset(work: Path, *, sources: Path, run_command: Callable[[Sequence[s
     prepared, config = work / "prepared", work / "dataset.toml"
     size = f"{CLIP['width']}x{CLIP['height']}"
     # QC off and still frames kept: 32-pixel clips are too small to judge an orbit by, and judging is not the point
-    _cli(run_command, "prepare", str(sources), str(prepared), "--frames", str(CLIP["frames"]), "--fps", f"{CLIP['fps']:g}",
-         "--resolution", size, "--size-mode", "exact", "--qc", "off", "--keep-still", "--max-clips", "1",
+    _cli(run_command, "prepare", str(sources), "-o", str(prepared), "--frames", str(CLIP["frames"]),
+         "--fps", f"{CLIP['fps']:g}", "--resolution", size, "--size-mode", "exact", "--qc", "off", "--keep-still", "--max-clips", "1",
          "--jobs", "1", "--preset", "ultrafast")
     _cli(run_command, "caption", str(prepared), "--subject", "a box on a table")
     _cli(run_command, "config", str(prepared), "-o", str(config), "--cache", str(work / "cache"), "--resolution", size,
@@ -129,7 +129,7 @@ def verify_loras(models: "TinyModels", loras: Mapping[str, str], work: Path, *,
         base = models.dit_low if expert == "low" else models.dit_high
         theirs = _musubi_merged(base, Path(lora))
         out = work / f"merged_{expert}.safetensors"
-        _cli(run_command, "merge", "--base", str(base), "--lora", str(lora), "--out", str(out), "--force")
+        _cli(run_command, "merge", str(base), "--lora", str(lora), "-o", str(out), "--force")
         ours = load_file(str(out))
         worst = max(float((ours[k].float() - v.float()).abs().max()) for k, v in theirs["state"].items())
         moved = max(float((ours[k].float() - v.float()).abs().max()) for k, v in load_file(str(base)).items())

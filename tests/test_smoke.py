@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # the whole chain through musubi's scripts on a C
 def smoke_run(musubi, tiny_musubi_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "smoke", "--work", str(work),
+    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "smoke", "-o", str(work),
                            "--models-dir", str(tiny_musubi_models.tokenizer_root), "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
