@@ -95,6 +95,15 @@ def test_metrics_never_swallow_a_path():
     assert args.metrics == ["psnr,ssim", "drift"] and args.paths == ["videos/"]
 
 
+def test_old_input_flags_still_set_the_input(capsys):
+    for argv, dest in ((["merge", "--base", "e.safetensors", "--lora", "l.safetensors", "-o", "m.safetensors"], "base"),
+                       (["generate", "--prompts", "p.txt", "-o", "v"], "prompts")):
+        assert str(getattr(parse(argv), dest)) == argv[2]
+        assert capsys.readouterr().err.count("deprecated") == 1
+    assert str(parse(["merge", "e.safetensors", "--lora", "l.safetensors", "-o", "m.safetensors"]).base) == "e.safetensors"
+    assert not hasattr(parse(["merge", "--lora", "l.safetensors", "-o", "m.safetensors"]), "base")
+
+
 def test_cache_status_is_an_action_and_cache_alone_runs():
     assert parse(["cache", "status", "--json"]).action == "status"
     args = parse(["cache", "--dry-run"])

@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
                    examples="  circle-rotate generate prompts.txt -o videos/lora "
                             "--lora-low circle_rotate_l.safetensors --lora-high circle_rotate_h.safetensors\n"
                             "  circle-rotate generate prompts.txt -o videos/baseline --resolution 832x480 --dry-run\n")
-    # SUPPRESS: an absent positional must not overwrite the old --prompts spelling
-    p.add_argument("prompts", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="PROMPTS",
+    # SUPPRESS and no type: an absent positional must not overwrite the old --prompts spelling
+    # (argparse would pass a string default through type=Path)
+    p.add_argument("prompts", nargs="?", default=argparse.SUPPRESS, metavar="PROMPTS",
                    help="prompt file, one video per line")
     add_alias(p, "--prompts", dest="prompts", new="the positional PROMPTS", type=Path)
     add_out(p, required=True, metavar="DIR", help="folder for the videos and generate.json")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     width, height = args.resolution
     size_hw = tuple(getattr(args, "size_hw", None) or (height, width))
     request = GenerateRequest(
-        prompts=args.prompts, out_dir=args.out, models=models, lora_low=args.lora_low, lora_high=args.lora_high,
+        prompts=Path(args.prompts), out_dir=args.out, models=models, lora_low=args.lora_low, lora_high=args.lora_high,
         strength=args.strength, accel_lora_low=args.accel_lora_low, accel_lora_high=args.accel_lora_high,
         frames=args.frames, size=size_hw, flow_shift=args.flow_shift, steps=args.steps, guidance=args.guidance,
         seed=args.seed, gpu=args.gpus, fp8=args.fp8, blocks_to_swap=args.blocks_to_swap, force=args.force)

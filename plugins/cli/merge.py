@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
                             "--lora circle_rotate_h.safetensors -o high_merged.safetensors --dtype fp8_scaled\n"
                             "  circle-rotate merge low.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5 "
                             "-o low_ab.safetensors --dry-run\n")
-    # SUPPRESS: an absent positional must not overwrite the old --base spelling
-    p.add_argument("base", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="EXPERT",
+    # SUPPRESS and no type: an absent positional must not overwrite the old --base spelling
+    # (argparse would pass a string default through type=Path)
+    p.add_argument("base", nargs="?", default=argparse.SUPPRESS, metavar="EXPERT",
                    help="the expert checkpoint (.safetensors)")
     add_alias(p, "--base", dest="base", new="the positional EXPERT", type=Path)
     p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "base", None) is None:
         raise UserError("no expert given", fix="circle-rotate merge EXPERT.safetensors --lora LORA.safetensors -o OUT")
-    prepared = prepare_merge(args.base, args.lora, args.out, dtype=args.dtype,
+    prepared = prepare_merge(Path(args.base), args.lora, args.out, dtype=args.dtype,
                              alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.dry_run:
         plan = prepared.plan
