@@ -22,6 +22,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple,
 import torch
 
 from circle_rotate.atomic import atomic_path
+from circle_rotate.input_files import require_file
 from circle_rotate.direct_io import DirectWriter, read_at
 from circle_rotate.errors import UserError
 
@@ -121,8 +122,7 @@ def read_header(path: PathLike) -> SafetensorsHeader:
     """
     p = Path(path)
     refuse_pickle(p)
-    if not p.is_file():
-        raise UserError("file not found", path=p, fix="check the path")
+    require_file(p, what=".safetensors file")
     size = p.stat().st_size
     with open(p, "rb") as fh:
         head = fh.read(8)
@@ -255,11 +255,12 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
         self._header = struct.pack("<Q", len(raw)) + raw
+        self._data_bytes = offset
         self._ctx = None
         self._fh: Optional[BinaryIO] = None
 
     def __enter__(self) -> "SafetensorsWriter":
-        self._ctx = atomic_path(self.path)
+        self._ctx = atomic_path(self.path, size=len(self._header) + self._data_bytes)
         tmp = self._ctx.__enter__()
         self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
         self._fh.write(self._header)

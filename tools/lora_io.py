@@ -24,7 +24,7 @@ from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional, Tuple, Uni
 
 import torch
 
-from circle_rotate.errors import UserError
+from circle_rotate.errors import NonFiniteError, UserError
 from circle_rotate.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.tools.lora_keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
 from circle_rotate.tools.options import AlphaIfMissing
@@ -110,12 +110,16 @@ def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], L
     return groups, unknown, fmts
 
 
-def read_lora_index(path: PathLike) -> LoraIndex:
-    """Parse a LoRA's header into modules (reads only the alpha scalars).
+def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
+    """Parse a LoRA's header into modules (reads only the alpha scalars, and with ``finite`` every weight once).
+
+    Args:
+        finite: refuse a LoRA holding NaN or inf (every command that uses one); ``inspect`` reports them instead.
 
     Raises:
         UserError: unreadable/truncated file, a pickle, a module without its up or down weight,
             or up/down shapes that do not chain.
+        NonFiniteError: ``finite`` and a weight or alpha holds NaN/inf.
     """
     header = read_header(path)
     groups, unknown, fmts = _group_keys(header)
@@ -139,7 +143,24 @@ def read_lora_index(path: PathLike) -> LoraIndex:
         raise UserError(f"broken LoRA: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
                         path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
-    return LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata))
+    index = LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata))
+    if finite:
+        bad_keys = nonfinite_keys(index)
+        if bad_keys:
+            raise NonFiniteError(index.path, key=bad_keys[0], count=len(bad_keys))
+    return index
+
+
+def nonfinite_keys(index: LoraIndex) -> List[str]:
+    """Names of the tensors (alphas included) holding NaN or inf. A LoRA is small next to a base
+    (hundreds of MB at most), so reading it once more costs little beside what it would poison."""
+    bad = [i.alpha_key for i in index.modules.values() if i.alpha is not None and not math.isfinite(i.alpha)]
+    with open(index.path, "rb") as fh:
+        for info in index.modules.values():
+            for key in (info.down_key, info.up_key):
+                if not bool(torch.isfinite(read_tensor(index.header, key, fh=fh).float()).all()):
+                    bad.append(key)
+    return bad
 
 
 def require_wan_lora(index: LoraIndex) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from circle_rotate.cli._common import add_force, new_parser, print_json
-from circle_rotate.errors import UserError
+from circle_rotate.errors import ConfigValueError, UserError
 
 ORDER = 40
 
@@ -70,6 +70,8 @@ def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
 
 
 def _jobs(n: int) -> int:
+    if n < 0:  # as prepare: 0 means one per core, a negative count is a typo
+        raise ConfigValueError("--jobs", n, "must be 0 (one per core) or more", fix="e.g. --jobs 2")
     return n if n > 0 else max(1, os.cpu_count() or 1)
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser
 from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
-from circle_rotate.errors import UserError
 from circle_rotate.orbit_qc import QC_MODES
 
 ORDER = 20
@@ -55,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view in degrees, for speeds")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some sources failed")
+    p.add_argument("--repair", action="store_true",
+                   help="re-process sources whose clips on disk and manifest lines disagree (a line deleted, a clip "
+                        "removed by hand) and delete clip files no line names; without it such a folder is refused")
     p.set_defaults(func=run)
 
 
@@ -66,13 +68,11 @@ def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),
                              trim_still=not args.keep_still, max_clips=args.max_clips, qc=args.qc, crf=args.crf,
                              preset=args.preset, jobs=args.jobs, keep_rejected=args.keep_rejected, hfov_deg=args.hfov)
-    report = prepare_dataset(args.raw_dir, args.out_dir, options=options)
+    report = prepare_dataset(args.raw_dir, args.out_dir, options=options, repair=args.repair)
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
     print(f"{report.sources} source(s) ({report.processed} processed, {report.unchanged} unchanged): {statuses or 'none'}")
     print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC")
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
     for source, status, reason in report.failed:
         print(f"FAILED {source}: {status}: {reason}")
-    if not report.sources:
-        raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
     return 0 if report.ok or args.keep_going else 1
