@@ -149,6 +149,7 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         ...     encode_video(frames, tmp)
     """
     final_p = Path(final)
+    made = [d for d in (final_p.absolute().parent, *final_p.absolute().parent.parents) if not d.exists()]
     try:
         final_p.parent.mkdir(parents=True, exist_ok=True)
         # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
@@ -173,6 +174,9 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         written = tmp.stat().st_size if tmp.exists() else 0
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        for d in made:  # folders made for this file alone go too (deepest first; one holding anything stays)
+            with contextlib.suppress(OSError):
+                d.rmdir()
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
             raise disk_full(final_p, need=max(size, written)) from None
         raise

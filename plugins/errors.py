@@ -78,7 +78,7 @@ class DiskFullError(UserError):
     def __init__(self, path: os.PathLike | str, *, device: str, need_gb: Optional[float] = None):
         self.device = device
         self.need_gb = need_gb
-        free = f"free {need_gb:.1f} GB" if need_gb else "free space"
+        free = f"free {max(need_gb, 0.001):.3g} GB" if need_gb else "free space"
         super().__init__(f"no space left on {device} writing {os.fspath(path)}", fix=f"{free} or choose another --out")
 
 

@@ -9,6 +9,7 @@ clip it already has, and picks up new sources. Sources are only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -166,7 +167,21 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     redo = frozenset(diff.sources(records)) if diff else frozenset()
     if redo and not repair:
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(raw, out, sources, records, redo, options, repair)
+    except BaseException:
+        if created:  # a first run that failed before writing anything leaves no empty folders behind
+            for d in (out / "videos", out / "rejected", out):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        raise
+
+
+def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
+             repair: bool) -> PrepareReport:
+    manifest = out / MANIFEST_NAME
     old = by_source(records)
     jobs, state = _plan_jobs(raw, out, sources, old, options, redo)
     seen = set(state) | {j.rel for j in jobs}

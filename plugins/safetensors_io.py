@@ -11,6 +11,7 @@ Pickle checkpoints (``.pt``, ``.ckpt``, ``.pth``, ``.bin``) are never unpickled 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -122,7 +123,7 @@ def read_header(path: PathLike) -> SafetensorsHeader:
     """
     p = Path(path)
     refuse_pickle(p)
-    require_file(p, what=".safetensors file")
+    require_file(p)
     size = p.stat().st_size
     with open(p, "rb") as fh:
         head = fh.read(8)
@@ -262,8 +263,15 @@ class SafetensorsWriter:
     def __enter__(self) -> "SafetensorsWriter":
         self._ctx = atomic_path(self.path, size=len(self._header) + self._data_bytes)
         tmp = self._ctx.__enter__()
-        self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
-        self._fh.write(self._header)
+        try:
+            self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
+            self._fh.write(self._header)
+        except BaseException as err:  # __exit__ will not run: drop the temporary file here (a full disk says so)
+            if self._fh is not None:
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+            self._ctx.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def write(self, name: str, tensor: torch.Tensor) -> None:

@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             print("wrote " + ", ".join(str(p) for p in written))
     if results.failed:
-        print(f"{len(results.failed)} of {len(results.rows)} videos could not be evaluated", file=sys.stderr)
+        first = next(r["error"] for r in results.rows if r["status"] != "ok")
+        print(f"circle-rotate eval: error: {len(results.failed)} of {len(results.rows)} videos could not be evaluated, "
+              f"the first: {first}", file=sys.stderr)
         return 0 if args.keep_going else 1
     return 0
