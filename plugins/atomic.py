@@ -10,18 +10,15 @@ output untouched.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
-from circle_rotate.disk_space import existing_parent
-from circle_rotate.errors import (DiskFullError, InputOverwriteError, NotARegularFileError, UnwritableOutputError,
-                                  UserError)
+from circle_rotate.errors import InputOverwriteError, NotARegularFileError, UserError
+from circle_rotate.write_checks import NO_SPACE, check_writable_dir, disk_full, file_kind
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,64 +58,11 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
         if stat.S_ISDIR(mode):
             raise NotARegularFileError(out_p, kind="folder", fix="give a file name")
         if not stat.S_ISREG(mode):  # a device node, pipe, socket or dangling link: replacing it is never meant
-            raise NotARegularFileError(out_p, kind=_kind(mode), fix="choose a regular file as the output")
+            raise NotARegularFileError(out_p, kind=file_kind(mode), fix="choose a regular file as the output")
         if not force:
             raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
     check_writable_dir(out_p.parent)
     return out_p
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "pipe"),
-                       (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return name
-    return "broken link" if not mode else "special file"
-
-
-def check_writable_dir(directory: PathLike) -> None:
-    """Raise :class:`UnwritableOutputError` unless files can be created in ``directory`` (made if absent).
-
-    Probes the nearest existing ancestor with a real (deleted) temporary file: permission bits
-    say nothing for root, and virtual file systems (``/proc``) refuse only at creation time.
-    """
-    probe = Path(directory).absolute()
-    while not os.path.lexists(probe):
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UnwritableOutputError(directory, reason=f"{probe} is a file, not a folder",
-                                    fix="choose an output inside a folder")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".circle-rotate-probe.", dir=probe)
-    except OSError as exc:
-        raise UnwritableOutputError(directory, reason=f"{probe} takes no new files ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(name)
-
-
-def device_of(path: PathLike) -> str:
-    """The file system holding ``path``, as ``SOURCE (MOUNTPOINT)`` from the mount table (else the path)."""
-    target = os.path.realpath(existing_parent(path))
-    best = ("", "")
-    with contextlib.suppress(OSError):
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                source, mount = (line.split() + ["", ""])[:2]
-                mount = mount.replace("\\040", " ")
-                if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[1]):
-                    best = (source, mount)
-    return f"{best[0]} ({best[1]})" if best[1] else str(target)
-
-
-#: Errors of a write that ran out of room: a full disk, a full quota, the process's file-size limit.
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def disk_full(path: PathLike, *, need: int = 0) -> DiskFullError:
-    """The one-line error for a write to ``path`` that ran out of room; ``need``: bytes the whole file takes."""
-    free = shutil.disk_usage(existing_parent(Path(path).parent)).free
-    short = max(need - free, 0)
-    return DiskFullError(path, device=device_of(Path(path).parent), need_gb=short / 1e9 if short else None)
 
 
 def _fsync_dir(directory: Path) -> None:

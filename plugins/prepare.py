@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from circle_rotate.atomic import check_writable_dir, write_json
-from circle_rotate.errors import ManifestMismatchError, UnwritableOutputError, UserError
+from circle_rotate.atomic import write_json
+from circle_rotate.errors import ManifestMismatchError, UserError
 from circle_rotate.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
 from circle_rotate.prepare_options import PrepareOptions
 from circle_rotate.prepare_source import SourceJob, process_source
 from circle_rotate.prepared_folder import folder_diff
+from circle_rotate.write_checks import check_output_dir
 from circle_rotate.progress import progress
 from circle_rotate.video_io import VIDEO_SUFFIXES
 
@@ -155,12 +156,13 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     if out == raw or (raw.is_file() and out == raw.parent):
         raise UserError("output folder is the raw folder itself; sources are never written to", path=out,
                         fix="choose a separate OUT_DIR")
+    if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
+        raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
+                        fix="choose an OUT_DIR that does not hold the sources")
     sources = find_sources(raw, exclude=out)
     if not sources:  # checked before anything is written
         raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files in it")
-    if out.exists() and not out.is_dir():
-        raise UnwritableOutputError(out, reason="it is a file, not a folder", fix="give a folder as OUT_DIR")
-    check_writable_dir(out)
+    check_output_dir(out, flag="OUT_DIR")
     manifest = out / MANIFEST_NAME
     records = read_manifest(manifest)
     diff = folder_diff(out, records)

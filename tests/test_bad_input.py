@@ -36,6 +36,7 @@ import pytest
 
 import circle_rotate.cli.main as cli_main
 from circle_rotate import errors as E
+from circle_rotate.musubi_env import musubi_available
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Case:
     names: Callable[[SimpleNamespace], Sequence[object]] = lambda w: ()  # what the stderr line must name
     fields: Callable[[SimpleNamespace], dict] = lambda w: {}  # attributes the typed error must carry
     full_disk: bool = False
+    needs_musubi: bool = False  # the command reads through musubi-tuner before it can refuse
 
 
 # ---------------------------------------------------------------- fixtures, made once per module
@@ -408,6 +410,8 @@ CASES = [
     Case("prepare: raw folder missing", lambda w: ["prepare", w.root / "noraw", w.root / "out" / "prep"],
          names=lambda w: ["noraw"]),
     Case("prepare: output is the raw folder", lambda w: ["prepare", w.raw, w.raw], names=lambda w: [w.raw]),
+    Case("prepare: a prepared folder's clips as the raw footage", lambda w: ["prepare", w.P / "videos", w.P, *w.prep_args],
+         names=lambda w: [w.P / "videos"]),
     Case("prepare: --fps 0", lambda w: ["prepare", w.raw, w.root / "out" / "prep", "--fps", "0"], names=lambda w: ["--fps"]),
     Case("prepare: --resolution abc", lambda w: ["prepare", w.raw, w.root / "out" / "prep", "--resolution", "abc"],
          names=lambda w: ["abc"]),
@@ -422,6 +426,18 @@ CASES = [
     Case("eval compare: one side missing", lambda w: ["eval", "compare", w.ev / "a", w.root / "nolora"],
          names=lambda w: ["nolora"]),
     Case("eval compare: one side only", lambda w: ["eval", "compare", w.ev / "a"], names=lambda w: ["compare"]),
+    Case("demo: --out not empty", lambda w: ["demo", "--out", w.P, "--no-smoke"], names=lambda w: [w.P]),
+    Case("demo: --out a file", lambda w: ["demo", "--out", w.text, "--no-smoke"], error=E.UnwritableOutputError,
+         names=lambda w: [w.text]),
+    Case("smoke: --work a file", lambda w: ["smoke", "--work", w.text], error=E.UnwritableOutputError, names=lambda w: [w.text]),
+    Case("train: a binary dataset config", lambda w: ["train", "both", "--dataset-config", w.binary, "--dry-run"],
+         names=lambda w: [w.binary]),
+    Case("generate: --prompts missing", lambda w: ["generate", "--prompts", w.root / "none.txt", "--out", w.root / "out" / "gen",
+                                                   "--dry-run"], names=lambda w: ["none.txt"], needs_musubi=True),
+    Case("generate: --prompts a binary file", lambda w: ["generate", "--prompts", w.binary, "--out", w.root / "out" / "gen",
+                                                         "--dry-run"], names=lambda w: [w.binary], needs_musubi=True),
+    Case("cache: a binary dataset config", lambda w: ["cache", "--dataset-config", w.binary, "--dry-run"],
+         names=lambda w: [w.binary], needs_musubi=True),
 ]
 
 
@@ -462,6 +478,8 @@ def _run(argv, capfd):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, world, capfd, monkeypatch):
+    if case.needs_musubi and not musubi_available():
+        pytest.skip("musubi-tuner not installed: this command reads its input through it")
     monkeypatch.chdir(world.cwd)
     if case.full_disk and not world.tmpfs:  # no tmpfs here: the disk fills at the final fsync
         def enospc(fd):

@@ -90,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"circle-rotate {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk outside circle_rotate.atomic (a library writing on its own)
-        from circle_rotate.atomic import NO_SPACE, disk_full
+        from circle_rotate.write_checks import NO_SPACE, disk_full
 
         if exc.errno not in NO_SPACE:
             raise
