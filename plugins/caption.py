@@ -179,7 +179,6 @@ class CaptionReport:
     unchanged: int
     kept: tuple  # caption files that differ and were left alone (no --overwrite)
     jsonl: Optional[Path]
-    missing_clips: tuple
 
 
 def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions(),
@@ -192,10 +191,11 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         subject_map: optional CSV (see the module doc).
 
     Returns:
-        What was written, left alone, or missing.
+        What was written or left alone.
 
     Raises:
         UserError: no manifest, a bad map or options, or an existing jsonl without overwrite.
+        ManifestMismatchError: clips on disk and manifest lines disagree (``prepare --repair``).
     """
     options.validate()
     manifest = Path(out_dir) / MANIFEST_NAME
@@ -209,12 +209,9 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         if Path(options.jsonl).exists() and not options.overwrite:
             raise UserError("jsonl already exists", path=options.jsonl, fix="pass --overwrite to replace it")
     written = unchanged = 0
-    kept, missing, lines = [], [], []
+    kept, lines = [], []
     for rec in accepted_clips(records):
         clip = clip_path(out_dir, rec)
-        if not clip.exists():
-            missing.append(rec["clip"])
-            continue
         text = caption_for(rec, rows=rows, options=options)
         rec["caption"] = text
         if options.jsonl is not None:
@@ -238,5 +235,5 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     write_manifest(manifest, records)
     if kept:
         logger.warning("kept %d existing caption file(s) that differ (pass --overwrite to replace them)", len(kept))
-    return CaptionReport(written, unchanged, tuple(kept), options.jsonl, tuple(missing))
+    return CaptionReport(written, unchanged, tuple(kept), options.jsonl)
 

@@ -110,6 +110,8 @@ def world(tmp_path_factory):
         path = models / f"lora_{name}.safetensors"
         save_file(bad, str(path))
         setattr(w, f"L{name}", path)
+    w.Lhuge = write_random_lora(models / "huge_alpha.safetensors", tiny_config(), rank=8, seed=2, dtype=torch.float16,
+                                alpha=1e12)  # finite, but folded into fp16 weights it overflows
     w.truncated = models / "truncated.safetensors"
     w.truncated.write_bytes(w.Lh.read_bytes()[:5000])
     w.pickle = models / "lora.pt"
@@ -254,6 +256,9 @@ CASES = [
          names=lambda w: [w.Lnan, w.up_key]),
     Case("#17 resize a NaN LoRA (was LinAlgError)", lambda w: ["resize", w.Lnan, w.root / "out" / "r.safetensors",
                                                                "--rank", "2"], error=E.NonFiniteError),
+    Case("convert to diffusers: the folded alpha overflows fp16", lambda w: ["convert", w.Lhuge, w.root / "out" / "d.safetensors",
+                                                                            "--to", "diffusers"],
+         error=E.NonFiniteError, names=lambda w: ["overflows"]),
     Case("convert a NaN LoRA", lambda w: ["convert", w.Lnan, w.root / "out" / "c.safetensors", "--to", "comfy"],
          error=E.NonFiniteError),
 

@@ -151,6 +151,9 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
     return index
 
 
+_CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # isfinite without an fp32 copy
+
+
 def nonfinite_keys(index: LoraIndex) -> List[str]:
     """Names of the tensors (alphas included) holding NaN or inf. A LoRA is small next to a base
     (hundreds of MB at most), so reading it once more costs little beside what it would poison."""
@@ -158,7 +161,8 @@ def nonfinite_keys(index: LoraIndex) -> List[str]:
     with open(index.path, "rb") as fh:
         for info in index.modules.values():
             for key in (info.down_key, info.up_key):
-                if not bool(torch.isfinite(read_tensor(index.header, key, fh=fh).float()).all()):
+                t = read_tensor(index.header, key, fh=fh)
+                if not bool(torch.isfinite(t if t.dtype in _CHECKABLE else t.float()).all()):
                     bad.append(key)
     return bad
 
@@ -237,6 +241,19 @@ def folded(mod: LoraModule, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     return down, up
 
 
+def check_folded(path: PathLike, module: str, fmt: str, down: torch.Tensor, up: torch.Tensor) -> None:
+    """Refuse weights a folded scale overflowed (they would be written as inf).
+
+    Raises:
+        NonFiniteError: naming the output ``path`` and the tensor.
+    """
+    for part, t in (("down", down), ("up", up)):
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(path, key=lora_key(module, part, fmt),
+                                 fix=f"its scale alpha/rank overflows {t.dtype} when folded in; keep alpha (--to musubi "
+                                     "or comfy), or check the alpha")
+
+
 def lora_specs(modules: Mapping[str, LoraModule], fmt: str) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
     """Header specs of a LoRA file in layout ``fmt``, module by module (down, up, alpha)."""
     specs: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]] = {}
@@ -262,6 +279,7 @@ def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
             down, up = mod.down, mod.up
             if fmt not in FORMATS_WITH_ALPHA:
                 down, up = folded(mod, mod.alpha / mod.rank)
+                check_folded(path, name, fmt, down, up)
             writer.write(lora_key(name, "down", fmt), down.contiguous())
             writer.write(lora_key(name, "up", fmt), up.contiguous())
             if fmt in FORMATS_WITH_ALPHA:
