@@ -580,3 +580,16 @@ def test_disk_full_message_names_device_and_size(tmp_path, monkeypatch):
     assert info.value.device and str(tmp_path / "x.bin") in str(info.value)
     assert "no space left on" in str(info.value) and "choose another --out" in str(info.value)
     assert list(tmp_path.iterdir()) == []  # the temporary file went too
+
+
+def test_compare_pairs_names_before_evaluating(world, monkeypatch, tmp_path):
+    import circle_rotate.eval.runner as runner
+    from circle_rotate.eval.compare import run_compare
+
+    def no_evaluating(*args, **kwargs):
+        raise AssertionError("a side was evaluated before the names were paired")
+
+    monkeypatch.setattr(runner, "evaluate", no_evaluating)
+    with pytest.raises(E.UserError):  # not the AssertionError: pairing failed first
+        run_compare(world.ev / "a", world.ev / "other", out_dir=tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
