@@ -541,9 +541,10 @@ def test_repair_removes_a_clip_no_source_claims(world, tmp_path):
     assert not stray.exists()
 
 
-def test_interrupt_silences_later_log_lines(monkeypatch, capfd):
-    def interrupted(args):
-        raise KeyboardInterrupt
+def _command_raising(monkeypatch, exc: BaseException) -> None:
+    """Make every command's ``run`` raise ``exc`` (parsing stays real)."""
+    def failing(args):
+        raise exc
 
     real = cli_main.build_parser
 
@@ -553,19 +554,37 @@ def test_interrupt_silences_later_log_lines(monkeypatch, capfd):
 
         def parse_args(args=None, namespace=None):
             ns = parse(args, namespace)
-            ns.func = interrupted
+            ns.func = failing
             return ns
 
         p.parse_args = parse_args
         return p
 
     monkeypatch.setattr(cli_main, "build_parser", parser)
+
+
+def test_interrupt_silences_later_log_lines(monkeypatch, capfd):
+    _command_raising(monkeypatch, KeyboardInterrupt())
     try:
         assert cli_main.main(["inspect", "x"]) == 130
         assert not logging.getLogger("torch").isEnabledFor(logging.INFO)  # torch's teardown INFO would follow the line
     finally:
         logging.disable(logging.NOTSET)
     assert capfd.readouterr().err.strip().splitlines()[-1].endswith("interrupted; no partial output was kept")
+
+
+def test_a_full_disk_met_by_a_library_is_one_line_and_a_broken_pipe_stays_quiet(monkeypatch, capfd, tmp_path):
+    _command_raising(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.bin")))
+    assert cli_main.main(["inspect", "x"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on" in err[0] and str(tmp_path / "x.bin") in err[0]
+    _command_raising(monkeypatch, BrokenPipeError())
+    saved = os.dup(1)
+    try:
+        assert cli_main.main(["inspect", "x"]) == 0
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def test_disk_full_message_names_device_and_size(tmp_path, monkeypatch):

@@ -89,16 +89,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.disable(logging.CRITICAL)  # library loggers (torch's INFO at teardown) would follow this last line
         print(f"circle-rotate {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
-    except OSError as exc:  # a full disk outside circle_rotate.atomic (a library writing on its own)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # (after BrokenPipeError, one too) a full disk met outside circle_rotate.atomic
         from circle_rotate.write_checks import NO_SPACE, disk_full
 
         if exc.errno not in NO_SPACE:
             raise
         print(f"circle-rotate {args.command}: error: {disk_full(exc.filename or os.getcwd())}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and closed early
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":
