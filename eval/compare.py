@@ -170,6 +170,16 @@ def _load_side(path: Path, *, metrics: Sequence[str], jobs: int, options: Option
     return evaluate([path], metrics=metrics, jobs=jobs, options=options).rows
 
 
+def _side_names(path: Path) -> List[Dict[str, Any]]:
+    """A side's rows as far as pairing needs them: a results JSON's own rows, or a name per video."""
+    from circle_rotate.eval.results_io import read_results
+    from circle_rotate.eval.runner import find_videos
+
+    if path.is_file() and path.suffix.lower() == ".json":
+        return list(read_results(path))
+    return [{"video": v.name, "path": str(v), "status": "ok"} for v in find_videos([path])]
+
+
 def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
     """The files ``run_compare`` writes into ``out_dir``."""
     d = Path(out_dir)
@@ -202,8 +212,11 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
         if not side.exists():
             raise UserError("not found", path=side, fix="pass a folder of videos, a video, or a results .json")
     out = Path(out_dir)
+    listed = [_side_names(s) for s in sides]
+    pair_rows(*listed)  # names pair up before any video is evaluated
+    read = [*sides, *(Path(r["path"]) for rows in listed for r in rows if r.get("path"))]
     for p in compare_outputs(out):
-        check_output_path(p, inputs=sides, force=force)
+        check_output_path(p, inputs=read, force=force)
     base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options) for s in sides)
     pairs = pair_rows(base_rows, lora_rows)
     comparisons = compare_pairs(pairs, resamples=resamples)

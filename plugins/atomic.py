@@ -22,7 +22,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
-from circle_rotate.errors import UserError
+from circle_rotate.errors import InputOverwriteError, NotARegularFileError, UserError
+from circle_rotate.write_checks import NO_SPACE, check_writable_dir, disk_full, file_kind
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,32 +36,37 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool = False) -> Path:
-    """Validate an output path before any work is done.
+    """Validate an output path before any work is done (the one guard every writing command uses).
 
     Args:
         out: the file that will be written.
-        inputs: files the command reads; the output may never be one of them.
-        force: allow replacing an existing output.
+        inputs: every file the command reads, those it finds in a folder included; the output
+            may never be one of them, ``force`` or not.
+        force: allow replacing an existing regular file.
 
     Returns:
         ``out`` as an absolute :class:`Path`.
 
     Raises:
-        UserError: the output is one of the inputs, or exists and ``force`` is off.
+        InputOverwriteError: the output is one of the inputs.
+        NotARegularFileError: the output exists and is not a regular file (a folder, a device, a pipe).
+        UnwritableOutputError: a parent is a file, or the folder cannot take new files.
+        UserError: the output exists and ``force`` is off.
     """
     out_p = Path(out).absolute()
     for src in inputs:
         src_p = Path(src).absolute()
         if src_p == out_p or _same_file(src_p, out_p):
-            raise UserError(
-                "output path is the same file as an input; refusing to overwrite a source file",
-                path=out_p,
-                fix="choose a different output path",
-            )
-    if out_p.exists() and not force:
-        raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
-    if out_p.exists() and out_p.is_dir():
-        raise UserError("output path is a directory", path=out_p, fix="give a file name")
+            raise InputOverwriteError(out_p, source=src_p)
+    if os.path.lexists(out_p):
+        mode = os.stat(out_p).st_mode if out_p.exists() else 0
+        if stat.S_ISDIR(mode):
+            raise NotARegularFileError(out_p, kind="folder", fix="give a file name")
+        if not stat.S_ISREG(mode):  # a device node, pipe, socket or dangling link: replacing it is never meant
+            raise NotARegularFileError(out_p, kind=file_kind(mode), fix="choose a regular file as the output")
+        if not force:
+            raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
+    check_writable_dir(out_p.parent)
     return out_p
 
 
@@ -94,7 +100,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: PathLike, *, suffix: Optional[str] = None) -> Iterator[Path]:
+def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` on success.
 
     The caller writes the temporary path by any means (a library that wants a file
@@ -104,18 +110,26 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None) -> Iterator[Pa
     Args:
         final: the destination file.
         suffix: extension of the temporary name (defaults to ``final``'s own).
+        size: the bytes the file will take, if known (said in the disk-full message).
 
     Example:
         >>> with atomic_path("clip.mp4") as tmp:
         ...     encode_video(frames, tmp)
     """
     final_p = Path(final)
-    final_p.parent.mkdir(parents=True, exist_ok=True)
-    # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final_p.stem}.", suffix=".part" + (suffix if suffix is not None else final_p.suffix),
-        dir=final_p.parent,
-    )
+    made = [d for d in (final_p.absolute().parent, *final_p.absolute().parent.parents) if not d.exists()]
+    try:
+        final_p.parent.mkdir(parents=True, exist_ok=True)
+        # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final_p.stem}.", suffix=".part" + (suffix if suffix is not None else final_p.suffix),
+            dir=final_p.parent,
+        )
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(final_p, need=size) from None
+        check_writable_dir(final_p.parent)  # names the parent that is a file, or the folder that takes no files
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -126,9 +140,15 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None) -> Iterator[Pa
         os.chmod(tmp, output_mode(final_p))
         os.replace(tmp, final_p)
         _fsync_dir(final_p.parent)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        for d in made:  # folders made for this file alone go too (deepest first; one holding anything stays)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise disk_full(final_p, need=max(size, written)) from None
         raise
 
 

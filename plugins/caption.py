@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from typing import Dict, List, Optional, Sequence
 from circle_rotate.atomic import check_output_path, write_text
 from circle_rotate.caption_templates import LANGS, STYLES, CaptionFields, render_caption
 from circle_rotate.errors import UserError
-from circle_rotate.manifest import MANIFEST_NAME, accepted_clips, clip_path, read_manifest, write_manifest
+from circle_rotate.input_files import read_text_file
+from circle_rotate.manifest import MANIFEST_NAME, accepted_clips, clip_path, write_manifest
+from circle_rotate.prepared_folder import check_prepared, clip_files
+from circle_rotate.video_io import VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class CaptionOptions:
             bad.append(f"--style {self.style!r} is not one of {', '.join(STYLES)}")
         if not self.extension.startswith(".") or "/" in self.extension:
             bad.append(f"--ext {self.extension!r} must start with '.' (e.g. .txt)")
+        elif self.extension.lower() in VIDEO_SUFFIXES:  # the caption would replace its own clip
+            bad.append(f"--ext {self.extension!r} is a video extension")
         if bad:
             raise UserError("; ".join(bad), fix="see circle-rotate caption --help")
 
@@ -75,10 +81,17 @@ def read_subject_map(path: Path) -> List[MapRow]:
         UserError: missing file, no ``match``/``subject`` column, unknown columns, or an
             empty ``match`` (all problems at once, naming the lines).
     """
-    if not path.is_file():
-        raise UserError("subject map not found", path=path, fix="pass an existing CSV with match,subject columns")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    text = read_text_file(path, what="subject map", fix="pass an existing CSV with match,subject columns")
+    try:
+        return _parse_subject_map(path, text)
+    except csv.Error as exc:  # strict: an unterminated quote would swallow every row after it
+        raise UserError(f"not valid CSV ({exc}); is a quote left open?", path=path,
+                        fix='close the quote, or write a literal quote as ""') from None
+
+
+def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
+    with io.StringIO(text, newline="") as fh:
+        reader = csv.DictReader(fh, strict=True)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         problems = []
         missing = [c for c in ("match", "subject") if c not in cols]
@@ -166,7 +179,6 @@ class CaptionReport:
     unchanged: int
     kept: tuple  # caption files that differ and were left alone (no --force)
     jsonl: Optional[Path]
-    missing_clips: tuple
 
 
 def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions(),
@@ -179,28 +191,27 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         subject_map: optional CSV (see the module doc).
 
     Returns:
-        What was written, left alone, or missing.
+        What was written or left alone.
 
     Raises:
         UserError: no manifest, a bad map or options, or an existing jsonl without overwrite.
+        ManifestMismatchError: clips on disk and manifest lines disagree (``prepare --repair``).
     """
     options.validate()
     manifest = Path(out_dir) / MANIFEST_NAME
     if not manifest.exists():
         raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     rows = read_subject_map(subject_map) if subject_map else []
-    records = read_manifest(manifest)
+    records = check_prepared(Path(out_dir))
+    inputs = [manifest, *clip_files(Path(out_dir))]  # caption files are this command's outputs
     if options.jsonl is not None:
+        check_output_path(options.jsonl, inputs=inputs, force=True)
         if Path(options.jsonl).exists() and not options.overwrite:
             raise UserError("jsonl already exists", path=options.jsonl, fix="pass --force to replace it")
-        check_output_path(options.jsonl, force=True)
     written = unchanged = 0
-    kept, missing, lines = [], [], []
+    kept, lines = [], []
     for rec in accepted_clips(records):
         clip = clip_path(out_dir, rec)
-        if not clip.exists():
-            missing.append(rec["clip"])
-            continue
         text = caption_for(rec, rows=rows, options=options)
         rec["caption"] = text
         if options.jsonl is not None:
@@ -224,5 +235,5 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     write_manifest(manifest, records)
     if kept:
         logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
-    return CaptionReport(written, unchanged, tuple(kept), options.jsonl, tuple(missing))
+    return CaptionReport(written, unchanged, tuple(kept), options.jsonl)
 

@@ -29,6 +29,9 @@ import tomlkit.exceptions
 from circle_rotate.config_schema import SECTION_GENERAL, check_keys, dataset_kind, key_lines, resolved_params
 from circle_rotate.dataset_items import FRAME_EXTRACTIONS, DatasetItems, directory_items, jsonl_items, round_4n1
 from circle_rotate.errors import UserError
+from circle_rotate.input_files import read_text_file
+from circle_rotate.manifest import MANIFEST_NAME
+from circle_rotate.prepared_folder import check_prepared
 from circle_rotate.musubi_env import import_musubi, musubi_available, musubi_version
 from circle_rotate.wan_arch import NATIVE_FPS, is_4n_plus_1
 
@@ -201,6 +204,11 @@ def _check_dataset(i: int, ds: dict, general: dict, out: _Problems, base: Path) 
     if src_key == "video_jsonl_file" and not src.is_file():
         out.add("error", where, src_key, f"file {src} does not exist", "write it with circle-rotate caption --jsonl")
         return DatasetReport(**report)
+    if src_key == "video_directory" and (src.parent / MANIFEST_NAME).is_file():
+        try:  # a folder prepare wrote: its clips must be the ones its manifest lists
+            check_prepared(src.parent)
+        except UserError as exc:
+            out.add("error", where, src_key, exc.problem, exc.fix or "run circle-rotate prepare RAW OUT --repair")
     if src_key == "video_directory" and not params["caption_extension"]:
         out.add("error", where, None, "no caption_extension: musubi cannot find captions for a video_directory",
                 'add caption_extension = ".txt" (here or in [general])')
@@ -271,9 +279,7 @@ def check_config(path: Path, *, use_musubi: bool = True, base_dir: Optional[Path
     """
     path = Path(path)
     base = Path(base_dir or Path.cwd()).absolute()
-    if not path.is_file():
-        raise UserError("dataset config not found", path=path, fix="give the .toml passed to --dataset_config")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, what="dataset config", fix="give the .toml passed to --dataset_config")
     out = _Problems(str(path), key_lines(text))
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomlkit.parse(text).unwrap()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from circle_rotate.musubi_env import import_musubi, musubi_available
 
@@ -83,6 +83,27 @@ def kind_ok(value, kind: str) -> bool:
     return is_int(value) or (isinstance(value, list) and len(value) == 2 and all(is_int(v) for v in value))
 
 
+#: Keys whose number must be at least 1 (musubi divides by them, or they count something).
+_POSITIVE_INTS = ("batch_size", "num_repeats", "frame_stride", "frame_sample", "max_frames", "fp_latent_window_size")
+
+
+def value_problem(key: str, value) -> Optional[Tuple[str, str]]:
+    """(what is wrong, fix) for a well-typed value musubi cannot use, else None."""
+    if key == "caption_extension" and isinstance(value, str) and not value.startswith("."):
+        return f"{value!r} has no leading dot (musubi looks for 'clip{value}')", f'write caption_extension = ".{value}"'
+    if key == "source_fps" and isinstance(value, (int, float)) and not value > 0:
+        return f"{value!r} is not a frame rate", "write the clips' real rate, e.g. source_fps = 30.0, or remove it"
+    if key in ("resolution", "control_resolution") and kind_ok(value, "res"):
+        sizes = value if isinstance(value, list) else [value]
+        if any(v < 16 for v in sizes):
+            return f"{value!r} has a side under 16 pixels", "write e.g. resolution = [832, 480]"
+    if key in _POSITIVE_INTS and kind_ok(value, "int") and value < 1:
+        return f"{value!r} must be 1 or more", f"write e.g. {key} = 1"
+    if key == "target_frames" and kind_ok(value, "ints") and (not value or any(v < 1 for v in value)):
+        return f"{value!r} needs frame counts of 1 or more", "write e.g. target_frames = [81]"
+    return None
+
+
 def _type_fix(key: str, value, kind: str) -> str:
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return f"write {key} = {value}.0 (musubi's validator rejects an integer)"
@@ -110,6 +131,8 @@ def _check_section(section: dict, where: tuple, allowed: set, out, *, name: str)
         kind = kinds.get(key)
         if kind and not kind_ok(value, kind):
             out.add("error", where, key, f"{value!r} has the wrong type (expected {kind})", _type_fix(key, value, kind))
+        elif value_problem(key, value):
+            out.add("error", where, key, *value_problem(key, value))
 
 
 def dataset_kind(ds: dict) -> str:
@@ -137,7 +160,7 @@ def check_keys(data: dict, out) -> None:
 
 def _pick(key: str, ds: dict, general: dict, default, kind: str):
     for source in (ds, general):
-        if key in source and kind_ok(source[key], kind):
+        if key in source and kind_ok(source[key], kind) and not value_problem(key, source[key]):
             return source[key]
     return default
 
@@ -158,5 +181,5 @@ def resolved_params(ds: dict, general: dict) -> dict:
         "frame_sample": _pick("frame_sample", ds, {}, 1, "int"),
         "max_frames": _pick("max_frames", ds, {}, 129, "int"),
         # an integer source_fps is an error already; count as musubi would use it if fixed
-        "source_fps": float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) else None,
+        "source_fps": float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0 else None,
     }

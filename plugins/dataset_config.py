@@ -16,8 +16,10 @@ from typing import Optional, Sequence, Tuple
 import tomlkit
 
 from circle_rotate.atomic import check_output_path, write_text
-from circle_rotate.errors import UserError
-from circle_rotate.manifest import MANIFEST_NAME, accepted_clips, read_manifest
+from circle_rotate.errors import ConfigValueError, UserError
+from circle_rotate.input_files import require_file
+from circle_rotate.manifest import MANIFEST_NAME, accepted_clips
+from circle_rotate.prepared_folder import check_prepared
 from circle_rotate.wan_arch import NATIVE_FPS
 
 SUMMARY_NAME = "prepare_summary.json"
@@ -99,13 +101,16 @@ def render_dataset_config(cfg: DatasetConfig) -> str:
     return tomlkit.dumps(doc)
 
 
-def write_dataset_config(path: Path, cfg: DatasetConfig, *, force: bool = False) -> Path:
+def write_dataset_config(path: Path, cfg: DatasetConfig, *, force: bool = False, inputs: Sequence[Path] = ()) -> Path:
     """Write ``cfg`` to ``path`` atomically.
 
+    Args:
+        inputs: the files the config was made from (never replaced, ``force`` or not).
+
     Raises:
-        UserError: ``path`` exists and ``force`` is off.
+        UserError: ``path`` exists and ``force`` is off, or is one of ``inputs``.
     """
-    out = check_output_path(path, force=force)
+    out = check_output_path(path, inputs=inputs, force=force)
     write_text(out, render_dataset_config(cfg))
     return out
 
@@ -124,7 +129,7 @@ def _prepared_facts(folder: Path) -> Tuple[Tuple[int, ...], float, Tuple[int, in
     manifest = folder / MANIFEST_NAME
     if not manifest.exists():
         raise UserError("no manifest.jsonl here", path=folder, fix="run circle-rotate prepare RAW_DIR OUT_DIR first")
-    clips = accepted_clips(read_manifest(manifest))
+    clips = accepted_clips(check_prepared(folder))
     if not clips:
         raise UserError("the manifest lists no accepted clips", path=manifest,
                         fix="check prepare_summary.json; try --qc lenient or more footage")
@@ -136,10 +141,32 @@ def _prepared_facts(folder: Path) -> Tuple[Tuple[int, ...], float, Tuple[int, in
     resolution = max(((c["width"], c["height"]) for c in clips), key=lambda wh: wh[0] * wh[1])
     summary = folder / SUMMARY_NAME
     if summary.exists():
-        size = (json.loads(summary.read_text()).get("options") or {}).get("size") or {}
+        try:
+            size = (json.loads(summary.read_text(encoding="utf-8")).get("options") or {}).get("size") or {}
+        except (ValueError, AttributeError):
+            raise UserError("not a prepare summary (broken JSON)", path=summary,
+                            fix="delete it; circle-rotate prepare writes it again") from None
         if size.get("width") and size.get("height"):
             resolution = (int(size["width"]), int(size["height"]))
     return frames, rates.pop(), tuple(resolution), len(clips)
+
+
+def _check_settings(*, num_repeats: int, batch_size: int, caption_extension: str,
+                    resolution: Optional[Sequence[int]], relative_to: Optional[Path]) -> None:
+    """Every option checked before anything is read or written (a config is written last)."""
+    if num_repeats < 1:
+        raise ConfigValueError("--repeats", num_repeats, "must be 1 or more (musubi's num_repeats)", fix="e.g. --repeats 1")
+    if batch_size < 1:
+        raise ConfigValueError("--batch-size", batch_size, "must be 1 or more", fix="e.g. --batch-size 1")
+    if not caption_extension.startswith(".") or "/" in caption_extension:
+        raise ConfigValueError("--ext", caption_extension, "must start with '.' (musubi appends it to the clip's name)",
+                               fix=f"write --ext .{caption_extension.lstrip('.')}")
+    if resolution is not None and min(resolution) < 16:
+        raise ConfigValueError("--resolution", "x".join(map(str, resolution)), "has a side under 16 pixels",
+                               fix="e.g. --resolution 832x480")
+    if relative_to is not None and not Path(relative_to).is_dir():
+        raise ConfigValueError("--relative-to", str(relative_to), "is not an existing folder",
+                               fix="give the folder training will run from, e.g. --relative-to .")
 
 
 def config_from_prepared(folder: Path, *, jsonl: Optional[Path] = None, cache_directory: Optional[Path] = None,
@@ -160,9 +187,11 @@ def config_from_prepared(folder: Path, *, jsonl: Optional[Path] = None, cache_di
         UserError: no manifest, no accepted clips, mixed frame rates, or a missing jsonl.
     """
     folder = Path(folder)
+    _check_settings(num_repeats=num_repeats, batch_size=batch_size, caption_extension=caption_extension,
+                    resolution=resolution, relative_to=relative_to)
     frames, fps, res, count = _prepared_facts(folder)
-    if jsonl is not None and not Path(jsonl).is_file():
-        raise UserError("video_jsonl_file not found", path=jsonl, fix="write it with circle-rotate caption --jsonl FILE")
+    if jsonl is not None:
+        require_file(jsonl, what="video_jsonl_file", fix="write it with circle-rotate caption --jsonl FILE")
     cache = toml_path(cache_directory or folder / "cache", relative_to)
     entry = VideoDatasetEntry(
         cache_directory=cache, video_directory=None if jsonl else toml_path(folder / "videos", relative_to),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from circle_rotate.errors import UserError
+from circle_rotate.write_checks import check_output_dir
 from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, load_truth, write_turntable
 
 #: Raw footage: varied frame rates and lengths, a phone video, a pan the orbit QC must reject.
@@ -154,7 +155,7 @@ def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: O
     from circle_rotate.synthetic.tiny_wan import write_tiny_wan
 
     start = time.perf_counter()
-    out = Path(out)
+    out = check_output_dir(out, flag="--out")
     if out.exists() and any(out.iterdir()):
         raise UserError("demo folder is not empty", path=out, fix="pass --out NEW_DIR, or delete it")
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from circle_rotate.atomic import write_json, write_text
 from circle_rotate.errors import UserError
+from circle_rotate.input_files import read_text_file
 from circle_rotate.launch import run_chains
 from circle_rotate.musubi_args import check_command
 from circle_rotate.recipe_reader import MusubiCommand, musubi_scripts_dir
@@ -95,11 +96,10 @@ def read_prompts(path: Path, *, base_seed: int) -> List[PromptLine]:
     from circle_rotate.musubi_env import import_musubi
 
     parse = import_musubi("wan_generate_video").parse_prompt_line
-    if not path.is_file():
-        raise UserError("prompt file not found", path=path, fix="one prompt per line: text --i first.png [--ei last.png]")
+    text = read_text_file(path, what="prompt file", fix="one prompt per line: text --i first.png [--ei last.png]")
     out: List[PromptLine] = []
     seeds: Dict[int, int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -9,6 +9,7 @@ clip it already has, and picks up new sources. Sources are only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from circle_rotate.atomic import write_json
-from circle_rotate.errors import UserError
+from circle_rotate.errors import ManifestMismatchError, UserError
 from circle_rotate.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
 from circle_rotate.prepare_options import PrepareOptions
 from circle_rotate.prepare_source import SourceJob, process_source
+from circle_rotate.prepared_folder import folder_diff
+from circle_rotate.write_checks import check_output_dir
 from circle_rotate.progress import progress
 from circle_rotate.video_io import VIDEO_SUFFIXES
 
@@ -72,7 +75,7 @@ def _clips_present(out_dir: Path, records: List[dict]) -> bool:
 
 
 def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, List[dict]],
-               options: PrepareOptions) -> Tuple[List[SourceJob], Dict[str, List[dict]]]:
+               options: PrepareOptions, redo: frozenset = frozenset()) -> Tuple[List[SourceJob], Dict[str, List[dict]]]:
     """Jobs for sources that need work; records kept as they are for the rest."""
     jobs, kept = [], {}
     key = options.settings_key()
@@ -86,7 +89,7 @@ def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, Lis
         prev = old.get(rel, [])
         head = next((r for r in prev if r.get("type") == "source"), {})
         if (head.get("fingerprint") == fp and head.get("settings") == key and head.get("status") not in FAILED
-                and _clips_present(out_dir, prev)):
+                and _clips_present(out_dir, prev) and rel not in redo):
             kept[rel] = prev
             continue
         reuse = frozenset(r["id"] for r in prev if r.get("type") == "clip" and r.get("clip")
@@ -128,13 +131,16 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
         bar.close()
 
 
-def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions()) -> PrepareReport:
+def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
+                    repair: bool = False) -> PrepareReport:
     """Cut every video under ``raw_dir`` into QC'd clips in ``out_dir/videos``.
 
     Args:
         raw_dir: a folder of source videos (searched recursively) or one video file.
         out_dir: where clips, ``manifest.jsonl`` and the summary go (created).
         options: see :class:`PrepareOptions`.
+        repair: re-process the sources whose clips on disk and manifest lines disagree, and
+            delete clip files no line names (without it such a folder is refused).
 
     Returns:
         A :class:`PrepareReport`; bad sources are in ``failed``, never raised.
@@ -150,11 +156,36 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     if out == raw or (raw.is_file() and out == raw.parent):
         raise UserError("output folder is the raw folder itself; sources are never written to", path=out,
                         fix="choose a separate OUT_DIR")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST_NAME
-    old = by_source(read_manifest(manifest))
+    if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
+        raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
+                        fix="choose an OUT_DIR that does not hold the sources")
     sources = find_sources(raw, exclude=out)
-    jobs, state = _plan_jobs(raw, out, sources, old, options)
+    if not sources:  # checked before anything is written
+        raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files in it")
+    check_output_dir(out, flag="OUT_DIR")
+    manifest = out / MANIFEST_NAME
+    records = read_manifest(manifest)
+    diff = folder_diff(out, records)
+    redo = frozenset(diff.sources(records)) if diff else frozenset()
+    if redo and not repair:
+        raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(raw, out, sources, records, redo, options, repair)
+    except BaseException:
+        if created:  # a first run that failed before writing anything leaves no empty folders behind
+            for d in (out / "videos", out / "rejected", out):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        raise
+
+
+def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
+             repair: bool) -> PrepareReport:
+    manifest = out / MANIFEST_NAME
+    old = by_source(records)
+    jobs, state = _plan_jobs(raw, out, sources, old, options, redo)
     seen = set(state) | {j.rel for j in jobs}
     state.update({k: v for k, v in old.items() if k not in seen})  # sources not in this run keep their records
     logger.info("%d source(s): %d to process, %d unchanged", len(sources), len(jobs), len(sources) - len(jobs))
@@ -166,6 +197,9 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
 
     _run_jobs(jobs, options, on_done)
     write_manifest(manifest, [r for recs in state.values() for r in recs])
+    if repair:  # clip files no source claims any more: musubi would train on them
+        for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted:
+            (out / rel).unlink(missing_ok=True)
     return _summarise(out, manifest, sources, state, processed=len(jobs), options=options)
 
 

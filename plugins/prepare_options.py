@@ -69,8 +69,10 @@ class PrepareOptions:
             bad.append(f"--crf {self.crf} must be 0-51")
         if self.preset not in X264_PRESETS:
             bad.append(f"--preset {self.preset!r} is not an x264 preset")
-        if self.jobs < 0 or self.encode_threads < 0:
-            bad.append("--jobs and --encode-threads must be 0 or more")
+        if self.jobs < 0:
+            bad.append(f"--jobs {self.jobs} must be 0 (one per core) or more")
+        if self.encode_threads < 0:
+            bad.append(f"encode_threads {self.encode_threads} must be 0 or more")
         if not 10 <= self.hfov_deg <= 150:
             bad.append(f"--hfov {self.hfov_deg:g} must be 10-150 degrees")
         if bad:

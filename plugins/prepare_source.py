@@ -65,7 +65,8 @@ class _State:
     last_src: int = -1
 
 
-def _safe_stem(rel: str) -> str:
+def clip_stem(rel: str) -> str:
+    """The start of the clip file names of source ``rel`` (``<stem>_<index>_<id>.mp4``)."""
     stem = Path(rel).stem
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "clip"
 
@@ -130,7 +131,7 @@ def _finish_window(st: _State, window: Window) -> None:
     w, h = st.geometry.size
     clip_id = stable_hash({"source": job.rel, "fp": job.fingerprint, "start": window.start, "settings": opts.clip_key()}, 16)
     index = sum(1 for r in st.records if r["type"] == "clip")
-    name = f"{_safe_stem(job.rel)}_{index:03d}_{clip_id[:8]}.mp4"
+    name = f"{clip_stem(job.rel)}_{index:03d}_{clip_id[:8]}.mp4"
     folder = "videos" if verdict == "accept" else "rejected"
     keep = verdict == "accept" or opts.keep_rejected
     record = {

@@ -11,6 +11,7 @@ Pickle checkpoints (``.pt``, ``.ckpt``, ``.pth``, ``.bin``) are never unpickled 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,6 +23,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple,
 import torch
 
 from circle_rotate.atomic import atomic_path
+from circle_rotate.input_files import require_file
 from circle_rotate.direct_io import DirectWriter, read_at
 from circle_rotate.errors import UserError
 
@@ -121,8 +123,7 @@ def read_header(path: PathLike) -> SafetensorsHeader:
     """
     p = Path(path)
     refuse_pickle(p)
-    if not p.is_file():
-        raise UserError("file not found", path=p, fix="check the path")
+    require_file(p)
     size = p.stat().st_size
     with open(p, "rb") as fh:
         head = fh.read(8)
@@ -255,14 +256,22 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
         self._header = struct.pack("<Q", len(raw)) + raw
+        self._data_bytes = offset
         self._ctx = None
         self._fh: Optional[BinaryIO] = None
 
     def __enter__(self) -> "SafetensorsWriter":
-        self._ctx = atomic_path(self.path)
+        self._ctx = atomic_path(self.path, size=len(self._header) + self._data_bytes)
         tmp = self._ctx.__enter__()
-        self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
-        self._fh.write(self._header)
+        try:
+            self._fh = DirectWriter(tmp) if self._direct else open(tmp, "wb")
+            self._fh.write(self._header)
+        except BaseException as err:  # __exit__ will not run: drop the temporary file here (a full disk says so)
+            if self._fh is not None:
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+            self._ctx.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def write(self, name: str, tensor: torch.Tensor) -> None:

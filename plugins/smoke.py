@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Optional
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_tiny import TINY_ENV, TINY_TASK, tiny_command
 from circle_rotate.recipe_reader import MusubiCommand, OptionDiff, diff_options, edit_options, option_values
+from circle_rotate.write_checks import check_output_dir
 
 if TYPE_CHECKING:
     from circle_rotate.tiny_models import TinyModels
@@ -146,6 +147,8 @@ def run_smoke(request: SmokeRequest, *, run_command: Callable[[Sequence[str]], i
     if not musubi_available():
         raise UserError("musubi-tuner is not installed; the smoke run uses its scripts", fix=INSTALL_HINT)
     report = SmokeReport()
+    if request.work_dir:
+        check_output_dir(request.work_dir, flag="--work")
     work = Path(request.work_dir) if request.work_dir else Path(tempfile.mkdtemp(prefix="circle-rotate-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
     report.work_dir = str(work)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.errors import UserError
+from circle_rotate.errors import InputOverwriteError, UserError
 from circle_rotate.tools.combine import combine_loras
 from circle_rotate.tools.convert import convert_lora
 from circle_rotate.tools.lora_io import module_scales, read_lora_index, resolved_modules
@@ -80,7 +80,7 @@ def test_comfy_file_without_alpha_means_scale_one_as_in_comfyui(tmp_path):
 
 
 def test_convert_refuses_bad_inputs(tmp_path, musubi_lora):
-    with pytest.raises(UserError, match="same file as an input"):
+    with pytest.raises(InputOverwriteError):
         convert_lora(musubi_lora, musubi_lora, to="comfy")
     (tmp_path / "exists.safetensors").write_bytes(b"keep me")
     with pytest.raises(UserError, match="--force"):

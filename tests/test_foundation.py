@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from circle_rotate.atomic import atomic_path, check_output_path, write_json
-from circle_rotate.errors import UserError
+from circle_rotate.errors import InputOverwriteError, UserError
 from circle_rotate.safetensors_io import SafetensorsWriter, copy_raw, iter_tensors, read_header, read_tensor
 from circle_rotate.video_io import iter_frames, probe_video, read_video, write_video
 
@@ -42,11 +42,11 @@ def test_atomic_path_leaves_nothing_on_failure_or_interrupt(tmp_path):
 def test_check_output_path_refuses_inputs_and_existing(tmp_path):
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"x")
-    with pytest.raises(UserError, match="same file as an input"):
+    with pytest.raises(InputOverwriteError):
         check_output_path(src, inputs=[src], force=True)
     link = tmp_path / "alias.safetensors"
     os.symlink(src, link)
-    with pytest.raises(UserError, match="same file as an input"):
+    with pytest.raises(InputOverwriteError):
         check_output_path(link, inputs=[src], force=True)
     write_json(tmp_path / "o.json", {"a": 1})
     with pytest.raises(UserError, match="--force"):

@@ -20,13 +20,13 @@ import torch
 
 from circle_rotate.atomic import check_output_path
 from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY
-from circle_rotate.errors import UserError
+from circle_rotate.errors import NonFiniteError, UserError
 from circle_rotate.safetensors_io import DTYPES
 from circle_rotate.tools.lora_inspect import lora_expert
 from circle_rotate.tools.lora_io import (AlphaIfMissing, LoraModule, module_scales, read_lora_index, require_wan_lora,
                                          resolved_modules, write_lora)
 from circle_rotate.tools.lora_keys import FORMATS, module_sort_key
-from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, FLOAT_DTYPES
+from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, FLOAT_DTYPES, check_scale_fits
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -100,6 +100,8 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
         scales = module_scales(index, alpha_if_missing=alpha_if_missing)
         experts.add(lora_expert(index)[0])
         for name, mod in resolved_modules(index, scales).items():
+            check_scale_fits(f"--lora {index.path.name} strength", float(strength), scales[name],
+                             limit=torch.finfo(COMBINE_DTYPES[dtype]).max, dtype=dtype)
             grouped.setdefault(name, []).append((float(strength) * scales[name], mod, index.path))
     combined: Dict[str, LoraModule] = {}
     exact = True
@@ -107,6 +109,10 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
         _check_shapes(name, [(p, m) for _, m, p in grouped[name]])
         combined[name], ok = concat_modules([(f, m) for f, m, _ in grouped[name]], COMBINE_DTYPES[dtype])
         exact &= ok
+    overflowed = [n for n, m in combined.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all())]
+    if overflowed:
+        raise NonFiniteError(out_p, key=overflowed[0], count=len(overflowed),
+                             fix=f"lower the strengths, or --dtype fp32 (this is {dtype})")
     inputs = [{"file": str(p), "strength": float(s)} for p, s in loras]
     metadata = {"circle_rotate.combined_from": json.dumps(inputs)}
     if len(experts) == 1 and None not in experts:

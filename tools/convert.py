@@ -19,8 +19,8 @@ import torch
 from circle_rotate.atomic import check_output_path
 from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import SafetensorsWriter, copy_raw
-from circle_rotate.tools.lora_io import (AlphaIfMissing, LoraIndex, folded, load_module, module_scales, read_lora_index,
-                                         require_wan_lora)
+from circle_rotate.tools.lora_io import (AlphaIfMissing, LoraIndex, check_folded, folded, load_module, module_scales,
+                                         read_lora_index, require_wan_lora)
 from circle_rotate.tools.lora_keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                 writer.write_raw(lora_key(name, "up", to), copy_raw(header, info.up_key, fh))
             else:
                 down, up = folded(load_module(index, name, fh=fh), scales[name])
+                check_folded(out_p, name, to, down, up)
                 writer.write(lora_key(name, "down", to), down)
                 writer.write(lora_key(name, "up", to), up)
             if to in FORMATS_WITH_ALPHA:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, expert_from_metadata, expert_from_text, identify_checkpoint
 from circle_rotate.safetensors_io import read_header
 from circle_rotate.tools.fp8 import fp8_layout
-from circle_rotate.tools.lora_io import LoraIndex, load_module, read_lora_index
+from circle_rotate.tools.lora_io import LoraIndex, load_module, nonfinite_keys, read_lora_index
 from circle_rotate.tools.lora_keys import block_index, module_sort_key, parse_lora_key
 from circle_rotate.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 
@@ -51,6 +51,7 @@ class LoraReport:
     comfyui_loads_all_keys: bool
     unknown_keys: List[str]
     training: Dict[str, str]
+    nonfinite_keys: List[str] = field(default_factory=list)  # tensors holding NaN/inf: unusable as they are
     kind: str = "lora"
 
     def to_dict(self) -> Dict[str, object]:
@@ -161,6 +162,7 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         expert=expert, expert_evidence=evidence,
         comfyui_loads_all_keys=bool(infos) and index.fmt in COMFY_LOADS and not index.unknown_keys,
         unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
+        nonfinite_keys=nonfinite_keys(index) if infos else [],
     )
 
 
@@ -183,6 +185,6 @@ def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
     """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport`."""
     header = read_header(path)
     if any(parse_lora_key(k) for k in header.keys()) or any(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in header.keys()):
-        return inspect_lora(read_lora_index(path))
+        return inspect_lora(read_lora_index(path, finite=False))
     return inspect_model(path)
 

@@ -39,6 +39,7 @@ from circle_rotate.tools.fp8 import scale_from_max
 from circle_rotate.tools.lora_io import AlphaIfMissing, load_module, module_scales, read_lora_index, require_wan_lora
 from circle_rotate.tools.merge_chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
 from circle_rotate.tools.merge_plan import LoraSource, MergePlan, OutTensor, plan_merge
+from circle_rotate.tools.options import check_scale_fits
 from circle_rotate.tools.pipeline import pipelined, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,17 @@ def prepare_merge(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: 
         raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
                         fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
     plan = plan_merge(header, identity, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert)
+    _check_strengths_fit(plan)
     return PreparedMerge(plan, out_p)
+
+
+def _check_strengths_fit(plan: MergePlan) -> None:
+    merged = [t.dtype for t in plan.tensors if t.deltas and t.encode != "fp8_scaled"]  # fp8_scaled rescales per tensor
+    if merged:
+        narrow = min(merged, key=lambda d: torch.finfo(d).max)
+        for s in plan.loras:
+            check_scale_fits(f"--lora {s.index.path.name} strength", s.strength, max(s.scales.values(), default=0.0),
+                             limit=torch.finfo(narrow).max, dtype=str(narrow).replace("torch.", ""))
 
 
 def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> MergeReport:

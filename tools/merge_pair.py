@@ -86,7 +86,7 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
     prepared = {}
     for expert, (base, lora), strength in zip(EXPERTS, (high, low), strengths):
         ident = identify_checkpoint(read_header(base))
-        lora_found = lora_expert(read_lora_index(lora))
+        lora_found = lora_expert(read_lora_index(lora, finite=False))  # prepare_merge checks the weights
         for role, path, (found, how) in (("base", Path(base), (ident.expert, ident.expert_evidence)),
                                           ("LoRA", Path(lora), lora_found)):
             problem, evidence[f"{expert} {role}"] = _check(role, path, expert, found, how, assume=assume_experts,

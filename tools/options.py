@@ -8,10 +8,11 @@ names in the modules that compute (:mod:`circle_rotate.tools.merge_plan`, :mod:`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-from circle_rotate.errors import UserError
+from circle_rotate.errors import BadStrengthError, UserError
 
 #: What a musubi/sd-scripts LoRA saved without alpha is taken to have: None (refuse), "rank" or a number.
 AlphaIfMissing = Union[None, str, float]
@@ -30,26 +31,44 @@ def parse_alpha_if_missing(text: Optional[str]) -> AlphaIfMissing:
     try:
         value = float(text)
     except ValueError:
-        raise UserError(f"--alpha-if-missing must be 'rank' or a number, not {text!r}", fix="e.g. --alpha-if-missing 1") from None
-    if not value > 0:
-        raise UserError(f"--alpha-if-missing must be positive, not {text}", fix="e.g. --alpha-if-missing 1")
+        raise BadStrengthError("--alpha-if-missing", text, "must be 'rank' or a number", fix="e.g. --alpha-if-missing 1") from None
+    if not (math.isfinite(value) and value > 0):
+        raise BadStrengthError("--alpha-if-missing", text, "must be a positive finite number", fix="e.g. --alpha-if-missing 1")
     return value
 
 
+def parse_strength(text: str, *, key: str = "strength") -> float:
+    """A LoRA strength: a finite number (``nan``, ``inf`` and ``1e309`` are refused, naming ``key``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadStrengthError(key, text, "is not a number", fix="write FILE:STRENGTH with a number, e.g. lora.safetensors:0.8") from None
+    if not math.isfinite(value):
+        raise BadStrengthError(key, text)
+    return value
+
+
+def check_scale_fits(key: str, value: float, scale: float, *, limit: float, dtype: str) -> None:
+    """Refuse a strength whose ``|strength * alpha / rank|`` alone passes ``limit``, the largest
+    finite value of the output ``dtype``: every weight it touches would be written as inf."""
+    if abs(value * scale) > limit:
+        raise BadStrengthError(key, value, f"times the LoRA's scale {scale:g} overflows {dtype} (max {limit:g})",
+                               fix="use a strength around 1 (0.5-1.5 is the usual range)")
+
+
 def parse_lora_spec(text: str) -> Tuple[Path, float]:
-    """``FILE[:STRENGTH]`` -> (path, strength); a suffix that is not a number stays part of the path.
+    """``FILE[:STRENGTH]`` -> (path, strength). A suffix after the last ``:`` is the strength
+    unless the whole text names an existing file or the suffix looks like a path (``C:\\x``, ``a:b/c``).
 
     Raises:
         UserError: an empty file name.
+        BadStrengthError: a strength that is not a finite number.
     """
     path, strength = text, 1.0
     head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            strength = float(tail)
-            path = head
-        except ValueError:
-            pass
+    if sep and head and not Path(text).exists() and not any(c in tail for c in "/\\"):
+        strength = parse_strength(tail, key=f"--lora {head} strength")
+        path = head
     if not path:
         raise UserError(f"no file in {text!r}", fix="write --lora FILE or --lora FILE:STRENGTH, e.g. lora.safetensors:0.8")
     return Path(path), strength

@@ -8,7 +8,7 @@ from typing import Callable, Tuple
 
 from circle_rotate.cli._common import add_force
 from circle_rotate.errors import UserError
-from circle_rotate.tools.options import parse_lora_spec
+from circle_rotate.tools.options import parse_lora_spec, parse_strength
 
 
 def lora_arg(text: str) -> Tuple[Path, float]:
@@ -17,6 +17,16 @@ def lora_arg(text: str) -> Tuple[Path, float]:
         return parse_lora_spec(text)
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def strength_arg(flag: str) -> Callable[[str], float]:
+    """argparse type for a strength option: a finite number."""
+    def parse(text: str) -> float:
+        try:
+            return parse_strength(text, key=flag)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def add_output_options(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], *,

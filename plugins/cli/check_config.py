@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_config(args.config, use_musubi=not args.no_musubi, base_dir=args.base)
     if args.json:
         print_json(report.to_dict())
-        return 0 if report.ok else 2
+        return _verdict(report)
     for problem in report.problems:
         print(problem.one_line())
     for d in report.datasets:
@@ -48,4 +49,14 @@ def run(args: argparse.Namespace) -> int:
     errors = sum(p.severity == "error" for p in report.problems)
     warnings = len(report.problems) - errors
     print(f"{'OK' if report.ok else 'NOT OK'}: {errors} error(s), {warnings} warning(s)")
-    return 0 if report.ok else 2
+    return _verdict(report)
+
+
+def _verdict(report) -> int:
+    """0 when OK; else the first error as the one line on stderr, and exit status 2 (the report lists them all)."""
+    errors = [p for p in report.problems if p.severity == "error"]
+    if report.ok or not errors:
+        return 0 if report.ok else 2
+    more = f"{len(errors)} errors, the first: " if len(errors) > 1 else ""
+    print(f"circle-rotate check-config: error: {more}{errors[0].one_line()}", file=sys.stderr)
+    return 2

@@ -40,11 +40,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.config_check import check_config
     from circle_rotate.dataset_config import config_from_prepared, write_dataset_config
+    from circle_rotate.prepared_folder import prepared_inputs
 
     cfg = config_from_prepared(args.prepared_dir, jsonl=args.jsonl, cache_directory=args.cache,
                                resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,
                                caption_extension=args.ext, relative_to=args.relative_to)
-    out = write_dataset_config(args.out or args.prepared_dir / "dataset.toml", cfg, force=args.force)
+    inputs = prepared_inputs(args.prepared_dir) + ([args.jsonl] if args.jsonl else [])
+    out = write_dataset_config(args.out or args.prepared_dir / "dataset.toml", cfg, force=args.force, inputs=inputs)
     report = check_config(out, base_dir=args.relative_to)
     if args.json:
         print_json({"wrote": str(out), **report.to_dict()})

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
-from circle_rotate.errors import UserError
+from circle_rotate.errors import ConfigValueError, UserError
 
 ORDER = 40
 
@@ -105,6 +105,8 @@ def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
 
 
 def _jobs(n: int) -> int:
+    if n < 0:  # as prepare: 0 means one per core, a negative count is a typo
+        raise ConfigValueError("--jobs", n, "must be 0 (one per core) or more", fix="e.g. --jobs 2")
     return n if n > 0 else max(1, os.cpu_count() or 1)
 
 
@@ -181,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             print("wrote " + ", ".join(str(p) for p in written))
     if results.failed:
-        print(f"{len(results.failed)} of {len(results.rows)} videos could not be evaluated", file=sys.stderr)
+        first = next(r["error"] for r in results.rows if r["status"] != "ok")
+        print(f"circle-rotate eval: error: {len(results.failed)} of {len(results.rows)} videos could not be evaluated, "
+              f"the first: {first}", file=sys.stderr)
         return 0 if args.keep_going else 1
     return 0

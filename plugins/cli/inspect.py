@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,8 @@ def add_parser(sub) -> None:
     p = new_parser(sub, "inspect", help="describe a LoRA or a Wan2.2 expert (.safetensors)",
                    description="For a LoRA: layout, ranks, alphas and scale, Wan2.2 target modules covered and missed, "
                                "dtype, parameters, delta norms, ss_* training metadata, expert, and whether ComfyUI "
-                               "loads every key. For a model: expert, I2V/T2V, dtype or fp8_scaled, key prefix.",
+                               "loads every key. For a model: expert, I2V/T2V, dtype or fp8_scaled, key prefix. "
+                               "Exit status 1 (after the report) when a LoRA holds NaN or inf values.",
                    examples="  circle-rotate inspect circle_rotate_h.safetensors\n"
                             "  circle-rotate inspect wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors --json\n")
     p.add_argument("file", type=Path, help="a .safetensors LoRA or DiT checkpoint")
@@ -38,6 +40,7 @@ def _lora_lines(r: LoraReport) -> list:
         ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")),
         ("extra modules", ", ".join(r.extra_modules[:5]) or "none"),
         ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
+        ("NaN/inf", f"{len(r.nonfinite_keys)} tensor(s), first '{r.nonfinite_keys[0]}'" if r.nonfinite_keys else "none"),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
         ("ComfyUI", "loads every key" if r.comfyui_loads_all_keys else
          "would not load every key: circle-rotate convert IN -o OUT --format comfy"),
@@ -64,10 +67,20 @@ def run(args: argparse.Namespace) -> int:
     report = inspect_file(args.file)
     if args.json:
         print_json(report.to_dict())
-        return 0
+        return _flag_nonfinite(report)
     rows = _lora_lines(report) if isinstance(report, LoraReport) else _model_lines(report)
     width = max(len(k) for k, _ in rows)
     print(report.path)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
-    return 0
+    return _flag_nonfinite(report)
+
+
+def _flag_nonfinite(report) -> int:
+    bad = getattr(report, "nonfinite_keys", None)
+    if not bad:
+        return 0
+    from circle_rotate.errors import NonFiniteError
+
+    print(f"circle-rotate inspect: error: {NonFiniteError(report.path, key=bad[0], count=len(bad))}", file=sys.stderr)
+    return 1

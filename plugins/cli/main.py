@@ -42,8 +42,15 @@ def command_modules() -> List[ModuleType]:
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one line (the command, the message, where to look), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="circle-rotate",
         description="Train, merge and evaluate camera-orbit (turntable) LoRAs for Wan2.2 I2V-A14B with musubi-tuner.",
         epilog=EPILOG,
@@ -81,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # closed explicitly and atomically; nothing waits on a finalizer there. Once per process.
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
+    logging.disable(logging.NOTSET)  # undo an earlier in-process run's interrupt silencing
     parser = build_parser()
     args = parser.parse_args(with_default_action(parser, sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
@@ -95,11 +103,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"circle-rotate {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        logging.disable(logging.CRITICAL)  # library loggers (torch's INFO at teardown) would follow this last line
         print(f"circle-rotate {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # (after BrokenPipeError, one too) a full disk met outside circle_rotate.atomic
+        from circle_rotate.write_checks import NO_SPACE, disk_full
+
+        if exc.errno not in NO_SPACE:
+            raise
+        print(f"circle-rotate {args.command}: error: {disk_full(exc.filename or os.getcwd())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

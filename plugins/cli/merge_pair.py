@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import add_out, new_parser, print_json
-from circle_rotate.cli._lora_options import add_output_options
+from circle_rotate.cli._lora_options import add_output_options, strength_arg
 from circle_rotate.cli.merge import add_dtype_option, describe
 from circle_rotate.tools.options import parse_alpha_if_missing
 
@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--low", nargs=2, type=Path, required=True, metavar=("L_EXPERT", "L_LORA"),
                    help="low-noise expert and its LoRA")
     add_out(p, required=True, metavar="DIR", help="folder for the two merged experts")
-    p.add_argument("--strength-high", type=float, default=1.0, help="strength of the high-noise LoRA (default 1)")
-    p.add_argument("--strength-low", type=float, default=1.0, help="strength of the low-noise LoRA (default 1)")
+    p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=1.0, help="strength of the high-noise LoRA (default 1)")
+    p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=1.0, help="strength of the low-noise LoRA (default 1)")
     add_dtype_option(p)
     p.add_argument("--assume-experts", action="store_true",
                    help="trust the --high/--low order for files whose expert nothing tells")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
 from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
-from circle_rotate.errors import UserError
 from circle_rotate.orbit_qc import QC_MODES
 
 ORDER = 20
@@ -60,6 +59,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the sources that would be prepared, write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some sources failed")
+    p.add_argument("--repair", action="store_true",
+                   help="re-process sources whose clips on disk and manifest lines disagree (a line deleted, a clip "
+                        "removed by hand) and delete clip files no line names; without it such a folder is refused")
     p.set_defaults(func=run)
 
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no output folder given", fix=f"circle-rotate prepare {args.raw_dir} -o data/prepared")
     if args.dry_run:
         return _dry_run(args, out)
-    report = prepare_dataset(args.raw_dir, out, options=options)
+    report = prepare_dataset(args.raw_dir, out, options=options, repair=args.repair)
     if args.json:
         print_json(dataclasses.asdict(report))
         if not report.sources:
@@ -103,6 +105,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
     for source, status, reason in report.failed:
         print(f"FAILED {source}: {status}: {reason}")
-    if not report.sources:
-        raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
     return 0 if report.ok or args.keep_going else 1
