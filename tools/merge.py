@@ -118,6 +118,8 @@ class _Executor:
         for t in self.plan.tensors:
             if t.kind == "marker":
                 yield t.key, b""
+            elif t.kind == "const":
+                yield t.key, tensor_bytes(torch.full(t.shape, t.value, dtype=t.dtype))
             elif t.kind == "scale":
                 yield t.key, tensor_bytes(self.scale_of(t.weight_key).reshape(t.shape).to(t.dtype))
             elif t.kind == "raw":
