@@ -12,6 +12,7 @@ once per tensor, not per pass.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
@@ -19,6 +20,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
+from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import tensor_bytes
 from circle_rotate.tools.fp8 import quantize_into
 
@@ -38,6 +40,7 @@ class Source:
     deltas: Tuple[Tuple[torch.Tensor, torch.Tensor, float], ...]  # (up, down, factor), fp32, 2-D
     dtype: torch.dtype  # output dtype
     encode: str  # "cast", "fp8" or "fp8_scaled" (see circle_rotate.tools.merge_plan.OutTensor)
+    key: str = ""  # the output key, for errors
 
 
 class Pooled(NamedTuple):
@@ -58,6 +61,15 @@ def row_ranges(rows: int, cols: int, elems: int, r0: int = 0, r1: Optional[int] 
     step = max(1, elems // max(1, cols))
     end = rows if r1 is None else r1
     return [(r, min(r + step, end)) for r in range(r0, end, step)]
+
+
+def _require_finite(t: torch.Tensor, key: str, r0: int, r1: int) -> None:
+    """Refuse inf/NaN in what is about to be written. One fp32 sum of a cache-resident pass: inf
+    and NaN survive a sum, finite weights cannot overflow one (|w| <= 65504 for fp16 outputs)."""
+    if not math.isfinite(float(t.sum(dtype=torch.float32))):
+        raise UserError(f"the merged weight '{key}' has inf/NaN values (rows {r0}-{r1 - 1}); nothing was written",
+                        fix="check the LoRA and base with `circle-rotate inspect`; lower the strength, or write "
+                            "--dtype bf16/fp32 if fp16's range (65504) is what overflowed")
 
 
 class Chunks:
@@ -81,7 +93,9 @@ class Chunks:
             work, dst = self._decoded(src, a, b), out[a - r0:b - r0]
             if src.encode == "cast":
                 dst.copy_(work)
+                _require_finite(dst, src.key, a, b)  # after the cast: fp16 overflows to inf there
             else:
+                _require_finite(work, src.key, a, b)  # before: fp8 encoding clamps inf to the max
                 quantize_into(dst, work, scale if src.encode == "fp8_scaled" else None)
         return Pooled(tensor_bytes(out), buf)
 

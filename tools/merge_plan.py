@@ -34,11 +34,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, CheckpointIdentity
+from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, VARIANT_METADATA_KEY, CheckpointIdentity
 from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import DTYPES, SafetensorsHeader
-from circle_rotate.tools.fp8 import (FP8, INPUT_SCALE_SUFFIX, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable,
-                                     fp8_layout)
+from circle_rotate.tools.fp8 import FP8, INPUT_SCALE_SUFFIX, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable
 from circle_rotate.tools.lora_io import LoraIndex
 from circle_rotate.tools.options import FLOAT_DTYPES, MERGE_DTYPES
 from circle_rotate.wan_arch import is_fp8_target, is_linear_weight
@@ -47,6 +46,15 @@ _TORCH = {name: DTYPES[code] for name, code in FLOAT_DTYPES.items()}
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _FP8 = {"F8_E4M3", "F8_E5M2"}
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")  # the official repo's diffusion_pytorch_model-00001-of-00006
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """The base expert as read once: its header, what it is, and where it keeps its fp8 scales."""
+
+    header: SafetensorsHeader
+    identity: CheckpointIdentity
+    layout: Fp8Layout
 
 
 @dataclass(frozen=True)
@@ -200,12 +208,12 @@ def _side_tensor(header: SafetensorsHeader, layout: Fp8Layout, key: str, weights
     return OutTensor(key, info.torch_dtype, info.shape, "raw", src=key) if same else None
 
 
-def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: Sequence[LoraSource], *,
-               dtype: str = "same", expert: Optional[str] = None) -> MergePlan:
-    """Decide every output tensor of merging ``loras`` into the base ``header``.
+def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "same",
+               expert: Optional[str] = None) -> MergePlan:
+    """Decide every output tensor of merging ``loras`` into the base (headers only, no I/O).
 
     Args:
-        header, identity: the base, from ``read_header`` and ``identify_checkpoint``.
+        base: the base's header, identity and fp8 layout (``circle_rotate.tools.merge.read_base``).
         loras: the LoRAs with strengths and scales, applied in order.
         dtype: one of :data:`MERGE_DTYPES`.
         expert: ``high``/``low`` to record in the metadata (default: the base's own, if known).
@@ -216,8 +224,8 @@ def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: S
     """
     if dtype not in MERGE_DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}", fix=f"use one of {', '.join(MERGE_DTYPES)}")
+    header, identity, layout = base.header, base.identity, base.layout
     prefix = identity.key_prefix
-    layout = fp8_layout(header, prefix)
     # "same" on a scaled base means ComfyUI's scaled layout, completed: a base of ours from before
     # every Linear was quantized gets its remaining Linears scaled rather than copied unscaled.
     encoding = "fp8_scaled" if dtype == "same" and layout.scaled and not layout.comfy_quant else dtype
@@ -254,5 +262,7 @@ def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: S
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert
+    if identity.variant:  # I2V and Fun-InP share every key: only this (and the name) tells them apart
+        metadata[VARIANT_METADATA_KEY] = identity.variant
     applied = tuple(sum(1 for ds in deltas.values() for d in ds if d.lora == i) for i in range(len(loras)))
     return MergePlan(header, identity, tuple(loras), dtype, tuple(tensors), metadata, tuple(dropped), applied)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import new_parser
-from circle_rotate.downloads import GB, GROUPS, check_disk, fetch, plan
+from circle_rotate.downloads import GB, GROUPS, VARIANTS, check_disk, fetch, plan
 
 ORDER = 5
 
@@ -17,9 +17,13 @@ def add_parser(sub) -> None:
                                "showing sizes first and checking free disk, then print the variables to point the "
                                "recipes at them. HF_HUB_OFFLINE=1 serves them from the local cache.",
                    examples="  circle-rotate download models --to models\n"
+                            "  circle-rotate download models --variant fun-inp --to ComfyUI/models/diffusion_models\n"
                             "  circle-rotate download lora --to checkpoints\n"
                             "  circle-rotate download dataset --to data --dry-run\n")
     p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; dataset")
+    p.add_argument("--variant", choices=VARIANTS, default="i2v",
+                   help="models: i2v (the fp16 I2V experts the recipes train on, default) or fun-inp (the fp8_scaled "
+                        "Fun-InP experts and ComfyUI's umT5, as the study's ComfyUI workflow uses)")
     p.add_argument("--to", type=Path, help="also link the files into this folder under their own names")
     p.add_argument("--cache-dir", type=Path, help="huggingface_hub cache (default: HF_HUB_CACHE / HF_HOME)")
     p.add_argument("--dry-run", action="store_true", help="show what would be fetched and stop")
@@ -27,7 +31,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    planned = plan(args.group, cache_dir=args.cache_dir)
+    if args.variant != "i2v" and args.group != "models":
+        from circle_rotate.errors import UserError
+
+        raise UserError(f"--variant applies to 'download models', not '{args.group}'", fix="drop --variant")
+    planned = plan(args.group, cache_dir=args.cache_dir, variant=args.variant)
     for item in planned:
         size = f"{item.size / GB:7.2f} GB" if item.size_known else (f"~{item.size / GB:6.2f} GB" if item.size else "   size unknown")
         state = "cached" if item.cached else "to fetch"
@@ -36,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"to download: {need / GB:.2f} GB")
     if args.dry_run:
         return 0
-    paths = fetch(args.group, to=args.to, cache_dir=args.cache_dir)
+    paths = fetch(args.group, to=args.to, cache_dir=args.cache_dir, variant=args.variant)
     print("\n# point the recipes at them:")
     for var, path in paths.items():
         print(f"export {var}={path}")

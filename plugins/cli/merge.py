@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
                    help="a LoRA and its strength (default 1.0); repeat for several")
     p.add_argument("--out", type=Path, required=True, help="merged checkpoint to write")
     add_dtype_option(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and say what would be written (size, dtypes, layers touched); write nothing")
     add_output_options(p, run)
 
 
@@ -47,10 +49,20 @@ def describe(report: MergeReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.merge import merge_loras
+    from circle_rotate.tools.merge import prepare_merge, run_merge
 
-    report = merge_loras(args.base, args.lora, args.out, dtype=args.dtype,
-                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    prepared = prepare_merge(args.base, args.lora, args.out, dtype=args.dtype,
+                             alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if args.dry_run:
+        from circle_rotate.tools.merge_summary import summarize
+
+        summary = summarize(prepared.plan, str(prepared.out))
+        if args.json:
+            print_json(summary.to_dict())
+        else:
+            print("\n".join(summary.lines()))
+        return 0
+    report = run_merge(prepared)
     if args.json:
         print_json(report.to_dict())
     else:
