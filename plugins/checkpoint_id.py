@@ -15,6 +15,13 @@ What the header can and cannot tell (the facts are in :mod:`circle_rotate.wan_ar
   "high noise"/"low noise"), then the file or folder name (``high_noise``/``low_noise`` as in
   ``wan2.2_i2v_high_noise_14B_fp16.safetensors`` and the official ``high_noise_model/`` folder).
   The evidence used is reported, so a caller can say how sure it is.
+- Wan2.2 I2V vs Fun-InP (inpaint): same keys and shapes (36 input channels: noise, 4 mask and 16
+  conditioning-latent channels), and ComfyUI 0.3.64 detects both the same way (``WAN21_T2V``
+  with ``in_dim`` 36; the conditioning node, ``WanImageToVideo`` or ``WanFunInpaintToVideo``,
+  makes the difference). So ``variant`` is told like the expert: our ``circle_rotate.variant``
+  metadata, then ``fun_inpaint`` in the name as Comfy-Org names them
+  (``wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors``); an I2V-shaped file without
+  either is ``i2v``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from circle_rotate.wan_arch import COMFY_PREFIX, I2V_EXTRA_CHANNELS, VAE_LATENT_
 
 #: Metadata key our own writers set to record which expert a file belongs to.
 EXPERT_METADATA_KEY = "circle_rotate.expert"
+#: ... and which Wan2.2 14B I2V-shaped model it is ("i2v" or "fun-inp").
+VARIANT_METADATA_KEY = "circle_rotate.variant"
+# "fun_inpaint" (Comfy-Org), "Fun-A14B-InP" (VideoX-Fun), "fun-inp"; not "fun_input".
+_FUN_INP_TEXT = re.compile(r"fun[ _\-]?(?:a14b[ _\-]?)?inp(?:aint)?(?![a-z])", re.IGNORECASE)
 
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 
@@ -50,6 +61,7 @@ class CheckpointIdentity:
     dim: Optional[int]
     num_layers: int
     in_dim: Optional[int]
+    variant: Optional[str] = None  # "i2v" or "fun-inp" for I2V-shaped Wan2.2 14B files, else None
 
     @property
     def is_wan(self) -> bool:
@@ -84,6 +96,18 @@ def expert_from_metadata(metadata: Dict[str, str]) -> Optional[str]:
 def expert_from_path(path: Path) -> Optional[str]:
     """Expert named by the file name, else by its folder (official ``high_noise_model/``)."""
     return expert_from_text(path.name) or expert_from_text(path.parent.name)
+
+
+def variant_of(metadata: Dict[str, str], path: Path) -> str:
+    """``fun-inp`` or ``i2v`` for an I2V-shaped Wan2.2 file: metadata first, then the file name (or the
+    model folder above the official ``high_noise_model/``; other folder names say nothing)."""
+    value = metadata.get(VARIANT_METADATA_KEY, "").strip().lower()
+    if value in ("i2v", "fun-inp"):
+        return value
+    names = [path.name]
+    if expert_from_text(path.parent.name) and path.parent.name.endswith("_model"):  # the official high_noise_model/
+        names.append(path.parent.parent.name)
+    return "fun-inp" if any(_FUN_INP_TEXT.search(n) for n in names) else "i2v"
 
 
 def _strip_prefix(keys) -> tuple[str, Dict[str, str]]:
@@ -144,4 +168,5 @@ def identify_checkpoint(header: SafetensorsHeader) -> CheckpointIdentity:
     return CheckpointIdentity(
         path=str(header.path), family=family, task=task, expert=expert, expert_evidence=evidence,
         dtype=_dtype_label(header, plain), key_prefix=prefix, dim=dim, num_layers=num_layers, in_dim=in_dim,
+        variant=variant_of(header.metadata, header.path) if family == "wan2.2-a14b" and task == "i2v" else None,
     )

@@ -64,6 +64,27 @@ FILES: Dict[str, Tuple[HubFile, ...]] = {
     ),
 }
 GROUPS = ("models", "lora", "dataset")
+#: ``download models --variant``: i2v is what the recipes train on; fun-inp the experts the study's
+#: ComfyUI workflow runs (Comfy-Org ships them fp8_scaled only), with ComfyUI's umT5.
+VARIANTS = ("i2v", "fun-inp")
+FUN_INP_MODELS: Tuple[HubFile, ...] = (
+    HubFile("dit_high", WAN_REPO, "split_files/diffusion_models/wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors",
+            "DIT_HIGH", int(14.3 * GB), note="Wan2.2 Fun-InP A14B high-noise expert, fp8_scaled"),
+    HubFile("dit_low", WAN_REPO, "split_files/diffusion_models/wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors",
+            "DIT_LOW", int(14.3 * GB), note="Wan2.2 Fun-InP A14B low-noise expert, fp8_scaled"),
+    FILES["models"][2],
+    HubFile("t5", VAE_REPO, "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", "T5", int(6.7 * GB),
+            note="umt5-xxl text encoder as ComfyUI loads it, fp8_scaled"),
+)
+
+
+def group_files(group: str, variant: str = "i2v") -> Tuple[HubFile, ...]:
+    """The files of ``group`` (``variant`` picks the experts of ``models``)."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant '{variant}'", fix=f"choose one of {', '.join(VARIANTS)}")
+    if variant == "fun-inp" and group == "models":
+        return FUN_INP_MODELS
+    return FILES[group]
 
 
 @dataclass(frozen=True)
@@ -131,14 +152,14 @@ def _dataset_plan(cache: Path) -> List[PlannedFile]:
     return [PlannedFile(DATASET, 0, False, False)]
 
 
-def plan(group: str, *, cache_dir: Optional[Path] = None) -> List[PlannedFile]:
+def plan(group: str, *, cache_dir: Optional[Path] = None, variant: str = "i2v") -> List[PlannedFile]:
     """What ``download <group>`` would fetch, with sizes and what is already cached."""
     if group not in GROUPS:
         raise UserError(f"unknown download group '{group}'", fix=f"choose one of {', '.join(GROUPS)}")
     cache = _cache_dir(cache_dir)
     if group == "dataset":
         return _dataset_plan(cache)
-    files = FILES[group]
+    files = group_files(group, variant)
     sizes = _hub_sizes(files)
     out = []
     for f in files:
@@ -179,7 +200,8 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Dict[str, Path]:
+def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = None,
+          variant: str = "i2v") -> Dict[str, Path]:
     """Download (or find in the cache) every file of ``group``; returns ``{ENV_VAR: path}``.
 
     Files go into the Hugging Face cache (resumable); with ``to`` they are also linked
@@ -201,7 +223,7 @@ def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = 
             target = Path(to) / "circle-rotate-dataset"
         return {"DATASET_DIR": target}
     out: Dict[str, Path] = {}
-    for f in FILES[group]:
+    for f in group_files(group, variant):
         try:
             path = Path(hf_hub_download(f.repo_id, f.filename, repo_type=f.repo_type, cache_dir=str(cache)))
         except LocalEntryNotFoundError:

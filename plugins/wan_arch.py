@@ -199,6 +199,20 @@ def is_fp8_target(key: str) -> bool:
     )
 
 
+#: Every ``nn.Linear`` weight of ComfyUI's ``WanModel`` (``comfy/ldm/wan/model.py``): under a
+#: scaled-fp8 checkpoint ComfyUI builds each of them as a scaled fp8 Linear, so each needs an fp8
+#: weight and its ``.scale_weight``; one left in fp16 is narrowed to fp8 unscaled at load and
+#: logged as ``unet missing``. ``patch_embedding`` is a Conv3d and the norms are not Linear.
+LINEAR_WEIGHT = re.compile(
+    r"(text_embedding\.[02]|time_embedding\.[02]|time_projection\.1|head\.head|img_emb\.proj\.[13]"
+    r"|blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)|blocks\.\d+\.ffn\.[02])\.weight")
+
+
+def is_linear_weight(key: str) -> bool:
+    """Whether ``key`` (no prefix) is the weight of a Linear layer: what ComfyUI's fp8_scaled quantizes."""
+    return LINEAR_WEIGHT.fullmatch(key) is not None
+
+
 def latent_frames(frames: int) -> int:
     """Latent frames the VAE makes of ``frames`` pixel frames (``frames`` must be 4n+1)."""
     if frames < 1 or (frames - 1) % VAE_STRIDE[0]:

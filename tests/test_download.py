@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.downloads import DATASET_REPO, FILES
+from circle_rotate.downloads import DATASET_REPO, FILES, FUN_INP_MODELS
 from circle_rotate.synthetic.tiny_wan import write_tiny_wan
 from hub_cache import populate
 
@@ -23,7 +23,7 @@ def _run(*args, cache: Path, cwd: Path):
 def cache(tmp_path) -> Path:
     cache = tmp_path / "hub"
     expert = write_tiny_wan(tmp_path / "expert.safetensors")
-    for f in FILES["models"] + FILES["lora"]:
+    for f in FILES["models"] + FILES["lora"] + FUN_INP_MODELS:
         populate(cache, f.repo_id, f.repo_type, {f.filename: expert if f.filename.endswith(".safetensors") else b"pth"})
     populate(cache, DATASET_REPO, "dataset", {"videos/a.mp4": b"x" * 10, "videos/a.txt": b"caption"})
     return cache
@@ -40,6 +40,17 @@ def test_models_offline_links_and_prints_recipe_variables(cache, tmp_path):
         assert Path(value).is_file()
     # a second run finds the same files and replaces the links in place
     assert _run("models", "--to", str(tmp_path / "models"), cache=cache, cwd=tmp_path).returncode == 0
+
+
+def test_fun_inp_variant_fetches_the_fun_inpaint_experts(cache, tmp_path):
+    out = _run("models", "--variant", "fun-inp", "--to", str(tmp_path / "m"), cache=cache, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))
+    assert Path(exports["DIT_HIGH"]).name == "wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors"
+    assert Path(exports["DIT_LOW"]).name == "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors"
+    assert Path(exports["T5"]).name == "umt5_xxl_fp8_e4m3fn_scaled.safetensors" and Path(exports["DIT_LOW"]).is_file()
+    bad = _run("lora", "--variant", "fun-inp", cache=cache, cwd=tmp_path)
+    assert bad.returncode == 2 and "--variant" in bad.stderr
 
 
 def test_lora_and_dataset_offline(cache, tmp_path):

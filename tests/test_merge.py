@@ -127,7 +127,8 @@ def test_fp8_scaled_base_to_other_dtypes(tmp_path, lora, dtype):
             assert_fp8_scaled_close(got[key], got[key[:-7] + ".scale_weight"], exact[key], key)
         return
     assert not any(k.endswith(".scale_weight") for k in got) and "scaled_fp8" not in got
-    assert len(report.dropped) == len(TARGETS) + 1  # the scales and the marker, listed
+    linears = [k for k in got if wan_arch.is_linear_weight(k)]
+    assert len(report.dropped) == 2 * len(linears) + 1  # both scales of every Linear and the marker, listed
     for key in TARGETS:
         if dtype == "fp16":
             assert_close_to(got[key], want, key)
@@ -147,8 +148,8 @@ def test_fp16_base_to_fp8_scaled_adds_comfyui_marker_and_scales(tmp_path, lora):
     assert marker.dtype == torch.float8_e4m3fn and marker.numel() == 0
     assert "scaled_fp8" not in keys  # ComfyUI drops un-prefixed keys of a prefixed model
     assert norm.dtype == torch.bfloat16  # not an fp8 target: kept as stored
-    fp8_targets = [k for k in wan_arch.dit_shapes(CFG) if wan_arch.is_fp8_target(k)]
-    assert {wan_arch.COMFY_PREFIX + k[:-7] + ".scale_weight" for k in fp8_targets} <= keys
+    fp8_targets = [k for k in wan_arch.dit_shapes(CFG) if wan_arch.is_linear_weight(k)]
+    assert {wan_arch.COMFY_PREFIX + k[:-7] + s for k in fp8_targets for s in (".scale_weight", ".scale_input")} <= keys
 
 
 def test_comfy_quant_base_is_read_and_kept_in_its_layout(tmp_path, lora):
@@ -159,7 +160,9 @@ def test_comfy_quant_base_is_read_and_kept_in_its_layout(tmp_path, lora):
     for k, v in legacy.items():
         if k == "scaled_fp8":
             continue
-        if k.endswith(".scale_weight"):
+        if k.endswith(".scale_input"):
+            sd[k[: -len(".scale_input")] + ".input_scale"] = v
+        elif k.endswith(".scale_weight"):
             sd[k[: -len(".scale_weight")] + ".weight_scale"] = v
             sd[k[: -len(".scale_weight")] + ".comfy_quant"] = conf.clone()
         else:

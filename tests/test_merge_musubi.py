@@ -148,7 +148,8 @@ def test_fp8_scaled_output_matches_musubi_within_e4m3_rounding(musubi_files, ref
             assert float(scale) == pytest.approx(float(ref.abs().max()) / FP8_MAX, rel=1e-6)
             err = (q.float() * scale - ref).abs()
             assert torch.all(err <= ref.abs() * 2**-4 + float(scale) * 2**-9), module
-    assert keys - {"scaled_fp8"} - {m + ".scale_weight" for m in wan_arch.lora_target_modules(cfg)} == set(reference)
+    scales = {k[: -len(".weight")] + s for k in reference if wan_arch.is_linear_weight(k) for s in (".scale_weight", ".scale_input")}
+    assert keys - {"scaled_fp8"} - scales == set(reference)
 
 
 def test_fp8_base_matches_musubis_own_fp8_merge(musubi_files, tmp_path):

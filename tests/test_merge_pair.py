@@ -101,5 +101,6 @@ def test_readme_section_3_commands_run_as_written(tmp_path, monkeypatch, capsys)
         assert argv[0] == "circle-rotate"
         assert main(argv[1:]) == 0, command
     capsys.readouterr()
-    assert sorted(os.listdir(tmp_path / "merged")) == ["wan2.2_i2v_high_noise_circle_rotate_h_fp8_scaled.safetensors",
+    assert sorted(os.listdir(tmp_path / "merged")) == ["circle_rotate_workflow.json", "circle_rotate_workflow_api.json",
+                                                       "wan2.2_i2v_high_noise_circle_rotate_h_fp8_scaled.safetensors",
                                                        "wan2.2_i2v_low_noise_circle_rotate_l_fp8_scaled.safetensors"]

@@ -83,7 +83,7 @@ def test_tiny_checkpoint_dtypes_and_identity(tiny_wan_dir, dtype):
     expected = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype, torch.float8_e4m3fn)
     assert q.dtype == expected
     assert norm.dtype == (expected if dtype in ("fp16", "bf16", "fp32") else torch.float16)
-    plain = {k for k in keys if k != "scaled_fp8" and not k.endswith(".scale_weight")}
+    plain = {k for k in keys if k != "scaled_fp8" and not k.endswith((".scale_weight", ".scale_input"))}
     assert plain == set(wan_arch.dit_shapes(wan_arch.tiny_config()))
     ident = identify_checkpoint(read_header(path))
     assert (ident.family, ident.task, ident.expert, ident.expert_evidence, ident.dtype, ident.key_prefix) == (

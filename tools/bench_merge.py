@@ -12,7 +12,9 @@ by side in one run:
 - ``circle-rotate merge`` fp16 -> fp16 as a user runs it (``--repeat`` rounds, each right after its
   own copies, so a ratio compares runs under the same machine load; medians reported) and
   fp16 -> fp8_scaled, each in its own process;
-- a load-everything merge (safetensors ``load_file`` + merge + ``save_file``) in its own process.
+- a load-everything merge (safetensors ``load_file`` + merge + ``save_file``) in its own process;
+- the fp16 merge once more with its inf/NaN check switched off (in each round, right after the
+  checked one): what refusing non-finite output costs.
 
 Each round also times ``python -c "import torch"``: the start-up every torch command pays before
 any work, the part of the command no merge code can shorten. The targets are read against copy +
@@ -66,6 +68,13 @@ for module, p in parts.items():
     scale = float(p["alpha"]) / p["down"].shape[0]
     sd[key] = (sd[key].float() + scale * (p["up"].float() @ p["down"].float())).to(sd[key].dtype)
 save_file(sd, out)
+"""
+_UNCHECKED = """
+import sys
+from circle_rotate.tools import merge_chunks
+merge_chunks._surely_finite = lambda work: True  # the bench's control: every pass taken as finite
+from circle_rotate.cli.main import main
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -143,10 +152,12 @@ def timed_copy(src: Path, dst: Path, *, fsync: bool) -> float:
     return wall
 
 
-def run_merge_measured(base: Path, lora: Path, out: Path, dtype: str) -> Tuple[Run, float]:
-    """``circle-rotate merge`` as a user runs it, and the merge-only seconds from its ``--json`` report."""
+def run_merge_measured(base: Path, lora: Path, out: Path, dtype: str, *, checked: bool = True) -> Tuple[Run, float]:
+    """``circle-rotate merge`` as a user runs it, and the merge-only seconds from its ``--json`` report
+    (``checked=False``: the same with the inf/NaN check off)."""
     os.sync()
-    run = run_measured([sys.executable, "-m", "circle_rotate.cli.main", "-q", "merge", "--base", str(base),
+    entry = ["-m", "circle_rotate.cli.main"] if checked else ["-c", _UNCHECKED]
+    run = run_measured([sys.executable, *entry, "-q", "merge", "--base", str(base),
                         "--lora", str(lora), "--out", str(out), "--dtype", dtype, "--force", "--json"])
     out.unlink()
     return run, float(json.loads(run.stdout)["seconds"])
@@ -159,6 +170,7 @@ class Round:
     startup: Run  # python -c "import torch": what any torch command pays before its work
     merge: Run
     merge_only: float
+    unchecked_only: float  # the same merge without the inf/NaN check
 
 
 def _round(base: Path, lora: Path, d: Path) -> Round:
@@ -166,7 +178,8 @@ def _round(base: Path, lora: Path, d: Path) -> Round:
     copy_sync = timed_copy(base, d / "copy.safetensors", fsync=True)
     startup = run_measured([sys.executable, "-c", "import torch"])
     merge, merge_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp16")
-    return Round(copy, copy_sync, startup, merge, merge_only)
+    _, unchecked_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp16", checked=False)
+    return Round(copy, copy_sync, startup, merge, merge_only, unchecked_only)
 
 
 def _row(name: str, wall: float, copy_s: float, copy_sync_s: float, cpu: Optional[float] = None,
@@ -198,7 +211,8 @@ def bench(layers: int, workdir: Optional[Path], repeat: int) -> None:
             rounds.append(r)
             print(f"round {i + 1}: copy {r.copy:.2f} s, copy + fsync {r.copy_sync:.2f} s, python + import torch "
                   f"{r.startup.wall:.2f} s; merge command {r.merge.wall:.2f} s = {r.merge.wall / r.copy_sync:.2f} x copy "
-                  f"+ fsync (merge alone {r.merge_only:.2f} s, {r.merge.cpu:.2f} CPU-s)", flush=True)
+                  f"+ fsync (merge alone {r.merge_only:.2f} s, {r.merge.cpu:.2f} CPU-s; without the inf/NaN check "
+                  f"{r.unchecked_only:.2f} s)", flush=True)
         med = lambda f: statistics.median(f(r) for r in rounds)  # noqa: E731
         copy_s, copy_sync_s = med(lambda r: r.copy), med(lambda r: r.copy_sync)
         ours8, ours8_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp8_scaled")
@@ -234,6 +248,9 @@ def _print_targets(rounds: List[Round], largest: int, peak8: int, everything: Ru
         verdict = "" if name.startswith("python") else (" met" if vs_sync <= 1.5 else " MISSED")
         print(f"  {name:<32}{vs_sync:5.2f} x copy + fsync{verdict:7}{_median_ratio(rounds, value, lambda r: r.copy):6.2f}"
               " x plain copy")
+    cost = statistics.median(r.merge_only / r.unchecked_only for r in rounds)
+    print(f"inf/NaN check: merge alone {100 * (cost - 1):+.1f}% against the same merge without it (median of the "
+          f"rounds; target <= +5%): {'met' if cost <= 1.05 else 'MISSED'}")
     print(f"CPU s: user + system seconds over all threads; wall s x {os.cpu_count()} CPUs is the most a command "
           "could get, so a CPU-bound merge far below it was waiting for CPUs that other processes held")
 

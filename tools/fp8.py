@@ -33,6 +33,7 @@ MARKER = "scaled_fp8"
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # legacy, comfy_quant
 AUX_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 LEGACY_SCALE_SUFFIX = ".scale_weight"
+INPUT_SCALE_SUFFIX = ".scale_input"  # legacy; ComfyUI divides the input by it before an fp8 matmul
 #: comfy_quant formats whose weight is ``fp8 * scalar scale`` (the only ones we dequantize).
 DEQUANTIZABLE = frozenset({"float8_e4m3fn", "float8_e5m2"})
 _MIN_SCALE = 1e-12  # an all-zero weight still gets a finite, positive scale

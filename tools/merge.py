@@ -35,10 +35,10 @@ from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, identify_checkpoint
 from circle_rotate.errors import UserError
 from circle_rotate.progress import progress
 from circle_rotate.safetensors_io import FileSpan, SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
-from circle_rotate.tools.fp8 import scale_from_max
+from circle_rotate.tools.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.lora_io import AlphaIfMissing, load_module, module_scales, read_lora_index, require_wan_lora
 from circle_rotate.tools.merge_chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
-from circle_rotate.tools.merge_plan import LoraSource, MergePlan, OutTensor, plan_merge
+from circle_rotate.tools.merge_plan import BaseInfo, LoraSource, MergePlan, OutTensor, plan_merge
 from circle_rotate.tools.options import check_scale_fits
 from circle_rotate.tools.pipeline import pipelined, torch_threads
 
@@ -94,7 +94,7 @@ class _Executor:
             mod = load_module(self.plan.loras[d.lora].index, d.module)
             deltas.append((as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
         scale = self.view(t.src_scale).float().reshape(()) if t.src_scale is not None else None
-        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode)
+        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode, t.key)
 
     def scale_of(self, weight_key: str) -> torch.Tensor:
         """Per-tensor scale of a merged fp8_scaled weight: max |W'| / 448 (one pass over its chunks)."""
@@ -119,6 +119,8 @@ class _Executor:
         for t in self.plan.tensors:
             if t.kind == "marker":
                 yield t.key, b""
+            elif t.kind == "const":
+                yield t.key, tensor_bytes(torch.full(t.shape, t.value, dtype=t.dtype))
             elif t.kind == "scale":
                 yield t.key, tensor_bytes(self.scale_of(t.weight_key).reshape(t.shape).to(t.dtype))
             elif t.kind == "raw":
@@ -181,25 +183,37 @@ class PreparedMerge:
     out: Path
 
 
-def prepare_merge(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, dtype: str = "same",
-                  alpha_if_missing: AlphaIfMissing = None, force: bool = False,
+def read_base(path: PathLike) -> BaseInfo:
+    """Read the base's header once, tell what it is and where its fp8 scales are: everything the
+    plan is decided from (the merge then only executes it).
+
+    Raises:
+        UserError: unreadable, not a safetensors file, or not a Wan DiT.
+    """
+    header = read_header(path)
+    identity = identify_checkpoint(header)
+    if not identity.is_wan:
+        raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
+                        fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
+    return BaseInfo(header, identity, fp8_layout(header, identity.key_prefix))
+
+
+def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLike, float]], out: PathLike, *,
+                  dtype: str = "same", alpha_if_missing: AlphaIfMissing = None, force: bool = False,
                   expert: Optional[str] = None) -> PreparedMerge:
     """Check every input and decide every output tensor; nothing is written.
 
-    Args: as :func:`merge_loras`.
+    Args: as :func:`merge_loras`; ``base`` may also be a :func:`read_base` result already read.
 
     Raises:
         UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha.
     """
     if not loras:
         raise UserError("no LoRA given", fix="pass --lora FILE[:STRENGTH] at least once")
-    out_p = check_output_path(out, inputs=[base, *(p for p, _ in loras)], force=force)
-    header = read_header(base)
-    identity = identify_checkpoint(header)
-    if not identity.is_wan:
-        raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
-                        fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
-    plan = plan_merge(header, identity, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert)
+    base_path = base.header.path if isinstance(base, BaseInfo) else base
+    out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
+    info = base if isinstance(base, BaseInfo) else read_base(base)
+    plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert)
     _check_strengths_fit(plan)
     return PreparedMerge(plan, out_p)
 

@@ -19,6 +19,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
+from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import tensor_bytes
 from circle_rotate.tools.fp8 import quantize_into
 
@@ -38,6 +39,7 @@ class Source:
     deltas: Tuple[Tuple[torch.Tensor, torch.Tensor, float], ...]  # (up, down, factor), fp32, 2-D
     dtype: torch.dtype  # output dtype
     encode: str  # "cast", "fp8" or "fp8_scaled" (see circle_rotate.tools.merge_plan.OutTensor)
+    key: str = ""  # the output key, for errors
 
 
 class Pooled(NamedTuple):
@@ -60,6 +62,25 @@ def row_ranges(rows: int, cols: int, elems: int, r0: int = 0, r1: Optional[int] 
     return [(r, min(r + step, end)) for r in range(r0, end, step)]
 
 
+#: Below this sum of squares every value is under 65504 in magnitude: finite, and in fp16's range.
+_SAFE_SUM_SQUARES = 65504.0 ** 2
+
+
+def _surely_finite(work: torch.Tensor) -> bool:
+    """Fast test, one BLAS dot of the cache-resident pass (a sum of squares): True proves every value
+    finite and within fp16's range; inf/NaN make it fail, as do large values (then check exactly)."""
+    flat = work.view(-1)
+    return float(torch.dot(flat, flat)) < _SAFE_SUM_SQUARES
+
+
+def _refuse_non_finite(t: torch.Tensor, key: str, r0: int, r1: int) -> None:
+    """The exact check, for the rare pass the fast test could not clear."""
+    if not bool(torch.isfinite(t).all()):
+        raise UserError(f"the merged weight '{key}' has inf/NaN values (rows {r0}-{r1 - 1}); nothing was written",
+                        fix="check the LoRA and base with `circle-rotate inspect`; lower the strength, or write "
+                            "--dtype bf16/fp32 if fp16's range (65504) is what overflowed")
+
+
 class Chunks:
     """Per-thread scratch buffers and a free list of output buffers; methods are thread-safe."""
 
@@ -79,9 +100,14 @@ class Chunks:
         out = buf[:nbytes].view(src.dtype).view(shape)
         for a, b in row_ranges(*src.weight.shape, SCRATCH_ELEMS, r0, r1):
             work, dst = self._decoded(src, a, b), out[a - r0:b - r0]
+            sure = _surely_finite(work)
             if src.encode == "cast":
                 dst.copy_(work)
+                if not sure:  # after the cast: an fp16 overflow is an inf there
+                    _refuse_non_finite(dst, src.key, a, b)
             else:
+                if not sure:  # before: fp8 encoding would clamp an inf to the maximum
+                    _refuse_non_finite(work, src.key, a, b)
                 quantize_into(dst, work, scale if src.encode == "fp8_scaled" else None)
         return Pooled(tensor_bytes(out), buf)
 

@@ -17,12 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from circle_rotate.checkpoint_id import identify_checkpoint
 from circle_rotate.errors import UserError
-from circle_rotate.safetensors_io import read_header
 from circle_rotate.tools.lora_inspect import lora_expert
 from circle_rotate.tools.lora_io import AlphaIfMissing, read_lora_index
-from circle_rotate.tools.merge import MergeReport, prepare_merge, run_merge
+from circle_rotate.tools.merge import MergeReport, prepare_merge, read_base, run_merge
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -56,10 +54,12 @@ def _check(role: str, path: Path, wanted: str, found: Optional[str], evidence: O
     return f"--{wanted} {role} '{path.name}' is the {found}-noise one (by {evidence})", f"{found} ({evidence})"
 
 
-def output_name(task: str, expert: str, lora: Path, dtype: str) -> str:
-    """``wan2.2_i2v_high_noise_<lora stem>_<dtype>.safetensors``: keeps ``high_noise`` in the name
-    so the file identifies itself to ComfyUI users and to :mod:`circle_rotate.checkpoint_id`."""
-    return f"wan2.2_{task}_{expert}_noise_{lora.stem}_{dtype}.safetensors"
+def output_name(task: str, expert: str, lora: Path, dtype: str, variant: Optional[str] = None) -> str:
+    """``wan2.2_i2v_high_noise_<lora stem>_<dtype>.safetensors`` (``wan2.2_fun_inpaint_...`` for the
+    Fun-InP experts): keeps ``high_noise`` and ``fun_inpaint`` in the name, as Comfy-Org names its
+    files, so the file identifies itself to ComfyUI users and to :mod:`circle_rotate.checkpoint_id`."""
+    model = "fun_inpaint" if variant == "fun-inp" else task
+    return f"wan2.2_{model}_{expert}_noise_{lora.stem}_{dtype}.safetensors"
 
 
 def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], out_dir: PathLike, *,
@@ -85,8 +85,9 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
     evidence: Dict[str, str] = {}
     prepared = {}
     for expert, (base, lora), strength in zip(EXPERTS, (high, low), strengths):
-        ident = identify_checkpoint(read_header(base))
-        lora_found = lora_expert(read_lora_index(lora, finite=False))  # prepare_merge checks the weights
+        info = read_base(base)  # the one read of this base's header: checked here, planned from below
+        ident = info.identity
+        lora_found = lora_expert(read_lora_index(lora, finite=False)  # prepare_merge checks the weights)
         for role, path, (found, how) in (("base", Path(base), (ident.expert, ident.expert_evidence)),
                                           ("LoRA", Path(lora), lora_found)):
             problem, evidence[f"{expert} {role}"] = _check(role, path, expert, found, how, assume=assume_experts,
@@ -95,8 +96,8 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
                 problems.append(problem)
         if not problems:
             label = ident.dtype if dtype == "same" else dtype
-            out = Path(out_dir) / output_name(ident.task, expert, Path(lora), label)
-            prepared[expert] = prepare_merge(base, [(lora, strength)], out, dtype=dtype, alpha_if_missing=alpha_if_missing,
+            out = Path(out_dir) / output_name(ident.task, expert, Path(lora), label, ident.variant)
+            prepared[expert] = prepare_merge(info, [(lora, strength)], out, dtype=dtype, alpha_if_missing=alpha_if_missing,
                                              force=force, expert=expert)
     if problems:
         raise UserError("; ".join(problems), fix="pass the high-noise expert and circle_rotate_h with --high and the "

@@ -7,7 +7,16 @@ for each base tensor, one of:
 - ``raw``: copied byte for byte (untouched and already in the output representation);
 - ``compute``: decoded (fp8 dequantized with its scale), LoRA deltas added in fp32, encoded
   (cast, plain fp8, or per-tensor scaled fp8 with a fresh scale);
-- ``scale`` / ``marker``: the fp8 side tensors a scaled output needs.
+- ``scale`` / ``marker`` / ``const``: the fp8 side tensors a scaled output needs (a fresh
+  ``.scale_weight``; the ``scaled_fp8`` marker; ``.scale_input`` = 1).
+
+An fp8_scaled output has ComfyUI's own layout: every Linear weight (block projections and FFNs,
+and the text/time embeddings, time projection and head, see :func:`circle_rotate.wan_arch.is_linear_weight`)
+in float8_e4m3fn with an fp32 scalar ``.scale_weight`` and ``.scale_input``, and the
+``scaled_fp8`` marker (0 elements). ComfyUI builds every Linear of a model with that marker as
+a scaled fp8 Linear with both scales as parameters (``comfy/ops.py``; a 2-element marker would
+drop ``scale_input``), so a Linear without them loads narrowed to fp8 unscaled and is logged as
+``unet missing``. An input scale of 1 is what ComfyUI assumes when there is none.
 
 No key is dropped except fp8 side tensors (scales, ``scaled_fp8`` marker, input scales,
 ``comfy_quant``) when the output stops being fp8, and nothing is ever dropped silently: the plan
@@ -25,18 +34,27 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, CheckpointIdentity
+from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY, VARIANT_METADATA_KEY, CheckpointIdentity
 from circle_rotate.errors import UserError
 from circle_rotate.safetensors_io import DTYPES, SafetensorsHeader
-from circle_rotate.tools.fp8 import FP8, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable, fp8_layout
+from circle_rotate.tools.fp8 import FP8, INPUT_SCALE_SUFFIX, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable
 from circle_rotate.tools.lora_io import LoraIndex
 from circle_rotate.tools.options import FLOAT_DTYPES, MERGE_DTYPES
-from circle_rotate.wan_arch import is_fp8_target
+from circle_rotate.wan_arch import is_fp8_target, is_linear_weight
 
 _TORCH = {name: DTYPES[code] for name, code in FLOAT_DTYPES.items()}
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _FP8 = {"F8_E4M3", "F8_E5M2"}
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")  # the official repo's diffusion_pytorch_model-00001-of-00006
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """The base expert as read once: its header, what it is, and where it keeps its fp8 scales."""
+
+    header: SafetensorsHeader
+    identity: CheckpointIdentity
+    layout: Fp8Layout
 
 
 @dataclass(frozen=True)
@@ -64,13 +82,14 @@ class OutTensor:
     key: str
     dtype: torch.dtype
     shape: Tuple[int, ...]
-    kind: str  # "raw", "compute", "scale", "marker"
+    kind: str  # "raw", "compute", "scale", "marker", "const"
     src: Optional[str] = None  # base key read by raw/compute
     src_scale: Optional[str] = None  # base scale that dequantizes ``src``
     deltas: Tuple[Delta, ...] = ()
     encode: str = "cast"  # compute: "cast", "fp8" (plain) or "fp8_scaled"
     scale_key: Optional[str] = None  # fp8_scaled compute: the output key of its scale
     weight_key: Optional[str] = None  # scale: the output weight it scales
+    value: float = 0.0  # const: every element's value
 
 
 @dataclass(frozen=True)
@@ -137,9 +156,9 @@ def _encoding(dtype: str, src_dtype: str, canonical: str, scaled: bool, layout: 
     keep = (src, "fp8_scaled" if scaled else ("fp8" if src_dtype in _FP8 else "cast"))
     if dtype == "same":
         return keep
-    target = src_dtype in _FP8 or is_fp8_target(canonical)
-    if dtype == "fp8_e4m3fn":
-        return (FP8, "fp8") if target else keep
+    if dtype == "fp8_e4m3fn":  # musubi's --fp8_base targets: the block Linears
+        return (FP8, "fp8") if src_dtype in _FP8 or is_fp8_target(canonical) else keep
+    target = src_dtype in _FP8 or is_linear_weight(canonical)
     # fp8_scaled on a comfy_quant base: its quantized layers stay its own (adding layers would also
     # need comfy_quant entries); on any other base, every fp8 target is quantized with a scale.
     if layout.comfy_quant or not target:
@@ -189,12 +208,12 @@ def _side_tensor(header: SafetensorsHeader, layout: Fp8Layout, key: str, weights
     return OutTensor(key, info.torch_dtype, info.shape, "raw", src=key) if same else None
 
 
-def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: Sequence[LoraSource], *,
-               dtype: str = "same", expert: Optional[str] = None) -> MergePlan:
-    """Decide every output tensor of merging ``loras`` into the base ``header``.
+def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "same",
+               expert: Optional[str] = None) -> MergePlan:
+    """Decide every output tensor of merging ``loras`` into the base (headers only, no I/O).
 
     Args:
-        header, identity: the base, from ``read_header`` and ``identify_checkpoint``.
+        base: the base's header, identity and fp8 layout (``circle_rotate.tools.merge.read_base``).
         loras: the LoRAs with strengths and scales, applied in order.
         dtype: one of :data:`MERGE_DTYPES`.
         expert: ``high``/``low`` to record in the metadata (default: the base's own, if known).
@@ -205,12 +224,16 @@ def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: S
     """
     if dtype not in MERGE_DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}", fix=f"use one of {', '.join(MERGE_DTYPES)}")
+    header, identity, layout = base.header, base.identity, base.layout
     prefix = identity.key_prefix
-    layout = fp8_layout(header, prefix)
+    # "same" on a scaled base means ComfyUI's scaled layout, completed: a base of ours from before
+    # every Linear was quantized gets its remaining Linears scaled rather than copied unscaled.
+    encoding = "fp8_scaled" if dtype == "same" and layout.scaled and not layout.comfy_quant else dtype
     deltas = _deltas(header, prefix, loras)
     side = layout.side_keys
     order = sorted(header.keys(), key=lambda k: header.tensors[k].begin)
-    weights = {k: _weight_plan(header, k, prefix, dtype, layout, deltas) for k in order if k not in side}
+    weights = {k: _weight_plan(header, k, prefix, encoding, layout, deltas) for k in order if k not in side}
+    input_scales = not layout.comfy_quant and not (layout.marker_key and header.tensors[layout.marker_key].numel == 2)
     scaled_out = {t.key for t in weights.values() if t.encode == "fp8_scaled"}
     tensors: List[OutTensor] = []
     dropped: List[str] = []
@@ -222,6 +245,9 @@ def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: S
             tensors.append(t)
             if t.encode == "fp8_scaled" and t.scale_key not in header.tensors:
                 tensors.append(OutTensor(t.scale_key, torch.float32, (), "scale", weight_key=key))
+            input_key = key[: -len(".weight")] + INPUT_SCALE_SUFFIX
+            if t.encode == "fp8_scaled" and input_scales and input_key not in header.tensors:
+                tensors.append(OutTensor(input_key, torch.float32, (), "const", value=1.0))
             continue
         kept = _side_tensor(header, layout, key, weights, scaled_out)
         if kept is None:
@@ -236,5 +262,7 @@ def plan_merge(header: SafetensorsHeader, identity: CheckpointIdentity, loras: S
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert
+    if identity.variant:  # I2V and Fun-InP share every key: only this (and the name) tells them apart
+        metadata[VARIANT_METADATA_KEY] = identity.variant
     applied = tuple(sum(1 for ds in deltas.values() for d in ds if d.lora == i) for i in range(len(loras)))
     return MergePlan(header, identity, tuple(loras), dtype, tuple(tensors), metadata, tuple(dropped), applied)

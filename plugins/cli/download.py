@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
-from circle_rotate.downloads import GB, GROUPS, check_disk, fetch, plan
+from circle_rotate.downloads import GB, GROUPS, VARIANTS, check_disk, fetch, plan
 
 ORDER = 5
 
@@ -17,9 +17,13 @@ def add_parser(sub) -> None:
                                "showing sizes first and checking free disk, then print the variables to point the "
                                "recipes at them. HF_HUB_OFFLINE=1 serves them from the local cache.",
                    examples="  circle-rotate download models -o models\n"
+                            "  circle-rotate download models --variant fun-inp -o ComfyUI/models/diffusion_models\n"
                             "  circle-rotate download lora -o checkpoints\n"
                             "  circle-rotate download dataset -o data --dry-run\n")
     p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; dataset")
+    p.add_argument("--variant", choices=VARIANTS, default="i2v",
+                   help="models: i2v (the fp16 I2V experts the recipes train on, default) or fun-inp (the fp8_scaled "
+                        "Fun-InP experts and ComfyUI's umT5, as the study's ComfyUI workflow uses)")
     add_out(p, metavar="DIR", help="also link the files into this folder under their own names")
     add_alias(p, "--to", dest="out", new="-o/--out", type=Path)
     p.add_argument("--cache-dir", type=Path, help="huggingface_hub cache (default: HF_HUB_CACHE / HF_HOME)")
@@ -29,7 +33,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    planned = plan(args.group, cache_dir=args.cache_dir)
+    if args.variant != "i2v" and args.group != "models":
+        from circle_rotate.errors import UserError
+
+        raise UserError(f"--variant applies to 'download models', not '{args.group}'", fix="drop --variant")
+    planned = plan(args.group, cache_dir=args.cache_dir, variant=args.variant)
     files = [{"file": f"{item.file.repo_id}/{item.file.filename}", "bytes": item.size, "cached": item.cached,
               "note": item.file.note} for item in planned]
     if not args.json:
@@ -46,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({**report, "dry_run": True})
         return 0
-    paths = fetch(args.group, to=args.out, cache_dir=args.cache_dir)
+    paths = fetch(args.group, to=args.out, cache_dir=args.cache_dir, variant=args.variant)
     if args.json:
         print_json({**report, "variables": {k: str(v) for k, v in paths.items()}})
         return 0

@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
                    help="a LoRA and its strength (default 1.0); repeat for several")
     add_out(p, required=True, metavar="OUT", help="merged checkpoint to write")
     add_dtype_option(p)
-    p.add_argument("--dry-run", action="store_true", help="check every input and plan every tensor, write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and say what would be written (size, dtypes, layers touched); write nothing")
     add_output_options(p, run)
 
 
@@ -60,15 +61,13 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare_merge(Path(args.base), args.lora, args.out, dtype=args.dtype,
                              alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.dry_run:
-        plan = prepared.plan
-        summary = {"out": str(prepared.out), "dtype": plan.dtype, "tensors": len(plan.tensors),
-                   "merged": sum(1 for t in plan.tensors if t.deltas), "copied": plan.count("raw"),
-                   "bytes": plan.output_bytes, "dry_run": True}
+        from circle_rotate.tools.merge_summary import summarize
+
+        summary = summarize(prepared.plan, str(prepared.out))
         if args.json:
-            print_json(summary)
+            print_json(summary.to_dict())
         else:
-            print(f"would write {summary['out']}: {summary['dtype']}, {summary['tensors']} tensors ({summary['merged']} "
-                  f"merged, {summary['copied']} copied byte for byte), {summary['bytes'] / 2**30:.2f} GiB")
+            print("\n".join(summary.lines()))
         return 0
     report = run_merge(prepared)
     if args.json:

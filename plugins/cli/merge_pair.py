@@ -8,6 +8,7 @@ from pathlib import Path
 from circle_rotate.cli._common import add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, strength_arg
 from circle_rotate.cli.merge import add_dtype_option, describe
+from circle_rotate.cli.workflow import add_workflow_options
 from circle_rotate.tools.options import parse_alpha_if_missing
 
 ORDER = 35
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
                                "file is refused before anything is written.",
                    examples="  circle-rotate merge-pair --high wan2.2_i2v_high_noise_14B_fp16.safetensors circle_rotate_h.safetensors \\\n"
                             "      --low wan2.2_i2v_low_noise_14B_fp16.safetensors circle_rotate_l.safetensors "
-                            "-o merged/ --dtype fp8_scaled\n")
+                            "-o merged/ --dtype fp8_scaled --workflow --lightx2v\n")
     p.add_argument("--high", nargs=2, type=Path, required=True, metavar=("H_EXPERT", "H_LORA"),
                    help="high-noise expert and its LoRA")
     p.add_argument("--low", nargs=2, type=Path, required=True, metavar=("L_EXPERT", "L_LORA"),
@@ -33,21 +34,45 @@ def add_parser(sub) -> None:
                    help="trust the --high/--low order for files whose expert nothing tells")
     p.add_argument("--ignore-expert-evidence", action="store_true",
                    help="merge even if a file's metadata or name says it is the other expert")
+    p.add_argument("--workflow", nargs="?", const="circle_rotate_workflow.json", default=None, metavar="NAME",
+                   help="also write a ComfyUI workflow for the two merged files into --out (default name "
+                        "circle_rotate_workflow.json, plus its _api.json); see `circle-rotate workflow --help`")
+    add_workflow_options(p)
     add_output_options(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.tools.merge_pair import merge_pair
 
+    workflow = None
+    if args.workflow is not None:  # checked before the long merge, written after it
+        from circle_rotate.cli.workflow import spec_from_args
+
+        spec_from_args(args, args.high[0].name, args.low[0].name).check()
+        workflow = Path(args.out) / Path(args.workflow).name
+        from circle_rotate.atomic import check_output_path
+        from circle_rotate.tools.comfy_workflow import api_path
+
+        check_output_path(workflow, force=args.force)
+        check_output_path(api_path(workflow), force=args.force)
+
     report = merge_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
                         strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
                         ignore_expert_evidence=args.ignore_expert_evidence,
                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+    if workflow is not None:
+        from circle_rotate.cli.workflow import describe as describe_workflow, spec_from_args
+        from circle_rotate.tools.comfy_workflow import write_workflows
+
+        spec = spec_from_args(args, Path(report.high.out).name, Path(report.low.out).name)
+        write_workflows(spec, workflow, force=args.force)
     if args.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "workflow": str(workflow) if workflow else None})
         return 0
     for role, how in report.evidence.items():
         print(f"{role}: {how}")
     print(describe(report.high))
     print(describe(report.low))
+    if workflow is not None:
+        print(describe_workflow(spec, workflow))
     return 0

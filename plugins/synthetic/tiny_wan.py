@@ -10,9 +10,10 @@ dtypes, as the files users download have them:
 - ``fp8_e4m3fn``: the weights musubi's ``--fp8_scaled`` would quantize (block Linear
   weights, see :func:`circle_rotate.wan_arch.is_fp8_target`) stored as plain fp8 (no
   scale), everything else in ``rest_dtype``.
-- ``fp8_scaled``: ComfyUI's scaled-fp8 layout (read in ComfyUI's ``comfy/utils.py``
-  ``convert_old_quants``): a top-level ``scaled_fp8`` marker tensor, each quantized weight
-  in fp8_e4m3fn with a per-tensor fp32 ``<layer>.scale_weight`` (weight = fp8 * scale).
+- ``fp8_scaled``: ComfyUI's scaled-fp8 layout (read in ComfyUI's ``comfy/model_detection.py``
+  and ``comfy/ops.py``): a top-level ``scaled_fp8`` marker tensor, every Linear weight
+  (:func:`circle_rotate.wan_arch.is_linear_weight`) in fp8_e4m3fn with a per-tensor fp32
+  ``<layer>.scale_weight`` (weight = fp8 * scale) and ``<layer>.scale_input`` (1).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from circle_rotate.checkpoint_id import EXPERT_METADATA_KEY
 from circle_rotate.safetensors_io import SafetensorsWriter
-from circle_rotate.wan_arch import WanDiTConfig, dit_shapes, is_fp8_target, tiny_config
+from circle_rotate.wan_arch import WanDiTConfig, dit_shapes, is_fp8_target, is_linear_weight, tiny_config
 
 PathLike = Union[str, os.PathLike]
 DTYPES = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_scaled")
@@ -56,6 +57,11 @@ def quantize_fp8_scaled(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return q, scale.reshape(()).to(torch.float32)
 
 
+def _quantized(name: str, dtype: str) -> bool:
+    """musubi's --fp8_base quantizes the block Linears; ComfyUI's fp8_scaled files every Linear."""
+    return is_linear_weight(name) if dtype == "fp8_scaled" else is_fp8_target(name)
+
+
 def _plan(cfg: WanDiTConfig, dtype: str, rest: torch.dtype) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
     specs: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]] = {}
     if dtype == "fp8_scaled":
@@ -63,10 +69,11 @@ def _plan(cfg: WanDiTConfig, dtype: str, rest: torch.dtype) -> Dict[str, Tuple[t
     for name, shape in dit_shapes(cfg).items():
         if dtype in _TORCH:
             specs[name] = (_TORCH[dtype], shape)
-        elif is_fp8_target(name):
+        elif _quantized(name, dtype):
             specs[name] = (torch.float8_e4m3fn, shape)
             if dtype == "fp8_scaled":
                 specs[name[: -len(".weight")] + ".scale_weight"] = (torch.float32, ())
+                specs[name[: -len(".weight")] + ".scale_input"] = (torch.float32, ())
         else:
             specs[name] = (rest, shape)
     return specs
@@ -85,7 +92,7 @@ def tiny_wan_tensors(cfg: WanDiTConfig, dtype: str = "fp16", *, seed: int = 0, r
         value = init_tensor(name, shape, gen)
         if dtype in _TORCH:
             yield name, value.to(_TORCH[dtype])
-        elif not is_fp8_target(name):
+        elif not _quantized(name, dtype):
             yield name, value.to(rest)
         elif dtype == "fp8_e4m3fn":
             yield name, value.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -93,6 +100,7 @@ def tiny_wan_tensors(cfg: WanDiTConfig, dtype: str = "fp16", *, seed: int = 0, r
             q, scale = quantize_fp8_scaled(value)
             yield name, q
             yield name[: -len(".weight")] + ".scale_weight", scale
+            yield name[: -len(".weight")] + ".scale_input", torch.ones((), dtype=torch.float32)
 
 
 def write_tiny_wan(path: PathLike, *, config: Optional[WanDiTConfig] = None, dtype: str = "fp16", seed: int = 0,
