@@ -110,7 +110,15 @@ def run_script(script: str, argv: Sequence[str]) -> int:
     if script not in SCRIPTS:
         raise ValueError(f"unknown musubi script {script!r}; one of {', '.join(SCRIPTS)}")
     register()
+    from circle_rotate import cpu_ddp
+
+    if cpu_ddp.needed():
+        cpu_ddp.install()
     module = importlib.import_module(f"musubi_tuner.{script}")
+    if script == "wan_train_network":
+        from circle_rotate.ddp_probe import install_from_env
+
+        install_from_env()
     sys.argv = [f"{script}.py", *argv]
     module.main()
     return 0
