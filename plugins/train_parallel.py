@@ -16,11 +16,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from circle_rotate.accelerate_launch import (check_config, check_request, check_shared_paths, launcher, read_config,
                                              shared_paths_note)
 from circle_rotate.errors import UserError
-from circle_rotate.parallel_plan import BatchMaths, ParallelRequest, Placement, dataset_batches, place_experts
+from circle_rotate.parallel_plan import (BatchMaths, ParallelRequest, Placement, dataset_batches, parse_address,
+                                        place_experts)
 from circle_rotate.preflight import Problem
 from circle_rotate.recipe_reader import MusubiCommand, edit_options, option_values, train_command
 
 CONFIG_NAME = "accelerate-{expert}.yaml"
+PLACEHOLDER = "NODE0_HOST:29500"  # printed when --main-address is missing or wrong (an error is listed too)
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,25 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
                   transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None) -> ParallelPlan:
     """Every node's commands (or only ``request.node_rank``'s when given), with the checks.
 
-    Raises:
-        UserError: the plan itself cannot be made (a run spans nodes without --main-address).
+    Every problem (a bad rank, port, address, accelerate config or path) comes back as a
+    :class:`~circle_rotate.preflight.Problem`; the commands are planned regardless, for the dry run.
     """
+    address_problems: List[Problem] = []
+    if request.main_address:
+        try:
+            parse_address(request.main_address)
+        except ValueError as exc:
+            address_problems.append(Problem("error", "", f"--main-address: {exc}",
+                                            "give node 0's HOST:PORT with a free port, e.g. node0:29500"))
+            request = replace(request, main_address=None)
     try:
         placements = place_experts(experts, request)
     except ValueError as exc:
-        raise UserError(str(exc), fix="pass --main-address HOST:PORT of node 0 (the same on every node)") from None
-    problems = check_request(request, placements)
+        if not address_problems:  # a malformed address was reported already
+                address_problems.append(Problem("error", "", str(exc), "pass --main-address HOST:PORT of node 0 "
+                                                                   "(the same on every node)"))
+        placements = place_experts(experts, replace(request, main_address=PLACEHOLDER))
+    problems = address_problems + check_request(request, placements)
     user_config = request.accelerate_config
     if user_config is not None:
         try:
@@ -122,6 +135,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
         shared[f"{pl.expert} output"] = out
         shared.update({f"cache directory {k}": c for k, c in enumerate(caches)})
         shared["dataset config"] = Path(values.get("--dataset_config", [""])[0])
+        shared.update({f"{pl.expert} {flag[2:]}": Path(values[flag][0]) for flag in ("--dit", "--vae") if values.get(flag)})
         config = user_config or out / CONFIG_NAME.format(expert=pl.expert)
         for node in nodes:
             if node not in pl.node_ranks:
