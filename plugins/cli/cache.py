@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                                "`cache status` lists cached / missing / stale clips and the space used.",
                    examples="  circle-rotate cache --dataset-config datasets/circle/circle.toml --dry-run\n"
                             "  circle-rotate cache --vae models/wan_2.1_vae.safetensors --t5 models/t5.pth --gpus 0,1\n"
-                            "  circle-rotate cache status --dataset-config my.toml\n")
+                            "  circle-rotate cache status --dataset-config my.toml\n"
+                            "  circle-rotate cache --gpus 0-7 --nodes 2 --node-rank 0   # on each node, its rank\n")
     p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
                    help="run (default) or status (what is cached, nothing runs)")
     add_recipe_options(p)
@@ -28,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
     p.add_argument("--refresh-stale", action="store_true",
                    help="delete caches made without --i2v, older than their clip or with an old caption, and redo them")
+    p.add_argument("--nodes", type=int, default=1, help="machines sharing the pass (cache directory on shared storage)")
+    p.add_argument("--node-rank", type=int, help="this machine, 0 to nodes-1 (the dry run lists every node's shards)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(func=run)
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  stray   {stray} (no clip of the config; training would still use it)")
         return 0
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
-                                     refresh_stale=args.refresh_stale))
+                                     refresh_stale=args.refresh_stale, nodes=max(1, args.nodes),
+                                     node_rank=args.node_rank))
     for line in describe_job(job):
         print(line)
     if not args.dry_run:
