@@ -149,6 +149,9 @@ class BatchMaths:
                          f"{self.lr_rule}); ways to keep the maths close: --lr-rule linear (x{self.ratio:g}) or sqrt "
                          f"(x{math.sqrt(self.ratio):.3g}), or train a 1-GPU reference with --grad-accumulation "
                          f"{self.processes * self.accumulation} (the same global batch, the same maths)")
+        if self.processes > 1:
+            lines.append("musubi seeds every process alike (set_seed(--seed)): the processes' samples in one step "
+                         "share one noise draw and one timestep, where one process draws them per sample")
         return lines
 
     def to_record(self) -> Dict[str, object]:
