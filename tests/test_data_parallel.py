@@ -28,7 +28,7 @@ TOLERANCE = 1e-6
 def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
     from circle_rotate.cache_plan import plan_cache
     from circle_rotate.parallel_plan import ParallelRequest
-    from circle_rotate.smoke import scale_down
+    from circle_rotate.smoke import _script_server, scale_down
     from circle_rotate.train import TrainRequest, train
     from circle_rotate.train_parallel import MathsChoice
 
@@ -44,9 +44,9 @@ def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
     m = tiny_musubi_models
     out = {}
 
-    def run(name, parallel=None, maths=MathsChoice(), env=()):
-        def transform(command):
-            return scale_down(command, workdir=m.tokenizer_root).with_env(
+    def run(name, server, parallel=None, maths=MathsChoice(), env=()):
+        def transform(command):  # the 2-process run starts fresh interpreters; 1-process runs fork the server
+            return scale_down(command, workdir=m.tokenizer_root, server=server).with_env(
                 **{TRACE_ENV: str(root / name / "trace"), **dict(env)})
 
         request = TrainRequest(("low",), env=(("DIT_LOW", str(m.dit_low)), ("VAE", str(m.vae)),
@@ -55,9 +55,10 @@ def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
         result = train(request, dry_run=False, echo=lambda line: None, transform=transform)
         out[name] = (root / name, result)
 
-    run("ddp", parallel=ParallelRequest(gpus=("0", "1")))
-    run("replayed", maths=MathsChoice(accumulation=2), env=((REPLAY_ENV, "2"),))
-    run("plain", maths=MathsChoice(accumulation=2))
+    with _script_server(lambda line: None) as server:
+        run("ddp", server, parallel=ParallelRequest(gpus=("0", "1")))
+        run("replayed", server, maths=MathsChoice(accumulation=2), env=((REPLAY_ENV, "2"),))
+        run("plain", server, maths=MathsChoice(accumulation=2))
     return out
 
 
