@@ -90,9 +90,13 @@ def tiny_command(command: "MusubiCommand", *, workdir: Path, server: Optional[Pa
     """The same script and arguments, run through this module in ``workdir`` (tokenizer root), offline.
 
     With ``server`` (a :func:`circle_rotate.forkserver.fork_server` socket preloaded with
-    :func:`preload`) the run is a fork of that server instead of a fresh interpreter.
+    :func:`preload`) the run is a fork of that server instead of a fresh interpreter. An
+    ``accelerate launch`` of several processes stays one (``python -m accelerate.commands.launch``
+    with the same options), each process running this module: data parallel on CPUs (gloo).
     """
-    processes = _accelerate_processes(command.launcher)
+    from circle_rotate.recipe_reader import launcher_processes
+
+    processes = launcher_processes(command.launcher)
     if processes > 1:
         # data parallel: accelerate's launcher stays (its options as given), each rank runs this module
         launcher: Tuple[str, ...] = (sys.executable, "-m", "accelerate.commands.launch", *command.launcher[2:],
@@ -104,15 +108,6 @@ def tiny_command(command: "MusubiCommand", *, workdir: Path, server: Optional[Pa
 
         launcher = client_argv(server, "circle_rotate.musubi_tiny")
     return replace(command, launcher=launcher, script_path="", cwd=str(workdir)).with_env(**TINY_ENV)
-
-
-def _accelerate_processes(launcher: Sequence[str]) -> int:
-    """``--num_processes`` of an ``accelerate launch`` launcher (1 for anything else)."""
-    items = list(launcher)
-    if len(items) < 2 or Path(items[0]).name != "accelerate" or items[1] != "launch" or "--num_processes" not in items:
-        return 1
-    value = items[items.index("--num_processes") + 1]
-    return int(value) if value.isdigit() else 1
 
 
 def run_script(script: str, argv: Sequence[str]) -> int:

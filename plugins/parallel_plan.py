@@ -164,21 +164,8 @@ class BatchMaths:
 
 
 def dataset_batches(plan) -> Tuple[int, int]:
-    """(batch_size, batches per epoch) of a :class:`~circle_rotate.cache_plan.CachePlan`, as musubi's buckets form them.
+    """(batch_size of the first dataset, batches per epoch) of a :class:`~circle_rotate.cache_plan.CachePlan`."""
+    from circle_rotate.preflight_data import steps_per_epoch
 
-    musubi batches within a bucket (resolution and frame count), ``num_repeats`` copies per
-    window, the last batch of each bucket possibly short.
-    """
-    sizes, batches = [], 0
-    for d in plan.datasets:
-        section = dict(d.section)
-        size, repeats = int(section.get("batch_size", 1)), int(section.get("num_repeats", 1))
-        sizes.append(size)
-        buckets: Dict[Tuple[int, int, int], int] = {}
-        for item in plan.items:
-            if item.dataset == d.index:
-                for _, frames in item.windows:
-                    key = (*item.bucket, frames)
-                    buckets[key] = buckets.get(key, 0) + repeats
-        batches += sum(math.ceil(n / size) for n in buckets.values())
-    return (sizes[0] if sizes else 1), batches
+    size = int(dict(plan.datasets[0].section).get("batch_size", 1)) if plan.datasets else 1
+    return size, steps_per_epoch(plan)
