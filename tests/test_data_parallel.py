@@ -12,6 +12,8 @@ ranks draw; without the replay the LoRAs differ by more than the update itself.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,22 +46,41 @@ def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
     m = tiny_musubi_models
     out = {}
 
-    def run(name, server, parallel=None, maths=MathsChoice(), env=()):
+    def run(name, server, parallel=None, maths=MathsChoice(), env=(), folder=None):
+        folder = root / (folder or name)
+
         def transform(command):  # the 2-process run starts fresh interpreters; 1-process runs fork the server
             return scale_down(command, workdir=m.tokenizer_root, server=server).with_env(
-                **{TRACE_ENV: str(root / name / "trace"), **dict(env)})
+                **{TRACE_ENV: str(folder / "trace"), **dict(env)})
 
         request = TrainRequest(("low",), env=(("DIT_LOW", str(m.dit_low)), ("VAE", str(m.vae)),
-                                              ("DATASET_CONFIG", str(config)), ("OUTPUT_DIR_LOW", str(root / name))),
+                                              ("DATASET_CONFIG", str(config)), ("OUTPUT_DIR_LOW", str(folder))),
                                gpus=("",), parallel=parallel, maths=maths)
         result = train(request, dry_run=False, echo=lambda line: None, transform=transform)
-        out[name] = (root / name, result)
+        out[name] = (folder, result)
 
     with _script_server(lambda line: None) as server:
         run("ddp", server, parallel=ParallelRequest(gpus=("0", "1")))
         run("replayed", server, maths=MathsChoice(accumulation=2), env=((REPLAY_ENV, "2"),))
         run("plain", server, maths=MathsChoice(accumulation=2))
+    # two "nodes" of one process each, both this machine: the per-node commands, launched for real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())  # this machine's /tmp is shared by its "nodes"
+        port = _free_port()
+        nodes = [threading.Thread(target=run, args=(f"nodes{rank}", None), kwargs={"parallel": ParallelRequest(
+            gpus=("0",), nodes=2, node_rank=rank, main_address=f"127.0.0.1:{port}"), "folder": "nodes"})
+            for rank in (0, 1)]
+        for t in nodes:
+            t.start()
+        for t in nodes:
+            t.join()
     return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _trace(folder: Path, rank: int):
@@ -111,3 +132,21 @@ def test_two_processes_equal_one_with_accumulation_within_tolerance(runs):
     assert worst("replayed") <= TOLERANCE * scale
     # without lining up the random draws the two runs are different training runs
     assert worst("plain") > 0.5 * scale
+
+
+def test_per_node_commands_run_as_two_nodes_and_train_the_same_lora(runs):
+    """Node 0 and node 1 (both this machine) each launch their own line; together they are the 2-process run."""
+    from safetensors.torch import load_file
+
+    assert "nodes0" in runs and "nodes1" in runs, "a node's train() raised"
+    folder, first = runs["nodes0"]
+    _, second = runs["nodes1"]
+    (a,), (b,) = first.plan.runs, second.plan.runs
+    assert " ".join(a.command.argv).replace("--machine_rank 0", "--machine_rank 1") == " ".join(b.command.argv)
+    assert a.record and not b.record  # node 0 writes run.json; the other node's record would race it
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "finished" and record["data_parallel"]["node_ranks"] == [0, 1]
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["circle_rotate_l.safetensors"]
+    ddp = load_file(str(runs["ddp"][0] / "circle_rotate_l.safetensors"))
+    nodes = load_file(str(folder / "circle_rotate_l.safetensors"))
+    assert max(float((ddp[k] - nodes[k]).abs().max()) for k in ddp) == 0
