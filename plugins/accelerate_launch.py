@@ -126,7 +126,8 @@ def check_shared_paths(paths: Mapping[str, Path], nodes: int) -> List[Problem]:
             local = [pre for pre in NODE_LOCAL if text == pre or text.startswith(pre + "/")]
             if local:
                 out.append(Problem("error", text, f"{what} is under {local[0]}, which is local to each node",
-                                   "put it on shared storage (NFS, Lustre, ...) mounted at the same path on every node"))
+                                   "put it on shared storage (NFS, Lustre, ...) mounted at the same path on "
+                                   "every node"))
     return out
 
 

@@ -127,9 +127,9 @@ def _run_for(request: TrainRequest, expert: str, gpu: Optional[str],
     command = train_command(request.recipe, expert, env=env)
     details: Tuple[Tuple[str, object], ...] = ()
     if request.maths != MathsChoice():
-        from circle_rotate.train_parallel import _dataset_batches
+        from circle_rotate.train_parallel import dataset_shape
 
-        size, batches, _ = _dataset_batches(command)
+        size, batches, _ = dataset_shape(command)
         command, maths = apply_maths(command, request.maths, 1, (size, batches))
         details = (("batch_maths", maths.to_record()),)
     if transform is not None:

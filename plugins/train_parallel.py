@@ -50,7 +50,7 @@ class ParallelPlan:
     notes: Tuple[str, ...]
 
 
-def _dataset_batches(command: MusubiCommand) -> Tuple[int, Optional[int], Tuple[Path, ...]]:
+def dataset_shape(command: MusubiCommand) -> Tuple[int, Optional[int], Tuple[Path, ...]]:
     """(batch_size, batches per epoch or None, cache directories) of the command's dataset config."""
     from circle_rotate.cache_plan import plan_cache
 
@@ -113,7 +113,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
             problems += check_config(read_config(user_config), user_config, request)
         except ValueError as exc:
             problems.append(Problem("error", str(user_config), str(exc), "give an accelerate config written by "
-                                                                          "`accelerate config` or recipes/accelerate_multi_node.yaml"))
+                                    "`accelerate config` or recipes/accelerate_multi_node.yaml"))
     nodes = [request.node_rank] if request.node_rank is not None else list(range(request.nodes))
     if for_run and request.nodes > 1 and request.node_rank is None:
         problems.append(Problem("error", "", f"--nodes {request.nodes} runs one command per node",
@@ -124,7 +124,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
     for pl in placements:
         base = train_command(recipe, pl.expert, env={**env, "GPU": ",".join(pl.gpus),
                                                        "NUM_PROCESSES": str(pl.processes)})
-        size, batches, caches = _dataset_batches(base)
+        size, batches, caches = dataset_shape(base)
         command, maths = apply_maths(base, choice, pl.processes, (size, batches))
         if batches is not None and batches < pl.processes:
             problems.append(Problem("warning", values_path(base), f"{batches} dataset batch(es) per epoch for "
@@ -135,7 +135,8 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
         shared[f"{pl.expert} output"] = out
         shared.update({f"cache directory {k}": c for k, c in enumerate(caches)})
         shared["dataset config"] = Path(values.get("--dataset_config", [""])[0])
-        shared.update({f"{pl.expert} {flag[2:]}": Path(values[flag][0]) for flag in ("--dit", "--vae") if values.get(flag)})
+        shared.update({f"{pl.expert} {flag[2:]}": Path(values[flag][0])
+                       for flag in ("--dit", "--vae") if values.get(flag)})
         config = user_config or out / CONFIG_NAME.format(expert=pl.expert)
         for node in nodes:
             if node not in pl.node_ranks:

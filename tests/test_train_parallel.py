@@ -43,7 +43,8 @@ def test_default_plans_split_the_hardware_between_the_experts():
 
 def test_global_batch_and_steps_of_the_published_dataset():
     # 2,168 clips at batch 1 (the published run), 8 GPUs
-    m = BatchMaths(batch_size=1, processes=8, accumulation=1, batches_per_epoch=2168, learning_rate=2e-4, lr_rule="linear")
+    m = BatchMaths(batch_size=1, processes=8, accumulation=1, batches_per_epoch=2168, learning_rate=2e-4,
+                   lr_rule="linear")
     assert (m.global_batch, m.steps_per_epoch, m.published_steps_per_epoch) == (8, 271, 2168)
     assert m.scaled_learning_rate == pytest.approx(1.6e-3)
     assert BatchMaths(1, 8, 1, 2168, learning_rate=2e-4, lr_rule="sqrt").scaled_learning_rate == pytest.approx(5.657e-4,
@@ -121,7 +122,8 @@ def test_two_node_dry_run_prints_each_nodes_exact_command(real_ws, capsys, roomy
 @pytest.mark.parametrize("extra, expected", [
     (("--node-rank", "2"), "error: --node-rank 2 is out of range for --nodes 2; fix: use 0 to 1"),
     (("--main-address", "node0:70000"), "error: --main-address: port '70000' of 'node0:70000' is not a port number"),
-    (("--accelerate-config", "template"), "num_processes is 16 but nodes x GPUs is 2 x 4 = 8; fix: set num_processes: 8"),
+    (("--accelerate-config", "template"),
+     "num_processes is 16 but nodes x GPUs is 2 x 4 = 8; fix: set num_processes: 8"),
 ])
 def test_each_bad_request_is_one_line_with_its_fix_and_exit_2(real_ws, capsys, roomy, monkeypatch, extra, expected):
     monkeypatch.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())

@@ -1,4 +1,4 @@
-"""``circle-rotate train low|high|both``: preflight, then the recipe's musubi-tuner training."""
+"""``circle-rotate train low|high|both``: preflight, then the recipe's musubi-tuner training (one GPU, or many)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def add_parser(sub) -> None:
                    description="Reads the recipe (recipes/<recipe>_<expert>.sh), checks everything from file headers "
                                "and configs (musubi-tuner, experts, VAE, dataset config, caches, sample prompts, disk, "
                                "VRAM), prints the exact commands and runs them, streaming their output. both: one "
-                               "after the other on one GPU, or one expert per GPU with --gpus 0,1. Each run writes "
-                               "run.json beside its LoRAs.",
+                               "after the other on one GPU, or one expert per GPU with --gpus 0,1; --data-parallel / --nodes "
+                               "train each expert over several GPUs or machines with accelerate (the dry run states "
+                               "the global batch and prints each node's command). Each run writes run.json beside its "
+                               "LoRAs.",
                    examples="  circle-rotate train both --recipe reproduce --dry-run\n"
                             "  circle-rotate train low --dit-low models/wan2.2_i2v_low_noise_14B_fp16.safetensors "
                             "--gradient-checkpointing\n"
@@ -40,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--save-state", action="store_true", help="also save optimizer state each epoch (for --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the last saved state in the output folder")
     p.add_argument("--dry-run", action="store_true", help="preflight and print the exact commands, run nothing")
-    g = p.add_argument_group("several GPUs and machines (accelerate DDP; recipes/README.md, 'Many GPUs, many machines')")
+    g = p.add_argument_group("several GPUs and machines (accelerate DDP; recipes/README.md, "
+                             "'Many GPUs, many machines')")
     g.add_argument("--data-parallel", action="store_true",
                    help="train each expert over several GPUs with accelerate (both + 2N GPUs: N GPUs each)")
     g.add_argument("--nodes", type=_positive, default=1, help="machines in the job (implies --data-parallel)")
