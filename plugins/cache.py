@@ -71,6 +71,7 @@ class CacheJob:
     shards: Tuple[Shard, ...]
     commands: Tuple[Tuple[str, Tuple[MusubiCommand, ...]], ...]  # (label, [latents, text]) per shard
     refresh_stale: bool
+    every_node: bool = False  # planned for all nodes (no --node-rank): fine to print, not to run
 
 
 def split_items(items: Sequence[CacheItem], parts: int) -> List[List[CacheItem]]:
@@ -175,7 +176,8 @@ def prepare_cache(request: CacheRequest, *,
         for c in chain:
             check_command(c)
         commands.append((shard.label, chain))
-    return CacheJob(plan, status, tuple(shards), tuple(commands), request.refresh_stale)
+    return CacheJob(plan, status, tuple(shards), tuple(commands), request.refresh_stale,
+                    every_node=request.nodes > 1 and request.node_rank is None)
 
 
 def run_cache(job: CacheJob, *, env: Optional[Mapping[str, str]] = None, scripts_in_parallel: bool = False
@@ -189,10 +191,9 @@ def run_cache(job: CacheJob, *, env: Optional[Mapping[str, str]] = None, scripts
         UserError: the job holds several nodes' shards (run it on each node with its rank), or a
             command failed (its output was streamed above).
     """
-    nodes = sorted({s.node for s in job.shards})
-    if len(nodes) > 1:
-        raise UserError(f"this cache job holds the shards of {len(nodes)} nodes", path=job.plan.config,
-                        fix="run it on each node with --node-rank R (0 to " f"{nodes[-1]})")
+    if job.every_node:
+        raise UserError("this cache job holds every node's shards", path=job.plan.config,
+                        fix="run it on each node with its --node-rank R")
     if job.refresh_stale:
         for s in job.status.of("stale"):
             for f in s.stale_files:
@@ -223,6 +224,8 @@ def _check_nodes(plan: CachePlan, request: CacheRequest) -> None:
 
     paths = {"dataset config": plan.config.absolute(), **{f"cache directory {d.index}": d.cache_directory
                                                           for d in plan.datasets}}
+    if request.nodes > 1:  # every node loads the same models
+        paths.update({k: Path(v) for k, v in recipe_variables(["VAE", "T5"], env=dict(request.env)).items()})
     for problem in check_shared_paths(paths, request.nodes):
         raise UserError(problem.message, path=problem.path, fix=problem.fix)
 

@@ -80,8 +80,8 @@ def test_a_rerun_resumes_and_rewrites_nothing(caches):
     assert now == caches["stamps"]
 
 
-def test_node_checks_are_one_line_errors(musubi, tmp_path):
-    from circle_rotate.cache import CacheRequest, prepare_cache
+def test_node_checks_are_one_line_errors(musubi, tmp_path, monkeypatch):
+    from circle_rotate.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
     from circle_rotate.errors import UserError
 
     config = write_config(tmp_path, write_clips(tmp_path / "clips", names=("orbit_a",)))
@@ -90,3 +90,10 @@ def test_node_checks_are_one_line_errors(musubi, tmp_path):
     if str(tmp_path).startswith("/tmp/"):
         with pytest.raises(UserError, match="local to each node.*shared storage"):
             prepare_cache(CacheRequest(config, nodes=2, node_rank=0))
+    monkeypatch.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())  # pytest's /tmp stands in for shared storage
+    with pytest.raises(UserError, match="VAE is a relative path.*fix: give an absolute path"):
+        prepare_cache(CacheRequest(config, nodes=2, node_rank=0, env=(("VAE", "models/vae.safetensors"),)))
+    job = prepare_cache(CacheRequest(config, nodes=2, env=env_from_paths(vae=tmp_path / "v", t5=tmp_path / "t")))
+    assert {s.label for s in job.shards} == {"node0:gpu0"}  # one clip: node 1's shard is empty
+    with pytest.raises(UserError, match="every node's shards.*--node-rank"):
+        run_cache(job)
