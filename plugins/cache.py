@@ -10,7 +10,10 @@ With several GPUs the clips are split into disjoint shards, balanced by pixels x
 each shard gets its own dataset config (``video_jsonl_file`` listing its clips, the same
 ``cache_directory`` and settings as the user's config) and one process per GPU runs the two
 scripts on it. ``--keep_cache`` is what lets the shards share a directory: without it each
-run deletes the cache files of clips it was not given.
+run deletes the cache files of clips it was not given. Several machines (``nodes``) split the
+clips into nodes x GPUs shards the same way; each machine computes the same split from the
+shared dataset and runs only its own shards (``node_rank``), all into the one cache directory,
+which must therefore be on storage every node mounts at the same path.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class CacheRequest:
     gpus: Tuple[str, ...] = ("0",)
     env: Tuple[Tuple[str, str], ...] = ()  # VAE, T5, DEVICE, TE_BATCH_SIZE, VAE_CACHE_CPU, FP8_T5, ...
     refresh_stale: bool = False
+    nodes: int = 1  # machines sharing the work (and the cache directory, on shared storage)
+    node_rank: Optional[int] = None  # this machine; None: plan every node's shards (a dry run)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Shard:
     items: Tuple[CacheItem, ...]
     config: Path
     files: Tuple[Tuple[Path, str], ...] = ()  # (path, text) to write before running; () = the user's config
+    node: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class CacheJob:
     shards: Tuple[Shard, ...]
     commands: Tuple[Tuple[str, Tuple[MusubiCommand, ...]], ...]  # (label, [latents, text]) per shard
     refresh_stale: bool
+    every_node: bool = False  # planned for all nodes (no --node-rank): fine to print, not to run
 
 
 def split_items(items: Sequence[CacheItem], parts: int) -> List[List[CacheItem]]:
@@ -148,15 +155,20 @@ def prepare_cache(request: CacheRequest, *,
     _check_inputs(plan, status, request.refresh_stale)
     _check_disk(plan, status)
     gpus = request.gpus or ("0",)
+    _check_nodes(plan, request)
     shards: List[Shard] = []
-    if len(gpus) == 1:
+    total = request.nodes * len(gpus)
+    if total == 1:
         shards.append(Shard(f"gpu{gpus[0]}", gpus[0], plan.items, plan.config))
     else:
+        # every node computes the same split from the same (shared) dataset and runs only its own shards
         shard_dir = plan.datasets[0].cache_directory / SHARD_DIR
-        for k, (gpu, items) in enumerate(zip(gpus, split_items(plan.items, len(gpus)))):
-            if items:
-                config = shard_dir / f"shard{k}-of-{len(gpus)}.toml"
-                shards.append(Shard(f"gpu{gpu}", gpu, tuple(items), config, shard_files(plan, items, config)))
+        for k, items in enumerate(split_items(plan.items, total)):
+            node, gpu = divmod(k, len(gpus))
+            if items and request.node_rank in (None, node):
+                config = shard_dir / f"shard{k}-of-{total}.toml"
+                label = f"gpu{gpus[gpu]}" if request.nodes == 1 else f"node{node}:gpu{gpus[gpu]}"
+                shards.append(Shard(label, gpus[gpu], tuple(items), config, shard_files(plan, items, config), node))
     commands = []
     for shard in shards:
         env = {**dict(request.env), "DATASET_CONFIG": str(shard.config), "GPU": shard.gpu}
@@ -164,7 +176,8 @@ def prepare_cache(request: CacheRequest, *,
         for c in chain:
             check_command(c)
         commands.append((shard.label, chain))
-    return CacheJob(plan, status, tuple(shards), tuple(commands), request.refresh_stale)
+    return CacheJob(plan, status, tuple(shards), tuple(commands), request.refresh_stale,
+                    every_node=request.nodes > 1 and request.node_rank is None)
 
 
 def run_cache(job: CacheJob, *, env: Optional[Mapping[str, str]] = None, scripts_in_parallel: bool = False
@@ -175,8 +188,12 @@ def run_cache(job: CacheJob, *, env: Optional[Mapping[str, str]] = None, scripts
     different files; on one GPU that needs room for the VAE and the T5 at once).
 
     Raises:
-        UserError: a command failed (its output was streamed above).
+        UserError: the job holds several nodes' shards (run it on each node with its rank), or a
+            command failed (its output was streamed above).
     """
+    if job.every_node:
+        raise UserError("this cache job holds every node's shards", path=job.plan.config,
+                        fix="run it on each node with its --node-rank R")
     if job.refresh_stale:
         for s in job.status.of("stale"):
             for f in s.stale_files:
@@ -197,6 +214,20 @@ def run_cache(job: CacheJob, *, env: Optional[Mapping[str, str]] = None, scripts
                         "re-running resumes where it stopped", path=job.plan.config,
                         fix="read the output above, fix the cause, run the same command again")
     return results
+
+
+def _check_nodes(plan: CachePlan, request: CacheRequest) -> None:
+    if request.node_rank is not None and not 0 <= request.node_rank < request.nodes:
+        raise UserError(f"--node-rank {request.node_rank} is out of range for --nodes {request.nodes}",
+                        fix=f"use 0 to {request.nodes - 1}, one per node")
+    from circle_rotate.accelerate_launch import check_shared_paths
+
+    paths = {"dataset config": plan.config.absolute(), **{f"cache directory {d.index}": d.cache_directory
+                                                          for d in plan.datasets}}
+    if request.nodes > 1:  # every node loads the same models
+        paths.update({k: Path(v) for k, v in recipe_variables(["VAE", "T5"], env=dict(request.env)).items()})
+    for problem in check_shared_paths(paths, request.nodes):
+        raise UserError(problem.message, path=problem.path, fix=problem.fix)
 
 
 def describe_job(job: CacheJob) -> List[str]:

@@ -96,10 +96,19 @@ def tiny_command(command: "MusubiCommand", *, workdir: Path, server: Optional[Pa
     """The same script and arguments, run through this module in ``workdir`` (tokenizer root), offline.
 
     With ``server`` (a :func:`circle_rotate.forkserver.fork_server` socket preloaded with
-    :func:`preload`) the run is a fork of that server instead of a fresh interpreter.
+    :func:`preload`) the run is a fork of that server instead of a fresh interpreter. An
+    ``accelerate launch`` of several processes stays one (``python -m accelerate.commands.launch``
+    with the same options), each process running this module: data parallel on CPUs (gloo).
     """
-    if server is None:
-        launcher: Tuple[str, ...] = (sys.executable, "-m", "circle_rotate.musubi_tiny")
+    from circle_rotate.recipe_reader import launcher_processes
+
+    processes = launcher_processes(command.launcher)
+    if processes > 1:
+        # data parallel: accelerate's launcher stays (its options as given), each rank runs this module
+        launcher: Tuple[str, ...] = (sys.executable, "-m", "accelerate.commands.launch", *command.launcher[2:],
+                                     "-m", "circle_rotate.musubi_tiny")
+    elif server is None:
+        launcher = (sys.executable, "-m", "circle_rotate.musubi_tiny")
     else:
         from circle_rotate.forkserver import client_argv
 
@@ -116,7 +125,15 @@ def run_script(script: str, argv: Sequence[str]) -> int:
     if script not in SCRIPTS:
         raise ValueError(f"unknown musubi script {script!r}; one of {', '.join(SCRIPTS)}")
     register()
+    from circle_rotate import cpu_ddp
+
+    if cpu_ddp.needed():
+        cpu_ddp.install()
     module = importlib.import_module(f"musubi_tuner.{script}")
+    if script == "wan_train_network":
+        from circle_rotate.ddp_probe import install_from_env
+
+        install_from_env()
     sys.argv = [f"{script}.py", *argv]
     module.main()
     return 0

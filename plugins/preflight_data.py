@@ -14,6 +14,7 @@ from circle_rotate.disk_space import short_disks
 from circle_rotate.errors import UserError
 from circle_rotate.musubi_args import task_config
 from circle_rotate.preflight_findings import Findings, TrainTarget, user_error_parts
+from circle_rotate.recipe_reader import launcher_processes
 from circle_rotate.vram import BUDGETS_GB, VramSettings, estimate_vram, fitting_settings, lora_parameters, tokens_per_sample
 
 GB = 1e9
@@ -123,12 +124,14 @@ def saved_files(ns: argparse.Namespace, epochs: int, steps: int) -> int:
     return by_epoch + by_step + 1
 
 
-def checkpoint_bytes(ns: argparse.Namespace, plan: Optional[CachePlan]) -> Tuple[int, int, int]:
-    """(bytes of the LoRA files and states a run saves, epochs, optimizer steps)."""
+def checkpoint_bytes(ns: argparse.Namespace, plan: Optional[CachePlan], *, processes: int = 1) -> Tuple[int, int, int]:
+    """(bytes of the LoRA files and states a run saves, epochs, optimizer steps over ``processes`` processes)."""
     cfg = task_config(ns.task)
     params = lora_parameters(cfg, ns.network_dim or 4)
     lora = params * (2 if ns.save_precision in ("fp16", "bf16") else 4) + 64 * 1024
-    per_epoch = steps_per_epoch(plan) if plan else 1
+    # musubi: ceil(batches / processes / accumulation) optimizer steps per epoch
+    accumulation = getattr(ns, "gradient_accumulation_steps", 1) or 1
+    per_epoch = math.ceil(steps_per_epoch(plan) / processes / accumulation) if plan else 1
     epochs = ns.max_train_epochs or math.ceil(ns.max_train_steps / per_epoch)
     steps = ns.max_train_epochs * per_epoch if ns.max_train_epochs else ns.max_train_steps
     files = saved_files(ns, epochs, steps)
@@ -158,7 +161,7 @@ def check_outputs_and_disk(f: Findings, parsed: Sequence[Tuple[TrainTarget, argp
     needs = []
     for target, ns in parsed:
         _output_problems(f, ns, force=force, resume=resume)
-        size, epochs, steps = checkpoint_bytes(ns, plan)
+        size, epochs, steps = checkpoint_bytes(ns, plan, processes=launcher_processes(target.command.launcher))
         f.notes.append(f"{target.expert}: {epochs} epoch(s), {steps} step(s); checkpoints need about {size / GB:.1f} GB "
                        f"in {ns.output_dir}")
         needs.append((Path(ns.output_dir or "."), size))

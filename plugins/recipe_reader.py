@@ -75,6 +75,15 @@ class MusubiCommand:
         return replace(self, env=tuple(merged.items()))
 
 
+def launcher_processes(launcher: Sequence[str]) -> int:
+    """``--num_processes`` of an ``accelerate launch`` launcher (1 for any other launcher)."""
+    items = list(launcher)
+    if len(items) < 2 or Path(items[0]).name != "accelerate" or items[1] != "launch" or "--num_processes" not in items:
+        return 1
+    value = items[items.index("--num_processes") + 1] if items.index("--num_processes") + 1 < len(items) else ""
+    return int(value) if value.isdigit() else 1
+
+
 def recipe_path(name: str) -> Path:
     """The file of a shipped recipe (``reproduce_low.sh``), or ``name`` itself when it is a path.
 

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from circle_rotate.atomic import write_text
 from circle_rotate.errors import UserError
 from circle_rotate.launch import ChainResult, run_chains
+from circle_rotate.parallel_plan import ParallelRequest
 from circle_rotate.preflight import preflight
 from circle_rotate.preflight_findings import PreflightReport, TrainTarget
 from circle_rotate.recipe_reader import EXPERTS, MusubiCommand, edit_options, option_values, train_command
 from circle_rotate.run_record import file_identity, write_run_record
+from circle_rotate.accelerate_launch import config_text
+from circle_rotate.train_parallel import MathsChoice, apply_maths, describe, plan_parallel
 
 RESUME_DIR = "resume-from-epoch-{:06d}"
 _EPOCH_STATE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})-state$")
@@ -46,6 +50,8 @@ class TrainRequest:
     save_state: bool = False
     resume: bool = False
     force: bool = False
+    parallel: Optional[ParallelRequest] = None  # data parallel through accelerate (several GPUs / nodes)
+    maths: MathsChoice = MathsChoice()  # gradient accumulation, learning-rate rule
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,19 @@ class TrainRun:
     output_name: str
     resumed_from: Optional[Path] = None
     epoch_offset: int = 0
+    details: Tuple[Tuple[str, object], ...] = ()  # extra run.json entries (data parallel, batch maths)
+    accelerate_config: Tuple[Tuple[Path, str], ...] = ()  # (path, text) written before the run
+    record: bool = True  # False on the other nodes of a multi-node run: node 0 writes run.json
 
 
 @dataclass(frozen=True)
 class TrainPlan:
     request: TrainRequest
     runs: Tuple[TrainRun, ...]
-    chains: Tuple[Tuple[str, Tuple[int, ...]], ...]  # (label, indices into runs) per device
+    chains: Tuple[Tuple[str, Tuple[int, ...]], ...]  # (label, indices into runs) per device, on this node
+    lines: Tuple[str, ...] = ()  # what a dry run prints instead of the bare commands (data parallel)
+    problems: Tuple[object, ...] = ()  # preflight Problems of the parallel request
+    notes: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,19 @@ def _run_for(request: TrainRequest, expert: str, gpu: Optional[str],
     if gpu is not None:
         env["GPU"] = gpu
     command = train_command(request.recipe, expert, env=env)
+    details: Tuple[Tuple[str, object], ...] = ()
+    if request.maths != MathsChoice():
+        from circle_rotate.train_parallel import dataset_shape
+
+        size, batches, _ = dataset_shape(command)
+        command, maths = apply_maths(command, request.maths, 1, (size, batches))
+        details = (("batch_maths", maths.to_record()),)
     if transform is not None:
         command = transform(command)
+    return replace(_stateful(request, expert, command), details=details)
+
+
+def _stateful(request: TrainRequest, expert: str, command: MusubiCommand) -> TrainRun:
     values = option_values(command.args)
     out, name = Path((values.get("--output_dir") or ["."])[0]), (values.get("--output_name") or [""])[0]
     if request.save_state or request.resume:
@@ -126,8 +149,8 @@ def _run_for(request: TrainRequest, expert: str, gpu: Optional[str],
     return TrainRun(expert, command, sub, name, resumed_from=state, epoch_offset=epoch)
 
 
-def plan_training(request: TrainRequest, *,
-                  transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None) -> TrainPlan:
+def plan_training(request: TrainRequest, *, transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None,
+                  for_run: bool = False) -> TrainPlan:
     """The commands each expert runs and on which device (nothing runs).
 
     Args:
@@ -140,6 +163,8 @@ def plan_training(request: TrainRequest, *,
     experts = tuple(e for e in EXPERTS if e in request.experts)
     if not experts:
         raise UserError("no expert to train", fix="choose low, high or both")
+    if request.parallel is not None:
+        return _plan_parallel(request, experts, transform, for_run=for_run)
     parallel = len(request.gpus) >= 2 and len(experts) == 2
     gpus = {e: (request.gpus[i] if parallel else (request.gpus[0] if request.gpus else None))
             for i, e in enumerate(experts)}
@@ -150,6 +175,31 @@ def plan_training(request: TrainRequest, *,
     else:
         chains = (("train", tuple(range(len(runs)))),)
     return TrainPlan(request, runs, chains)
+
+
+def _plan_parallel(request: TrainRequest, experts: Tuple[str, ...],
+                   transform: Optional[Callable[[MusubiCommand], MusubiCommand]], *, for_run: bool) -> TrainPlan:
+    par = request.parallel
+    planned = plan_parallel(request.recipe, experts, dict(request.env), par, request.maths, for_run=for_run,
+                            transform=transform)
+    here = par.node_rank if par.node_rank is not None else 0
+    runs: List[TrainRun] = []
+    chains: Dict[str, List[int]] = {}
+    for p in planned.runs:
+        pl = p.placement
+        run = _stateful(request, p.expert, p.command)
+        details = (("data_parallel", {"nodes": pl.machines, "node_ranks": list(pl.node_ranks), "node": p.node,
+                                      "gpus_per_node": list(pl.gpus), "processes": pl.processes,
+                                      "main_process": f"{pl.host}:{pl.port}",
+                                      "accelerate_config": str(p.config or par.accelerate_config)}),
+                   ("batch_maths", p.maths.to_record()))
+        files = ((p.config, config_text(pl)),) if p.config is not None else ()
+        runs.append(replace(run, details=details, accelerate_config=files, record=p.node == pl.node_ranks[0]))
+        if p.node == here:
+            label = f"{pl.chain}@gpu{','.join(pl.gpus)}" if pl.chain != "all" else "train"
+            chains.setdefault(label, []).append(len(runs) - 1)
+    return TrainPlan(request, tuple(runs), tuple((k, tuple(v)) for k, v in chains.items()),
+                     lines=tuple(describe(planned)), problems=planned.problems, notes=planned.notes)
 
 
 def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str, object],
@@ -163,7 +213,7 @@ def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str
         "seed": first.get("--seed"), "dataset": dataset,
         "models": {"dit": file_identity(first.get("--dit", "")), "vae": file_identity(first.get("--vae", ""))},
         "resumed_from": str(run.resumed_from) if run.resumed_from else None, "epoch_offset": run.epoch_offset,
-        "outputs": outputs, **extra,
+        "outputs": outputs, **dict(run.details), **extra,
     })
 
 
@@ -187,30 +237,47 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
     Raises:
         UserError: a preflight error (all problems are echoed first), or a run failed.
     """
-    plan = plan_training(request, transform=transform)
-    targets = [TrainTarget(r.expert, r.command) for r in plan.runs]
+    plan = plan_training(request, transform=transform, for_run=not dry_run)
+    here = [plan.runs[i] for _, idx in plan.chains for i in idx]
+    targets = [TrainTarget(r.expert, r.command) for r in (here or plan.runs)]
     report = preflight(targets, for_run=not dry_run, force=request.force, resume=request.resume)
+    if plan.problems or plan.notes:
+        report = replace(report, problems=tuple(plan.problems) + report.problems, notes=plan.notes + report.notes)
     for p in report.problems:
         echo(p.one_line())
     for note in report.notes:
         echo(note)
-    for label, indices in plan.chains:
-        for i in indices:
-            echo(f"[{label}] {plan.runs[i].command.shell()}" if len(plan.chains) > 1 else plan.runs[i].command.shell())
+    if plan.lines:
+        for line in plan.lines:
+            echo(line)
+    else:
+        for label, indices in plan.chains:
+            for i in indices:
+                echo(f"[{label}] {plan.runs[i].command.shell()}" if len(plan.chains) > 1
+                     else plan.runs[i].command.shell())
     report.raise_for_errors()
     if dry_run:
         return TrainResult(plan, report)
+    for run in here:
+        for path, text in run.accelerate_config:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
     extra = {"preflight_warnings": [p.one_line() for p in report.problems], "started_at": time.time(),
              **(record_extra or {})}
     datasets = {i: _dataset_identity(r) for i, r in enumerate(plan.runs)}
     for i, r in enumerate(plan.runs):
-        _record(r, request, "running", datasets[i], extra)
+        if r.record:
+            _record(r, request, "running", datasets[i], extra)
     results = run_chains({label: [plan.runs[i].command for i in idx] for label, idx in plan.chains})
     records, failed = [], []
     for (label, idx), result in zip(plan.chains, results):
         for k, i in enumerate(idx):
             codes = result.returncodes
             status = "not started" if k >= len(codes) else ("finished" if codes[k] == 0 else "failed")
+            if not plan.runs[i].record:
+                if status == "failed":
+                    failed.append((label, codes[k], plan.runs[i].output_dir / "run.json"))
+                continue
             path = _record(plan.runs[i], request, status, datasets[i], {**extra, "finished_at": time.time()})
             records.append(path)
             if status == "failed":

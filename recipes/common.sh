@@ -24,8 +24,9 @@
 
 # --- devices -----------------------------------------------------------------------------------
 : "${GPU:=0}"            # CUDA_VISIBLE_DEVICES of the run ("0,1" with NUM_PROCESSES=2 for data parallel)
-# accelerate processes. Above 1 this is data parallel (configure it once with `accelerate config`):
-# the global batch grows with the process count, which changes the maths; see recipes/README.md.
+# accelerate processes. Above 1 this is data parallel (`circle-rotate train --data-parallel` writes the
+# accelerate config): the global batch grows with the process count, which changes the maths; see
+# recipes/README.md, "Many GPUs, many machines".
 : "${NUM_PROCESSES:=1}"
 
 # --- memory and speed only: none of these changes what is learned ---------------------------
@@ -35,6 +36,10 @@
 : "${VAE_CACHE_CPU:=0}"                       # 1: the VAE's feature cache in CPU RAM (latent caching, samples)
 # Disk only: keep just the last N epoch files (each rank-32 LoRA is ~0.6 GB in fp32; 100 epochs ~61 GB).
 : "${SAVE_LAST_N_EPOCHS:=}"
+# Data parallel only: minutes a process waits for the others at a collective before NCCL gives up
+# (musubi's --ddp_timeout; torch's default is 10). Raise it when rank 0's checkpoint saves to slow
+# shared storage or sample generation keep the other ranks waiting.
+: "${DDP_TIMEOUT:=}"
 # Samples during training (saved and restored RNG state around them, so training is unchanged).
 # I2V prompts need a first frame: "prompt text --i first.png" (musubi's prompt-file syntax).
 : "${SAMPLE_PROMPTS:=}"
@@ -45,6 +50,7 @@ if [[ "$BLOCKS_TO_SWAP" != 0 ]]; then OPTIONAL_ARGS+=(--blocks_to_swap "$BLOCKS_
 if [[ "$GRADIENT_CHECKPOINTING" == 1 ]]; then OPTIONAL_ARGS+=(--gradient_checkpointing); fi
 if [[ "$GRADIENT_CHECKPOINTING_CPU_OFFLOAD" == 1 ]]; then OPTIONAL_ARGS+=(--gradient_checkpointing_cpu_offload); fi
 if [[ "$VAE_CACHE_CPU" == 1 ]]; then OPTIONAL_ARGS+=(--vae_cache_cpu); fi
+if [[ -n "$DDP_TIMEOUT" ]]; then OPTIONAL_ARGS+=(--ddp_timeout "$DDP_TIMEOUT"); fi
 if [[ -n "$SAVE_LAST_N_EPOCHS" ]]; then OPTIONAL_ARGS+=(--save_last_n_epochs "$SAVE_LAST_N_EPOCHS"); fi
 if [[ -n "$SAMPLE_PROMPTS" ]]; then
     OPTIONAL_ARGS+=(--sample_prompts "$SAMPLE_PROMPTS" --sample_every_n_epochs "$SAMPLE_EVERY_N_EPOCHS" --t5 "$T5")

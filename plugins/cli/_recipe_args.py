@@ -12,16 +12,27 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-config", type=Path, help="musubi dataset TOML (DATASET_CONFIG)")
     g.add_argument("--vae", type=Path, help="the Wan2.1 VAE (VAE)")
     g.add_argument("--gpus", type=gpu_list, default=(), metavar="0,1",
-                   help="CUDA devices, comma-separated (GPU); two or more split the work, one process per GPU")
+                   help="CUDA devices, comma-separated or a range (0-7) (GPU); two or more split the work, one process "
+                        "per GPU")
     g.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", type=assignment,
                    help="any other recipe variable, e.g. --set TE_BATCH_SIZE=4 (repeatable)")
 
 
 def gpu_list(text: str) -> Tuple[str, ...]:
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items or not all(t.isdigit() for t in items):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of GPU indices, e.g. 0,1")
-    return items
+    """``0,1`` or ``0-7`` or ``0-3,6`` -> GPU indices in the order given."""
+    items = []
+    for part in (t.strip() for t in text.split(",") if t.strip()):
+        lo, sep, hi = part.partition("-")
+        if sep and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi):
+            items += [str(i) for i in range(int(lo), int(hi) + 1)]
+        elif part.isdigit():
+            items.append(part)
+        else:
+            items = []
+            break
+    if not items:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU indices, e.g. 0,1 or 0-7")
+    return tuple(items)
 
 
 def assignment(text: str) -> Tuple[str, str]:

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                                "`cache status` lists cached / missing / stale clips and the space used.",
                    examples="  circle-rotate cache --dataset-config datasets/circle/circle.toml --dry-run\n"
                             "  circle-rotate cache --vae models/wan_2.1_vae.safetensors --t5 models/t5.pth --gpus 0,1\n"
-                            "  circle-rotate cache status --dataset-config my.toml\n")
+                            "  circle-rotate cache status --dataset-config my.toml\n"
+                            "  circle-rotate cache --gpus 0-7 --nodes 2 --node-rank 0   # on each node, its rank\n")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.default_action = "run"  # `cache --dry-run` is `cache run --dry-run` (see cli.main)
     r = actions.add_parser("run", help="cache latents and text-encoder outputs (the default action)",
@@ -30,6 +31,8 @@ def add_parser(sub) -> None:
     r.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
     r.add_argument("--refresh-stale", action="store_true",
                    help="delete caches made without --i2v, older than their clip or with an old caption, and redo them")
+    r.add_argument("--nodes", type=int, default=1, help="machines sharing the pass (cache directory on shared storage)")
+    r.add_argument("--node-rank", type=int, help="this machine, 0 to nodes-1 (the dry run lists every node's shards)")
     r.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
     r.add_argument("--json", action="store_true", help="the plan and the commands as JSON")
     r.set_defaults(func=run)
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
-                                     refresh_stale=args.refresh_stale))
+                                     refresh_stale=args.refresh_stale, nodes=max(1, args.nodes),
+                                     node_rank=args.node_rank))
     lines = describe_job(job)
     if args.json:
         print_json({"config": str(job.plan.config), "clips": len(job.plan.items), "planned_bytes": job.plan.total_bytes,

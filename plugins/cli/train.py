@@ -1,4 +1,4 @@
-"""``circle-rotate train low|high|both``: preflight, then the recipe's musubi-tuner training."""
+"""``circle-rotate train low|high|both``: preflight, then the recipe's musubi-tuner training (one GPU, or many)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,18 @@ def add_parser(sub) -> None:
                    description="Reads the recipe (recipes/<recipe>_<expert>.sh), checks everything from file headers "
                                "and configs (musubi-tuner, experts, VAE, dataset config, caches, sample prompts, disk, "
                                "VRAM), prints the exact commands and runs them, streaming their output. both: one "
-                               "after the other on one GPU, or one expert per GPU with --gpus 0,1. Each run writes "
-                               "run.json beside its LoRAs.",
+                               "after the other on one GPU, or one expert per GPU with --gpus 0,1; --data-parallel / --nodes "
+                               "train each expert over several GPUs or machines with accelerate (the dry run states "
+                               "the global batch and prints each node's command). Each run writes run.json beside its "
+                               "LoRAs.",
                    examples="  circle-rotate train both --recipe reproduce --dry-run\n"
                             "  circle-rotate train low --dit-low models/wan2.2_i2v_low_noise_14B_fp16.safetensors "
                             "--gradient-checkpointing\n"
                             "  circle-rotate train both --recipe recommended --gpus 0,1 --save-state\n"
-                            "  circle-rotate train high --resume\n")
+                            "  circle-rotate train high --resume\n"
+                            "  circle-rotate train both --gpus 0-7 --data-parallel --lr-rule sqrt --dry-run\n"
+                            "  circle-rotate train both --gpus 0-7 --nodes 2 --output-dir /shared/runs --dry-run\n"
+                            "  circle-rotate train low --gpus 0-7 --nodes 2 --node-rank 1 --main-address node0:29500\n")
     p.add_argument("expert", choices=("low", "high", "both"), help="which expert's LoRA to train")
     p.add_argument("--recipe", choices=("reproduce", "recommended"), default="reproduce",
                    help="reproduce: the published command; recommended: musubi's documented Wan2.2 timestep split")
@@ -40,12 +45,32 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last saved state in the output folder")
     p.add_argument("--dry-run", action="store_true", help="preflight and print the exact commands, run nothing")
     p.add_argument("--json", action="store_true", help="the run records written (and, with --dry-run, the commands)")
+    g = p.add_argument_group("several GPUs and machines (accelerate DDP; recipes/README.md, "
+                             "'Many GPUs, many machines')")
+    g.add_argument("--data-parallel", action="store_true",
+                   help="train each expert over several GPUs with accelerate (both + 2N GPUs: N GPUs each)")
+    g.add_argument("--nodes", type=_positive, default=1, help="machines in the job (implies --data-parallel)")
+    g.add_argument("--node-rank", type=int, help="this machine's rank, 0 to nodes-1 (the dry run prints every node)")
+    g.add_argument("--main-address", metavar="HOST:PORT", help="node 0's address, when one expert spans machines")
+    g.add_argument("--accelerate-config", type=Path, help="your accelerate config (checked against the request)")
+    g.add_argument("--experts-in-turn", action="store_true", help="both experts one after the other, each on all GPUs")
+    g.add_argument("--grad-accumulation", type=_positive, metavar="N", help="--gradient_accumulation_steps N")
+    g.add_argument("--lr-rule", choices=("none", "linear", "sqrt"), default="none",
+                   help="scale the learning rate by the global batch against the published run's")
     add_force(p)
     p.set_defaults(func=run)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.parallel_plan import ParallelRequest
     from circle_rotate.train import TrainRequest, train
+    from circle_rotate.train_parallel import MathsChoice
 
     out = args.out
     env = recipe_env(args, {
@@ -56,8 +81,14 @@ def run(args: argparse.Namespace) -> int:
         "BLOCKS_TO_SWAP": args.blocks_to_swap, "SAMPLE_PROMPTS": args.sample_prompts,
     })
     experts = ("low", "high") if args.expert == "both" else (args.expert,)
+    parallel = None
+    if args.data_parallel or args.nodes > 1 or args.node_rank is not None or args.accelerate_config:
+        parallel = ParallelRequest(gpus=args.gpus or ("0",), nodes=args.nodes, node_rank=args.node_rank,
+                                   main_address=args.main_address, accelerate_config=args.accelerate_config,
+                                   experts_in_turn=args.experts_in_turn)
     request = TrainRequest(experts, recipe=args.recipe, env=env, gpus=args.gpus, save_state=args.save_state,
-                           resume=args.resume, force=args.force)
+                           resume=args.resume, force=args.force, parallel=parallel,
+                           maths=MathsChoice(args.grad_accumulation, args.lr_rule))
     # with --json the preflight and the commands go to stderr, so stdout is only the JSON
     echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(request, dry_run=args.dry_run, echo=echo)
