@@ -30,7 +30,7 @@ def drift_of(centroids: np.ndarray) -> float:
 def subject_masks(ctx: EvalContext) -> SubjectMasks:
     """The clip's subject masks on its sampled frames, computed once per clip."""
     def build(c: EvalContext) -> SubjectMasks:
-        return segment_subject(c.clip.frames, c.clip.sampled())
+        return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=c.options.get("subject"))
 
     return ctx.shared("subject_masks", build)
 
