@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.flow import FARNEBACK_PARAMS
-from circle_rotate.eval.grabcut import cut, disc, fill_holes, keep_overlapping
+from circle_rotate.eval.grabcut import colour_models, cut, disc, fill_holes, keep_overlapping
 from circle_rotate.eval.subject_find import textured
 
 #: Where a tracked frame's mask came from.
@@ -151,8 +151,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
 
 
-def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.ndarray, params: TrackParams
-           ) -> Tuple[np.ndarray, str, float]:
+def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.ndarray, params: TrackParams,
+           models=None) -> Tuple[np.ndarray, str, float]:
     """GrabCut of ``image`` seeded by the propagated mask ``moved`` and the flow ``motion``
     (see the module docstring); the kept mask, its source and the refinement's IoU with ``moved``."""
     size = np.sqrt(moved.sum())
@@ -165,7 +165,7 @@ def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.nd
     labels[sure] = cv2.GC_FGD
     labels[near & ~moved & unlike] = cv2.GC_BGD
     labels[moved & ~sure & unlike] = cv2.GC_PR_BGD
-    refined = cut(image, labels)
+    refined = cut(image, labels, models=models)
     refined = keep_overlapping(refined, moved) if refined is not None else None
     if refined is None:
         return moved, "propagated", 0.0
@@ -217,6 +217,9 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
     """
     idx = list(indices)
     k = len(idx)
+    # the subject's and its surroundings' colours as the first frame shows them: each later
+    # cut is judged against them, so a mask cannot grow or shrink by re-learning its own colours
+    models = colour_models(images[idx[0]], first, band=max(3, int(0.15 * np.sqrt(first.sum()))))
     forward_masks, sources, agreements = [first], ["found"], [1.0]
     chains, oks, consistent = [None] * k, [None] * k, [1.0] * k
     for j in range(1, k):
@@ -234,7 +237,7 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         if moved.sum() < 10:  # carried out of the frame: keep what there was
             kept, source, agreement = prev, "propagated", 0.0
         else:
-            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params)
+            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params, models)
         forward_masks.append(kept)
         sources.append(source)
         agreements.append(agreement)
@@ -252,14 +255,13 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         fit = subject_motion(pulled, chains[j], oks[j], np.sqrt(pulled.sum()))
         moved = _warp(later, cv2.invertAffineTransform(fit))
         a = idx[j - 1]
-        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params)[0] \
+        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models)[0] \
             if moved.sum() >= 10 else forward_masks[j - 1]
     masks, steps = [], []
     for j in range(k):
         f, b = forward_masks[j], backward_masks[j]
-        both = f & b
         passes = _iou(f, b)
-        keep = both if both.sum() >= 0.5 * min(f.sum(), b.sum()) else f
+        keep = b
         prev_area = masks[-1].sum() if masks else keep.sum()
         masks.append(keep)
         steps.append(Step(sources[j], consistent[j], agreements[j], float(keep.sum()) / max(float(prev_area), 1.0),

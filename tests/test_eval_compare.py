@@ -41,8 +41,14 @@ def test_compare_folders_writes_json_pngs_and_a_self_contained_report(sides, tmp
     data = json.loads((out / "compare.json").read_text())
     assert data["pairs"] == ["demo0", "demo1", "demo2", "demo3"]
     drift = next(m for m in data["metrics"] if m["column"] == "drift")
-    base = [r["drift"] for r in data["baseline_videos"]]
-    lora = [r["drift"] for r in data["lora_videos"]]
+    # pairs with an unreliable drift reading on either side are left out of the drift statistics
+    kept = [not (b.get("drift_unreliable") or l_.get("drift_unreliable"))
+            for b, l_ in zip(data["baseline_videos"], data["lora_videos"])]
+    assert sorted(data["drift_left_out"]) == [n for n, k in zip(data["pairs"], kept) if not k]
+    assert sum(kept) >= 2, data["drift_left_out"]
+    base = [r["drift"] for r, k in zip(data["baseline_videos"], kept) if k]
+    lora = [r["drift"] for r, k in zip(data["lora_videos"], kept) if k]
+    assert drift["n"] == sum(kept)
     assert drift["baseline_mean"] == pytest.approx(np.mean(base)) and drift["lora_mean"] == pytest.approx(np.mean(lora))
     assert drift["relative_change"] == pytest.approx((np.mean(lora) - np.mean(base)) / np.mean(base))
     assert drift["p_value"] == pytest.approx(stats.ttest_rel(lora, base).pvalue)
@@ -52,7 +58,11 @@ def test_compare_folders_writes_json_pngs_and_a_self_contained_report(sides, tmp
         assert img is not None and img.shape[0] > 100
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
-    assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # nothing to fetch: one file is the report
+    # nothing to fetch but the contact sheets written next to it
+    links = re.findall(r"""(?:src|href)=['"](?!data:)([^'"]+)""", html)
+    assert len(links) == 8 and all(link.startswith("sheets/") and (out / link).is_file() for link in links), links
+    sheet = cv2.imread(str(out / links[0]))
+    assert sheet is not None and sheet.shape[0] > 200 and sheet.shape[1] > 800
     assert "demo3" in html and "paired t" in html
     capsys.readouterr()
     assert main(["-q", "eval", "compare", str(sides / "baseline"), str(sides / "lora"), "--out", str(out)]) == 2
