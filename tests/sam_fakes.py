@@ -105,6 +105,22 @@ class FakeYolo:
         return [_Result(_Boxes(xyxy, cls, conf))]
 
 
+class ReplayYolo:
+    """Answers each call with the next recorded set of detections (a real YOLO's, recorded by
+    ``sam_reference.py``), as the same tensors."""
+
+    def __init__(self, path: Path):
+        with np.load(path) as data:
+            rows, counts = data["detections"], data["counts"]
+        self._recorded = np.split(rows, np.cumsum(counts)[:-1])
+        self.calls: List[str] = []
+
+    def __call__(self, image: np.ndarray, verbose: bool = True):
+        self.calls.append(digest(image))
+        r = self._recorded[len(self.calls) - 1]
+        return [_Result(_Boxes(r[:, :4], r[:, 4], r[:, 5]))]
+
+
 class FakePredictor:
     """``SamPredictor``: ``set_image`` then ``predict(box=..., multimask_output=True)`` -> three
     masks drawn from the box and the image's content, and their scores."""

@@ -4,9 +4,11 @@
 :mod:`sam_fakes` (recorded by ``tests/sam_reference.py``, which imports the reference file
 from a checkout): the frames it sampled, every array it handed the models, and its results,
 once with a stand-in YOLO and SAM and once with the stand-in YOLO and a tiny random-weight
-SAM run by segment-anything's ``SamPredictor``. Ours must hand the models the same arrays
-and get the same numbers. ultralytics cannot be installed here (it needs torchvision), so
-YOLO is always the stand-in; its call interface is what our code relies on.
+SAM run by segment-anything's ``SamPredictor``, and the detections of a random-weight YOLOv8n
+(``data/sam_reference_yolov8n.npz``) replayed. Ours must hand the models the same arrays and
+get the same numbers. ultralytics cannot be installed next to the CPU torch (it requires
+torchvision), so here YOLO is a stand-in or a replay of the real one's output; its call
+interface is what our code relies on.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from circle_rotate.eval.registry import resolve
 from circle_rotate.eval.sam_drift import mask_centroid, pick_box, sam_drift
 from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
 
-from sam_fakes import FakePredictor, FakeYolo, clip_frames, digest, write_frame_folder
+from sam_fakes import FakePredictor, FakeYolo, ReplayYolo, clip_frames, digest, write_frame_folder
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "sam_reference.json").read_text())
 
@@ -78,6 +80,15 @@ def test_tiny_random_weight_sam_matches_the_reference(ctx):
     # Same inputs exactly; the same weights, but CPU kernels may round the logits differently
     # from the machine that recorded them, which can flip a few mask pixels.
     _compare(ours, REFERENCE["tiny_sam"], yolo, sam, rel=1e-3)
+
+
+def test_real_yolov8n_detections_are_chosen_from_as_the_reference_does(ctx):
+    """A random-weight YOLOv8n's own output (300 person boxes per frame at near-equal confidence,
+    recorded where ultralytics ran): the same box per frame goes to SAM, the same drift comes out."""
+    yolo, sam = ReplayYolo(Path(__file__).parent / "data" / "sam_reference_yolov8n.npz"), FakePredictor()
+    ours = sam_drift(ctx.clip.frames, ctx.clip.sampled(), yolo, sam, ctx.flows.get)
+    _compare(ours, REFERENCE["yolov8n"], yolo, sam, rel=1e-12)
+    assert ours.frames_with_subject == 16
 
 
 def _det(*rows):
