@@ -25,6 +25,7 @@ import torch
 CONFIDENCE = {10: 0.25, 20: 0.2, 30: 0.6, 40: 0.5, 50: 0.7, 60: 0.9, 70: 0.3, 80: 0.26}
 PERSON, DOG, CAR, BUS, TRUCK = 0, 16, 2, 5, 7
 FRAMES, HEIGHT, WIDTH = 20, 120, 160
+TINY_SAM_FRAMES = 8  # the tiny-SAM comparison runs on the first 8 sampled frames: a real SAM costs ~1 s a frame
 
 
 def digest(a: np.ndarray) -> str:
