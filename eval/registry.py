@@ -79,7 +79,9 @@ METRICS: Tuple[Metric, ...] = (
     Metric("vbench_sc", "learned:vbench_sc", (Column("vbench_sc", "DINO subject consistency", "higher"),),
            default=False, learned=True),
     Metric("subject_drift_sam", "learned:subject_drift_sam",
-           (Column("drift_sam", "subject drift (YOLO+SAM)", "lower", "px"),), default=False, learned=True),
+           (Column("drift_sam", "subject drift (YOLO+SAM)", "lower", "px"),
+            Column("subject_flow_sam", "subject flow (YOLO+SAM)", "lower", "px"),
+            Column("sam_frames", "sampled frames with a YOLO subject", "higher")), default=False, learned=True),
 )
 
 BY_NAME: Dict[str, Metric] = {m.name: m for m in METRICS}

@@ -12,14 +12,16 @@ ORDER = 5
 
 
 def add_parser(sub) -> None:
-    p = new_parser(sub, "download", help="fetch the Wan2.2 experts, VAE, T5, the released LoRAs or the dataset",
+    p = new_parser(sub, "download", help="fetch the Wan2.2 experts, VAE, T5, the released LoRAs, the eval weights or the dataset",
                    description="Fetch exactly the files the recipes expect through huggingface_hub (resumable, cached), "
                                "showing sizes first and checking free disk, then print the variables to point the "
                                "recipes at them. HF_HUB_OFFLINE=1 serves them from the local cache.",
                    examples="  circle-rotate download models --to models\n"
                             "  circle-rotate download lora --to checkpoints\n"
+                            "  circle-rotate download eval-weights      # YOLOv8n + SAM ViT-B for eval's subject_drift_sam\n"
                             "  circle-rotate download dataset --to data --dry-run\n")
-    p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; dataset")
+    p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; "
+                                             "eval-weights: YOLOv8n and SAM ViT-B; dataset")
     p.add_argument("--to", type=Path, help="also link the files into this folder under their own names")
     p.add_argument("--cache-dir", type=Path, help="huggingface_hub cache (default: HF_HUB_CACHE / HF_HOME)")
     p.add_argument("--dry-run", action="store_true", help="show what would be fetched and stop")
