@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import cv2
-import numpy as np
 
 from circle_rotate.errors import UserError
 from circle_rotate.eval.subject_mask import SubjectHint

@@ -10,7 +10,6 @@ are scaled back to the frame's size, and centroids are in full-resolution pixels
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,8 +18,6 @@ import numpy as np
 
 from circle_rotate.eval.subject_find import FindParams, FoundSubject, find_subject, from_box
 from circle_rotate.eval.subject_track import Step, TrackParams, track
-
-logger = logging.getLogger(__name__)
 
 #: Long side (pixels) of the working resolution.
 WORK_SIDE = 320

@@ -2,22 +2,25 @@
 
 From one sampled frame to the next, at the working resolution:
 
-1. Propagate: the mask's pixels are carried along the consecutive Farneback flows the clip
-   already has (chained), and a backward flow between the two sampled frames checks them
-   (forward-backward): a pixel whose round trip misses by more than a pixel and 10% of its
-   motion was occluded or mistracked and is only *probably* the subject.
-2. Refine: GrabCut on the new frame, seeded by the propagated mask (its consistent, eroded
-   core surely the subject; beyond a band around it surely not), and by the flow: a
-   textured pixel next to the mask that moves unlike the subject (against the spread of
-   the background's motion) is background. The cut follows the image's own edges, so the
-   flow's error does not accumulate from frame to frame.
+1. Propagate: the consecutive Farneback flows the clip already has are chained, and a
+   backward flow between the two sampled frames checks them (forward-backward: a pixel whose
+   round trip misses by more than a pixel and 10% of its motion is not used). The subject's
+   own motion is a similarity fitted by RANSAC to the checked flow inside its mask; the mask
+   moves by it (an orbit turns the surface under the outline, so the outline follows the fit,
+   not each pixel's flow).
+2. Refine: GrabCut on the new frame, seeded by the moved mask (its eroded core surely the
+   subject; beyond a band around it surely not), judged against the first frame's colour
+   models, and by the flow: a textured pixel next to the mask that moves unlike the subject
+   (against the spread of the background's motion) is background. The cut follows the
+   image's own edges, so the flow's error does not accumulate.
 3. Rigid-object priors: a subject's area changes smoothly and its mask does not jump, so a
    refinement that disagrees with the propagation (IoU under ``agree``, or an area outside
-   ``area_step`` of it) is not taken; the frame keeps the propagated mask, flagged
-   ``propagated``. Every part of the cut that lies mostly inside the propagated mask stays
-   (a ball on a box stays with the box).
+   ``area_step`` of it) is not taken; the frame keeps the moved mask, flagged
+   ``propagated``. Every part of the cut that lies mostly inside the moved mask stays (a
+   ball on a box stays with the box).
 
-What each step measured (:class:`Step`) is kept for the confidence verdict.
+The subject is followed forward, then backward from the last sampled frame (see
+:func:`track`). What each step measured (:class:`Step`) is kept for the confidence verdict.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.flow import FARNEBACK_PARAMS
-from circle_rotate.eval.grabcut import colour_models, cut, disc, fill_holes, keep_overlapping
+from circle_rotate.eval.grabcut import colour_models, cut, disc, keep_overlapping
 from circle_rotate.eval.subject_find import textured
 
 #: Where a tracked frame's mask came from.
@@ -81,21 +84,6 @@ def chain(flows: Sequence[np.ndarray]) -> np.ndarray:
         at = grid + total
         total += cv2.remap(f, at[..., 0], at[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return total
-
-
-def splat(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``mask``'s pixels moved by ``flow``, gaps closed and holes filled."""
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    out = np.zeros((h, w), np.uint8)
-    if xs.size == 0:
-        return out > 0
-    nx = np.rint(xs + flow[ys, xs, 0]).astype(int)
-    ny = np.rint(ys + flow[ys, xs, 1]).astype(int)
-    ok = (nx >= 0) & (nx < w) & (ny >= 0) & (ny < h)
-    out[ny[ok], nx[ok]] = 1
-    out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, disc(1))
-    return fill_holes(out > 0)
 
 
 def subject_motion(mask: np.ndarray, flow: np.ndarray, ok: np.ndarray, size: float) -> np.ndarray:
