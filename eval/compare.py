@@ -227,8 +227,14 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     out = Path(out_dir)
     for p in compare_outputs(out):
         check_output_path(p, inputs=sides, force=force)
-    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options={**(options or {}), "sheet_dir": str(out / d)})
-                            for s, d in zip(sides, SHEETS))
+    def side_options(sheets: str, side: str) -> Dict[str, Any]:
+        opts = {**(options or {}), "sheet_dir": str(out / sheets)}
+        if opts.get("mask_dir"):  # both sides may hold a demo1.mp4: one folder each
+            opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
+        return opts
+
+    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=side_options(d, n))
+                            for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
     comparisons = compare_pairs(pairs, resamples=resamples)
     left_out = unreliable_pairs(pairs)
