@@ -1,6 +1,6 @@
 """How far a drift reading can be trusted: ``drift_confidence`` (0-1) and what it rests on.
 
-The confidence is the smallest of four checks, each 0-1 (the weakest link decides, so one
+The confidence is the smallest of five checks, each 0-1 (the weakest link decides, so one
 failed check is enough to doubt the reading):
 
 - ``found``: what the first frame's subject rests on. The user's box or mask: 1. Motion
@@ -12,6 +12,9 @@ failed check is enough to doubt the reading):
   ``1 - (r - 1) / AREA_SPAN``.
 - ``passes``: the tracker follows the subject forward and then backward; the mean IoU of the
   two passes' masks. Two passes that disagree followed different things.
+- ``extent``: an orbit's subject stands in a scene; a mask that covers most of the frame
+  took in the floor or the backdrop: 1 up to ``EXTENT_FULL`` of the frame, falling to 0 at
+  ``EXTENT_NONE`` (mean mask area over the frame's).
 - ``refined``: the share of sampled frames whose mask the image confirmed (the refinement
   stood) times the mean IoU of refinement and propagation.
 
@@ -33,12 +36,15 @@ THRESHOLD = 0.5
 CENTRE_ONLY = 0.6
 #: Area growth factor (minus one) at which ``rigid`` reaches 0.
 AREA_SPAN = 0.6
+#: Share of the frame a subject mask may cover with full confidence, and where it reaches 0.
+EXTENT_FULL, EXTENT_NONE = 0.35, 0.6
 
 _WHY = {
     "found": "the subject was found with little evidence on the first frames",
     "rigid": "the mask's area changed by more than a rigid subject's would",
     "passes": "following the subject forward and backward gave different masks",
     "refined": "the image did not confirm the tracked mask on many frames",
+    "extent": "the mask covers most of the frame (the floor or the backdrop, not a subject)",
 }
 
 
@@ -67,6 +73,8 @@ def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
         "rigid": float(np.clip(1.0 - (growth - 1.0) / AREA_SPAN, 0.0, 1.0)),
         "passes": float(np.mean([s.passes_agree for s in masks.steps])),
         "refined": float(refined),
+        "extent": float(np.clip((EXTENT_NONE - areas.mean() / masks.masks[0].size) / (EXTENT_NONE - EXTENT_FULL),
+                                0.0, 1.0)),
     }
     weakest = min(checks, key=checks.get)
     confidence = round(checks[weakest], 4)

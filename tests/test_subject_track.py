@@ -166,3 +166,13 @@ def test_a_mask_that_grows_is_marked_unreliable_and_says_why():
     assert "area" in verdict.unreliable and "rigid" in verdict.unreliable
     steady = np.repeat(masks[:1], 16, axis=0)
     assert drift_verdict(SubjectMasks(steady, steps, FoundSubject(masks[0], "motion", 0.9), 3.0)).unreliable is None
+
+
+def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
+    from circle_rotate.eval.subject_find import FoundSubject
+
+    floor = np.zeros((16, 50, 50), bool)
+    floor[:, 15:, :] = True  # 70% of the frame, steady: the floor, not a subject
+    steps = tuple(Step("refined", 1.0, 0.95, 1.0, 0.95) for _ in range(16))
+    verdict = drift_verdict(SubjectMasks(floor, steps, FoundSubject(floor[0], "motion", 0.9), 3.0))
+    assert verdict.checks["extent"] == 0.0 and "extent" in verdict.unreliable
