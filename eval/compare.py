@@ -138,11 +138,30 @@ def compare_column(pairs: Sequence[Pair], column: str, *, resamples: int = 9999,
                       rel, ci[0], ci[1], t, p, w, d, _verdict(info.better if info else None, float(diff.mean()), p, ci))
 
 
-def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
-    """:func:`compare_column` for every numeric metric column present, in registry order."""
+#: Columns measured on the subject mask: a pair with an unreliable drift reading on either
+#: side is left out of their statistics.
+MASK_COLUMNS = ("drift", "subject_flow")
+
+
+def unreliable_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
+    """Pairs whose drift is marked unreliable on either side, with the reason(s)."""
     out = []
+    for p in pairs:
+        why = [f"{side}: {row.get('drift_unreliable')}" for side, row in (("baseline", p.baseline), ("LoRA", p.lora))
+               if row.get("drift_unreliable")]
+        if why:
+            out.append((p, "; ".join(why)))
+    return out
+
+
+def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
+    """:func:`compare_column` for every numeric metric column present, in registry order; the
+    mask columns over the pairs whose drift is reliable on both sides."""
+    out = []
+    doubtful = {id(p) for p, _ in unreliable_pairs(pairs)}
+    reliable = [p for p in pairs if id(p) not in doubtful]
     for column in COLUMNS:
-        c = compare_column(pairs, column, resamples=resamples, seed=seed)
+        c = compare_column(reliable if column in MASK_COLUMNS else pairs, column, resamples=resamples, seed=seed)
         if c is not None:
             out.append(c)
     return out
@@ -178,6 +197,10 @@ def _side_names(path: Path) -> List[Dict[str, Any]]:
     if path.is_file() and path.suffix.lower() == ".json":
         return list(read_results(path))
     return [{"video": v.name, "path": str(v), "status": "ok"} for v in find_videos([path])]
+
+
+#: Where a comparison puts each side's contact sheets, under its output folder.
+SHEETS = ("sheets/baseline", "sheets/lora")
 
 
 def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
@@ -217,24 +240,37 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     read = [*sides, *(Path(r["path"]) for rows in listed for r in rows if r.get("path"))]
     for p in compare_outputs(out):
         check_output_path(p, inputs=read, force=force)
-    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options) for s in sides)
+    def side_options(sheets: str, side: str) -> Dict[str, Any]:
+        opts = {**(options or {}), "sheet_dir": str(out / sheets)}
+        if opts.get("mask_dir"):  # both sides may hold a demo1.mp4: one folder each
+            opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
+        return opts
+
+    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=side_options(d, n))
+                            for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
     comparisons = compare_pairs(pairs, resamples=resamples)
+    left_out = unreliable_pairs(pairs)
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
     notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
     notes += [f"{r['video']}: no namesake on the other side" for r in base_rows + lora_rows
               if r.get("status") == "ok" and id(r) not in paired]
+    notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out]
     figures = compare_figures(pairs, comparisons)
     written = []
     for name, data in figures.items():
         written.append(write_bytes(out / name, data))
     summary = {"baseline": str(sides[0]), "lora": str(sides[1]), "pairs": [p.name for p in pairs],
                "metrics": [c.to_dict() for c in comparisons], "headline": [c.headline() for c in comparisons],
+               "drift_left_out": {p.name: why for p, why in left_out},
                "notes": notes, "baseline_videos": base_rows, "lora_videos": lora_rows}
     json_path, html_path = compare_outputs(out)[:2]
     written.append(write_json(json_path, summary))
     written.append(write_text(html_path, render_report(title="circle-rotate: baseline vs LoRA", baseline=str(sides[0]),
                                                         lora=str(sides[1]), pairs=pairs, comparisons=comparisons,
-                                                        figures=figures, notes=notes)))
+                                                        figures=figures, notes=notes, left_out=left_out,
+                                                        base_dir=out)))
+    written += [Path(r["contact_sheet"]) for r in base_rows + lora_rows if r.get("contact_sheet")
+                and Path(r["contact_sheet"]).is_relative_to(out)]
     failed = sum(r.get("status") != "ok" for r in base_rows + lora_rows)
     return CompareOutcome(pairs, comparisons, tuple(written), tuple(notes), failed)

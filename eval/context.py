@@ -42,6 +42,10 @@ class EvalContext:
         self.options: Mapping[str, Any] = dict(options or {})
         self._shared: Dict[str, Any] = {}
 
+    def peek(self, key: str) -> Any:
+        """What ``key`` holds when something built it, else None."""
+        return self._shared.get(key)
+
     def shared(self, key: str, build: Callable[["EvalContext"], Any]) -> Any:
         """``build(self)`` the first time ``key`` is asked for, the kept result afterwards."""
         if key not in self._shared:

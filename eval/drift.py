@@ -9,7 +9,9 @@ On the 16 frames sampled with ``np.linspace(0, n - 1, 16).astype(int)``:
 - global flow: the same over the whole frame.
 
 The reference finds the mask with YOLO + SAM; here it comes from
-:mod:`circle_rotate.eval.subject_mask` (no weights), and every sampled frame has one.
+:mod:`circle_rotate.eval.subject_mask` (no weights: found once on the first frames, then
+followed), and every sampled frame has one. Each reading comes with
+:mod:`circle_rotate.eval.drift_confidence`'s verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from circle_rotate.eval.context import EvalContext, MetricResult
+from circle_rotate.eval.drift_confidence import drift_verdict
 from circle_rotate.eval.flow import magnitude
+from circle_rotate.errors import UserError
+from circle_rotate.eval.subject_hints import hint_for
 from circle_rotate.eval.subject_mask import SubjectMasks, segment_subject
 
 
@@ -30,7 +35,12 @@ def drift_of(centroids: np.ndarray) -> float:
 def subject_masks(ctx: EvalContext) -> SubjectMasks:
     """The clip's subject masks on its sampled frames, computed once per clip."""
     def build(c: EvalContext) -> SubjectMasks:
-        return segment_subject(c.clip.frames, c.clip.sampled())
+        hint = hint_for(c.clip.name, boxes=c.options.get("subject_boxes"), default=c.options.get("subject"))
+        if hint is not None and hint.mask is not None and hint.mask.shape != c.clip.frames.shape[1:3]:
+            h, w = hint.mask.shape
+            raise UserError(f"the subject mask is {w}x{h}, the video's frames {c.clip.size[0]}x{c.clip.size[1]}",
+                            path=c.clip.path, fix="give a mask the size of the video's frames")
+        return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=hint)
 
     return ctx.shared("subject_masks", build)
 
@@ -45,21 +55,27 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
         mag = magnitude(ctx.flows.get(int(a), int(b)))
         whole.append(float(np.mean(mag, dtype=np.float64)))
         subject.append(float(np.mean(mag[masks.masks[k]], dtype=np.float64)))
-    notes = ()
+    verdict = drift_verdict(masks)
+    notes = []
     if masks.fallbacks:
-        kinds = sorted(set(s for s in masks.sources if s != "motion"))
-        notes = (f"subject_drift: {masks.fallbacks} of {len(idx)} sampled frames had no or too little motion evidence "
-                 f"of their own; their masks are {' / '.join(kinds)}",)
+        notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
+                     "tracked mask; they keep the propagated one")
+    if verdict.unreliable:
+        notes.append(f"subject_drift: unreliable: {verdict.unreliable}")
     values = {
         "drift": drift_of(centroids),
         "subject_flow": float(np.mean(subject)),
         "global_flow": float(np.mean(whole)),
         "mask_fallbacks": int(masks.fallbacks),
+        "drift_confidence": verdict.confidence,
+        "drift_unreliable": verdict.unreliable,
+        "subject_found_by": masks.found.basis,
     }
     series = {
         "frames": [int(i) for i in idx],
         "centroids": np.round(centroids, 3).tolist(),
         "mask_area": [int(m.sum()) for m in masks.masks],
         "mask_source": list(masks.sources),
+        "confidence_checks": verdict.checks,
     }
-    return MetricResult(values, series=series, notes=notes)
+    return MetricResult(values, series=series, notes=tuple(notes))

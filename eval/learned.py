@@ -18,7 +18,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from circle_rotate.eval.context import EvalContext, MetricResult
-from circle_rotate.eval.drift import drift_of
 
 logger = logging.getLogger(__name__)
 
@@ -147,46 +146,10 @@ def compute_vbench_sc(ctx: EvalContext) -> MetricResult:
 
 
 def compute_subject_drift_sam(ctx: EvalContext) -> MetricResult:
-    """The paper's subject drift: YOLOv8 box (vehicles first, else the largest box), SAM
-    mask inside it, mask centroid std over the 16 sampled frames (frames without a
-    detection are left out, as in the reference)."""
-    _need("ultralytics", "ultralytics")
-    _need("segment_anything", "git+https://github.com/facebookresearch/segment-anything")
-    yolo_path, sam_path = _weights(ctx, "yolo"), _weights(ctx, "sam")
-    if not yolo_path or not Path(yolo_path).is_file() or not sam_path or not Path(sam_path).is_file():
-        raise Unavailable("YOLO + SAM need local weights: pass --weights yolo=yolov8n.pt --weights "
-                          "sam=sam_vit_b_01ec64.pth (files you downloaded)")
+    """The study's YOLO + SAM subject drift (:mod:`circle_rotate.eval.sam_drift`)."""
+    from circle_rotate.eval.sam_drift import compute_subject_drift_sam as compute
 
-    def build(_: EvalContext) -> Any:
-        from segment_anything import SamPredictor, sam_model_registry
-        from ultralytics import YOLO
-
-        return YOLO(yolo_path), SamPredictor(sam_model_registry["vit_b"](checkpoint=sam_path).to(_device()))
-
-    yolo, predictor = ctx.shared("yolo_sam", build)
-    centres = []
-    for i in ctx.clip.sampled():
-        frame = ctx.clip.frames[i]
-        boxes = yolo(frame, verbose=False)[0].boxes
-        if len(boxes) == 0:
-            continue
-        vehicles = [(float(c), b) for b, k, c in zip(boxes.xyxy, boxes.cls, boxes.conf) if int(k) in (2, 5, 7) and c > 0.25]
-        if vehicles:
-            box = max(vehicles, key=lambda t: t[0])[1]
-        else:
-            areas = (boxes.xyxy[:, 2] - boxes.xyxy[:, 0]) * (boxes.xyxy[:, 3] - boxes.xyxy[:, 1])
-            j = int(areas.argmax())
-            if float(boxes.conf[j]) <= 0.2:
-                continue
-            box = boxes.xyxy[j]
-        predictor.set_image(frame)
-        masks, scores, _ = predictor.predict(box=box.cpu().numpy(), multimask_output=True)
-        ys, xs = np.nonzero(masks[int(np.argmax(scores))])
-        if len(xs):
-            centres.append((xs.mean(), ys.mean()))
-    if len(centres) < 2:
-        return MetricResult({"drift_sam": None}, notes=("subject_drift_sam: fewer than 2 frames with a detection",))
-    return MetricResult({"drift_sam": drift_of(np.array(centres))})
+    return compute(ctx)
 
 
 LEARNED = {

@@ -58,7 +58,10 @@ METRICS: Tuple[Metric, ...] = (
         Column("drift", "subject drift", "lower", "px"),
         Column("subject_flow", "subject flow", "lower", "px"),
         Column("global_flow", "global flow", None, "px"),
-        Column("mask_fallbacks", "frames without own mask evidence", "lower"),
+        Column("mask_fallbacks", "frames the image did not confirm", "lower"),
+        Column("drift_confidence", "drift confidence", "higher"),
+        Column("drift_unreliable", "drift unreliable (why)"),
+        Column("subject_found_by", "subject found by"),
     )),
     Metric("psnr", "image_quality:compute_psnr", (Column("psnr", "first-last PSNR", None, "dB"),)),
     Metric("ssim", "image_quality:compute_ssim", (Column("ssim", "first-last SSIM"),)),
@@ -82,7 +85,9 @@ METRICS: Tuple[Metric, ...] = (
     Metric("vbench_sc", "learned:vbench_sc", (Column("vbench_sc", "DINO subject consistency", "higher"),),
            default=False, learned=True),
     Metric("subject_drift_sam", "learned:subject_drift_sam",
-           (Column("drift_sam", "subject drift (YOLO+SAM)", "lower", "px"),), default=False, learned=True),
+           (Column("drift_sam", "subject drift (YOLO+SAM)", "lower", "px"),
+            Column("subject_flow_sam", "subject flow (YOLO+SAM)", "lower", "px"),
+            Column("sam_frames", "sampled frames with a YOLO subject", "higher")), default=False, learned=True),
 )
 
 BY_NAME: Dict[str, Metric] = {m.name: m for m in METRICS}

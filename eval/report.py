@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any, Mapping, Sequence
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -26,8 +28,25 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{v:+.1%}"
 
 
+def _sheet_link(row: Mapping[str, Any], base_dir: Optional[Path], label: str) -> str:
+    """A link to the row's contact sheet, relative to the report's folder."""
+    path = row.get("contact_sheet")
+    if not path:
+        return ""
+    href = os.path.relpath(path, base_dir) if base_dir is not None else path
+    return f" <a href='{html.escape(Path(href).as_posix())}'>{label}</a>"
+
+
+def _confidence(row: Mapping[str, Any]) -> str:
+    c = row.get("drift_confidence")
+    text = _fmt(c, 2)
+    return f"<span class=worse title='{html.escape(str(row['drift_unreliable']))}'>{text} unreliable</span>" \
+        if row.get("drift_unreliable") else text
+
+
 def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any], comparisons: Sequence[Any],
-                  figures: Mapping[str, bytes], notes: Sequence[str] = ()) -> str:
+                  figures: Mapping[str, bytes], notes: Sequence[str] = (), left_out: Sequence[Tuple[Any, str]] = (),
+                  base_dir: Optional[os.PathLike | str] = None) -> str:
     """The report's HTML text.
 
     Args:
@@ -37,7 +56,10 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
         comparisons: :class:`circle_rotate.eval.compare.Comparison` list.
         figures: PNG bytes by file name (embedded in that order).
         notes: extra lines (unpaired videos, failures).
+        left_out: (pair, reason) of the pairs left out of the drift statistics.
+        base_dir: the report's folder (contact sheet links are made relative to it).
     """
+    base = Path(base_dir) if base_dir is not None else None
     head = ("<tr><th class=l>metric</th><th>n</th><th>baseline mean ± std</th><th>LoRA mean ± std</th><th>change</th>"
             "<th>95% CI of difference</th><th>paired t p</th><th>Wilcoxon p</th><th>Cohen's d</th><th>verdict</th></tr>")
     body = []
@@ -48,11 +70,19 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
             f"<td>{_fmt(c.baseline_mean)} ± {_fmt(c.baseline_std, 3)}</td><td>{_fmt(c.lora_mean)} ± {_fmt(c.lora_std, 3)}</td>"
             f"<td>{_pct(c.relative_change)}</td><td>[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]</td><td>{_fmt(c.p_value, 3)}</td>"
             f"<td>{_fmt(c.wilcoxon_p, 3)}</td><td>{_fmt(c.cohens_d, 3)}</td><td class='{cls}'>{html.escape(c.verdict)}</td></tr>")
-    per_video = ["<tr><th class=l>video</th><th>baseline drift</th><th>LoRA drift</th><th>change</th></tr>"]
+    per_video = ["<tr><th class=l>video</th><th>baseline drift</th><th>confidence</th><th>LoRA drift</th>"
+                 "<th>confidence</th><th>change</th><th class=l>what was measured</th></tr>"]
     for p in pairs:
         b, l_ = p.baseline.get("drift"), p.lora.get("drift")
         change = (l_ - b) / b if isinstance(b, (int, float)) and isinstance(l_, (int, float)) and b else None
-        per_video.append(f"<tr><td class=l>{html.escape(p.name)}</td><td>{_fmt(b)}</td><td>{_fmt(l_)}</td><td>{_pct(change)}</td></tr>")
+        links = _sheet_link(p.baseline, base, "baseline") + _sheet_link(p.lora, base, "LoRA")
+        per_video.append(f"<tr><td class=l>{html.escape(p.name)}</td><td>{_fmt(b)}</td><td>{_confidence(p.baseline)}</td>"
+                         f"<td>{_fmt(l_)}</td><td>{_confidence(p.lora)}</td><td>{_pct(change)}</td>"
+                         f"<td class=l>{links or '-'}</td></tr>")
+    dropped = "".join(f"<li>{html.escape(p.name)}: {html.escape(why)}</li>" for p, why in left_out)
+    dropped_html = (f"<h2>Left out of the drift statistics</h2><p class=note>A drift reading below the confidence "
+                    f"threshold (eval/METRICS.md) on either side leaves its pair out of the drift and subject-flow "
+                    f"rows above.</p><ul>{dropped}</ul>") if left_out else ""
     images = "".join(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,"
                      f"{base64.b64encode(data).decode('ascii')}'>" for name, data in figures.items())
     headline = "".join(f"<li>{html.escape(c.headline())} <b>{html.escape(c.verdict)}</b></li>"
@@ -64,5 +94,7 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
             f"<h2>Metrics</h2><table>{head}{''.join(body)}</table>"
             "<p class=note>change: LoRA mean relative to baseline mean. CI: percentile bootstrap of the mean paired "
             "difference (LoRA - baseline). Subject drift and subject flow: lower is better.</p>"
-            f"<h2>Per video</h2><table>{''.join(per_video)}</table><h2>Figures</h2>{images}"
+            f"<h2>Per video</h2><table>{''.join(per_video)}</table>"
+            "<p class=note>Contact sheets: the 16 sampled frames with the subject mask's outline and the centroid path."
+            f"</p>{dropped_html}<h2>Figures</h2>{images}"
             f"<ul>{note_html}</ul></body></html>\n")

@@ -119,6 +119,7 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
             if result.series:
                 series[metric.name] = result.series
         row.update(notes=notes, skipped=skipped, series=series)
+        row.update(_write_mask_outputs(ctx, row, options or {}))
     except UserError as exc:
         row.update(status="error", error=str(exc))
     except MemoryError:
@@ -128,6 +129,23 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
         row.update(status="error", error=f"{p}: internal error {exc.__class__.__name__}: {exc}; "
                                         "fix: rerun with -v and report it")
     return row
+
+
+def _write_mask_outputs(ctx: EvalContext, row: Mapping[str, Any], options: Mapping[str, Any]) -> Dict[str, Any]:
+    """The contact sheet (``options["sheet_dir"]``) and masks (``options["mask_dir"]``) of a
+    video whose subject drift ran; their paths for the row."""
+    masks = ctx.peek("subject_masks")
+    if masks is None or not (options.get("sheet_dir") or options.get("mask_dir")):
+        return {}
+    from circle_rotate.eval.mask_outputs import write_contact_sheet, write_masks
+
+    out: Dict[str, Any] = {}
+    if options.get("sheet_dir"):
+        out["contact_sheet"] = str(write_contact_sheet(options["sheet_dir"], ctx.clip, masks, drift=row["drift"],
+                                                       confidence=row["drift_confidence"]))
+    if options.get("mask_dir"):
+        out["masks_dir"] = str(write_masks(options["mask_dir"], ctx.clip, masks)[0].parent)
+    return out
 
 
 def _init_worker() -> None:

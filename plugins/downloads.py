@@ -62,8 +62,17 @@ FILES: Dict[str, Tuple[HubFile, ...]] = {
         HubFile("lora_low", LORA_REPO, "circle_rotate_l.safetensors", "LORA_LOW", int(0.31 * GB),
                 note="released Circle-Rotate LoRA, low-noise expert"),
     ),
+    # The study's subject-drift models (eval --metrics subject_drift_sam). Ultralytics publishes
+    # yolov8n.pt on the hub itself; Meta publishes SAM only on its own server, so this is the
+    # byte-identical copy under segment-anything's name (the _01ec64 suffix is its md5 prefix).
+    "eval-weights": (
+        HubFile("yolo", "Ultralytics/YOLOv8", "yolov8n.pt", "CIRCLE_ROTATE_YOLO_WEIGHTS", 6_534_387,
+                note="YOLOv8n detector (COCO), as the study's subject drift uses"),
+        HubFile("sam", "ybelkada/segment-anything", "checkpoints/sam_vit_b_01ec64.pth", "CIRCLE_ROTATE_SAM_WEIGHTS",
+                375_042_383, note="Segment Anything ViT-B, as the study's subject drift uses"),
+    ),
 }
-GROUPS = ("models", "lora", "dataset")
+GROUPS = ("models", "lora", "eval-weights", "dataset")
 #: ``download models --variant``: i2v is what the recipes train on; fun-inp the experts the study's
 #: ComfyUI workflow runs (Comfy-Org ships them fp8_scaled only), with ComfyUI's umT5.
 VARIANTS = ("i2v", "fun-inp")
@@ -108,6 +117,14 @@ def _cached_path(f: HubFile, cache_dir: Path) -> Optional[Path]:
 
     found = try_to_load_from_cache(f.repo_id, f.filename, cache_dir=str(cache_dir), repo_type=f.repo_type)
     return Path(found) if isinstance(found, str) else None
+
+
+def cached_file(group: str, key: str, *, cache_dir: Optional[Path] = None) -> Optional[Path]:
+    """The cached copy of one file of ``group`` (no network), or None."""
+    for f in FILES.get(group, ()):
+        if f.key == key:
+            return _cached_path(f, _cache_dir(cache_dir))
+    return None
 
 
 def _hub_sizes(files: Sequence[HubFile]) -> Dict[str, int]:

@@ -41,18 +41,28 @@ def test_compare_folders_writes_json_pngs_and_a_self_contained_report(sides, tmp
     data = json.loads((out / "compare.json").read_text())
     assert data["pairs"] == ["demo0", "demo1", "demo2", "demo3"]
     drift = next(m for m in data["metrics"] if m["column"] == "drift")
-    base = [r["drift"] for r in data["baseline_videos"]]
-    lora = [r["drift"] for r in data["lora_videos"]]
+    # pairs with an unreliable drift reading on either side are left out of the drift statistics
+    kept = [not (b.get("drift_unreliable") or l_.get("drift_unreliable"))
+            for b, l_ in zip(data["baseline_videos"], data["lora_videos"])]
+    assert sorted(data["drift_left_out"]) == [n for n, k in zip(data["pairs"], kept) if not k]
+    base = [r["drift"] for r, k in zip(data["baseline_videos"], kept) if k]
+    lora = [r["drift"] for r, k in zip(data["lora_videos"], kept) if k]
+    assert drift["n"] == sum(kept) >= 1
     assert drift["baseline_mean"] == pytest.approx(np.mean(base)) and drift["lora_mean"] == pytest.approx(np.mean(lora))
     assert drift["relative_change"] == pytest.approx((np.mean(lora) - np.mean(base)) / np.mean(base))
-    assert drift["p_value"] == pytest.approx(stats.ttest_rel(lora, base).pvalue)
+    if sum(kept) >= 2:  # the paired test needs two (the statistics themselves: the test below)
+        assert drift["p_value"] == pytest.approx(stats.ttest_rel(lora, base).pvalue)
     assert drift["ci_low"] <= np.mean(np.subtract(lora, base)) <= drift["ci_high"]
     for name in ("trajectories.png", "drift_per_video.png", "distributions.png"):
         img = cv2.imread(str(out / name))
         assert img is not None and img.shape[0] > 100
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
-    assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # nothing to fetch: one file is the report
+    # nothing to fetch but the contact sheets written next to it
+    links = re.findall(r"""(?:src|href)=['"](?!data:)([^'"]+)""", html)
+    assert len(links) == 8 and all(link.startswith("sheets/") and (out / link).is_file() for link in links), links
+    sheet = cv2.imread(str(out / links[0]))
+    assert sheet is not None and sheet.shape[0] > 200 and sheet.shape[1] > 800
     assert "demo3" in html and "paired t" in html
     capsys.readouterr()
     assert main(["-q", "eval", "compare", str(sides / "baseline"), str(sides / "lora"), "--out", str(out)]) == 2
@@ -94,3 +104,19 @@ def test_verdict_needs_significance_and_an_interval_that_excludes_zero():
     assert c.verdict == "better" and c.relative_change == pytest.approx(-0.8, abs=0.05) and c.ci_high < 0
     same = [Pair(str(i), {"drift": float(b)}, {"drift": float(b + rng.normal(0, 0.5))}) for i, b in enumerate(base)]
     assert compare_column(same, "drift", resamples=1999).verdict == "no significant difference"
+
+
+def test_pairs_with_an_unreliable_drift_are_left_out_of_the_drift_statistics_only():
+    from circle_rotate.eval.compare import Pair, compare_pairs, unreliable_pairs
+
+    rows = [({"drift": 10.0 + i, "psnr": 30.0 + i, "drift_unreliable": None},
+             {"drift": 2.0 + i, "psnr": 31.0 + 2 * i, "drift_unreliable": None}) for i in range(5)]
+    rows[1][1]["drift_unreliable"] = "the mask's area changed (rigid 0.20 < 0.5)"
+    rows[3][0]["drift"], rows[3][0]["drift_unreliable"] = 90.0, "two passes disagree (passes 0.30 < 0.5)"
+    pairs = [Pair(f"v{i}", b, l_) for i, (b, l_) in enumerate(rows)]
+    left = unreliable_pairs(pairs)
+    assert [p.name for p, _ in left] == ["v1", "v3"] and "LoRA: the mask's area" in left[0][1]
+    got = {c.column: c for c in compare_pairs(pairs, resamples=199)}
+    kept = [0, 2, 4]
+    assert got["drift"].n == 3 and got["drift"].baseline_mean == pytest.approx(np.mean([10.0 + i for i in kept]))
+    assert got["psnr"].n == 5  # the other metrics keep every pair

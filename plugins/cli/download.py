@@ -12,15 +12,17 @@ ORDER = 5
 
 
 def add_parser(sub) -> None:
-    p = new_parser(sub, "download", help="fetch the Wan2.2 experts, VAE, T5, the released LoRAs or the dataset",
+    p = new_parser(sub, "download", help="fetch the Wan2.2 experts, VAE, T5, the released LoRAs, the eval weights or the dataset",
                    description="Fetch exactly the files the recipes expect through huggingface_hub (resumable, cached), "
                                "showing sizes first and checking free disk, then print the variables to point the "
                                "recipes at them. HF_HUB_OFFLINE=1 serves them from the local cache.",
                    examples="  circle-rotate download models -o models\n"
                             "  circle-rotate download models --variant fun-inp -o ComfyUI/models/diffusion_models\n"
                             "  circle-rotate download lora -o checkpoints\n"
+                            "  circle-rotate download eval-weights      # YOLOv8n + SAM ViT-B for eval's subject_drift_sam\n"
                             "  circle-rotate download dataset -o data --dry-run\n")
-    p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; dataset")
+    p.add_argument("group", choices=GROUPS, help="models: both fp16 experts, VAE, T5; lora: circle_rotate_h/l; "
+                                             "eval-weights: YOLOv8n and SAM ViT-B; dataset")
     p.add_argument("--variant", choices=VARIANTS, default="i2v",
                    help="models: i2v (the fp16 I2V experts the recipes train on, default) or fun-inp (the fp8_scaled "
                         "Fun-InP experts and ComfyUI's umT5, as the study's ComfyUI workflow uses)")

@@ -7,14 +7,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.errors import ConfigValueError, UserError
 
 ORDER = 40
 
-_TABLE = (("drift", "drift px"), ("subject_flow", "subj.flow"), ("motion_magnitude", "motion"),
+_TABLE = (("drift", "drift px"), ("drift_confidence", "drift conf"), ("subject_flow", "subj.flow"),
+          ("motion_magnitude", "motion"),
           ("dynamic_degree", "dyn.deg"), ("psnr", "psnr"), ("ssim", "ssim"), ("orbit_direction", "orbit"))
 
 
@@ -42,6 +43,16 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                    help="local weights for learned metrics: clip=DIR, yolo=FILE, sam=FILE")
+    subject = p.add_mutually_exclusive_group()
+    subject.add_argument("--subject-box", metavar="X0,Y0,X1,Y1",
+                         help="the subject's box on the first frame, in pixels (every video); default: found")
+    subject.add_argument("--subject-mask", type=Path, metavar="PNG",
+                         help="the subject on the first frame: a PNG the size of the frames, white on black")
+    subject.add_argument("--subject-boxes", type=Path, metavar="JSON",
+                         help='first-frame boxes keyed by video file name: {"a.mp4": [x0, y0, x1, y1], ...}')
+    p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
+                   help="write each video's subject masks (DIR/<video>/frame_NNNN.png) and contact sheet "
+                        "(DIR/<video>.drift.png)")
     add_force(p)
 
 
@@ -64,6 +75,7 @@ def add_parser(sub) -> None:
             "the exit status is then 1 unless --keep-going."),
         examples=("  circle-rotate eval outputs/ -o results.json --csv\n"
                   "  circle-rotate eval --metric all --input_dir outputs --output results.json\n"
+                  "  circle-rotate eval clip.mp4 --subject-box 40,60,140,300 --save-masks masks/\n"
                   "  circle-rotate eval compare baseline_videos/ lora_videos/ -o report/\n"
                   "  circle-rotate eval compare base.json lora.json -o report/ --force\n"))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -89,6 +101,23 @@ def add_parser(sub) -> None:
     add_alias(c, "--output", dest="out", new="-o/--out", type=Path)
     _add_shared(c)
     c.set_defaults(func=run_compare)
+
+
+def _subject_options(args: argparse.Namespace) -> Dict[str, Any]:
+    from circle_rotate.eval.subject_hints import parse_box, read_boxes, read_mask
+
+    out: Dict[str, Any] = {}
+    if args.subject_box:
+        out["subject"] = parse_box(args.subject_box)
+    elif args.subject_mask:
+        out["subject"] = read_mask(args.subject_mask)
+    elif args.subject_boxes:
+        out["subject_boxes"] = read_boxes(args.subject_boxes)
+    if args.save_masks is not None:
+        if args.save_masks.exists() and not args.save_masks.is_dir():
+            raise UserError("--save-masks must be a folder", path=args.save_masks, fix="name a new or existing folder")
+        out["mask_dir"] = out["sheet_dir"] = str(args.save_masks)
+    return out
 
 
 def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
@@ -144,7 +173,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UserError(f"eval compare takes BASELINE and LORA, got {len(sides)} path(s)",
                         fix="circle-rotate eval compare baseline_videos/ lora_videos/ -o report/")
     outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
-                      options=_options(args.weights), force=args.force)
+                      options={**_options(args.weights), **_subject_options(args)}, force=args.force)
     if args.json:
         print_json({"pairs": len(outcome.pairs), "comparisons": [c.to_dict() for c in outcome.comparisons],
                     "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
@@ -173,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         check_outputs(args.out, csv_too=args.csv, force=args.force, inputs=paths)
     elif args.csv:
         raise UserError("--csv needs -o results.json", fix="add -o results.json")
-    results = evaluate(paths, metrics=_metrics(args), jobs=_jobs(args.jobs), options=_options(args.weights))
+    options = {**_options(args.weights), **_subject_options(args)}
+    results = evaluate(paths, metrics=_metrics(args), jobs=_jobs(args.jobs), options=options)
     if args.out is not None:
         written = write_results(results, args.out, csv_too=args.csv)
     if args.json:

@@ -128,6 +128,34 @@ def prism_polygons(center: Sequence[float], radius: float, height: float, sides:
     return out
 
 
+def sphere_polygons(center: Sequence[float], radius: float, texture: np.ndarray, object_id: int, *, rings: int = 8,
+                    segments: int = 14, yaw: float = 0.0) -> List[Polygon]:
+    """A faceted ball (``rings`` latitude bands of ``segments`` facets; triangles at the poles).
+
+    Each facet shows its own cell of ``texture``, laid out like a world map, so the ball's
+    surface turns visibly as the camera orbits it.
+    """
+    c = np.asarray(center, float)
+    lat = np.linspace(np.pi / 2, -np.pi / 2, rings + 1)
+    lon = yaw + np.linspace(0, 2 * np.pi, segments + 1)
+    ring = [np.stack([radius * np.cos(a) * np.cos(lon), np.full(lon.shape, radius * np.sin(a)),
+                      radius * np.cos(a) * np.sin(lon)], axis=1) + c for a in lat]
+    th, tw = texture.shape[0] // rings, texture.shape[1] // segments
+    out = []
+    for i in range(rings):
+        for j in range(segments):
+            cell = np.ascontiguousarray(texture[i * th:(i + 1) * th, j * tw:(j + 1) * tw])
+            top_l, top_r, bot_l, bot_r = ring[i][j], ring[i][j + 1], ring[i + 1][j], ring[i + 1][j + 1]
+            if i == 0:  # the top pole: its two upper corners coincide
+                quad = np.stack([bot_l, top_l, bot_r])
+            elif i == rings - 1:
+                quad = np.stack([bot_l, top_l, top_r])
+            else:
+                quad = np.stack([bot_l, top_l, top_r, bot_r])
+            out.append(_quad(quad, cell, c, object_id))
+    return out
+
+
 class FrameBuffer:
     """Colour, inverse depth and object id per pixel; 0 inverse depth is "infinitely far"."""
 

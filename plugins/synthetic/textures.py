@@ -4,6 +4,9 @@ by a seed."""
 
 from __future__ import annotations
 
+import functools
+from typing import Optional, Tuple
+
 import cv2
 import numpy as np
 
@@ -95,3 +98,81 @@ def backdrop_texture(rng: np.random.Generator, h: int = 768, w: int = 4096, *, s
                     img[wy:wy + win // 2, wx:wx + win // 2] = (255, 230, 150) if rng.random() < 0.3 else col * 0.45
         x += bw
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# Photographs shipped inside the scikit-image wheel (no download): real-world colour
+# statistics, fine detail and soft gradients that procedural noise lacks. The grey ones are
+# surfaces (brick, grass, gravel) and get a tint.
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "brick", "grass",
+           "gravel")
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_library() -> Tuple[Tuple[np.ndarray, ...], Optional[str]]:
+    try:
+        from skimage import data
+    except ImportError:
+        return (), "scikit-image is not installed (pip install 'circle-rotate[test]'); procedural textures used instead"
+    out = []
+    for name in _PHOTOS:
+        img = np.asarray(getattr(data, name)())
+        out.append(np.ascontiguousarray(img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)))
+    return tuple(out), None
+
+
+def photo_unavailable() -> Optional[str]:
+    """Why photo textures cannot be used here (``None`` when they can)."""
+    return _photo_library()[1]
+
+
+def photo_texture(rng: np.random.Generator, h: int = 256, w: int = 256) -> np.ndarray:
+    """A random crop of a real photograph, tinted and resized to (h, w). RGB uint8.
+
+    Falls back to :func:`surface_texture` when scikit-image is absent (see :func:`photo_unavailable`).
+    """
+    photos, _ = _photo_library()
+    if not photos:
+        return surface_texture(rng, h, w)
+    img = photos[int(rng.integers(0, len(photos)))]
+    ph, pw = img.shape[:2]
+    scale = rng.uniform(0.35, 0.9)
+    ch, cw = max(16, int(ph * scale)), max(16, int(pw * scale))
+    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    tint = _palette(rng, 1, saturation=(0.1, 0.6), value=(0.8, 1.0))[0] / 255.0
+    return np.clip(crop * (0.45 + 0.55 * tint), 0, 255).astype(np.uint8)
+
+
+def photo_backdrop(rng: np.random.Generator, h: int = 768, w: int = 4096) -> np.ndarray:
+    """A 360-degree wall of photographs side by side (a gallery, a street of posters). RGB uint8."""
+    strips, x = [], 0
+    while x < w:
+        sw = int(rng.integers(300, 900))
+        strips.append(photo_texture(rng, h, sw))
+        x += sw
+    return np.ascontiguousarray(np.concatenate(strips, axis=1)[:, :w])
+
+
+def ground_crop(rng: np.random.Generator, ground: np.ndarray, h: int = 256, w: int = 256) -> np.ndarray:
+    """A piece of the floor's own texture, for a subject that wears the ground's colours."""
+    gh, gw = ground.shape[:2]
+    y0, x0 = int(rng.integers(0, gh - h)), int(rng.integers(0, gw - w))
+    # Upright faces catch less light than the floor (shade 0.5-0.76 against ~0.98), so the piece
+    # is brightened by as much: rendered, the subject then wears the floor's own colours.
+    gain = rng.uniform(1.2, 1.5)
+    return np.clip(ground[y0:y0 + h, x0:x0 + w].astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def photo_ground(rng: np.random.Generator, size: int = 2048) -> np.ndarray:
+    """A floor tiled from a photographed surface (brick, grass or gravel), mirrored at the seams."""
+    photos, _ = _photo_library()
+    if not photos:
+        return ground_texture(rng, size)
+    grey = [p for name, p in zip(_PHOTOS, photos) if name in ("brick", "grass", "gravel")]
+    tile = grey[int(rng.integers(0, len(grey)))].astype(np.float32)
+    row = np.concatenate([tile, tile[:, ::-1]], axis=1)
+    block = np.concatenate([row, row[::-1]], axis=0)
+    reps = size // block.shape[0] + 1
+    img = np.tile(block, (reps, reps, 1))[:size, :size]
+    tint = _palette(rng, 1, saturation=(0.1, 0.45), value=(0.7, 1.0))[0] / 255.0
+    return np.clip(img * (0.35 + 0.65 * tint), 0, 255).astype(np.uint8)

@@ -1,9 +1,12 @@
 """Synthetic turntable footage with exact ground truth.
 
-A textured 3D subject (box, cylinder, figure, L-shape, car) stands on a tiled floor in
-front of a city or studio backdrop; the camera orbits it (or pans, or stays still). Every
-frame's subject mask is exact, so the subject path, the drift value and the orbit
-direction are known, and evaluation and orbit QC can be checked against them.
+A textured 3D subject (box, cylinder, figure, L-shape, car, or one made of several parts:
+see :mod:`circle_rotate.synthetic.subjects`) stands on a tiled floor in front of a city or
+studio backdrop; the camera orbits it (or pans, or stays still). Surfaces are procedural or
+photographs, and the subject can wear the floor's own colours. Every frame's subject mask is
+exact (all parts of a multi-part subject), so the subject path, the drift value and the
+orbit direction are known, and evaluation and orbit QC can be checked against them.
+Varied seeded sets for tuning and judging are in :mod:`circle_rotate.synthetic.orbit_sets`.
 
 Direction convention (used everywhere in circle-rotate): ``"right"`` means the camera
 travels towards its own right around the subject, which is counter-clockwise seen from
@@ -30,15 +33,21 @@ from scipy.ndimage import gaussian_filter1d
 
 from circle_rotate.atomic import write_bytes, write_json
 from circle_rotate.synthetic import geometry as geo
-from circle_rotate.synthetic.textures import backdrop_texture, ground_texture, surface_texture
+from circle_rotate.synthetic.subjects import (MULTIPART_SUBJECTS, PART_ID_BASE, SUBJECT_ID, SUBJECTS, clutter_solids,
+                                              is_subject, subject_parts)
+from circle_rotate.synthetic.textures import (backdrop_texture, ground_crop, ground_texture, photo_backdrop, photo_ground,
+                                              photo_texture, photo_unavailable, surface_texture)
 from circle_rotate.video_io import write_video
 
-SUBJECTS = ("box", "cylinder", "figure", "lshape", "car")
+ALL_SUBJECTS = SUBJECTS + MULTIPART_SUBJECTS
 CAMERAS = ("orbit", "pan", "static")
 PROFILES = ("constant", "ease", "accelerate", "decelerate", "stop_go")
 DRIFTS = ("none", "linear", "sine", "circle", "random_walk")
-LIGHTING = ("constant", "exposure_ramp", "moving_light", "flicker")
-SUBJECT_ID = 1  # object id of the subject in the id buffer; clutter uses 2, 3, ...
+# moving_light turns the light 70 degrees; orbiting_light half way round from low down, so
+# long shadows sweep across the floor.
+LIGHTING = ("constant", "exposure_ramp", "moving_light", "flicker", "orbiting_light")
+TEXTURES = ("procedural", "photo")  # photo: scikit-image's sample photographs (procedural when it is absent)
+LOOKS = ("own", "ground")  # ground: the subject is dressed in pieces of the floor's texture
 
 
 @dataclass(frozen=True)
@@ -81,12 +90,15 @@ class TurntableSpec:
     noise_sigma: float = 1.0  # sensor noise (grey levels)
     cut_at: Optional[int] = None  # scene cut: frames from here on show another scene
     seed: int = 0
+    textures: str = "procedural"
+    subject_look: str = "own"
 
     def validate(self) -> None:
-        for name, value, allowed in (("camera", self.camera, CAMERAS), ("subject", self.subject, SUBJECTS),
+        for name, value, allowed in (("camera", self.camera, CAMERAS), ("subject", self.subject, ALL_SUBJECTS),
                                      ("speed_profile", self.speed_profile, PROFILES), ("drift.kind", self.drift.kind, DRIFTS),
                                      ("lighting", self.lighting, LIGHTING), ("direction", self.direction, ("left", "right")),
-                                     ("background", self.background, ("city", "studio"))):
+                                     ("background", self.background, ("city", "studio")),
+                                     ("textures", self.textures, TEXTURES), ("subject_look", self.subject_look, LOOKS)):
             if value not in allowed:
                 raise ValueError(f"TurntableSpec.{name} must be one of {allowed}, not {value!r}")
         if self.width % 2 or self.height % 2 or self.width < 16 or self.height < 16:
@@ -159,62 +171,35 @@ def drift_value(centroids: np.ndarray) -> Tuple[float, List[int]]:
 @dataclass
 class _Scene:
     env: geo.Environment
-    solids: List[List[geo.Polygon]]  # subject first, then clutter
+    solids: List[List[geo.Polygon]]  # the subject's parts first, then clutter
     light_dir: np.ndarray
-
-
-def _subject_solids(spec: TurntableSpec, rng: np.random.Generator) -> List[geo.Polygon]:
-    s = spec.subject_scale
-    yaw = np.radians(spec.subject_yaw_deg)
-    tex = [surface_texture(rng) for _ in range(6)]
-    sid = SUBJECT_ID
-
-    def at(x, z):  # place a part at (x, z) in the subject's own (yawed) frame
-        return np.array([np.cos(yaw) * x + np.sin(yaw) * z, 0, -np.sin(yaw) * x + np.cos(yaw) * z])
-
-    if spec.subject == "box":
-        return geo.box_polygons([0, 0.7 * s, 0], [1.6 * s, 1.4 * s, 1.0 * s], yaw, tex, sid)
-    if spec.subject == "cylinder":
-        wide = np.concatenate([surface_texture(rng, 256, 256) for _ in range(4)], axis=1)
-        return geo.prism_polygons([0, 0, 0], 0.7 * s, 1.6 * s, 16, wide, tex[0], sid, yaw=yaw)
-    if spec.subject == "figure":  # body, head off to one side, one arm: an asymmetric silhouette
-        polys = geo.box_polygons([0, 0.6 * s, 0], [0.8 * s, 1.2 * s, 0.5 * s], yaw, tex, sid)
-        polys += geo.box_polygons(at(0.15 * s, 0) + [0, 1.43 * s, 0], [0.45 * s] * 3, yaw, tex[2:], sid)
-        polys += geo.box_polygons(at(0.62 * s, 0) + [0, 0.95 * s, 0], [0.45 * s, 0.2 * s, 0.2 * s], yaw, tex[4:], sid)
-        return polys
-    if spec.subject == "lshape":
-        polys = geo.box_polygons(at(-0.3 * s, 0) + [0, 0.75 * s, 0], [0.6 * s, 1.5 * s, 1.2 * s], yaw, tex, sid)
-        polys += geo.box_polygons(at(0.45 * s, 0.35 * s) + [0, 0.4 * s, 0], [0.9 * s, 0.8 * s, 0.5 * s], yaw, tex[3:], sid)
-        return polys
-    # car: long body, cabin set back
-    polys = geo.box_polygons([0, 0.45 * s, 0], [2.4 * s, 0.6 * s, 1.1 * s], yaw, tex, sid)
-    polys += geo.box_polygons(at(-0.3 * s, 0) + [0, 0.98 * s, 0], [1.3 * s, 0.46 * s, 1.0 * s], yaw, tex[2:], sid)
-    return polys
-
-
-def _clutter_solids(spec: TurntableSpec, rng: np.random.Generator) -> List[List[geo.Polygon]]:
-    out = []
-    for k in range(spec.clutter):
-        ang = rng.uniform(0, 2 * np.pi)
-        r = rng.uniform(1.7, 3.2) * max(spec.subject_scale, 0.6)
-        h = rng.uniform(0.15, 0.55)
-        c = [r * np.cos(ang), h / 2, r * np.sin(ang)]
-        if rng.random() < 0.5:
-            out.append(geo.box_polygons(c, [rng.uniform(0.2, 0.5), h, rng.uniform(0.2, 0.5)], rng.uniform(0, np.pi),
-                                        [surface_texture(rng, 64, 64) for _ in range(3)], SUBJECT_ID + 1 + k))
-        else:
-            wide = surface_texture(rng, 64, 64 * 8)
-            out.append(geo.prism_polygons([c[0], 0, c[2]], rng.uniform(0.1, 0.25), h, 8, wide, surface_texture(rng, 64, 64),
-                                          SUBJECT_ID + 1 + k))
-    return out
+    parts: int = 1  # how many of ``solids`` are the subject
 
 
 def _build_scene(spec: TurntableSpec, seed: int) -> _Scene:
     rng = np.random.default_rng(seed)
-    env = geo.Environment(ground_texture(rng), backdrop_texture(rng, studio=spec.background == "studio"))
-    solids = [_subject_solids(spec, rng)] + _clutter_solids(spec, rng)
-    light = np.array([-0.45, -1.0, -0.35])
-    return _Scene(env, solids, light / np.linalg.norm(light))
+    photo = spec.textures == "photo"
+    env = geo.Environment(photo_ground(rng) if photo else ground_texture(rng),
+                          photo_backdrop(rng) if photo else backdrop_texture(rng, studio=spec.background == "studio"))
+
+    def texture(h: int, w: int) -> np.ndarray:
+        if spec.subject_look == "ground":
+            return ground_crop(rng, env.ground, h, w)
+        return photo_texture(rng, h, w) if photo else surface_texture(rng, h, w)
+
+    parts = subject_parts(spec.subject, spec.subject_scale, spec.subject_yaw_deg, texture)
+    clutter_tex = (lambda h, w: photo_texture(rng, h, w)) if photo else (lambda h, w: surface_texture(rng, h, w))
+    solids = parts + clutter_solids(spec.clutter, spec.subject_scale, rng, clutter_tex, SUBJECT_ID + 1)
+    light = np.array([-0.8, -0.55, -0.3]) if spec.lighting == "orbiting_light" else np.array([-0.45, -1.0, -0.35])
+    return _Scene(env, solids, light / np.linalg.norm(light), len(parts))
+
+
+def texture_source(spec: TurntableSpec) -> str:
+    """What the spec's surfaces were made from, as the truth records it."""
+    if spec.textures == "procedural":
+        return "procedural"
+    reason = photo_unavailable()
+    return f"procedural (photo asked: {reason})" if reason else "photo (scikit-image sample images)"
 
 
 def _camera_path(spec: TurntableSpec) -> Tuple[np.ndarray, List[geo.Camera]]:
@@ -276,6 +261,7 @@ class RenderedFrame:
     subject_mask: np.ndarray  # (H, W) bool
     azimuth_deg: float
     drift_offset: Tuple[float, float]
+    part_areas: Tuple[int, ...] = ()  # visible pixels of each part of a multi-part subject (empty: one solid)
 
 
 def render_frames(spec: TurntableSpec) -> Iterator[RenderedFrame]:
@@ -284,7 +270,8 @@ def render_frames(spec: TurntableSpec) -> Iterator[RenderedFrame]:
     scenes = {0: _build_scene(spec, spec.seed)}
     azimuth, cams = _camera_path(spec)
     if spec.cut_at is not None:
-        other = dataclasses.replace(spec, seed=spec.seed + 1, subject=SUBJECTS[(SUBJECTS.index(spec.subject) + 2) % len(SUBJECTS)],
+        nxt = SUBJECTS[(SUBJECTS.index(spec.subject) + 2) % len(SUBJECTS)] if spec.subject in SUBJECTS else "box"
+        other = dataclasses.replace(spec, seed=spec.seed + 1, subject=nxt,
                                     start_azimuth_deg=spec.start_azimuth_deg + 140, cut_at=None,
                                     background="studio" if spec.background == "city" else "city")
         scenes[1] = _build_scene(other, other.seed)
@@ -300,14 +287,14 @@ def render_frames(spec: TurntableSpec) -> Iterator[RenderedFrame]:
         scene = scenes[1 if after_cut else 0]
         cam = cams2[i] if after_cut else cams[i]
         light = scene.light_dir
-        if spec.lighting == "moving_light":
-            a = np.radians(70 * t[i])
+        if spec.lighting in ("moving_light", "orbiting_light"):
+            a = np.radians((70 if spec.lighting == "moving_light" else 180) * t[i])
             light = np.array([np.cos(a) * light[0] - np.sin(a) * light[2], light[1], np.sin(a) * light[0] + np.cos(a) * light[2]])
         ambient, diffuse = 0.5, 0.55
         bg, on_ground = scene.env.render(cam, ambient + diffuse * -light[1])
         fb = geo.FrameBuffer(bg, np.zeros(bg.shape[:2], np.int32))
         for k, solid in enumerate(scene.solids):
-            off = tuple(offsets[i]) if k == 0 else (0.0, 0.0)
+            off = tuple(offsets[i]) if k < scene.parts else (0.0, 0.0)
             for poly in solid:
                 fb_shade = ambient + diffuse * max(0.0, float(-light @ poly.outward))
                 geo.draw_polygon(fb, cam, poly, offset=off, shade=fb_shade)
@@ -324,8 +311,12 @@ def render_frames(spec: TurntableSpec) -> Iterator[RenderedFrame]:
             img *= gain
         if noise:
             img += noise[i % len(noise)]
-        yield RenderedFrame(np.clip(img, 0, 255, out=img).astype(np.uint8), fb.ids == SUBJECT_ID,
-                            float(az2[i] if after_cut else azimuth[i]), (float(offsets[i][0]), float(offsets[i][1])))
+        parts = ()
+        if scene.parts > 1:
+            counts = np.bincount(np.clip(fb.ids - PART_ID_BASE + 1, 0, None).ravel(), minlength=scene.parts + 1)
+            parts = tuple(int(c) for c in counts[1:scene.parts + 1])
+        yield RenderedFrame(np.clip(img, 0, 255, out=img).astype(np.uint8), is_subject(fb.ids),
+                            float(az2[i] if after_cut else azimuth[i]), (float(offsets[i][0]), float(offsets[i][1])), parts)
 
 
 def mask_stats(mask: np.ndarray) -> Tuple[Tuple[float, float], int, Tuple[int, int, int, int]]:
@@ -354,7 +345,7 @@ def write_turntable(spec: TurntableSpec, out_dir: Path, *, suffix: str = ".mp4",
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / f"{spec.name}{suffix}"
-    centroids, areas, boxes, azimuths, offsets, masks = [], [], [], [], [], []
+    centroids, areas, boxes, azimuths, offsets, masks, part_areas = [], [], [], [], [], [], []
 
     def frames():
         for fr in render_frames(spec):
@@ -364,6 +355,7 @@ def write_turntable(spec: TurntableSpec, out_dir: Path, *, suffix: str = ".mp4",
             boxes.append(b)
             azimuths.append(fr.azimuth_deg)
             offsets.append(fr.drift_offset)
+            part_areas.append(list(fr.part_areas))
             masks.append(np.packbits(fr.subject_mask, axis=-1))
             yield fr.image
 
@@ -389,6 +381,9 @@ def write_turntable(spec: TurntableSpec, out_dir: Path, *, suffix: str = ".mp4",
         "bbox": [list(b) for b in boxes],
         "azimuth_deg": azimuths,
         "drift_offset_px": [list(o) for o in offsets],
+        # Every part of a multi-part subject is in the mask; this says how much of each shows.
+        "part_area": part_areas if any(part_areas) else None,
+        "texture_source": texture_source(spec),
         "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
     }
     truth_path = write_json(out_dir / f"{spec.name}.truth.json", truth)

@@ -1,0 +1,89 @@
+"""Where the user says the subject is: ``--subject-box``, ``--subject-mask``, ``--subject-boxes``.
+
+Read and checked at the edge (the CLI), before any video is decoded; every problem is a
+:class:`~circle_rotate.errors.UserError` naming the flag or file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import cv2
+
+from circle_rotate.errors import UserError
+from circle_rotate.eval.subject_mask import SubjectHint
+
+
+def parse_box(text: str, *, where: str = "--subject-box") -> SubjectHint:
+    """``"x0,y0,x1,y1"`` (first-frame pixels) as a hint."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        raise UserError(f"{where} {text!r}: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0",
+                        fix="give the subject's box on the first frame in pixels, e.g. --subject-box 40,60,140,300")
+    return SubjectHint(box=box)  # type: ignore[arg-type]
+
+
+def read_mask(path: os.PathLike | str) -> SubjectHint:
+    """A PNG whose non-zero pixels are the subject on the first frame."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("subject mask not found", path=p, fix="pass a PNG the size of the video's frames")
+    image = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise UserError("not a readable image", path=p, fix="save the mask as a PNG (white subject on black)")
+    if not image.any():
+        raise UserError("the mask is empty (all black)", path=p, fix="paint the subject white")
+    return SubjectHint(mask=image > 0)
+
+
+def _box_of(name: str, value: Any, path: Path) -> SubjectHint:
+    if isinstance(value, Mapping) and "boxes" in value:  # {"boxes": {"0": [...], "12": [...]}}
+        boxes = value["boxes"]
+        if not isinstance(boxes, Mapping) or not boxes:
+            raise UserError(f"key {name!r}: 'boxes' holds no box", path=path, fix='e.g. "boxes": {"0": [x0, y0, x1, y1]}')
+        try:
+            first = min(boxes, key=lambda k: int(k))
+        except ValueError:
+            raise UserError(f"key {name!r}: 'boxes' keys must be frame numbers", path=path,
+                            fix='e.g. "boxes": {"0": [x0, y0, x1, y1]}') from None
+        if int(first) != 0:
+            raise UserError(f"key {name!r}: the first labelled frame is {first}, not 0", path=path,
+                            fix="label the subject on frame 0 (the subject is found on the first frame)")
+        value = boxes[first]
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"key {name!r}: expected [x0, y0, x1, y1]", path=path, fix='e.g. {"demo1.mp4": [40, 60, 140, 300]}')
+    return parse_box(",".join(str(v) for v in value), where=f"{path}: key {name!r}:")
+
+
+def read_boxes(path: os.PathLike | str) -> Dict[str, SubjectHint]:
+    """A JSON of first-frame boxes keyed by video file name (or stem): ``{"a.mp4": [x0, y0, x1, y1]}``;
+    ``{"videos": {...}}`` and per-video ``{"boxes": {"0": [...]}}`` (a labelled set) are read too."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("subject boxes file not found", path=p, fix='pass a JSON like {"demo1.mp4": [x0, y0, x1, y1]}')
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON ({exc})", path=p, fix='e.g. {"demo1.mp4": [x0, y0, x1, y1]}') from None
+    if isinstance(data, Mapping) and isinstance(data.get("videos"), Mapping):
+        data = data["videos"]
+    if not isinstance(data, Mapping) or not data:
+        raise UserError("expected an object keyed by video file name", path=p, fix='e.g. {"demo1.mp4": [x0, y0, x1, y1]}')
+    return {str(k): _box_of(str(k), v, p) for k, v in data.items()}
+
+
+def hint_for(name: str, *, boxes: Optional[Mapping[str, SubjectHint]], default: Optional[SubjectHint]
+             ) -> Optional[SubjectHint]:
+    """The hint for the video file ``name``: by file name, then by stem, else ``default``."""
+    if boxes:
+        for key in (name, Path(name).stem):
+            if key in boxes:
+                return boxes[key]
+    return default

@@ -1,0 +1,257 @@
+"""Follow a subject found on the first frame through the clip's sampled frames (no weights).
+
+From one sampled frame to the next, at the working resolution:
+
+1. Propagate: the consecutive Farneback flows the clip already has are chained, and a
+   backward flow between the two sampled frames checks them (forward-backward: a pixel whose
+   round trip misses by more than a pixel and 10% of its motion is not used). The subject's
+   own motion is a similarity fitted by RANSAC to the checked flow inside its mask; the mask
+   moves by it (an orbit turns the surface under the outline, so the outline follows the fit,
+   not each pixel's flow).
+2. Refine: GrabCut on the new frame, seeded by the moved mask (its eroded core surely the
+   subject; beyond a band around it surely not), judged against the first frame's colour
+   models, and by the flow: a textured pixel next to the mask that moves unlike the subject
+   (against the spread of the background's motion) is background. The cut follows the
+   image's own edges, so the flow's error does not accumulate.
+3. Rigid-object priors: a subject's area changes smoothly and its mask does not jump, so a
+   refinement that disagrees with the propagation (IoU under ``agree``, or an area outside
+   ``area_step`` of it) is not taken; the frame keeps the moved mask, flagged
+   ``propagated``. Every part of the cut that lies mostly inside the moved mask stays (a
+   ball on a box stays with the box).
+
+The subject is followed forward, then backward from the last sampled frame (see
+:func:`track`). What each step measured (:class:`Step`) is kept for the confidence verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from circle_rotate.eval.flow import FARNEBACK_PARAMS
+from circle_rotate.eval.grabcut import colour_models, cut, disc, keep_overlapping
+from circle_rotate.eval.subject_find import textured
+
+#: Where a tracked frame's mask came from.
+SOURCES = ("found", "refined", "propagated")
+
+
+@dataclass(frozen=True)
+class TrackParams:
+    """Tuning of the tracker.
+
+    Attributes:
+        band: how far the outline may move per step, as a fraction of the mask's size.
+        agree: least IoU between the refined and the propagated mask for the refinement to stand.
+        area_step: largest area ratio (either way) between them.
+        fb_tolerance: round-trip miss allowed, in pixels, plus ``fb_relative`` of the motion.
+        fb_relative: see ``fb_tolerance``.
+        unlike: a pixel moves unlike the subject when its flow differs from the subject's by
+            more than this fraction of the background's typical difference.
+        texture: least local contrast (grey levels) for a pixel's flow to count.
+    """
+
+    band: float = 0.08
+    agree: float = 0.6
+    area_step: float = 1.35
+    fb_tolerance: float = 1.0
+    fb_relative: float = 0.1
+    unlike: float = 0.5
+    texture: float = 6.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampled frame's tracking, measured."""
+
+    source: str  # one of SOURCES
+    consistent: float  # share of the previous mask whose flow passed the forward-backward check
+    agreement: float  # IoU of the refined and the propagated mask (1 where nothing was refined)
+    area_ratio: float  # area of the kept mask / area of the previous one
+    passes_agree: float = 1.0  # IoU of the forward and the backward pass's masks
+
+
+def chain(flows: Sequence[np.ndarray]) -> np.ndarray:
+    """The flow from the first frame of ``flows`` to the frame after the last (consecutive
+    flows composed: each later one looked up where the earlier ones carried the pixel)."""
+    total = flows[0].copy()
+    h, w = total.shape[:2]
+    grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+    for f in flows[1:]:
+        at = grid + total
+        total += cv2.remap(f, at[..., 0], at[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return total
+
+
+def subject_motion(mask: np.ndarray, flow: np.ndarray, ok: np.ndarray, size: float) -> np.ndarray:
+    """The subject's own image motion as a similarity (2x3): fitted by RANSAC to the flow of
+    its forward-backward consistent pixels. An orbit turns the subject's surface under its
+    outline, so the outline follows the fit, not each pixel's flow (a patch of background the
+    mask took in, moving with the background, is an outlier)."""
+    ys, xs = np.nonzero(mask & ok)
+    if xs.size < 20:
+        ys, xs = np.nonzero(mask)
+    step = max(1, xs.size // 1500)
+    src = np.stack([xs[::step], ys[::step]], -1).astype(np.float32)
+    dst = src + flow[ys[::step], xs[::step]]
+    fit, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=max(1.0, 0.03 * size),
+                                         maxIters=500, confidence=0.99, refineIters=5)
+    if fit is None:
+        fit = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+        fit[:, 2] = np.median(dst - src, axis=0)
+    return fit
+
+
+def round_trip(forward: np.ndarray, grey_a: np.ndarray, grey_b: np.ndarray, params: TrackParams) -> np.ndarray:
+    """Per pixel of frame a: does its forward flow come back (backward flow b -> a, started
+    from the reversed forward flow)?"""
+    h, w = grey_a.shape
+    init = -forward
+    back = cv2.calcOpticalFlowFarneback(grey_b, grey_a, init.copy(), *FARNEBACK_PARAMS[:-1],
+                                        cv2.OPTFLOW_USE_INITIAL_FLOW)
+    grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+    at = grid + forward
+    back_at = cv2.remap(back, at[..., 0], at[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    miss = np.linalg.norm(forward + back_at, axis=-1)
+    inside = (at[..., 0] >= 0) & (at[..., 0] <= w - 1) & (at[..., 1] >= 0) & (at[..., 1] <= h - 1)
+    return inside & (miss <= params.fb_tolerance + params.fb_relative * np.linalg.norm(forward, axis=-1))
+
+
+def unlike_subject(flow: np.ndarray, mask: np.ndarray, valid: np.ndarray, params: TrackParams) -> np.ndarray:
+    """Textured pixels whose flow differs from the subject's (its median) by more than
+    ``unlike`` of the background's typical difference; none when the background moves with it."""
+    own = np.median(flow[mask], axis=0)
+    dev = np.linalg.norm(flow - own, axis=-1)
+    h, w = mask.shape
+    around = (cv2.dilate(mask.astype(np.uint8), disc(max(3, int(0.1 * max(h, w))))) == 0) & valid
+    if around.sum() < 50:
+        return np.zeros_like(mask)
+    typical = float(np.median(dev[around]))
+    if typical < 0.5:  # the background moves with the subject (static camera, pan)
+        return np.zeros_like(mask)
+    return valid & (dev > params.unlike * typical)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
+def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.ndarray, params: TrackParams,
+           models=None) -> Tuple[np.ndarray, str, float]:
+    """GrabCut of ``image`` seeded by the propagated mask ``moved`` and the flow ``motion``
+    (see the module docstring); the kept mask, its source and the refinement's IoU with ``moved``."""
+    size = np.sqrt(moved.sum())
+    sure = cv2.erode(moved.astype(np.uint8), disc(max(1, int(0.1 * size)))) > 0
+    near = cv2.dilate(moved.astype(np.uint8), disc(max(2, int(params.band * size)))) > 0
+    unlike = unlike_subject(motion, moved, textured(grey, params.texture), params)
+    labels = np.full(moved.shape, cv2.GC_BGD, np.uint8)
+    labels[near] = cv2.GC_PR_BGD
+    labels[moved] = cv2.GC_PR_FGD
+    labels[sure] = cv2.GC_FGD
+    labels[near & ~moved & unlike] = cv2.GC_BGD
+    labels[moved & ~sure & unlike] = cv2.GC_PR_BGD
+    refined = cut(image, labels, models=models)
+    refined = keep_overlapping(refined, moved) if refined is not None else None
+    if refined is None:
+        return moved, "propagated", 0.0
+    agreement = _iou(refined, moved)
+    ratio = refined.sum() / max(moved.sum(), 1)
+    if agreement >= params.agree and 1 / params.area_step <= ratio <= params.area_step:
+        return refined, "refined", agreement
+    return moved, "propagated", agreement
+
+
+def _warp(mask: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    return cv2.warpAffine(mask.astype(np.uint8), fit, (w, h), flags=cv2.INTER_NEAREST) > 0
+
+
+def _pull(mask: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """Pixels of the earlier frame that ``forward`` carries into ``mask``."""
+    h, w = mask.shape
+    grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))) + forward
+    return cv2.remap(mask.astype(np.uint8), grid[..., 0], grid[..., 1], cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+
+
+def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
+    return flows[i] if i < len(flows) else flows[i - 1]
+
+
+def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequence[np.ndarray],
+          indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams()
+          ) -> Tuple[List[np.ndarray], List[Step]]:
+    """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
+
+    The subject is followed forward to the last sampled frame, then back from there to the
+    first (along the same flows, the fitted motion inverted); each frame keeps what both
+    passes agree on. A patch the first mask took in wrongly is usually dropped by the
+    forward pass's refinements before the end, so the backward pass never had it, and the
+    frames before no longer carry it either: the mask is one consistent subject throughout.
+
+    Args:
+        images: the clip's RGB frames at the working resolution (indexable by frame).
+        greys: the same in grey.
+        flows: consecutive flows ``i -> i + 1`` at the working resolution.
+        indices: the sampled frame indices (increasing, repeats allowed).
+        first: the subject on ``indices[0]``.
+        params: tuning.
+
+    Returns:
+        One mask per sampled frame and one :class:`Step` per sampled frame (the first is ``found``).
+    """
+    idx = list(indices)
+    k = len(idx)
+    # the subject's and its surroundings' colours as the first frame shows them: each later
+    # cut is judged against them, so a mask cannot grow or shrink by re-learning its own colours
+    models = colour_models(images[idx[0]], first, band=max(3, int(0.15 * np.sqrt(first.sum()))))
+    forward_masks, sources, agreements = [first], ["found"], [1.0]
+    chains, oks, consistent = [None] * k, [None] * k, [1.0] * k
+    for j in range(1, k):
+        a, b = idx[j - 1], idx[j]
+        prev = forward_masks[-1]
+        if b == a:
+            forward_masks.append(prev)
+            sources.append(sources[-1])
+            agreements.append(1.0)
+            continue
+        chains[j] = chain(flows[a:b])
+        oks[j] = round_trip(chains[j], greys[a], greys[b], params)
+        consistent[j] = float((oks[j] & prev).sum()) / max(float(prev.sum()), 1.0)
+        moved = _warp(prev, subject_motion(prev, chains[j], oks[j], np.sqrt(prev.sum())))
+        if moved.sum() < 10:  # carried out of the frame: keep what there was
+            kept, source, agreement = prev, "propagated", 0.0
+        else:
+            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params, models)
+        forward_masks.append(kept)
+        sources.append(source)
+        agreements.append(agreement)
+    backward_masks = [None] * k
+    backward_masks[-1] = forward_masks[-1]
+    for j in range(k - 1, 0, -1):
+        later = backward_masks[j]
+        if chains[j] is None:
+            backward_masks[j - 1] = later
+            continue
+        pulled = _pull(later, chains[j])
+        if pulled.sum() < 10:
+            backward_masks[j - 1] = forward_masks[j - 1]
+            continue
+        fit = subject_motion(pulled, chains[j], oks[j], np.sqrt(pulled.sum()))
+        moved = _warp(later, cv2.invertAffineTransform(fit))
+        a = idx[j - 1]
+        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models)[0] \
+            if moved.sum() >= 10 else forward_masks[j - 1]
+    masks, steps = [], []
+    for j in range(k):
+        f, b = forward_masks[j], backward_masks[j]
+        passes = _iou(f, b)
+        keep = b
+        prev_area = masks[-1].sum() if masks else keep.sum()
+        masks.append(keep)
+        steps.append(Step(sources[j], consistent[j], agreements[j], float(keep.sum()) / max(float(prev_area), 1.0),
+                          passes))
+    return masks, steps

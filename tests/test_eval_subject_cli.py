@@ -1,0 +1,67 @@
+"""``circle-rotate eval``'s subject flags: --subject-box / --subject-mask / --subject-boxes and --save-masks."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from circle_rotate.cli.main import main
+from circle_rotate.synthetic.turntable import TurntableSpec, load_masks, write_turntable
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("subject_cli")
+    files = write_turntable(TurntableSpec(name="orbit", width=256, height=160, frames=21, subject="box", seed=4), d)
+    return files.video, load_masks(files.masks)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.mark.parametrize("box", ["10,20,5,40", "1,2,3", "a,b,c,d"])
+def test_a_bad_box_is_one_line_and_exit_2(clip, box, capsys):
+    assert main(["-q", "eval", str(clip[0]), f"--subject-box={box}"]) == 2
+    line = _error_line(capsys)
+    assert "--subject-box" in line and "fix:" in line
+
+
+def test_a_boxes_file_without_frame_0_names_the_file_and_key(clip, tmp_path, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"orbit.mp4": {"boxes": {"5": [1, 2, 30, 40]}}}))
+    assert main(["-q", "eval", str(clip[0]), "--subject-boxes", str(boxes)]) == 2
+    line = _error_line(capsys)
+    assert str(boxes) in line and "'orbit.mp4'" in line and "frame 0" in line
+
+
+def test_a_mask_of_another_size_is_an_error_row_naming_the_video(clip, tmp_path, capsys):
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), np.full((50, 60), 255, np.uint8))
+    assert main(["-q", "eval", str(clip[0]), "--subject-mask", str(mask), "--metrics", "subject_drift"]) == 1
+    assert "60x50" in capsys.readouterr().out
+
+
+def test_save_masks_writes_the_masks_and_the_contact_sheet(clip, tmp_path, capsys):
+    video, truth = clip
+    ys, xs = np.nonzero(truth[0])
+    out, masks = tmp_path / "results.json", tmp_path / "masks"
+    assert main(["-q", "eval", str(video), "--metrics", "subject_drift", "--out", str(out), "--save-masks", str(masks),
+                 f"--subject-box={xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}"]) == 0
+    row = json.loads(out.read_text())["videos"][0]
+    series = row["series"]["subject_drift"]
+    files = sorted((masks / "orbit").glob("frame_*.png"))
+    assert [int(f.stem[6:]) for f in files] == sorted(set(series["frames"]))
+    for k, i in enumerate(series["frames"]):
+        m = cv2.imread(str(masks / "orbit" / f"frame_{i:04d}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        assert m.sum() == series["mask_area"][k]
+        # the user's box was followed: the mask overlaps the true subject
+        assert (m & truth[i]).sum() >= 0.6 * m.sum()
+    sheet = cv2.imread(row["contact_sheet"])
+    assert row["contact_sheet"] == str(masks / "orbit.drift.png") and sheet.shape[0] > 200
+    assert row["subject_found_by"] == "user_box"
