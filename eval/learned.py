@@ -9,39 +9,18 @@ that says what is missing and how to get it. The default metric set needs none o
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from circle_rotate.eval.context import EvalContext, MetricResult
+from circle_rotate.eval.learned_needs import Unavailable, _device, _need, _weights
 
 logger = logging.getLogger(__name__)
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
-
-
-class Unavailable(Exception):
-    """A learned backend cannot run here; the message says what is missing and the fix."""
-
-
-def _need(module: str, pip: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise Unavailable(f"the '{module}' package is not installed (pip install {pip})")
-
-
-def _weights(ctx: EvalContext, name: str) -> Optional[str]:
-    value = dict(ctx.options.get("weights") or {}).get(name) or os.environ.get(f"CIRCLE_ROTATE_{name.upper()}_WEIGHTS")
-    return str(value) if value else None
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _skipping(name: str, fn: Callable[[EvalContext], MetricResult]) -> Callable[[EvalContext], MetricResult]:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 import circle_rotate
-from circle_rotate.errors import UserError
+from circle_rotate.errors import DiskFullError, UserError
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.registry import COLUMNS, resolve
@@ -120,6 +120,8 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
                 series[metric.name] = result.series
         row.update(notes=notes, skipped=skipped, series=series)
         row.update(_write_mask_outputs(ctx, row, options or {}))
+    except DiskFullError:
+        raise  # the output's disk, not this video: every later video would fail the same way
     except UserError as exc:
         row.update(status="error", error=str(exc))
     except MemoryError:
@@ -209,6 +211,8 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                 for fut in as_completed(futures):
                     try:
                         rows[futures[fut]] = fut.result()
+                    except DiskFullError:
+                        raise
                     except Exception as exc:  # the worker died (killed for memory, a crash in a codec)
                         v = videos[futures[fut]]
                         rows[futures[fut]] = {"video": v.name, "path": str(v), "status": "error",

@@ -32,7 +32,7 @@ import numpy as np
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift import drift_of
 from circle_rotate.eval.flow import magnitude
-from circle_rotate.eval.learned import Unavailable, _device, _need, _weights
+from circle_rotate.eval.learned_needs import Unavailable, _device, _need, _weights
 
 VEHICLE_CLASSES = (2, 5, 7)  # COCO car, bus, truck
 VEHICLE_CONF = np.float32(0.25)

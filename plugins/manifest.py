@@ -96,3 +96,9 @@ def clip_path(out_dir: Path, record: dict) -> Path:
 def relative_posix(path: Path, base: Path) -> str:
     """``path`` relative to ``base`` with forward slashes (as manifests and TOMLs store them)."""
     return Path(os.path.relpath(path, base)).as_posix()
+
+
+def clip_stem(rel: str) -> str:
+    """The start of the clip file names of source ``rel`` (``<stem>_<index>_<id>.mp4``)."""
+    stem = Path(rel).stem
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "clip"

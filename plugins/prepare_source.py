@@ -19,7 +19,7 @@ import numpy as np
 from circle_rotate.caption import caption_for
 from circle_rotate.clip_plan import ClipPlanner, FrameGeometry, TimestampResampler, Window, frame_geometry
 from circle_rotate.errors import UserError
-from circle_rotate.manifest import stable_hash
+from circle_rotate.manifest import clip_stem, stable_hash
 from circle_rotate.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
 from circle_rotate.orbit_qc import qc_verdict
@@ -63,12 +63,6 @@ class _State:
     samples: Dict[int, _Sample] = field(default_factory=dict)
     records: List[dict] = field(default_factory=list)
     last_src: int = -1
-
-
-def clip_stem(rel: str) -> str:
-    """The start of the clip file names of source ``rel`` (``<stem>_<index>_<id>.mp4``)."""
-    stem = Path(rel).stem
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "clip"
 
 
 def _moving(pair: PairStats, width: int, fps: float, hfov_deg: float) -> bool:

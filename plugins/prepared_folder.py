@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from circle_rotate.errors import ManifestMismatchError
-from circle_rotate.manifest import MANIFEST_NAME, clip_path, read_manifest, relative_posix
+from circle_rotate.manifest import MANIFEST_NAME, clip_path, clip_stem, read_manifest, relative_posix
 from circle_rotate.video_io import VIDEO_SUFFIXES
 
 #: Where prepare puts clips: accepted ones (musubi trains on these) and rejected ones (--keep-rejected).
@@ -37,8 +37,6 @@ class FolderDiff:
         """Sources (manifest ``source`` values) the difference touches."""
         named = {r.get("clip"): r.get("source") for r in records if r.get("type") == "clip"}
         out = {named[m] for m in self.missing if m in named} | {m.split(" ", 1)[0] for m in self.missing if m not in named}
-        from circle_rotate.prepare_source import clip_stem
-
         stems = {clip_stem(r["source"]): r["source"] for r in records if r.get("type") == "source" and r.get("source")}
         for clip in self.unlisted:
             stem = Path(clip).stem.rsplit("_", 2)[0]  # clips are named <source stem>_<index>_<id>

@@ -98,10 +98,10 @@ def test_convert_refuses_bad_inputs(tmp_path, musubi_lora):
 
 def test_convert_cli(tmp_path, musubi_lora, capsys):
     out = tmp_path / "c.safetensors"
-    assert main(["convert", str(musubi_lora), str(out), "--to", "comfy", "--json"]) == 0
+    assert main(["convert", str(musubi_lora), "-o", str(out), "--format", "comfy", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["to_format"] == "comfy" and report["modules"] == 20
-    assert main(["convert", str(musubi_lora), str(out), "--to", "comfy"]) == 2  # exists, no --force
+    assert main(["convert", str(musubi_lora), "-o", str(out), "--format", "comfy"]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from circle_rotate import direct_io
 from circle_rotate.direct_io import DirectWriter
 from circle_rotate.safetensors_io import FileSpan, SafetensorsWriter, read_header
+from circle_rotate.errors import DiskFullError
 
 BUF = 64 << 10  # small staging buffers so a few hundred KB cross many buffer boundaries
 
@@ -113,7 +114,7 @@ def test_a_full_disk_at_the_last_write_leaves_no_output(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match="no space left"):  # the user's one line, not a bare OSError
         with SafetensorsWriter(out, {"x": (torch.float32, (1000,))}, direct=True) as w:
             w.write("x", torch.ones(1000))
     assert out.read_bytes() == b"previous output"

@@ -30,7 +30,7 @@ def cache(tmp_path) -> Path:
 
 
 def test_models_offline_links_and_prints_recipe_variables(cache, tmp_path):
-    out = _run("models", "--to", str(tmp_path / "models"), cache=cache, cwd=tmp_path)
+    out = _run("models", "-o", str(tmp_path / "models"), cache=cache, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("cached") == 4
     exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))
@@ -39,11 +39,11 @@ def test_models_offline_links_and_prints_recipe_variables(cache, tmp_path):
     for value in exports.values():
         assert Path(value).is_file()
     # a second run finds the same files and replaces the links in place
-    assert _run("models", "--to", str(tmp_path / "models"), cache=cache, cwd=tmp_path).returncode == 0
+    assert _run("models", "-o", str(tmp_path / "models"), cache=cache, cwd=tmp_path).returncode == 0
 
 
 def test_fun_inp_variant_fetches_the_fun_inpaint_experts(cache, tmp_path):
-    out = _run("models", "--variant", "fun-inp", "--to", str(tmp_path / "m"), cache=cache, cwd=tmp_path)
+    out = _run("models", "--variant", "fun-inp", "-o", str(tmp_path / "m"), cache=cache, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))
     assert Path(exports["DIT_HIGH"]).name == "wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors"
@@ -57,7 +57,7 @@ def test_lora_and_dataset_offline(cache, tmp_path):
     out = _run("lora", cache=cache, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "export LORA_HIGH=" in out.stdout and "circle_rotate_h.safetensors" in out.stdout
-    ds = _run("dataset", "--to", str(tmp_path / "data"), cache=cache, cwd=tmp_path)
+    ds = _run("dataset", "-o", str(tmp_path / "data"), cache=cache, cwd=tmp_path)
     assert ds.returncode == 0, ds.stderr
     assert (tmp_path / "data" / "circle-rotate-dataset" / "videos" / "a.txt").read_text() == "caption"
 

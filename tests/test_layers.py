@@ -106,6 +106,18 @@ PLACES: Dict[str, str] = {
     "tools/synthetic_lora.py": "selfcheck",
     "tools/bench_merge.py": "selfcheck",
     "eval/bench_eval.py": "selfcheck",
+    "eval/bench_accuracy.py": "selfcheck",
+    "tools/bench_fp8_merge.py": "selfcheck",
+    "tools/check_comfyui.py": "selfcheck",
+    # modules added with the data-parallel training, the bad-input guards and the prepared-folder check
+    "plugins/input_files.py": "kernel",
+    "plugins/write_checks.py": "kernel",
+    "plugins/prepared_folder.py": "prepare",
+    "plugins/accelerate_launch.py": "musubi",
+    "plugins/parallel_plan.py": "musubi",
+    "plugins/train_parallel.py": "musubi",
+    "plugins/cpu_ddp.py": "selfcheck",
+    "plugins/ddp_probe.py": "selfcheck",
 }
 
 

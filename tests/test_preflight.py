@@ -203,7 +203,7 @@ def test_cli_prints_each_problem_on_one_line_and_exits_2(ws):
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "circle_rotate", "train", "both", "--dry-run",
                            "--dit-low", ws["DIT_HIGH"], "--dit-high", ws["DIT_LOW"], "--vae", ws["VAE"],
-                           "--dataset-config", ws["DATASET_CONFIG"], "--output-dir", str(Path(ws["OUTPUT_DIR_LOW"]).parent)],
+                           "--dataset-config", ws["DATASET_CONFIG"], "-o", str(Path(ws["OUTPUT_DIR_LOW"]).parent)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     swapped = [line for line in proc.stdout.splitlines() if "swapped" in line]

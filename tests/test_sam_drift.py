@@ -179,7 +179,7 @@ def test_download_eval_weights_offline_shows_sizes_and_prints_the_variables(tmp_
     assert dry.stdout.count("to fetch") == 2 and "~" in dry.stdout and "0.38 GB" in dry.stdout
     for f in FILES["eval-weights"]:
         populate(cache, f.repo_id, f.repo_type, {f.filename: b"w" * 1000})
-    out = _download("eval-weights", "--to", str(tmp_path / "weights"), cache=cache, cwd=tmp_path)
+    out = _download("eval-weights", "-o", str(tmp_path / "weights"), cache=cache, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("cached") == 2
     exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))

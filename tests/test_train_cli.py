@@ -36,7 +36,7 @@ def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch)
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
     code = main(["train", "both", "--dry-run", "--dit-low", str(real_ws["low"]), "--dit-high", str(real_ws["high"]),
                  "--vae", str(real_ws["vae"]), "--dataset-config", str(real_ws["config"]),
-                 "--output-dir", str(real_ws["out"]), "--gradient-checkpointing"])
+                 "-o", str(real_ws["out"]), "--gradient-checkpointing"])
     out = capsys.readouterr().out
     assert code == 0, out
     env = {"DIT_LOW": str(real_ws["low"]), "DIT_HIGH": str(real_ws["high"]), "VAE": str(real_ws["vae"]),

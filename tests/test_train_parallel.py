@@ -75,7 +75,7 @@ def _dry_run(ws, capsys, *extra):
     from circle_rotate.cli.main import main
 
     code = main(["train", *extra, "--dry-run", "--dit-low", str(ws["low"]), "--dit-high", str(ws["high"]),
-                 "--vae", str(ws["vae"]), "--dataset-config", str(ws["config"]), "--output-dir", str(ws["out"])])
+                 "--vae", str(ws["vae"]), "--dataset-config", str(ws["config"]), "-o", str(ws["out"])])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -1,6 +1,6 @@
 """Check our merged files and workflows with a real ComfyUI checkout (its own loader and validator).
 
-    python -m circle_rotate.tools.check_comfyui --comfyui /path/to/ComfyUI [--dir /tmp/x]
+    circle-rotate bench comfyui --comfyui /path/to/ComfyUI [--dir /tmp/x]
 
 Needs a ComfyUI source tree (0.3.64 was checked) importable with its requirements; runs on CPU.
 On small Wan2.2-shaped experts (dim 256, 2 blocks, the real key names) it:
@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -84,7 +84,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def check(comfyui: Path, d: Path) -> List[str]:
+def check(comfyui: Path, d: Path, run_cli: Callable[[List[str]], int]) -> List[str]:
     """Run every check; returns the failures (each also printed)."""
     comfy = Comfy(comfyui)
     failures: List[str] = []
@@ -137,23 +137,21 @@ def check(comfyui: Path, d: Path) -> List[str]:
         theirs = comfy.utils.get_attr(patched.model, f"diffusion_model.{module}.weight").data
         same += int(torch.equal(ours.view(torch.uint8), theirs.view(torch.uint8)))
     report(same == len(modules), f"load-time LoRA: our reimplementation bit-identical to ComfyUI's on {same}/{len(modules)} layers")
-    failures += _check_workflows(comfyui, d, report)
+    failures += _check_workflows(comfyui, d, report, run_cli)
     return failures
 
 
-def _check_workflows(comfyui: Path, d: Path, report) -> List[str]:
+def _check_workflows(comfyui: Path, d: Path, report, run_cli: Callable[[List[str]], int]) -> List[str]:
     import folder_paths
     import nodes
     import execution
     from PIL import Image
 
-    from circle_rotate.cli.main import main
-
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     folders = {"unet_name": "diffusion_models", "lora_name": "loras", "clip_name": "text_encoders", "vae_name": "vae"}
     for i, extra in enumerate(WORKFLOWS):
         out = d / f"workflow{i}.json"
-        main(["-q", "workflow", "--high", "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "--low",
+        run_cli(["-q", "workflow", "--high", "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "--low",
               "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "--out", str(out), "--force", "--json", *extra])
         api = json.loads((d / f"workflow{i}_api.json").read_text())
         for node in api.values():  # ComfyUI checks file names against its folders: stand-ins
@@ -173,8 +171,10 @@ def _check_workflows(comfyui: Path, d: Path, report) -> List[str]:
     return []
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m circle_rotate.tools.check_comfyui", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[List[str]] = None, *, run_cli: Callable[[List[str]], int]) -> int:
+    """``run_cli`` is the CLI's ``main``: the check writes its workflows through the real command, and the
+    library never imports the CLI (``circle-rotate bench comfyui`` passes it in)."""
+    parser = argparse.ArgumentParser(prog="circle-rotate bench comfyui", description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI source tree")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -182,10 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         d = args.dir or Path(tmp)
         d.mkdir(parents=True, exist_ok=True)
         os.chdir(d)
-        failures = check(args.comfyui.resolve(), d)
+        failures = check(args.comfyui.resolve(), d, run_cli)
     print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}")
     return 1 if failures else 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

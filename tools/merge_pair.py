@@ -87,7 +87,7 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
     for expert, (base, lora), strength in zip(EXPERTS, (high, low), strengths):
         info = read_base(base)  # the one read of this base's header: checked here, planned from below
         ident = info.identity
-        lora_found = lora_expert(read_lora_index(lora, finite=False)  # prepare_merge checks the weights)
+        lora_found = lora_expert(read_lora_index(lora, finite=False))  # prepare_merge checks the weights
         for role, path, (found, how) in (("base", Path(base), (ident.expert, ident.expert_evidence)),
                                           ("LoRA", Path(lora), lora_found)):
             problem, evidence[f"{expert} {role}"] = _check(role, path, expert, found, how, assume=assume_experts,

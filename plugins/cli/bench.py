@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|eval|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ BENCHES = {
               "merge against a file copy + fsync and a load-everything merge (14B-shaped blocks)"),
     "eval": ("circle_rotate.eval.bench_eval",
              "the default metric set against decoding + one Farneback pass (motion magnitude alone)"),
+    "comfyui": ("circle_rotate.tools.check_comfyui",
+                "merged files and workflows through a real ComfyUI checkout's loader and validator (--comfyui PATH)"),
 }
 
 
@@ -39,4 +41,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHES[args.bench][0])
+    if args.bench == "comfyui":  # it writes workflows through the real command; the library never imports the CLI
+        from circle_rotate.cli.main import main as cli_main
+
+        return int(module.main(list(args.options), run_cli=cli_main) or 0)
     return int(module.main(list(args.options)) or 0)

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                             "  circle-rotate train both --recipe recommended --gpus 0,1 --save-state\n"
                             "  circle-rotate train high --resume\n"
                             "  circle-rotate train both --gpus 0-7 --data-parallel --lr-rule sqrt --dry-run\n"
-                            "  circle-rotate train both --gpus 0-7 --nodes 2 --output-dir /shared/runs --dry-run\n"
+                            "  circle-rotate train both --gpus 0-7 --nodes 2 -o /shared/runs --dry-run\n"
                             "  circle-rotate train low --gpus 0-7 --nodes 2 --node-rank 1 --main-address node0:29500\n")
     p.add_argument("expert", choices=("low", "high", "both"), help="which expert's LoRA to train")
     p.add_argument("--recipe", choices=("reproduce", "recommended"), default="reproduce",
