@@ -53,12 +53,14 @@ def _stub() -> dict:
 def torchvision_shim() -> Iterator[bool]:
     """Make ``segment_anything`` importable; yields whether the stand-in is in use."""
     try:
-        import torchvision  # noqa: F401
-
+        # the names segment-anything takes; another test's bare torchvision stub has none of them
+        from torchvision.transforms.functional import resize, to_pil_image  # noqa: F401
+        real = True
+    except Exception:  # missing, or present but its operators do not load on this torch
+        real = False
+    if real:
         yield False
         return
-    except Exception:  # missing, or present but its operators do not load on this torch
-        pass
     saved = {k: sys.modules.get(k) for k in list(sys.modules) if k == "torchvision" or k.startswith("torchvision.")}
     stub = _stub()
     sys.modules.update(stub)

@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval|comfyui``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|eval|accuracy|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ BENCHES = {
               "merge against a file copy + fsync and a load-everything merge (14B-shaped blocks)"),
     "eval": ("circle_rotate.eval.bench_eval",
              "the default metric set against decoding + one Farneback pass (motion magnitude alone)"),
+    "accuracy": ("circle_rotate.eval.bench_accuracy",
+                 "subject drift against the synthetic truth on the development or held-out orbit set"),
+    "fp8-merge": ("circle_rotate.tools.bench_fp8_merge",
+                  "pre-merged fp8_scaled weights against ComfyUI's load-time LoRA, both against the fp32 truth"),
     "comfyui": ("circle_rotate.tools.check_comfyui",
                 "merged files and workflows through a real ComfyUI checkout's loader and validator (--comfyui PATH)"),
 }
