@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from circle_rotate.errors import UserError
 from circle_rotate.eval.registry import COLUMNS
+from circle_rotate.kernel.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,9 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     Raises:
         UserError: a missing side, existing outputs without ``force``, or no common names.
     """
-    from circle_rotate.atomic import check_output_path, write_bytes, write_json, write_text
     from circle_rotate.eval.plots import compare_figures
     from circle_rotate.eval.report import render_report
+    from circle_rotate.kernel.atomic import check_output_path, write_bytes, write_json, write_text
 
     sides = [Path(baseline), Path(lora)]
     for side in sides:

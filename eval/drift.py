@@ -21,9 +21,9 @@ import numpy as np
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift_confidence import drift_verdict
 from circle_rotate.eval.flow import magnitude
-from circle_rotate.errors import UserError
 from circle_rotate.eval.subject_hints import hint_for
 from circle_rotate.eval.subject_mask import SubjectMasks, segment_subject
+from circle_rotate.kernel.errors import UserError
 
 
 def drift_of(centroids: np.ndarray) -> float:

@@ -16,8 +16,8 @@ from typing import Union
 import cv2
 import numpy as np
 
-from circle_rotate.errors import UserError
-from circle_rotate.video_io import is_frame_folder, iter_frames, probe_video
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.video_io import is_frame_folder, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
 

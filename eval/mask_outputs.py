@@ -13,10 +13,10 @@ from typing import List
 import cv2
 import numpy as np
 
-from circle_rotate.atomic import write_bytes
 from circle_rotate.eval.contact_sheet import contact_sheet, png_bytes
 from circle_rotate.eval.frames import Clip
 from circle_rotate.eval.subject_mask import SubjectMasks
+from circle_rotate.kernel.atomic import write_bytes
 
 
 def _stem(clip: Clip) -> str:

@@ -1,7 +1,7 @@
 """Orbit metrics: direction, angular speed and its steadiness, smoothness, loop closure, and
 whether the camera orbits, pans or stands still.
 
-All of it is :func:`circle_rotate.orbit.measure_orbit`, the estimator the dataset tools
+All of it is :func:`circle_rotate.media.orbit.measure_orbit`, the estimator the dataset tools
 use to check training clips; this module only feeds it the clip and, when motion
 magnitude already computed them, the shared consecutive Farneback flows.
 """
@@ -9,7 +9,7 @@ magnitude already computed them, the shared consecutive Farneback flows.
 from __future__ import annotations
 
 from circle_rotate.eval.context import EvalContext, MetricResult
-from circle_rotate.orbit import measure_orbit
+from circle_rotate.media.orbit import measure_orbit
 
 #: OrbitMeasurement field -> result column.
 COLUMNS = {
@@ -26,7 +26,7 @@ COLUMNS = {
 
 
 def compute_orbit(ctx: EvalContext) -> MetricResult:
-    """Camera motion of the clip as :func:`circle_rotate.orbit.measure_orbit` measures it."""
+    """Camera motion of the clip as :func:`circle_rotate.media.orbit.measure_orbit` measures it."""
     clip = ctx.clip
     pairs = range(clip.count - 1)
     # Reuse full-size flows only when another metric paid for them; the estimator's own

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from circle_rotate.atomic import write_bytes  # noqa: E402
+from circle_rotate.kernel.atomic import write_bytes  # noqa: E402
 
 BASE_COLOUR, LORA_COLOUR = "#9a9a9a", "#d9480f"
 

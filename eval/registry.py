@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
-from circle_rotate.errors import UserError
+from circle_rotate.kernel.errors import UserError
 
 if TYPE_CHECKING:
     from circle_rotate.eval.context import EvalContext, MetricResult

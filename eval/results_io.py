@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from circle_rotate.atomic import check_output_path, write_json, write_text
-from circle_rotate.errors import UserError
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.eval.runner import EvalResults
+from circle_rotate.kernel.atomic import check_output_path, write_json, write_text
+from circle_rotate.kernel.errors import UserError
 
 _FIXED = ("video", "status", "error", "frames", "fps", "width", "height")
 
@@ -42,7 +42,7 @@ def check_outputs(out: os.PathLike | str, *, csv_too: bool, force: bool, inputs=
     """Refuse before any work when an output exists (without ``force``) or is an input.
 
     Raises:
-        UserError: as :func:`circle_rotate.atomic.check_output_path`, or a non-.json name.
+        UserError: as :func:`circle_rotate.kernel.atomic.check_output_path`, or a non-.json name.
     """
     if Path(out).suffix.lower() != ".json":
         raise UserError("results file must end in .json", path=out, fix="e.g. --out results.json")

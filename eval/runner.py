@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 
 import circle_rotate
-from circle_rotate.errors import DiskFullError, UserError
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.registry import COLUMNS, resolve
-from circle_rotate.progress import progress
-from circle_rotate.video_io import VIDEO_SUFFIXES, is_frame_folder
+from circle_rotate.kernel.errors import DiskFullError, UserError
+from circle_rotate.kernel.progress import progress
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, is_frame_folder
 
 logger = logging.getLogger(__name__)
 #: Where the results say their metrics are defined: a stable name, not this machine's install path.

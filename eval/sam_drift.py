@@ -137,7 +137,7 @@ def weight_path(ctx: EvalContext, name: str) -> Optional[str]:
     given = _weights(ctx, name)
     if given:
         return given
-    from circle_rotate.downloads import cached_file
+    from circle_rotate.musubi.downloads import cached_file
 
     found = cached_file("eval-weights", name)
     return str(found) if found else None

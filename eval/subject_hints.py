@@ -1,7 +1,7 @@
 """Where the user says the subject is: ``--subject-box``, ``--subject-mask``, ``--subject-boxes``.
 
 Read and checked at the edge (the CLI), before any video is decoded; every problem is a
-:class:`~circle_rotate.errors.UserError` naming the flag or file, the key and the fix.
+:class:`~circle_rotate.kernel.errors.UserError` naming the flag or file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import cv2
 
-from circle_rotate.errors import UserError
 from circle_rotate.eval.subject_mask import SubjectHint
+from circle_rotate.kernel.errors import UserError
 
 
 def parse_box(text: str, *, where: str = "--subject-box") -> SubjectHint:

@@ -7,6 +7,6 @@ convert, inspect) and ``circle_rotate.eval`` is ``eval/`` (metrics and reports).
 
 __version__ = "0.1.0"
 
-from circle_rotate.errors import UserError  # noqa: E402
+from circle_rotate.kernel.errors import UserError  # noqa: E402
 
 __all__ = ["UserError", "__version__"]

@@ -18,7 +18,7 @@ from typing import Dict
 
 import pytest
 
-from circle_rotate.musubi_env import musubi_available, prepare_cpu_import
+from circle_rotate.kernel.musubi_env import musubi_available, prepare_cpu_import
 
 MUSUBI_HINT = "musubi-tuner not installed (pip install --no-deps ../shared/musubi-tuner, or circle-rotate[train])"
 
@@ -56,7 +56,7 @@ def musubi():
 @pytest.fixture(scope="session")
 def tiny_wan_dir(tmp_path_factory) -> Path:
     """Tiny Wan2.2 I2V experts in every dtype, named like the real downloads."""
-    from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+    from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 
     d = tmp_path_factory.mktemp("tiny_wan")
     for dtype in ("fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_scaled"):
@@ -70,8 +70,8 @@ def tiny_loras(tmp_path_factory) -> Dict[str, Path]:
     """Random musubi-layout LoRAs over every tiny-Wan target, named like the released pair (read-only).
 
     Only their names say which expert they are for (no expert metadata), as merge-pair's evidence tests need."""
-    from circle_rotate.tools.synthetic_lora import write_random_lora
-    from circle_rotate.wan_arch import tiny_config
+    from circle_rotate.kernel.wan_arch import tiny_config
+    from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 
     d = tmp_path_factory.mktemp("tiny_loras")
     # alpha 1 at rank 4: scale 1/4, a power of two, as musubi's default 1/32 is
@@ -92,7 +92,7 @@ def real_size_experts(tmp_path_factory) -> Dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_musubi_models(musubi, tmp_path_factory):
     """Tiny models musubi's real Wan scripts run on (DiT pair, real-architecture VAE, tiny T5, tokenizer)."""
-    from circle_rotate.tiny_models import write_tiny_models
+    from circle_rotate.selfcheck.tiny_models import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny_musubi"))
 

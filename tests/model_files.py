@@ -6,7 +6,7 @@ import json
 import struct
 from pathlib import Path
 
-from circle_rotate.wan_arch import I2V_A14B, dit_shapes
+from circle_rotate.kernel.wan_arch import I2V_A14B, dit_shapes
 
 
 def sparse_expert(path: Path, *, dtype: str = "F16", prefix: str = "") -> Path:

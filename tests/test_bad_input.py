@@ -8,7 +8,7 @@ module (a tiny Wan2.2 expert pair ``B``, LoRAs ``L`` as the demo makes them, a p
   when a video cannot be evaluated, ``inspect`` on a LoRA holding NaN/inf);
 - exactly one line on stderr, naming the file, key or value (and at most one "fix:");
 - no traceback;
-- where the row says so, the typed error (:mod:`circle_rotate.errors`) with its fields;
+- where the row says so, the typed error (:mod:`circle_rotate.kernel.errors`) with its fields;
 - nothing written, nothing changed: every file of the fixture tree (inputs, outputs, the
   working folder) is byte-identical before and after, and no file appears.
 
@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 
 import circle_rotate.cli.main as cli_main
-from circle_rotate import errors as E
-from circle_rotate.musubi_env import musubi_available
+from circle_rotate.kernel import errors as E
+from circle_rotate.kernel.musubi_env import musubi_available
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,11 @@ def world(tmp_path_factory):
     from safetensors.torch import load_file, save_file
     import torch
 
-    from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-    from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
-    from circle_rotate.tools.synthetic_lora import write_random_lora
-    from circle_rotate.video_io import write_video
-    from circle_rotate.wan_arch import tiny_config
+    from circle_rotate.kernel.video_io import write_video
+    from circle_rotate.kernel.wan_arch import tiny_config
+    from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+    from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
     root = tmp_path_factory.mktemp("bad_input")
     w = SimpleNamespace(root=root, cwd=root / "cwd")
@@ -521,7 +521,7 @@ def test_prepare_repair_restores_the_deleted_line(world, tmp_path, capfd):
     shutil.copytree(world.Pbad, folder)
     raw_before = _tree(world.raw)
     assert cli_main.main(["-q", "prepare", str(world.raw), "-o", str(folder), *world.prep_args, "--repair"]) == 0
-    from circle_rotate.prepared_folder import check_prepared
+    from circle_rotate.prepare.prepared_folder import check_prepared
 
     records = check_prepared(folder)  # consistent again: every clip on disk has its line
     assert f"videos/{world.clip.name}" in {r.get("clip") for r in records}
@@ -588,7 +588,7 @@ def test_a_full_disk_met_by_a_library_is_one_line_and_a_broken_pipe_stays_quiet(
 
 
 def test_disk_full_message_names_device_and_size(tmp_path, monkeypatch):
-    from circle_rotate.atomic import write_bytes
+    from circle_rotate.kernel.atomic import write_bytes
 
     def enospc(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

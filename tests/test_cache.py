@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.cache_plan import frame_windows, latent_cache_bytes, plan_cache
-from circle_rotate.dataset_items import frames_after_fps
-from circle_rotate.errors import UserError
+from circle_rotate.dataset.items import frames_after_fps
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.cache_plan import frame_windows, latent_cache_bytes, plan_cache
 
 
 def clip(directory: Path, name: str, *, width=32, height=32, frames=9, fps=16.0, caption="a box, orbit right",
          seed=0) -> Path:
-    from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
     directory.mkdir(parents=True, exist_ok=True)
     files = write_turntable(TurntableSpec(name=name, width=width, height=height, frames=frames, fps=fps, seed=seed),
@@ -117,7 +117,7 @@ def test_latent_size_estimate_bounds_musubis_file(musubi, tmp_path, mixed, write
 
 
 def test_caches_cannot_depend_on_the_expert(musubi):
-    from circle_rotate.musubi_args import parse_musubi_args
+    from circle_rotate.musubi.args import parse_musubi_args
 
     for script, args in (("wan_cache_latents", ["--dataset_config", "x.toml"]),
                          ("wan_cache_text_encoder_outputs", ["--dataset_config", "x.toml", "--t5", "t5.pth"])):
@@ -126,7 +126,7 @@ def test_caches_cannot_depend_on_the_expert(musubi):
 
 
 def test_split_items_is_disjoint_and_balanced(musubi, mixed):
-    from circle_rotate.cache import split_items
+    from circle_rotate.musubi.cache import split_items
 
     items = plan_cache(mixed).items
     parts = split_items(items, 2)
@@ -136,8 +136,8 @@ def test_split_items_is_disjoint_and_balanced(musubi, mixed):
 
 
 def test_shard_configs_load_in_musubi_disjoint_with_one_cache_dir(musubi, mixed):
-    from circle_rotate.atomic import write_text
-    from circle_rotate.cache import CacheRequest, prepare_cache
+    from circle_rotate.kernel.atomic import write_text
+    from circle_rotate.musubi.cache import CacheRequest, prepare_cache
 
     env = (("VAE", "vae.safetensors"), ("T5", "t5.pth"))
     job = prepare_cache(CacheRequest(mixed, gpus=("0", "1"), env=env))
@@ -156,8 +156,8 @@ def test_shard_configs_load_in_musubi_disjoint_with_one_cache_dir(musubi, mixed)
 
 
 def test_refuses_when_the_disk_is_short(musubi, mixed, monkeypatch):
-    import circle_rotate.cache as cache
-    import circle_rotate.disk_space as disk_space
+    import circle_rotate.kernel.disk_space as disk_space
+    import circle_rotate.musubi.cache as cache
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
@@ -166,7 +166,7 @@ def test_refuses_when_the_disk_is_short(musubi, mixed, monkeypatch):
 
 
 def test_status_lists_cached_missing_stale_and_strays(musubi, tmp_path, sources, write_musubi_caches):
-    from circle_rotate.cache_status import check_cache
+    from circle_rotate.musubi.cache_status import check_cache
 
     shutil.copytree(sources, tmp_path / "src")  # this test edits a caption
     (tmp_path / "src" / "b.jsonl").write_text((sources / "b.jsonl").read_text().replace(str(sources), str(tmp_path / "src")))
@@ -190,7 +190,7 @@ def test_status_lists_cached_missing_stale_and_strays(musubi, tmp_path, sources,
 
 
 def test_stale_caches_need_refresh_which_deletes_them(musubi, mixed, write_musubi_caches, monkeypatch):
-    import circle_rotate.cache as cache
+    import circle_rotate.musubi.cache as cache
 
     plan = plan_cache(mixed)
     write_musubi_caches(plan, i2v=False)
@@ -208,7 +208,7 @@ def test_uncaptioned_clips_are_refused(musubi, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
                       f'video_directory = "{(tmp_path / "v").as_posix()}"\ntarget_frames = [5]\n')
-    from circle_rotate.cache import CacheRequest, prepare_cache
+    from circle_rotate.musubi.cache import CacheRequest, prepare_cache
 
     with pytest.raises(UserError, match="no caption"):
         prepare_cache(CacheRequest(config))

@@ -13,8 +13,8 @@ CAPTIONS = {"orbit_a": "a red box, the camera orbits right", "orbit_b": "a mug o
 
 
 def _cache(config: Path, models, server, **request):
-    from circle_rotate.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
-    from circle_rotate.smoke import _cache_transform
+    from circle_rotate.musubi.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
+    from circle_rotate.selfcheck.smoke import _cache_transform
 
     job = prepare_cache(CacheRequest(config, env=env_from_paths(vae=models.vae, t5=models.t5, device="cpu"),
                                      **request), transform=_cache_transform(models.tokenizer_root, server))
@@ -30,7 +30,7 @@ def _tensors(folder: Path):
 
 @pytest.fixture(scope="module")
 def caches(musubi, tiny_musubi_models, tmp_path_factory):
-    from circle_rotate.smoke import _script_server
+    from circle_rotate.selfcheck.smoke import _script_server
 
     root = tmp_path_factory.mktemp("shards")
     clips = write_clips(root / "clips", names=tuple(CAPTIONS))
@@ -41,7 +41,7 @@ def caches(musubi, tiny_musubi_models, tmp_path_factory):
         folder.mkdir()
     # both "nodes" are this machine, so its /tmp is storage they share: lift the node-local path check
     with pytest.MonkeyPatch.context() as mp, _script_server(lambda line: None) as server:
-        mp.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())
+        mp.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
         _cache(write_config(single, clips), tiny_musubi_models, server, gpus=("",))
         config = write_config(sharded, clips)
         first = _cache(config, tiny_musubi_models, server, gpus=("",), nodes=2, node_rank=0)
@@ -81,8 +81,8 @@ def test_a_rerun_resumes_and_rewrites_nothing(caches):
 
 
 def test_node_checks_are_one_line_errors(musubi, tmp_path, monkeypatch):
-    from circle_rotate.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
-    from circle_rotate.errors import UserError
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.musubi.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
 
     config = write_config(tmp_path, write_clips(tmp_path / "clips", names=("orbit_a",)))
     with pytest.raises(UserError, match="out of range.*fix: use 0 to 1"):
@@ -90,7 +90,7 @@ def test_node_checks_are_one_line_errors(musubi, tmp_path, monkeypatch):
     if str(tmp_path).startswith("/tmp/"):
         with pytest.raises(UserError, match="local to each node.*shared storage"):
             prepare_cache(CacheRequest(config, nodes=2, node_rank=0))
-    monkeypatch.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())  # pytest's /tmp stands in for shared storage
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())  # pytest's /tmp stands in for shared storage
     with pytest.raises(UserError, match="VAE is a relative path.*fix: give an absolute path"):
         prepare_cache(CacheRequest(config, nodes=2, node_rank=0, env=(("VAE", "models/vae.safetensors"),)))
     job = prepare_cache(CacheRequest(config, nodes=2, env=env_from_paths(vae=tmp_path / "v", t5=tmp_path / "t")))

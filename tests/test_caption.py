@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.caption import CaptionOptions, caption_dataset, caption_for, lookup, read_subject_map
-from circle_rotate.caption_templates import TRAJECTORY, CaptionFields, render_caption
 from circle_rotate.cli.main import main
-from circle_rotate.errors import UserError
-from circle_rotate.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from circle_rotate.video_io import write_video
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.video_io import write_video
+from circle_rotate.prepare.caption import CaptionOptions, caption_dataset, caption_for, lookup, read_subject_map
+from circle_rotate.prepare.caption_templates import TRAJECTORY, CaptionFields, render_caption
+from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 import numpy as np
 

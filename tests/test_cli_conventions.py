@@ -8,8 +8,8 @@ import argparse
 import pytest
 
 from circle_rotate.cli.main import build_parser, main, with_default_action
-from circle_rotate.tools.synthetic_lora import write_random_lora
-from circle_rotate.wan_arch import tiny_config
+from circle_rotate.kernel.wan_arch import tiny_config
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 
 WRITERS = ("prepare", "config", "convert", "resize", "combine", "merge", "merge-pair", "generate", "train", "smoke",
            "download", "demo", "eval run", "eval compare")

@@ -74,8 +74,8 @@ def test_metric_entries_resolve():
 
 
 def test_lora_options_parse_without_torch():
-    from circle_rotate.errors import UserError
-    from circle_rotate.tools.options import parse_alpha_if_missing, parse_lora_spec
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.tools.option_values import parse_alpha_if_missing, parse_lora_spec
 
     assert parse_lora_spec("a/b.safetensors:0.5") == (Path("a/b.safetensors"), 0.5)
     assert parse_lora_spec("C:/x.safetensors") == (Path("C:/x.safetensors"), 1.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from circle_rotate.buckets import bucket_sizes, nearest_bucket
-from circle_rotate.clip_plan import (ClipPlanner, SizePolicy, TimestampResampler, check_frames, frame_geometry,
+from circle_rotate.kernel.buckets import bucket_sizes, nearest_bucket
+from circle_rotate.prepare.clip_plan import (ClipPlanner, SizePolicy, TimestampResampler, check_frames, frame_geometry,
                                      resample_indices)
-from circle_rotate.errors import UserError
+from circle_rotate.kernel.errors import UserError
 
 
 @pytest.mark.parametrize("src_fps", [24.0, 25.0, 30000 / 1001, 30.0, 60.0, 10.0, 16.0])

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.tools.comfy_graph import FRONTEND_EXTRA, NODES
-from circle_rotate.tools.comfy_workflow import SAMPLERS, SCHEDULERS, switch_step
+from circle_rotate.tools.comfy.graph import FRONTEND_EXTRA, NODES
+from circle_rotate.tools.comfy.workflow import SAMPLERS, SCHEDULERS, switch_step
 
 DEFS = json.loads((Path(__file__).parent / "data" / "comfy_nodes_0.3.64.json").read_text())["classes"]
 SOCKETS = {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CLIP_VISION_OUTPUT", "VIDEO", "AUDIO"}

@@ -9,14 +9,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.errors import InputOverwriteError, UserError
-from circle_rotate.tools.combine import combine_loras
-from circle_rotate.tools.convert import convert_lora
-from circle_rotate.tools.lora_io import module_scales, read_lora_index, resolved_modules
-from circle_rotate.tools.resize import resize_lora, svd_truncate
-from circle_rotate.tools.synthetic_lora import random_lora_modules, write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.errors import InputOverwriteError, UserError
+from circle_rotate.selfcheck.synthetic.lora import random_lora_modules, write_random_lora
+from circle_rotate.tools.lora.combine import combine_loras
+from circle_rotate.tools.lora.convert import convert_lora
+from circle_rotate.tools.lora.files import module_scales, read_lora_index, resolved_modules
+from circle_rotate.tools.lora.resize import resize_lora, svd_truncate
 
 CFG = wan_arch.tiny_config()
 

@@ -5,7 +5,7 @@ accumulation 2 (global batch 2 both), sample for sample, to the last bit of the 
 the one thing that differs by design is lined up. That thing is the random draws: musubi seeds
 every rank with the same ``--seed``, so both ranks draw the same noise and timesteps for their
 own sample, while one process draws fresh ones per micro-batch. The reference run replays its RNG
-per optimizer step (``CIRCLE_ROTATE_RNG_REPLAY``, :mod:`circle_rotate.ddp_probe`) to draw what the
+per optimizer step (``CIRCLE_ROTATE_RNG_REPLAY``, :mod:`circle_rotate.selfcheck.ddp_probe`) to draw what the
 ranks draw; without the replay the LoRAs differ by more than the update itself.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.ddp_probe import REPLAY_ENV, TRACE_ENV
+from circle_rotate.selfcheck.ddp_probe import REPLAY_ENV, TRACE_ENV
 from test_preflight import write_clips
 
 #: Stated tolerance, relative to the largest LoRA-up weight: allreduce sums the two ranks'
@@ -28,11 +28,11 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
-    from circle_rotate.cache_plan import plan_cache
-    from circle_rotate.parallel_plan import ParallelRequest
-    from circle_rotate.smoke import _script_server, scale_down
-    from circle_rotate.train import TrainRequest, train
-    from circle_rotate.train_parallel import MathsChoice
+    from circle_rotate.musubi.cache_plan import plan_cache
+    from circle_rotate.musubi.parallel_plan import ParallelRequest
+    from circle_rotate.musubi.train import TrainRequest, train
+    from circle_rotate.musubi.train_parallel import MathsChoice
+    from circle_rotate.selfcheck.smoke import _script_server, scale_down
 
     root = tmp_path_factory.mktemp("ddp")
     clips = write_clips(root / "clips")
@@ -65,7 +65,7 @@ def runs(musubi, tiny_musubi_models, write_musubi_caches, tmp_path_factory):
         run("plain", server, maths=MathsChoice(accumulation=2))
     # two "nodes" of one process each, both this machine: the per-node commands, launched for real
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())  # this machine's /tmp is shared by its "nodes"
+        mp.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())  # this machine's /tmp is shared by its "nodes"
         port = _free_port()
         nodes = [threading.Thread(target=run, args=(f"nodes{rank}", None), kwargs={"parallel": ParallelRequest(
             gpus=("0",), nodes=2, node_rank=rank, main_address=f"127.0.0.1:{port}"), "folder": "nodes"})

@@ -14,11 +14,11 @@ import pytest
 import toml
 
 from circle_rotate.cli.main import main
-from circle_rotate.config_check import check_config
-from circle_rotate.dataset_items import frames_after_fps, items_for
-from circle_rotate.manifest import MANIFEST_NAME, accepted_clips, read_manifest
-from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
-from circle_rotate.video_io import write_video
+from circle_rotate.dataset.check import check_config
+from circle_rotate.dataset.items import frames_after_fps, items_for
+from circle_rotate.kernel.video_io import write_video
+from circle_rotate.prepare.manifest import MANIFEST_NAME, accepted_clips, read_manifest
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 

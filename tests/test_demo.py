@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors import safe_open
 
-from circle_rotate.musubi_env import musubi_available
+from circle_rotate.kernel.musubi_env import musubi_available
 
 pytestmark = pytest.mark.slow  # the demo end to end (minutes on 2 cores)
 

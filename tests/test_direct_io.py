@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import direct_io
-from circle_rotate.direct_io import DirectWriter
-from circle_rotate.safetensors_io import FileSpan, SafetensorsWriter, read_header
-from circle_rotate.errors import DiskFullError
+from circle_rotate.kernel import direct_io
+from circle_rotate.kernel.direct_io import DirectWriter
+from circle_rotate.kernel.errors import DiskFullError
+from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsWriter, read_header
 
 BUF = 64 << 10  # small staging buffers so a few hundred KB cross many buffer boundaries
 

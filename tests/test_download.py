@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.downloads import DATASET_REPO, FILES, FUN_INP_MODELS
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.musubi.downloads import DATASET_REPO, FILES, FUN_INP_MODELS
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 from hub_cache import populate
 
 def _run(*args, cache: Path, cwd: Path):
@@ -71,8 +71,8 @@ def test_missing_from_cache_offline_is_a_one_line_error(tmp_path):
 def test_dry_run_shows_sizes_and_refuses_when_disk_is_short(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from circle_rotate import downloads
-    from circle_rotate.errors import UserError
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.musubi import downloads
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests
     planned = downloads.plan("models", cache_dir=tmp_path / "nothing")

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from circle_rotate.eval.runner import evaluate
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, load_truth, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, load_truth, write_turntable
 
 pytestmark = pytest.mark.slow  # drift accuracy over a set of rendered orbits
 

@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip, sample_indices
 from circle_rotate.eval.registry import resolve
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 

@@ -11,11 +11,11 @@ import pytest
 from scipy import stats
 
 from circle_rotate.cli.main import main
-from circle_rotate.errors import UserError
 from circle_rotate.eval.compare import compare_column, pair_rows, run_compare
 from circle_rotate.eval.results_io import write_results
 from circle_rotate.eval.runner import evaluate
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 
 SUBJECTS = ("box", "figure", "car", "lshape")
 

@@ -8,7 +8,7 @@ import pytest
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.registry import resolve
-from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 
 from circle_rotate.cli.main import main
 from circle_rotate.eval.runner import evaluate, find_videos
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
-from circle_rotate.video_io import write_video
+from circle_rotate.kernel.video_io import write_video
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_small_portrait_gifs_evaluate_without_error(tmp_path, frames):
 
 def test_frame_folders_are_videos(tmp_path):
     spec = TurntableSpec(name="f", width=128, height=96, frames=9)
-    from circle_rotate.synthetic.turntable import render_frames
+    from circle_rotate.selfcheck.synthetic.turntable import render_frames
 
     d = tmp_path / "clip_frames"
     d.mkdir()

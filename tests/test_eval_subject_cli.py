@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.synthetic.turntable import TurntableSpec, load_masks, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, load_masks, write_turntable
 
 
 @pytest.fixture(scope="module")

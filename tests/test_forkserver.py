@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.forkserver import client_argv, fork_server, supported
+from circle_rotate.selfcheck.forkserver import client_argv, fork_server, supported
 
 pytestmark = pytest.mark.skipif(not supported(), reason="the fork server runs on Linux only")
 
@@ -116,11 +116,11 @@ def test_a_server_whose_imports_fail_fails_its_clients_instead_of_hanging(tmp_pa
     with fork_server(preload=("no_such_module_anywhere",)) as path:
         proc = subprocess.run([*client_argv(path, "json.tool")], input="{}", text=True, capture_output=True,
                               timeout=60)
-    assert proc.returncode in (1, 127) and "circle_rotate.forkserver:" in proc.stderr
+    assert proc.returncode in (1, 127) and "circle_rotate.selfcheck.forkserver:" in proc.stderr
 
 
 def test_client_usage_without_a_module():
-    proc = subprocess.run([sys.executable, "-m", "circle_rotate.forkserver"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "circle_rotate.selfcheck.forkserver"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
@@ -133,7 +133,7 @@ print(len(os.listdir(f"/proc/{os.getppid()}/task")))
 def test_the_musubi_preload_leaves_the_server_single_threaded(musubi, tmp_path):
     """Forking is safe only from a single-threaded process: musubi's imports must start no thread (pool)."""
     (tmp_path / "threads_probe.py").write_text(THREADS_PROBE)
-    with fork_server(preload=("circle_rotate.musubi_tiny:preload",)) as path:
+    with fork_server(preload=("circle_rotate.selfcheck.tiny_task:preload",)) as path:
         proc = subprocess.run([*client_argv(path, "threads_probe")], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circle_rotate.atomic import atomic_path, check_output_path, write_json
-from circle_rotate.errors import InputOverwriteError, UserError
-from circle_rotate.safetensors_io import SafetensorsWriter, copy_raw, iter_tensors, read_header, read_tensor
-from circle_rotate.video_io import iter_frames, probe_video, read_video, write_video
+from circle_rotate.kernel.atomic import atomic_path, check_output_path, write_json
+from circle_rotate.kernel.errors import InputOverwriteError, UserError
+from circle_rotate.kernel.safetensors_io import SafetensorsWriter, copy_raw, iter_tensors, read_header, read_tensor
+from circle_rotate.kernel.video_io import iter_frames, probe_video, read_video, write_video
 
 
 def test_user_error_is_one_line_with_path_and_fix():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from circle_rotate.tools.fp8_rounding import comfy_loadtime_lora, comfy_seed, stochastic_round_fp8
+from circle_rotate.tools.merge.fp8_rounding import comfy_loadtime_lora, comfy_seed, stochastic_round_fp8
 
 FP8 = torch.float8_e4m3fn
 

@@ -8,12 +8,12 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from circle_rotate import wan_arch
-from circle_rotate.checkpoint_id import identify_checkpoint
 from circle_rotate.cli.main import main
-from circle_rotate.safetensors_io import read_header
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.tools.synthetic_lora import write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.checkpoint_identity import identify_checkpoint
+from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 from test_comfy_workflow import samplers, validate_api, validate_ui
 
 CFG = wan_arch.tiny_config()

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from circle_rotate.errors import UserError
-from circle_rotate.generate import GenerateRequest, Models, build_command, generate, high_noise_steps, read_prompts
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.generate import GenerateRequest, Models, build_command, generate, high_noise_steps, read_prompts
 from model_files import sparse_expert
 
 
@@ -66,7 +66,7 @@ def test_bad_prompt_lines_name_the_line(files, body, match):
 
 
 def test_command_passes_musubis_parser_with_each_lora_on_its_expert(files, dits):
-    from circle_rotate.musubi_args import check_command
+    from circle_rotate.musubi.args import check_command
 
     accel = {e: files["tmp"] / f"lightx2v_{e}.safetensors" for e in ("low", "high")}
     plain = check_command(build_command(_request(files, dits), files["prompts"]))
@@ -93,7 +93,7 @@ def test_dry_run_checks_the_models(files, dits, tmp_path):
 
 
 def test_prefixed_expert_with_a_lora_is_refused(files, dits, tmp_path):
-    from circle_rotate.wan_arch import COMFY_PREFIX
+    from circle_rotate.kernel.wan_arch import COMFY_PREFIX
 
     prefixed = tmp_path / "comfy" / "wan2.2_i2v_low_noise_14B_fp16.safetensors"
     prefixed.parent.mkdir()
@@ -103,9 +103,9 @@ def test_prefixed_expert_with_a_lora_is_refused(files, dits, tmp_path):
 
 
 def test_videos_are_renamed_by_prompt_for_eval_pairing(files, dits, monkeypatch):
-    import circle_rotate.generate as gen
-    from circle_rotate.launch import ChainResult
-    from circle_rotate.video_io import probe_video, write_video
+    import circle_rotate.musubi.generate as gen
+    from circle_rotate.kernel.video_io import probe_video, write_video
+    from circle_rotate.musubi.processes import ChainResult
 
     def fake_musubi(chains, env=None):  # what wan_generate_video.py leaves: <time>_<seed>.mp4 per prompt line
         (command,) = chains["generate"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.tools.lora_inspect import LoraReport, ModelReport, inspect_file, lora_expert
-from circle_rotate.tools.lora_io import read_lora_index
-from circle_rotate.tools.synthetic_lora import random_lora_modules, write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.selfcheck.synthetic.lora import random_lora_modules, write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.lora.files import read_lora_index
+from circle_rotate.tools.lora.inspect import LoraReport, ModelReport, inspect_file, lora_expert
 
 CFG = wan_arch.tiny_config()
 

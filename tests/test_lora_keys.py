@@ -28,10 +28,10 @@ from typing import Dict, Iterable, Set, Tuple
 import pytest
 from safetensors import safe_open
 
-from circle_rotate import wan_arch
-from circle_rotate.tools.convert import convert_lora
-from circle_rotate.tools.lora_keys import FORMATS, LoraKey, lora_key, parse_lora_key
-from circle_rotate.tools.synthetic_lora import write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.tools.lora.convert import convert_lora
+from circle_rotate.tools.lora.keys import FORMATS, LoraKey, lora_key, parse_lora_key
 
 _PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),
           (".lora_B.weight", ".lora_A.weight"), (".lora.up.weight", ".lora.down.weight"), (".lora_B", ".lora_A"),

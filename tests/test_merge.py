@@ -16,14 +16,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.errors import DiskFullError, InputOverwriteError, UserError
-from circle_rotate.safetensors_io import SafetensorsWriter
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.tools.fp8 import FP8_MAX
-from circle_rotate.tools.merge import merge_loras
-from circle_rotate.tools.synthetic_lora import random_lora_modules, write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.errors import DiskFullError, InputOverwriteError, UserError
+from circle_rotate.kernel.safetensors_io import SafetensorsWriter
+from circle_rotate.selfcheck.synthetic.lora import random_lora_modules, write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.merge.fp8 import FP8_MAX
+from circle_rotate.tools.merge.run import merge_loras
 
 CFG = wan_arch.tiny_config()
 TARGETS = [m + ".weight" for m in wan_arch.lora_target_modules(CFG)]

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
-from circle_rotate.safetensors_io import read_header
-from circle_rotate.synthetic.tiny_wan import quantize_fp8_scaled, write_tiny_wan
-from circle_rotate.tools.fp8 import FP8_MAX
-from circle_rotate.tools.merge import merge_loras
-from circle_rotate.tools.synthetic_lora import write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import quantize_fp8_scaled, write_tiny_wan
+from circle_rotate.tools.merge.fp8 import FP8_MAX
+from circle_rotate.tools.merge.run import merge_loras
 
 SPEC = json.loads((Path(__file__).parent / "data" / "comfy_wan22_fp8_scaled_layout.json").read_text())
 CFG = wan_arch.tiny_config()

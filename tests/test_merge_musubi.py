@@ -20,10 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
-from circle_rotate.tools.convert import convert_lora
-from circle_rotate.tools.fp8 import FP8_MAX
-from circle_rotate.tools.merge import merge_loras
+from circle_rotate.kernel import wan_arch
+from circle_rotate.tools.lora.convert import convert_lora
+from circle_rotate.tools.merge.fp8 import FP8_MAX
+from circle_rotate.tools.merge.run import merge_loras
 
 STRENGTH = 0.75
 RANK, ALPHA = 4, 2.0  # scale alpha / rank = 0.5, so a dropped alpha would be visible

@@ -9,13 +9,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.errors import UserError
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.tools.merge import merge_loras
-from circle_rotate.tools.merge_pair import merge_pair
-from circle_rotate.tools.synthetic_lora import write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.merge.pair import merge_pair
+from circle_rotate.tools.merge.run import merge_loras
 
 CFG = wan_arch.tiny_config()
 

@@ -14,14 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circle_rotate import wan_arch
 from circle_rotate.cli.main import main
-from circle_rotate.errors import UserError
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.tools import merge, merge_chunks
-from circle_rotate.tools.fp8 import FP8_MAX
-from circle_rotate.tools.merge import merge_loras
-from circle_rotate.tools.synthetic_lora import write_random_lora
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.tools.merge import run as merge
+from circle_rotate.tools.merge import chunks as merge_chunks
+from circle_rotate.tools.merge.fp8 import FP8_MAX
+from circle_rotate.tools.merge.run import merge_loras
 
 CFG = wan_arch.tiny_config()  # ffn.0 is 172 x 64: 11008 elements
 

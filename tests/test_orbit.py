@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from circle_rotate.orbit import MOTIONS, OrbitMeasurement, measure_orbit
-from circle_rotate.orbit_qc import qc_verdict
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, profile, render_frames, write_turntable
-from circle_rotate.video_io import read_video
+from circle_rotate.kernel.video_io import read_video
+from circle_rotate.media.orbit import MOTIONS, OrbitMeasurement, measure_orbit
+from circle_rotate.media.orbit_qc import qc_verdict
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, profile, render_frames, write_turntable
 
 
 def _frames(spec: TurntableSpec) -> np.ndarray:

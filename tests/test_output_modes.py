@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.atomic import write_text
 from circle_rotate.cli.main import main
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
-from circle_rotate.tools.synthetic_lora import write_random_lora
-from circle_rotate.wan_arch import tiny_config
+from circle_rotate.kernel.atomic import write_text
+from circle_rotate.kernel.wan_arch import tiny_config
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_maps_folders_and_ships_recipes_and_datasets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("circle_rotate/__init__.py", "circle_rotate/cli/main.py", "circle_rotate/tools/__init__.py",
-                   "circle_rotate/eval/__init__.py", "circle_rotate/synthetic/turntable.py"):
+                   "circle_rotate/eval/__init__.py", "circle_rotate/selfcheck/synthetic/turntable.py"):
         assert module in names
     shipped = [p for p in (ROOT / "recipes").glob("*.sh")] + [p for p in (ROOT / "datasets").rglob("*.toml")]
     for data in shipped:

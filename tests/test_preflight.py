@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.musubi_tiny import TINY_TASK
-from circle_rotate.recipe_reader import edit_options
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.wan_arch import tiny_config
+from circle_rotate.kernel.wan_arch import tiny_config
+from circle_rotate.musubi.recipe_reader import edit_options
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.tiny_task import TINY_TASK
 
 CLIP = dict(width=32, height=32, frames=5, fps=16.0)
 
@@ -24,7 +24,7 @@ def tiny_task(command):
 
 
 def write_clips(clips: Path, names=("orbit_a", "orbit_b"), caption: str = "a box, the camera orbits right") -> Path:
-    from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
     clips.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
@@ -54,7 +54,7 @@ def clips(tmp_path_factory) -> Path:
 @pytest.fixture
 def ws(musubi, tmp_path, clips, tiny_wan_dir, write_musubi_caches):
     """A workspace that passes preflight: tiny fp16 experts named like the downloads, dataset, i2v caches."""
-    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_plan import plan_cache
 
     config = write_config(tmp_path, clips)
     write_musubi_caches(plan_cache(config))
@@ -67,9 +67,9 @@ def ws(musubi, tmp_path, clips, tiny_wan_dir, write_musubi_caches):
 
 
 def run_preflight(env, *, experts=("low", "high"), **kw):
-    from circle_rotate.preflight import preflight
-    from circle_rotate.preflight_findings import TrainTarget
-    from circle_rotate.train import TrainRequest, plan_training
+    from circle_rotate.musubi.preflight import preflight
+    from circle_rotate.musubi.preflight_findings import TrainTarget
+    from circle_rotate.musubi.train import TrainRequest, plan_training
 
     plan = plan_training(TrainRequest(experts, env=tuple(env.items())), transform=tiny_task)
     return preflight([TrainTarget(r.expert, r.command) for r in plan.runs], for_run=False, **kw)
@@ -126,7 +126,7 @@ def test_bf16_expert_with_fp16_mixed_precision(ws, tiny_wan_dir):
 
 
 def test_latents_cached_without_i2v(ws, write_musubi_caches):
-    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_plan import plan_cache
 
     plan = plan_cache(Path(ws["DATASET_CONFIG"]))
     write_musubi_caches(plan, i2v=False)  # what wan_cache_latents.py writes without --i2v
@@ -152,7 +152,7 @@ def test_bad_toml(ws):
 
 
 def test_musubi_missing(ws, monkeypatch):
-    import circle_rotate.preflight as preflight
+    import circle_rotate.musubi.preflight as preflight
 
     monkeypatch.setattr(preflight, "musubi_available", lambda: False)
     line = only_error(run_preflight(ws), "musubi-tuner is not installed", "")
@@ -174,7 +174,7 @@ def test_i2v_sample_prompts_need_a_first_frame(ws, tmp_path):
 
 
 def test_short_disk_for_checkpoints(ws, monkeypatch):
-    import circle_rotate.disk_space as disk_space
+    import circle_rotate.kernel.disk_space as disk_space
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 10**7, 10**7))
@@ -216,8 +216,8 @@ def test_timestep_ranges_per_expert():
     """Wan2.2 I2V runs the high-noise expert for t >= 900 only: a swapped range is an error."""
     import argparse
 
-    from circle_rotate.preflight import check_timesteps
-    from circle_rotate.preflight_findings import Findings
+    from circle_rotate.musubi.preflight import check_timesteps
+    from circle_rotate.musubi.preflight_findings import Findings
 
     def run(expert, lo, hi):
         f = Findings()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.manifest import MANIFEST_NAME, read_manifest
-from circle_rotate.synthetic.turntable import TurntableSpec, render_frames, write_turntable
-from circle_rotate.video_io import probe_video, write_video
+from circle_rotate.kernel.video_io import probe_video, write_video
+from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, render_frames, write_turntable
 
 FRAMES = 17  # 4n+1, about a second at 16 fps: small clips keep the test fast
 

@@ -15,11 +15,11 @@ from typing import Dict, List
 
 import pytest
 
-from circle_rotate.downloads import DATASET_REPO, FILES
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
-from circle_rotate.tools.synthetic_lora import write_random_lora
-from circle_rotate.wan_arch import tiny_config
+from circle_rotate.kernel.wan_arch import tiny_config
+from circle_rotate.musubi.downloads import DATASET_REPO, FILES
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 from hub_cache import populate
 
 ROOT = Path(__file__).resolve().parents[1]

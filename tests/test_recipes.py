@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.errors import UserError
-from circle_rotate.recipe_reader import (CACHE_RECIPE, TRAIN_RECIPES, diff_options, edit_options, option_values,
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.recipe_reader import (CACHE_RECIPE, TRAIN_RECIPES, diff_options, edit_options, option_values,
                                          parse_printed, read_recipe, recipe_path, recipe_variables, split_options,
                                          train_command)
 
@@ -66,7 +66,7 @@ def test_reproduce_low_is_the_published_command_token_for_token():
 
 
 def test_reproduce_low_parses_like_the_published_command(musubi):
-    from circle_rotate.musubi_args import check_command, parse_musubi_args
+    from circle_rotate.musubi.args import check_command, parse_musubi_args
 
     published = _published_tokens(PUBLISHED)
     script_at = published.index("src/musubi_tuner/wan_train_network.py")
@@ -111,7 +111,7 @@ def test_memory_knobs_add_only_memory_flags():
 
 @pytest.mark.parametrize("recipe", sorted({f for r in TRAIN_RECIPES.values() for f in r.values()} | {CACHE_RECIPE}))
 def test_every_recipe_command_passes_musubis_parser(musubi, recipe, tmp_path):
-    from circle_rotate.musubi_args import check_command
+    from circle_rotate.musubi.args import check_command
 
     env = {**MEMORY_KNOBS, "SAMPLE_PROMPTS": str(tmp_path / "prompts.txt"), "FP8_T5": "1"}
     for env_set in ({}, env):
@@ -131,7 +131,7 @@ def test_cache_recipe_is_i2v_and_resumable():
 
 
 def test_musubi_rejects_an_unknown_flag_with_the_recipes_name(musubi):
-    from circle_rotate.musubi_args import check_command
+    from circle_rotate.musubi.args import check_command
 
     cmd = train_command("reproduce", "low")
     with pytest.raises(UserError) as err:

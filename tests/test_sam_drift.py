@@ -29,7 +29,7 @@ from circle_rotate.eval.drift import drift_of
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.registry import resolve
 from circle_rotate.eval.sam_drift import mask_centroid, pick_box, sam_drift
-from circle_rotate.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
 from sam_fakes import TINY_SAM_FRAMES, FakePredictor, FakeYolo, ReplayYolo, clip_frames, digest, write_frame_folder
 
@@ -139,8 +139,8 @@ def test_the_metric_runs_with_weights_from_the_hub_cache(ctx, tmp_path, monkeypa
     models built by load_models (stand-ins here), values and per-frame series in the row."""
     import huggingface_hub.constants
 
-    from circle_rotate.downloads import FILES
     from circle_rotate.eval import sam_drift as module
+    from circle_rotate.musubi.downloads import FILES
     from hub_cache import populate
 
     cache = tmp_path / "hub"
@@ -169,7 +169,7 @@ def _download(*args, cache: Path, cwd: Path):
 
 
 def test_download_eval_weights_offline_shows_sizes_and_prints_the_variables(tmp_path):
-    from circle_rotate.downloads import FILES
+    from circle_rotate.musubi.downloads import FILES
     from hub_cache import populate
 
     cache = tmp_path / "hub"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.smoke import CACHE_WHY, PATH_WHY, SCALED_DOWN, script_threads_env
+from circle_rotate.selfcheck.smoke import CACHE_WHY, PATH_WHY, SCALED_DOWN, script_threads_env
 
 pytestmark = pytest.mark.slow  # the whole chain through musubi's scripts on a CPU (a minute or more)
 
@@ -68,18 +68,18 @@ def test_run_json_beside_each_lora(smoke_run):
 
 
 def test_scripts_ran_as_forks_of_the_preloaded_server_with_their_thread_count(smoke_run):
-    from circle_rotate.forkserver import supported
+    from circle_rotate.selfcheck.forkserver import supported
 
     _, report = smoke_run
     for lora in report["loras"].values():
         record = json.loads((Path(lora).parent / "run.json").read_text())
-        launcher = ["-m", "circle_rotate.forkserver"] if supported() else ["-m", "circle_rotate.musubi_tiny"]
-        assert record["command"][1:3] == launcher and "circle_rotate.musubi_tiny" in record["command"]
+        launcher = ["-m", "circle_rotate.selfcheck.forkserver"] if supported() else ["-m", "circle_rotate.selfcheck.tiny_task"]
+        assert record["command"][1:3] == launcher and "circle_rotate.selfcheck.tiny_task" in record["command"]
         assert record["environment"]["OMP_NUM_THREADS"] == script_threads_env()["OMP_NUM_THREADS"]
 
 
 def test_source_clips_are_rendered_once_and_prepared_each_run(smoke_run, tiny_musubi_models):
-    from circle_rotate.smoke_steps import DIRECTIONS, source_clips
+    from circle_rotate.selfcheck.smoke_steps import DIRECTIONS, source_clips
 
     work, _ = smoke_run
     raw = source_clips(tiny_musubi_models.tokenizer_root)  # what the smoke run rendered
@@ -92,10 +92,10 @@ def test_source_clips_are_rendered_once_and_prepared_each_run(smoke_run, tiny_mu
 
 
 def test_cache_was_complete_and_an_interrupted_pass_resumes(smoke_run, tiny_musubi_models):
-    from circle_rotate.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
-    from circle_rotate.cache_plan import plan_cache
-    from circle_rotate.cache_status import check_cache
-    from circle_rotate.smoke import _cache_transform
+    from circle_rotate.musubi.cache import CacheRequest, env_from_paths, prepare_cache, run_cache
+    from circle_rotate.musubi.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_status import check_cache
+    from circle_rotate.selfcheck.smoke import _cache_transform
 
     work, _ = smoke_run
     plan = plan_cache(work / "dataset.toml")

@@ -11,15 +11,15 @@ from dataclasses import replace
 
 import pytest
 
-from circle_rotate.errors import UserError
-from circle_rotate.recipe_reader import option_values, train_command
-from circle_rotate.train import TrainRequest, plan_training, train
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.recipe_reader import option_values, train_command
+from circle_rotate.musubi.train import TrainRequest, plan_training, train
 from test_preflight import tiny_task, write_dataset
 
 
 @pytest.fixture
 def real_ws(musubi, tmp_path, write_musubi_caches, real_size_experts):
-    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_plan import plan_cache
 
     config = write_dataset(tmp_path)
     write_musubi_caches(plan_cache(config))
@@ -29,7 +29,7 @@ def real_ws(musubi, tmp_path, write_musubi_caches, real_size_experts):
 
 
 def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch):
-    import circle_rotate.disk_space as disk_space
+    import circle_rotate.kernel.disk_space as disk_space
     from circle_rotate.cli.main import main
 
     usage = namedtuple("usage", "total used free")
@@ -58,7 +58,7 @@ def test_both_experts_one_per_gpu_or_one_after_the_other():
 
 
 def test_resume_continues_from_the_last_epoch_state(musubi, tmp_path):
-    from circle_rotate.musubi_args import check_command
+    from circle_rotate.musubi.args import check_command
 
     out = tmp_path / "low"
     for epoch in (12, 37):
@@ -87,7 +87,7 @@ def test_save_state_and_memory_knobs_reach_the_command():
 
 
 def test_file_identity_hashes_the_header_not_the_weights(real_ws, tmp_path):
-    from circle_rotate.run_record import file_identity
+    from circle_rotate.musubi.run_record import file_identity
 
     ident = file_identity(real_ws["low"])
     with open(real_ws["low"], "rb") as fh:
@@ -99,8 +99,8 @@ def test_file_identity_hashes_the_header_not_the_weights(real_ws, tmp_path):
 
 
 def test_dataset_hash_follows_captions(musubi, tmp_path):
-    from circle_rotate.cache_plan import plan_cache
-    from circle_rotate.run_record import dataset_hash
+    from circle_rotate.musubi.cache_plan import plan_cache
+    from circle_rotate.musubi.run_record import dataset_hash
 
     config = write_dataset(tmp_path)
     first = dataset_hash(plan_cache(config))
@@ -110,7 +110,7 @@ def test_dataset_hash_follows_captions(musubi, tmp_path):
 
 
 def test_a_failed_run_is_recorded_and_reported(musubi, tmp_path, tiny_wan_dir, write_musubi_caches):
-    from circle_rotate.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_plan import plan_cache
 
     config = write_dataset(tmp_path)
     write_musubi_caches(plan_cache(config))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.accelerate_launch import check_config, config_text, read_config
 from circle_rotate.cli._recipe_args import gpu_list
-from circle_rotate.parallel_plan import BatchMaths, ParallelRequest, place_experts
-from circle_rotate.recipe_reader import recipe_path
+from circle_rotate.musubi.accelerate_launch import check_config, config_text, read_config
+from circle_rotate.musubi.parallel_plan import BatchMaths, ParallelRequest, place_experts
+from circle_rotate.musubi.recipe_reader import recipe_path
 from test_train_cli import real_ws  # noqa: F401  (fixture)
 
 RECIPES = Path(recipe_path("common.sh")).parent
@@ -82,7 +82,7 @@ def _dry_run(ws, capsys, *extra):
 
 @pytest.fixture
 def roomy(monkeypatch):
-    import circle_rotate.disk_space as disk_space
+    import circle_rotate.kernel.disk_space as disk_space
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
@@ -96,11 +96,11 @@ def _node_commands(out):
 def test_two_node_dry_run_prints_each_nodes_exact_command(real_ws, capsys, roomy, monkeypatch):
     import shlex
 
-    from circle_rotate.musubi_args import check_command
-    from circle_rotate.recipe_reader import _split_command
+    from circle_rotate.musubi.args import check_command
+    from circle_rotate.musubi.recipe_reader import _split_command
 
     # pytest's folders stand in for shared storage here; the /tmp check has its own test below
-    monkeypatch.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
     code, out, err = _dry_run(real_ws, capsys, "low", "--gpus", "0-3", "--nodes", "2", "--main-address", "node0:29500")
     assert code == 0, out + err
     nodes = _node_commands(out)
@@ -126,7 +126,7 @@ def test_two_node_dry_run_prints_each_nodes_exact_command(real_ws, capsys, roomy
      "num_processes is 16 but nodes x GPUs is 2 x 4 = 8; fix: set num_processes: 8"),
 ])
 def test_each_bad_request_is_one_line_with_its_fix_and_exit_2(real_ws, capsys, roomy, monkeypatch, extra, expected):
-    monkeypatch.setattr("circle_rotate.accelerate_launch.NODE_LOCAL", ())
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
     extra = tuple(str(RECIPES / "accelerate_multi_node.yaml") if e == "template" else e for e in extra)
     address = () if "--main-address" in extra else ("--main-address", "node0:29500")
     code, out, err = _dry_run(real_ws, capsys, "low", "--gpus", "0-3", "--nodes", "2", *address, *extra)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from circle_rotate.synthetic.turntable import (DriftPath, TurntableSpec, drift_value, load_masks, load_truth, mask_stats,
+from circle_rotate.selfcheck.synthetic.turntable import (DriftPath, TurntableSpec, drift_value, load_masks, load_truth, mask_stats,
                                                render_frames, write_turntable)
-from circle_rotate.video_io import probe_video, read_video
+from circle_rotate.kernel.video_io import probe_video, read_video
 
 
 def _cv2_frames(path):

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from circle_rotate.eval.bench_accuracy import Reading, score
-from circle_rotate.synthetic import geometry as geo
-from circle_rotate.synthetic import textures
-from circle_rotate.synthetic.orbit_sets import (DEVELOPMENT_SEEDS, HELD_OUT_SEEDS, development_set, held_out_set,
+from circle_rotate.selfcheck.bench_accuracy import Reading, score
+from circle_rotate.selfcheck.synthetic import geometry as geo
+from circle_rotate.selfcheck.synthetic import textures
+from circle_rotate.selfcheck.synthetic.orbit_sets import (DEVELOPMENT_SEEDS, HELD_OUT_SEEDS, development_set, held_out_set,
                                                 varied_spec, write_set)
-from circle_rotate.synthetic.turntable import (MULTIPART_SUBJECTS, TurntableSpec, load_masks, load_truth, mask_stats,
+from circle_rotate.selfcheck.synthetic.turntable import (MULTIPART_SUBJECTS, TurntableSpec, load_masks, load_truth, mask_stats,
                                                render_frames, write_turntable)
 
 SMALL = dict(width=320, height=192, noise_sigma=0.0)

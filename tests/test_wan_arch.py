@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from circle_rotate import wan_arch
-from circle_rotate.checkpoint_id import identify_checkpoint
-from circle_rotate.safetensors_io import read_header
-from circle_rotate.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.kernel import wan_arch
+from circle_rotate.kernel.checkpoint_identity import identify_checkpoint
+from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 
 
 def _musubi_model(musubi, cfg: wan_arch.WanDiTConfig, *, i2v: bool = True):
@@ -101,7 +101,7 @@ def test_identity_from_metadata_prefix_and_t2v(tmp_path):
 
 
 def test_fp8_scaled_dequantizes_close_to_source(tmp_path):
-    from circle_rotate.synthetic.tiny_wan import tiny_wan_tensors
+    from circle_rotate.selfcheck.synthetic.tiny_wan import tiny_wan_tensors
 
     ref = dict(tiny_wan_tensors(wan_arch.tiny_config(), "fp32", seed=5))
     q = dict(tiny_wan_tensors(wan_arch.tiny_config(), "fp8_scaled", seed=5))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from circle_rotate.errors import UserError
+from circle_rotate.kernel.errors import UserError
 
 
 def add_force(parser: argparse.ArgumentParser) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Callable, Tuple
 
 from circle_rotate.cli._common import add_force
-from circle_rotate.errors import UserError
-from circle_rotate.tools.options import parse_lora_spec, parse_strength
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.tools.option_values import parse_lora_spec, parse_strength
 
 
 def lora_arg(text: str) -> Tuple[Path, float]:

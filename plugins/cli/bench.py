@@ -11,17 +11,17 @@ ORDER = 90
 
 #: name -> (module with ``main(argv) -> int``, what it measures). Imported only when run.
 BENCHES = {
-    "prepare": ("circle_rotate.bench_prepare",
+    "prepare": ("circle_rotate.selfcheck.bench_prepare",
                 "prepare against decoding and encoding the same clips (target <= 1.3x)"),
-    "merge": ("circle_rotate.tools.bench_merge",
+    "merge": ("circle_rotate.selfcheck.bench_merge",
               "merge against a file copy + fsync and a load-everything merge (14B-shaped blocks)"),
-    "eval": ("circle_rotate.eval.bench_eval",
+    "eval": ("circle_rotate.selfcheck.bench_eval",
              "the default metric set against decoding + one Farneback pass (motion magnitude alone)"),
-    "accuracy": ("circle_rotate.eval.bench_accuracy",
+    "accuracy": ("circle_rotate.selfcheck.bench_accuracy",
                  "subject drift against the synthetic truth on the development or held-out orbit set"),
-    "fp8-merge": ("circle_rotate.tools.bench_fp8_merge",
+    "fp8-merge": ("circle_rotate.selfcheck.bench_fp8_merge",
                   "pre-merged fp8_scaled weights against ComfyUI's load-time LoRA, both against the fp32 truth"),
-    "comfyui": ("circle_rotate.tools.check_comfyui",
+    "comfyui": ("circle_rotate.selfcheck.check_comfyui",
                 "merged files and workflows through a real ComfyUI checkout's loader and validator (--comfyui PATH)"),
 }
 

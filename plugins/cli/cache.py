@@ -44,9 +44,9 @@ def add_parser(sub) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    from circle_rotate.cache_plan import plan_cache
-    from circle_rotate.cache_status import check_cache
-    from circle_rotate.recipe_reader import recipe_variables
+    from circle_rotate.musubi.cache_plan import plan_cache
+    from circle_rotate.musubi.cache_status import check_cache
+    from circle_rotate.musubi.recipe_reader import recipe_variables
 
     env = recipe_env(args, {})
     config = args.dataset_config or Path(recipe_variables(["DATASET_CONFIG"], env=dict(env))["DATASET_CONFIG"])
@@ -65,7 +65,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.cache import CacheRequest, describe_job, prepare_cache, run_cache
+    from circle_rotate.musubi.cache import CacheRequest, describe_job, prepare_cache, run_cache
 
     env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circle_rotate.caption_templates import LANGS, STYLES
 from circle_rotate.cli._common import add_alias, new_parser, print_json
+from circle_rotate.prepare.caption_templates import LANGS, STYLES
 
 ORDER = 21
 
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.caption import CaptionOptions, caption_dataset
+    from circle_rotate.prepare.caption import CaptionOptions, caption_dataset
 
     options = CaptionOptions(lang=args.lang, style=args.style, subject=args.subject, viewpoint=args.viewpoint,
                              shot_scale=args.shot_scale, context=tuple(args.context), extension=args.ext,

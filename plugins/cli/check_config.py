@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.config_check import check_config
+    from circle_rotate.dataset.check import check_config
 
     report = check_config(args.config, use_musubi=not args.no_musubi, base_dir=args.base)
     if args.json:

@@ -6,8 +6,8 @@ import argparse
 
 from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
-from circle_rotate.tools.lora_keys import FORMATS
-from circle_rotate.tools.options import COMBINE_DTYPE_NAMES, parse_alpha_if_missing
+from circle_rotate.tools.lora.keys import FORMATS
+from circle_rotate.tools.option_values import COMBINE_DTYPE_NAMES, parse_alpha_if_missing
 
 ORDER = 33
 
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.combine import combine_loras
+    from circle_rotate.tools.lora.combine import combine_loras
 
     report = combine_loras(args.lora, args.out, to=args.format, dtype=args.dtype,
                            alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)

@@ -38,9 +38,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.config_check import check_config
-    from circle_rotate.dataset_config import config_from_prepared, write_dataset_config
-    from circle_rotate.prepared_folder import prepared_inputs
+    from circle_rotate.dataset.check import check_config
+    from circle_rotate.dataset.toml_writer import config_from_prepared, write_dataset_config
+    from circle_rotate.prepare.prepared_folder import prepared_inputs
 
     cfg = config_from_prepared(args.prepared_dir, jsonl=args.jsonl, cache_directory=args.cache,
                                resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_legacy_out, add_out, new_parser, out_path, print_json
 from circle_rotate.cli._lora_options import add_output_options
-from circle_rotate.errors import UserError
-from circle_rotate.tools.lora_keys import FORMATS
-from circle_rotate.tools.options import parse_alpha_if_missing
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.tools.lora.keys import FORMATS
+from circle_rotate.tools.option_values import parse_alpha_if_missing
 
 ORDER = 31
 
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.convert import convert_lora
+    from circle_rotate.tools.lora.convert import convert_lora
 
     out = out_path(args, "circle-rotate convert")
     if out is None or args.format is None:

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.cli.main import main
-    from circle_rotate.demo import run_demo
+    from circle_rotate.selfcheck.demo import run_demo
 
     out = args.out or Path(tempfile.mkdtemp(prefix="circle-rotate-demo-"))
     echo = (lambda line: print(line, file=sys.stderr)) if args.json else print

@@ -25,7 +25,7 @@ def _yes(flag: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.doctor import collect
+    from circle_rotate.musubi.doctor import collect
 
     r = collect(disk_path=args.disk)
     if args.json:

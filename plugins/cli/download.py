@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
-from circle_rotate.downloads import GB, GROUPS, VARIANTS, check_disk, fetch, plan
+from circle_rotate.musubi.downloads import GB, GROUPS, VARIANTS, check_disk, fetch, plan
 
 ORDER = 5
 
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.variant != "i2v" and args.group != "models":
-        from circle_rotate.errors import UserError
+        from circle_rotate.kernel.errors import UserError
 
         raise UserError(f"--variant applies to 'download models', not '{args.group}'", fix="drop --variant")
     planned = plan(args.group, cache_dir=args.cache_dir, variant=args.variant)

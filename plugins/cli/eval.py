@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
-from circle_rotate.errors import ConfigValueError, UserError
+from circle_rotate.kernel.errors import ConfigValueError, UserError
 
 ORDER = 40
 

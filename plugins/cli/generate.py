@@ -8,7 +8,7 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.cli.prepare import parse_size
-from circle_rotate.errors import UserError
+from circle_rotate.kernel.errors import UserError
 
 ORDER = 42
 
@@ -56,8 +56,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.generate import GenerateRequest, Models, generate
-    from circle_rotate.recipe_reader import recipe_variables
+    from circle_rotate.musubi.generate import GenerateRequest, Models, generate
+    from circle_rotate.musubi.recipe_reader import recipe_variables
 
     defaults = recipe_variables(["DIT_LOW", "DIT_HIGH", "VAE", "T5"])
     models = Models(*(Path(getattr(args, k) or defaults[v]) for k, v in

@@ -11,7 +11,7 @@ from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options
 
 if TYPE_CHECKING:  # the reports' module imports torch, which only run() may pay for
-    from circle_rotate.tools.lora_inspect import LoraReport, ModelReport
+    from circle_rotate.tools.lora.inspect import LoraReport, ModelReport
 
 ORDER = 30
 
@@ -62,7 +62,7 @@ def _model_lines(r: ModelReport) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.lora_inspect import LoraReport, inspect_file
+    from circle_rotate.tools.lora.inspect import LoraReport, inspect_file
 
     report = inspect_file(args.file)
     if args.json:
@@ -80,7 +80,7 @@ def _flag_nonfinite(report) -> int:
     bad = getattr(report, "nonfinite_keys", None)
     if not bad:
         return 0
-    from circle_rotate.errors import NonFiniteError
+    from circle_rotate.kernel.errors import NonFiniteError
 
     print(f"circle-rotate inspect: error: {NonFiniteError(report.path, key=bad[0], count=len(bad))}", file=sys.stderr)
     return 1

@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import List, Optional, Sequence
 
 import circle_rotate
-from circle_rotate.errors import UserError
-from circle_rotate.progress import set_quiet
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.progress import set_quiet
 
 EPILOG = """examples:
   circle-rotate doctor                 what this machine can do
@@ -109,8 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # (after BrokenPipeError, one too) a full disk met outside circle_rotate.atomic
-        from circle_rotate.write_checks import NO_SPACE, disk_full
+    except OSError as exc:  # (after BrokenPipeError, one too) a full disk met outside circle_rotate.kernel.atomic
+        from circle_rotate.kernel.write_checks import NO_SPACE, disk_full
 
         if exc.errno not in NO_SPACE:
             raise

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
-from circle_rotate.errors import UserError
 from circle_rotate.cli._lora_options import add_output_options, lora_arg
-from circle_rotate.tools.options import MERGE_DTYPES, parse_alpha_if_missing
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.tools.option_values import MERGE_DTYPES, parse_alpha_if_missing
 
 if TYPE_CHECKING:  # the merge imports torch, which only run() may pay for
-    from circle_rotate.tools.merge import MergeReport
+    from circle_rotate.tools.merge.run import MergeReport
 
 ORDER = 34
 
@@ -54,14 +54,14 @@ def describe(report: MergeReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.merge import prepare_merge, run_merge
+    from circle_rotate.tools.merge.run import prepare_merge, run_merge
 
     if getattr(args, "base", None) is None:
         raise UserError("no expert given", fix="circle-rotate merge EXPERT.safetensors --lora LORA.safetensors -o OUT")
     prepared = prepare_merge(Path(args.base), args.lora, args.out, dtype=args.dtype,
                              alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if args.dry_run:
-        from circle_rotate.tools.merge_summary import summarize
+        from circle_rotate.tools.merge.summary import summarize
 
         summary = summarize(prepared.plan, str(prepared.out))
         if args.json:

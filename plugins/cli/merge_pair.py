@@ -9,7 +9,7 @@ from circle_rotate.cli._common import add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, strength_arg
 from circle_rotate.cli.merge import add_dtype_option, describe
 from circle_rotate.cli.workflow import add_workflow_options
-from circle_rotate.tools.options import parse_alpha_if_missing
+from circle_rotate.tools.option_values import parse_alpha_if_missing
 
 ORDER = 35
 
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.merge_pair import merge_pair
+    from circle_rotate.tools.merge.pair import merge_pair
 
     workflow = None
     if args.workflow is not None:  # checked before the long merge, written after it
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
         spec_from_args(args, args.high[0].name, args.low[0].name).check()
         workflow = Path(args.out) / Path(args.workflow).name
-        from circle_rotate.atomic import check_output_path
-        from circle_rotate.tools.comfy_workflow import api_path
+        from circle_rotate.kernel.atomic import check_output_path
+        from circle_rotate.tools.comfy.workflow import api_path
 
         check_output_path(workflow, force=args.force)
         check_output_path(api_path(workflow), force=args.force)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                         alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
     if workflow is not None:
         from circle_rotate.cli.workflow import describe as describe_workflow, spec_from_args
-        from circle_rotate.tools.comfy_workflow import write_workflows
+        from circle_rotate.tools.comfy.workflow import write_workflows
 
         spec = spec_from_args(args, Path(report.high.out).name, Path(report.low.out).name)
         write_workflows(spec, workflow, force=args.force)

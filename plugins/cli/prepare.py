@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
-from circle_rotate.clip_plan import SIZE_MODES, SizePolicy
-from circle_rotate.orbit_qc import QC_MODES
+from circle_rotate.media.orbit_qc import QC_MODES
+from circle_rotate.prepare.clip_plan import SIZE_MODES, SizePolicy
 
 ORDER = 20
 
@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
 
 
 def _dry_run(args: argparse.Namespace, out: Path) -> int:
-    from circle_rotate.prepare import find_sources
+    from circle_rotate.prepare.run import find_sources
 
     sources = find_sources(args.raw_dir.absolute(), exclude=out.absolute()) if args.raw_dir.exists() else []
     if not sources:
@@ -81,8 +81,8 @@ def _dry_run(args: argparse.Namespace, out: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.prepare import prepare_dataset
-    from circle_rotate.prepare_options import PrepareOptions
+    from circle_rotate.prepare.options import PrepareOptions
+    from circle_rotate.prepare.run import prepare_dataset
 
     w, h = args.resolution
     options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),

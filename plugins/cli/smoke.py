@@ -35,7 +35,7 @@ def _values(values) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.cli.main import main
-    from circle_rotate.smoke import SmokeRequest, run_smoke
+    from circle_rotate.selfcheck.smoke import SmokeRequest, run_smoke
 
     request = SmokeRequest(recipe=args.recipe, work_dir=args.out, models_dir=args.models_dir, keep=args.keep)
     if not args.json:

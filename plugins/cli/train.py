@@ -68,9 +68,9 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.parallel_plan import ParallelRequest
-    from circle_rotate.train import TrainRequest, train
-    from circle_rotate.train_parallel import MathsChoice
+    from circle_rotate.musubi.parallel_plan import ParallelRequest
+    from circle_rotate.musubi.train import TrainRequest, train
+    from circle_rotate.musubi.train_parallel import MathsChoice
 
     out = args.out
     env = recipe_env(args, {

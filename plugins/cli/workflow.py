@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from circle_rotate.cli._common import add_force, new_parser, print_json
-from circle_rotate.tools.comfy_workflow import (LIGHTX2V, NEGATIVE, SAMPLERS, SCHEDULERS, TEXT_ENCODER, VAE, VARIANTS,
+from circle_rotate.tools.comfy.workflow import (LIGHTX2V, NEGATIVE, SAMPLERS, SCHEDULERS, TEXT_ENCODER, VAE, VARIANTS,
                                                 ExpertChain, WorkflowSpec, api_path, write_workflows)
 
 ORDER = 36
@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.errors import UserError
+    from circle_rotate.kernel.errors import UserError
 
     if (args.high_lora is None) != (args.low_lora is None):
         raise UserError("give both --high-lora and --low-lora, or neither (merged experts)",

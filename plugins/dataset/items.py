@@ -1,0 +1,166 @@
+"""What musubi-tuner will load from one video dataset: videos, frames, captions, items.
+
+musubi-tuner's loader drops things silently: a video shorter than every target length
+after its ``source_fps`` frame dropping yields no item, and a missing caption file only
+fails at text-encoder caching. This module counts all of that up front, following the
+behaviour documented in musubi-tuner 0.3.4 (``dataset/media_utils.load_video`` and
+``VideoDataset.retrieve_latent_cache_batches``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from circle_rotate.kernel.buckets import nearest_bucket
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
+from circle_rotate.kernel.video_io import probe_video
+from circle_rotate.kernel.wan_arch import NATIVE_FPS
+
+#: musubi-tuner 0.3.4's video extensions (``media_utils.VIDEO_EXTENSIONS``): case matters.
+_VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+FRAME_EXTRACTIONS = ("head", "chunk", "slide", "uniform", "full")
+
+
+def video_extensions() -> Tuple[str, ...]:
+    """The extensions musubi-tuner globs for (its own list when it is installed)."""
+    if musubi_available():
+        try:
+            return tuple(import_musubi("dataset.media_utils").VIDEO_EXTENSIONS)
+        except Exception:  # a broken install: fall back to the known list
+            pass
+    return _VIDEO_EXTENSIONS + tuple(e.upper() for e in _VIDEO_EXTENSIONS)
+
+
+def round_4n1(frames: int) -> int:
+    """What musubi does to a target length that is not 4n+1: round it down."""
+    return (frames - 1) // 4 * 4 + 1
+
+
+def frames_after_fps(count: int, *, source_fps: Optional[float], target_fps: float = NATIVE_FPS,
+                     end_frame: Optional[int] = None) -> int:
+    """Frames musubi keeps from a ``count``-frame video: with ``source_fps`` it walks the
+    frames with a fractional index step of target/source and keeps a frame whenever the
+    integer index changes (so a slower source loses index slots); ``end_frame`` stops it
+    (``head`` extraction reads only up to the longest target)."""
+    if source_fps is None:
+        return count if end_frame is None else min(count, end_frame)
+    step, acc, prev, kept = target_fps / source_fps, 0.0, -1, 0
+    for _ in range(count):
+        index = int(acc)
+        acc += step
+        if index == prev:
+            continue
+        prev = index
+        if end_frame is not None and index >= end_frame:
+            break
+        kept += 1
+    return kept
+
+
+def items_for(frames: int, *, targets: Sequence[int], extraction: str, stride: int = 1, sample: int = 1) -> int:
+    """Training items musubi makes from a video of ``frames`` frames (after fps dropping)."""
+    targets = sorted({round_4n1(t) for t in targets if t >= 1})
+    if extraction == "uniform" and sample == 1:
+        extraction = "head"  # musubi switches, with a warning
+    if extraction == "full":
+        return 1 if frames >= 1 else 0
+    n = 0
+    for t in targets:
+        if frames < t:
+            continue
+        if extraction == "head":
+            n += 1
+        elif extraction == "chunk":
+            n += frames // t
+        elif extraction == "slide":
+            n += (frames - t) // max(1, stride) + 1
+        elif extraction == "uniform":
+            n += sample
+    return n
+
+
+@dataclass
+class DatasetItems:
+    """Counts for one ``[[datasets]]`` entry."""
+
+    videos: int = 0
+    usable: int = 0
+    too_short: List[str] = field(default_factory=list)
+    missing_captions: List[str] = field(default_factory=list)
+    unreadable: List[str] = field(default_factory=list)
+    missing_files: List[str] = field(default_factory=list)  # jsonl entries that point nowhere
+    bad_lines: List[str] = field(default_factory=list)
+    resized: List[str] = field(default_factory=list)  # "name WxH -> bucket" that caching will rescale
+    rotated: List[str] = field(default_factory=list)  # display-rotation flags musubi's decoder ignores
+    items: int = 0
+    stems: List[str] = field(default_factory=list)  # cache keys (file stems), for collision checks
+
+
+def _probe(path: Path) -> Tuple[int, Tuple[int, int], int]:
+    """(frame count, stored (w, h), rotation) of a video file or frame folder."""
+    info = probe_video(path)
+    return info.frame_count, (info.width, info.height), info.rotation
+
+
+def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:
+    """Add one video's counts to ``result``."""
+    result.videos += 1
+    result.stems.append(path.stem if path.is_file() else path.name)
+    if not caption_ok:
+        result.missing_captions.append(path.name)
+    try:
+        count, size, rotation = _probe(path)
+    except UserError:
+        result.unreadable.append(path.name)
+        return
+    if rotation:
+        result.rotated.append(f"{path.name} ({rotation} deg)")
+    bucket = nearest_bucket(size, params["resolution"])
+    if bucket != size:
+        result.resized.append(f"{path.name} {size[0]}x{size[1]} -> {bucket[0]}x{bucket[1]}")
+    targets = params["target_frames"]
+    end = max(round_4n1(t) for t in targets) if params["frame_extraction"] == "head" and targets else None
+    kept = frames_after_fps(count, source_fps=params["source_fps"], end_frame=end)
+    n = items_for(kept, targets=targets, extraction=params["frame_extraction"], stride=params["frame_stride"],
+                  sample=params["frame_sample"])
+    if n:
+        result.usable += 1
+        result.items += n * params["num_repeats"]
+    else:
+        result.too_short.append(f"{path.name} ({kept} frames)")
+
+
+def directory_items(directory: Path, *, caption_extension: Optional[str], params: dict) -> DatasetItems:
+    """Counts for a ``video_directory`` (not recursive, musubi's extensions)."""
+    result = DatasetItems()
+    exts = set(video_extensions())
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.suffix in exts:
+            cap = p.with_suffix(caption_extension) if caption_extension else None
+            count_video(result, p, caption_ok=bool(cap and cap.is_file()), params=params)
+    return result
+
+
+def jsonl_items(jsonl: Path, *, base: Path, params: dict) -> DatasetItems:
+    """Counts for a ``video_jsonl_file``; paths in it resolve against ``base`` (musubi's cwd)."""
+    result = DatasetItems()
+    for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            video = entry["video_path"]
+            caption_ok = isinstance(entry.get("caption"), str) and bool(entry["caption"].strip())
+        except (json.JSONDecodeError, KeyError, TypeError):
+            result.bad_lines.append(f"line {n}")
+            continue
+        path = Path(video) if Path(video).is_absolute() else base / video
+        if not path.exists():
+            result.missing_files.append(f"line {n}: {video}")
+            continue
+        count_video(result, path, caption_ok=caption_ok, params=params)
+    return result

@@ -1,0 +1,169 @@
+"""Atomic output: a file appears whole under its final name, or not at all.
+
+Everything the project writes goes through :func:`atomic_path` (or the small helpers on
+top of it). The data goes to a hidden temporary file in the destination directory (same
+file system, so the final ``os.replace`` is atomic), is fsynced, then renamed. An
+exception, Ctrl-C or a full disk removes the temporary file and leaves any previous
+output untouched.
+
+The finished file gets the mode any ordinary new file would (``0o666`` less the umask), or
+keeps the mode of the file it replaces: ``mkstemp`` creates 0600 files, and outputs that only
+their writer can read break a ComfyUI running as another user or a shared dataset folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+from circle_rotate.kernel.errors import InputOverwriteError, NotARegularFileError, UserError
+from circle_rotate.kernel.write_checks import NO_SPACE, check_writable_dir, disk_full, file_kind
+
+PathLike = Union[str, os.PathLike]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool = False) -> Path:
+    """Validate an output path before any work is done (the one guard every writing command uses).
+
+    Args:
+        out: the file that will be written.
+        inputs: every file the command reads, those it finds in a folder included; the output
+            may never be one of them, ``force`` or not.
+        force: allow replacing an existing regular file.
+
+    Returns:
+        ``out`` as an absolute :class:`Path`.
+
+    Raises:
+        InputOverwriteError: the output is one of the inputs.
+        NotARegularFileError: the output exists and is not a regular file (a folder, a device, a pipe).
+        UnwritableOutputError: a parent is a file, or the folder cannot take new files.
+        UserError: the output exists and ``force`` is off.
+    """
+    out_p = Path(out).absolute()
+    for src in inputs:
+        src_p = Path(src).absolute()
+        if src_p == out_p or _same_file(src_p, out_p):
+            raise InputOverwriteError(out_p, source=src_p)
+    if os.path.lexists(out_p):
+        mode = os.stat(out_p).st_mode if out_p.exists() else 0
+        if stat.S_ISDIR(mode):
+            raise NotARegularFileError(out_p, kind="folder", fix="give a file name")
+        if not stat.S_ISREG(mode):  # a device node, pipe, socket or dangling link: replacing it is never meant
+            raise NotARegularFileError(out_p, kind=file_kind(mode), fix="choose a regular file as the output")
+        if not force:
+            raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
+    check_writable_dir(out_p.parent)
+    return out_p
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; the lock keeps two writers from racing on it.
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def output_mode(final: Path) -> int:
+    """The permission bits ``final`` gets: those of the file it replaces, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(final.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform lets a directory be opened.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it onto ``final`` on success.
+
+    The caller writes the temporary path by any means (a library that wants a file
+    name, e.g. ``safetensors`` or PyAV). On exit without error the file is fsynced and
+    renamed; on any exception (KeyboardInterrupt included) it is deleted.
+
+    Args:
+        final: the destination file.
+        suffix: extension of the temporary name (defaults to ``final``'s own).
+        size: the bytes the file will take, if known (said in the disk-full message).
+
+    Example:
+        >>> with atomic_path("clip.mp4") as tmp:
+        ...     encode_video(frames, tmp)
+    """
+    final_p = Path(final)
+    made = [d for d in (final_p.absolute().parent, *final_p.absolute().parent.parents) if not d.exists()]
+    try:
+        final_p.parent.mkdir(parents=True, exist_ok=True)
+        # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final_p.stem}.", suffix=".part" + (suffix if suffix is not None else final_p.suffix),
+            dir=final_p.parent,
+        )
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(final_p, need=size) from None
+        check_writable_dir(final_p.parent)  # names the parent that is a file, or the folder that takes no files
+        raise
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        # after writing: a library may have recreated the temporary file with a mode of its own
+        os.chmod(tmp, output_mode(final_p))
+        os.replace(tmp, final_p)
+        _fsync_dir(final_p.parent)
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        for d in made:  # folders made for this file alone go too (deepest first; one holding anything stays)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise disk_full(final_p, need=max(size, written)) from None
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: object) -> Path:
+    """Write ``obj`` as indented JSON atomically and return the path."""
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")

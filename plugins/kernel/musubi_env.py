@@ -1,0 +1,97 @@
+"""Finding and importing musubi-tuner, on GPU machines and (for checks and the smoke run) on CPUs.
+
+musubi-tuner 0.3.4 cannot be imported on a CPU-only torch as it is:
+
+- ``wan/modules/t5.py`` evaluates ``torch.cuda.current_device()`` as a default argument at
+  import time, which raises without CUDA;
+- ``wan_train_network.py``, ``wan_generate_video.py`` and ``wan/utils/utils.py`` import
+  torchvision at module level, only for sampling and CLIP code; the only torchvision wheel
+  that resolves beside a CPU torch 2.13 is a CUDA build that fails to import.
+
+:func:`prepare_cpu_import` works around both, and only when needed: with CUDA present and a
+working torchvision it changes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import logging
+import sys
+import types
+from typing import Optional
+
+from circle_rotate.kernel.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'circle-rotate[train]' (musubi-tuner v0.3.4 from GitHub), or pip install --no-deps <musubi-tuner checkout>"
+SUPPORTED_VERSION = "0.3.4"
+
+_prepared = False
+
+
+def musubi_version() -> Optional[str]:
+    """The installed musubi-tuner version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version("musubi-tuner")
+    except importlib.metadata.PackageNotFoundError:
+        return None if importlib.util.find_spec("musubi_tuner") is None else "unknown"
+
+
+def musubi_available() -> bool:
+    return importlib.util.find_spec("musubi_tuner") is not None
+
+
+def _stub_torchvision() -> None:
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except Exception as exc:  # a CUDA torchvision beside CPU torch raises RuntimeError, not ImportError
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        logger.debug("torchvision unusable (%s); registering an empty stand-in for musubi's imports", exc)
+
+    def make(name: str) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec() callers need one
+        mod.__dict__["__circle_rotate_stub__"] = True
+
+        def missing(attr: str):
+            raise AttributeError(f"{name}.{attr}: torchvision is not usable here (CPU stand-in for musubi-tuner imports)")
+
+        mod.__getattr__ = missing  # type: ignore[attr-defined]
+        sys.modules[name] = mod
+        return mod
+
+    root = make("torchvision")
+    root.transforms = make("torchvision.transforms")
+    root.transforms.functional = make("torchvision.transforms.functional")
+    root.transforms.v2 = make("torchvision.transforms.v2")
+    root.io = make("torchvision.io")
+    root.utils = make("torchvision.utils")
+
+
+def prepare_cpu_import() -> None:
+    """Make ``import musubi_tuner.<wan modules>`` work on a CPU-only torch (idempotent)."""
+    global _prepared
+    if _prepared:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        # Only a default argument at import time needs it; nothing on the CPU path uses the value.
+        torch.cuda.current_device = lambda: 0  # type: ignore[assignment]
+    _stub_torchvision()
+    _prepared = True
+
+
+def import_musubi(module: str) -> types.ModuleType:
+    """Import ``musubi_tuner.<module>`` (e.g. ``"dataset.config_utils"``) or raise a UserError saying how to install it."""
+    if not musubi_available():
+        raise UserError(f"musubi-tuner is not installed (needed for musubi_tuner.{module})", fix=INSTALL_HINT)
+    prepare_cpu_import()
+    return importlib.import_module(f"musubi_tuner.{module}")

@@ -1,0 +1,363 @@
+"""Video in and out: probe, decode to RGB arrays, encode with PyAV.
+
+Decoding goes through PyAV (the library musubi-tuner's own loader uses, so what we read is
+what it reads); frame folders are read with OpenCV. Encoding goes through PyAV because the
+OpenCV wheels cannot write H.264. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import av
+import cv2
+import numpy as np
+
+from circle_rotate.kernel.atomic import atomic_path
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.mp4_rotation import read_rotation, set_rotation
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+#: Encoder per output suffix: H.264 for MP4 (what musubi, ComfyUI and browsers all read).
+_ENCODERS = {".mp4": "libx264", ".mov": "libx264", ".m4v": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
+             ".gif": "pillow"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learns about a video without decoding all of it."""
+
+    path: str
+    container: str
+    codec: str
+    width: int  # stored (coded) size; see ``display_size`` for rotated phone videos
+    height: int
+    fps: float
+    frame_count: int
+    duration: float  # seconds
+    rotation: int  # clockwise display rotation in degrees
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as the video is meant to be seen."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_frame_folder(path: PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
+
+
+def _frame_files(path: Path) -> List[Path]:
+    return sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise UserError("video not found", path=path, fix="check the path")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError("video file is empty (0 bytes)", path=path, fix="re-copy or re-export the video")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot be opened as a video ({exc.__class__.__name__}: {exc})", path=path,
+                        fix="check that it is a complete, playable video file") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError("has no video stream", path=path, fix="pass a video file")
+    return container
+
+
+def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
+    """Probe a video file (or frame folder).
+
+    Args:
+        path: the video.
+        count_frames: decode-free frame counting by demuxing packets when the container
+            does not store a frame count (or always, when True).
+
+    Raises:
+        UserError: missing, empty, unreadable, or without a video stream.
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = _frame_files(p)
+        if not files:
+            raise UserError("folder holds no image frames", path=p, fix=f"put {', '.join(IMAGE_SUFFIXES)} frames in it")
+        first = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        if first is None:
+            raise UserError(f"frame {files[0].name} cannot be read", path=p, fix="re-export the frames")
+        return VideoInfo(str(p), "frames", "image", first.shape[1], first.shape[0], 0.0, len(files), 0.0, 0)
+    container = _open(p)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        frames = int(stream.frames or 0)
+        if count_frames or frames <= 0:
+            frames = sum(1 for pkt in container.demux(stream) if pkt.size)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = frames / fps if fps else 0.0
+        info = VideoInfo(
+            path=str(p),
+            container=container.format.name,
+            codec=stream.codec_context.name,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=fps,
+            frame_count=frames,
+            duration=duration,
+            rotation=read_rotation(p) if p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0,
+        )
+    finally:
+        container.close()
+    return info
+
+
+def _resize_max_side(frame: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+    if not max_side:
+        return frame
+    h, w = frame.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return frame
+    return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _apply_rotation(frame: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 90:
+        return cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
+    if rotation == 180:
+        return cv2.rotate(frame, cv2.ROTATE_180)
+    if rotation == 270:
+        return cv2.rotate(frame, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return frame
+
+
+def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotation: bool = True,
+                threads: int = 0) -> Iterator[np.ndarray]:
+    """Decode a video (or frame folder) to RGB ``uint8`` frames of shape (H, W, 3), one at a time.
+
+    Args:
+        path: video file or folder of images.
+        max_side: downscale (area interpolation) so the longer side is at most this.
+        apply_rotation: turn phone videos upright using their display matrix.
+        threads: decoder threads (0 lets FFmpeg choose).
+
+    Raises:
+        UserError: the file cannot be opened or decoding fails part way (naming the frame).
+    """
+    p = Path(path)
+    if p.is_dir():
+        for i, f in enumerate(_frame_files(p)):
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is None:
+                raise UserError(f"frame {i} ({f.name}) cannot be read", path=p, fix="re-export the frames")
+            yield _resize_max_side(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_side)
+        return
+    rotation = _display_rotation(p, apply_rotation)
+    for frame, _ in _decode(p, threads):
+        yield _resize_max_side(_apply_rotation(frame.to_ndarray(format="rgb24"), rotation), max_side)
+
+
+def _display_rotation(p: Path, apply_rotation: bool) -> int:
+    return read_rotation(p) if apply_rotation and p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0
+
+
+def _decode(p: Path, threads: int) -> Iterator[tuple]:
+    """(PyAV frame, nominal rate) for every frame of a video file; failures become UserErrors."""
+    container = _open(p)
+    index = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+        rate = stream.average_rate or stream.guessed_rate
+        for frame in container.decode(stream):
+            yield frame, rate
+            index += 1
+    except av.error.FFmpegError as exc:
+        raise UserError(f"decoding failed at frame {index} ({exc})", path=p,
+                        fix="the file is corrupt or truncated; re-export or re-download it") from None
+    finally:
+        container.close()
+
+
+def read_video(path: PathLike, *, indices: Optional[Sequence[int]] = None, max_side: Optional[int] = None,
+               apply_rotation: bool = True) -> np.ndarray:
+    """Decode a whole video (or only ``indices``) into an array of shape (T, H, W, 3), RGB uint8.
+
+    Raises:
+        UserError: unreadable, or it has no frames.
+    """
+    wanted = None if indices is None else set(int(i) for i in indices)
+    frames = []
+    for i, frame in enumerate(iter_frames(path, max_side=max_side, apply_rotation=apply_rotation)):
+        if wanted is None or i in wanted:
+            frames.append(frame)
+        if wanted is not None and len(frames) == len(wanted):
+            break
+    if not frames:
+        raise UserError("video has no decodable frames", path=path, fix="check the file plays; re-export it")
+    return np.stack(frames)
+
+
+def _fps_fraction(fps: Union[float, Fraction, int]) -> Fraction:
+    if isinstance(fps, Fraction):
+        return fps
+    # NTSC rates (29.97, 23.976, 59.94) are exactly 30000/1001 etc.; keep them exact.
+    for base in (24, 30, 60, 120):
+        if abs(float(fps) - base * 1000 / 1001) < 1e-3:
+            return Fraction(base * 1000, 1001)
+    return Fraction(float(fps)).limit_denominator(1001)
+
+
+def _write_gif(path: Path, frames: Iterable[np.ndarray], *, fps: float) -> int:
+    # PyAV's GIF encoder crashes on RGB input; Pillow builds an adaptive palette per frame.
+    # GIF stores delays in centiseconds (16 fps becomes 60 ms), and Pillow merges identical
+    # consecutive frames into one longer frame, as the format allows.
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    if not images:
+        raise UserError("no frames to write", path=path, fix="check the input produced frames")
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return len(images)
+
+
+def write_video(path: PathLike, frames: Iterable[np.ndarray], *, fps: Union[float, Fraction, int], crf: int = 18,
+                preset: str = "medium", codec: Optional[str] = None, rotation: int = 0, threads: int = 0,
+                options: Optional[dict] = None) -> int:
+    """Encode RGB uint8 frames to ``path`` atomically; the encoder follows the suffix.
+
+    Args:
+        path: output (``.mp4`` -> H.264 yuv420p, ``.webm`` -> VP9, ``.gif`` -> GIF through Pillow).
+        frames: (H, W, 3) RGB uint8 arrays, all the same size (even sizes for H.264).
+        fps: frame rate; NTSC rates such as 29.97 are stored exactly (30000/1001).
+        crf: H.264/VP9 constant rate factor (lower is better; 18 is visually lossless).
+        preset: x264 speed preset.
+        codec: override the encoder.
+        rotation: clockwise display rotation to record (MP4/MOV only), as phones do.
+        threads: encoder threads (0 lets FFmpeg choose).
+        options: extra encoder options.
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        UserError: no frames, or frames of differing sizes.
+    """
+    out = Path(path)
+    suffix = out.suffix.lower()
+    codec = codec or _ENCODERS.get(suffix)
+    if codec is None:
+        raise UserError(f"unknown video suffix '{suffix}'", path=out, fix=f"use one of {', '.join(_ENCODERS)}")
+    if codec == "pillow":
+        with atomic_path(out) as tmp:
+            return _write_gif(tmp, frames, fps=float(fps))
+    count = 0
+    with atomic_path(out) as tmp:
+        container = av.open(str(tmp), mode="w", format=None if suffix != ".mkv" else "matroska")
+        try:
+            stream = None
+            for frame in frames:
+                frame = np.ascontiguousarray(frame)
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                    raise ValueError(f"frame {count} must be (H, W, 3) uint8, got {frame.dtype} {frame.shape}")
+                if stream is None:
+                    stream = container.add_stream(codec, rate=_fps_fraction(fps))
+                    stream.height, stream.width = frame.shape[:2]
+                    stream.pix_fmt = "yuv420p"
+                    opts = {"crf": str(crf)}
+                    if codec == "libx264":
+                        opts["preset"] = preset
+                    elif codec == "libvpx-vp9":
+                        opts.update({"b": "0", "row-mt": "1"})
+                    opts.update(options or {})
+                    stream.options = opts
+                    if threads:
+                        stream.codec_context.thread_count = threads
+                elif frame.shape[:2] != (stream.height, stream.width):
+                    raise UserError(f"frame {count} is {frame.shape[1]}x{frame.shape[0]}, earlier frames "
+                                    f"{stream.width}x{stream.height}", path=out, fix="resize all frames to one size")
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                for packet in stream.encode(vf):
+                    container.mux(packet)
+                count += 1
+            if stream is None:
+                raise UserError("no frames to write", path=out, fix="check the input produced frames")
+            for packet in stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()
+        if rotation:
+            set_rotation(tmp, rotation)
+    return count
+
+
+class DecodedFrame:
+    """One decoded frame whose pixels are converted only when asked (resampling skips most).
+
+    ``time`` is seconds since the stream's first frame; ``to_rgb`` applies the display
+    rotation and scales with FFmpeg's swscale in the same step as the colour conversion.
+    """
+
+    __slots__ = ("index", "time", "_frame", "_rotation")
+
+    def __init__(self, index: int, time: float, frame: "av.VideoFrame", rotation: int):
+        self.index = index
+        self.time = time
+        self._frame = frame
+        self._rotation = rotation
+
+    def to_rgb(self, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+        """RGB uint8 (H, W, 3) upright; ``size`` is the upright (width, height) to scale to."""
+        if size is None:
+            rgb = self._frame.to_ndarray(format="rgb24")
+        else:
+            w, h = size
+            if self._rotation in (90, 270):  # scale the stored (sideways) picture, then turn it
+                w, h = h, w
+            rgb = self._frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+        return _apply_rotation(rgb, self._rotation)
+
+
+def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:
+    """Decode every frame of a video file with its timestamp, converting no pixels yet.
+
+    Args:
+        path: a video file (not a frame folder).
+        apply_rotation: turn phone videos upright (in :meth:`DecodedFrame.to_rgb`).
+        threads: decoder threads (0 lets FFmpeg choose).
+
+    Raises:
+        UserError: the file cannot be opened or decoding fails part way (naming the frame).
+    """
+    p = Path(path)
+    rotation = _display_rotation(p, apply_rotation)
+    start = None
+    for index, (frame, rate) in enumerate(_decode(p, threads)):
+        t = frame.time
+        if t is None:  # no timestamps (raw streams): fall back to the nominal rate
+            t = index / float(rate) if rate else float(index)
+        start = t if start is None else start
+        yield DecodedFrame(index, float(t - start), frame, rotation)

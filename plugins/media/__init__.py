@@ -1,0 +1,1 @@
+"""Orbit measurement on footage: camera motion, direction and speed, scene cuts."""

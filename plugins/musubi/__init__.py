@@ -1,0 +1,1 @@
+"""musubi-tuner's jobs: recipes, commands, cache, preflight, train, generate, downloads (`cache`, `train`, `generate`)."""

@@ -1,0 +1,138 @@
+"""accelerate configs and ``accelerate launch`` lines for data-parallel musubi runs, and their checks.
+
+A run's launcher always spells out the process count, machine count, this machine's rank and
+the rendezvous address, so a printed per-node command is complete on its own; the config file
+(written beside the LoRAs, or the user's own) carries the rest (``distributed_type``,
+``rdzv_backend``). Every check returns :class:`~circle_rotate.musubi.preflight.Problem` lines that
+name the fix; nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from circle_rotate.musubi.parallel_plan import ParallelRequest, Placement
+from circle_rotate.musubi.preflight_findings import Problem
+
+#: distributed types musubi-tuner 0.3.4 can train with (its accelerator setup: "DeepSpeed is not supported").
+SUPPORTED_TYPES = ("MULTI_GPU", "NO")
+#: Local-only prefixes: a path there differs from node to node.
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/scratch/local")
+
+
+def config_text(placement: Placement, *, source: str = "circle-rotate train --data-parallel") -> str:
+    """An accelerate config (YAML) for ``placement``; the launch line repeats the per-node values."""
+    lines = [
+        f"# accelerate config for {placement.expert}: {placement.processes} process(es) on "
+        f"{placement.machines} machine(s), written by {source}.",
+        "# musubi-tuner trains with DDP (MULTI_GPU); it does not support DeepSpeed or FSDP.",
+        "compute_environment: LOCAL_MACHINE",
+        "distributed_type: MULTI_GPU",
+        "downcast_bf16: 'no'",
+        "gpu_ids: all  # the run's CUDA_VISIBLE_DEVICES picks the GPUs",
+        f"machine_rank: 0  # each node's launch line passes its own --machine_rank",
+        f"main_process_ip: {placement.host}",
+        f"main_process_port: {placement.port}",
+        "main_training_function: main",
+        "mixed_precision: 'no'  # musubi passes its own --mixed_precision to Accelerator",
+        f"num_machines: {placement.machines}",
+        f"num_processes: {placement.processes}",
+        "rdzv_backend: static",
+        "same_network: true",
+        "use_cpu: false",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def launcher(accelerate: str, placement: Placement, *, node_rank: int, config: Path) -> Tuple[str, ...]:
+    """``accelerate launch`` with every per-node value explicit."""
+    machine_rank = placement.node_ranks.index(node_rank)
+    return (accelerate, "launch", "--config_file", str(config), "--num_processes", str(placement.processes),
+            "--num_machines", str(placement.machines), "--machine_rank", str(machine_rank),
+            "--main_process_ip", placement.host, "--main_process_port", str(placement.port))
+
+
+def read_config(path: Path) -> Dict[str, object]:
+    """A user's accelerate config (YAML or JSON, as accelerate reads them); raises ValueError naming the problem."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read it: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError("it is not a mapping of accelerate settings")
+    return data
+
+
+def check_config(config: Mapping[str, object], path: Path, request: ParallelRequest) -> List[Problem]:
+    """The user's accelerate config against the request: type, processes = nodes x GPUs, rank, port."""
+    p, out = str(path), []
+    kind = str(config.get("distributed_type", "NO"))
+    if kind not in SUPPORTED_TYPES:
+        out.append(Problem("error", p, f"distributed_type {kind}: musubi-tuner 0.3.4 trains with DDP only",
+                           "set distributed_type: MULTI_GPU"))
+    machines = int(config.get("num_machines", 1) or 1)
+    if machines != request.nodes:
+        out.append(Problem("error", p, f"num_machines is {machines} but --nodes is {request.nodes}",
+                           f"set num_machines: {request.nodes} (or pass --nodes {machines})"))
+    expected = request.nodes * len(request.gpus)
+    processes = config.get("num_processes")
+    if processes is not None and int(processes) != expected:
+        out.append(Problem("error", p, f"num_processes is {processes} but nodes x GPUs is {request.nodes} x "
+                                       f"{len(request.gpus)} = {expected}",
+                           f"set num_processes: {expected}, or --gpus to {int(processes) // max(1, request.nodes)} "
+                           "GPUs per node"))
+    rank = config.get("machine_rank")
+    if rank is not None and not 0 <= int(rank) < machines:
+        out.append(Problem("error", p, f"machine_rank {rank} is out of range for {machines} machine(s)",
+                           f"use 0 to {machines - 1}"))
+    port = config.get("main_process_port")
+    if port is not None and not (str(port).isdigit() and 1 <= int(port) <= 65535):
+        out.append(Problem("error", p, f"main_process_port {port} is not a port number",
+                           "use a free port between 1024 and 65535, e.g. 29500"))
+    return out
+
+
+def check_request(request: ParallelRequest, placements: Sequence[Placement]) -> List[Problem]:
+    """Ranks in range, a port that is a port, GPUs listed once."""
+    out = []
+    if request.node_rank is not None and not 0 <= request.node_rank < request.nodes:
+        out.append(Problem("error", "", f"--node-rank {request.node_rank} is out of range for --nodes "
+                                        f"{request.nodes}", f"use 0 to {request.nodes - 1}, one per node"))
+    if len(set(request.gpus)) != len(request.gpus):
+        out.append(Problem("error", "", f"--gpus lists a GPU twice ({','.join(request.gpus)})",
+                           "list each CUDA device once, e.g. --gpus 0-7"))
+    for pl in placements:
+        if pl.port < 1024:
+            out.append(Problem("warning", "", f"rendezvous port {pl.port} is privileged (below 1024)",
+                               "use a port between 1024 and 65535, e.g. 29500"))
+    return out
+
+
+def check_shared_paths(paths: Mapping[str, Path], nodes: int) -> List[Problem]:
+    """With several nodes every node reads and writes the same paths: none may be node-local or relative."""
+    if nodes < 2:
+        return []
+    out = []
+    for what, path in paths.items():
+        text = str(path)
+        if not Path(text).is_absolute():
+            out.append(Problem("error", text, f"{what} is a relative path; each node resolves it in its own "
+                                              "working directory", "give an absolute path on storage every node "
+                                                                   "mounts at the same place"))
+        else:
+            local = [pre for pre in NODE_LOCAL if text == pre or text.startswith(pre + "/")]
+            if local:
+                out.append(Problem("error", text, f"{what} is under {local[0]}, which is local to each node",
+                                   "put it on shared storage (NFS, Lustre, ...) mounted at the same path on "
+                                   "every node"))
+    return out
+
+
+def shared_paths_note(paths: Mapping[str, Path]) -> Optional[str]:
+    if not paths:
+        return None
+    return ("every node must see these at the same path (shared storage): "
+            + ", ".join(f"{k} {v}" for k, v in paths.items()))

@@ -1,0 +1,253 @@
+"""Which Hugging Face repository holds each file the recipes need, and fetching them.
+
+This is the one place that names them. Downloads go through ``huggingface_hub``: its cache
+makes them resumable and shared between projects, and ``HF_HUB_OFFLINE=1`` serves them
+from the cache. ``--to DIR`` then links each file under the name the recipes expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from circle_rotate.kernel.disk_space import short_disks
+from circle_rotate.kernel.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file on the hub and the recipe variable that points at it."""
+
+    key: str
+    repo_id: str
+    filename: str
+    env_var: str
+    approx_bytes: int  # for the up-front estimate when the hub cannot be asked
+    repo_type: str = "model"
+    note: str = ""
+
+    @property
+    def basename(self) -> str:
+        return self.filename.rsplit("/", 1)[-1]
+
+
+# The fp16 experts are what musubi-tuner trains on (docs/wan.md: fp8_scaled is not supported).
+WAN_REPO = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+WAN21_REPO = "Wan-AI/Wan2.1-I2V-14B-720P"
+VAE_REPO = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+LORA_REPO = "jk1741391802/circle-rotate-lora"
+DATASET_REPO = "jk1741391802/circle-rotate-dataset"
+
+FILES: Dict[str, Tuple[HubFile, ...]] = {
+    "models": (
+        HubFile("dit_high", WAN_REPO, "split_files/diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors", "DIT_HIGH",
+                int(28.6 * GB), note="Wan2.2 I2V-A14B high-noise expert, fp16"),
+        HubFile("dit_low", WAN_REPO, "split_files/diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors", "DIT_LOW",
+                int(28.6 * GB), note="Wan2.2 I2V-A14B low-noise expert, fp16"),
+        # The Wan2.1 VAE serves both A14B experts; the safetensors repackage avoids unpickling Wan2.1_VAE.pth.
+        HubFile("vae", VAE_REPO, "split_files/vae/wan_2.1_vae.safetensors", "VAE", int(0.254 * GB), note="Wan2.1 VAE"),
+        HubFile("t5", WAN21_REPO, "models_t5_umt5-xxl-enc-bf16.pth", "T5", int(11.4 * GB), note="umt5-xxl text encoder, bf16"),
+    ),
+    "lora": (
+        HubFile("lora_high", LORA_REPO, "circle_rotate_h.safetensors", "LORA_HIGH", int(0.31 * GB),
+                note="released Circle-Rotate LoRA, high-noise expert"),
+        HubFile("lora_low", LORA_REPO, "circle_rotate_l.safetensors", "LORA_LOW", int(0.31 * GB),
+                note="released Circle-Rotate LoRA, low-noise expert"),
+    ),
+    # The study's subject-drift models (eval --metrics subject_drift_sam). Ultralytics publishes
+    # yolov8n.pt on the hub itself; Meta publishes SAM only on its own server, so this is the
+    # byte-identical copy under segment-anything's name (the _01ec64 suffix is its md5 prefix).
+    "eval-weights": (
+        HubFile("yolo", "Ultralytics/YOLOv8", "yolov8n.pt", "CIRCLE_ROTATE_YOLO_WEIGHTS", 6_534_387,
+                note="YOLOv8n detector (COCO), as the study's subject drift uses"),
+        HubFile("sam", "ybelkada/segment-anything", "checkpoints/sam_vit_b_01ec64.pth", "CIRCLE_ROTATE_SAM_WEIGHTS",
+                375_042_383, note="Segment Anything ViT-B, as the study's subject drift uses"),
+    ),
+}
+GROUPS = ("models", "lora", "eval-weights", "dataset")
+#: ``download models --variant``: i2v is what the recipes train on; fun-inp the experts the study's
+#: ComfyUI workflow runs (Comfy-Org ships them fp8_scaled only), with ComfyUI's umT5.
+VARIANTS = ("i2v", "fun-inp")
+FUN_INP_MODELS: Tuple[HubFile, ...] = (
+    HubFile("dit_high", WAN_REPO, "split_files/diffusion_models/wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors",
+            "DIT_HIGH", int(14.3 * GB), note="Wan2.2 Fun-InP A14B high-noise expert, fp8_scaled"),
+    HubFile("dit_low", WAN_REPO, "split_files/diffusion_models/wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors",
+            "DIT_LOW", int(14.3 * GB), note="Wan2.2 Fun-InP A14B low-noise expert, fp8_scaled"),
+    FILES["models"][2],
+    HubFile("t5", VAE_REPO, "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", "T5", int(6.7 * GB),
+            note="umt5-xxl text encoder as ComfyUI loads it, fp8_scaled"),
+)
+
+
+def group_files(group: str, variant: str = "i2v") -> Tuple[HubFile, ...]:
+    """The files of ``group`` (``variant`` picks the experts of ``models``)."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant '{variant}'", fix=f"choose one of {', '.join(VARIANTS)}")
+    if variant == "fun-inp" and group == "models":
+        return FUN_INP_MODELS
+    return FILES[group]
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    file: HubFile
+    size: int
+    size_known: bool
+    cached: bool
+
+
+def _cache_dir(cache_dir: Optional[Path]) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _cached_path(f: HubFile, cache_dir: Path) -> Optional[Path]:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(f.repo_id, f.filename, cache_dir=str(cache_dir), repo_type=f.repo_type)
+    return Path(found) if isinstance(found, str) else None
+
+
+def cached_file(group: str, key: str, *, cache_dir: Optional[Path] = None) -> Optional[Path]:
+    """The cached copy of one file of ``group`` (no network), or None."""
+    for f in FILES.get(group, ()):
+        if f.key == key:
+            return _cached_path(f, _cache_dir(cache_dir))
+    return None
+
+
+def _hub_sizes(files: Sequence[HubFile]) -> Dict[str, int]:
+    """Sizes from the hub, or {} when it cannot be reached (offline, no network)."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return {}
+    sizes: Dict[str, int] = {}
+    api = HfApi()
+    try:
+        for repo in sorted({(f.repo_id, f.repo_type) for f in files}):
+            wanted = [f.filename for f in files if (f.repo_id, f.repo_type) == repo]
+            for info in api.get_paths_info(repo[0], wanted, repo_type=repo[1]):
+                sizes[f"{repo[0]}/{info.path}"] = int(getattr(info, "size", 0) or 0)
+    except Exception as exc:  # network errors of every kind: fall back to the documented sizes
+        logger.warning("could not ask the hub for file sizes (%s); using documented sizes", exc)
+        return {}
+    return sizes
+
+
+DATASET = HubFile("dataset", DATASET_REPO, "(whole repository)", "DATASET_DIR", 0, repo_type="dataset",
+                  note="Circle-Rotate dataset (2,168 orbit videos)")
+
+
+def _dataset_plan(cache: Path) -> List[PlannedFile]:
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        root = Path(snapshot_download(DATASET_REPO, repo_type="dataset", cache_dir=str(cache), local_files_only=True))
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return [PlannedFile(DATASET, size, True, True)]
+    except LocalEntryNotFoundError:
+        pass
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            info = HfApi().dataset_info(DATASET_REPO, files_metadata=True)
+            return [PlannedFile(DATASET, sum(int(s.size or 0) for s in info.siblings or []), True, False)]
+        except Exception as exc:  # network errors of every kind
+            logger.warning("could not ask the hub for the dataset size (%s)", exc)
+    return [PlannedFile(DATASET, 0, False, False)]
+
+
+def plan(group: str, *, cache_dir: Optional[Path] = None, variant: str = "i2v") -> List[PlannedFile]:
+    """What ``download <group>`` would fetch, with sizes and what is already cached."""
+    if group not in GROUPS:
+        raise UserError(f"unknown download group '{group}'", fix=f"choose one of {', '.join(GROUPS)}")
+    cache = _cache_dir(cache_dir)
+    if group == "dataset":
+        return _dataset_plan(cache)
+    files = group_files(group, variant)
+    sizes = _hub_sizes(files)
+    out = []
+    for f in files:
+        cached = _cached_path(f, cache)
+        key = f"{f.repo_id}/{f.filename}"
+        if cached is not None:
+            size, known = cached.stat().st_size, True
+        elif key in sizes:
+            size, known = sizes[key], True
+        else:
+            size, known = f.approx_bytes, False
+        out.append(PlannedFile(f, size, known, cached is not None))
+    return out
+
+
+def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = None, margin: float = 1.05) -> int:
+    """Bytes still to download; raise when the cache's disk cannot hold them."""
+    cache = _cache_dir(cache_dir)
+    need = sum(p.size for p in planned if not p.cached)
+    short = short_disks([(cache, need)], margin=int(need * (margin - 1)))
+    if short:
+        free = short[0][2]
+        raise UserError(f"needs {need / GB:.1f} GB but only {free / GB:.1f} GB is free", path=cache,
+                        fix="free disk space, or point --cache-dir (or HF_HOME) at a larger disk")
+    return need
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` -> ``src`` as a symlink, replaced atomically; a copy where links are not allowed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(src.resolve(), tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = None,
+          variant: str = "i2v") -> Dict[str, Path]:
+    """Download (or find in the cache) every file of ``group``; returns ``{ENV_VAR: path}``.
+
+    Files go into the Hugging Face cache (resumable); with ``to`` they are also linked
+    there under their own names, which is what the printed variables then point at.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = _cache_dir(cache_dir)
+    if group == "dataset":
+        try:
+            root = Path(snapshot_download(DATASET_REPO, repo_type="dataset", cache_dir=str(cache)))
+        except LocalEntryNotFoundError:
+            raise UserError(f"{DATASET_REPO} is not in the local cache and the hub cannot be reached", path=cache,
+                            fix="connect to the internet (unset HF_HUB_OFFLINE) or pre-populate the cache") from None
+        target = root
+        if to is not None:
+            _link(root, Path(to) / "circle-rotate-dataset")
+            target = Path(to) / "circle-rotate-dataset"
+        return {"DATASET_DIR": target}
+    out: Dict[str, Path] = {}
+    for f in group_files(group, variant):
+        try:
+            path = Path(hf_hub_download(f.repo_id, f.filename, repo_type=f.repo_type, cache_dir=str(cache)))
+        except LocalEntryNotFoundError:
+            raise UserError(f"{f.repo_id}/{f.filename} is not in the local cache and the hub cannot be reached", path=cache,
+                            fix="connect to the internet (unset HF_HUB_OFFLINE) or pre-populate the cache") from None
+        if to is not None:
+            _link(path, Path(to) / f.basename)
+            path = Path(to) / f.basename
+        out[f.env_var] = path
+    return out

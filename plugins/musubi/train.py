@@ -1,0 +1,289 @@
+"""``circle-rotate train low|high|both``: preflight, then the recipe's musubi-tuner commands.
+
+The commands are the recipes' own (:mod:`circle_rotate.musubi.recipe_reader`); this module only sets
+their variables (paths, GPU, memory knobs), adds ``--save_state`` / ``--resume`` when asked,
+runs them (``both``: one after the other on one GPU, or one expert per GPU side by side with
+two GPUs) and writes ``run.json`` beside each run's LoRAs.
+
+Resuming, as musubi-tuner 0.3.4 does it: ``--save_state`` writes
+``<output_name>-<epoch:06d>-state`` folders (``utils/train_utils.py``) and ``--resume DIR``
+restores the LoRA, optimizer, scheduler and RNG states from one, but the trainer restarts its
+epoch count at 0 (``trainer_base.py``: ``epoch_to_start = 0``). So a resume from epoch E runs
+the remaining ``max_train_epochs - E`` epochs into ``<output_dir>/resume-from-epoch-<E>/``
+(its ``-000001`` file is epoch E+1), never overwriting the first run's checkpoints.
+Dataset shuffling is seeded by seed + epoch there too, so a resumed run repeats the first
+epochs' orders: not bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from circle_rotate.kernel.atomic import write_text
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.accelerate_launch import config_text
+from circle_rotate.musubi.parallel_plan import ParallelRequest
+from circle_rotate.musubi.preflight import preflight
+from circle_rotate.musubi.preflight_findings import PreflightReport, TrainTarget
+from circle_rotate.musubi.processes import ChainResult, run_chains
+from circle_rotate.musubi.recipe_reader import EXPERTS, MusubiCommand, edit_options, option_values, train_command
+from circle_rotate.musubi.run_record import file_identity, write_run_record
+from circle_rotate.musubi.train_parallel import MathsChoice, apply_maths, describe, plan_parallel
+
+RESUME_DIR = "resume-from-epoch-{:06d}"
+_EPOCH_STATE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})-state$")
+_RESUME_DIR = re.compile(r"^resume-from-epoch-(?P<epoch>\d{6})$")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``circle-rotate train`` was asked to do."""
+
+    experts: Tuple[str, ...]
+    recipe: str = "reproduce"
+    env: Tuple[Tuple[str, str], ...] = ()  # recipe variables (paths, memory knobs)
+    gpus: Tuple[str, ...] = ()  # () = the recipe's GPU; 2+ with both experts = one expert per GPU
+    save_state: bool = False
+    resume: bool = False
+    force: bool = False
+    parallel: Optional[ParallelRequest] = None  # data parallel through accelerate (several GPUs / nodes)
+    maths: MathsChoice = MathsChoice()  # gradient accumulation, learning-rate rule
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    expert: str
+    command: MusubiCommand
+    output_dir: Path
+    output_name: str
+    resumed_from: Optional[Path] = None
+    epoch_offset: int = 0
+    details: Tuple[Tuple[str, object], ...] = ()  # extra run.json entries (data parallel, batch maths)
+    accelerate_config: Tuple[Tuple[Path, str], ...] = ()  # (path, text) written before the run
+    record: bool = True  # False on the other nodes of a multi-node run: node 0 writes run.json
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    request: TrainRequest
+    runs: Tuple[TrainRun, ...]
+    chains: Tuple[Tuple[str, Tuple[int, ...]], ...]  # (label, indices into runs) per device, on this node
+    lines: Tuple[str, ...] = ()  # what a dry run prints instead of the bare commands (data parallel)
+    problems: Tuple[object, ...] = ()  # preflight Problems of the parallel request
+    notes: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    plan: TrainPlan
+    report: PreflightReport
+    chains: Tuple[ChainResult, ...] = ()
+    records: Tuple[Path, ...] = ()
+
+
+def saved_states(output_dir: Path, name: str, offset: int = 0) -> List[Tuple[int, Path]]:
+    """(global epoch, state folder) of every epoch state, resumed runs' sub-folders included."""
+    found: List[Tuple[int, Path]] = []
+    if not output_dir.is_dir():
+        return found
+    for entry in output_dir.iterdir():
+        m = _EPOCH_STATE.match(entry.name)
+        if entry.is_dir() and m and m.group("name") == name:
+            found.append((offset + int(m.group("epoch")), entry))
+        r = _RESUME_DIR.match(entry.name)
+        if entry.is_dir() and r:
+            found += saved_states(entry, name, int(r.group("epoch")))
+    return sorted(found)
+
+
+def _resume(command: MusubiCommand, out: Path, name: str) -> Tuple[MusubiCommand, Path, int, Path]:
+    states = saved_states(out, name)
+    if not states:
+        raise UserError(f"no saved training state ({name}-<epoch>-state) to resume from", path=out,
+                        fix="the first run needs --save-state; without it training restarts from scratch")
+    epoch, state = states[-1]
+    total = option_values(command.args).get("--max_train_epochs")
+    if not total:
+        raise UserError("--resume works with epoch-based recipes (--max_train_epochs)", path=command.source or None,
+                        fix="resume step-based runs by hand with musubi's --resume")
+    remaining = int(total[0]) - epoch
+    if remaining <= 0:
+        raise UserError(f"the saved state is from epoch {epoch} of {total[0]}: training already finished", path=state,
+                        fix="nothing to resume; pass --force to train again from scratch")
+    sub = out / RESUME_DIR.format(epoch)
+    args = edit_options(command.args, {"--resume": [str(state)], "--max_train_epochs": [str(remaining)],
+                                       "--output_dir": [str(sub)]})
+    return command.with_args(args), state, epoch, sub
+
+
+def _run_for(request: TrainRequest, expert: str, gpu: Optional[str],
+             transform: Optional[Callable[[MusubiCommand], MusubiCommand]]) -> TrainRun:
+    env = dict(request.env)
+    if gpu is not None:
+        env["GPU"] = gpu
+    command = train_command(request.recipe, expert, env=env)
+    details: Tuple[Tuple[str, object], ...] = ()
+    if request.maths != MathsChoice():
+        from circle_rotate.musubi.train_parallel import dataset_shape
+
+        size, batches, _ = dataset_shape(command)
+        command, maths = apply_maths(command, request.maths, 1, (size, batches))
+        details = (("batch_maths", maths.to_record()),)
+    if transform is not None:
+        command = transform(command)
+    return replace(_stateful(request, expert, command), details=details)
+
+
+def _stateful(request: TrainRequest, expert: str, command: MusubiCommand) -> TrainRun:
+    values = option_values(command.args)
+    out, name = Path((values.get("--output_dir") or ["."])[0]), (values.get("--output_name") or [""])[0]
+    if request.save_state or request.resume:
+        command = command.with_args(edit_options(command.args, {"--save_state": []}))
+    if not request.resume:
+        return TrainRun(expert, command, out, name)
+    command, state, epoch, sub = _resume(command, out, name)
+    return TrainRun(expert, command, sub, name, resumed_from=state, epoch_offset=epoch)
+
+
+def plan_training(request: TrainRequest, *, transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None,
+                  for_run: bool = False) -> TrainPlan:
+    """The commands each expert runs and on which device (nothing runs).
+
+    Args:
+        request: experts, recipe, variables, GPUs, state options.
+        transform: applied to each recipe command first (the smoke run scales it down).
+
+    Raises:
+        UserError: unknown recipe/expert, a recipe that cannot be resolved, nothing to resume.
+    """
+    experts = tuple(e for e in EXPERTS if e in request.experts)
+    if not experts:
+        raise UserError("no expert to train", fix="choose low, high or both")
+    if request.parallel is not None:
+        return _plan_parallel(request, experts, transform, for_run=for_run)
+    parallel = len(request.gpus) >= 2 and len(experts) == 2
+    gpus = {e: (request.gpus[i] if parallel else (request.gpus[0] if request.gpus else None))
+            for i, e in enumerate(experts)}
+    runs = tuple(_run_for(request, e, gpus[e], transform) for e in experts)
+    if parallel:
+        chains = tuple((f"{r.expert}@{'gpu' + gpus[r.expert] if gpus[r.expert] else 'cpu'}", (i,))
+                       for i, r in enumerate(runs))
+    else:
+        chains = (("train", tuple(range(len(runs)))),)
+    return TrainPlan(request, runs, chains)
+
+
+def _plan_parallel(request: TrainRequest, experts: Tuple[str, ...],
+                   transform: Optional[Callable[[MusubiCommand], MusubiCommand]], *, for_run: bool) -> TrainPlan:
+    par = request.parallel
+    planned = plan_parallel(request.recipe, experts, dict(request.env), par, request.maths, for_run=for_run,
+                            transform=transform)
+    here = par.node_rank if par.node_rank is not None else 0
+    runs: List[TrainRun] = []
+    chains: Dict[str, List[int]] = {}
+    for p in planned.runs:
+        pl = p.placement
+        run = _stateful(request, p.expert, p.command)
+        details = (("data_parallel", {"nodes": pl.machines, "node_ranks": list(pl.node_ranks), "node": p.node,
+                                      "gpus_per_node": list(pl.gpus), "processes": pl.processes,
+                                      "main_process": f"{pl.host}:{pl.port}",
+                                      "accelerate_config": str(p.config or par.accelerate_config)}),
+                   ("batch_maths", p.maths.to_record()))
+        files = ((p.config, config_text(pl)),) if p.config is not None else ()
+        runs.append(replace(run, details=details, accelerate_config=files, record=p.node == pl.node_ranks[0]))
+        if p.node == here:
+            label = f"{pl.chain}@gpu{','.join(pl.gpus)}" if pl.chain != "all" else "train"
+            chains.setdefault(label, []).append(len(runs) - 1)
+    return TrainPlan(request, tuple(runs), tuple((k, tuple(v)) for k, v in chains.items()),
+                     lines=tuple(describe(planned)), problems=planned.problems, notes=planned.notes)
+
+
+def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str, object],
+            extra: Dict[str, object]) -> Path:
+    values = option_values(run.command.args)
+    first = {k: (v[0] if v else True) for k, v in values.items()}
+    outputs = sorted(p.name for p in run.output_dir.glob(f"{run.output_name}*.safetensors")) if run.output_dir.is_dir() else []
+    return write_run_record(run.output_dir, {
+        "status": status, "expert": run.expert, "recipe": request.recipe,
+        "command": run.command.argv, "command_line": run.command.shell(), "environment": run.command.env_dict,
+        "seed": first.get("--seed"), "dataset": dataset,
+        "models": {"dit": file_identity(first.get("--dit", "")), "vae": file_identity(first.get("--vae", ""))},
+        "resumed_from": str(run.resumed_from) if run.resumed_from else None, "epoch_offset": run.epoch_offset,
+        "outputs": outputs, **dict(run.details), **extra,
+    })
+
+
+def _dataset_identity(run: TrainRun) -> Dict[str, object]:
+    from circle_rotate.musubi.cache_plan import plan_cache
+    from circle_rotate.musubi.run_record import dataset_hash
+
+    config = option_values(run.command.args).get("--dataset_config", [""])[0]
+    try:
+        plan = plan_cache(Path(config))
+    except UserError:
+        return {"config": config}
+    return {"config": str(Path(config).absolute()), "clips": len(plan.items), "manifest_sha256": dataset_hash(plan)}
+
+
+def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] = print,
+          transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None,
+          record_extra: Optional[Dict[str, object]] = None) -> TrainResult:
+    """Plan, preflight, print; then (unless ``dry_run``) run and record.
+
+    Raises:
+        UserError: a preflight error (all problems are echoed first), or a run failed.
+    """
+    plan = plan_training(request, transform=transform, for_run=not dry_run)
+    here = [plan.runs[i] for _, idx in plan.chains for i in idx]
+    targets = [TrainTarget(r.expert, r.command) for r in (here or plan.runs)]
+    report = preflight(targets, for_run=not dry_run, force=request.force, resume=request.resume)
+    if plan.problems or plan.notes:
+        report = replace(report, problems=tuple(plan.problems) + report.problems, notes=plan.notes + report.notes)
+    for p in report.problems:
+        echo(p.one_line())
+    for note in report.notes:
+        echo(note)
+    if plan.lines:
+        for line in plan.lines:
+            echo(line)
+    else:
+        for label, indices in plan.chains:
+            for i in indices:
+                echo(f"[{label}] {plan.runs[i].command.shell()}" if len(plan.chains) > 1
+                     else plan.runs[i].command.shell())
+    report.raise_for_errors()
+    if dry_run:
+        return TrainResult(plan, report)
+    for run in here:
+        for path, text in run.accelerate_config:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
+    extra = {"preflight_warnings": [p.one_line() for p in report.problems], "started_at": time.time(),
+             **(record_extra or {})}
+    datasets = {i: _dataset_identity(r) for i, r in enumerate(plan.runs)}
+    for i, r in enumerate(plan.runs):
+        if r.record:
+            _record(r, request, "running", datasets[i], extra)
+    results = run_chains({label: [plan.runs[i].command for i in idx] for label, idx in plan.chains})
+    records, failed = [], []
+    for (label, idx), result in zip(plan.chains, results):
+        for k, i in enumerate(idx):
+            codes = result.returncodes
+            status = "not started" if k >= len(codes) else ("finished" if codes[k] == 0 else "failed")
+            if not plan.runs[i].record:
+                if status == "failed":
+                    failed.append((label, codes[k], plan.runs[i].output_dir / "run.json"))
+                continue
+            path = _record(plan.runs[i], request, status, datasets[i], {**extra, "finished_at": time.time()})
+            records.append(path)
+            if status == "failed":
+                failed.append((label, codes[k], path))
+    if failed:
+        label, code, path = failed[0]
+        raise UserError(f"training failed on {label} (exit {code})", path=path.parent,
+                        fix="read the output above; with --save-state, `--resume` continues from the last epoch")
+    return TrainResult(plan, report, tuple(results), tuple(records))

@@ -1,0 +1,1 @@
+"""Footage to clips: cut plans, orbit QC, the manifest and the captions (`circle-rotate prepare`, `caption`)."""

@@ -1,0 +1,90 @@
+"""Benchmark: the default metric set against the unavoidable floor, side by side in one run.
+
+The floor is what motion magnitude alone costs: decoding each video once plus one
+full-resolution Farneback pass over every pair of consecutive frames, in one process.
+The default set is timed the way ``circle-rotate eval`` runs it (decode once, each flow
+once, shared between metrics, ``--jobs`` worker processes), and also with one job.
+
+    python -m circle_rotate.selfcheck.bench_eval [--videos 4] [--frames 81] [--size 832x480] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+import cv2
+
+from circle_rotate.eval.flow import farneback
+from circle_rotate.eval.runner import evaluate
+from circle_rotate.kernel.video_io import read_video
+from circle_rotate.selfcheck.synthetic.turntable import SUBJECTS, DriftPath, TurntableSpec, write_turntable
+
+
+def make_videos(folder: Path, *, count: int, frames: int, size: tuple[int, int]) -> List[Path]:
+    """Synthetic orbits of varied subjects, directions and drift (written once)."""
+    out = []
+    for i in range(count):
+        spec = TurntableSpec(name=f"bench_{i:02d}", width=size[0], height=size[1], frames=frames,
+                             subject=SUBJECTS[i % len(SUBJECTS)], direction=("right", "left")[i % 2], clutter=i % 4,
+                             drift=DriftPath("sine", 4.0 * i, angle_deg=30.0 * i), seed=i)
+        out.append(write_turntable(spec, folder).video)
+    return out
+
+
+def floor_seconds(videos: Sequence[Path]) -> float:
+    """Decode each video once and run Farneback over all consecutive pairs, in this process."""
+    start = time.perf_counter()
+    for v in videos:
+        grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in read_video(v)]
+        for a, b in zip(grey[:-1], grey[1:]):
+            farneback(a, b)
+    return time.perf_counter() - start
+
+
+def decode_seconds(videos: Sequence[Path]) -> float:
+    start = time.perf_counter()
+    for v in videos:
+        read_video(v)
+    return time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--size", default="832x480")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    size = tuple(int(x) for x in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as d:
+        videos = make_videos(Path(d), count=args.videos, frames=args.frames, size=size)
+        cv2.setNumThreads(1)  # the floor is one process on one core, as the reference runs
+        decode = decode_seconds(videos)
+        floor = floor_seconds(videos)
+        cv2.setNumThreads(-1)
+        t = time.perf_counter()
+        one = evaluate(videos, metrics=["default"], jobs=1)
+        serial = time.perf_counter() - t
+        t = time.perf_counter()
+        par = evaluate(videos, metrics=["default"], jobs=args.jobs)
+        parallel = time.perf_counter() - t
+    failed = len(one.failed) + len(par.failed)
+    print(f"{args.videos} videos, {args.frames} frames, {size[0]}x{size[1]}, {os.cpu_count()} cores")
+    print(f"  decode once                        {decode:8.2f} s")
+    print(f"  floor: decode + Farneback all pairs {floor:8.2f} s   ({floor / max(decode, 1e-9):.0f}x the decode)")
+    print(f"  default metric set, --jobs 1       {serial:8.2f} s   {serial / floor:5.2f}x the floor")
+    print(f"  default metric set, --jobs {args.jobs:<2}      {parallel:8.2f} s   {parallel / floor:5.2f}x the floor"
+          f"   (target <= 1.3x)")
+    if failed:
+        print(f"  {failed} evaluations failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

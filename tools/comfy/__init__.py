@@ -1,0 +1,1 @@
+"""ComfyUI: workflows for the experts and LoRAs (`circle-rotate workflow`)."""

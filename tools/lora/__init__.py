@@ -1,0 +1,1 @@
+"""LoRA files: keys, reading and writing, inspect, convert, resize, combine."""

@@ -1,0 +1,125 @@
+"""Combine several LoRAs with strengths into one, exactly, by concatenating ranks.
+
+``sum_i s_i * (alpha_i / r_i) * up_i @ down_i  ==  [s_1 a_1/r_1 up_1, ...] @ [down_1; ...]``,
+so the combined module has rank ``sum r_i`` and scale 1 (``alpha = rank``). The only rounding
+is storing the scaled ``up`` blocks; in fp32 (the default) that is one fp32 rounding of a
+product, and none at all when each ``s_i * alpha_i / r_i`` is a power of two. The report says
+whether the stored factors are exactly the fp32 ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+
+from circle_rotate.kernel.atomic import check_output_path
+from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY
+from circle_rotate.kernel.errors import NonFiniteError, UserError
+from circle_rotate.kernel.safetensors_io import DTYPES
+from circle_rotate.tools.lora.inspect import lora_expert
+from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, module_scales, read_lora_index, require_wan_lora,
+                                         resolved_modules, write_lora)
+from circle_rotate.tools.lora.keys import FORMATS, module_sort_key
+from circle_rotate.tools.option_values import COMBINE_DTYPE_NAMES, FLOAT_DTYPES, check_scale_fits
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+COMBINE_DTYPES = {name: DTYPES[FLOAT_DTYPES[name]] for name in COMBINE_DTYPE_NAMES}
+
+
+@dataclass(frozen=True)
+class CombineReport:
+    out: str
+    format: str
+    dtype: str
+    inputs: List[Dict[str, object]]
+    modules: int
+    ranks: Dict[int, int]
+    exact: bool
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def concat_modules(parts: Sequence[Tuple[float, LoraModule]], dtype: torch.dtype) -> Tuple[LoraModule, bool]:
+    """One module from ``(factor, module)`` parts (factor = strength * alpha / rank).
+
+    Returns:
+        The combined module (alpha = its rank) and whether storing it in ``dtype`` was exact.
+    """
+    ups = [(f * m.up.float()).reshape(m.up.shape[0], m.rank, *m.up.shape[2:]) for f, m in parts]
+    downs = [m.down.float() for _, m in parts]
+    up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
+    up_c, down_c = up.to(dtype), down.to(dtype)
+    exact = torch.equal(up_c.float(), up) and torch.equal(down_c.float(), down)
+    name = parts[0][1].module
+    return LoraModule(name, down_c.contiguous(), up_c.contiguous(), float(down.shape[0])), exact
+
+
+def _check_shapes(name: str, parts: Sequence[Tuple[Path, LoraModule]]) -> None:
+    shapes = {(tuple(m.up.shape[:1]), tuple(m.down.shape[1:])) for _, m in parts}
+    if len(shapes) > 1:
+        shown = ", ".join(f"{p.name}: [{m.up.shape[0]}, {list(m.down.shape[1:])}]" for p, m in parts)
+        raise UserError(f"module '{name}' has different shapes in the inputs ({shown})",
+                        fix="combine only LoRAs made for the same model")
+
+
+def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to: str = "musubi", dtype: str = "fp32",
+                  alpha_if_missing: AlphaIfMissing = None, force: bool = False) -> CombineReport:
+    """Write one LoRA equal to the strength-weighted sum of ``loras``.
+
+    Args:
+        loras: ``(path, strength)`` pairs (any layouts, ranks and dtypes).
+        out: the combined LoRA (never one of the inputs).
+        to: output layout.
+        dtype: ``fp32`` (exact), ``fp16`` or ``bf16``.
+        alpha_if_missing: see :func:`circle_rotate.tools.lora.files.module_scales`.
+        force: replace an existing ``out``.
+
+    Raises:
+        UserError: fewer than two inputs, unknown layout/dtype, a module whose shapes differ,
+            not a Wan LoRA, ambiguous missing alpha, bad paths.
+    """
+    if len(loras) < 2:
+        raise UserError("combine needs at least two LoRAs", fix="pass --lora FILE[:STRENGTH] twice or more")
+    if to not in FORMATS or dtype not in COMBINE_DTYPES:
+        raise UserError(f"unknown layout/dtype {to!r}/{dtype!r}",
+                        fix=f"layouts: {', '.join(FORMATS)}; dtypes: {', '.join(COMBINE_DTYPES)}")
+    out_p = check_output_path(out, inputs=[p for p, _ in loras], force=force)
+    grouped: Dict[str, List[Tuple[float, LoraModule, Path]]] = {}
+    experts = set()
+    for path, strength in loras:
+        index = read_lora_index(path)
+        require_wan_lora(index)
+        scales = module_scales(index, alpha_if_missing=alpha_if_missing)
+        experts.add(lora_expert(index)[0])
+        for name, mod in resolved_modules(index, scales).items():
+            check_scale_fits(f"--lora {index.path.name} strength", float(strength), scales[name],
+                             limit=torch.finfo(COMBINE_DTYPES[dtype]).max, dtype=dtype)
+            grouped.setdefault(name, []).append((float(strength) * scales[name], mod, index.path))
+    combined: Dict[str, LoraModule] = {}
+    exact = True
+    for name in sorted(grouped, key=module_sort_key):
+        _check_shapes(name, [(p, m) for _, m, p in grouped[name]])
+        combined[name], ok = concat_modules([(f, m) for f, m, _ in grouped[name]], COMBINE_DTYPES[dtype])
+        exact &= ok
+    overflowed = [n for n, m in combined.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all())]
+    if overflowed:
+        raise NonFiniteError(out_p, key=overflowed[0], count=len(overflowed),
+                             fix=f"lower the strengths, or --dtype fp32 (this is {dtype})")
+    inputs = [{"file": str(p), "strength": float(s)} for p, s in loras]
+    metadata = {"circle_rotate.combined_from": json.dumps(inputs)}
+    if len(experts) == 1 and None not in experts:
+        metadata[EXPERT_METADATA_KEY] = experts.pop()
+    write_lora(out_p, combined, fmt=to, metadata=metadata)
+    ranks: Dict[int, int] = {}
+    for mod in combined.values():
+        ranks[mod.rank] = ranks.get(mod.rank, 0) + 1
+    logger.info("combined %d LoRAs into %s (%d modules)", len(loras), out_p, len(combined))
+    return CombineReport(str(out_p), to, dtype, inputs, len(combined), dict(sorted(ranks.items())), exact)

@@ -1,0 +1,97 @@
+"""Convert a Wan LoRA between the musubi, ComfyUI and diffusers layouts, exactly.
+
+musubi <-> comfy only renames: the ``down``/``up``/``alpha`` bytes are copied as they are, so a
+round trip gives back the same tensors. diffusers has no alpha, so ``alpha / rank`` is folded
+into the weights (exact when it is a power of two, as musubi's default 1/32 is; see
+:func:`circle_rotate.tools.lora.files.fold_factors`); reading a diffusers file back gives
+``alpha = rank``. Metadata (``ss_*`` training records included) is kept verbatim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple, Union
+
+import torch
+
+from circle_rotate.kernel.atomic import check_output_path
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.safetensors_io import SafetensorsWriter, copy_raw
+from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraIndex, check_folded, folded, load_module, module_scales,
+                                         read_lora_index, require_wan_lora)
+from circle_rotate.tools.lora.keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    src: str
+    out: str
+    from_format: str
+    to_format: str
+    modules: int
+    alpha: str  # "copied", "written (alpha = scale * rank)", "folded into the weights"
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def _specs(index: LoraIndex, to: str) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
+    specs: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]] = {}
+    tensors = index.header.tensors
+    for name, info in index.modules.items():
+        specs[lora_key(name, "down", to)] = (tensors[info.down_key].torch_dtype, info.down_shape)
+        specs[lora_key(name, "up", to)] = (tensors[info.up_key].torch_dtype, info.up_shape)
+        if to in FORMATS_WITH_ALPHA:
+            alpha = tensors[info.alpha_key] if info.alpha_key else None
+            specs[lora_key(name, "alpha", to)] = (alpha.torch_dtype, alpha.shape) if alpha else (torch.float32, ())
+    return specs
+
+
+def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: AlphaIfMissing = None,
+                 force: bool = False) -> ConvertReport:
+    """Write LoRA ``src`` in layout ``to`` (``musubi``, ``comfy`` or ``diffusers``).
+
+    Args:
+        src: a Wan LoRA in any layout :mod:`circle_rotate.tools.lora.keys` reads.
+        out: the converted file (never ``src``).
+        to: target layout.
+        alpha_if_missing: see :func:`circle_rotate.tools.lora.files.module_scales`.
+        force: replace an existing ``out``.
+
+    Raises:
+        UserError: unknown layout, not a Wan LoRA, ambiguous missing alpha, bad paths.
+    """
+    if to not in FORMATS:
+        raise UserError(f"unknown target layout {to!r}", fix=f"use one of {', '.join(FORMATS)}")
+    out_p = check_output_path(out, inputs=[src], force=force)
+    index = read_lora_index(src)
+    require_wan_lora(index)
+    scales = module_scales(index, alpha_if_missing=alpha_if_missing)
+    header = index.header
+    with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=index.metadata) as writer:
+        for name, info in index.modules.items():
+            if to in FORMATS_WITH_ALPHA or scales[name] == 1.0:
+                writer.write_raw(lora_key(name, "down", to), copy_raw(header, info.down_key, fh))
+                writer.write_raw(lora_key(name, "up", to), copy_raw(header, info.up_key, fh))
+            else:
+                down, up = folded(load_module(index, name, fh=fh), scales[name])
+                check_folded(out_p, name, to, down, up)
+                writer.write(lora_key(name, "down", to), down)
+                writer.write(lora_key(name, "up", to), up)
+            if to in FORMATS_WITH_ALPHA:
+                if info.alpha_key:
+                    writer.write_raw(lora_key(name, "alpha", to), copy_raw(header, info.alpha_key, fh))
+                else:
+                    writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
+    if to not in FORMATS_WITH_ALPHA:
+        alpha = "folded into the weights"
+    else:
+        alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
+    logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
+    return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha)
+

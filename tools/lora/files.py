@@ -1,0 +1,309 @@
+"""Read a Wan LoRA of any layout into typed per-module values; write one in any layout.
+
+A LoRA is read in two steps, as the base models are: :func:`read_lora_index` parses the header
+(and the tiny alpha scalars) into a :class:`LoraIndex`, then :func:`load_module` reads one
+module's ``down``/``up`` pair when it is needed. Names are understood by
+:mod:`circle_rotate.tools.lora.keys`.
+
+Alpha. A module's delta is ``(alpha / rank) * up @ down``. musubi-tuner always saves ``.alpha``
+(its ``network_alpha`` defaults to 1, so a rank-32 musubi LoRA has scale 1/32). The diffusers
+layout has no alpha by definition (scale 1), and ComfyUI treats a ``lora_A/lora_B`` file without
+alpha the same way. A musubi/sd-scripts file without alpha, or any file where only some modules
+have one, is ambiguous: sd-scripts would take alpha = rank, which makes a musubi LoRA 32x
+stronger than trained. :func:`module_scales` refuses those unless the caller says what to assume
+(``alpha_if_missing="rank"`` or a number).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from circle_rotate.kernel.errors import NonFiniteError, UserError
+from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
+from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
+from circle_rotate.tools.option_values import AlphaIfMissing
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class LoraModuleInfo:
+    """What the header says about one LoRA module (no tensor data)."""
+
+    module: str
+    down_key: str
+    up_key: str
+    alpha_key: Optional[str]
+    down_shape: Tuple[int, ...]
+    up_shape: Tuple[int, ...]
+    dtype: str  # safetensors dtype of the up/down weights
+    alpha: Optional[float]
+
+    @property
+    def rank(self) -> int:
+        return self.down_shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.down_shape[1:])
+
+    @property
+    def out_features(self) -> int:
+        return self.up_shape[0]
+
+    @property
+    def num_params(self) -> int:
+        return math.prod(self.down_shape) + math.prod(self.up_shape)
+
+
+@dataclass(frozen=True)
+class LoraIndex:
+    """A LoRA file's modules, from its header. ``fmt`` is the layout (or ``mixed``)."""
+
+    path: Path
+    header: SafetensorsHeader
+    fmt: str
+    modules: Dict[str, LoraModuleInfo]
+    unknown_keys: Tuple[str, ...] = ()  # tensors that are no LoRA part of a Wan module
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_alpha(self) -> bool:
+        return any(m.alpha is not None for m in self.modules.values())
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One module's LoRA: ``delta = (alpha / rank) * up @ down`` (alpha None: see module docstring)."""
+
+    module: str
+    down: torch.Tensor  # (rank, in_features, *kernel)
+    up: torch.Tensor  # (out_features, rank, *1)
+    alpha: Optional[float]
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+
+def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], List[str], set]:
+    groups: Dict[str, Dict[str, str]] = {}
+    unknown: List[str] = []
+    fmts = set()
+    for key in header.keys():
+        parsed = parse_lora_key(key)
+        if parsed is None:
+            unknown.append(key)
+            continue
+        fmts.add(parsed.fmt)
+        parts = groups.setdefault(parsed.module, {})
+        if parsed.part in parts:
+            raise UserError(f"LoRA module '{parsed.module}' is stored twice ('{parts[parsed.part]}' and '{key}')",
+                            path=header.path, fix="keep one copy of each module; the file mixes two LoRA layouts")
+        parts[parsed.part] = key
+    return groups, unknown, fmts
+
+
+def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
+    """Parse a LoRA's header into modules (reads only the alpha scalars, and with ``finite`` every weight once).
+
+    Args:
+        finite: refuse a LoRA holding NaN or inf (every command that uses one); ``inspect`` reports them instead.
+
+    Raises:
+        UserError: unreadable/truncated file, a pickle, a module without its up or down weight,
+            or up/down shapes that do not chain.
+        NonFiniteError: ``finite`` and a weight or alpha holds NaN/inf.
+    """
+    header = read_header(path)
+    groups, unknown, fmts = _group_keys(header)
+    modules: Dict[str, LoraModuleInfo] = {}
+    bad: List[str] = []
+    with open(header.path, "rb") as fh:
+        for module in sorted(groups, key=module_sort_key):
+            parts = groups[module]
+            if "down" not in parts or "up" not in parts:
+                have = ", ".join(f"'{k}'" for k in parts.values())
+                bad.append(f"{have} has no matching lora_{'up' if 'down' in parts else 'down'}")
+                continue
+            down, up = header.tensors[parts["down"]], header.tensors[parts["up"]]
+            if len(down.shape) < 2 or len(up.shape) < 2 or up.shape[1] != down.shape[0]:
+                bad.append(f"'{parts['up']}' {list(up.shape)} does not chain with '{parts['down']}' {list(down.shape)}")
+                continue
+            alpha = float(read_tensor(header, parts["alpha"], fh=fh).float().reshape(-1)[0]) if "alpha" in parts else None
+            modules[module] = LoraModuleInfo(module, parts["down"], parts["up"], parts.get("alpha"), down.shape,
+                                             up.shape, up.dtype, alpha)
+    if bad:
+        raise UserError(f"broken LoRA: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
+                        path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
+    fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
+    index = LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata))
+    if finite:
+        bad_keys = nonfinite_keys(index)
+        if bad_keys:
+            raise NonFiniteError(index.path, key=bad_keys[0], count=len(bad_keys))
+    return index
+
+
+#: dtype -> (same-width int dtype, exponent mask): all exponent bits set is inf or NaN. Testing the
+#: bits is ~2x faster than torch.isfinite on bf16 and makes no float copy.
+_EXPONENT = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80),
+             torch.float32: (torch.int32, 0x7F800000)}
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.dtype not in _EXPONENT:
+        return bool(torch.isfinite(t.float()).all())
+    int_dtype, mask = _EXPONENT[t.dtype]
+    return not bool(((t.view(int_dtype) & mask) == mask).any())
+
+
+def nonfinite_keys(index: LoraIndex) -> List[str]:
+    """Names of the tensors (alphas included) holding NaN or inf. A LoRA is small next to a base
+    (hundreds of MB at most), so reading it once more costs little beside what it would poison."""
+    bad = [i.alpha_key for i in index.modules.values() if i.alpha is not None and not math.isfinite(i.alpha)]
+    with open(index.path, "rb") as fh:
+        for info in index.modules.values():
+            for key in (info.down_key, info.up_key):
+                if not _all_finite(read_tensor(index.header, key, fh=fh)):
+                    bad.append(key)
+    return bad
+
+
+def require_wan_lora(index: LoraIndex) -> None:
+    """Raise unless every tensor of the file is a LoRA part of a Wan DiT module.
+
+    Raises:
+        UserError: no Wan module at all (a LoRA for another model), or some tensors that
+            ComfyUI would report as "lora key not loaded" and we could not merge.
+    """
+    if not index.modules:
+        shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
+        raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): this LoRA was made for another model",
+                        path=index.path, fix="use a LoRA trained on Wan2.2 (musubi-tuner networks.lora_wan or ComfyUI layout)")
+    if index.unknown_keys:
+        keys = sorted(index.unknown_keys)
+        shown = ", ".join(f"'{k}'" for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        raise UserError(f"{len(keys)} tensor(s) are not LoRA weights of a Wan DiT module: {shown}", path=index.path,
+                        fix="only plain LoRA (lora_down/lora_up or lora_A/lora_B, optional alpha) is supported; "
+                            "LoHa/LoKr/diff tensors are not")
+
+
+def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) -> Dict[str, float]:
+    """``alpha / rank`` per module, refusing ambiguous missing alphas (see the module docstring).
+
+    Args:
+        index: from :func:`read_lora_index`.
+        alpha_if_missing: ``"rank"`` (scale 1, the sd-scripts/ComfyUI convention) or a number
+            to use where a module has no alpha; None refuses when the layout needs one.
+
+    Raises:
+        UserError: names the first modules without alpha and the flag that decides.
+    """
+    missing = [m for m, info in index.modules.items() if info.alpha is None]
+    needs_alpha = index.fmt in ("musubi", "mixed") or (missing and index.has_alpha)
+    if missing and needs_alpha and alpha_if_missing is None:
+        key = index.modules[missing[0]].down_key.rsplit(".lora_", 1)[0] + ".alpha"  # where it would be
+        raise UserError(f"missing alpha: '{key}' (and {len(missing) - 1} more module(s)) has no alpha, so its strength "
+                        f"is unknown (musubi trains with alpha 1, which is scale 1/rank)", path=index.path,
+                        fix="pass --alpha-if-missing rank (scale 1, sd-scripts/ComfyUI convention) or "
+                            "--alpha-if-missing <number> (e.g. 1 for a musubi default)")
+    out = {}
+    for module, info in index.modules.items():
+        alpha = info.alpha
+        if alpha == 0:  # musubi's LoRAModule trains an alpha of 0 as alpha = rank (scale 1)
+            alpha = float(info.rank)
+        if alpha is None:
+            alpha = float(info.rank) if alpha_if_missing in (None, "rank") else float(alpha_if_missing)
+        out[module] = alpha / info.rank
+    return out
+
+
+def load_module(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None) -> LoraModule:
+    """Read one module's down/up weights (as stored) and its alpha."""
+    info = index.modules[module]
+    return LoraModule(module, read_tensor(index.header, info.down_key, fh=fh),
+                      read_tensor(index.header, info.up_key, fh=fh), info.alpha)
+
+
+def fold_factors(scale: float) -> Tuple[float, float]:
+    """Split ``scale`` into (down factor, up factor) with a power-of-two up factor.
+
+    Multiplying by a power of two is exact, so a power-of-two scale (musubi's 1/32) folds
+    into the weights without rounding; magnitudes stay balanced between the two factors.
+    """
+    up = 2.0 ** round(math.log2(scale) / 2) if scale > 0 else 1.0
+    return scale / up, up
+
+
+def folded(mod: LoraModule, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(down, up)`` with ``scale`` folded in, in their stored dtypes (for layouts with no alpha)."""
+    f_down, f_up = fold_factors(scale)
+    down = mod.down if f_down == 1.0 else (mod.down.float() * f_down).to(mod.down.dtype)
+    up = mod.up if f_up == 1.0 else (mod.up.float() * f_up).to(mod.up.dtype)
+    return down, up
+
+
+def check_folded(path: PathLike, module: str, fmt: str, down: torch.Tensor, up: torch.Tensor) -> None:
+    """Refuse weights a folded scale overflowed (they would be written as inf).
+
+    Raises:
+        NonFiniteError: naming the output ``path`` and the tensor.
+    """
+    for part, t in (("down", down), ("up", up)):
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(path, key=lora_key(module, part, fmt),
+                                 fix=f"its scale alpha/rank overflows {t.dtype} when folded in; keep alpha (--to musubi "
+                                     "or comfy), or check the alpha")
+
+
+def lora_specs(modules: Mapping[str, LoraModule], fmt: str) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
+    """Header specs of a LoRA file in layout ``fmt``, module by module (down, up, alpha)."""
+    specs: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]] = {}
+    for name in sorted(modules, key=module_sort_key):
+        mod = modules[name]
+        specs[lora_key(name, "down", fmt)] = (mod.down.dtype, tuple(mod.down.shape))
+        specs[lora_key(name, "up", fmt)] = (mod.up.dtype, tuple(mod.up.shape))
+        if fmt in FORMATS_WITH_ALPHA:
+            specs[lora_key(name, "alpha", fmt)] = (torch.float32, ())
+    return specs
+
+
+def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
+               metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``modules`` as a LoRA in layout ``fmt`` (atomically).
+
+    Every module must have an alpha (the caller resolves missing ones). For ``diffusers``
+    the scale ``alpha / rank`` is folded into the weights (see :func:`fold_factors`).
+    """
+    with SafetensorsWriter(path, lora_specs(modules, fmt), metadata=metadata) as writer:
+        for name in sorted(modules, key=module_sort_key):
+            mod = modules[name]
+            down, up = mod.down, mod.up
+            if fmt not in FORMATS_WITH_ALPHA:
+                down, up = folded(mod, mod.alpha / mod.rank)
+                check_folded(path, name, fmt, down, up)
+            writer.write(lora_key(name, "down", fmt), down.contiguous())
+            writer.write(lora_key(name, "up", fmt), up.contiguous())
+            if fmt in FORMATS_WITH_ALPHA:
+                writer.write(lora_key(name, "alpha", fmt), torch.tensor(float(mod.alpha), dtype=torch.float32))
+    return Path(path)
+
+
+def resolved_modules(index: LoraIndex, scales: Mapping[str, float], *, modules: Optional[Iterable[str]] = None
+                     ) -> Dict[str, LoraModule]:
+    """Load modules with every alpha filled in (``alpha = scale * rank``). LoRAs are small
+    next to a base (hundreds of MB at most), so converting tools hold one whole."""
+    out = {}
+    with open(index.path, "rb") as fh:
+        for name in (modules if modules is not None else index.modules):
+            mod = load_module(index, name, fh=fh)
+            alpha = mod.alpha if mod.alpha is not None else scales[name] * mod.rank
+            out[name] = LoraModule(name, mod.down, mod.up, alpha)
+    return out

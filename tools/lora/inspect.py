@@ -1,0 +1,190 @@
+"""What a LoRA or a Wan expert file is, from its header (and, for LoRAs, its small weights).
+
+For a LoRA: layout, ranks, alphas and scales, which Wan2.2 target modules it covers and which
+it misses, dtypes, parameter count, delta norms, its ``ss_*`` training records, which expert it
+was trained for (and the evidence), and whether ComfyUI's loader maps every key. For a model:
+what :func:`circle_rotate.kernel.checkpoint_identity.identify_checkpoint` tells plus its fp8 layout.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, expert_from_text, identify_checkpoint
+from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
+from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
+from circle_rotate.tools.lora.keys import block_index, module_sort_key, parse_lora_key
+from circle_rotate.tools.merge.fp8 import fp8_layout
+
+_SHORT_EXPERT = re.compile(r"(?:^|[_\-. ])(h|high|l|low)$", re.IGNORECASE)
+_DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
+#: Layouts ComfyUI's LoRA loader maps for a Wan model (comfy/lora.py model_lora_keys_unet, read Oct 2025).
+COMFY_LOADS = ("musubi", "comfy")
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    path: str
+    format: str
+    modules: int
+    ranks: Dict[int, int]  # rank -> modules
+    alphas: Dict[str, int]  # alpha (or "missing") -> modules
+    scales: Dict[str, int]  # alpha / rank (or "unknown") -> modules
+    dtypes: List[str]
+    params: int
+    file_bytes: int
+    target_model: str
+    targets_covered: int
+    targets_total: int
+    missing_targets: List[str]
+    extra_modules: List[str]
+    delta_norm: Dict[str, float]  # min / median / max of ||scale * up @ down||_F
+    largest_deltas: List[Tuple[str, float]]
+    expert: Optional[str]
+    expert_evidence: Optional[str]
+    comfyui_loads_all_keys: bool
+    unknown_keys: List[str]
+    training: Dict[str, str]
+    nonfinite_keys: List[str] = field(default_factory=list)  # tensors holding NaN/inf: unusable as they are
+    kind: str = "lora"
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    path: str
+    family: str
+    task: str
+    expert: Optional[str]
+    expert_evidence: Optional[str]
+    dtype: str
+    fp8_layout: str  # "none", "scaled_fp8 (legacy)", "comfy_quant"
+    key_prefix: str
+    dim: Optional[int]
+    num_layers: int
+    in_dim: Optional[int]
+    tensors: int
+    params: int
+    file_bytes: int
+    metadata_keys: List[str]
+    kind: str = "model"
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def lora_expert(index: LoraIndex) -> Tuple[Optional[str], Optional[str]]:
+    """(expert, evidence) a LoRA was trained for: metadata first, then the file name.
+
+    Metadata: our own ``circle_rotate.expert``; musubi's ``modelspec.timestep_range`` (a range
+    above the 0.9 boundary is the high-noise expert); ``ss_sd_model_name`` (the ``--dit`` file
+    it was trained on, e.g. ``wan2.2_i2v_low_noise_14B_fp16.safetensors``) and titles. File
+    name: ``high_noise``/``low_noise``, or the released pair's ``_h``/``_l`` suffix.
+    """
+    meta = index.metadata
+    value = meta.get(EXPERT_METADATA_KEY, "").lower()
+    if value in ("high", "low"):
+        return value, "metadata"
+    rng = re.fullmatch(r"\s*\(?\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)?\s*", meta.get("modelspec.timestep_range", ""))
+    if rng:
+        lo, hi = float(rng.group(1)), float(rng.group(2))
+        if lo >= BOUNDARY_T2V:  # the lower of the two boundaries (I2V 900, T2V 875)
+            return "high", "metadata (timestep range)"
+        if hi <= BOUNDARY_I2V:
+            return "low", "metadata (timestep range)"
+    found = expert_from_metadata(meta) or expert_from_text(meta.get("ss_sd_model_name", ""))
+    if found:
+        return found, "metadata"
+    path = Path(index.path)
+    found = expert_from_text(path.name)
+    short = _SHORT_EXPERT.search(path.stem)
+    if not found and short:
+        found = "high" if short.group(1).lower().startswith("h") else "low"
+    return (found, "filename") if found else (None, None)
+
+
+def _target_config(index: LoraIndex) -> Tuple[str, WanDiTConfig]:
+    q = next((m for name, m in index.modules.items() if name.endswith("self_attn.q")), None)
+    dim = q.in_features if q else next(iter(index.modules.values())).in_features
+    version = "2.1" if any(name.endswith(("k_img", "v_img")) for name in index.modules) else "2.2"
+    if dim == I2V_A14B.dim:
+        name = "wan2.2-a14b" if version == "2.2" else "wan2.1-14b"
+        return name, WanDiTConfig(model_version=version)
+    blocks = [b for b in map(block_index, index.modules) if b is not None]
+    layers = max(blocks) + 1 if blocks else 0
+    return f"wan (dim {dim}, {layers} blocks)", WanDiTConfig(dim=dim, num_layers=layers, num_heads=1, model_version=version)
+
+
+def _delta_norms(index: LoraIndex, scales: Dict[str, Optional[float]]) -> Dict[str, float]:
+    # ||U D||_F^2 = sum((U^T U) * (D D^T)): rank x rank products, never the full delta.
+    norms = {}
+    with open(index.path, "rb") as fh:
+        for name in index.modules:
+            mod = load_module(index, name, fh=fh)
+            up, down = mod.up.float().reshape(mod.up.shape[0], -1), mod.down.float().reshape(mod.rank, -1)
+            sq = float(((up.T @ up) * (down @ down.T)).sum().clamp(min=0))
+            norms[name] = (scales[name] if scales[name] is not None else 1.0) * sq ** 0.5
+    return norms
+
+
+def inspect_lora(index: LoraIndex) -> LoraReport:
+    """Describe a LoRA read by :func:`circle_rotate.tools.lora.files.read_lora_index`."""
+    infos = list(index.modules.values())
+    # As module_scales reads them, without refusing: alpha 0 trains as rank; no alpha is scale 1
+    # in the ComfyUI/diffusers layouts and unknown in a musubi file.
+    scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
+                         (1.0 if index.fmt in ("comfy", "diffusers") else None)) for i in infos}
+    model, cfg = _target_config(index) if infos else ("unknown", None)
+    expected = set(lora_target_modules(cfg)) if cfg else set()
+    norms = _delta_norms(index, scales) if infos else {}
+    expert, evidence = lora_expert(index)
+    ordered = sorted(norms.values())
+    return LoraReport(
+        path=str(index.path), format=index.fmt, modules=len(infos),
+        ranks=dict(sorted(Counter(i.rank for i in infos).items())),
+        alphas=dict(Counter("missing" if i.alpha is None else f"{i.alpha:g}" for i in infos)),
+        scales=dict(Counter("unknown" if scales[i.module] is None else f"{scales[i.module]:.6g}" for i in infos)),
+        dtypes=sorted({_DTYPE_LABEL.get(i.dtype, i.dtype) for i in infos}),
+        params=sum(i.num_params for i in infos), file_bytes=index.header.file_size,
+        target_model=model, targets_covered=len(expected & set(index.modules)), targets_total=len(expected),
+        missing_targets=sorted(expected - set(index.modules), key=module_sort_key),
+        extra_modules=sorted(set(index.modules) - expected, key=module_sort_key),
+        delta_norm={"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1]} if ordered else {},
+        largest_deltas=sorted(norms.items(), key=lambda kv: -kv[1])[:3],
+        expert=expert, expert_evidence=evidence,
+        comfyui_loads_all_keys=bool(infos) and index.fmt in COMFY_LOADS and not index.unknown_keys,
+        unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
+        nonfinite_keys=nonfinite_keys(index) if infos else [],
+    )
+
+
+def inspect_model(path: Union[str, Path]) -> ModelReport:
+    """Describe a DiT checkpoint from its header."""
+    header = read_header(path)
+    ident = identify_checkpoint(header)
+    layout = fp8_layout(header, ident.key_prefix)
+    kind = "comfy_quant" if layout.comfy_quant else ("scaled_fp8 (legacy)" if layout.marker_key or layout.scaled else "none")
+    return ModelReport(
+        path=str(header.path), family=ident.family, task=ident.task, expert=ident.expert,
+        expert_evidence=ident.expert_evidence, dtype=ident.dtype, fp8_layout=kind, key_prefix=ident.key_prefix,
+        dim=ident.dim, num_layers=ident.num_layers, in_dim=ident.in_dim, tensors=len(header.tensors),
+        params=sum(t.numel for t in header.tensors.values()), file_bytes=header.file_size,
+        metadata_keys=sorted(header.metadata),
+    )
+
+
+def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
+    """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport`."""
+    header = read_header(path)
+    if any(parse_lora_key(k) for k in header.keys()) or any(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in header.keys()):
+        return inspect_lora(read_lora_index(path, finite=False))
+    return inspect_model(path)
+

@@ -1,0 +1,180 @@
+"""LoRA key names for Wan DiTs: one canonical module path, three file layouts.
+
+The canonical name of a LoRA module is the Wan parameter path without ``.weight``
+(``blocks.3.self_attn.q``), exactly as in musubi-tuner's ``WanModel`` and the official and
+ComfyUI checkpoints. The layouts, with where each rule was read:
+
+- ``musubi`` (sd-scripts style, what ``networks.lora_wan`` saves): ``lora_unet_`` + the path with
+  dots turned into underscores, then ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``.
+  Underscores are ambiguous (``self_attn_q``), so names are read back against the Wan module
+  grammar below, never by blind replacement. ComfyUI's ``lora_convert.convert_lora_wan_fun``
+  also accepts the ``lora_unet__blocks`` double underscore of Wan Fun LoRAs; so do we.
+- ``comfy``: ``diffusion_model.`` + path + ``.lora_A.weight`` / ``.lora_B.weight`` / ``.alpha``.
+  ComfyUI's ``comfy/lora.py`` ``model_lora_keys_unet`` maps ``<state-dict key minus .weight>``
+  (its model state dict carries ``diffusion_model.``), and ``weight_adapter/lora.py``
+  ``LoRAAdapter.load`` reads ``.lora_B.weight``/``.lora_A.weight`` there, with ``.alpha``
+  (read in ``comfy/lora.py`` ``load_lora``) scaling by ``alpha / rank``.
+- ``diffusers``: ``transformer.`` + the diffusers module path (``blocks.3.attn1.to_q``) +
+  ``.lora_A.weight`` / ``.lora_B.weight``, no alpha (diffusers' Wan loader folds alpha into the
+  weights, ``loaders/lora_conversion_utils.py`` ``_convert_non_diffusers_wan_lora_to_diffusers``).
+  PEFT's ``base_model.model.`` prefix is read too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from circle_rotate.kernel.wan_arch import MUSUBI_LORA_PREFIX
+
+FORMATS: Tuple[str, ...] = ("musubi", "comfy", "diffusers")
+PARTS: Tuple[str, ...] = ("down", "up", "alpha")
+#: Formats whose files carry a per-module alpha; diffusers has none (scale is 1).
+FORMATS_WITH_ALPHA = ("musubi", "comfy")
+COMFY_LORA_PREFIX = "diffusion_model."
+DIFFUSERS_PREFIXES: Tuple[str, ...] = ("transformer.", "base_model.model.")
+
+# Linear (and the one Conv3d) modules of a Wan DiT that a LoRA can target.
+_IN_BLOCK = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+             "cross_attn.v", "cross_attn.o", "cross_attn.k_img", "cross_attn.v_img", "ffn.0", "ffn.2")
+_TOP_LEVEL = ("patch_embedding", "text_embedding.0", "text_embedding.2", "time_embedding.0", "time_embedding.2",
+              "time_projection.1", "head.head", "img_emb.proj.1", "img_emb.proj.3")
+
+# Wan path <-> diffusers WanTransformer3DModel path (from diffusers' Wan LoRA converter).
+_DIFFUSERS_IN_BLOCK = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0", "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0", "cross_attn.k_img": "attn2.add_k_proj",
+    "cross_attn.v_img": "attn2.add_v_proj", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+_DIFFUSERS_TOP = {
+    "patch_embedding": "patch_embedding",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+}
+_FROM_DIFFUSERS_IN_BLOCK = {v: k for k, v in _DIFFUSERS_IN_BLOCK.items()}
+_FROM_DIFFUSERS_TOP = {v: k for k, v in _DIFFUSERS_TOP.items()}
+_UNDERSCORED_IN_BLOCK = {m.replace(".", "_"): m for m in _IN_BLOCK}
+_UNDERSCORED_TOP = {m.replace(".", "_"): m for m in _TOP_LEVEL}
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
+_BLOCK_UNDERSCORED = re.compile(r"blocks_(\d+)_(.+)")
+
+# Suffix -> part, per layout family. Order matters only for readability.
+_SD_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
+_PEFT_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
+               ".lora_down.weight": "down", ".lora_up.weight": "up"}
+
+
+@dataclass(frozen=True)
+class LoraKey:
+    """One tensor of a LoRA file, understood: which Wan module, which part, which layout."""
+
+    module: str  # canonical Wan path, e.g. "blocks.0.self_attn.q"
+    part: str  # "down", "up" or "alpha"
+    fmt: str  # "musubi", "comfy" or "diffusers"
+
+
+def is_wan_module(path: str) -> bool:
+    """Whether ``path`` names a LoRA-able Wan DiT module (any block index)."""
+    m = _BLOCK.fullmatch(path)
+    return (m is not None and m.group(2) in _IN_BLOCK) or path in _TOP_LEVEL
+
+
+def _to_wan(name: str, block: "re.Pattern[str]", in_block: Dict[str, str], top: Dict[str, str]) -> Optional[str]:
+    """A module name in some spelling -> the Wan path, through that spelling's tables."""
+    m = block.fullmatch(name)
+    if m:
+        inner = in_block.get(m.group(2))
+        return f"blocks.{int(m.group(1))}.{inner}" if inner else None
+    return top.get(name)
+
+
+def _from_underscored(body: str) -> Optional[str]:
+    return _to_wan(body, _BLOCK_UNDERSCORED, _UNDERSCORED_IN_BLOCK, _UNDERSCORED_TOP)
+
+
+def _from_diffusers_path(path: str) -> Optional[str]:
+    return _to_wan(path, _BLOCK, _FROM_DIFFUSERS_IN_BLOCK, _FROM_DIFFUSERS_TOP)
+
+
+def _split_suffix(key: str, table: Dict[str, str]) -> Optional[Tuple[str, str]]:
+    for suffix, part in table.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], part
+    return None
+
+
+def parse_lora_key(key: str) -> Optional[LoraKey]:
+    """Understand one LoRA tensor name; None when it is not a LoRA tensor of a Wan module.
+
+    Example:
+        >>> parse_lora_key("lora_unet_blocks_0_cross_attn_k_img.lora_up.weight")
+        LoraKey(module='blocks.0.cross_attn.k_img', part='up', fmt='musubi')
+    """
+    if key.startswith(MUSUBI_LORA_PREFIX):
+        split = _split_suffix(key, _SD_PARTS)
+        if split is None:
+            return None
+        body = split[0][len(MUSUBI_LORA_PREFIX):].lstrip("_")  # Wan Fun: "lora_unet__blocks_0..."
+        module = _from_underscored(body)
+        return LoraKey(module, split[1], "musubi") if module else None
+    split = _split_suffix(key, _PEFT_PARTS)
+    if split is None:
+        return None
+    stem, part = split
+    if stem.startswith(COMFY_LORA_PREFIX):
+        path = stem[len(COMFY_LORA_PREFIX):]
+        return LoraKey(path, part, "comfy") if is_wan_module(path) else None
+    for prefix in DIFFUSERS_PREFIXES:
+        if stem.startswith(prefix):
+            path = stem[len(prefix):]
+            # Some trainers write Wan's own names under "transformer."; accept both spellings.
+            module = _from_diffusers_path(path) or (path if is_wan_module(path) else None)
+            return LoraKey(module, part, "diffusers") if module else None
+    return None
+
+
+def lora_key(module: str, part: str, fmt: str) -> str:
+    """The tensor name of ``part`` of ``module`` in layout ``fmt`` (inverse of :func:`parse_lora_key`).
+
+    Raises:
+        ValueError: unknown format or part, a part the format cannot store, or not a Wan module.
+    """
+    if fmt not in FORMATS or part not in PARTS:
+        raise ValueError(f"unknown LoRA format/part {fmt!r}/{part!r}")
+    if not is_wan_module(module):
+        raise ValueError(f"{module!r} is not a LoRA-able Wan DiT module")
+    if fmt == "musubi":
+        stem = MUSUBI_LORA_PREFIX + module.replace(".", "_")
+        return stem + {"down": ".lora_down.weight", "up": ".lora_up.weight", "alpha": ".alpha"}[part]
+    if fmt == "diffusers" and part == "alpha":
+        raise ValueError("the diffusers layout has no alpha; fold it into the weights")
+    if fmt == "comfy":
+        stem = COMFY_LORA_PREFIX + module
+    else:
+        m = _BLOCK.fullmatch(module)
+        stem = "transformer." + (f"blocks.{m.group(1)}.{_DIFFUSERS_IN_BLOCK[m.group(2)]}" if m else _DIFFUSERS_TOP[module])
+    return stem + {"down": ".lora_A.weight", "up": ".lora_B.weight", "alpha": ".alpha"}[part]
+
+
+def module_sort_key(module: str) -> Tuple[int, int, int, str]:
+    """Order modules as a Wan state dict does: top-level inputs, blocks by index, then the head."""
+    m = _BLOCK.fullmatch(module)
+    if m:
+        inner = m.group(2)
+        return (1, int(m.group(1)), _IN_BLOCK.index(inner) if inner in _IN_BLOCK else len(_IN_BLOCK), inner)
+    return (2 if module.startswith("head") else 0, 0, 0, module)
+
+
+def block_index(module: str) -> Optional[int]:
+    """``blocks.7.ffn.0`` -> 7; None for modules outside the blocks."""
+    m = _BLOCK.fullmatch(module)
+    return int(m.group(1)) if m else None
