@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Optional, Tuple
 
-from circle_rotate.cli._common import add_force, new_parser, print_json
+from circle_rotate.cli._common import add_force, add_out, new_parser, print_json
+from circle_rotate.cli._lora_options import strength_arg
 from circle_rotate.tools.comfy.workflow import (LIGHTX2V, NEGATIVE, SAMPLERS, SCHEDULERS, TEXT_ENCODER, VAE, VARIANTS,
                                                 ExpertChain, WorkflowSpec, api_path, write_workflows)
 
@@ -85,10 +86,10 @@ def add_parser(sub) -> None:
     p.add_argument("--low", required=True, help="low-noise expert (file name in models/diffusion_models)")
     p.add_argument("--high-lora", default=None, help="orbit LoRA of the high-noise expert (models/loras); omit for merged experts")
     p.add_argument("--low-lora", default=None, help="orbit LoRA of the low-noise expert (models/loras)")
-    p.add_argument("--strength-high", type=float, default=1.0, help="strength of the high-noise LoRA (default 1; study 0.8-1)")
-    p.add_argument("--strength-low", type=float, default=1.0, help="strength of the low-noise LoRA (default 1)")
-    p.add_argument("--out", type=Path, default=Path("circle_rotate_workflow.json"),
-                   help="UI workflow to write; the API form goes beside it as <stem>_api.json")
+    p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=1.0, help="strength of the high-noise LoRA (default 1; study 0.8-1)")
+    p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=1.0, help="strength of the low-noise LoRA (default 1)")
+    add_out(p, default=Path("circle_rotate_workflow.json"), metavar="FILE",
+            help="UI workflow to write; the API form goes beside it as <stem>_api.json")
     add_workflow_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_force(p)
