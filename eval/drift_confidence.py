@@ -3,10 +3,11 @@
 The confidence is the smallest of five checks, each 0-1 (the weakest link decides, so one
 failed check is enough to doubt the reading):
 
-- ``found``: what the first frame's subject rests on. The user's box or mask: 1. Motion
-  evidence: its contrast, how much faster the textured surroundings move than the seed
-  (:func:`circle_rotate.eval.subject_find._contrast`). The image centre alone (no camera
-  motion to tell the subject by): ``CENTRE_ONLY``, a prior and nothing more.
+- ``found``: what the first frame's subject rests on. The user's box or mask: 1. Saliency,
+  with or without motion evidence: its outline contrast (how much more salient the found
+  mask is than a ring just outside it, :func:`circle_rotate.eval.subject_find.find_subject`),
+  full at ``OUTLINE_FULL``. The image centre alone (nothing stood out): ``CENTRE_ONLY``, a
+  prior and nothing more.
 - ``rigid``: a rigid subject's area changes little over a clip; a mask that grew or shrank
   by a factor ``r`` (largest over smallest area) took in background or lost the subject:
   ``1 - (r - 1) / AREA_SPAN``.
@@ -16,7 +17,8 @@ failed check is enough to doubt the reading):
   took in the floor or the backdrop: 1 up to ``EXTENT_FULL`` of the frame, falling to 0 at
   ``EXTENT_NONE`` (mean mask area over the frame's).
 - ``refined``: the share of sampled frames whose mask the image confirmed (the refinement
-  stood) times the mean IoU of refinement and propagation.
+  stood, or nothing moved and the mask was held) times the mean IoU of refinement and
+  propagation.
 
 Below ``THRESHOLD`` the row gets ``drift_unreliable`` with the weakest check named.
 """
@@ -32,6 +34,8 @@ from circle_rotate.eval.subject_mask import SubjectMasks
 
 #: Confidence under which a drift reading is marked unreliable.
 THRESHOLD = 0.5
+#: Outline contrast at which the ``found`` check is full (see ``FoundSubject.contrast``).
+OUTLINE_FULL = 0.4
 #: The ``found`` check when only the centre prior found the subject.
 CENTRE_ONLY = 0.6
 #: Area growth factor (minus one) at which ``rigid`` reaches 0.
@@ -60,14 +64,14 @@ def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
     found = masks.found
     if found.basis in ("user_mask", "user_box"):
         basis = 1.0
-    elif found.basis == "motion":
-        basis = float(found.contrast)
+    elif found.basis in ("motion", "saliency"):
+        basis = float(np.clip(found.contrast / OUTLINE_FULL, 0.0, 1.0))
     else:
         basis = CENTRE_ONLY
     areas = np.array([m.sum() for m in masks.masks], np.float64)
     growth = float(areas.max() / max(areas.min(), 1.0))
     steps = masks.steps[1:] or masks.steps
-    refined = np.mean([s.source == "refined" for s in steps]) * np.mean([s.agreement for s in steps])
+    refined = np.mean([s.source in ("refined", "held") for s in steps]) * np.mean([s.agreement for s in steps])
     checks = {
         "found": basis,
         "rigid": float(np.clip(1.0 - (growth - 1.0) / AREA_SPAN, 0.0, 1.0)),

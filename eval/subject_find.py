@@ -1,23 +1,27 @@
 """Find the subject once, on the first frames of a clip (no weights).
 
 An image-to-video model starts at its conditioning image, so the subject is what the first
-frames are about; in an orbit the camera circles it, so it is also what stays put in the
+frame is about; in an orbit the camera circles it, so it is also what stays put in the
 image while the rest slides past. Here, at the working resolution:
 
-1. Motion evidence over the first frames (the consecutive Farneback flows the clip already
-   has): each textured pixel's flow length divided by the frame's typical flow length. A
-   pixel that reads under ``still`` moves with the orbit's fixed point; one that reads over
-   ``moving`` moves with the background. Flat pixels (sky, a bare table) have no reliable
-   flow and give no evidence either way.
-2. The still region that is largest once weighted by closeness to the image centre, and
-   the still regions next to it (several parts stay one subject), is the subject's seed.
-   Without motion (a static camera, a pan: nothing is still against anything) the seed is
-   the centre of the image, and the frame's border is taken as background.
-3. GrabCut (colour models and the image's edges) draws the outline from that seed; the
-   moving pixels are surely background.
+1. Saliency (:mod:`circle_rotate.eval.saliency`): how much each part of the image differs in
+   colour from what is surely background (the regions that hold the image's border).
+2. Motion evidence over the first frames (the consecutive Farneback flows the clip already
+   has), where it tells anything: each textured pixel's flow length over the frame's
+   typical one. Where part of the image holds still while the rest moves (an orbit's fixed
+   point), saliency is lowered by the share of a pixel's textured neighbours that move with
+   the background: a salient building or road marking sliding past is not the subject. A
+   pan, a static shot or a subject livelier than its backdrop gives no such evidence, and
+   the motion is not used (it would suppress the subject itself).
+3. The salient region that scores highest once weighted by closeness to the image centre,
+   with the salient regions next to it (several parts stay one subject), is the seed.
+4. GrabCut (colour models and the image's edges) draws the outline within a band around
+   the seed; what moves with the background is surely background. A cut that keeps too
+   little of the seed did not part subject from surroundings, and the seed stands.
 
 Or the user says where it is: a box (GrabCut inside it) or a mask. :class:`FoundSubject`
-says what the seed rested on, which :mod:`circle_rotate.eval.drift_confidence` weighs.
+says what the seed rested on, and how clearly it stands out (the outline contrast), which
+:mod:`circle_rotate.eval.drift_confidence` weighs.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.grabcut import cut, disc, keep_overlapping
+from circle_rotate.eval.saliency import saliency
 
 #: What a seed may rest on (``FoundSubject.basis``).
-BASES = ("user_mask", "user_box", "motion", "centre")
+BASES = ("user_mask", "user_box", "motion", "saliency", "centre")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,13 @@ class FindParams:
         texture: least local contrast (grey levels) for a pixel's flow to count.
         reach: the centre prior's width, as a fraction of each image side.
         least_seed: smallest seed, as a fraction of the frame.
+        still_share: least share of the textured pixels that must hold still for motion to
+            count as evidence at all.
+        band: how far the cut may move the seed's outline, as a fraction of the seed's size.
+        least_kept: smallest share of the seed's area the cut may keep before the seed is
+            taken as it is.
+        moving_seed: largest share of moving neighbours the most salient region may have for
+            the motion evidence to be used.
     """
 
     window: float = 0.2
@@ -56,6 +68,10 @@ class FindParams:
     texture: float = 6.0
     reach: float = 0.3
     least_seed: float = 0.01
+    still_share: float = 0.05
+    band: float = 0.15
+    least_kept: float = 0.6
+    moving_seed: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class FoundSubject:
 
     mask: np.ndarray  # (h, w) bool, non-empty
     basis: str  # one of BASES
-    contrast: float  # 0-1: how clearly the evidence parts the seed from its surroundings
+    contrast: float  # 0-1: how much more salient the mask is than just outside it
 
 
 def textured(grey: np.ndarray, level: float) -> np.ndarray:
@@ -96,37 +112,34 @@ def centre_prior(h: int, w: int, reach: float) -> np.ndarray:
     return np.exp(-((xs - w / 2) / (reach * w)) ** 2 - ((ys - h / 2) / (reach * h)) ** 2)
 
 
-def still_seed(still: np.ndarray, prior: np.ndarray, least: int) -> Optional[np.ndarray]:
-    """The still region that scores highest (area x centre prior), with the still regions
-    that touch it once dilated (a ball on a box, a rider on a bike)."""
-    closed = cv2.morphologyEx(still.astype(np.uint8), cv2.MORPH_CLOSE, disc(2))
-    closed = cv2.morphologyEx(closed, cv2.MORPH_OPEN, disc(1))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(closed)
+def _moving_share(valid: np.ndarray, rel: np.ndarray, moving: float, radius: int) -> np.ndarray:
+    """Per pixel, the share of its textured neighbours that move with the background (0 where
+    none is textured: no evidence)."""
+    k = (2 * radius + 1, 2 * radius + 1)
+    textured_near = cv2.blur(valid.astype(np.float32), k)
+    moving_near = cv2.blur((valid & (rel > moving)).astype(np.float32), k)
+    return np.where(textured_near > 0.05, moving_near / np.maximum(textured_near, 1e-6), 0.0).astype(np.float32)
+
+
+def _pick(candidate: np.ndarray, score: np.ndarray, least: int) -> Optional[np.ndarray]:
+    """The candidate region that scores highest, with the regions near it that score at
+    least a tenth as much (several parts stay one subject)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidate.astype(np.uint8))
     if n <= 1:
         return None
-    score = np.bincount(labels.ravel(), weights=prior.ravel(), minlength=n)
-    score[0] = 0
-    score[stats[:, cv2.CC_STAT_AREA] < least] = 0
-    best = int(np.argmax(score))
-    if score[best] <= 0:
+    total = np.bincount(labels.ravel(), weights=score.ravel(), minlength=n)
+    total[0] = 0
+    total[stats[:, cv2.CC_STAT_AREA] < least] = 0
+    best = int(np.argmax(total))
+    if total[best] <= 0:
         return None
     seed = labels == best
-    h, w = still.shape
+    h, w = candidate.shape
     near = cv2.dilate(seed.astype(np.uint8), disc(max(2, int(0.03 * max(h, w))))) > 0
     for i in np.unique(labels[near]):
-        if i and score[i] > 0.1 * score[best]:
+        if i and total[i] > 0.1 * total[best]:
             seed |= labels == i
     return seed
-
-
-def _contrast(seed: np.ndarray, rel: np.ndarray, valid: np.ndarray) -> float:
-    """How much faster the textured surroundings move than the seed: 0 (alike) to 1."""
-    ring = (cv2.dilate(seed.astype(np.uint8), disc(max(3, int(0.08 * max(seed.shape))))) > 0) & ~seed & valid
-    inside = seed & valid
-    if ring.sum() < 20 or inside.sum() < 20:
-        return 0.0
-    a, b = float(np.median(rel[inside])), float(np.median(rel[ring]))
-    return float(np.clip((b - a) / max(b, 1e-6), 0.0, 1.0))
 
 
 def find_subject(image: np.ndarray, grey: np.ndarray, first_flows: Sequence[np.ndarray], *,
@@ -144,38 +157,66 @@ def find_subject(image: np.ndarray, grey: np.ndarray, first_flows: Sequence[np.n
     """
     h, w = grey.shape
     prior = centre_prior(h, w, params.reach)
+    least = int(params.least_seed * h * w)
+    sal = saliency(image)
+    seed = _salient_seed(sal * (0.5 + 0.5 * prior), least)
+    basis = "saliency"
     valid = textured(grey, params.texture)
     rel = relative_motion(first_flows, params.least_motion)
-    labels = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
-    seed = None
+    moving = np.zeros((h, w), bool)
     if rel is not None:
         rel = cv2.blur(rel, (3, 3))
-        seed = still_seed(valid & (rel < params.still), prior, int(params.least_seed * h * w))
-    if seed is not None:
-        basis, contrast = "motion", _contrast(seed, rel, valid)
-        # the still pixels are where the subject has texture (edges, wheels, windows); its
-        # plain surfaces between them read nothing, so the seed is their hull
-        hull = np.zeros((h, w), np.uint8)
-        cv2.fillConvexPoly(hull, cv2.convexHull(np.argwhere(seed)[:, ::-1].astype(np.int32)), 1)
-        hull = hull > 0
-        labels[hull] = cv2.GC_PR_FGD
-        labels[cv2.erode(seed.astype(np.uint8), disc(2)) > 0] = cv2.GC_FGD
-        labels[valid & (rel > params.moving) & ~hull] = cv2.GC_BGD
-        labels[valid & (rel > params.moving) & hull & (labels != cv2.GC_FGD)] = cv2.GC_PR_BGD
-    else:
-        basis, contrast = "centre", 0.0
-        seed = prior > np.exp(-1.0)
-        labels[seed] = cv2.GC_PR_FGD
-        # with probable labels only the cut may give everything to the background: the
-        # image's very centre is taken as surely the subject
-        labels[prior > np.exp(-0.25)] = cv2.GC_FGD
-        border = max(2, int(0.04 * min(h, w)))
-        labels[:border], labels[-border:], labels[:, :border], labels[:, -border:] = (cv2.GC_BGD,) * 4
+        share = _moving_share(valid, rel, params.moving, max(2, int(0.03 * max(h, w))))
+        # motion tells the subject only when part of the image holds still while the rest
+        # moves (an orbit's fixed point) and the salient thing is not what moves: in a pan,
+        # under a shaking camera or with a subject livelier than its backdrop the motion
+        # evidence would suppress the subject itself
+        some_still = (valid & (rel < params.still)).sum() >= params.still_share * max(int(valid.sum()), 1)
+        subject_moves = seed is not None and float(share[seed].mean()) > params.moving_seed
+        if some_still and not subject_moves:
+            moving = valid & (rel > params.moving)
+            sal = sal * (1.0 - share)
+            basis = "motion"
+    score = sal * (0.5 + 0.5 * prior)
+    seed = _salient_seed(score, least)
+    if seed is None:
+        basis, seed = "centre", prior > np.exp(-1.0)
+    # the cut may move the seed's outline by a band, no further: beyond it is background
+    band = max(3, int(params.band * np.sqrt(seed.sum())))
+    labels = np.full((h, w), cv2.GC_BGD, np.uint8)
+    labels[cv2.dilate(seed.astype(np.uint8), disc(band)) > 0] = cv2.GC_PR_BGD
+    labels[seed] = cv2.GC_PR_FGD
+    core = cv2.erode(seed.astype(np.uint8), disc(2)) > 0
+    core &= score >= np.percentile(score[seed], 50)
+    labels[core] = cv2.GC_FGD
+    labels[moving & ~core] = cv2.GC_BGD
     out = cut(image, labels)
     out = keep_overlapping(out, seed) if out is not None else None
-    if out is None or out.sum() < params.least_seed * h * w:
+    if out is None or out.sum() < max(params.least_seed * h * w, params.least_kept * seed.sum()):
+        # the colours did not part the subject from its surroundings: the seed's own
+        # outline is the better guess
         out = seed
+    contrast = 0.0 if basis == "centre" else _outline_contrast(out, sal, band)
     return FoundSubject(out, basis, contrast)
+
+
+def _outline_contrast(mask: np.ndarray, sal: np.ndarray, band: int) -> float:
+    """How much more salient ``mask`` is than a ``band``-wide ring around it: 0 (alike) to 1.
+    An outline on the subject's edge has background just outside; one drawn through the
+    subject has more of the subject there."""
+    ring = (cv2.dilate(mask.astype(np.uint8), disc(band)) > 0) & ~mask
+    if not ring.any():
+        return 0.0
+    inside, outside = float(sal[mask].mean()), float(sal[ring].mean())
+    return float(np.clip((inside - outside) / max(inside, 1e-6), 0.0, 1.0))
+
+
+def _salient_seed(score: np.ndarray, least: int) -> Optional[np.ndarray]:
+    """The best region of ``score`` over its Otsu threshold (see :func:`_pick`)."""
+    top = max(float(score.max()), 1e-6)
+    level, _ = cv2.threshold(np.clip(score * 255.0 / top, 0, 255).astype(np.uint8), 0, 255,
+                             cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return _pick(score >= level / 255.0 * top, score, least)
 
 
 def from_box(image: np.ndarray, box: Tuple[float, float, float, float]) -> FoundSubject:

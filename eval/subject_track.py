@@ -18,6 +18,9 @@ From one sampled frame to the next, at the working resolution:
    ``area_step`` of it) is not taken; the frame keeps the moved mask, flagged
    ``propagated``. Every part of the cut that lies mostly inside the moved mask stays (a
    ball on a box stays with the box).
+4. Nothing moved (a static shot, a pause in the orbit: the flow in and around the mask
+   under ``hold``): the mask is kept as it was, flagged ``held``; a new cut could only add
+   noise and flicker to the outline.
 
 The subject is followed forward, then backward from the last sampled frame (see
 :func:`track`). What each step measured (:class:`Step`) is kept for the confidence verdict.
@@ -36,7 +39,7 @@ from circle_rotate.eval.grabcut import colour_models, cut, disc, keep_overlappin
 from circle_rotate.eval.subject_find import textured
 
 #: Where a tracked frame's mask came from.
-SOURCES = ("found", "refined", "propagated")
+SOURCES = ("found", "refined", "propagated", "held")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class TrackParams:
         unlike: a pixel moves unlike the subject when its flow differs from the subject's by
             more than this fraction of the background's typical difference.
         texture: least local contrast (grey levels) for a pixel's flow to count.
+        hold: flow (working pixels between two sampled frames, 90th percentile in and around
+            the mask) under which nothing moved and the mask is kept as it was.
     """
 
     band: float = 0.08
@@ -61,6 +66,7 @@ class TrackParams:
     fb_relative: float = 0.1
     unlike: float = 0.5
     texture: float = 6.0
+    hold: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,13 @@ def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.nd
     return moved, "propagated", agreement
 
 
+def _unmoved(flow: np.ndarray, mask: np.ndarray, params: TrackParams) -> bool:
+    """Did nothing move in and around ``mask`` (a static shot, a pause in the orbit)? Then
+    a new cut could only add the image's noise and the lighting's flicker to the outline."""
+    near = cv2.dilate(mask.astype(np.uint8), disc(max(3, int(params.band * np.sqrt(mask.sum()))))) > 0
+    return float(np.percentile(np.linalg.norm(flow[near], axis=-1), 90)) < params.hold
+
+
 def _warp(mask: np.ndarray, fit: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     return cv2.warpAffine(mask.astype(np.uint8), fit, (w, h), flags=cv2.INTER_NEAREST) > 0
@@ -221,6 +234,11 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         chains[j] = chain(flows[a:b])
         oks[j] = round_trip(chains[j], greys[a], greys[b], params)
         consistent[j] = float((oks[j] & prev).sum()) / max(float(prev.sum()), 1.0)
+        if _unmoved(chains[j], prev, params):
+            forward_masks.append(prev)
+            sources.append("held")
+            agreements.append(1.0)
+            continue
         moved = _warp(prev, subject_motion(prev, chains[j], oks[j], np.sqrt(prev.sum())))
         if moved.sum() < 10:  # carried out of the frame: keep what there was
             kept, source, agreement = prev, "propagated", 0.0
@@ -233,7 +251,7 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
     backward_masks[-1] = forward_masks[-1]
     for j in range(k - 1, 0, -1):
         later = backward_masks[j]
-        if chains[j] is None:
+        if chains[j] is None or sources[j] == "held":
             backward_masks[j - 1] = later
             continue
         pulled = _pull(later, chains[j])

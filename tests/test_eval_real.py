@@ -5,8 +5,8 @@
 The truth is the drift of the labelled box centres (``box_centre_drift``); the issue's
 acceptance is drift within max(3 px, 50% of it) on 14 of 15, the mask centroid inside the
 labelled box (10% margin) on 98% of labelled frames, and no GIF reported reliable with an
-error above 10 px. Measured on these 14: 11 within, median error 0.62 px, 70 of 70 centroids
-inside their box, none reported reliable above 10 px (the largest reliable error 5.3 px).
+error above 10 px. Measured on these 14: 12 within, median error 0.55 px, 70 of 70 centroids
+inside their box, none reported reliable above 10 px (the largest reliable error 4.2 px).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_drift_is_near_the_box_centre_drift(measured):
     err = _errors(measured)
     within = [n for n, (r, v) in measured.items() if err[n] <= max(3.0, 0.5 * v["box_centre_drift"])]
     table = {n: (round(measured[n][1]["box_centre_drift"], 2), round(measured[n][0]["drift"], 2)) for n in measured}
-    # measured: 11 of 14 within, median 0.62 px (the previous per-frame parallax mask: 2-119 px readings)
+    # measured: 12 of 14 within, median 0.55 px (the per-frame parallax mask before: 2-119 px readings)
     assert len(within) >= 10, table
     assert np.median(list(err.values())) <= 1.5, table
 
@@ -71,4 +71,4 @@ def test_no_wrong_reading_is_reported_reliable(measured):
                            if not r["drift_unreliable"] and err[n] > 10.0}
     assert not confident_and_wrong
     unreliable = [n for n, (r, _) in measured.items() if r["drift_unreliable"]]
-    assert len(unreliable) <= 4, unreliable  # measured 2 (a cat and a car)
+    assert len(unreliable) <= 4, unreliable  # measured 2 (the two kitten GIFs)

@@ -113,8 +113,51 @@ def test_the_still_block_is_found_on_the_first_frames():
     grey = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
     found = find_subject(frames[0], grey, flows[:4])
     iou = (found.mask & truth[0]).sum() / (found.mask | truth[0]).sum()
-    assert found.basis == "motion" and found.contrast > 0.5
-    assert iou >= 0.8, iou  # measured 0.95
+    assert found.basis == "motion" and found.contrast > 0.4
+    assert iou >= 0.8, iou
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_a_pan_gives_no_motion_evidence_and_the_salient_block_is_found():
+    # the camera pans: subject and background slide alike, nothing holds still
+    frames, truth = _clip(12, subject_path=lambda t: (-3.0 * t, 0.0))
+    flows = _flows(frames)
+    found = find_subject(frames[0], cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY), flows[:4])
+    assert found.basis == "saliency"
+    assert _iou(found.mask, truth[0]) >= 0.8
+
+
+def test_a_salient_thing_sliding_past_is_not_the_subject():
+    # a bright yellow sign, more salient than the block, rides on the sliding background
+    frames, truth = _clip(12)
+    sign = np.zeros(frames.shape[:3], bool)
+    for t in range(len(frames)):
+        x0 = 10 - 3 * t + 3 * 11  # starts right of the block's left edge, slides left with the background
+        sign[t, 20:60, max(0, x0 + 150):x0 + 190] = True
+    frames = frames.copy()
+    frames[sign] = (250, 240, 30)
+    flows = _flows(frames)
+    found = find_subject(frames[0], cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY), flows[:4])
+    assert found.basis == "motion"
+    assert _iou(found.mask, truth[0]) >= 0.7 and not (found.mask & sign[0]).any()
+
+
+def test_a_subject_cut_by_both_sides_of_the_frame_is_found():
+    # a wide car-like slab spans the frame's width (its ends leave the frame), on sky and road
+    rng = np.random.default_rng(5)
+    image = np.empty((H, W, 3), np.uint8)
+    image[:90] = (140, 170, 210)
+    image[90:] = (90, 90, 95)
+    truth = np.zeros((H, W), bool)
+    truth[70:120, :] = True
+    image[truth] = (40, 60, 140)
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    found = find_subject(image, grey, [np.zeros((H, W, 2), np.float32)] * 3)
+    assert _iou(found.mask, truth) >= 0.8
 
 
 @pytest.mark.parametrize("path, true_drift", [
@@ -137,8 +180,9 @@ def test_a_static_camera_over_a_still_subject_reads_zero():
     frames, _ = _clip(20, background_speed=0.0)
     idx = np.linspace(0, 19, 16).astype(int)
     got = segment_subject(frames, idx, _flows(frames))
-    assert drift_of(got.centroids()) <= 0.05
-    assert got.found.basis == "centre"  # nothing moved: the centre prior found it
+    assert drift_of(got.centroids()) <= 1e-9  # nothing moved: every sampled frame holds the first mask
+    assert got.found.basis == "saliency"  # and the motion said nothing about the subject
+    assert set(got.sources[1:]) == {"held"}
 
 
 def test_the_users_box_or_mask_is_followed():
