@@ -17,7 +17,8 @@ from circle_rotate.kernel.atomic import write_bytes  # noqa: E402
 BASE_COLOUR, LORA_COLOUR = "#9a9a9a", "#d9480f"
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes (closed afterwards): the one way every figure here is saved."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -57,7 +58,7 @@ def results_figure(rows: Sequence[Mapping[str, Any]]) -> Optional[bytes]:
     ax2.set_title("subject centroid paths (square = first frame)")
     if len(ok) <= 10:
         ax2.legend(fontsize=7)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_results(rows: Sequence[Mapping[str, Any]], path: os.PathLike | str) -> bool:
@@ -88,7 +89,7 @@ def trajectories_figure(pairs: Sequence[Any]) -> Optional[bytes]:
     for ax in axes.ravel()[len(pairs):]:
         ax.axis("off")
     fig.suptitle("subject centroid around its mean (px, y down)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def paired_bars_figure(pairs: Sequence[Any], column: str, label: str) -> Optional[bytes]:
@@ -104,7 +105,7 @@ def paired_bars_figure(pairs: Sequence[Any], column: str, label: str) -> Optiona
     ax.set_ylabel(label)
     ax.set_title(f"{label} per video")
     ax.legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def distributions_figure(comparisons: Sequence[Any], pairs: Sequence[Any]) -> Optional[bytes]:
@@ -127,7 +128,7 @@ def distributions_figure(comparisons: Sequence[Any], pairs: Sequence[Any]) -> Op
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(comps):]:
         ax.axis("off")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def compare_figures(pairs: Sequence[Any], comparisons: Sequence[Any]) -> Dict[str, bytes]:

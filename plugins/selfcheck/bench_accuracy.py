@@ -15,20 +15,37 @@ Tune on ``development`` only; ``held-out`` judges.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import ClassVar, List, Optional, Sequence
 
 import numpy as np
 
 ABS_TOL_PX, REL_TOL = 3.0, 0.15
 
 
+class Judged:
+    """A reading against its truth (``truth``, ``measured``; None: the evaluation failed),
+    within max(``abs_tol`` px, ``rel_tol`` of the truth)."""
+
+    abs_tol: ClassVar[float] = ABS_TOL_PX
+    rel_tol: ClassVar[float] = REL_TOL
+    truth: float
+    measured: Optional[float]
+
+    @property
+    def error(self) -> float:
+        return abs(self.measured - self.truth) if self.measured is not None else float("inf")
+
+    @property
+    def within(self) -> bool:
+        return self.error <= max(self.abs_tol, self.rel_tol * self.truth)
+
+
 @dataclass(frozen=True)
-class Reading:
+class Reading(Judged):
     """One video: the truth, what the evaluation read, and what it said about it."""
 
     name: str
@@ -37,14 +54,6 @@ class Reading:
     truth: float
     measured: Optional[float]  # None: the evaluation failed on it
     unreliable: bool = False
-
-    @property
-    def error(self) -> float:
-        return abs(self.measured - self.truth) if self.measured is not None else float("inf")
-
-    @property
-    def within(self) -> bool:
-        return self.error <= max(ABS_TOL_PX, REL_TOL * self.truth)
 
 
 @dataclass(frozen=True)
@@ -109,11 +118,7 @@ def report(readings: Sequence[Reading], s: Score, title: str) -> str:
 
 def plot(readings: Sequence[Reading], path: Path, title: str) -> None:
     """Measured against true drift (log-log), the tolerance band shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from circle_rotate.eval.plots import plt, png_bytes
     from circle_rotate.kernel.atomic import write_bytes
 
     done = [r for r in readings if r.measured is not None]
@@ -130,10 +135,7 @@ def plot(readings: Sequence[Reading], path: Path, title: str) -> None:
     ax.set(xscale="log", yscale="log", xlim=(0.1, top), ylim=(0.1, top), xlabel="true drift (px)",
            ylabel="measured drift (px)", title=title)
     ax.legend(loc="upper left", fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, png_bytes(fig))
 
 
 def _seeds(text: Optional[str]) -> Optional[List[int]]:
