@@ -159,7 +159,8 @@ def find_subject(image: np.ndarray, grey: np.ndarray, first_flows: Sequence[np.n
     prior = centre_prior(h, w, params.reach)
     least = int(params.least_seed * h * w)
     sal = saliency(image)
-    seed = _salient_seed(sal * (0.5 + 0.5 * prior), least)
+    score = sal * (0.5 + 0.5 * prior)
+    seed = _salient_seed(score, least)
     basis = "saliency"
     valid = textured(grey, params.texture)
     rel = relative_motion(first_flows, params.least_motion)
@@ -176,9 +177,9 @@ def find_subject(image: np.ndarray, grey: np.ndarray, first_flows: Sequence[np.n
         if some_still and not subject_moves:
             moving = valid & (rel > params.moving)
             sal = sal * (1.0 - share)
+            score = sal * (0.5 + 0.5 * prior)
+            seed = _salient_seed(score, least)
             basis = "motion"
-    score = sal * (0.5 + 0.5 * prior)
-    seed = _salient_seed(score, least)
     if seed is None:
         basis, seed = "centre", prior > np.exp(-1.0)
     # the cut may move the seed's outline by a band, no further: beyond it is background
