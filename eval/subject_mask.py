@@ -44,7 +44,6 @@ class SubjectMasks:
     masks: np.ndarray  # (K, H, W) bool, never empty
     steps: Tuple[Step, ...]  # per sampled frame
     found: FoundSubject  # the first frame's search (working resolution)
-    motion: float  # the clip's typical camera motion, working pixels per frame
 
     @property
     def sources(self) -> Tuple[str, ...]:
@@ -94,7 +93,6 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         small[i] = frames[i] if scale >= 1.0 else cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)
     greys = {i: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for i, f in small.items()}
     work_flows = [_scaled_flow(f, size, scale) for f in flows]
-    motion = float(np.median([np.percentile(np.linalg.norm(f[::4, ::4], axis=-1), 75) for f in work_flows]))
     if hint is not None and hint.mask is not None:
         m = cv2.resize(hint.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         found = FoundSubject(m, "user_mask", 1.0)
@@ -108,4 +106,4 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     for m in masks:
         up = m if scale >= 1.0 else cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0
         full.append(up)
-    return SubjectMasks(np.stack(full), tuple(steps), found, motion)
+    return SubjectMasks(np.stack(full), tuple(steps), found)

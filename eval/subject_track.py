@@ -74,9 +74,7 @@ class Step:
     """One sampled frame's tracking, measured."""
 
     source: str  # one of SOURCES
-    consistent: float  # share of the previous mask whose flow passed the forward-backward check
     agreement: float  # IoU of the refined and the propagated mask (1 where nothing was refined)
-    area_ratio: float  # area of the kept mask / area of the previous one
     passes_agree: float = 1.0  # IoU of the forward and the backward pass's masks
 
 
@@ -222,7 +220,7 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
     # cut is judged against them, so a mask cannot grow or shrink by re-learning its own colours
     models = colour_models(images[idx[0]], first, band=max(3, int(0.15 * np.sqrt(first.sum()))))
     forward_masks, sources, agreements = [first], ["found"], [1.0]
-    chains, oks, consistent = [None] * k, [None] * k, [1.0] * k
+    chains, oks = [None] * k, [None] * k
     for j in range(1, k):
         a, b = idx[j - 1], idx[j]
         prev = forward_masks[-1]
@@ -232,13 +230,12 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             agreements.append(1.0)
             continue
         chains[j] = chain(flows[a:b])
-        oks[j] = round_trip(chains[j], greys[a], greys[b], params)
-        consistent[j] = float((oks[j] & prev).sum()) / max(float(prev.sum()), 1.0)
-        if _unmoved(chains[j], prev, params):
+        if _unmoved(chains[j], prev, params):  # no round trip to check: both passes hold the mask
             forward_masks.append(prev)
             sources.append("held")
             agreements.append(1.0)
             continue
+        oks[j] = round_trip(chains[j], greys[a], greys[b], params)
         moved = _warp(prev, subject_motion(prev, chains[j], oks[j], np.sqrt(prev.sum())))
         if moved.sum() < 10:  # carried out of the frame: keep what there was
             kept, source, agreement = prev, "propagated", 0.0
@@ -263,13 +260,5 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         a = idx[j - 1]
         backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models)[0] \
             if moved.sum() >= 10 else forward_masks[j - 1]
-    masks, steps = [], []
-    for j in range(k):
-        f, b = forward_masks[j], backward_masks[j]
-        passes = _iou(f, b)
-        keep = b
-        prev_area = masks[-1].sum() if masks else keep.sum()
-        masks.append(keep)
-        steps.append(Step(sources[j], consistent[j], agreements[j], float(keep.sum()) / max(float(prev_area), 1.0),
-                          passes))
-    return masks, steps
+    steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]
+    return backward_masks, steps

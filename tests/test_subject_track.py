@@ -204,12 +204,12 @@ def test_a_mask_that_grows_is_marked_unreliable_and_says_why():
         masks[k, 10:20 + 2 * k, 10:30] = True  # area x 4 over the clip: not one rigid subject
     from circle_rotate.eval.subject_find import FoundSubject
 
-    steps = tuple(Step("refined", 1.0, 0.95, 1.0, 0.95) for _ in range(16))
-    verdict = drift_verdict(SubjectMasks(masks, steps, FoundSubject(masks[0], "motion", 0.9), 3.0))
+    steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
+    verdict = drift_verdict(SubjectMasks(masks, steps, FoundSubject(masks[0], "motion", 0.9)))
     assert verdict.confidence < THRESHOLD and verdict.checks["rigid"] == 0.0
     assert "area" in verdict.unreliable and "rigid" in verdict.unreliable
     steady = np.repeat(masks[:1], 16, axis=0)
-    assert drift_verdict(SubjectMasks(steady, steps, FoundSubject(masks[0], "motion", 0.9), 3.0)).unreliable is None
+    assert drift_verdict(SubjectMasks(steady, steps, FoundSubject(masks[0], "motion", 0.9))).unreliable is None
 
 
 def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
@@ -217,6 +217,6 @@ def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
 
     floor = np.zeros((16, 50, 50), bool)
     floor[:, 15:, :] = True  # 70% of the frame, steady: the floor, not a subject
-    steps = tuple(Step("refined", 1.0, 0.95, 1.0, 0.95) for _ in range(16))
-    verdict = drift_verdict(SubjectMasks(floor, steps, FoundSubject(floor[0], "motion", 0.9), 3.0))
+    steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
+    verdict = drift_verdict(SubjectMasks(floor, steps, FoundSubject(floor[0], "motion", 0.9)))
     assert verdict.checks["extent"] == 0.0 and "extent" in verdict.unreliable
