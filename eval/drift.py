@@ -45,6 +45,15 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
     return ctx.shared("subject_masks", build)
 
 
+def _fix_for(basis: str) -> str:
+    """What a user can do about an unreliable reading, given what the subject rested on."""
+    if basis in ("user_box", "user_mask"):
+        return ("fix: look at its contact sheet (--save-masks DIR): the subject you gave was not followed; "
+                "compare leaves the pair out of the drift statistics")
+    return ("fix: look at its contact sheet (--save-masks DIR); where the mask is not the subject, give its "
+            "first-frame box with --subject-box X0,Y0,X1,Y1 (--subject-boxes JSON for many videos)")
+
+
 def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     """Subject drift, subject flow and global flow on the 16 sampled frames."""
     idx = ctx.clip.sampled()
@@ -61,7 +70,7 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
         notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
                      "tracked mask; they keep the propagated one")
     if verdict.unreliable:
-        notes.append(f"subject_drift: unreliable: {verdict.unreliable}")
+        notes.append(f"subject_drift: unreliable: {verdict.unreliable}; {_fix_for(masks.found.basis)}")
     values = {
         "drift": drift_of(centroids),
         "subject_flow": float(np.mean(subject)),

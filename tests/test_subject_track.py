@@ -220,3 +220,31 @@ def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
     steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
     verdict = drift_verdict(SubjectMasks(floor, steps, FoundSubject(floor[0], "motion", 0.9)))
     assert verdict.checks["extent"] == 0.0 and "extent" in verdict.unreliable
+
+
+def test_an_unreliable_reading_tells_the_user_what_to_do():
+    from circle_rotate.eval.context import EvalContext
+    from circle_rotate.eval.drift import compute_subject_drift
+    from circle_rotate.eval.frames import Clip
+    from circle_rotate.eval.subject_find import FoundSubject
+
+    frames, _ = _clip(16)
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    clip = Clip("orbit.mp4", frames, grey, 16.0)
+    # found by the search, but the mask grows fourfold: the fix is to give the subject's box
+    grows = np.zeros((16, H, W), bool)
+    for k in range(16):
+        grows[k, 40:60 + 6 * k, 60:120] = True
+    steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
+    searched = EvalContext(clip)
+    searched.shared("subject_masks", lambda c: SubjectMasks(grows, steps, FoundSubject(grows[0], "motion", 0.9)))
+    result = compute_subject_drift(searched)
+    assert result.values["drift_unreliable"] and "rigid" in result.values["drift_unreliable"]
+    (note,) = [n for n in result.notes if "unreliable" in n]
+    assert "--subject-box X0,Y0,X1,Y1" in note and "--save-masks" in note
+    # the user's own box over the whole frame: the mask is the backdrop, and giving a box again is no fix
+    given = EvalContext(clip, options={"subject": SubjectHint(box=(0, 0, W, H))})
+    result = compute_subject_drift(given)
+    assert result.values["subject_found_by"] == "user_box" and "extent" in result.values["drift_unreliable"]
+    (note,) = [n for n in result.notes if "unreliable" in n]
+    assert "--subject-box" not in note and "the subject you gave was not followed" in note
