@@ -15,7 +15,8 @@ failed check is enough to doubt the reading):
   two passes' masks. Two passes that disagree followed different things.
 - ``extent``: an orbit's subject stands in a scene; a mask that covers most of the frame
   took in the floor or the backdrop: 1 up to ``EXTENT_FULL`` of the frame, falling to 0 at
-  ``EXTENT_NONE`` (mean mask area over the frame's).
+  ``EXTENT_NONE`` (mean mask area over the frame's). A subject the user gave (box or mask) is
+  not doubted for its size: a close-up fills the frame.
 - ``refined``: the share of sampled frames whose mask the image confirmed (the refinement
   stood, or nothing moved and the mask was held) times the mean IoU of refinement and
   propagation.
@@ -62,7 +63,8 @@ class DriftVerdict:
 def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
     """The confidence of the drift measured on ``masks`` (see the module docstring)."""
     found = masks.found
-    if found.basis in ("user_mask", "user_box"):
+    given = found.basis in ("user_mask", "user_box")
+    if given:
         basis = 1.0
     elif found.basis in ("motion", "saliency"):
         basis = float(np.clip(found.contrast / OUTLINE_FULL, 0.0, 1.0))
@@ -77,8 +79,9 @@ def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
         "rigid": float(np.clip(1.0 - (growth - 1.0) / AREA_SPAN, 0.0, 1.0)),
         "passes": float(np.mean([s.passes_agree for s in masks.steps])),
         "refined": float(refined),
-        "extent": float(np.clip((EXTENT_NONE - areas.mean() / masks.masks[0].size) / (EXTENT_NONE - EXTENT_FULL),
-                                0.0, 1.0)),
+        # a subject the user gave may fill the frame (a close-up): only a found one is doubted for it
+        "extent": 1.0 if given else float(np.clip((EXTENT_NONE - areas.mean() / masks.masks[0].size)
+                                                  / (EXTENT_NONE - EXTENT_FULL), 0.0, 1.0)),
     }
     weakest = min(checks, key=checks.get)
     confidence = round(checks[weakest], 4)

@@ -242,9 +242,15 @@ def test_an_unreliable_reading_tells_the_user_what_to_do():
     assert result.values["drift_unreliable"] and "rigid" in result.values["drift_unreliable"]
     (note,) = [n for n in result.notes if "unreliable" in n]
     assert "--subject-box X0,Y0,X1,Y1" in note and "--save-masks" in note
-    # the user's own box over the whole frame: the mask is the backdrop, and giving a box again is no fix
-    given = EvalContext(clip, options={"subject": SubjectHint(box=(0, 0, W, H))})
+    # the same from the user's own box: giving a box again is no fix
+    given = EvalContext(clip)
+    given.shared("subject_masks", lambda c: SubjectMasks(grows, steps, FoundSubject(grows[0], "user_box", 1.0)))
     result = compute_subject_drift(given)
-    assert result.values["subject_found_by"] == "user_box" and "extent" in result.values["drift_unreliable"]
+    assert result.values["subject_found_by"] == "user_box" and "rigid" in result.values["drift_unreliable"]
     (note,) = [n for n in result.notes if "unreliable" in n]
     assert "--subject-box" not in note and "the subject you gave was not followed" in note
+    # a close-up the user boxed fills the frame, and is followed: its size is no reason for doubt
+    close_up = EvalContext(clip, options={"subject": SubjectHint(box=(0, 0, W, H))})
+    result = compute_subject_drift(close_up)
+    assert result.values["subject_found_by"] == "user_box"
+    assert result.series["confidence_checks"]["extent"] == 1.0 and not result.values["drift_unreliable"]
