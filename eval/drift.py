@@ -48,7 +48,7 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
 def _fix_for(basis: str) -> str:
     """What a user can do about an unreliable reading, given what the subject rested on."""
     if basis in ("user_box", "user_mask"):
-        return ("fix: look at its contact sheet (--save-masks DIR): the subject you gave was not followed; "
+        return ("fix: look at its contact sheet (--save-masks DIR): the subject you gave was not followed with confidence; "
                 "compare leaves the pair out of the drift statistics")
     return ("fix: look at its contact sheet (--save-masks DIR); where the mask is not the subject, give its "
             "first-frame box with --subject-box X0,Y0,X1,Y1 (--subject-boxes JSON for many videos)")

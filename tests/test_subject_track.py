@@ -248,7 +248,7 @@ def test_an_unreliable_reading_tells_the_user_what_to_do():
     result = compute_subject_drift(given)
     assert result.values["subject_found_by"] == "user_box" and "rigid" in result.values["drift_unreliable"]
     (note,) = [n for n in result.notes if "unreliable" in n]
-    assert "--subject-box" not in note and "the subject you gave was not followed" in note
+    assert "--subject-box" not in note and "the subject you gave was not followed with confidence" in note
     # a close-up the user boxed fills the frame, and is followed: its size is no reason for doubt
     close_up = EvalContext(clip, options={"subject": SubjectHint(box=(0, 0, W, H))})
     result = compute_subject_drift(close_up)
