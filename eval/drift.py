@@ -21,6 +21,7 @@ import numpy as np
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift_confidence import drift_verdict
 from circle_rotate.eval.flow import magnitude
+from circle_rotate.eval.subject_find import FoundSubject
 from circle_rotate.eval.subject_hints import hint_for
 from circle_rotate.eval.subject_mask import SubjectMasks, segment_subject
 from circle_rotate.kernel.errors import UserError
@@ -45,11 +46,11 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
     return ctx.shared("subject_masks", build)
 
 
-def _fix_for(basis: str) -> str:
+def _fix_for(found: FoundSubject) -> str:
     """What a user can do about an unreliable reading, given what the subject rested on."""
-    if basis in ("user_box", "user_mask"):
-        return ("fix: look at its contact sheet (--save-masks DIR): the subject you gave was not followed with confidence; "
-                "compare leaves the pair out of the drift statistics")
+    if found.given:
+        return ("fix: look at its contact sheet (--save-masks DIR): the subject you gave was not followed "
+                "with confidence; compare leaves the pair out of the drift statistics")
     return ("fix: look at its contact sheet (--save-masks DIR); where the mask is not the subject, give its "
             "first-frame box with --subject-box X0,Y0,X1,Y1 (--subject-boxes JSON for many videos)")
 
@@ -70,7 +71,7 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
         notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
                      "tracked mask; they keep the propagated one")
     if verdict.unreliable:
-        notes.append(f"subject_drift: unreliable: {verdict.unreliable}; {_fix_for(masks.found.basis)}")
+        notes.append(f"subject_drift: unreliable: {verdict.unreliable}; {_fix_for(masks.found)}")
     values = {
         "drift": drift_of(centroids),
         "subject_flow": float(np.mean(subject)),

@@ -63,7 +63,7 @@ class DriftVerdict:
 def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
     """The confidence of the drift measured on ``masks`` (see the module docstring)."""
     found = masks.found
-    given = found.basis in ("user_mask", "user_box")
+    given = found.given
     if given:
         basis = 1.0
     elif found.basis in ("motion", "saliency"):

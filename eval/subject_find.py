@@ -82,6 +82,11 @@ class FoundSubject:
     basis: str  # one of BASES
     contrast: float  # 0-1: how much more salient the mask is than just outside it
 
+    @property
+    def given(self) -> bool:
+        """Did the user give the subject (a box or a mask) rather than the search find it?"""
+        return self.basis in ("user_mask", "user_box")
+
 
 def textured(grey: np.ndarray, level: float) -> np.ndarray:
     """Pixels with enough local contrast for dense flow to be trusted (both directions)."""
