@@ -101,7 +101,10 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     else:
         span = max(3, int(params.find.window * (n - 1)))
         found = find_subject(small[idx[0]], greys[idx[0]], work_flows[idx[0]:idx[0] + span], params=params.find)
-    masks, steps = track(small, greys, work_flows, idx, found.mask, params=params.track)
+    # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
+    # its cut may still be corrected by the backward pass)
+    masks, steps = track(small, greys, work_flows, idx, found.mask, params=params.track,
+                         keep_first=found.basis == "user_mask")
     full: List[np.ndarray] = []
     for m in masks:
         up = m if scale >= 1.0 else cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR) > 0

@@ -193,8 +193,8 @@ def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
 
 
 def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequence[np.ndarray],
-          indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams()
-          ) -> Tuple[List[np.ndarray], List[Step]]:
+          indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams(),
+          keep_first: bool = False) -> Tuple[List[np.ndarray], List[Step]]:
     """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
 
     The subject is followed forward to the last sampled frame, then back from there to the
@@ -210,6 +210,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         indices: the sampled frame indices (increasing, repeats allowed).
         first: the subject on ``indices[0]``.
         params: tuning.
+        keep_first: ``first`` stands on ``indices[0]`` (the user drew it), whatever the
+            backward pass finds there.
 
     Returns:
         One mask per sampled frame and one :class:`Step` per sampled frame (the first is ``found``).
@@ -260,5 +262,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         a = idx[j - 1]
         backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models)[0] \
             if moved.sum() >= 10 else forward_masks[j - 1]
+    # the backward pass's disagreement with a kept first mask still says how well it was followed
     steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]
+    if keep_first:
+        backward_masks[0] = first
     return backward_masks, steps

@@ -198,6 +198,18 @@ def test_the_users_box_or_mask_is_followed():
     assert by_box.found.basis == "user_box" and by_mask.found.basis == "user_mask"
 
 
+def test_a_drawn_mask_stands_on_the_first_frame():
+    """The user's mask is the subject on frame 0 as drawn (here 3 px generous all round), not
+    what the backward pass re-cuts there; a box is only bounds, and its cut may be corrected."""
+    frames, truth = _clip(20, subject_path=lambda t: (0.8 * t, 0.0))
+    idx = np.linspace(0, 19, 16).astype(int)
+    drawn = cv2.dilate(truth[0].astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    got = segment_subject(frames, idx, _flows(frames), hint=SubjectHint(mask=drawn))
+    assert np.array_equal(got.masks[0], drawn)  # the frames are under the working size: no rescaling
+    true_c = np.array([_centroid(truth[i]) for i in idx])
+    assert np.median(np.linalg.norm(got.centroids()[1:] - true_c[1:], axis=1)) <= 1.0
+
+
 def test_a_mask_that_grows_is_marked_unreliable_and_says_why():
     masks = np.zeros((16, 50, 50), bool)
     for k in range(16):

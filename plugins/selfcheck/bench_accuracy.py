@@ -8,8 +8,12 @@ evaluation marks videos ``drift_unreliable``, how many it marked and how many of
 
     python -m circle_rotate.selfcheck.bench_accuracy --set held-out [--folder DIR] [--jobs 2] [--plot acc.png]
     python -m circle_rotate.selfcheck.bench_accuracy --set development --seeds 1300-1305
+    python -m circle_rotate.selfcheck.bench_accuracy --set development --first-mask
 
-Tune on ``development`` only; ``held-out`` judges.
+``--first-mask`` gives each video the generator's exact subject mask on its first frame (as a
+user's ``--subject-mask`` would), so the figures measure the follower alone; the difference
+from a run without it is what finding the subject costs. Tune on ``development`` only;
+``held-out`` judges.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, List, Optional, Sequence
+from typing import TYPE_CHECKING, ClassVar, List, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
 
 ABS_TOL_PX, REL_TOL = 3.0, 0.15
 
@@ -54,6 +61,7 @@ class Reading(Judged):
     truth: float
     measured: Optional[float]  # None: the evaluation failed on it
     unreliable: bool = False
+    found_by: str = ""  # what the first frame's subject rested on (``subject_found_by``)
 
 
 @dataclass(frozen=True)
@@ -80,24 +88,37 @@ def score(readings: Sequence[Reading]) -> Score:
                  sum(r.within or r.unreliable for r in readings))
 
 
-def measure(set_name: str, seeds: Optional[Sequence[int]], folder: Path, *, jobs: int, metrics: Sequence[str],
-            column: str) -> List[Reading]:
-    """Render (or reuse) the set in ``folder``, evaluate it, pair each row with its truth."""
+def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int, metrics: Sequence[str], column: str,
+            first_mask: bool = False) -> List[Reading]:
+    """Render (or reuse) ``specs`` in ``folder``, evaluate them, pair each row with its truth.
+    With ``first_mask`` each video is given its exact first-frame subject mask."""
     from circle_rotate.eval.runner import evaluate
-    from circle_rotate.selfcheck.synthetic.orbit_sets import SETS, development_set, held_out_set, write_set
-    from circle_rotate.selfcheck.synthetic.turntable import load_truth
+    from circle_rotate.eval.subject_mask import SubjectHint
+    from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
+    from circle_rotate.selfcheck.synthetic.turntable import load_masks, load_truth
 
-    chosen = tuple(seeds) if seeds else SETS[set_name]
-    specs = development_set(chosen) if set_name == "development" else held_out_set(chosen)
     files = write_set(specs, folder)
-    rows = {r["video"]: r for r in evaluate([f.video for f in files], metrics=list(metrics), jobs=jobs).rows}
+    options = {}
+    if first_mask:
+        options["subject_boxes"] = {f.video.name: SubjectHint(mask=load_masks(f.masks)[0]) for f in files}
+    rows = {r["video"]: r for r in evaluate([f.video for f in files], metrics=list(metrics), jobs=jobs,
+                                            options=options).rows}
     out = []
     for spec, f in zip(specs, files):
         row = rows[f.video.name]
         value = row.get(column) if row["status"] == "ok" else None
         out.append(Reading(spec.name, spec.camera, spec.subject, float(load_truth(f.truth)["drift"]),
-                           None if value is None else float(value), bool(row.get("drift_unreliable", False))))
+                           None if value is None else float(value), bool(row.get("drift_unreliable", False)),
+                           str(row.get("subject_found_by") or "")))
     return out
+
+
+def set_specs(set_name: str, seeds: Optional[Sequence[int]]) -> List[TurntableSpec]:
+    """The specs of the ``development`` or ``held-out`` set (all its seeds, or ``seeds``)."""
+    from circle_rotate.selfcheck.synthetic.orbit_sets import SETS, development_set, held_out_set
+
+    chosen = tuple(seeds) if seeds else SETS[set_name]
+    return development_set(chosen) if set_name == "development" else held_out_set(chosen)
 
 
 def report(readings: Sequence[Reading], s: Score, title: str) -> str:
@@ -158,13 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metrics", default="subject_drift", help="what eval runs (default: subject_drift)")
     ap.add_argument("--column", default="drift", help="the result column holding the drift (default: drift)")
     ap.add_argument("--plot", type=Path, help="write measured-vs-true as a PNG here")
+    ap.add_argument("--first-mask", action="store_true",
+                    help="give each video its exact first-frame subject mask (measures the follower alone)")
     args = ap.parse_args(argv)
     seeds = _seeds(args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        readings = measure(args.set, seeds, folder, jobs=args.jobs, metrics=args.metrics.split(","), column=args.column)
-    title = f"subject drift against the truth, {args.set} set ({len(readings)} videos)"
+        readings = measure(set_specs(args.set, seeds), folder, jobs=args.jobs, metrics=args.metrics.split(","),
+                           column=args.column, first_mask=args.first_mask)
+    given = ", exact first-frame mask given" if args.first_mask else ""
+    title = f"subject drift against the truth, {args.set} set ({len(readings)} videos{given})"
     print(report(readings, score(readings), title))
     if args.plot:
         plot(readings, args.plot, title)
