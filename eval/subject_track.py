@@ -264,6 +264,9 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             if moved.sum() >= 10 else forward_masks[j - 1]
     # the backward pass's disagreement with a kept first mask still says how well it was followed
     steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]
-    if keep_first:
-        backward_masks[0] = first
+    if keep_first:  # every sample of the first frame (a short clip samples it more than once)
+        for j in range(k):
+            if idx[j] != idx[0]:
+                break
+            backward_masks[j] = first
     return backward_masks, steps

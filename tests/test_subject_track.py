@@ -208,6 +208,10 @@ def test_a_drawn_mask_stands_on_the_first_frame():
     assert np.array_equal(got.masks[0], drawn)  # the frames are under the working size: no rescaling
     true_c = np.array([_centroid(truth[i]) for i in idx])
     assert np.median(np.linalg.norm(got.centroids()[1:] - true_c[1:], axis=1)) <= 1.0
+    # a clip shorter than the 16 samples samples frame 0 twice: both are the drawn mask
+    short = np.linspace(0, 8, 16).astype(int)
+    got = segment_subject(frames[:9], short, _flows(frames[:9]), hint=SubjectHint(mask=drawn))
+    assert short[1] == 0 and np.array_equal(got.masks[0], drawn) and np.array_equal(got.masks[1], drawn)
 
 
 def test_a_mask_that_grows_is_marked_unreliable_and_says_why():
