@@ -165,7 +165,10 @@ def _seeds(text: Optional[str]) -> Optional[List[int]]:
     out: List[int] = []
     for part in text.split(","):
         lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
+        try:
+            out.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a seed or a range; give e.g. 1300-1305,1310") from None
     return out
 
 
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_accuracy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=("development", "held-out"), default="development")
-    ap.add_argument("--seeds", help="a subset or other seeds of that kind, e.g. 1300-1305,1310")
+    ap.add_argument("--seeds", type=_seeds, help="a subset or other seeds of that kind, e.g. 1300-1305,1310")
     ap.add_argument("--folder", type=Path, help="where the videos are rendered and kept (default: a temporary folder)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--metrics", default="subject_drift", help="what eval runs (default: subject_drift)")
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--first-mask", action="store_true",
                     help="give each video its exact first-frame subject mask (measures the follower alone)")
     args = ap.parse_args(argv)
-    seeds = _seeds(args.seeds)
+    seeds = args.seeds
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
