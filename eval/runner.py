@@ -26,6 +26,7 @@ import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.registry import COLUMNS, resolve
+from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, is_frame_folder
@@ -175,6 +176,15 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def options_for(video: Path, options: Optional[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """``options`` as one video needs them: ``subject_boxes`` (hints keyed by video name, a
+    whole first-frame mask each) narrowed to that video's entry, so a worker task is not sent
+    every video's mask."""
+    if not options or not options.get("subject_boxes"):
+        return options
+    return {**options, "subject_boxes": only_for(video.name, options["subject_boxes"])}
+
+
 def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("default",), jobs: int = 1,
              options: Optional[Mapping[str, Any]] = None) -> EvalResults:
     """Evaluate every video under ``paths``.
@@ -200,14 +210,15 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
         if jobs <= 1 or len(videos) <= 1:
             for i, v in enumerate(videos):
                 bar.set_postfix_str(v.name)
-                rows[i] = evaluate_video(v, names, options=options)
+                rows[i] = evaluate_video(v, names, options=options_for(v, options))
                 bar.update()
         else:
             # spawn, not fork: a forked child inherits OpenCV's and tqdm's threads mid-state and
             # can deadlock in its first cv2 call.
             with ProcessPoolExecutor(max_workers=min(jobs, len(videos)), initializer=_init_worker,
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(evaluate_video, v, names, options=options): i for i, v in enumerate(videos)}
+                futures = {pool.submit(evaluate_video, v, names, options=options_for(v, options)): i
+                           for i, v in enumerate(videos)}
                 for fut in as_completed(futures):
                     try:
                         rows[futures[fut]] = fut.result()

@@ -79,11 +79,22 @@ def read_boxes(path: os.PathLike | str) -> Dict[str, SubjectHint]:
     return {str(k): _box_of(str(k), v, p) for k, v in data.items()}
 
 
+def _matching_key(name: str, boxes: Mapping[str, SubjectHint]) -> Optional[str]:
+    for key in (name, Path(name).stem):
+        if key in boxes:
+            return key
+    return None
+
+
+def only_for(name: str, boxes: Mapping[str, SubjectHint]) -> Dict[str, SubjectHint]:
+    """The entry of ``boxes`` that :func:`hint_for` would pick for ``name``, alone (empty when
+    none): a worker evaluating one video is sent its own hint, not every video's mask."""
+    key = _matching_key(name, boxes)
+    return {} if key is None else {key: boxes[key]}
+
+
 def hint_for(name: str, *, boxes: Optional[Mapping[str, SubjectHint]], default: Optional[SubjectHint]
              ) -> Optional[SubjectHint]:
     """The hint for the video file ``name``: by file name, then by stem, else ``default``."""
-    if boxes:
-        for key in (name, Path(name).stem):
-            if key in boxes:
-                return boxes[key]
-    return default
+    key = _matching_key(name, boxes) if boxes else None
+    return default if key is None else boxes[key]

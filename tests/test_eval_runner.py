@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.eval.runner import evaluate, find_videos
+from circle_rotate.eval.runner import evaluate, find_videos, options_for
+from circle_rotate.eval.subject_mask import SubjectHint
 from circle_rotate.kernel.video_io import write_video
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
 
@@ -137,3 +138,24 @@ def test_frame_folders_are_videos(tmp_path):
     assert find_videos([tmp_path]) == [d] and find_videos([d]) == [d]
     row = evaluate([d], metrics=["dynamic_degree", "ssim"]).rows[0]
     assert row["status"] == "ok" and row["frames"] == 9
+
+
+def test_each_video_is_sent_its_own_hint_only(tmp_path):
+    hints = {"orbit_a.mp4": SubjectHint(box=(80, 40, 180, 140)), "orbit_b": SubjectHint(mask=np.ones((160, 256), bool)),
+             "other.mp4": SubjectHint(box=(1, 2, 3, 4))}
+    options = {"subject_boxes": hints, "sheet_dir": "sheets"}
+    assert options_for(tmp_path / "orbit_a.mp4", options) == {"subject_boxes": {"orbit_a.mp4": hints["orbit_a.mp4"]},
+                                                            "sheet_dir": "sheets"}
+    assert options_for(tmp_path / "orbit_b.mp4", options)["subject_boxes"] == {"orbit_b": hints["orbit_b"]}
+    assert options_for(tmp_path / "none.mp4", options)["subject_boxes"] == {}
+    assert options["subject_boxes"] is hints and len(hints) == 3  # the caller's options are left as they were
+    assert options_for(tmp_path / "a.mp4", {"subject": hints["other.mp4"]}) == {"subject": hints["other.mp4"]}
+
+
+def test_workers_follow_the_hint_of_their_own_video(folder):
+    videos = [folder / "orbit_a.mp4", folder / "orbit_b.mp4"]
+    drawn = np.zeros((160, 256), bool)
+    drawn[30:150, 60:200] = True
+    hints = {"orbit_a.mp4": SubjectHint(box=(60, 30, 200, 150)), "orbit_b.mp4": SubjectHint(mask=drawn)}
+    rows = evaluate(videos, metrics=["subject_drift"], jobs=2, options={"subject_boxes": hints}).rows
+    assert [r["subject_found_by"] for r in rows] == ["user_box", "user_mask"]
