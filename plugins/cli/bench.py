@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval|accuracy|real|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|eval|accuracy|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ BENCHES = {
                  "subject drift against the synthetic truth on the development or held-out orbit set"),
     "real": ("circle_rotate.selfcheck.bench_real",
              "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real)"),
+    "noise": ("circle_rotate.selfcheck.bench_noise",
+              "how far re-encoding (H.264 at several CRFs) moves the subject-drift reading of each video in --folder"),
     "fp8-merge": ("circle_rotate.selfcheck.bench_fp8_merge",
                   "pre-merged fp8_scaled weights against ComfyUI's load-time LoRA, both against the fp32 truth"),
     "comfyui": ("circle_rotate.selfcheck.check_comfyui",
