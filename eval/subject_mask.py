@@ -103,7 +103,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         found = find_subject(small[idx[0]], greys[idx[0]], work_flows[idx[0]:idx[0] + span], params=params.find)
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
-    masks, steps = track(small, greys, work_flows, idx, found.mask, params=params.track,
+    masks, steps = track(small, greys, work_flows, idx, found.mask, params=params.track, given=found.given,
                          keep_first=found.basis == "user_mask")
     full: List[np.ndarray] = []
     for m in masks:

@@ -11,10 +11,12 @@ import pytest
 from circle_rotate.eval.drift import drift_of
 from circle_rotate.eval.drift_confidence import THRESHOLD, drift_verdict
 from circle_rotate.eval.flow import farneback
+from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.grabcut import keep_overlapping
 from circle_rotate.eval.subject_find import find_subject
 from circle_rotate.eval.subject_mask import SubjectHint, SubjectMasks, segment_subject
-from circle_rotate.eval.subject_track import Step, TrackParams, chain, round_trip, subject_motion
+from circle_rotate.eval.subject_track import Step, TrackParams, chain, rim_motion, round_trip, subject_motion
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, load_masks, write_turntable
 
 H, W = 180, 240
 
@@ -81,6 +83,38 @@ def test_the_subjects_motion_is_fitted_past_a_patch_of_background():
     fit = subject_motion(mask, flow, np.ones_like(mask), 60.0)
     assert fit[0, 0] == pytest.approx(s, abs=1e-3) and fit[0, 1] == pytest.approx(0.0, abs=1e-3)
     assert fit[:, 2] == pytest.approx([tx, ty], abs=0.05)
+
+
+def test_a_given_mask_moves_by_its_rim_past_a_patch_of_background():
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 20:80] = True
+    flow = np.zeros((100, 100, 2), np.float32)
+    flow[...] = (3.0, -2.0)
+    flow[20:80, 20:30] = (-15.0, 0.0)  # a strip of the mask, one side of its rim, moves with the background
+    fit = rim_motion(mask, flow, np.ones_like(mask), 60.0, rim=0.06)
+    assert fit[:, :2] == pytest.approx(np.eye(2)) and fit[:, 2] == pytest.approx([3.0, -2.0])
+
+
+@pytest.mark.parametrize("subject", ["cylinder", "box"])
+def test_on_a_rendered_orbit_the_rim_follows_the_true_centroid_closer_than_the_fit(tmp_path, subject):
+    # per sampled step, each estimate of the subject's motion from its exact mask against where the
+    # exact mask's centroid went (measured on seed 60: rim 1.1 vs fit 5.6 px for the cylinder, 4.2 vs 8.6
+    # for the box; seeds 50-52 the same way, the largest ratio 0.6)
+    files = write_turntable(TurntableSpec(name="o", width=320, height=192, frames=33, subject=subject, seed=60,
+                                          total_angle_deg=180.0), tmp_path)
+    clip, truth = load_clip(files.video), load_masks(files.masks)
+    greys = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip.frames]
+    flows = _flows(clip.frames)
+    rim_err, fit_err = [], []
+    for a, b in zip(clip.sampled()[:-1], clip.sampled()[1:]):
+        moved = _centroid(truth[b]) - _centroid(truth[a])
+        ch = chain(flows[a:b])
+        ok = round_trip(ch, greys[a], greys[b], TrackParams())
+        size = np.sqrt(truth[a].sum())
+        rim_err.append(np.linalg.norm(rim_motion(truth[a], ch, ok, size, rim=0.06)[:, 2] - moved))
+        fit = subject_motion(truth[a], ch, ok, size)
+        fit_err.append(np.linalg.norm(fit[:, :2] @ _centroid(truth[a]) + fit[:, 2] - _centroid(truth[a]) - moved))
+    assert np.mean(rim_err) < 0.8 * np.mean(fit_err), (np.mean(rim_err), np.mean(fit_err))
 
 
 def test_the_round_trip_check_flags_flow_that_does_not_come_back():
