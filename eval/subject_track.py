@@ -223,10 +223,11 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
     """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
 
     The subject is followed forward to the last sampled frame, then back from there to the
-    first (along the same flows, the subject's motion inverted); each frame keeps what both
-    passes agree on. A patch the first mask took in wrongly is usually dropped by the
-    forward pass's refinements before the end, so the backward pass never had it, and the
-    frames before no longer carry it either: the mask is one consistent subject throughout.
+    first (along the same flows, the subject's motion inverted); each frame keeps the
+    backward pass's mask, and how far the two passes agree feeds the confidence. A patch the
+    first mask took in wrongly is usually dropped by the forward pass's refinements before
+    the end, so the backward pass never had it, and the frames before no longer carry it
+    either: the mask is one consistent subject throughout.
 
     Args:
         images: the clip's RGB frames at the working resolution (indexable by frame).
