@@ -21,23 +21,26 @@ SPECS = (
 def readings(tmp_path_factory):
     folder = tmp_path_factory.mktemp("acc")
     found = measure(SPECS, folder, jobs=1, metrics=["subject_drift"], column="drift")
-    given = measure(SPECS, folder, jobs=1, metrics=["subject_drift"], column="drift", first_mask=True)
-    return found, given
+    given = measure(SPECS, folder, jobs=1, metrics=["subject_drift"], column="drift", given="mask")
+    boxed = measure(SPECS, folder, jobs=1, metrics=["subject_drift"], column="drift", given="box")
+    return found, given, boxed
 
 
-def test_the_first_mask_reaches_the_evaluation(readings):
-    found, given = readings
+def test_the_first_mask_or_box_reaches_the_evaluation(readings):
+    found, given, boxed = readings
     assert [r.found_by for r in given] == ["user_mask", "user_mask"]
+    assert [r.found_by for r in boxed] == ["user_box", "user_box"]
     assert all(r.found_by in BASES and r.found_by not in ("user_mask", "user_box") for r in found)
 
 
 def test_readings_are_paired_with_their_truth(readings):
-    found, given = readings
-    for rs in (found, given):
+    found, given, boxed = readings
+    for rs in (found, given, boxed):
         still, orbit = rs
         assert still.truth <= 1e-9 and still.measured <= 1e-9  # a static shot reads 0, found or given
         assert orbit.truth > 1.0 and orbit.measured is not None and np.isfinite(orbit.measured)
     assert given[1].within  # the exact first mask, followed over a 45-degree turn (measured 0.1 px off)
+    assert boxed[1].within  # its tight box, cut and followed (measured 0.04 px off)
     s = score(given)
     assert s.count == 2 and s.static_max <= 1e-9
     text = report(given, s, "title")

@@ -9,10 +9,13 @@ evaluation marks videos ``drift_unreliable``, how many it marked and how many of
     python -m circle_rotate.selfcheck.bench_accuracy --set held-out [--folder DIR] [--jobs 2] [--plot acc.png]
     python -m circle_rotate.selfcheck.bench_accuracy --set development --seeds 1300-1305
     python -m circle_rotate.selfcheck.bench_accuracy --set development --first-mask
+    python -m circle_rotate.selfcheck.bench_accuracy --set development --first-box
 
 ``--first-mask`` gives each video the generator's exact subject mask on its first frame (as a
 user's ``--subject-mask`` would), so the figures measure the follower alone; the difference
-from a run without it is what finding the subject costs. Tune on ``development`` only;
+from a run without it is what finding the subject costs. ``--first-box`` gives that mask's
+tight box instead (as a user's ``--subject-box`` would): the path most users who help the
+evaluation take. Tune on ``development`` only;
 ``held-out`` judges.
 """
 
@@ -88,19 +91,28 @@ def score(readings: Sequence[Reading]) -> Score:
                  sum(r.within or r.unreliable for r in readings))
 
 
-def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int, metrics: Sequence[str], column: str,
-            first_mask: bool = False) -> List[Reading]:
-    """Render (or reuse) ``specs`` in ``folder``, evaluate them, pair each row with its truth.
-    With ``first_mask`` each video is given its exact first-frame subject mask."""
-    from circle_rotate.eval.runner import evaluate
+def _first_hint(mask: np.ndarray, given: str):
     from circle_rotate.eval.subject_mask import SubjectHint
+
+    if given == "mask":
+        return SubjectHint(mask=mask)
+    ys, xs = np.nonzero(mask)
+    return SubjectHint(box=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+
+
+def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int, metrics: Sequence[str], column: str,
+            given: Optional[str] = None) -> List[Reading]:
+    """Render (or reuse) ``specs`` in ``folder``, evaluate them, pair each row with its truth.
+    With ``given="mask"`` each video is given its exact first-frame subject mask (as
+    ``--subject-mask``), with ``given="box"`` that mask's tight box (as ``--subject-box``)."""
+    from circle_rotate.eval.runner import evaluate
     from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
     from circle_rotate.selfcheck.synthetic.turntable import load_masks, load_truth
 
     files = write_set(specs, folder)
     options = {}
-    if first_mask:
-        options["subject_boxes"] = {f.video.name: SubjectHint(mask=load_masks(f.masks)[0]) for f in files}
+    if given:
+        options["subject_boxes"] = {f.video.name: _first_hint(load_masks(f.masks)[0], given) for f in files}
     rows = {r["video"]: r for r in evaluate([f.video for f in files], metrics=list(metrics), jobs=jobs,
                                             options=options).rows}
     out = []
@@ -182,16 +194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metrics", default="subject_drift", help="what eval runs (default: subject_drift)")
     ap.add_argument("--column", default="drift", help="the result column holding the drift (default: drift)")
     ap.add_argument("--plot", type=Path, help="write measured-vs-true as a PNG here")
-    ap.add_argument("--first-mask", action="store_true",
-                    help="give each video its exact first-frame subject mask (measures the follower alone)")
+    first = ap.add_mutually_exclusive_group()
+    first.add_argument("--first-mask", dest="given", action="store_const", const="mask",
+                       help="give each video its exact first-frame subject mask (measures the follower alone)")
+    first.add_argument("--first-box", dest="given", action="store_const", const="box",
+                       help="give each video the tight box of that mask (a user's --subject-box)")
     args = ap.parse_args(argv)
     seeds = args.seeds
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         readings = measure(set_specs(args.set, seeds), folder, jobs=args.jobs, metrics=args.metrics.split(","),
-                           column=args.column, first_mask=args.first_mask)
-    given = ", exact first-frame mask given" if args.first_mask else ""
+                           column=args.column, given=args.given)
+    given = {"mask": ", exact first-frame mask given", "box": ", first-frame box given"}.get(args.given, "")
     title = f"subject drift against the truth, {args.set} set ({len(readings)} videos{given})"
     print(report(readings, score(readings), title))
     if args.plot:
