@@ -15,8 +15,7 @@ evaluation marks videos ``drift_unreliable``, how many it marked and how many of
 user's ``--subject-mask`` would), so the figures measure the follower alone; the difference
 from a run without it is what finding the subject costs. ``--first-box`` gives that mask's
 tight box instead (as a user's ``--subject-box`` would): the path most users who help the
-evaluation take. Tune on ``development`` only;
-``held-out`` judges.
+evaluation take. Tune on ``development`` only; ``held-out`` judges.
 """
 
 from __future__ import annotations
@@ -200,11 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     first.add_argument("--first-box", dest="given", action="store_const", const="box",
                        help="give each video the tight box of that mask (a user's --subject-box)")
     args = ap.parse_args(argv)
-    seeds = args.seeds
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        readings = measure(set_specs(args.set, seeds), folder, jobs=args.jobs, metrics=args.metrics.split(","),
+        readings = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs, metrics=args.metrics.split(","),
                            column=args.column, given=args.given)
     given = {"mask": ", exact first-frame mask given", "box": ", first-frame box given"}.get(args.given, "")
     title = f"subject drift against the truth, {args.set} set ({len(readings)} videos{given})"

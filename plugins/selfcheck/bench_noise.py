@@ -140,15 +140,12 @@ def plot(rows: Sequence[NoiseRow], crfs: Sequence[int], path: Path, title: str) 
 
 
 def _videos(folder: Path) -> List[Path]:
-    from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
+    """The videos ``circle-rotate eval`` would take from ``folder`` (files and frame folders)."""
+    from circle_rotate.eval.runner import find_videos
 
     if not folder.is_dir():
         raise UserError("not a folder", path=folder, fix="pass a folder of videos, e.g. --folder ../shared/eval-real")
-    videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-                    and not p.name.startswith("."))
-    if not videos:
-        raise UserError("folder holds no videos", path=folder, fix=f"pass a folder of {'/'.join(VIDEO_SUFFIXES)} files")
-    return videos
+    return find_videos([folder])  # a folder without videos: its UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
