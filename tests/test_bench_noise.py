@@ -30,7 +30,7 @@ def test_every_video_is_read_on_the_original_and_each_reencode(measured):
     assert [r.name for r in rows] == ["still", "orbit"]
     for v in videos:
         for crf in CRFS:  # real H.264 files, every frame kept
-            assert load_clip(work / f"{v.stem}.crf{crf}.mp4").count == load_clip(v).count
+            assert load_clip(work / f"{v.name}.crf{crf}.mp4").count == load_clip(v).count
     still, orbit = rows
     # a static camera over a still subject reads 0 however it is encoded (truth 0)
     assert still.original.value <= 1e-6 and all(still.reencoded[c].value <= 1e-6 for c in CRFS)
@@ -56,6 +56,17 @@ def test_an_odd_sized_gif_is_cropped_to_even_for_h264(tmp_path):
     write_video(tmp_path / "odd.gif", frames, fps=8)
     out = reencode(tmp_path / "odd.gif", tmp_path, 23)
     assert load_clip(out).size == (74, 60) and load_clip(out).count == 5
+
+
+def test_videos_sharing_a_stem_get_copies_of_their_own(tmp_path):
+    rng = np.random.default_rng(1)
+    for suffix, n in ((".gif", 5), (".mp4", 7)):
+        write_video(tmp_path / f"a{suffix}", [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(n)], fps=8)
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = measure([tmp_path / "a.gif", tmp_path / "a.mp4"], (18,), jobs=1, workdir=work)
+    assert len(rows) == 2
+    assert load_clip(work / "a.gif.crf18.mp4").count == 5 and load_clip(work / "a.mp4.crf18.mp4").count == 7
 
 
 def test_a_missing_folder_is_one_line_and_exit_2(capsys):

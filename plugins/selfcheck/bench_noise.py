@@ -66,7 +66,7 @@ def reencode(video: Path, folder: Path, crf: int) -> Path:
 
     clip = load_clip(video)
     h, w = clip.frames.shape[1:3]
-    out = folder / f"{video.stem}.crf{crf}.mp4"
+    out = folder / f"{video.name}.crf{crf}.mp4"  # by full name: a.gif and a.mp4 may sit side by side
     write_video(out, clip.frames[:, : h - h % 2, : w - w % 2], fps=clip.fps, crf=crf)
     return out
 
