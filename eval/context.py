@@ -34,11 +34,12 @@ class EvalContext:
     Args:
         clip: the decoded video.
         options: backend settings (weight paths, device) passed through from the CLI.
+        threads: how many flows are computed at once (the cores this clip has to itself).
     """
 
-    def __init__(self, clip: Clip, *, options: Optional[Mapping[str, Any]] = None):
+    def __init__(self, clip: Clip, *, options: Optional[Mapping[str, Any]] = None, threads: int = 1):
         self.clip = clip
-        self.flows = FlowCache(clip.grey)
+        self.flows = FlowCache(clip.grey, threads=threads)
         self.options: Mapping[str, Any] = dict(options or {})
         self._shared: Dict[str, Any] = {}
 

@@ -61,6 +61,7 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     masks = subject_masks(ctx)
     centroids = masks.centroids()
     subject, whole = [], []
+    ctx.flows.prefetch(zip(idx[:-1], idx[1:]))
     for k, (a, b) in enumerate(zip(idx[:-1], idx[1:])):
         mag = magnitude(ctx.flows.get(int(a), int(b)))
         whole.append(float(np.mean(mag, dtype=np.float64)))

@@ -95,8 +95,9 @@ def _clean(value: Any) -> Any:
 
 
 def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
-                   options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                   options: Optional[Mapping[str, Any]] = None, threads: int = 1) -> Dict[str, Any]:
     """All requested metrics on one video; never raises for a bad video (an error row instead).
+    Its flows are computed ``threads`` at a time.
 
     Returns:
         ``{"video", "path", "status": "ok"|"error", "error", ...columns, "notes", "skipped", "series"}``.
@@ -105,7 +106,7 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
     row: Dict[str, Any] = {"video": p.name, "path": str(p), "status": "ok", "error": None}
     try:
         clip = load_clip(p)
-        ctx = EvalContext(clip, options=options)
+        ctx = EvalContext(clip, options=options, threads=threads)
         row.update(frames=clip.count, fps=round(clip.fps, 4), width=clip.size[0], height=clip.size[1])
         notes: List[str] = []
         skipped: List[str] = []
@@ -185,8 +186,15 @@ def options_for(video: Path, options: Optional[Mapping[str, Any]]) -> Optional[M
     return {**options, "subject_boxes": only_for(video.name, options["subject_boxes"])}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("default",), jobs: int = 1,
-             options: Optional[Mapping[str, Any]] = None) -> EvalResults:
+             options: Optional[Mapping[str, Any]] = None, threads: Optional[int] = None) -> EvalResults:
     """Evaluate every video under ``paths``.
 
     Args:
@@ -194,6 +202,8 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
         metrics: metric names ("default", "all", names, comma lists).
         jobs: worker processes (1 runs in this process).
         options: backend settings for learned metrics (e.g. ``{"weights": {"clip": DIR}}``).
+        threads: flows each video computes at once; by default the cores are shared out
+            between the videos evaluated at once (one video alone gets them all).
 
     Returns:
         :class:`EvalResults` with one row per video in input order.
@@ -205,19 +215,24 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     videos = find_videos(paths)
     start = time.perf_counter()
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
+    workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
+    # a video's flows are most of its cost, and OpenCV computes each on one core: a video
+    # evaluated alone (or two on many cores) would otherwise leave the other cores idle
+    per_video = threads if threads is not None else max(1, usable_cores() // workers)
     bar = progress(total=len(videos), desc="eval", unit="video")
     try:
-        if jobs <= 1 or len(videos) <= 1:
+        if workers == 1:
             for i, v in enumerate(videos):
                 bar.set_postfix_str(v.name)
-                rows[i] = evaluate_video(v, names, options=options_for(v, options))
+                rows[i] = evaluate_video(v, names, options=options_for(v, options), threads=per_video)
                 bar.update()
         else:
             # spawn, not fork: a forked child inherits OpenCV's and tqdm's threads mid-state and
             # can deadlock in its first cv2 call.
-            with ProcessPoolExecutor(max_workers=min(jobs, len(videos)), initializer=_init_worker,
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(evaluate_video, v, names, options=options_for(v, options)): i
+                futures = {pool.submit(evaluate_video, v, names, options=options_for(v, options),
+                                       threads=per_video): i
                            for i, v in enumerate(videos)}
                 for fut in as_completed(futures):
                     try:

@@ -144,3 +144,23 @@ def test_identical_first_and_last_frames_give_infinite_psnr_and_ssim_one(tmp_pat
     psnr = resolve(["psnr"])[0].compute(ctx)
     assert psnr.values["psnr"] == float("inf") and psnr.notes
     assert resolve(["ssim"])[0].compute(ctx).values["ssim"] == pytest.approx(1.0)
+
+
+def test_flows_computed_on_two_threads_are_the_same_flows_each_computed_once(video):
+    one, two = EvalContext(load_clip(video)), EvalContext(load_clip(video), threads=2)
+    pairs = [(i, i + 1) for i in range(one.clip.count - 1)] + [(0, 5), (0, 5)]
+    one.flows.prefetch(pairs)
+    two.flows.prefetch(pairs)
+    two.flows.prefetch(pairs)  # a second call computes nothing
+    assert one.flows.computed == two.flows.computed == len(set(pairs))
+    for i, j in set(pairs):
+        np.testing.assert_array_equal(one.flows.get(i, j), two.flows.get(i, j))
+    assert two.flows.computed == len(set(pairs))
+
+
+def test_the_default_set_reads_the_same_whatever_the_threads(video):
+    from circle_rotate.eval.runner import evaluate
+
+    rows = [evaluate([video], jobs=1, threads=t).rows[0] for t in (1, 2)]
+    for name in ("motion_magnitude", "drift", "subject_flow", "global_flow", "orbit_motion", "psnr"):
+        assert rows[0][name] == rows[1][name], name

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -159,3 +160,22 @@ def test_workers_follow_the_hint_of_their_own_video(folder):
     hints = {"orbit_a.mp4": SubjectHint(box=(60, 30, 200, 150)), "orbit_b.mp4": SubjectHint(mask=drawn)}
     rows = evaluate(videos, metrics=["subject_drift"], jobs=2, options={"subject_boxes": hints}).rows
     assert [r["subject_found_by"] for r in rows] == ["user_box", "user_mask"]
+
+
+def test_the_cores_are_shared_out_between_the_videos_evaluated_at_once(tmp_path, monkeypatch):
+    from circle_rotate.eval import runner
+
+    for i in range(2):
+        write_turntable(TurntableSpec(name=f"v{i}", width=64, height=48, frames=9, seed=i), tmp_path)
+    seen = []
+
+    def spy(path, names, *, options=None, threads=1):
+        seen.append(threads)
+        return {"video": Path(path).name, "path": str(path), "status": "ok", "error": None}
+
+    monkeypatch.setattr(runner, "evaluate_video", spy)
+    monkeypatch.setattr(runner, "usable_cores", lambda: 8)
+    runner.evaluate([tmp_path], metrics=["motion"], jobs=1)
+    runner.evaluate([tmp_path / "v0.mp4"], metrics=["motion"], jobs=4)  # one video: in this process
+    runner.evaluate([tmp_path], metrics=["motion"], jobs=1, threads=3)
+    assert seen == [8, 8, 8, 3, 3]
