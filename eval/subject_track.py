@@ -219,12 +219,13 @@ def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
 
 def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequence[np.ndarray],
           indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams(),
-          given: bool = False, keep_first: bool = False) -> Tuple[List[np.ndarray], List[Step]]:
+          given: bool = False, keep_first: bool = False) -> Tuple[List[np.ndarray], List[Step], List[np.ndarray]]:
     """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
 
     The subject is followed forward to the last sampled frame, then back from there to the
     first (along the same flows, the subject's motion inverted); each frame keeps the
-    backward pass's mask, and how far the two passes agree feeds the confidence. A patch the
+    backward pass's mask, and how far the two passes agree feeds the confidence. The forward
+    pass's masks are returned too (a given subject's centroid is the mean of both passes'). A patch the
     first mask took in wrongly is usually dropped by the forward pass's refinements before
     the end, so the backward pass never had it, and the frames before no longer carry it
     either: the mask is one consistent subject throughout.
@@ -242,7 +243,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             backward pass finds there.
 
     Returns:
-        One mask per sampled frame and one :class:`Step` per sampled frame (the first is ``found``).
+        The backward pass's mask per sampled frame, one :class:`Step` per sampled frame (the
+        first is ``found``), and the forward pass's mask per sampled frame.
     """
     idx = list(indices)
     k = len(idx)
@@ -304,4 +306,4 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             if idx[j] != idx[0]:
                 break
             backward_masks[j] = first
-    return backward_masks, steps
+    return backward_masks, steps, forward_masks

@@ -162,5 +162,8 @@ def test_the_default_set_reads_the_same_whatever_the_threads(video):
     from circle_rotate.eval.runner import evaluate
 
     rows = [evaluate([video], jobs=1, threads=t).rows[0] for t in (1, 2)]
-    for name in ("motion_magnitude", "drift", "subject_flow", "global_flow", "orbit_motion", "psnr"):
-        assert rows[0][name] == rows[1][name], name
+    # to rounding: OpenCV may split a Farneback pass over its own threads differently when
+    # it is called from several threads at once
+    for name in ("motion_magnitude", "drift", "subject_flow", "global_flow", "psnr"):
+        assert rows[0][name] == pytest.approx(rows[1][name], rel=1e-9), name
+    assert rows[0]["orbit_motion"] == rows[1]["orbit_motion"]

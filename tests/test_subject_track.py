@@ -117,6 +117,29 @@ def test_on_a_rendered_orbit_the_rim_follows_the_true_centroid_closer_than_the_f
     assert np.mean(rim_err) < 0.8 * np.mean(fit_err), (np.mean(rim_err), np.mean(fit_err))
 
 
+@pytest.mark.parametrize("subject", ["box", "car"])
+def test_a_given_subjects_centroid_is_the_mean_of_both_passes_and_closer_to_the_truth(tmp_path, subject):
+    # each pass sheds what turns into view on its own leading side, so their errors lie on
+    # opposite sides (measured on seed 81: mean per-frame error 4.1 against 6.7 px for the box,
+    # 13.3 against 20.0 for the car; seed 80 the same way, 0.76 and 0.69 of the backward pass's)
+    files = write_turntable(TurntableSpec(name="o", width=320, height=192, frames=33, subject=subject, seed=81,
+                                          total_angle_deg=180.0), tmp_path)
+    clip, truth = load_clip(files.video), load_masks(files.masks)
+    idx = clip.sampled()
+    flows = _flows(clip.frames)
+    ys, xs = np.nonzero(truth[idx[0]])
+    got = segment_subject(clip.frames, idx, flows, hint=SubjectHint(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)))
+    backward = np.array([_centroid(m) for m in got.masks])
+    assert got.forward is not None
+    np.testing.assert_allclose(got.centroids(), (backward + got.forward) / 2)
+    true_c = np.array([_centroid(truth[i]) for i in idx])
+    both, alone = (np.linalg.norm(c - true_c, axis=1).mean() for c in (got.centroids(), backward))
+    assert both < 0.85 * alone, (both, alone)
+    found = segment_subject(clip.frames, idx, flows)  # a found mask: the backward pass alone
+    assert found.forward is None
+    np.testing.assert_allclose(found.centroids(), [_centroid(m) for m in found.masks])
+
+
 def test_the_round_trip_check_flags_flow_that_does_not_come_back():
     a = cv2.cvtColor(_texture(H, W + 8, 1, (60, 160, 70)), cv2.COLOR_RGB2GRAY)
     b = a[:, 3:].copy()  # everything moved 3 px left
