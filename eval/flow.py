@@ -60,8 +60,9 @@ class FlowCache:
         return flow
 
     def prefetch(self, pairs: Iterable[Tuple[int, int]]) -> None:
-        """Compute the flows of ``pairs`` not yet kept, ``threads`` at a time (each flow is
-        the same whichever thread computes it)."""
+        """Compute the flows of ``pairs`` not yet kept, ``threads`` at a time. Each is the
+        same flow to rounding whichever thread computes it (OpenCV may split a pass over its
+        own threads differently when it is called from several at once)."""
         todo = list(dict.fromkeys((int(i), int(j)) for i, j in pairs if (i, j) not in self._flows))
         if self.threads <= 1 or len(todo) <= 1:
             for i, j in todo:

@@ -38,7 +38,8 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", "--metric", nargs="+", action=_MetricsAction, default=None, metavar="M[,M...]",
                    help="metric names, 'default' or 'all', comma-separated (default: default)")
     p.set_defaults(more_paths=[])
-    p.add_argument("--jobs", type=int, default=0, metavar="N", help="videos evaluated at once (default: all cores)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="videos evaluated at once (default: all cores; the cores left over compute each video's flows)")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some videos could not be evaluated")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",

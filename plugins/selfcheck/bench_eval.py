@@ -13,7 +13,6 @@ on one core (one job, one thread: the work itself, against the floor's work).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
