@@ -1,4 +1,5 @@
-"""What the drift measured, to look at: the sampled frames with the mask outline and the centroid path."""
+"""What the drift measured, to look at: the sampled frames with the mask outline (and the
+forward pass's, where it counts) and the centroid path."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ import numpy as np
 #: Long side (pixels) of each tile.
 TILE = 240
 _OUTLINE = (255, 64, 0)  # RGB
+_SECOND = (64, 255, 64)
 _PATH = (0, 255, 255)
 _NOW = (255, 0, 255)
 
 
 def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], centroids: np.ndarray, *,
-                  columns: int = 8, title: Optional[str] = None) -> np.ndarray:
-    """One RGB image: per sampled frame a tile with the mask's outline, the whole centroid
-    path (thin) and that frame's centroid (a dot).
+                  second: Optional[Sequence[np.ndarray]] = None, columns: int = 8,
+                  title: Optional[str] = None) -> np.ndarray:
+    """One RGB image: per sampled frame a tile with the mask's outline (orange), the whole
+    centroid path (thin) and that frame's centroid (a dot).
 
     Args:
         frames: K (H, W, 3) RGB uint8 frames.
         masks: K (H, W) bool masks.
         centroids: (K, 2) x, y in the frames' pixels.
+        second: K more masks whose outlines are drawn too (green): the forward pass's, where
+            the centroid is the mean of both passes'.
         columns: tiles per row.
         title: a line written above the tiles.
 
@@ -36,9 +41,10 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
     tiles = []
     for k, (frame, mask) in enumerate(zip(frames, masks)):
         tile = np.ascontiguousarray(cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA))
-        small = cv2.resize(mask.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(tile, contours, -1, _OUTLINE, 1)
+        for m, colour in ((second[k], _SECOND), (mask, _OUTLINE)) if second is not None else ((mask, _OUTLINE),):
+            small = cv2.resize(m.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(tile, contours, -1, colour, 1)
         cv2.polylines(tile, [path.reshape(-1, 1, 2)], False, _PATH, 1)
         cv2.circle(tile, tuple(int(v) for v in path[k]), 3, _NOW, -1)
         cv2.putText(tile, str(k), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)

@@ -30,10 +30,14 @@ def sheet_path(folder: os.PathLike | str, clip: Clip) -> Path:
 
 def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, drift: float,
                         confidence: float) -> Path:
-    """The sampled frames with the mask outline and the centroid path, as a PNG."""
+    """The sampled frames with the mask outline and the centroid path, as a PNG (a given
+    subject's centroid is the mean of two passes: both outlines are drawn)."""
     idx = clip.sampled()
     title = f"{clip.name}: drift {drift:.2f} px, confidence {confidence:.2f} (found by {masks.found.basis})"
-    sheet = contact_sheet([clip.frames[i] for i in idx], masks.masks, masks.centroids(), title=title)
+    if masks.forward is not None:
+        title += "; centroid = mean of the orange and the green pass"
+    sheet = contact_sheet([clip.frames[i] for i in idx], masks.masks, masks.centroids(), second=masks.forward,
+                          title=title)
     return write_bytes(sheet_path(folder, clip), png_bytes(sheet))
 
 

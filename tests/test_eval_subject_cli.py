@@ -65,3 +65,6 @@ def test_save_masks_writes_the_masks_and_the_contact_sheet(clip, tmp_path, capsy
     sheet = cv2.imread(row["contact_sheet"])
     assert row["contact_sheet"] == str(masks / "orbit.drift.png") and sheet.shape[0] > 200
     assert row["subject_found_by"] == "user_box"
+    # a given subject's centroid is the mean of two passes: both outlines are drawn (BGR)
+    orange, green = (sheet == (0, 64, 255)).all(-1).sum(), (sheet == (64, 255, 64)).all(-1).sum()
+    assert orange > 100 and green > 100, (orange, green)
