@@ -41,7 +41,8 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
     tiles = []
     for k, (frame, mask) in enumerate(zip(frames, masks)):
         tile = np.ascontiguousarray(cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA))
-        for m, colour in ((second[k], _SECOND), (mask, _OUTLINE)) if second is not None else ((mask, _OUTLINE),):
+        outlines = ((second[k], _SECOND),) if second is not None else ()
+        for m, colour in outlines + ((mask, _OUTLINE),):
             small = cv2.resize(m.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(tile, contours, -1, colour, 1)

@@ -35,7 +35,7 @@ def dynamic_degree(grey: np.ndarray, *, threshold: int = DYNAMIC_THRESHOLD) -> f
 def compute_motion_magnitude(ctx: EvalContext) -> MetricResult:
     """Mean Farneback magnitude between every pair of consecutive frames (shared flows)."""
     n = ctx.clip.count
-    ctx.flows.prefetch((i, i + 1) for i in range(n - 1))
+    ctx.flows.consecutive()  # all at once, on the clip's threads
     means = np.array([ctx.flows.mean_magnitude(i, i + 1) for i in range(n - 1)])
     return MetricResult({"motion_magnitude": motion_magnitude(means)}, series={"pair_motion": means.round(4).tolist()})
 
