@@ -72,6 +72,30 @@ def _centroids(masks: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def working_size(height: int, width: int) -> Tuple[float, Tuple[int, int]]:
+    """The scale to the working resolution (at most 1) and the working (width, height)."""
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    return scale, (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+
+
+def window_pairs(n: int, params: FindParams = FindParams()) -> int:
+    """How many consecutive flows from the first sampled frame on give the search its motion
+    evidence, in a clip of ``n`` frames."""
+    return max(3, int(params.window * (n - 1)))
+
+
+def find_on_first_frame(frames: np.ndarray, flows: Sequence[np.ndarray], *, first: int = 0,
+                        params: FindParams = FindParams()) -> FoundSubject:
+    """The subject on ``frames[first]``, found from the :func:`window_pairs` consecutive
+    full-resolution flows after it (``flows[i]``: ``i -> i + 1``; only those are read, so a
+    caller may compute just them). The mask is at the working resolution (:func:`working_size`)."""
+    height, width = frames.shape[1:3]
+    scale, size = working_size(height, width)
+    image = frames[first] if scale >= 1.0 else cv2.resize(frames[first], size, interpolation=cv2.INTER_AREA)
+    window = [_scaled_flow(f, size, scale) for f in flows[first:first + window_pairs(len(frames), params)]]
+    return find_subject(image, cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), window, params=params)
+
+
 def _scaled_flow(flow: np.ndarray, size: Tuple[int, int], scale: float) -> np.ndarray:
     if scale >= 1.0:
         return flow
@@ -93,9 +117,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         :class:`SubjectMasks` with a non-empty full-resolution mask per sampled frame.
     """
     idx = [int(i) for i in indices]
-    n, height, width = frames.shape[:3]
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    height, width = frames.shape[1:3]
+    scale, size = working_size(height, width)
     last = idx[-1]
     small = {}
     for i in range(idx[0], last + 1):
@@ -108,8 +131,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     elif hint is not None and hint.box is not None:
         found = from_box(small[idx[0]], tuple(v * scale for v in hint.box))
     else:
-        span = max(3, int(params.find.window * (n - 1)))
-        found = find_subject(small[idx[0]], greys[idx[0]], work_flows[idx[0]:idx[0] + span], params=params.find)
+        found = find_on_first_frame(frames, flows, first=idx[0], params=params.find)
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
     masks, steps, forward = track(small, greys, work_flows, idx, found.mask, params=params.track,

@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval|accuracy|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|eval|accuracy|finder|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ BENCHES = {
              "the default metric set against decoding + one Farneback pass (motion magnitude alone)"),
     "accuracy": ("circle_rotate.selfcheck.bench_accuracy",
                  "subject drift against the synthetic truth on the development or held-out orbit set"),
+    "finder": ("circle_rotate.selfcheck.bench_finder",
+               "the first-frame subject search alone against the exact masks (--set) or labelled boxes (--real)"),
     "real": ("circle_rotate.selfcheck.bench_real",
              "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real)"),
     "noise": ("circle_rotate.selfcheck.bench_noise",
