@@ -88,8 +88,8 @@ def read_labels(folder: Path) -> List[Labelled]:
                 raise UserError(f"{name}: each box must be [x0, y0, x1, y1]", path=path, fix="label at least one frame")
             out.append(Labelled(name, found[0], boxes, float(entry["box_centre_drift"])))
     except FileNotFoundError:
-        raise UserError("no boxes.json here", path=path, fix="give a labelled folder (the videos and a boxes.json) such as "
-                        "../shared/eval-real") from None
+        raise UserError("no boxes.json here", path=path,
+                        fix="give a labelled folder (the videos and a boxes.json) such as ../shared/eval-real") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"not a labelled set ({type(exc).__name__}: {exc})", path=path,
                         fix='write {"videos": {"NAME": {"boxes": {"0": [x0, y0, x1, y1]}, "box_centre_drift": px}}}'
