@@ -92,3 +92,9 @@ def test_a_labelled_folder_is_judged_against_its_first_box(rendered, tmp_path, c
 def test_a_folder_without_labels_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="boxes.json"):
         main(["--real", str(tmp_path)])
+
+
+def test_rendered_set_options_with_a_labelled_folder_are_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--real", str(tmp_path), "--seeds", "1300"])
+    assert exit_.value.code == 2 and "--real" in capsys.readouterr().err

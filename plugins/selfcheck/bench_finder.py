@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "(default: a temporary folder)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
+    if args.real is not None and (args.seeds or args.folder):
+        ap.error("--seeds and --folder choose a rendered set; with --real the folder is the labelled one")
     if args.real is not None:
         rows = measure_real(args.real, jobs=args.jobs)  # a UserError: circle-rotate's one-line error, exit 2
         title = f"first-frame subject search against the first labelled box, {args.real.name} ({len(rows)} videos)"
