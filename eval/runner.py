@@ -157,6 +157,14 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes for OpenCV work, one OpenCV thread each. Spawned, not
+    forked: a forked child inherits OpenCV's and tqdm's threads mid-state and can deadlock in
+    its first cv2 call."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                               mp_context=multiprocessing.get_context("spawn"))
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Per numeric column n/mean/std/median/min/max over the ok rows; counts for text columns."""
     ok = [r for r in rows if r["status"] == "ok"]
@@ -227,10 +235,7 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                 rows[i] = evaluate_video(v, names, options=options_for(v, options), threads=per_video)
                 bar.update()
         else:
-            # spawn, not fork: a forked child inherits OpenCV's and tqdm's threads mid-state and
-            # can deadlock in its first cv2 call.
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+            with worker_pool(workers) as pool:
                 futures = {pool.submit(evaluate_video, v, names, options=options_for(v, options),
                                        threads=per_video): i
                            for i, v in enumerate(videos)}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Sequence, Tuple
@@ -109,7 +108,9 @@ def _real_row(item: Tuple[str, Path, Box]) -> FinderRow:
 def _map(fn, items: Sequence, jobs: int) -> List[FinderRow]:
     if jobs <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with ProcessPoolExecutor(min(jobs, len(items))) as pool:
+    from circle_rotate.eval.runner import worker_pool
+
+    with worker_pool(min(jobs, len(items))) as pool:
         return list(pool.map(fn, items))
 
 
