@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
 
-from circle_rotate.selfcheck.bench_real import BOX_MARGIN
+from circle_rotate.selfcheck.bench_real import BOX_MARGIN, in_box
 
 if TYPE_CHECKING:
     from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
@@ -65,10 +65,8 @@ def overlap(found: np.ndarray, truth: np.ndarray) -> Overlap:
 def box_mask(box: Box, shape: Tuple[int, int], *, margin: float = 0.0) -> np.ndarray:
     """(h, w) bool: the pixels whose centres lie in ``box`` (x0, y0, x1, y1, inclusive labels)
     grown by ``margin`` of its sides."""
-    x0, y0, x1, y1 = box
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
     ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
-    return (xs >= x0 - mx) & (xs <= x1 + mx) & (ys >= y0 - my) & (ys <= y1 + my)
+    return in_box(xs, ys, box, margin=margin)
 
 
 def found_mask(video: Path) -> Tuple[np.ndarray, str]:

@@ -97,14 +97,21 @@ def read_labels(folder: Path) -> List[Labelled]:
     return out
 
 
+def in_box(x, y, box: Box, *, margin: float = 0.0):
+    """Do the points (``x``, ``y``: numbers or arrays) lie in ``box`` (x0, y0, x1, y1, edges
+    included) grown by ``margin`` of its sides?"""
+    x0, y0, x1, y1 = box
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return (x0 - mx <= x) & (x <= x1 + mx) & (y0 - my <= y) & (y <= y1 + my)
+
+
 def centroids_inside(frames: Sequence[int], centroids: np.ndarray, boxes: Dict[int, Box]) -> int:
     """How many labelled boxes hold the centroid of the sampled frame nearest to theirs."""
     frames = np.asarray(frames)
     inside = 0
-    for k, (x0, y0, x1, y1) in boxes.items():
+    for k, box in boxes.items():
         cx, cy = centroids[int(np.argmin(np.abs(frames - k)))]
-        mx, my = BOX_MARGIN * (x1 - x0), BOX_MARGIN * (y1 - y0)
-        inside += bool(x0 - mx <= cx <= x1 + mx and y0 - my <= cy <= y1 + my)
+        inside += bool(in_box(cx, cy, box, margin=BOX_MARGIN))
     return inside
 
 
