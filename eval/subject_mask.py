@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.subject_find import FindParams, FoundSubject, find_subject, from_box
-from circle_rotate.eval.subject_track import Step, TrackParams, track
+from circle_rotate.eval.subject_track import Step, StepMotion, TrackParams, track
 
 #: Long side (pixels) of the working resolution.
 WORK_SIDE = 320
@@ -92,18 +92,20 @@ def find_on_first_frame(frames: np.ndarray, flows: Sequence[np.ndarray], *, firs
     height, width = frames.shape[1:3]
     scale, size = working_size(height, width)
     image = frames[first] if scale >= 1.0 else cv2.resize(frames[first], size, interpolation=cv2.INTER_AREA)
-    window = [_scaled_flow(f, size, scale) for f in flows[first:first + window_pairs(len(frames), params)]]
+    window = [working_flow(f, size, scale) for f in flows[first:first + window_pairs(len(frames), params)]]
     return find_subject(image, cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), window, params=params)
 
 
-def _scaled_flow(flow: np.ndarray, size: Tuple[int, int], scale: float) -> np.ndarray:
+def working_flow(flow: np.ndarray, size: Tuple[int, int], scale: float) -> np.ndarray:
+    """A full-resolution flow at the working resolution (``size``, ``scale``: :func:`working_size`)."""
     if scale >= 1.0:
         return flow
     return cv2.resize(flow, size, interpolation=cv2.INTER_AREA) * scale
 
 
 def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[np.ndarray], *,
-                    hint: Optional[SubjectHint] = None, params: MaskParams = MaskParams()) -> SubjectMasks:
+                    hint: Optional[SubjectHint] = None, params: MaskParams = MaskParams(),
+                    step_motion: Optional[StepMotion] = None) -> SubjectMasks:
     """Find the subject on ``indices[0]`` and follow it through the other sampled frames.
 
     Args:
@@ -112,6 +114,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         flows: the T - 1 consecutive full-resolution flows ``i -> i + 1``.
         hint: the user's box or mask on the first frame, if any.
         params: tuning.
+        step_motion: the subject's motion between sampled frames in working pixels
+            (:func:`working_size`), where it is known; by default estimated from ``flows``.
 
     Returns:
         :class:`SubjectMasks` with a non-empty full-resolution mask per sampled frame.
@@ -124,7 +128,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     for i in range(idx[0], last + 1):
         small[i] = frames[i] if scale >= 1.0 else cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)
     greys = {i: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for i, f in small.items()}
-    work_flows = [_scaled_flow(f, size, scale) for f in flows]
+    work_flows = [working_flow(f, size, scale) for f in flows]
     if hint is not None and hint.mask is not None:
         m = cv2.resize(hint.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         found = FoundSubject(m, "user_mask", 1.0)
@@ -135,7 +139,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
     masks, steps, forward = track(small, greys, work_flows, idx, found.mask, params=params.track,
-                                  given=found.given, keep_first=found.basis == "user_mask")
+                                  given=found.given, keep_first=found.basis == "user_mask", step_motion=step_motion)
     full = [_full_size(m, (width, height), scale) for m in masks]
     # Each pass sheds what turns into view on its leading side (new faces the first frame's
     # colours do not describe), and the two passes run the turn in opposite directions, so

@@ -31,7 +31,7 @@ The subject is followed forward, then backward from the last sampled frame (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -217,9 +217,16 @@ def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
     return flows[i] if i < len(flows) else flows[i - 1]
 
 
+#: The subject's image motion from one sampled frame to the next, ``(a, b) -> (dx, dy)`` in working
+#: pixels, where it is known from elsewhere (``bench follower`` gives the truth's, to tell the motion
+#: estimate's share of the error from the refinement's).
+StepMotion = Callable[[int, int], Tuple[float, float]]
+
+
 def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequence[np.ndarray],
           indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams(),
-          given: bool = False, keep_first: bool = False) -> Tuple[List[np.ndarray], List[Step], List[np.ndarray]]:
+          given: bool = False, keep_first: bool = False,
+          step_motion: Optional[StepMotion] = None) -> Tuple[List[np.ndarray], List[Step], List[np.ndarray]]:
     """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
 
     The subject is followed forward to the last sampled frame, then back from there to the
@@ -241,6 +248,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             the mask moves by its rim (:func:`rim_motion`).
         keep_first: ``first`` stands on ``indices[0]`` (the user drew it), whatever the
             backward pass finds there.
+        step_motion: the subject's motion between sampled frames, known from elsewhere; by
+            default it is estimated from the flows (:func:`rim_motion` or :func:`subject_motion`).
 
     Returns:
         The backward pass's mask per sampled frame, one :class:`Step` per sampled frame (the
@@ -250,6 +259,9 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
     k = len(idx)
 
     def motion(mask: np.ndarray, j: int) -> np.ndarray:
+        if step_motion is not None:
+            dx, dy = step_motion(idx[j - 1], idx[j])
+            return np.array([[1, 0, dx], [0, 1, dy]], np.float64)
         size = np.sqrt(mask.sum())
         if given:
             return rim_motion(mask, chains[j], oks[j], size, rim=params.rim)

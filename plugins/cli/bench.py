@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval|accuracy|finder|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|eval|accuracy|finder|follower|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ BENCHES = {
                  "subject drift against the synthetic truth on the development or held-out orbit set"),
     "finder": ("circle_rotate.selfcheck.bench_finder",
                "the first-frame subject search alone against the exact masks (--set) or labelled boxes (--real)"),
+    "follower": ("circle_rotate.selfcheck.bench_follower",
+                 "the follower from the exact first mask, its motion estimated and true: which of the two limits it"),
     "real": ("circle_rotate.selfcheck.bench_real",
              "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real)"),
     "noise": ("circle_rotate.selfcheck.bench_noise",

@@ -103,7 +103,8 @@ def _real_row(item: Tuple[str, Path, Box]) -> FinderRow:
     return FinderRow(name, basis, Overlap(float("nan"), inside, covered))
 
 
-def _map(fn, items: Sequence, jobs: int) -> List[FinderRow]:
+def map_jobs(fn, items: Sequence, jobs: int) -> list:
+    """``[fn(i) for i in items]``, in eval's worker processes where ``jobs`` > 1."""
     if jobs <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
     from circle_rotate.eval.runner import worker_pool
@@ -117,7 +118,7 @@ def measure_rendered(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int)
     from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
 
     files = write_set(specs, folder)
-    return _map(_rendered_row, [(s.name, f.video, f.masks) for s, f in zip(specs, files)], jobs)
+    return map_jobs(_rendered_row, [(s.name, f.video, f.masks) for s, f in zip(specs, files)], jobs)
 
 
 def measure_real(folder: Path, *, jobs: int) -> List[FinderRow]:
@@ -126,7 +127,7 @@ def measure_real(folder: Path, *, jobs: int) -> List[FinderRow]:
 
     labels = read_labels(folder)
     # the search runs on frame 0; a set labelled from a later frame is compared with its earliest box
-    return _map(_real_row, [(v.name, v.video, v.boxes[min(v.boxes)]) for v in labels], jobs)
+    return map_jobs(_real_row, [(v.name, v.video, v.boxes[min(v.boxes)]) for v in labels], jobs)
 
 
 def report(rows: Sequence[FinderRow], title: str, *, real: bool) -> str:

@@ -1,0 +1,164 @@
+"""Benchmark: what limits the follower, its motion estimate or its re-cut of the mask.
+
+``bench accuracy --first-mask`` measures the follower alone in one figure. The follower
+moves the mask by the subject's motion, estimated from the flows, then cuts it again on the
+new frame (GrabCut against the first frame's colours). This runs it twice on each rendered
+video, both times from the generator's exact first-frame mask (as ``--subject-mask`` would):
+
+- ``estimated``: as ``circle-rotate eval`` runs it;
+- ``true motion``: each sampled step moves the mask by the subject's true motion instead,
+  the translation that lays the exact mask of one sampled frame best over the next (most
+  overlap); the cut is the same.
+
+It prints both readings against the truth, and how far the estimate misses the true motion:
+per sampled step (working pixels, mean) and added up along x over the clip (the drift the
+estimate alone would carry the mask by). Where the true motion puts a reading right, the
+motion estimate is what to improve; where the reading stays wrong, the cut loses the subject
+as it turns (faces turning into view that the first frame's colours do not describe).
+
+    python -m circle_rotate.selfcheck.bench_follower --set development --folder DIR
+
+Tune on ``development`` only; ``held-out`` judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Sequence, Tuple
+
+import numpy as np
+
+from circle_rotate.selfcheck.bench_accuracy import Reading, Score, score
+
+if TYPE_CHECKING:
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
+
+
+@dataclass(frozen=True)
+class FollowerRow:
+    estimated: Reading  # the follower as eval runs it
+    true_motion: Reading  # the same, moved by the true motion
+    step_miss: float  # mean |estimate - true motion| per sampled step, working pixels
+    carried_x: float  # the misses along x added up over the clip, working pixels
+
+
+def true_shift(a: np.ndarray, b: np.ndarray, *, reach: int) -> Tuple[float, float]:
+    """The translation (dx, dy), each within +-``reach`` pixels, that lays boolean mask ``a``
+    over ``b`` with the most overlap (so the most IoU: both areas are fixed); of several such
+    (``a`` fits inside ``b`` in more than one place), the shortest."""
+    import cv2
+
+    ys, xs = np.nonzero(a)
+    y0, x0 = int(ys.min()), int(xs.min())
+    template = a[y0:ys.max() + 1, x0:xs.max() + 1].astype(np.float32)
+    h, w = template.shape
+    field = np.pad(b.astype(np.float32), reach)[y0:y0 + h + 2 * reach, x0:x0 + w + 2 * reach]
+    overlap = cv2.matchTemplate(field, template, cv2.TM_CCORR)
+    best = np.argwhere(overlap >= overlap.max() - 0.5) - reach  # overlaps are whole pixel counts
+    dy, dx = best[np.argmin((best ** 2).sum(axis=1))]
+    return float(dx), float(dy)
+
+
+def _follow(item: Tuple["TurntableSpec", Path, Path, Path]) -> FollowerRow:
+    import cv2
+
+    from circle_rotate.eval.drift import drift_of
+    from circle_rotate.eval.flow import farneback
+    from circle_rotate.eval.frames import load_clip, sample_indices, to_grey
+    from circle_rotate.eval.subject_mask import SubjectHint, segment_subject, working_flow, working_size
+    from circle_rotate.eval.subject_track import TrackParams, chain, rim_motion, round_trip
+    from circle_rotate.selfcheck.synthetic.turntable import load_masks, load_truth
+
+    spec, video, masks_path, truth_path = item
+    frames = load_clip(video).frames
+    exact = load_masks(masks_path) > 0
+    truth = float(load_truth(truth_path)["drift"])
+    greys = [to_grey(f) for f in frames]
+    flows = [farneback(greys[i], greys[i + 1]) for i in range(len(greys) - 1)]
+    idx = [int(i) for i in sample_indices(len(frames))]
+    scale, size = working_size(*frames.shape[1:3])
+    work = {i: cv2.resize(exact[i].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for i in set(idx)}
+    reach = max(size)  # a pan may carry the subject far between sampled frames
+    shifts = {(a, b): true_shift(work[a], work[b], reach=reach) for a, b in zip(idx, idx[1:]) if a != b}
+
+    hint = SubjectHint(mask=exact[0])
+    estimated = drift_of(segment_subject(frames, idx, flows, hint=hint).centroids())
+    moved = drift_of(segment_subject(frames, idx, flows, hint=hint, step_motion=lambda a, b: shifts[a, b]).centroids())
+
+    # the estimate the follower makes for a given subject, from the exact mask of each step's first frame
+    params = TrackParams()
+    small = {i: to_grey(cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)) for i in set(idx)}
+    misses = []
+    for (a, b), true in shifts.items():
+        moving = chain([working_flow(f, size, scale) for f in flows[a:b]])
+        ok = round_trip(moving, small[a], small[b], params)
+        guess = rim_motion(work[a], moving, ok, float(np.sqrt(work[a].sum())), rim=params.rim)[:, 2]
+        misses.append(guess - np.array(true))
+    misses = np.array(misses).reshape(-1, 2)
+
+    def reading(value: float) -> Reading:
+        return Reading(spec.name, spec.camera, spec.subject, truth, value)
+
+    per_step = float(np.linalg.norm(misses, axis=1).mean()) if len(misses) else 0.0
+    return FollowerRow(reading(estimated), reading(moved), per_step, float(misses[:, 0].sum()))
+
+
+def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int) -> List[FollowerRow]:
+    """Render (or reuse) ``specs`` in ``folder`` and follow each from its exact first mask, both ways."""
+    from circle_rotate.selfcheck.bench_finder import map_jobs
+    from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
+
+    files = write_set(specs, folder)
+    return map_jobs(_follow, [(s, f.video, f.masks, f.truth) for s, f in zip(specs, files)], jobs)
+
+
+def report(rows: Sequence[FollowerRow], title: str) -> str:
+    lines = [title, f"  {'':<29} {'':>7}   {'estimated':<17}   {'true motion':<17}   {'motion missed by':>19}",
+             f"  {'video':<11} {'camera':<7} {'subject':<9} {'truth':>7}   {'read':>7} {'|err|':>6}      "
+             f"{'read':>7} {'|err|':>6}      {'per step':>9} {'along x':>9}"]
+
+    def cell(r: Reading) -> str:
+        return f"{r.measured:7.2f} {r.error:6.2f} {'ok' if r.within else 'no'}"
+
+    for row in rows:
+        e = row.estimated
+        lines.append(f"  {e.name:<11} {e.camera:<7} {e.subject:<9} {e.truth:7.2f}   {cell(e)}   "
+                     f"{cell(row.true_motion)}   {row.step_miss:9.2f} {row.carried_x:9.1f}")
+
+    def summary(label: str, s: Score) -> str:
+        return (f"  {label:<12} median |error| {s.median_error:5.2f} px, within max(3 px, 15%) {s.within} of "
+                f"{s.count}, Spearman {s.spearman:.3f}")
+
+    lines.append(summary("estimated", score([r.estimated for r in rows])))
+    lines.append(summary("true motion", score([r.true_motion for r in rows])))
+    lines.append(f"  the estimate misses the true motion by {np.mean([r.step_miss for r in rows]):.2f} working px per "
+                 f"step (mean); along x it adds up to {np.median([abs(r.carried_x) for r in rows]):.1f} px over a clip "
+                 f"(median)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from circle_rotate.selfcheck.bench_accuracy import _seeds, set_specs
+
+    ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_follower", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=("development", "held-out"), default="development")
+    ap.add_argument("--seeds", type=_seeds, help="a subset or other seeds of that kind, e.g. 1300-1305")
+    ap.add_argument("--folder", type=Path, help="where the videos are rendered and kept (default: a temporary folder)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.folder or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs)
+    print(report(rows, f"the follower from the exact first mask, its motion estimated and true, {args.set} set "
+                       f"({len(rows)} videos)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
