@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, List, Optional, Sequence
+from typing import TYPE_CHECKING, ClassVar, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -183,13 +184,28 @@ def _seeds(text: Optional[str]) -> Optional[List[int]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_accuracy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_set_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--set``, ``--seeds``, ``--folder`` and ``--jobs``: the options of a benchmark on a rendered set."""
     ap.add_argument("--set", choices=("development", "held-out"), default="development")
     ap.add_argument("--seeds", type=_seeds, help="a subset or other seeds of that kind, e.g. 1300-1305,1310")
     ap.add_argument("--folder", type=Path, help="where the videos are rendered and kept (default: a temporary folder)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+
+
+@contextmanager
+def set_folder(folder: Optional[Path]) -> Iterator[Path]:
+    """``folder`` (made if missing; a rendered set is kept there for the next run), or a
+    temporary one removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = folder or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_accuracy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_set_arguments(ap)
     ap.add_argument("--metrics", default="subject_drift", help="what eval runs (default: subject_drift)")
     ap.add_argument("--column", default="drift", help="the result column holding the drift (default: drift)")
     ap.add_argument("--plot", type=Path, help="write measured-vs-true as a PNG here")
@@ -199,9 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     first.add_argument("--first-box", dest="given", action="store_const", const="box",
                        help="give each video the tight box of that mask (a user's --subject-box)")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.folder or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+    with set_folder(args.folder) as folder:
         readings = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs, metrics=args.metrics.split(","),
                            column=args.column, given=args.given)
     given = {"mask": ", exact first-frame mask given", "box": ", first-frame box given"}.get(args.given, "")

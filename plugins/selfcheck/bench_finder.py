@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Sequence, Tuple
@@ -150,7 +149,7 @@ def report(rows: Sequence[FinderRow], title: str, *, real: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from circle_rotate.selfcheck.bench_accuracy import _seeds, set_specs
+    from circle_rotate.selfcheck.bench_accuracy import _seeds, set_folder, set_specs
 
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_finder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,9 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = measure_real(args.real, jobs=args.jobs)  # a UserError: circle-rotate's one-line error, exit 2
         title = f"first-frame subject search against the first labelled box, {args.real.name} ({len(rows)} videos)"
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = args.folder or Path(tmp)
-            folder.mkdir(parents=True, exist_ok=True)
+        with set_folder(args.folder) as folder:
             rows = measure_rendered(set_specs(args.set, args.seeds), folder, jobs=args.jobs)
         title = f"first-frame subject search against the exact mask, {args.set} set ({len(rows)} videos)"
     print(report(rows, title, real=args.real is not None))

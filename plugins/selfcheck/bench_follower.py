@@ -24,8 +24,6 @@ Tune on ``development`` only; ``held-out`` judges.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Sequence, Tuple
@@ -142,18 +140,13 @@ def report(rows: Sequence[FollowerRow], title: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from circle_rotate.selfcheck.bench_accuracy import _seeds, set_specs
+    from circle_rotate.selfcheck.bench_accuracy import add_set_arguments, set_folder, set_specs
 
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_follower", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", choices=("development", "held-out"), default="development")
-    ap.add_argument("--seeds", type=_seeds, help="a subset or other seeds of that kind, e.g. 1300-1305")
-    ap.add_argument("--folder", type=Path, help="where the videos are rendered and kept (default: a temporary folder)")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    add_set_arguments(ap)
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.folder or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+    with set_folder(args.folder) as folder:
         rows = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs)
     print(report(rows, f"the follower from the exact first mask, its motion estimated and true, {args.set} set "
                        f"({len(rows)} videos)"))
