@@ -184,12 +184,23 @@ def _seeds(text: Optional[str]) -> Optional[List[int]]:
     return out
 
 
-def add_set_arguments(ap: argparse.ArgumentParser) -> None:
-    """``--set``, ``--seeds``, ``--folder`` and ``--jobs``: the options of a benchmark on a rendered set."""
-    ap.add_argument("--set", choices=("development", "held-out"), default="development")
+def add_set_arguments(ap: argparse.ArgumentParser, *, set_group=None) -> None:
+    """``--set``, ``--seeds``, ``--folder`` and ``--jobs``: the options of a benchmark on a rendered set
+    (``--set`` in ``set_group`` where a benchmark offers another source instead)."""
+    (set_group or ap).add_argument("--set", choices=("development", "held-out"), default="development")
     ap.add_argument("--seeds", type=_seeds, help="a subset or other seeds of that kind, e.g. 1300-1305,1310")
     ap.add_argument("--folder", type=Path, help="where the videos are rendered and kept (default: a temporary folder)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+
+
+def map_jobs(fn, items: Sequence, jobs: int) -> list:
+    """``[fn(i) for i in items]``, in eval's worker processes where ``jobs`` > 1."""
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    from circle_rotate.eval.runner import worker_pool
+
+    with worker_pool(min(jobs, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 @contextmanager

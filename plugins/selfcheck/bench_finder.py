@@ -22,7 +22,6 @@ slides). Tune on ``development`` and the shared real videos only; ``held-out`` j
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Sequence, Tuple
@@ -102,18 +101,9 @@ def _real_row(item: Tuple[str, Path, Box]) -> FinderRow:
     return FinderRow(name, basis, Overlap(float("nan"), inside, covered))
 
 
-def map_jobs(fn, items: Sequence, jobs: int) -> list:
-    """``[fn(i) for i in items]``, in eval's worker processes where ``jobs`` > 1."""
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
-    from circle_rotate.eval.runner import worker_pool
-
-    with worker_pool(min(jobs, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
 def measure_rendered(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int) -> List[FinderRow]:
     """Render (or reuse) ``specs`` in ``folder`` and compare each first-frame search with the exact mask."""
+    from circle_rotate.selfcheck.bench_accuracy import map_jobs
     from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
 
     files = write_set(specs, folder)
@@ -122,6 +112,7 @@ def measure_rendered(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int)
 
 def measure_real(folder: Path, *, jobs: int) -> List[FinderRow]:
     """Compare each labelled video's first-frame search with its first labelled box."""
+    from circle_rotate.selfcheck.bench_accuracy import map_jobs
     from circle_rotate.selfcheck.bench_real import read_labels
 
     labels = read_labels(folder)
@@ -149,17 +140,14 @@ def report(rows: Sequence[FinderRow], title: str, *, real: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from circle_rotate.selfcheck.bench_accuracy import _seeds, set_folder, set_specs
+    from circle_rotate.selfcheck.bench_accuracy import add_set_arguments, set_folder, set_specs
 
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_finder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--set", choices=("development", "held-out"), default="development")
-    where.add_argument("--real", type=Path, metavar="FOLDER", help="a labelled real set (videos + boxes.json)")
-    ap.add_argument("--seeds", type=_seeds, help="with --set: a subset or other seeds of that kind, e.g. 1300-1305")
-    ap.add_argument("--folder", type=Path, help="with --set: where the videos are rendered and kept "
-                                                "(default: a temporary folder)")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    add_set_arguments(ap, set_group=where)
+    where.add_argument("--real", type=Path, metavar="FOLDER", help="a labelled real set (videos + boxes.json), "
+                                                                    "instead of a rendered --set")
     args = ap.parse_args(argv)
     if args.real is not None and (args.seeds or args.folder):
         ap.error("--seeds and --folder choose a rendered set; with --real the folder is the labelled one")

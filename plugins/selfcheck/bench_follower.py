@@ -107,7 +107,7 @@ def _follow(item: Tuple["TurntableSpec", Path, Path, Path]) -> FollowerRow:
 
 def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int) -> List[FollowerRow]:
     """Render (or reuse) ``specs`` in ``folder`` and follow each from its exact first mask, both ways."""
-    from circle_rotate.selfcheck.bench_finder import map_jobs
+    from circle_rotate.selfcheck.bench_accuracy import map_jobs
     from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
 
     files = write_set(specs, folder)
