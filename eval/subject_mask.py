@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.subject_find import FindParams, FoundSubject, find_subject, from_box
-from circle_rotate.eval.subject_track import Step, StepMotion, TrackParams, track
+from circle_rotate.eval.subject_track import Step, StepEvidence, StepMotion, TrackParams, track
 
 #: Long side (pixels) of the working resolution.
 WORK_SIDE = 320
@@ -105,7 +105,8 @@ def working_flow(flow: np.ndarray, size: Tuple[int, int], scale: float) -> np.nd
 
 def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[np.ndarray], *,
                     hint: Optional[SubjectHint] = None, params: MaskParams = MaskParams(),
-                    step_motion: Optional[StepMotion] = None) -> SubjectMasks:
+                    step_motion: Optional[StepMotion] = None,
+                    evidence: Optional[StepEvidence] = None) -> SubjectMasks:
     """Find the subject on ``indices[0]`` and follow it through the other sampled frames.
 
     Args:
@@ -116,6 +117,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         params: tuning.
         step_motion: the subject's motion between sampled frames in working pixels
             (:func:`working_size`), where it is known; by default estimated from ``flows``.
+        evidence: pixels of a sampled frame known to be the subject or the background
+            (working resolution), where known from elsewhere; by default there is none.
 
     Returns:
         :class:`SubjectMasks` with a non-empty full-resolution mask per sampled frame.
@@ -139,7 +142,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
     masks, steps, forward = track(small, greys, work_flows, idx, found.mask, params=params.track,
-                                  given=found.given, keep_first=found.basis == "user_mask", step_motion=step_motion)
+                                  given=found.given, keep_first=found.basis == "user_mask", step_motion=step_motion,
+                                  evidence=evidence)
     full = [_full_size(m, (width, height), scale) for m in masks]
     # Each pass sheds what turns into view on its leading side (new faces the first frame's
     # colours do not describe), and the two passes run the turn in opposite directions, so

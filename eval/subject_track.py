@@ -168,20 +168,41 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """Pixels of a sampled frame known from elsewhere to be the subject or the background
+    (working resolution): the cut takes them as sure labels."""
+
+    subject: np.ndarray  # (h, w) bool
+    background: Optional[np.ndarray] = None  # (h, w) bool; None: the flow's unlike-the-subject labels
+
+
+#: Evidence for a sampled frame, ``(frame, moved mask) -> Evidence or None``, where it is known
+#: from elsewhere (``bench follower --labels`` gives the truth's, to measure what evidence the
+#: cut would need).
+StepEvidence = Callable[[int, np.ndarray], Optional[Evidence]]
+
+
 def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.ndarray, params: TrackParams,
-           models=None) -> Tuple[np.ndarray, str, float]:
+           models=None, evidence: Optional[Evidence] = None) -> Tuple[np.ndarray, str, float]:
     """GrabCut of ``image`` seeded by the propagated mask ``moved`` and the flow ``motion``
-    (see the module docstring); the kept mask, its source and the refinement's IoU with ``moved``."""
+    (see the module docstring), and by ``evidence`` where given; the kept mask, its source and
+    the refinement's IoU with ``moved``."""
     size = np.sqrt(moved.sum())
     sure = cv2.erode(moved.astype(np.uint8), disc(max(1, int(0.1 * size)))) > 0
     near = cv2.dilate(moved.astype(np.uint8), disc(max(2, int(params.band * size)))) > 0
-    unlike = unlike_subject(motion, moved, textured(grey, params.texture), params)
     labels = np.full(moved.shape, cv2.GC_BGD, np.uint8)
     labels[near] = cv2.GC_PR_BGD
     labels[moved] = cv2.GC_PR_FGD
     labels[sure] = cv2.GC_FGD
-    labels[near & ~moved & unlike] = cv2.GC_BGD
-    labels[moved & ~sure & unlike] = cv2.GC_PR_BGD
+    if evidence is None or evidence.background is None:
+        unlike = unlike_subject(motion, moved, textured(grey, params.texture), params)
+        labels[near & ~moved & unlike] = cv2.GC_BGD
+        labels[moved & ~sure & unlike] = cv2.GC_PR_BGD
+    else:
+        labels[evidence.background] = cv2.GC_BGD
+    if evidence is not None:
+        labels[evidence.subject] = cv2.GC_FGD
     refined = cut(image, labels, models=models)
     refined = keep_overlapping(refined, moved) if refined is not None else None
     if refined is None:
@@ -217,6 +238,10 @@ def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
     return flows[i] if i < len(flows) else flows[i - 1]
 
 
+def _evidence_at(evidence: Optional[StepEvidence], frame: int, moved: np.ndarray) -> Optional[Evidence]:
+    return None if evidence is None else evidence(frame, moved)
+
+
 #: The subject's image motion from one sampled frame to the next, ``(a, b) -> (dx, dy)`` in working
 #: pixels, where it is known from elsewhere (``bench follower`` gives the truth's, to tell the motion
 #: estimate's share of the error from the refinement's).
@@ -226,7 +251,8 @@ StepMotion = Callable[[int, int], Tuple[float, float]]
 def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequence[np.ndarray],
           indices: Sequence[int], first: np.ndarray, *, params: TrackParams = TrackParams(),
           given: bool = False, keep_first: bool = False,
-          step_motion: Optional[StepMotion] = None) -> Tuple[List[np.ndarray], List[Step], List[np.ndarray]]:
+          step_motion: Optional[StepMotion] = None,
+          evidence: Optional[StepEvidence] = None) -> Tuple[List[np.ndarray], List[Step], List[np.ndarray]]:
     """Masks on every sampled frame, starting from ``first`` on ``indices[0]``.
 
     The subject is followed forward to the last sampled frame, then back from there to the
@@ -250,6 +276,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
             backward pass finds there.
         step_motion: the subject's motion between sampled frames, known from elsewhere; by
             default it is estimated from the flows (:func:`rim_motion` or :func:`subject_motion`).
+        evidence: pixels of a sampled frame known to be the subject or the background, from
+            elsewhere; by default there is none and the flow labels the background.
 
     Returns:
         The backward pass's mask per sampled frame, one :class:`Step` per sampled frame (the
@@ -291,7 +319,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         if moved.sum() < 10:  # carried out of the frame: keep what there was
             kept, source, agreement = prev, "propagated", 0.0
         else:
-            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params, models)
+            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params, models,
+                                             _evidence_at(evidence, b, moved))
         forward_masks.append(kept)
         sources.append(source)
         agreements.append(agreement)
@@ -309,7 +338,8 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         fit = motion(pulled, j)
         moved = _warp(later, cv2.invertAffineTransform(fit))
         a = idx[j - 1]
-        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models)[0] \
+        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models,
+                                       _evidence_at(evidence, a, moved))[0] \
             if moved.sum() >= 10 else forward_masks[j - 1]
     # the backward pass's disagreement with a kept first mask still says how well it was followed
     steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]

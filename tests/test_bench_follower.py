@@ -3,15 +3,22 @@ and true (the translation that best lays one exact mask over the next)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
+import cv2
 import numpy as np
 import pytest
 
 from circle_rotate.eval.drift import drift_of
 from circle_rotate.eval.flow import farneback
 from circle_rotate.eval.frames import sample_indices, to_grey
+from circle_rotate.eval.grabcut import disc
+from circle_rotate.eval.subject_find import textured
 from circle_rotate.eval.subject_mask import SubjectHint, segment_subject
+from circle_rotate.eval.subject_track import TrackParams
 from circle_rotate.selfcheck import bench_accuracy
-from circle_rotate.selfcheck.bench_follower import main, measure, report, true_shift
+from circle_rotate.selfcheck.bench_follower import LABEL_REACH, main, measure, report, true_shift, truth_labels
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec
 
 
@@ -75,6 +82,75 @@ def test_a_known_motion_moves_the_mask_and_is_asked_for_each_sampled_step():
     assert drift_of(masks.centroids()) == pytest.approx(drift_of(truth), abs=0.3)
 
 
+def _turning(frames: int = 17, grow: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """A red textured square sliding (2, 1) px per frame over a still grey-noise backdrop, a blue
+    face turning into view on its right (0 to ``grow`` px wide), and the exact masks."""
+    rng = np.random.default_rng(21)
+    backdrop = rng.integers(60, 140, (120, 160, 1), dtype=np.uint8).repeat(3, axis=2)
+    red = np.zeros((24, 24, 3), np.uint8)
+    red[..., 0] = rng.integers(180, 255, (24, 24))
+    blue = np.zeros((24, grow, 3), np.uint8)
+    blue[..., 1], blue[..., 2] = rng.integers(0, 60, (24, grow)), rng.integers(180, 255, (24, grow))
+    out, exact = np.repeat(backdrop[None], frames, axis=0), np.zeros((frames, 120, 160), bool)
+    for t in range(frames):
+        x, y, width = 30 + 2 * t, 40 + t, int(round(grow * t / (frames - 1)))
+        out[t, y:y + 24, x:x + 24] = red
+        out[t, y:y + 24, x + 24:x + 24 + width] = blue[:, grow - width:]
+        exact[t, y:y + 24, x:x + 24 + width] = True
+    return out, exact
+
+
+def _centres(masks) -> np.ndarray:
+    return np.array([[np.nonzero(m)[1].mean(), np.nonzero(m)[0].mean()] for m in masks])
+
+
+def test_the_truths_labels_keep_a_face_turning_into_view_that_the_cut_alone_loses():
+    frames, exact = _turning()
+    greys = [to_grey(f) for f in frames]
+    flows = [farneback(greys[i], greys[i + 1]) for i in range(len(greys) - 1)]
+    idx = [int(i) for i in sample_indices(len(frames))]
+    truth, hint = _centres(exact[idx]), SubjectHint(mask=exact[0])
+    asked = []
+
+    def labels(background: bool):
+        evidence = truth_labels({i: exact[i] for i in idx}, {i: greys[i] for i in idx}, 0.3, background=background)
+
+        def recorded(frame: int, moved: np.ndarray):
+            asked.append(frame)
+            return evidence(frame, moved)
+        return recorded
+
+    def worst(**kwargs) -> float:
+        masks = segment_subject(frames, idx, flows, hint=hint, **kwargs)
+        return float(np.linalg.norm(masks.centroids() - truth, axis=1).max())
+
+    # measured: 5.7 px off by the last frame without labels, 1.05 with the subject's, 0.39 with both
+    assert worst() > 3.0
+    assert worst(evidence=labels(False)) < 2.0
+    assert worst(evidence=labels(True)) < 1.0
+    assert sorted(set(asked)) == sorted(set(idx))  # every sampled frame is cut (the first by the backward pass)
+
+
+def test_the_truths_labels_are_a_fixed_share_of_the_textured_pixels_near_the_moved_mask():
+    frames, exact = _turning()
+    grey = to_grey(frames[16])
+    moved = np.roll(exact[16], -3, axis=1)  # the propagation lags the subject by 3 px
+    both = truth_labels({16: exact[16]}, {16: grey}, 0.3, background=True)(16, moved)
+    only = truth_labels({16: exact[16]}, {16: grey}, 0.3, background=False)(16, moved)
+    assert only.background is None and np.array_equal(only.subject, both.subject)
+    labelled = both.subject | both.background
+    assert not (both.subject & both.background).any()
+    assert both.subject[exact[16]].any() and not both.subject[~exact[16]].any()
+    assert both.background.any() and not both.background[exact[16]].any()
+    # the documented zone: textured pixels within LABEL_REACH of the moved mask's size around it
+    reach = disc(max(2, int(LABEL_REACH * np.sqrt(moved.sum()))))
+    zone = textured(grey, TrackParams().texture) & (cv2.dilate(moved.astype(np.uint8), reach) > 0)
+    assert not labelled[~zone].any()
+    assert 0.25 < labelled.sum() / zone.sum() < 0.35  # about 0.3 of them
+    again = truth_labels({16: exact[16]}, {16: grey}, 0.3, background=True)(16, moved)
+    assert np.array_equal(again.subject, both.subject) and np.array_equal(again.background, both.background)
+
+
 SPECS = (
     TurntableSpec(name="still", width=256, height=160, frames=17, camera="static", subject="stack", seed=5),
     TurntableSpec(name="orbit", width=256, height=160, frames=17, subject="box", seed=6, total_angle_deg=45.0,
@@ -112,11 +188,24 @@ def test_the_report_carries_both_readings_and_their_summaries(rows):
     _, got = rows
     text = report(got, "title")
     assert text.splitlines()[0] == "title"
-    assert "estimated    median |error|" in text and "true motion  median |error|" in text
-    assert "working px per step" in text
+    assert re.search(r"estimated +median \|error\|", text) and re.search(r"true motion +median \|error\|", text)
+    assert "subject labels" not in text and "working px per step" in text
+    labelled = [dataclasses.replace(r, subject_labels=r.estimated, both_labels=r.true_motion) for r in got]
+    text = report(labelled, "title")
+    for run in ("estimated", "true motion", "subject labels", "both labels"):
+        assert len(re.findall(rf"^  {run} +median \|error\| ", text, flags=re.M)) == 1
+    assert all(len(re.findall(r" (?:ok|no) ", line)) == 4 for line in text.splitlines()[3:3 + len(got)])
 
 
 def test_an_unknown_set_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--set", "nope"])
     assert exit_.value.code == 2 and "--set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.3", "some"])
+def test_a_labels_share_outside_0_to_1_is_a_usage_error(capsys, share):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--set", "development", "--labels", share])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--labels" in err and "(0, 1]" in err

@@ -16,7 +16,18 @@ estimate alone would carry the mask by). Where the true motion puts a reading ri
 motion estimate is what to improve; where the reading stays wrong, the cut loses the subject
 as it turns (faces turning into view that the first frame's colours do not describe).
 
-    python -m circle_rotate.selfcheck.bench_follower --set development --folder DIR
+``--labels SHARE`` asks what evidence the cut would need. Two more runs (motion estimated)
+give each cut the truth's labels on a random ``SHARE`` of the frame's textured pixels within
+``LABEL_REACH`` of the moved mask's size around it:
+
+- ``subject labels``: its subject pixels there are surely the subject (the background keeps
+  the flow's unlike-the-subject labels);
+- ``both labels``: its background pixels there are surely background as well.
+
+A subject cue that reached the bar would have to label as much, about as surely: random
+errors in a tenth of the subject labels cost most of their gain on the development set.
+
+    python -m circle_rotate.selfcheck.bench_follower --set development --folder DIR [--labels 0.3]
 
 Tune on ``development`` only; ``held-out`` judges.
 """
@@ -24,16 +35,22 @@ Tune on ``development`` only; ``held-out`` judges.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from circle_rotate.selfcheck.bench_accuracy import Reading, Score, score
 
 if TYPE_CHECKING:
+    from circle_rotate.eval.subject_track import Evidence, StepEvidence
     from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
+
+#: How far around the moved mask (a fraction of its size, the square root of its area) the
+#: truth's labels reach: far enough for the faces an orbit turns into view between samples.
+LABEL_REACH = 0.3
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,8 @@ class FollowerRow:
     true_motion: Reading  # the same, moved by the true motion
     step_miss: float  # mean |estimate - true motion| per sampled step, working pixels
     carried_x: float  # the misses along x added up over the clip, working pixels
+    subject_labels: Optional[Reading] = None  # the truth's subject labels given (``--labels``)
+    both_labels: Optional[Reading] = None  # the truth's subject and background labels given
 
 
 def true_shift(a: np.ndarray, b: np.ndarray, *, reach: int) -> Tuple[float, float]:
@@ -61,7 +80,30 @@ def true_shift(a: np.ndarray, b: np.ndarray, *, reach: int) -> Tuple[float, floa
     return float(dx), float(dy)
 
 
-def _follow(item: Tuple["TurntableSpec", Path, Path, Path]) -> FollowerRow:
+def truth_labels(truth: Dict[int, np.ndarray], greys: Dict[int, np.ndarray], share: float, *,
+                 background: bool) -> "StepEvidence":
+    """Evidence from the exact masks (working resolution, keyed by frame): on a random ``share``
+    (fixed per frame) of each frame's textured pixels within :data:`LABEL_REACH` of the moved
+    mask, the subject's pixels, and with ``background`` the background's too."""
+    import cv2
+
+    from circle_rotate.eval.grabcut import disc
+    from circle_rotate.eval.subject_find import textured
+    from circle_rotate.eval.subject_track import Evidence, TrackParams
+
+    texture = TrackParams().texture
+
+    def evidence(frame: int, moved: np.ndarray) -> "Evidence":
+        exact = truth[frame]
+        pick = textured(greys[frame], texture) & (np.random.default_rng(frame).random(exact.shape) < share)
+        reach = disc(max(2, int(LABEL_REACH * np.sqrt(moved.sum()))))
+        pick &= cv2.dilate(moved.astype(np.uint8), reach) > 0
+        return Evidence(pick & exact, pick & ~exact if background else None)
+
+    return evidence
+
+
+def _follow(item: Tuple["TurntableSpec", Path, Path, Path, float]) -> FollowerRow:
     import cv2
 
     from circle_rotate.eval.drift import drift_of
@@ -71,7 +113,7 @@ def _follow(item: Tuple["TurntableSpec", Path, Path, Path]) -> FollowerRow:
     from circle_rotate.eval.subject_track import TrackParams, chain, rim_motion, round_trip
     from circle_rotate.selfcheck.synthetic.turntable import load_masks, load_truth
 
-    spec, video, masks_path, truth_path = item
+    spec, video, masks_path, truth_path, labels = item
     frames = load_clip(video).frames
     exact = load_masks(masks_path) > 0
     truth = float(load_truth(truth_path)["drift"])
@@ -102,41 +144,59 @@ def _follow(item: Tuple["TurntableSpec", Path, Path, Path]) -> FollowerRow:
         return Reading(spec.name, spec.camera, spec.subject, truth, value)
 
     per_step = float(np.linalg.norm(misses, axis=1).mean()) if len(misses) else 0.0
-    return FollowerRow(reading(estimated), reading(moved), per_step, float(misses[:, 0].sum()))
+    row = FollowerRow(reading(estimated), reading(moved), per_step, float(misses[:, 0].sum()))
+    if labels > 0:
+        readings = [reading(drift_of(segment_subject(frames, idx, flows, hint=hint, evidence=truth_labels(
+            work, small, labels, background=both)).centroids())) for both in (False, True)]
+        row = dataclasses.replace(row, subject_labels=readings[0], both_labels=readings[1])
+    return row
 
 
-def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int) -> List[FollowerRow]:
-    """Render (or reuse) ``specs`` in ``folder`` and follow each from its exact first mask, both ways."""
+def measure(specs: Sequence[TurntableSpec], folder: Path, *, jobs: int, labels: float = 0.0) -> List[FollowerRow]:
+    """Render (or reuse) ``specs`` in ``folder`` and follow each from its exact first mask, both
+    ways, and with ``labels`` > 0 given the truth's labels on that share of textured pixels."""
     from circle_rotate.selfcheck.bench_accuracy import map_jobs
     from circle_rotate.selfcheck.synthetic.orbit_sets import write_set
 
     files = write_set(specs, folder)
-    return map_jobs(_follow, [(s, f.video, f.masks, f.truth) for s, f in zip(specs, files)], jobs)
+    return map_jobs(_follow, [(s, f.video, f.masks, f.truth, labels) for s, f in zip(specs, files)], jobs)
 
 
 def report(rows: Sequence[FollowerRow], title: str) -> str:
-    lines = [title, f"  {'':<29} {'':>7}   {'estimated':<17}   {'true motion':<17}   {'motion missed by':>19}",
-             f"  {'video':<11} {'camera':<7} {'subject':<9} {'truth':>7}   {'read':>7} {'|err|':>6}      "
-             f"{'read':>7} {'|err|':>6}      {'per step':>9} {'along x':>9}"]
+    labelled = bool(rows) and rows[0].subject_labels is not None
+    runs = ["estimated", "true motion"] + (["subject labels", "both labels"] if labelled else [])
+
+    def readings(row: FollowerRow) -> List[Reading]:
+        return [row.estimated, row.true_motion] + ([row.subject_labels, row.both_labels] if labelled else [])
 
     def cell(r: Reading) -> str:
         return f"{r.measured:7.2f} {r.error:6.2f} {'ok' if r.within else 'no'}"
 
+    lines = [title, f"  {'':<37}   " + "   ".join(f"{run:<17}" for run in runs) + f"   {'motion missed by':>19}",
+             f"  {'video':<11} {'camera':<7} {'subject':<9} {'truth':>7}   "
+             + "   ".join(f"{'read':>7} {'|err|':>6}   " for _ in runs) + f"   {'per step':>9} {'along x':>9}"]
     for row in rows:
         e = row.estimated
-        lines.append(f"  {e.name:<11} {e.camera:<7} {e.subject:<9} {e.truth:7.2f}   {cell(e)}   "
-                     f"{cell(row.true_motion)}   {row.step_miss:9.2f} {row.carried_x:9.1f}")
-
-    def summary(label: str, s: Score) -> str:
-        return (f"  {label:<12} median |error| {s.median_error:5.2f} px, within max(3 px, 15%) {s.within} of "
-                f"{s.count}, Spearman {s.spearman:.3f}")
-
-    lines.append(summary("estimated", score([r.estimated for r in rows])))
-    lines.append(summary("true motion", score([r.true_motion for r in rows])))
+        lines.append(f"  {e.name:<11} {e.camera:<7} {e.subject:<9} {e.truth:7.2f}   "
+                     + "   ".join(cell(r) for r in readings(row)) + f"   {row.step_miss:9.2f} {row.carried_x:9.1f}")
+    for k, run in enumerate(runs):
+        s = score([readings(row)[k] for row in rows])
+        lines.append(f"  {run:<14} median |error| {s.median_error:5.2f} px, within max(3 px, 15%) {s.within} of "
+                     f"{s.count}, Spearman {s.spearman:.3f}")
     lines.append(f"  the estimate misses the true motion by {np.mean([r.step_miss for r in rows]):.2f} working px per "
                  f"step (mean); along x it adds up to {np.median([abs(r.carried_x) for r in rows]):.1f} px over a clip "
                  f"(median)")
     return "\n".join(lines)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: give a number in (0, 1], e.g. 0.3")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,11 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_follower", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_set_arguments(ap)
+    ap.add_argument("--labels", type=_share, default=0.0, metavar="SHARE",
+                    help="also follow with the truth's labels on this share (0-1] of the textured pixels near the "
+                         "mask, subject only and both (two more runs per video)")
     args = ap.parse_args(argv)
     with set_folder(args.folder) as folder:
-        rows = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs)
-    print(report(rows, f"the follower from the exact first mask, its motion estimated and true, {args.set} set "
-                       f"({len(rows)} videos)"))
+        rows = measure(set_specs(args.set, args.seeds), folder, jobs=args.jobs, labels=args.labels)
+    given = f", and given the truth's labels on {args.labels:.0%} of textured pixels" if args.labels else ""
+    print(report(rows, f"the follower from the exact first mask, its motion estimated and true{given}, {args.set} "
+                       f"set ({len(rows)} videos)"))
     return 0
 
 
