@@ -24,8 +24,9 @@ give each cut the truth's labels on a random ``SHARE`` of the frame's textured p
   the flow's unlike-the-subject labels);
 - ``both labels``: its background pixels there are surely background as well.
 
-A subject cue that reached the bar would have to label as much, about as surely: random
-errors in a tenth of the subject labels cost most of their gain on the development set.
+Where these put the readings right, the follower's design holds and what it lacks is
+evidence: a cue (from the flow, or a learned segmenter) that labels about as many pixels,
+about as surely.
 
     python -m circle_rotate.selfcheck.bench_follower --set development --folder DIR [--labels 0.3]
 
