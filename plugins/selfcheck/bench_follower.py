@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from circle_rotate.selfcheck.bench_accuracy import Reading, Score, score
+from circle_rotate.selfcheck.bench_accuracy import Reading, score
 
 if TYPE_CHECKING:
     from circle_rotate.eval.subject_track import Evidence, StepEvidence
