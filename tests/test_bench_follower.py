@@ -19,7 +19,7 @@ from circle_rotate.eval.subject_mask import SubjectHint, segment_subject
 from circle_rotate.eval.subject_track import TrackParams
 from circle_rotate.selfcheck import bench_accuracy
 from circle_rotate.selfcheck.bench_follower import LABEL_REACH, main, measure, report, true_shift, truth_labels
-from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, mask_stats
 
 
 def _shape(h: int, w: int, x: int, y: int) -> np.ndarray:
@@ -46,27 +46,30 @@ def test_of_several_best_shifts_the_shortest_is_taken():
     assert true_shift(small, wide, reach=15) == (1.0, 0.0)
 
 
-def _sliding_square(frames: int = 17, step=(2, 1)) -> tuple[np.ndarray, np.ndarray]:
-    """A red textured square sliding ``step`` px per frame over a still grey-noise backdrop, and
-    its true top-left corner per frame."""
-    rng = np.random.default_rng(11)
+def _sliding(*, seed: int, grow: int = 0, frames: int = 17, step=(2, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red textured square sliding ``step`` px per frame over a still grey-noise backdrop, with
+    a blue face turning into view on its right (0 to ``grow`` px wide over the clip): the frames,
+    the exact masks and the square's top-left corner per frame."""
+    rng = np.random.default_rng(seed)
     backdrop = rng.integers(60, 140, (120, 160, 1), dtype=np.uint8).repeat(3, axis=2)
-    patch = np.zeros((24, 24, 3), np.uint8)
-    patch[..., 0] = rng.integers(180, 255, (24, 24))
+    red = np.zeros((24, 24, 3), np.uint8)
+    red[..., 0] = rng.integers(180, 255, (24, 24))
+    blue = np.zeros((24, grow, 3), np.uint8)
+    blue[..., 1], blue[..., 2] = rng.integers(0, 60, (24, grow)), rng.integers(180, 255, (24, grow))
     corners = np.array([(30 + step[0] * t, 40 + step[1] * t) for t in range(frames)])
-    out = np.repeat(backdrop[None], frames, axis=0)
+    out, exact = np.repeat(backdrop[None], frames, axis=0), np.zeros((frames, 120, 160), bool)
     for t, (x, y) in enumerate(corners):
-        out[t, y:y + 24, x:x + 24] = patch
-    return out, corners
+        width = int(round(grow * t / max(frames - 1, 1)))
+        out[t, y:y + 24, x:x + 24] = red
+        out[t, y:y + 24, x + 24:x + 24 + width] = blue[:, grow - width:]
+        exact[t, y:y + 24, x:x + 24 + width] = True
+    return out, exact, corners
 
 
 def test_a_known_motion_moves_the_mask_and_is_asked_for_each_sampled_step():
-    frames, corners = _sliding_square()
+    frames, exact, corners = _sliding(seed=11)
     greys = [to_grey(f) for f in frames]
     flows = [farneback(greys[i], greys[i + 1]) for i in range(len(greys) - 1)]
-    first = np.zeros(frames.shape[1:3], bool)
-    x, y = corners[0]
-    first[y:y + 24, x:x + 24] = True
     idx = sample_indices(len(frames))
     asked = []
 
@@ -74,7 +77,7 @@ def test_a_known_motion_moves_the_mask_and_is_asked_for_each_sampled_step():
         asked.append((a, b))
         return tuple(float(v) for v in corners[b] - corners[a])
 
-    masks = segment_subject(frames, idx, flows, hint=SubjectHint(mask=first), step_motion=known)
+    masks = segment_subject(frames, idx, flows, hint=SubjectHint(mask=exact[0]), step_motion=known)
     steps = [(int(a), int(b)) for a, b in zip(idx, idx[1:]) if a != b]
     assert sorted(set(asked)) == sorted(steps)  # forward and backward, nothing else
     truth = corners[idx] + 11.5  # the square's centre
@@ -82,34 +85,12 @@ def test_a_known_motion_moves_the_mask_and_is_asked_for_each_sampled_step():
     assert drift_of(masks.centroids()) == pytest.approx(drift_of(truth), abs=0.3)
 
 
-def _turning(frames: int = 17, grow: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """A red textured square sliding (2, 1) px per frame over a still grey-noise backdrop, a blue
-    face turning into view on its right (0 to ``grow`` px wide), and the exact masks."""
-    rng = np.random.default_rng(21)
-    backdrop = rng.integers(60, 140, (120, 160, 1), dtype=np.uint8).repeat(3, axis=2)
-    red = np.zeros((24, 24, 3), np.uint8)
-    red[..., 0] = rng.integers(180, 255, (24, 24))
-    blue = np.zeros((24, grow, 3), np.uint8)
-    blue[..., 1], blue[..., 2] = rng.integers(0, 60, (24, grow)), rng.integers(180, 255, (24, grow))
-    out, exact = np.repeat(backdrop[None], frames, axis=0), np.zeros((frames, 120, 160), bool)
-    for t in range(frames):
-        x, y, width = 30 + 2 * t, 40 + t, int(round(grow * t / (frames - 1)))
-        out[t, y:y + 24, x:x + 24] = red
-        out[t, y:y + 24, x + 24:x + 24 + width] = blue[:, grow - width:]
-        exact[t, y:y + 24, x:x + 24 + width] = True
-    return out, exact
-
-
-def _centres(masks) -> np.ndarray:
-    return np.array([[np.nonzero(m)[1].mean(), np.nonzero(m)[0].mean()] for m in masks])
-
-
 def test_the_truths_labels_keep_a_face_turning_into_view_that_the_cut_alone_loses():
-    frames, exact = _turning()
+    frames, exact, _ = _sliding(seed=21, grow=12)
     greys = [to_grey(f) for f in frames]
     flows = [farneback(greys[i], greys[i + 1]) for i in range(len(greys) - 1)]
     idx = [int(i) for i in sample_indices(len(frames))]
-    truth, hint = _centres(exact[idx]), SubjectHint(mask=exact[0])
+    truth, hint = np.array([mask_stats(exact[i])[0] for i in idx]), SubjectHint(mask=exact[0])
     asked = []
 
     def labels(background: bool):
@@ -132,7 +113,7 @@ def test_the_truths_labels_keep_a_face_turning_into_view_that_the_cut_alone_lose
 
 
 def test_the_truths_labels_are_a_fixed_share_of_the_textured_pixels_near_the_moved_mask():
-    frames, exact = _turning()
+    frames, exact, _ = _sliding(seed=21, grow=12)
     grey = to_grey(frames[16])
     moved = np.roll(exact[16], -3, axis=1)  # the propagation lags the subject by 3 px
     both = truth_labels({16: exact[16]}, {16: grey}, 0.3, background=True)(16, moved)
