@@ -22,7 +22,8 @@ BENCHES = {
     "finder": ("circle_rotate.selfcheck.bench_finder",
                "the first-frame subject search alone against the exact masks (--set) or labelled boxes (--real)"),
     "follower": ("circle_rotate.selfcheck.bench_follower",
-                 "the follower from the exact first mask, its motion estimated and true: which of the two limits it"),
+                 "the follower from the exact first mask, its motion estimated and true: which of the two "
+                 "limits it (--labels: and what evidence the cut would need)"),
     "real": ("circle_rotate.selfcheck.bench_real",
              "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real)"),
     "noise": ("circle_rotate.selfcheck.bench_noise",
