@@ -1,9 +1,9 @@
 """What the drift measured, to look at: the sampled frames with the mask outline (and the
-forward pass's, where it counts) and the centroid path."""
+forward pass's, where it counts), the centroid path, and the boxes the user bound the mask to."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -14,10 +14,12 @@ _OUTLINE = (255, 64, 0)  # RGB
 _SECOND = (64, 255, 64)
 _PATH = (0, 255, 255)
 _NOW = (255, 0, 255)
+_BOUND = (255, 255, 255)
 
 
 def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], centroids: np.ndarray, *,
-                  second: Optional[Sequence[np.ndarray]] = None, columns: int = 8,
+                  second: Optional[Sequence[np.ndarray]] = None,
+                  bounds: Sequence[Optional[Tuple[float, float, float, float]]] = (), columns: int = 8,
                   title: Optional[str] = None) -> np.ndarray:
     """One RGB image: per sampled frame a tile with the mask's outline (orange), the whole
     centroid path (thin) and that frame's centroid (a dot).
@@ -28,6 +30,8 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
         centroids: (K, 2) x, y in the frames' pixels.
         second: K more masks whose outlines are drawn too (green): the forward pass's, where
             the centroid is the mean of both passes'.
+        bounds: per frame, a box (x0, y0, x1, y1 in the frames' pixels) the mask was kept
+            within (the user's boxes), or None; drawn white. Empty: none.
         columns: tiles per row.
         title: a line written above the tiles.
 
@@ -42,6 +46,9 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
     for k, (frame, mask) in enumerate(zip(frames, masks)):
         tile = np.ascontiguousarray(cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA))
         outlines = ((second[k], _SECOND),) if second is not None else ()
+        if k < len(bounds) and bounds[k] is not None:
+            x0, y0, x1, y1 = (int(round(v * scale)) for v in bounds[k])
+            cv2.rectangle(tile, (x0, y0), (x1, y1), _BOUND, 1)
         for m, colour in outlines + ((mask, _OUTLINE),):
             small = cv2.resize(m.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -36,8 +36,10 @@ def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMas
     title = f"{clip.name}: drift {drift:.2f} px, confidence {confidence:.2f} (found by {masks.found.basis})"
     if masks.forward is not None:
         title += "; centroid = mean of the orange and the green pass"
+    if masks.bounds:
+        title += "; white: the bound your boxes set"
     sheet = contact_sheet([clip.frames[i] for i in idx], masks.masks, masks.centroids(), second=masks.forward,
-                          title=title)
+                          bounds=masks.bounds, title=title)
     return write_bytes(sheet_path(folder, clip), png_bytes(sheet))
 
 

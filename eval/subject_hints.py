@@ -17,7 +17,9 @@ from circle_rotate.eval.subject_mask import SubjectHint
 from circle_rotate.kernel.errors import UserError
 
 
-def parse_box(text: str, *, where: str = "--subject-box") -> SubjectHint:
+def parse_box(text: str, *, where: str = "--subject-box",
+              fix: str = "give the subject's box on the first frame in pixels, e.g. --subject-box 40,60,140,300"
+              ) -> SubjectHint:
     """``"x0,y0,x1,y1"`` (first-frame pixels) as a hint."""
     parts = [p.strip() for p in str(text).split(",")]
     try:
@@ -25,8 +27,7 @@ def parse_box(text: str, *, where: str = "--subject-box") -> SubjectHint:
     except ValueError:
         box = ()
     if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise UserError(f"{where} {text!r}: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0",
-                        fix="give the subject's box on the first frame in pixels, e.g. --subject-box 40,60,140,300")
+        raise UserError(f"{where} {text!r}: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0", fix=fix)
     return SubjectHint(box=box)  # type: ignore[arg-type]
 
 
@@ -43,28 +44,43 @@ def read_mask(path: os.PathLike | str) -> SubjectHint:
     return SubjectHint(mask=image > 0)
 
 
-def _box_of(name: str, value: Any, path: Path) -> SubjectHint:
-    if isinstance(value, Mapping) and "boxes" in value:  # {"boxes": {"0": [...], "12": [...]}}
-        boxes = value["boxes"]
-        if not isinstance(boxes, Mapping) or not boxes:
-            raise UserError(f"key {name!r}: 'boxes' holds no box", path=path, fix='e.g. "boxes": {"0": [x0, y0, x1, y1]}')
+def _labelled_boxes(name: str, boxes: Any, path: Path) -> SubjectHint:
+    """A labelled set's ``{"0": [...], "12": [...]}``: the first frame's box seeds the subject, the
+    later ones bound it (:mod:`circle_rotate.eval.keyframe_boxes`)."""
+    example = 'e.g. "boxes": {"0": [x0, y0, x1, y1], "12": [x0, y0, x1, y1]}'
+    if not isinstance(boxes, Mapping) or not boxes:
+        raise UserError(f"key {name!r}: 'boxes' holds no box", path=path, fix=example)
+    frames = {}
+    for key in boxes:
         try:
-            first = min(boxes, key=lambda k: int(k))
+            frames[int(key)] = key
         except ValueError:
-            raise UserError(f"key {name!r}: 'boxes' keys must be frame numbers", path=path,
-                            fix='e.g. "boxes": {"0": [x0, y0, x1, y1]}') from None
-        if int(first) != 0:
-            raise UserError(f"key {name!r}: the first labelled frame is {first}, not 0", path=path,
-                            fix="label the subject on frame 0 (the subject is found on the first frame)")
-        value = boxes[first]
+            raise UserError(f"key {name!r}: 'boxes' key {key!r} is not a frame number", path=path, fix=example) from None
+    first = min(frames)
+    if first != 0:
+        raise UserError(f"key {name!r}: the first labelled frame is {first}, not 0", path=path,
+                        fix="label the subject on frame 0 (the subject is found on the first frame)")
+    hints = {f: _box_of(name, boxes[key], path, frame=f) for f, key in frames.items()}
+    later = tuple(sorted((f, h.box) for f, h in hints.items() if f != first))
+    return SubjectHint(box=hints[first].box, later_boxes=later)  # type: ignore[arg-type]
+
+
+def _box_of(name: str, value: Any, path: Path, *, frame: Optional[int] = None) -> SubjectHint:
+    if frame is None and isinstance(value, Mapping) and "boxes" in value:  # {"boxes": {"0": [...], "12": [...]}}
+        return _labelled_boxes(name, value["boxes"], path)
+    label = f"key {name!r}" + ("" if frame is None else f", frame {frame}")
     if not isinstance(value, (list, tuple)):
-        raise UserError(f"key {name!r}: expected [x0, y0, x1, y1]", path=path, fix='e.g. {"demo1.mp4": [40, 60, 140, 300]}')
-    return parse_box(",".join(str(v) for v in value), where=f"{path}: key {name!r}:")
+        raise UserError(f"{label}: expected [x0, y0, x1, y1]", path=path, fix='e.g. {"demo1.mp4": [40, 60, 140, 300]}')
+    if frame is None:
+        return parse_box(",".join(str(v) for v in value), where=f"{path}: {label}:")
+    return parse_box(",".join(str(v) for v in value), where=f"{path}: {label}:",
+                     fix=f"give the subject's box on frame {frame} as [x0, y0, x1, y1] in pixels")
 
 
 def read_boxes(path: os.PathLike | str) -> Dict[str, SubjectHint]:
     """A JSON of first-frame boxes keyed by video file name (or stem): ``{"a.mp4": [x0, y0, x1, y1]}``;
-    ``{"videos": {...}}`` and per-video ``{"boxes": {"0": [...]}}`` (a labelled set) are read too."""
+    ``{"videos": {...}}`` and per-video ``{"boxes": {"0": [...], "12": [...]}}`` (a labelled set:
+    the later frames' boxes bound the subject there) are read too."""
     p = Path(path)
     if not p.is_file():
         raise UserError("subject boxes file not found", path=p, fix='pass a JSON like {"demo1.mp4": [x0, y0, x1, y1]}')

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from circle_rotate.eval.keyframe_boxes import box_at, grown, keyframe_evidence
 from circle_rotate.eval.subject_find import FindParams, FoundSubject, find_subject, from_box
 from circle_rotate.eval.subject_track import Step, StepEvidence, StepMotion, TrackParams, track
 
@@ -29,6 +30,9 @@ class SubjectHint:
 
     box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
     mask: Optional[np.ndarray] = None  # (H, W) bool
+    #: (frame, box) the user also drew on later frames: they bound the subject there and, by
+    #: interpolation, on the frames between (:mod:`circle_rotate.eval.keyframe_boxes`)
+    later_boxes: Tuple[Tuple[int, Tuple[float, float, float, float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class SubjectMasks:
     #: (K, H, W) bool: the forward pass's masks where they count towards :meth:`centroids`
     #: (a subject the user gave), else None
     forward: Optional[np.ndarray] = None
+    #: per sampled frame, the box (full resolution, margin included) the user's boxes bound its
+    #: mask to, or None where they say nothing; empty without later boxes
+    bounds: Tuple[Optional[Tuple[float, float, float, float]], ...] = ()
 
     @property
     def sources(self) -> Tuple[str, ...]:
@@ -118,7 +125,8 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         step_motion: the subject's motion between sampled frames in working pixels
             (:func:`working_size`), where it is known; by default estimated from ``flows``.
         evidence: pixels of a sampled frame known to be the subject or the background
-            (working resolution), where known from elsewhere; by default there is none.
+            (working resolution), where known from elsewhere; by default there is none, or
+            the outside of the boxes of a hint with ``later_boxes``.
 
     Returns:
         :class:`SubjectMasks` with a non-empty full-resolution mask per sampled frame.
@@ -139,6 +147,13 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
         found = from_box(small[idx[0]], tuple(v * scale for v in hint.box))
     else:
         found = find_on_first_frame(frames, flows, first=idx[0], params=params.find)
+    bounds: Tuple[Optional[Tuple[float, float, float, float]], ...] = ()
+    if hint is not None and hint.later_boxes:
+        if evidence is not None or hint.box is None:
+            raise ValueError("later boxes bound a subject given by its first box, and stand for the evidence")
+        drawn = {idx[0]: hint.box, **dict(hint.later_boxes)}
+        evidence = keyframe_evidence(drawn, scale)
+        bounds = tuple(None if b is None else grown(b) for b in (box_at(drawn, i) for i in idx))
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
     masks, steps, forward = track(small, greys, work_flows, idx, found.mask, params=params.track,
@@ -152,7 +167,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     # it and the backward pass never had. On the development orbits with the first frame's
     # box given: median error 3.71 -> 2.74 px, Spearman 0.88 -> 0.92.
     kept = np.stack([_full_size(m, (width, height), scale) for m in forward]) if found.given else None
-    return SubjectMasks(np.stack(full), tuple(steps), found, kept)
+    return SubjectMasks(np.stack(full), tuple(steps), found, kept, bounds)
 
 
 def _full_size(mask: np.ndarray, size: Tuple[int, int], scale: float) -> np.ndarray:

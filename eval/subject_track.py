@@ -173,8 +173,12 @@ class Evidence:
     """Pixels of a sampled frame known from elsewhere to be the subject or the background
     (working resolution): the cut takes them as sure labels."""
 
-    subject: np.ndarray  # (h, w) bool
+    subject: Optional[np.ndarray] = None  # (h, w) bool
     background: Optional[np.ndarray] = None  # (h, w) bool; None: the flow's unlike-the-subject labels
+    #: (h, w) bool: where the subject cannot be (outside a box the user drew on this frame); the
+    #: propagated mask is clipped to the rest, and the cut takes it as background on top of the
+    #: ``background`` labels or the flow's
+    outside: Optional[np.ndarray] = None
 
 
 #: Evidence for a sampled frame, ``(frame, moved mask) -> Evidence or None``, where it is known
@@ -201,7 +205,9 @@ def refine(image: np.ndarray, grey: np.ndarray, motion: np.ndarray, moved: np.nd
         labels[moved & ~sure & unlike] = cv2.GC_PR_BGD
     else:
         labels[evidence.background] = cv2.GC_BGD
-    if evidence is not None:
+    if evidence is not None and evidence.outside is not None:
+        labels[evidence.outside] = cv2.GC_BGD
+    if evidence is not None and evidence.subject is not None:
         labels[evidence.subject] = cv2.GC_FGD
     refined = cut(image, labels, models=models)
     refined = keep_overlapping(refined, moved) if refined is not None else None
@@ -240,6 +246,15 @@ def _motion_at(flows: Sequence[np.ndarray], i: int) -> np.ndarray:
 
 def _evidence_at(evidence: Optional[StepEvidence], frame: int, moved: np.ndarray) -> Optional[Evidence]:
     return None if evidence is None else evidence(frame, moved)
+
+
+def _inside(moved: np.ndarray, evidence: Optional[Evidence]) -> np.ndarray:
+    """``moved`` without what ``evidence`` says lies outside the subject: a propagated mask that
+    leaked beyond the user's box would otherwise stand wherever the cut is refused."""
+    if evidence is None or evidence.outside is None:
+        return moved
+    kept = moved & ~evidence.outside
+    return kept if kept.sum() >= 10 else moved
 
 
 #: The subject's image motion from one sampled frame to the next, ``(a, b) -> (dx, dy)`` in working
@@ -319,8 +334,9 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         if moved.sum() < 10:  # carried out of the frame: keep what there was
             kept, source, agreement = prev, "propagated", 0.0
         else:
-            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), moved, params, models,
-                                             _evidence_at(evidence, b, moved))
+            known = _evidence_at(evidence, b, moved)
+            kept, source, agreement = refine(images[b], greys[b], _motion_at(flows, b), _inside(moved, known), params,
+                                             models, known)
         forward_masks.append(kept)
         sources.append(source)
         agreements.append(agreement)
@@ -338,9 +354,9 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         fit = motion(pulled, j)
         moved = _warp(later, cv2.invertAffineTransform(fit))
         a = idx[j - 1]
-        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), moved, params, models,
-                                       _evidence_at(evidence, a, moved))[0] \
-            if moved.sum() >= 10 else forward_masks[j - 1]
+        known = _evidence_at(evidence, a, moved)
+        backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), _inside(moved, known), params,
+                                       models, known)[0] if moved.sum() >= 10 else forward_masks[j - 1]
     # the backward pass's disagreement with a kept first mask still says how well it was followed
     steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]
     if keep_first:  # every sample of the first frame (a short clip samples it more than once)

@@ -49,7 +49,7 @@ def test_a_labelled_set_is_measured_against_its_boxes(labelled):
     root, videos = labelled
     labels = read_labels(root)
     assert [v.name for v in labels] == ["clip0", "clip1"]
-    readings = measure(labels, jobs=1, with_boxes=False)
+    readings = measure(labels, jobs=1)
     for r in readings:
         assert r.truth == pytest.approx(videos[r.name]["box_centre_drift"])
         assert r.measured is not None and np.isfinite(r.measured)
@@ -57,8 +57,8 @@ def test_a_labelled_set_is_measured_against_its_boxes(labelled):
     s = score(readings)
     assert s.count == 2 and s.labelled == 10 and s.inside == 10
     assert s.within == sum(r.error <= max(3.0, 0.5 * r.truth) for r in readings)
-    given = measure(labels, jobs=1, with_boxes=True)
-    assert all(r.inside == 5 for r in given)
+    for given in ("first", "all"):
+        assert all(r.inside == 5 for r in measure(labels, jobs=1, given=given)), given
 
 
 def test_bench_real_prints_the_acceptance_figures_and_a_plot(labelled, tmp_path, capsys):

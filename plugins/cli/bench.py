@@ -25,7 +25,8 @@ BENCHES = {
                  "the follower from the exact first mask, its motion estimated and true: which of the two "
                  "limits it (--labels: and what evidence the cut would need)"),
     "real": ("circle_rotate.selfcheck.bench_real",
-             "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real)"),
+             "subject drift on real videos against hand-labelled boxes (--folder ../shared/eval-real; "
+             "--boxes [all]: given the first or every labelled box)"),
     "noise": ("circle_rotate.selfcheck.bench_noise",
               "how far re-encoding (H.264 at several CRFs) moves the subject-drift reading of each video in --folder"),
     "fp8-merge": ("circle_rotate.selfcheck.bench_fp8_merge",

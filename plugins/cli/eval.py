@@ -50,7 +50,9 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     subject.add_argument("--subject-mask", type=Path, metavar="PNG",
                          help="the subject on the first frame: a PNG the size of the frames, white on black")
     subject.add_argument("--subject-boxes", type=Path, metavar="JSON",
-                         help='first-frame boxes keyed by video file name: {"a.mp4": [x0, y0, x1, y1], ...}')
+                         help='first-frame boxes keyed by video file name: {"a.mp4": [x0, y0, x1, y1], ...}; '
+                              'a labelled set\'s {"a.mp4": {"boxes": {"0": [...], "24": [...]}}} also bounds '
+                              'the mask by the later frames\' boxes')
     p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
                    help="write each video's subject masks (DIR/<video>/frame_NNNN.png) and contact sheet "
                         "(DIR/<video>.drift.png)")

@@ -9,10 +9,14 @@ max(3 px, 50% of the box-centre drift), the share of labelled frames whose mask 
 the box (10% margin; the nearest sampled frame), and how many readings more than 10 px off are
 reported reliable.
 
-    python -m circle_rotate.selfcheck.bench_real --folder ../shared/eval-real [--boxes] [--plot real.png]
+    python -m circle_rotate.selfcheck.bench_real --folder ../shared/eval-real [--boxes [all]] [--plot real.png]
 
-``--boxes`` gives the evaluation each video's first labelled box as ``--subject-boxes`` does,
-which measures the follower alone.
+``--boxes`` gives the evaluation each video's first labelled box, as ``--subject-box`` does, which
+measures the follower alone. ``--boxes all`` gives every labelled box, as ``--subject-boxes``
+does with a labelled set's JSON: the later boxes bound the mask on the frames between
+(:mod:`circle_rotate.eval.keyframe_boxes`), which measures what a user who drew them gets. The
+boxes the drift is judged against are then ones the evaluation was given; the drift is still
+the masks' centroids', and the box-centre drift is not among its inputs.
 """
 
 from __future__ import annotations
@@ -115,13 +119,28 @@ def centroids_inside(frames: Sequence[int], centroids: np.ndarray, boxes: Dict[i
     return inside
 
 
-def measure(labels: Sequence[Labelled], *, jobs: int, with_boxes: bool) -> List[RealReading]:
+#: What ``--boxes`` gives the evaluation: the first labelled box, or all of them.
+GIVEN = ("first", "all")
+
+
+def hint_of(v: Labelled, given: str):
+    """The :class:`~circle_rotate.eval.subject_mask.SubjectHint` ``--subject-boxes`` would read
+    for ``v``: its first labelled box, and with ``given`` ``"all"`` the later ones too."""
+    from circle_rotate.eval.subject_mask import SubjectHint
+
+    first = min(v.boxes)
+    later = tuple(sorted((k, b) for k, b in v.boxes.items() if k != first)) if given == "all" else ()
+    return SubjectHint(box=v.boxes[first], later_boxes=later)
+
+
+def measure(labels: Sequence[Labelled], *, jobs: int, given: Optional[str] = None) -> List[RealReading]:
+    """Evaluate ``labels`` and judge each against its boxes; ``given`` (one of :data:`GIVEN`)
+    hands the evaluation the labelled boxes too."""
     from circle_rotate.eval.runner import evaluate
-    from circle_rotate.eval.subject_hints import SubjectHint
 
     options = {}
-    if with_boxes:
-        options["subject_boxes"] = {v.video.name: SubjectHint(box=v.boxes[min(v.boxes)]) for v in labels}
+    if given is not None:
+        options["subject_boxes"] = {v.video.name: hint_of(v, given) for v in labels}
     rows = {r["video"]: r for r in evaluate([v.video for v in labels], metrics=["subject_drift"], jobs=jobs,
                                             options=options).rows}
     out = []
@@ -185,14 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_real", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True, help="a labelled set (videos + boxes.json)")
-    ap.add_argument("--boxes", action="store_true", help="give the evaluation each video's first labelled box")
+    ap.add_argument("--boxes", nargs="?", const="first", choices=GIVEN,
+                    help="give the evaluation each video's first labelled box, or with 'all' every one")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--plot", type=Path, help="write measured-vs-labelled drift as a PNG here")
     args = ap.parse_args(argv)
     labels = read_labels(args.folder)  # a UserError: circle-rotate's one-line error, exit 2
-    readings = measure(labels, jobs=args.jobs, with_boxes=args.boxes)
+    readings = measure(labels, jobs=args.jobs, given=args.boxes)
     title = (f"subject drift against the labelled boxes, {args.folder.name} ({len(readings)} videos"
-             + (", first boxes given)" if args.boxes else ")"))
+             + {None: ")", "first": ", first boxes given)", "all": ", all labelled boxes given)"}[args.boxes])
     print(report(readings, score(readings), title))
     if args.plot:
         plot(readings, args.plot, title)

@@ -1,0 +1,73 @@
+"""Boxes the user drew on several frames: where the subject cannot be on the frames between.
+
+``--subject-boxes`` in a labelled set's layout (``{"NAME": {"boxes": {"0": [...], "12": [...]}}}``,
+as ``../shared/eval-real`` is labelled) gives the subject's tight box on a few frames. The first
+one seeds the subject, as ``--subject-box`` does; all of them then bound it. Between two labelled
+frames the box is interpolated linearly, corner by corner; past the last labelled frame nothing is
+assumed. On each sampled frame in the labelled span, what lies outside the box grown by
+:data:`MARGIN` of its size on every side is surely not the subject: the tracker clips its
+propagated mask to the rest, and the cut labels it background
+(:class:`circle_rotate.eval.subject_track.Evidence`). A subject the first frame's colours cannot
+part from its surroundings (a dark car against hills of its colour) then still cannot spread
+past what the user drew.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Tuple
+
+import numpy as np
+
+from circle_rotate.eval.subject_track import Evidence, StepEvidence
+
+#: x0, y0, x1, y1 in pixels.
+Box = Tuple[float, float, float, float]
+
+#: How far beyond a drawn box (a fraction of its width and height, on each side) the subject may
+#: still reach: hand-drawn boxes are tight, and an interpolated one lags a subject that does not
+#: move at a steady pace between the labelled frames.
+MARGIN = 0.1
+
+
+def box_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
+    """The box on ``frame``: a labelled one, or the linear interpolation between the labelled
+    frames on either side; None before the first or after the last labelled frame."""
+    frames = sorted(boxes)
+    if not frames or frame < frames[0] or frame > frames[-1]:
+        return None
+    after = next(f for f in frames if f >= frame)
+    if after == frame:
+        return tuple(float(v) for v in boxes[frame])  # type: ignore[return-value]
+    before = max(f for f in frames if f < frame)
+    t = (frame - before) / (after - before)
+    a, b = np.asarray(boxes[before], np.float64), np.asarray(boxes[after], np.float64)
+    return tuple(float(v) for v in (1 - t) * a + t * b)  # type: ignore[return-value]
+
+
+def grown(box: Box, margin: float = MARGIN) -> Box:
+    """``box`` grown by ``margin`` of its width and height on each side: the bound the tracker keeps."""
+    x0, y0, x1, y1 = box
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return x0 - mx, y0 - my, x1 + mx, y1 + my
+
+
+def outside_box(box: Box, shape: Tuple[int, int], *, margin: float = MARGIN) -> np.ndarray:
+    """(h, w) bool: the pixels (by their centres) outside ``box`` :func:`grown` by ``margin``."""
+    h, w = shape
+    x0, y0, x1, y1 = grown(box, margin)
+    cols, rows = np.arange(w) + 0.5, np.arange(h) + 0.5
+    return ~(((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None, :])
+
+
+def keyframe_evidence(boxes: Mapping[int, Box], scale: float, *, margin: float = MARGIN) -> StepEvidence:
+    """Evidence for the tracker from boxes drawn on the frames ``boxes`` is keyed by (full-resolution
+    pixels; the tracker works at ``scale`` of them): on a frame in the labelled span, the outside
+    of its box; elsewhere none."""
+
+    def evidence(frame: int, moved: np.ndarray) -> Optional[Evidence]:
+        box = box_at(boxes, frame)
+        if box is None:
+            return None
+        return Evidence(outside=outside_box(tuple(v * scale for v in box), moved.shape, margin=margin))  # type: ignore[arg-type]
+
+    return evidence
