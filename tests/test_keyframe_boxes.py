@@ -143,3 +143,18 @@ def test_eval_takes_later_boxes_from_the_json_and_draws_the_bound(tmp_path, caps
                  "-o", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
     assert "frame 80" in err and "25 frames" in err and "fix:" in err
+
+
+def test_compare_refuses_later_boxes_that_one_side_would_lend_the_other(tmp_path, capsys):
+    frames, truth = _clip(frames=9)
+    for side in ("base", "lora"):
+        (tmp_path / side).mkdir()
+        write_video(tmp_path / side / "patch.mp4", frames, fps=16)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"patch.mp4": {"boxes": {"0": list(_box(truth[0])), "8": list(_box(truth[8]))}}}))
+    report = tmp_path / "report"
+    assert main(["eval", "compare", str(tmp_path / "base"), str(tmp_path / "lora"), "-o", str(report),
+                 "--subject-boxes", str(boxes)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'patch.mp4'" in err[0] and "later frames" in err[0] and "eval run" in err[0]
+    assert not report.exists()

@@ -175,8 +175,17 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(sides) != 2:
         raise UserError(f"eval compare takes BASELINE and LORA, got {len(sides)} path(s)",
                         fix="circle-rotate eval compare baseline_videos/ lora_videos/ -o report/")
+    subject = _subject_options(args)
+    # both sides share the file names, and share the first frame (the conditioning image), but not
+    # the later ones: one video's later boxes would bound the other's subject where it is not
+    later = sorted(name for name, hint in subject.get("subject_boxes", {}).items() if hint.later_boxes)
+    if later:
+        raise UserError(f"{later[0]!r} has boxes on later frames, and compare would give them to the baseline "
+                        "and the LoRA video alike", path=args.subject_boxes,
+                        fix="give compare first-frame boxes only, or evaluate each side with eval run --subject-boxes "
+                            "(-o base.json, -o lora.json) and compare the two results files")
     outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
-                      options={**_options(args.weights), **_subject_options(args)}, force=args.force)
+                      options={**_options(args.weights), **subject}, force=args.force)
     if args.json:
         print_json({"pairs": len(outcome.pairs), "comparisons": [c.to_dict() for c in outcome.comparisons],
                     "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
