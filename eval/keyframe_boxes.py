@@ -60,9 +60,9 @@ def outside_box(box: Box, shape: Tuple[int, int], *, margin: float = MARGIN) -> 
 
 
 def keyframe_evidence(boxes: Mapping[int, Box], scale: float, *, margin: float = MARGIN) -> StepEvidence:
-    """Evidence for the tracker from boxes drawn on the frames ``boxes`` is keyed by (full-resolution
-    pixels; the tracker works at ``scale`` of them): on a frame in the labelled span, the outside
-    of its box; elsewhere none."""
+    """Evidence for the tracker from the boxes the user drew (``boxes``: frame -> box in
+    full-resolution pixels; the tracker works at ``scale`` of them): on a frame in the labelled
+    span, the outside of its box; elsewhere none."""
 
     def evidence(frame: int, moved: np.ndarray) -> Optional[Evidence]:
         box = box_at(boxes, frame)

@@ -26,7 +26,8 @@ WORK_SIDE = 320
 
 @dataclass(frozen=True)
 class SubjectHint:
-    """Where the user says the subject is on the first frame (full-resolution pixels)."""
+    """Where the user says the subject is on the first frame, and with ``later_boxes`` on later
+    ones (full-resolution pixels)."""
 
     box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
     mask: Optional[np.ndarray] = None  # (H, W) bool

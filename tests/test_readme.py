@@ -4,6 +4,7 @@ that need a GPU are parsed by the real CLI and their dry runs are tested where n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,13 +14,14 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
 
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.musubi.downloads import DATASET_REPO, FILES
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, load_masks, write_turntable
 from hub_cache import populate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +123,13 @@ def sandbox(tmp_path_factory) -> Path:
     (box / "outputs").mkdir()
     for v in (box / "lora_videos").iterdir():
         shutil.copyfile(v, box / "outputs" / v.name)
+    # the boxes a user drew, as the README shows them: the generator's exact boxes of outputs/demo1.mp4
+    (boxes,) = [b for b in re.findall(r"```json\n(.*?)```", README, flags=re.S) if '"boxes"' in b]
+    exact = load_masks(src / "lora_videos" / "demo1.masks.npz")
+    for frame, drawn in json.loads(boxes)["demo1.mp4"]["boxes"].items():
+        ys, xs = np.nonzero(exact[int(frame)])
+        assert drawn == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], frame
+    (box / "boxes.json").write_text(boxes, encoding="utf-8")
     return box
 
 
