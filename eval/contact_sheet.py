@@ -19,7 +19,8 @@ _BOUND = (255, 255, 255)
 
 def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], centroids: np.ndarray, *,
                   second: Optional[Sequence[np.ndarray]] = None,
-                  bounds: Sequence[Optional[Tuple[float, float, float, float]]] = (), columns: int = 8,
+                  bounds: Sequence[Optional[Tuple[float, float, float, float]]] = (),
+                  numbers: Optional[Sequence[int]] = None, columns: int = 8,
                   title: Optional[str] = None) -> np.ndarray:
     """One RGB image: per sampled frame a tile with the mask's outline (orange), the whole
     centroid path (thin) and that frame's centroid (a dot).
@@ -32,6 +33,8 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
             the centroid is the mean of both passes'.
         bounds: per frame, a box (x0, y0, x1, y1 in the frames' pixels) the mask was kept
             within (the user's boxes), or None; drawn white. Empty: none.
+        numbers: each frame's number in the video, written on its tile (what a box drawn on a
+            later frame is keyed by); default: the tiles' order.
         columns: tiles per row.
         title: a line written above the tiles.
 
@@ -55,7 +58,7 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
             cv2.drawContours(tile, contours, -1, colour, 1)
         cv2.polylines(tile, [path.reshape(-1, 1, 2)], False, _PATH, 1)
         cv2.circle(tile, tuple(int(v) for v in path[k]), 3, _NOW, -1)
-        cv2.putText(tile, str(k), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(tile, str(k if numbers is None else numbers[k]), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(tile)
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))

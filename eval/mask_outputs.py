@@ -30,8 +30,8 @@ def sheet_path(folder: os.PathLike | str, clip: Clip) -> Path:
 
 def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, drift: float,
                         confidence: float) -> Path:
-    """The sampled frames with the mask outline and the centroid path, as a PNG (a given
-    subject's centroid is the mean of two passes: both outlines are drawn)."""
+    """The sampled frames, each numbered as in the video, with the mask outline and the centroid
+    path, as a PNG (a given subject's centroid is the mean of two passes: both outlines are drawn)."""
     idx = clip.sampled()
     title = f"{clip.name}: drift {drift:.2f} px, confidence {confidence:.2f} (found by {masks.found.basis})"
     if masks.forward is not None:
@@ -39,7 +39,7 @@ def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMas
     if masks.bounds:
         title += "; white: the bound your boxes set"
     sheet = contact_sheet([clip.frames[i] for i in idx], masks.masks, masks.centroids(), second=masks.forward,
-                          bounds=masks.bounds, title=title)
+                          bounds=masks.bounds, numbers=[int(i) for i in idx], title=title)
     return write_bytes(sheet_path(folder, clip), png_bytes(sheet))
 
 

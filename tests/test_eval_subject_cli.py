@@ -68,3 +68,20 @@ def test_save_masks_writes_the_masks_and_the_contact_sheet(clip, tmp_path, capsy
     # a given subject's centroid is the mean of two passes: both outlines are drawn (BGR)
     orange, green = (sheet == (0, 64, 255)).all(-1).sum(), (sheet == (64, 255, 64)).all(-1).sum()
     assert orange > 100 and green > 100, (orange, green)
+
+
+def test_each_tile_is_numbered_as_its_frame_in_the_video():
+    """A box drawn on a later frame is keyed by the frame's number in the video, so the contact
+    sheet writes that number on each tile, not the tile's place in the row."""
+    from circle_rotate.eval.contact_sheet import TILE, contact_sheet
+
+    frames = [np.zeros((TILE, TILE, 3), np.uint8)] * 2
+    mask = np.zeros((TILE, TILE), bool)
+    mask[200:220, 200:220] = True
+    centroids = np.array([[210.0, 210.0], [210.0, 210.0]])
+    sheet = contact_sheet(frames, [mask, mask], centroids, numbers=[0, 20], columns=2)
+    expected = np.zeros((TILE, TILE, 3), np.uint8)
+    cv2.putText(expected, "20", (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    assert (sheet[:20, TILE:TILE + 40] == expected[:20, :40]).all()
+    by_order = contact_sheet(frames, [mask, mask], centroids, columns=2)
+    assert not (by_order[:20, TILE:TILE + 40] == expected[:20, :40]).all()
