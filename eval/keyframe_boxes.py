@@ -4,8 +4,9 @@
 as ``../shared/eval-real`` is labelled) gives the subject's tight box on a few frames. The first
 one seeds the subject, as ``--subject-box`` does; all of them then bound it. Between two labelled
 frames the box is interpolated linearly, corner by corner; past the last labelled frame nothing is
-assumed. On each sampled frame in the labelled span, what lies outside the box grown by
-:data:`MARGIN` of its size on every side is surely not the subject: the tracker clips its
+assumed. On each sampled frame in the labelled span, what lies outside the box grown by a
+margin on every side (:data:`LEAST_MARGIN` of its size on a labelled frame, up to :data:`MARGIN`
+halfway to the next) is surely not the subject: the tracker clips its
 propagated mask to the rest, and the cut labels it background
 (:class:`circle_rotate.eval.subject_track.Evidence`). A subject the first frame's colours cannot
 part from its surroundings (a dark car against hills of its colour) then still cannot spread
@@ -14,7 +15,7 @@ past what the user drew.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,9 +25,10 @@ from circle_rotate.eval.subject_track import Evidence, StepEvidence
 Box = Tuple[float, float, float, float]
 
 #: How far beyond a drawn box (a fraction of its width and height, on each side) the subject may
-#: still reach: hand-drawn boxes are tight, and an interpolated one lags a subject that does not
-#: move at a steady pace between the labelled frames.
-MARGIN = 0.1
+#: still reach on a labelled frame (hand-drawn boxes are tight to a pixel or two), and halfway
+#: between two labelled frames, where an interpolated box lags a subject that does not move at a
+#: steady pace the most; linear between.
+LEAST_MARGIN, MARGIN = 0.02, 0.1
 
 
 def box_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
@@ -44,30 +46,49 @@ def box_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
     return tuple(float(v) for v in (1 - t) * a + t * b)  # type: ignore[return-value]
 
 
-def grown(box: Box, margin: float = MARGIN) -> Box:
-    """``box`` grown by ``margin`` of its width and height on each side: the bound the tracker keeps."""
+def margin_at(frames: Sequence[int], frame: int, *, least: float = LEAST_MARGIN, most: float = MARGIN) -> float:
+    """The margin on ``frame`` (within the span of the labelled ``frames``): ``least`` on a
+    labelled frame, ``most`` halfway between two, linear between."""
+    labelled = sorted(frames)
+    after = next((f for f in labelled if f >= frame), labelled[-1])
+    before = max((f for f in labelled if f <= frame), default=labelled[0])
+    if after == before:
+        return least
+    lag = min(frame - before, after - frame) / ((after - before) / 2)
+    return least + (most - least) * min(1.0, lag)
+
+
+def grown(box: Box, margin: float) -> Box:
+    """``box`` grown by ``margin`` of its width and height on each side."""
     x0, y0, x1, y1 = box
     mx, my = margin * (x1 - x0), margin * (y1 - y0)
     return x0 - mx, y0 - my, x1 + mx, y1 + my
 
 
-def outside_box(box: Box, shape: Tuple[int, int], *, margin: float = MARGIN) -> np.ndarray:
-    """(h, w) bool: the pixels (by their centres) outside ``box`` :func:`grown` by ``margin``."""
+def bound_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
+    """Where the subject may be on ``frame``: its box (:func:`box_at`) grown by the frame's margin
+    (:func:`margin_at`); None outside the labelled span."""
+    box = box_at(boxes, frame)
+    return None if box is None else grown(box, margin_at(list(boxes), frame))
+
+
+def outside(bound: Box, shape: Tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: the pixels whose centres lie outside ``bound``."""
     h, w = shape
-    x0, y0, x1, y1 = grown(box, margin)
+    x0, y0, x1, y1 = bound
     cols, rows = np.arange(w) + 0.5, np.arange(h) + 0.5
     return ~(((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None, :])
 
 
-def keyframe_evidence(boxes: Mapping[int, Box], scale: float, *, margin: float = MARGIN) -> StepEvidence:
+def keyframe_evidence(boxes: Mapping[int, Box], scale: float) -> StepEvidence:
     """Evidence for the tracker from the boxes the user drew (``boxes``: frame -> box in
     full-resolution pixels; the tracker works at ``scale`` of them): on a frame in the labelled
-    span, the outside of its box; elsewhere none."""
+    span, the outside of its bound (:func:`bound_at`); elsewhere none."""
 
     def evidence(frame: int, moved: np.ndarray) -> Optional[Evidence]:
-        box = box_at(boxes, frame)
-        if box is None:
+        bound = bound_at(boxes, frame)
+        if bound is None:
             return None
-        return Evidence(outside=outside_box(tuple(v * scale for v in box), moved.shape, margin=margin))  # type: ignore[arg-type]
+        return Evidence(outside=outside(tuple(v * scale for v in bound), moved.shape))  # type: ignore[arg-type]
 
     return evidence

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from circle_rotate.eval.keyframe_boxes import box_at, grown, keyframe_evidence
+from circle_rotate.eval.keyframe_boxes import bound_at, keyframe_evidence
 from circle_rotate.eval.subject_find import FindParams, FoundSubject, find_subject, from_box
 from circle_rotate.eval.subject_track import Step, StepEvidence, StepMotion, TrackParams, track
 
@@ -154,7 +154,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
             raise ValueError("later boxes bound a subject given by its first box, and stand for the evidence")
         drawn = {idx[0]: hint.box, **dict(hint.later_boxes)}
         evidence = keyframe_evidence(drawn, scale)
-        bounds = tuple(None if b is None else grown(b) for b in (box_at(drawn, i) for i in idx))
+        bounds = tuple(bound_at(drawn, i) for i in idx)
     # a mask the user drew is the subject on the first frame exactly (a box is only its bounds:
     # its cut may still be corrected by the backward pass)
     masks, steps, forward = track(small, greys, work_flows, idx, found.mask, params=params.track,
