@@ -26,12 +26,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.selfcheck.bench_accuracy import Judged
+
+if TYPE_CHECKING:
+    from circle_rotate.eval.subject_mask import SubjectHint
 
 ABS_TOL_PX, REL_TOL = Judged.abs_tol, 0.5
 #: How far off a reading reported reliable may be (px).
@@ -123,7 +126,7 @@ def centroids_inside(frames: Sequence[int], centroids: np.ndarray, boxes: Dict[i
 GIVEN = ("first", "all")
 
 
-def hint_of(v: Labelled, given: str):
+def hint_of(v: Labelled, given: str) -> "SubjectHint":
     """The :class:`~circle_rotate.eval.subject_mask.SubjectHint` ``--subject-boxes`` would read
     for ``v``: its first labelled box, and with ``given`` ``"all"`` the later ones too."""
     from circle_rotate.eval.subject_mask import SubjectHint
