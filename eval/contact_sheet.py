@@ -58,7 +58,8 @@ def contact_sheet(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cen
             cv2.drawContours(tile, contours, -1, colour, 1)
         cv2.polylines(tile, [path.reshape(-1, 1, 2)], False, _PATH, 1)
         cv2.circle(tile, tuple(int(v) for v in path[k]), 3, _NOW, -1)
-        cv2.putText(tile, str(k if numbers is None else numbers[k]), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        label = str(k if numbers is None else numbers[k])
+        cv2.putText(tile, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(tile)
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))

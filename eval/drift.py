@@ -41,9 +41,10 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
             h, w = hint.mask.shape
             raise UserError(f"the subject mask is {w}x{h}, the video's frames {c.clip.size[0]}x{c.clip.size[1]}",
                             path=c.clip.path, fix="give a mask the size of the video's frames")
-        if hint is not None and hint.later_boxes and hint.later_boxes[-1][0] >= c.clip.count:
-            raise UserError(f"a subject box is labelled on frame {hint.later_boxes[-1][0]}, and the video has "
-                            f"{c.clip.count} frames", path=c.clip.path,
+        last = max((f for f, _ in hint.later_boxes), default=0) if hint is not None else 0
+        if last >= c.clip.count:
+            raise UserError(f"a subject box is labelled on frame {last}, and the video has {c.clip.count} frames",
+                            path=c.clip.path,
                             fix="key each box by a frame of this video (0 is the first); check the boxes JSON's entry")
         return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=hint)
 

@@ -19,10 +19,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from circle_rotate.eval.boxes import Box, grown, in_box
 from circle_rotate.eval.subject_track import Evidence, StepEvidence
-
-#: x0, y0, x1, y1 in pixels.
-Box = Tuple[float, float, float, float]
 
 #: How far beyond a drawn box (a fraction of its width and height, on each side) the subject may
 #: still reach on a labelled frame (hand-drawn boxes are tight to a pixel or two), and halfway
@@ -58,13 +56,6 @@ def margin_at(frames: Sequence[int], frame: int, *, least: float = LEAST_MARGIN,
     return least + (most - least) * min(1.0, lag)
 
 
-def grown(box: Box, margin: float) -> Box:
-    """``box`` grown by ``margin`` of its width and height on each side."""
-    x0, y0, x1, y1 = box
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    return x0 - mx, y0 - my, x1 + mx, y1 + my
-
-
 def bound_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
     """Where the subject may be on ``frame``: its box (:func:`box_at`) grown by the frame's margin
     (:func:`margin_at`); None outside the labelled span."""
@@ -75,9 +66,7 @@ def bound_at(boxes: Mapping[int, Box], frame: int) -> Optional[Box]:
 def outside(bound: Box, shape: Tuple[int, int]) -> np.ndarray:
     """(h, w) bool: the pixels whose centres lie outside ``bound``."""
     h, w = shape
-    x0, y0, x1, y1 = bound
-    cols, rows = np.arange(w) + 0.5, np.arange(h) + 0.5
-    return ~(((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None, :])
+    return ~in_box((np.arange(w) + 0.5)[None, :], (np.arange(h) + 0.5)[:, None], bound)
 
 
 def keyframe_evidence(boxes: Mapping[int, Box], scale: float) -> StepEvidence:

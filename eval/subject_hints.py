@@ -60,9 +60,7 @@ def _labelled_boxes(name: str, boxes: Any, path: Path) -> SubjectHint:
     if first != 0:
         raise UserError(f"key {name!r}: the first labelled frame is {first}, not 0", path=path,
                         fix="label the subject on frame 0 (the subject is found on the first frame)")
-    hints = {f: _box_of(name, boxes[key], path, frame=f) for f, key in frames.items()}
-    later = tuple(sorted((f, h.box) for f, h in hints.items() if f != first))
-    return SubjectHint(box=hints[first].box, later_boxes=later)  # type: ignore[arg-type]
+    return SubjectHint.from_boxes({f: _box_of(name, boxes[key], path, frame=f).box for f, key in frames.items()})
 
 
 def _box_of(name: str, value: Any, path: Path, *, frame: Optional[int] = None) -> SubjectHint:

@@ -11,7 +11,7 @@ are scaled back to the frame's size, and centroids are in full-resolution pixels
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,6 +34,12 @@ class SubjectHint:
     #: (frame, box) the user also drew on later frames: they bound the subject there and, by
     #: interpolation, on the frames between (:mod:`circle_rotate.eval.keyframe_boxes`)
     later_boxes: Tuple[Tuple[int, Tuple[float, float, float, float]], ...] = ()
+
+    @classmethod
+    def from_boxes(cls, boxes: Mapping[int, Tuple[float, float, float, float]]) -> "SubjectHint":
+        """The hint of boxes keyed by frame: the first frame's seeds the subject, the later ones bound it."""
+        first = min(boxes)
+        return cls(box=boxes[first], later_boxes=tuple(sorted((f, b) for f, b in boxes.items() if f != first)))
 
 
 @dataclass(frozen=True)

@@ -354,9 +354,12 @@ def track(images: Sequence[np.ndarray], greys: Sequence[np.ndarray], flows: Sequ
         fit = motion(pulled, j)
         moved = _warp(later, cv2.invertAffineTransform(fit))
         a = idx[j - 1]
+        if moved.sum() < 10:
+            backward_masks[j - 1] = forward_masks[j - 1]
+            continue
         known = _evidence_at(evidence, a, moved)
         backward_masks[j - 1] = refine(images[a], greys[a], _motion_at(flows, a), _inside(moved, known), params,
-                                       models, known)[0] if moved.sum() >= 10 else forward_masks[j - 1]
+                                       models, known)[0]
     # the backward pass's disagreement with a kept first mask still says how well it was followed
     steps = [Step(sources[j], agreements[j], _iou(forward_masks[j], backward_masks[j])) for j in range(k)]
     if keep_first:  # every sample of the first frame (a short clip samples it more than once)

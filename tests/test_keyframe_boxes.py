@@ -13,7 +13,8 @@ import pytest
 from circle_rotate.cli.main import main
 from circle_rotate.eval.drift import drift_of
 from circle_rotate.eval.frames import sample_indices
-from circle_rotate.eval.keyframe_boxes import LEAST_MARGIN, MARGIN, bound_at, box_at, grown, margin_at, outside
+from circle_rotate.eval.boxes import grown
+from circle_rotate.eval.keyframe_boxes import LEAST_MARGIN, MARGIN, bound_at, box_at, margin_at, outside
 from circle_rotate.eval.subject_hints import read_boxes
 from circle_rotate.eval.subject_mask import SubjectHint, segment_subject
 from circle_rotate.kernel.errors import UserError

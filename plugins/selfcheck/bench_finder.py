@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
 
-from circle_rotate.selfcheck.bench_real import BOX_MARGIN, in_box
+from circle_rotate.eval.boxes import Box, in_box
+from circle_rotate.selfcheck.bench_real import BOX_MARGIN
 
 if TYPE_CHECKING:
     from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
 
-Box = Tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

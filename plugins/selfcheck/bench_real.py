@@ -26,10 +26,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from circle_rotate.eval.boxes import Box, in_box
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.selfcheck.bench_accuracy import Judged
 
@@ -42,8 +43,6 @@ RELIABLE_MAX_PX = 10.0
 #: Margin around a labelled box, as a fraction of its sides, within which the centroid counts as inside.
 BOX_MARGIN = 0.1
 VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".mkv")
-
-Box = Tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -104,14 +103,6 @@ def read_labels(folder: Path) -> List[Labelled]:
     return out
 
 
-def in_box(x, y, box: Box, *, margin: float = 0.0):
-    """Do the points (``x``, ``y``: numbers or arrays) lie in ``box`` (x0, y0, x1, y1, edges
-    included) grown by ``margin`` of its sides?"""
-    x0, y0, x1, y1 = box
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    return (x0 - mx <= x) & (x <= x1 + mx) & (y0 - my <= y) & (y <= y1 + my)
-
-
 def centroids_inside(frames: Sequence[int], centroids: np.ndarray, boxes: Dict[int, Box]) -> int:
     """How many labelled boxes hold the centroid of the sampled frame nearest to theirs."""
     frames = np.asarray(frames)
@@ -132,8 +123,7 @@ def hint_of(v: Labelled, given: str) -> "SubjectHint":
     from circle_rotate.eval.subject_mask import SubjectHint
 
     first = min(v.boxes)
-    later = tuple(sorted((k, b) for k, b in v.boxes.items() if k != first)) if given == "all" else ()
-    return SubjectHint(box=v.boxes[first], later_boxes=later)
+    return SubjectHint.from_boxes(v.boxes if given == "all" else {first: v.boxes[first]})
 
 
 def measure(labels: Sequence[Labelled], *, jobs: int, given: Optional[str] = None) -> List[RealReading]:
