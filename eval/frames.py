@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import is_frame_folder, iter_frames, probe_video
+from circle_rotate.kernel.video_io import animations_in, decode_all, is_frame_folder
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
     """Decode a video file or frame folder once.
 
     Args:
-        path: mp4/webm/gif/... or a folder of image frames.
+        path: mp4/webm/gif/..., an animated WebP or PNG, or a folder of image frames.
         default_fps: used when the container states no rate (frame folders).
 
     Returns:
@@ -105,15 +105,17 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
     p = Path(path)
     if not p.exists():
         raise UserError("video not found", path=p, fix="check the path")
+    if p.is_dir() and animations_in(p):
+        raise UserError("folder holds animated images, which are videos, not one video's frames", path=p,
+                        fix="pass the folder to `circle-rotate eval` as a folder of videos")
     if p.is_dir() and not is_frame_folder(p):
         raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
-    info = probe_video(p)
-    frames = list(iter_frames(p))
+    frames, rate = decode_all(p)
     if not frames:
         raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")
     sizes = {f.shape for f in frames}
     if len(sizes) > 1:
         raise UserError(f"frames differ in size ({', '.join(str(s[1]) + 'x' + str(s[0]) for s in sorted(sizes))})",
                         path=p, fix="re-export the video (or frames) at one size")
-    fps = info.fps if info.fps and info.fps > 0 else default_fps
+    fps = rate if rate > 0 else default_fps
     return clip_from_frames(np.stack(frames), fps=fps, path=str(p))

@@ -29,7 +29,7 @@ from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, is_frame_folder
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, animations_in, is_frame_folder
 
 logger = logging.getLogger(__name__)
 #: Where the results say their metrics are defined: a stable name, not this machine's install path.
@@ -56,10 +56,12 @@ class EvalResults:
 
 
 def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
-    """Expand files and folders into videos: video files, and folders of image frames.
+    """Expand files and folders into videos: video files, animated WebP/PNG files, and
+    folders of image frames.
 
-    A folder contributes its video files and its frame-folder subfolders (not recursively
-    beyond that); a folder that is itself a frame folder is one video.
+    A folder contributes its video files, its animations and its frame-folder subfolders
+    (not recursively beyond that); a folder that is itself a frame folder is one video.
+    Still images beside animations are not frames of anything and are passed over.
 
     Raises:
         UserError: a folder that holds no video at all.
@@ -70,14 +72,15 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
         if not p.is_dir():
             out.append(p)  # missing or odd files become error rows, not a stop
             continue
-        videos = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES
-                        and not c.name.startswith("."))
+        videos = sorted([c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES
+                         and not c.name.startswith(".")] + animations_in(p))
         folders = sorted(c for c in p.iterdir() if c.is_dir() and is_frame_folder(c))
         if not videos and not folders and is_frame_folder(p):
             out.append(p)
         elif not videos and not folders:
             raise UserError("folder holds no videos", path=p,
-                            fix=f"pass {'/'.join(VIDEO_SUFFIXES)} files, folders of them, or folders of frames")
+                            fix=f"pass {'/'.join(VIDEO_SUFFIXES)} files, animated .webp/.png files, folders of "
+                                "them, or folders of frames")
         else:
             out.extend(videos + folders)
     return out

@@ -1,8 +1,9 @@
 """Video in and out: probe, decode to RGB arrays, encode with PyAV.
 
 Decoding goes through PyAV (the library musubi-tuner's own loader uses, so what we read is
-what it reads); frame folders are read with OpenCV. Encoding goes through PyAV because the
-OpenCV wheels cannot write H.264. Every write is atomic.
+what it reads); frame folders are read with OpenCV; animated WebP and PNG files (ComfyUI's
+SaveAnimatedWEBP and SaveAnimatedPNG) with Pillow (:mod:`circle_rotate.kernel.animated_image`).
+Encoding goes through PyAV because the OpenCV wheels cannot write H.264. Every write is atomic.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import av
 import cv2
 import numpy as np
 
+from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation, probe_animation, read_animation
 from circle_rotate.kernel.atomic import atomic_path
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.mp4_rotation import read_rotation, set_rotation
@@ -58,12 +60,29 @@ class VideoInfo:
 
 
 def is_frame_folder(path: PathLike) -> bool:
+    """Does ``path`` hold a video's frames: still images, and no animation among them
+    (a folder of animated WebP or PNG files is a folder of videos)?"""
     p = Path(path)
-    return p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
+    if not p.is_dir():
+        return False
+    files = _frame_files(p)
+    return bool(files) and not any(is_animation(f) for f in files)
+
+
+def animations_in(path: PathLike) -> List[Path]:
+    """The animated WebP and PNG files in folder ``path``, sorted (empty when it has none)."""
+    return sorted(f for f in Path(path).iterdir()
+                  if f.suffix.lower() in ANIMATED_SUFFIXES and not f.name.startswith(".") and is_animation(f))
+
+
+def _is_animated_file(path: Path) -> bool:
+    """Is ``path`` read as an animation (rather than by PyAV)? Any file named like one is, so
+    that a still or a broken one gets the animation reader's error rather than FFmpeg's."""
+    return path.suffix.lower() in ANIMATED_SUFFIXES and not path.is_dir()
 
 
 def _frame_files(path: Path) -> List[Path]:
-    return sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
 
 
 def _open(path: Path):
@@ -102,6 +121,11 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         if first is None:
             raise UserError(f"frame {files[0].name} cannot be read", path=p, fix="re-export the frames")
         return VideoInfo(str(p), "frames", "image", first.shape[1], first.shape[0], 0.0, len(files), 0.0, 0)
+    if _is_animated_file(p):
+        width, height, timing = probe_animation(p)
+        duration = sum(timing.durations) / 1000.0
+        return VideoInfo(str(p), "animated " + p.suffix.lower().lstrip("."), p.suffix.lower().lstrip("."), width,
+                         height, timing.fps, timing.frame_count, duration, 0)
     container = _open(p)
     try:
         stream = container.streams.video[0]
@@ -173,9 +197,28 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
                 raise UserError(f"frame {i} ({f.name}) cannot be read", path=p, fix="re-export the frames")
             yield _resize_max_side(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_side)
         return
+    if _is_animated_file(p):
+        for frame in read_animation(p).frames:
+            yield _resize_max_side(frame, max_side)
+        return
     rotation = _display_rotation(p, apply_rotation)
     for frame, _ in _decode(p, threads):
         yield _resize_max_side(_apply_rotation(frame.to_ndarray(format="rgb24"), rotation), max_side)
+
+
+def decode_all(path: PathLike) -> tuple[List[np.ndarray], float]:
+    """Every frame of a video, frame folder or animation (RGB uint8), and its frame rate
+    (0.0 when the file states none), decoding it once.
+
+    Raises:
+        UserError: as :func:`probe_video` and :func:`iter_frames`.
+    """
+    p = Path(path)
+    if _is_animated_file(p):
+        animation = read_animation(p)
+        return animation.frames, animation.fps
+    info = probe_video(p)
+    return list(iter_frames(p)), info.fps
 
 
 def _display_rotation(p: Path, apply_rotation: bool) -> int:
