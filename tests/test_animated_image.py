@@ -97,19 +97,40 @@ def test_eval_reads_the_same_drift_as_from_the_frames_themselves(outputs, orbit,
     assert [r["video"] for r in data["videos"]] == ["ComfyUI_00001_.webp", "ComfyUI_00002_.png"]
 
 
-@pytest.mark.parametrize("save", [save_animated_webp, save_animated_png], ids=["webp", "apng"])
-def test_held_frames_are_spread_back_out(orbit, tmp_path, save):
+@pytest.mark.parametrize("kind", ["webp", "apng", "lossy webp"])
+def test_held_frames_are_spread_back_out(orbit, tmp_path, kind):
     frames, _ = orbit
-    # frames 5-8 the same picture (a held pose): both encoders store it once, shown 4 times as long
-    made = frames[:5] + [frames[5]] * 4 + frames[9:20]
-    path = tmp_path / f"held{'.webp' if save is save_animated_webp else '.png'}"
-    save(path, made)
+    held = [frames[5]] * 4
+    if kind == "lossy webp":  # a still shot: sensor-noise-sized changes fall inside libwebp's tolerance
+        rng = np.random.default_rng(3)
+        held = [np.clip(frames[5] + rng.integers(-1, 2, frames[5].shape), 0, 255).astype(np.uint8) for _ in held]
+    # frames 5-8 one picture (a held pose): each encoder stores it once, shown 4 times as long
+    made = frames[:5] + held + frames[9:20]
+    path = tmp_path / ("held.png" if kind == "apng" else "held.webp")
+    if kind == "apng":
+        save_animated_png(path, made)
+    else:
+        save_animated_webp(path, made, lossless=kind == "webp")
     with Image.open(path) as im:
         assert im.n_frames == len(made) - 3  # the premise: the file stores fewer frames than were made
     animation = read_animation(path)
     assert len(animation.frames) == len(made) and animation.fps == FPS
-    assert all(np.array_equal(a, b) for a, b in zip(animation.frames, made))
     assert animation.timing.repeats[5] == 4
+    if kind != "lossy webp":
+        assert all(np.array_equal(a, b) for a, b in zip(animation.frames, made))
+    else:  # lossy: the frames are close to what was made, the held ones one picture
+        assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(animation.frames, made))
+        assert all(animation.frames[i] is animation.frames[5] for i in range(6, 9))
+
+
+def test_a_lossy_webp_folded_to_one_frame_says_how_to_save_it(orbit, tmp_path):
+    frames, _ = orbit
+    rng = np.random.default_rng(4)
+    still_shot = [np.clip(frames[0] + rng.integers(-1, 2, frames[0].shape), 0, 255).astype(np.uint8)
+                  for _ in range(12)]
+    save_animated_webp(tmp_path / "still_shot.webp", still_shot, lossless=False)
+    with pytest.raises(UserError, match="still image .* save it lossless"):
+        load_clip(tmp_path / "still_shot.webp")
 
 
 def test_frame_rates_read_back_from_whole_milliseconds():

@@ -5,7 +5,8 @@ named ``.png`` as a still when it is listed with other images. Pillow decodes bo
 frame composed onto the canvas, with its display time in milliseconds.
 
 Encoders store a frame identical to the one before it as a longer display time of that
-one: libwebp's animation encoder does, and so does Pillow's APNG writer. So a clip can
+one: Pillow's APNG writer does, and libwebp's animation encoder does so for a frame that
+differs from the one before by less than its lossy tolerance, too. So a clip can
 hold fewer frames than were made, and its frames are no longer evenly spaced in time. The
 frames here are spread back out on the clip's frame period (its shortest display time): a
 frame shown for k periods is k frames, as it was made.
@@ -118,8 +119,12 @@ def _open(path: Path) -> Image.Image:
 
 def _require_frames(im: Image.Image, path: Path) -> None:
     if getattr(im, "n_frames", 1) < 2:
+        # libwebp's lossy animation encoder folds frames that differ by less than its
+        # tolerance into the one before; a clip that barely changes can fold into one frame
+        lossy = " (a lossy WebP keeps one frame of a clip that barely changes: save it lossless)" \
+            if im.format == "WEBP" else ""
         raise UserError("is a still image (one frame), not a video", path=path,
-                        fix="pass the video, or the folder its frames are in")
+                        fix=f"pass the video, or the folder its frames are in{lossy}")
 
 
 def _walk(im: Image.Image, path: Path, *, decode: bool) -> Iterator[float]:
