@@ -109,8 +109,8 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
     row: Dict[str, Any] = {"video": p.name, "path": str(p), "status": "ok", "error": None}
     try:
         clip = load_clip(p)
-        ctx = EvalContext(clip, options=options, threads=threads)
         row.update(frames=clip.count, fps=round(clip.fps, 4), width=clip.size[0], height=clip.size[1])
+        ctx = EvalContext(clip, options=options, threads=threads)
         notes: List[str] = []
         skipped: List[str] = []
         series: Dict[str, Any] = {}
@@ -130,7 +130,10 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
     except UserError as exc:
         row.update(status="error", error=str(exc))
     except MemoryError:
-        row.update(status="error", error=f"{p}: out of memory while evaluating; fix: evaluate it alone (--jobs 1)")
+        # the whole clip is decoded and its flows kept, so the clip's size is what to cut
+        size = f" ({row['frames']} frames of {row['width']}x{row['height']})" if "frames" in row else ""
+        row.update(status="error", error=f"{p}: out of memory while evaluating{size}; fix: evaluate it alone "
+                                        "(--jobs 1) with other programs closed, or trim it to the generated clip")
     except Exception as exc:  # a bug, or a file no reader anticipated: keep the batch going, say so
         logger.debug("%s", traceback.format_exc())
         row.update(status="error", error=f"{p}: internal error {exc.__class__.__name__}: {exc}; "

@@ -179,3 +179,17 @@ def test_the_cores_are_shared_out_between_the_videos_evaluated_at_once(tmp_path,
     runner.evaluate([tmp_path / "v0.mp4"], metrics=["motion"], jobs=4)  # one video: in this process
     runner.evaluate([tmp_path], metrics=["motion"], jobs=1, threads=3)
     assert seen == [8, 8, 8, 3, 3]
+
+
+def test_running_out_of_memory_is_an_error_row_that_says_how_big_the_clip_is(folder, monkeypatch):
+    from circle_rotate.eval import runner
+
+    class Starved:  # the first allocation a metric makes fails, as numpy's would
+        def __init__(self, clip, **_):
+            raise MemoryError
+
+    monkeypatch.setattr(runner, "EvalContext", Starved)
+    row = runner.evaluate_video(folder / "orbit_a.mp4", ["motion_magnitude"])
+    assert row["status"] == "error" and "\n" not in row["error"]
+    assert row["error"].startswith(f"{folder / 'orbit_a.mp4'}: out of memory while evaluating (21 frames of 256x160)")
+    assert "--jobs 1" in row["error"] and "trim it" in row["error"]
