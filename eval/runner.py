@@ -64,7 +64,8 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
     Still images beside animations are not frames of anything and are passed over.
 
     Raises:
-        UserError: a folder that holds no video at all.
+        UserError: a folder that holds no video at all, or whose videos are all in its
+            subfolders (the error names them).
     """
     out: List[Path] = []
     for raw in paths:
@@ -72,18 +73,30 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
         if not p.is_dir():
             out.append(p)  # missing or odd files become error rows, not a stop
             continue
-        videos = sorted([c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES
-                         and not c.name.startswith(".")] + animations_in(p))
+        videos = _videos_in(p)
         folders = sorted(c for c in p.iterdir() if c.is_dir() and is_frame_folder(c))
-        if not videos and not folders and is_frame_folder(p):
-            out.append(p)
-        elif not videos and not folders:
+        if videos or folders:
+            out.extend(videos + folders)
+            continue
+        # ComfyUI's SaveVideo writes into output/video/ by default, beside the stills of image
+        # workflows: such a folder is not one clip's frames, and its videos are a level down
+        below = [c for c in sorted(p.iterdir()) if c.is_dir() and not c.name.startswith(".") and _videos_in(c)]
+        if below:
+            raise UserError("folder holds no videos; its subfolders do", path=p,
+                            fix=f"pass the folder{'s' if len(below) > 1 else ''} they are in: "
+                                f"{', '.join(map(str, below[:3]))}")
+        if not is_frame_folder(p):
             raise UserError("folder holds no videos", path=p,
                             fix=f"pass {'/'.join(VIDEO_SUFFIXES)} files, animated .webp/.png files, folders of "
                                 "them, or folders of frames")
-        else:
-            out.extend(videos + folders)
+        out.append(p)
     return out
+
+
+def _videos_in(folder: Path) -> List[Path]:
+    """The video files and animations directly in ``folder``, sorted by name."""
+    return sorted([c for c in folder.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES
+                   and not c.name.startswith(".")] + animations_in(folder))
 
 
 def _clean(value: Any) -> Any:

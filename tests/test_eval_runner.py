@@ -193,3 +193,17 @@ def test_running_out_of_memory_is_an_error_row_that_says_how_big_the_clip_is(fol
     assert row["status"] == "error" and "\n" not in row["error"]
     assert row["error"].startswith(f"{folder / 'orbit_a.mp4'}: out of memory while evaluating (21 frames of 256x160)")
     assert "--jobs 1" in row["error"] and "trim it" in row["error"]
+
+
+def test_a_folder_whose_videos_are_one_level_down_says_where(folder, tmp_path, capsys):
+    # ComfyUI's SaveVideo node saves to output/video/ by default; output/ itself holds only stills
+    output = tmp_path / "output"
+    (output / "video").mkdir(parents=True)
+    shutil.copy(folder / "orbit_b.mp4", output / "video" / "ComfyUI_00001_.mp4")
+    cv2.imwrite(str(output / "ComfyUI_00002_.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(output / "ComfyUI_00003_.png"), np.zeros((9, 9, 3), np.uint8))  # not one clip's frames either
+    (output / "empty").mkdir()
+    assert main(["-q", "eval", str(output), "--metrics", "psnr"]) == 2  # a usage error: nothing ran
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pass the folder they are in: {output / 'video'}" in err
+    assert find_videos([output / "video"]) == [output / "video" / "ComfyUI_00001_.mp4"]
