@@ -7,8 +7,9 @@ written atomically, so an interrupted run leaves no half-written PNG.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -19,17 +20,46 @@ from circle_rotate.eval.subject_mask import SubjectMasks
 from circle_rotate.kernel.atomic import write_bytes
 
 
-def _stem(clip: Clip) -> str:
-    return Path(clip.path).stem or "video"
+def output_names(videos: Sequence[os.PathLike | str]) -> List[str]:
+    """A name for each video's written files (contact sheet, masks folder), unique in one run.
+
+    The file's stem; where stems clash (``x.mp4`` beside ``x.webp``, or ``a/x.mp4`` and
+    ``b/x.mp4``) the file's name, then its folder's name and its own, then a number: one
+    video's sheet must never overwrite another's.
+    """
+    paths = [Path(v) for v in videos]
+    levels = (lambda p: p.stem or "video", lambda p: p.name, lambda p: f"{p.parent.name}_{p.name}")
+    names: List[Optional[str]] = [None] * len(paths)
+    for level in levels:
+        todo = [i for i, n in enumerate(names) if n is None]
+        wanted = {i: level(paths[i]) for i in todo}
+        counts = Counter(wanted.values())
+        taken = {n for n in names if n is not None}
+        for i in todo:
+            if counts[wanted[i]] == 1 and wanted[i] not in taken:
+                names[i] = wanted[i]
+    taken = {n for n in names if n is not None}
+    for i, p in enumerate(paths):
+        k = 2
+        while names[i] is None:
+            if f"{p.name}_{k}" not in taken:
+                names[i] = f"{p.name}_{k}"
+                taken.add(names[i])
+            k += 1
+    return [n for n in names if n is not None]
 
 
-def sheet_path(folder: os.PathLike | str, clip: Clip) -> Path:
-    """``FOLDER/<video stem>.drift.png``."""
-    return Path(folder) / f"{_stem(clip)}.drift.png"
+def _name(clip: Clip, name: Optional[str]) -> str:
+    return name or Path(clip.path).stem or "video"
+
+
+def sheet_path(folder: os.PathLike | str, clip: Clip, name: Optional[str] = None) -> Path:
+    """``FOLDER/<name>.drift.png``; the name is the video's stem unless given (:func:`output_names`)."""
+    return Path(folder) / f"{_name(clip, name)}.drift.png"
 
 
 def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, drift: float,
-                        confidence: float) -> Path:
+                        confidence: float, name: Optional[str] = None) -> Path:
     """The sampled frames, each numbered as in the video, with the mask outline and the centroid
     path, as a PNG (a given subject's centroid is the mean of two passes: both outlines are drawn)."""
     idx = clip.sampled()
@@ -40,15 +70,16 @@ def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMas
         title += "; white: the bound your boxes set"
     sheet = contact_sheet([clip.frames[i] for i in idx], masks.masks, masks.centroids(), second=masks.forward,
                           bounds=masks.bounds, numbers=[int(i) for i in idx], title=title)
-    return write_bytes(sheet_path(folder, clip), png_bytes(sheet))
+    return write_bytes(sheet_path(folder, clip, name), png_bytes(sheet))
 
 
-def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks) -> List[Path]:
-    """``FOLDER/<video stem>/frame_<index>.png`` per sampled frame: 255 on the subject, 0 elsewhere."""
+def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, name: Optional[str] = None) -> List[Path]:
+    """``FOLDER/<name>/frame_<index>.png`` per sampled frame: 255 on the subject, 0 elsewhere
+    (the name as :func:`sheet_path`'s)."""
     out = []
     for i, m in zip(clip.sampled(), masks.masks):
         ok, buf = cv2.imencode(".png", np.where(m, 255, 0).astype(np.uint8))
         if not ok:
             raise ValueError(f"{clip.path}: could not encode the mask of frame {i} as PNG")
-        out.append(write_bytes(Path(folder) / _stem(clip) / f"frame_{int(i):04d}.png", buf.tobytes()))
+        out.append(write_bytes(Path(folder) / _name(clip, name) / f"frame_{int(i):04d}.png", buf.tobytes()))
     return out

@@ -25,6 +25,7 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
+from circle_rotate.eval.mask_outputs import output_names, write_contact_sheet, write_masks
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
@@ -160,14 +161,14 @@ def _write_mask_outputs(ctx: EvalContext, row: Mapping[str, Any], options: Mappi
     masks = ctx.peek("subject_masks")
     if masks is None or not (options.get("sheet_dir") or options.get("mask_dir")):
         return {}
-    from circle_rotate.eval.mask_outputs import write_contact_sheet, write_masks
-
     out: Dict[str, Any] = {}
     if options.get("sheet_dir"):
         out["contact_sheet"] = str(write_contact_sheet(options["sheet_dir"], ctx.clip, masks, drift=row["drift"],
-                                                       confidence=row["drift_confidence"]))
+                                                       confidence=row["drift_confidence"],
+                                                       name=options.get("output_name")))
     if options.get("mask_dir"):
-        out["masks_dir"] = str(write_masks(options["mask_dir"], ctx.clip, masks)[0].parent)
+        out["masks_dir"] = str(write_masks(options["mask_dir"], ctx.clip, masks,
+                                           name=options.get("output_name"))[0].parent)
     return out
 
 
@@ -204,13 +205,20 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def options_for(video: Path, options: Optional[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+def options_for(video: Path, options: Optional[Mapping[str, Any]], *,
+                output_name: Optional[str] = None) -> Optional[Mapping[str, Any]]:
     """``options`` as one video needs them: ``subject_boxes`` (hints keyed by video name, a
     whole first-frame mask each) narrowed to that video's entry, so a worker task is not sent
-    every video's mask."""
-    if not options or not options.get("subject_boxes"):
+    every video's mask; and the name its contact sheet and masks are written under
+    (:func:`~circle_rotate.eval.mask_outputs.output_names`) where they are written."""
+    if not options:
         return options
-    return {**options, "subject_boxes": only_for(video.name, options["subject_boxes"])}
+    out = dict(options)
+    if options.get("subject_boxes"):
+        out["subject_boxes"] = only_for(video.name, options["subject_boxes"])
+    if output_name and (options.get("sheet_dir") or options.get("mask_dir")):
+        out["output_name"] = output_name
+    return out
 
 
 def usable_cores() -> int:
@@ -240,6 +248,7 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     """
     names = [m.name for m in resolve(metrics)]
     videos = find_videos(paths)
+    written_as = output_names(videos)
     start = time.perf_counter()
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
     workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
@@ -251,11 +260,13 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
         if workers == 1:
             for i, v in enumerate(videos):
                 bar.set_postfix_str(v.name)
-                rows[i] = evaluate_video(v, names, options=options_for(v, options), threads=per_video)
+                rows[i] = evaluate_video(v, names, options=options_for(v, options, output_name=written_as[i]),
+                                         threads=per_video)
                 bar.update()
         else:
             with worker_pool(workers) as pool:
-                futures = {pool.submit(evaluate_video, v, names, options=options_for(v, options),
+                futures = {pool.submit(evaluate_video, v, names,
+                                       options=options_for(v, options, output_name=written_as[i]),
                                        threads=per_video): i
                            for i, v in enumerate(videos)}
                 for fut in as_completed(futures):

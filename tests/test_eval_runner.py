@@ -207,3 +207,28 @@ def test_a_folder_whose_videos_are_one_level_down_says_where(folder, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"pass the folder they are in: {output / 'video'}" in err
     assert find_videos([output / "video"]) == [output / "video" / "ComfyUI_00001_.mp4"]
+
+
+def test_output_names_are_unique_in_a_run():
+    from circle_rotate.eval.mask_outputs import output_names
+
+    assert output_names([Path("a/x.mp4"), Path("a/y.mp4")]) == ["x", "y"]
+    assert output_names([Path("a/x.mp4"), Path("a/x.webp"), Path("b/x.mp4"), Path("a/z.gif")]) == \
+        ["a_x.mp4", "x.webp", "b_x.mp4", "z"]
+    assert output_names([Path("a/x.mp4"), Path("a/x.mp4")]) == ["x.mp4_2", "x.mp4_3"]  # the same file twice
+    assert output_names([Path("x.mp4"), Path("c/x.webp"), Path("x")]) == ["x.mp4", "x.webp", "x"]
+
+
+def test_videos_sharing_a_stem_write_their_own_contact_sheets(folder, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(folder / "orbit_a.mp4", a / "x.mp4")
+    shutil.copy(folder / "orbit_b.mp4", b / "x.mp4")
+    sheets = tmp_path / "sheets"
+    rows = evaluate([a, b], metrics=["subject_drift"], jobs=2,
+                    options={"sheet_dir": str(sheets), "mask_dir": str(sheets)}).rows
+    written = [Path(r["contact_sheet"]) for r in rows]
+    assert [p.name for p in written] == ["a_x.mp4.drift.png", "b_x.mp4.drift.png"]
+    assert [Path(r["masks_dir"]).name for r in rows] == ["a_x.mp4", "b_x.mp4"]
+    first, second = (cv2.imread(str(p)) for p in written)
+    assert first.shape != second.shape or not np.array_equal(first, second)  # each its own video's frames
