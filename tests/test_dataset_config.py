@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import toml
@@ -253,3 +254,32 @@ def test_check_config_cli_exit_codes_and_json(prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{bad}:{_line_of(bad.read_text(), 'source_fps = 16')}: error [source_fps]" in out and "NOT OK" in out
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_them(tmp_path, musubi):
+    """musubi reads a frame folder in name order; check-config says so where that is not the
+    frames' own order, and eval plays them in their numbers' order."""
+    from musubi_tuner.dataset.media_utils import load_video
+
+    from circle_rotate.eval.frames import load_clip
+
+    for folder, name in (("unpadded", "{}.png"), ("padded", "frame_{:04d}.png")):
+        (tmp_path / folder).mkdir()
+        for t in range(12):  # frame t is grey level 20 t: its place in the clip can be read off it
+            cv2.imwrite(str(tmp_path / folder / name.format(t)), np.full((48, 64, 3), 20 * t, np.uint8))
+    shuffled = [int(f[0, 0, 0]) // 20 for f in load_video(str(tmp_path / "unpadded"))]
+    assert shuffled == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]  # the premise: musubi's own loader shuffles them
+    assert [int(f[0, 0, 0]) // 20 for f in load_video(str(tmp_path / "padded"))] == list(range(12))
+    assert [int(f[0, 0, 0]) // 20 for f in load_clip(tmp_path / "unpadded").frames] == list(range(12))
+
+    jsonl = tmp_path / "frames.jsonl"
+    jsonl.write_text("".join(json.dumps({"video_path": str(tmp_path / d), "caption": "a car"}) + "\n"
+                             for d in ("unpadded", "padded")))
+    cfg = tmp_path / "frames.toml"
+    cfg.write_text(f'[general]\nresolution = [64, 48]\n\n[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\n'
+                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [9]\n')
+    r = check_config(cfg, use_musubi=False)
+    found = [p for p in r.problems if "without leading zeros" in p.message]
+    assert not r.ok and len(found) == 1 and found[0].severity == "error"
+    assert "unpadded (0.png, 1.png, 10.png, ...)" in found[0].message and "padded" not in found[0].message.replace(
+        "unpadded", "") and "zero-padded" in found[0].fix

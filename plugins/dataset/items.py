@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 from circle_rotate.kernel.buckets import nearest_bucket
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
-from circle_rotate.kernel.video_io import probe_video
+from circle_rotate.kernel.video_io import frame_files, probe_video
 from circle_rotate.kernel.wan_arch import NATIVE_FPS
 
 #: musubi-tuner 0.3.4's video extensions (``media_utils.VIDEO_EXTENSIONS``): case matters.
@@ -96,6 +96,7 @@ class DatasetItems:
     bad_lines: List[str] = field(default_factory=list)
     resized: List[str] = field(default_factory=list)  # "name WxH -> bucket" that caching will rescale
     rotated: List[str] = field(default_factory=list)  # display-rotation flags musubi's decoder ignores
+    misordered: List[str] = field(default_factory=list)  # frame folders musubi's name sort plays out of order
     items: int = 0
     stems: List[str] = field(default_factory=list)  # cache keys (file stems), for collision checks
 
@@ -119,6 +120,11 @@ def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: d
         return
     if rotation:
         result.rotated.append(f"{path.name} ({rotation} deg)")
+    if path.is_dir():
+        # musubi sorts a frame folder's file names as text (media_utils.load_video): 10.png before 2.png
+        frames = [f.name for f in frame_files(path)]
+        if sorted(frames) != frames:
+            result.misordered.append(f"{path.name} ({', '.join(sorted(frames)[:3])}, ...)")
     bucket = nearest_bucket(size, params["resolution"])
     if bucket != size:
         result.resized.append(f"{path.name} {size[0]}x{size[1]} -> {bucket[0]}x{bucket[1]}")

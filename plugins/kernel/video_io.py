@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -65,7 +66,7 @@ def is_frame_folder(path: PathLike) -> bool:
     p = Path(path)
     if not p.is_dir():
         return False
-    files = _frame_files(p)
+    files = frame_files(p)
     return bool(files) and not any(is_animation(f) for f in files)
 
 
@@ -81,8 +82,16 @@ def _is_animated_file(path: Path) -> bool:
     return path.suffix.lower() in ANIMATED_SUFFIXES and not path.is_dir()
 
 
-def _frame_files(path: Path) -> List[Path]:
-    return sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+def frame_order(name: str) -> tuple:
+    """Sort key that puts numbered frames in their numbers' order (``2.png`` before ``10.png``),
+    the order a numbered frame folder is meant to be played in; names sort as text otherwise."""
+    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+
+
+def frame_files(path: PathLike) -> List[Path]:
+    """The image frames of frame folder ``path``, in play order (:func:`frame_order`)."""
+    return sorted((f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+                   and not f.name.startswith(".")), key=lambda f: frame_order(f.name))
 
 
 def _open(path: Path):
@@ -114,7 +123,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
     """
     p = Path(path)
     if p.is_dir():
-        files = _frame_files(p)
+        files = frame_files(p)
         if not files:
             raise UserError("folder holds no image frames", path=p, fix=f"put {', '.join(IMAGE_SUFFIXES)} frames in it")
         first = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
@@ -191,7 +200,7 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
     """
     p = Path(path)
     if p.is_dir():
-        for i, f in enumerate(_frame_files(p)):
+        for i, f in enumerate(frame_files(p)):
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None:
                 raise UserError(f"frame {i} ({f.name}) cannot be read", path=p, fix="re-export the frames")
