@@ -7,6 +7,7 @@ import html
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple
+from urllib.parse import quote
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -34,7 +35,8 @@ def _sheet_link(row: Mapping[str, Any], base_dir: Optional[Path], label: str) ->
     if not path:
         return ""
     href = os.path.relpath(path, base_dir) if base_dir is not None else path
-    return f" <a href='{html.escape(Path(href).as_posix())}'>{label}</a>"
+    # a file name is not a URL: "#", "%", "?" or a space in it would end or bend the link
+    return f" <a href='{html.escape(quote(Path(href).as_posix()))}'>{label}</a>"
 
 
 def _confidence(row: Mapping[str, Any]) -> str:

@@ -124,3 +124,18 @@ def test_pairs_with_an_unreliable_drift_are_left_out_of_the_drift_statistics_onl
     kept = [0, 2, 4]
     assert got["drift"].n == 3 and got["drift"].baseline_mean == pytest.approx(np.mean([10.0 + i for i in kept]))
     assert got["psnr"].n == 5  # the other metrics keep every pair
+
+
+def test_contact_sheet_links_survive_file_names_that_are_not_urls(tmp_path):
+    import html as html_lib
+    from urllib.parse import unquote, urlsplit
+
+    from circle_rotate.eval.report import _sheet_link
+
+    sheet = tmp_path / "sheets" / "lora" / "cat #1 at 50%?.drift.png"
+    sheet.parent.mkdir(parents=True)
+    sheet.write_bytes(b"png")
+    href = re.search(r"href='([^']+)'", _sheet_link({"contact_sheet": str(sheet)}, tmp_path, "sheet")).group(1)
+    url = urlsplit(html_lib.unescape(href))
+    assert not url.fragment and not url.query  # "#" and "?" stay in the path
+    assert (tmp_path / unquote(url.path)).resolve() == sheet.resolve()
