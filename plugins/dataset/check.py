@@ -163,9 +163,10 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
                 f"decoder ignores (they would train sideways): {_names(items.rotated)}",
                 "run them through circle-rotate prepare, which turns them upright")
     if items.misordered:
-        out.add("error", where, src_key, f"{len(items.misordered)} frame folder(s) number their frames without leading "
-                f"zeros, and musubi reads a folder's frames in name order, so it would train on them shuffled: "
-                f"{_names(items.misordered)}", "rename the frames with zero-padded numbers (frame_0001.png, ...)")
+        out.add("error", where, src_key, f"{len(items.misordered)} frame folder(s) number their frames without "
+                "leading zeros; musubi reads a folder's frames in name order, "
+                f"so it would train on them shuffled: {_names(items.misordered)}",
+                "rename the frames with zero-padded numbers (frame_0001.png, ...)")
     if items.resized:
         out.add("warning", where, "resolution", f"musubi's latent caching will rescale {len(items.resized)} video(s) to "
                 f"its bucket for {list(params['resolution'])}: {_names(items.resized)}",
