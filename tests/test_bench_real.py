@@ -79,3 +79,19 @@ def test_a_set_that_is_not_labelled_is_refused_with_the_fix(labelled, tmp_path, 
     (tmp_path / "boxes.json").write_text(json.dumps({"videos": {"missing": videos["clip0"]}}))
     with pytest.raises(UserError, match="missing"):
         read_labels(tmp_path)
+
+
+def test_a_labelled_set_saved_by_comfyui_as_animated_webp_reads_as_its_mp4s(labelled, tmp_path):
+    from PIL import Image
+
+    from circle_rotate.eval.frames import load_clip
+
+    root, videos = labelled
+    for name in videos:  # lossless, as SaveAnimatedWEBP's default: the very frames the MP4 decodes to
+        frames = [Image.fromarray(f) for f in load_clip(root / f"{name}.mp4").frames]
+        frames[0].save(tmp_path / f"{name}.webp", save_all=True, append_images=frames[1:], duration=62,
+                       lossless=True, quality=80, method=4)
+    (tmp_path / "boxes.json").write_text((root / "boxes.json").read_text())
+    labels = read_labels(tmp_path)
+    assert [v.video.name for v in labels] == ["clip0.webp", "clip1.webp"]
+    assert [r.measured for r in measure(labels, jobs=1)] == [r.measured for r in measure(read_labels(root), jobs=1)]

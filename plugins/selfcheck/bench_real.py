@@ -42,7 +42,8 @@ ABS_TOL_PX, REL_TOL = Judged.abs_tol, 0.5
 RELIABLE_MAX_PX = 10.0
 #: Margin around a labelled box, as a fraction of its sides, within which the centroid counts as inside.
 BOX_MARGIN = 0.1
-VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".mkv")
+#: What a labelled video may be, in the order looked for (the animated WebP and PNG ComfyUI writes last).
+VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".webp", ".png")
 
 
 @dataclass(frozen=True)
