@@ -1,8 +1,9 @@
 """Animated WebP and PNG: what ComfyUI's SaveAnimatedWEBP and SaveAnimatedPNG nodes write.
 
-FFmpeg as PyAV's wheels ship it cannot decode an animated WebP at all, and reads an APNG
-named ``.png`` as a still when it is listed with other images. Pillow decodes both, each
-frame composed onto the canvas, with its display time in milliseconds.
+FFmpeg as PyAV's wheels ship it cannot decode an animated WebP at all, and a folder of
+APNGs named ``.png`` looks like a folder of still frames, each read as its first frame.
+Pillow decodes both kinds, each frame composed onto the canvas, with its display time in
+milliseconds, so both are read here the same way.
 
 Encoders store a frame identical to the one before it as a longer display time of that
 one: Pillow's APNG writer does, and libwebp's animation encoder does so for a frame that
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -39,7 +40,7 @@ _FIX_CORRUPT = "the file is corrupt or truncated; re-export or re-download it"
 class Timing:
     """When each stored frame shows, and what that makes of the clip."""
 
-    durations: tuple  # display time of each stored frame, milliseconds (0 where the file gives none)
+    durations: Tuple[float, ...]  # display time of each stored frame, milliseconds (0 where the file gives none)
     period: Optional[float]  # the clip's frame period, ms; None when the file gives no display times
 
     @property
@@ -74,8 +75,8 @@ class Animation:
 def frame_rate(period: float) -> float:
     """The frame rate a period in milliseconds was written from.
 
-    ComfyUI's nodes and Pillow store ``int(1000 / fps)`` whole milliseconds, so 16 fps is
-    62 ms, not 62.5. When exactly one whole rate truncates to the period, that rate is
+    ComfyUI's nodes hand Pillow ``int(1000 / fps)`` whole milliseconds, so 16 fps is stored
+    as 62 ms, not 62.5. When exactly one whole rate truncates to the period, that rate is
     the answer (62 -> 16, 41 -> 24, 33 -> 30); otherwise ``1000 / period``.
     """
     if period <= 0:
