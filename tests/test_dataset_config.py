@@ -283,3 +283,22 @@ def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_
     assert not r.ok and len(found) == 1 and found[0].severity == "error"
     assert "unpadded (0.png, 1.png, 10.png, ...)" in found[0].message and "padded" not in found[0].message.replace(
         "unpadded", "") and "zero-padded" in found[0].fix
+
+
+def test_hdr_videos_in_a_dataset_are_flagged(tmp_path):
+    from hdr_video import write_hevc
+
+    (tmp_path / "clips").mkdir()
+    spec = TurntableSpec(width=64, height=48, frames=17, fps=16.0)
+    write_hevc(tmp_path / "clips" / "hlg.mp4", spec, "arib-std-b67")
+    write_hevc(tmp_path / "clips" / "sdr.mp4", spec, "bt709")
+    for name in ("hlg", "sdr"):
+        (tmp_path / "clips" / f"{name}.txt").write_text("a car, Circle Left->Right\n")
+    cfg = tmp_path / "hdr.toml"
+    cfg.write_text(f'[general]\nresolution = [64, 48]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
+                   f'video_directory = "{(tmp_path / "clips").as_posix()}"\n'
+                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [17]\n')
+    r = check_config(cfg, use_musubi=False)
+    hdr = [p for p in r.problems if "HDR" in p.message]
+    assert len(hdr) == 1 and hdr[0].severity == "warning" and "hlg.mp4 (HLG)" in hdr[0].message
+    assert "sdr.mp4" not in hdr[0].message and "tonemap=hable" in hdr[0].fix

@@ -11,6 +11,8 @@ import av
 import numpy as np
 import pytest
 
+from hdr_video import write_hevc
+
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.video_io import probe_video, write_video
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
@@ -209,3 +211,25 @@ def test_bad_options_are_one_user_error(tmp_path, capsys):
     assert main(["prepare", str(tmp_path), "-o", str(tmp_path / "o"), "--frames", "80", "--fps", "0"]) == 2
     err = capsys.readouterr().err
     assert "4n+1" in err and "--fps" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hdr_phone_videos_are_refused_with_the_way_to_sdr(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    spec = TurntableSpec(**{**PHONE.__dict__, "width": 144, "height": 256})
+    write_hevc(raw / "iphone_hlg.mov", spec, "arib-std-b67")
+    write_hevc(raw / "android_pq.mp4", spec, "smpte2084")
+    write_hevc(raw / "sdr.mp4", spec, "bt709")
+    assert [probe_video(raw / n).hdr for n in ("iphone_hlg.mov", "android_pq.mp4", "sdr.mp4")] == ["HLG", "PQ", None]
+    before = {p.name: _sha(p) for p in raw.iterdir()}
+    assert main(["-q", "prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--fps", "16",
+                 "--resolution", "256x144", "--jobs", "1"]) == 1
+    src = _sources(read_manifest(out / MANIFEST_NAME))
+    assert src["sdr.mp4"]["status"] == "ok" and src["sdr.mp4"]["clips"] >= 1
+    for name, kind in (("iphone_hlg.mov", "HLG"), ("android_pq.mp4", "PQ")):
+        reason = src[name]["reason"]
+        assert src[name]["status"] == "error" and src[name]["clips"] == 0
+        assert f"is {kind} HDR video" in reason and "HDR Video off" in reason and "tonemap=hable" in reason
+        assert "\n" not in reason
+    assert {p.name: _sha(p) for p in raw.iterdir()} == before  # the sources are untouched
+    assert "FAILED iphone_hlg.mov" in capsys.readouterr().out

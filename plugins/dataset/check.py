@@ -31,6 +31,7 @@ from circle_rotate.dataset.schema import SECTION_GENERAL, check_keys, dataset_ki
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.input_files import read_text_file
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available, musubi_version
+from circle_rotate.kernel.video_io import TO_SDR
 from circle_rotate.kernel.wan_arch import NATIVE_FPS, is_4n_plus_1
 from circle_rotate.prepare.manifest import MANIFEST_NAME
 from circle_rotate.prepare.prepared_folder import check_prepared
@@ -162,6 +163,10 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
         out.add("warning", where, src_key, f"{len(items.rotated)} video(s) carry a display rotation that musubi's "
                 f"decoder ignores (they would train sideways): {_names(items.rotated)}",
                 "run them through circle-rotate prepare, which turns them upright")
+    if items.hdr:
+        out.add("warning", where, src_key, f"{len(items.hdr)} video(s) are HDR, which musubi decodes as SDR "
+                f"(flat, washed-out colours the LoRA would learn): {_names(items.hdr)}",
+                f"record or export them as SDR, or convert them first: {TO_SDR}")
     if items.misordered:
         out.add("error", where, src_key, f"{len(items.misordered)} frame folder(s) number their frames without "
                 "leading zeros; musubi reads a folder's frames in name order, "

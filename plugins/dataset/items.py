@@ -97,14 +97,15 @@ class DatasetItems:
     resized: List[str] = field(default_factory=list)  # "name WxH -> bucket" that caching will rescale
     rotated: List[str] = field(default_factory=list)  # display-rotation flags musubi's decoder ignores
     misordered: List[str] = field(default_factory=list)  # frame folders musubi's name sort plays out of order
+    hdr: List[str] = field(default_factory=list)  # HLG/PQ videos musubi decodes as if they were SDR
     items: int = 0
     stems: List[str] = field(default_factory=list)  # cache keys (file stems), for collision checks
 
 
-def _probe(path: Path) -> Tuple[int, Tuple[int, int], int]:
-    """(frame count, stored (w, h), rotation) of a video file or frame folder."""
+def _probe(path: Path) -> Tuple[int, Tuple[int, int], int, Optional[str]]:
+    """(frame count, stored (w, h), rotation, HDR kind or None) of a video file or frame folder."""
     info = probe_video(path)
-    return info.frame_count, (info.width, info.height), info.rotation
+    return info.frame_count, (info.width, info.height), info.rotation, info.hdr
 
 
 def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:
@@ -114,12 +115,14 @@ def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: d
     if not caption_ok:
         result.missing_captions.append(path.name)
     try:
-        count, size, rotation = _probe(path)
+        count, size, rotation, hdr = _probe(path)
     except UserError:
         result.unreadable.append(path.name)
         return
     if rotation:
         result.rotated.append(f"{path.name} ({rotation} deg)")
+    if hdr:
+        result.hdr.append(f"{path.name} ({hdr})")
     if path.is_dir():
         # musubi sorts a frame folder's file names as text (media_utils.load_video): 10.png before 2.png
         frames = [f.name for f in frame_files(path)]

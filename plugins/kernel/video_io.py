@@ -32,6 +32,13 @@ PathLike = Union[str, os.PathLike]
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
+#: Transfer characteristics (ITU-T H.273, as FFmpeg numbers them) that mark a stream as HDR.
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+#: An SDR copy of an HDR video, made with FFmpeg's zimg filters (which most FFmpeg builds have, and
+#: PyAV's wheels lack): linear light, BT.709 primaries, Hable's tone curve, BT.709 again.
+TO_SDR = ("ffmpeg -i IN -vf zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=hable:desat=0,"
+          "zscale=t=bt709:m=bt709:r=tv,format=yuv420p -c:v libx264 -crf 16 OUT.mp4")
+
 #: Encoder per output suffix: H.264 for MP4 (what musubi, ComfyUI and browsers all read).
 _ENCODERS = {".mp4": "libx264", ".mov": "libx264", ".m4v": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
              ".gif": "pillow"}
@@ -50,6 +57,7 @@ class VideoInfo:
     frame_count: int
     duration: float  # seconds
     rotation: int  # clockwise display rotation in degrees
+    hdr: Optional[str] = None  # "HLG" or "PQ" where the stream says its colours are high dynamic range
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -159,6 +167,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
             frame_count=frames,
             duration=duration,
             rotation=read_rotation(p) if p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0,
+            hdr=HDR_TRANSFERS.get(int(getattr(stream.codec_context, "color_trc", 0) or 0)),
         )
     finally:
         container.close()
