@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from circle_rotate.eval.borders import Bars, find_bars
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift_confidence import drift_verdict
 from circle_rotate.eval.flow import magnitude
@@ -46,7 +47,17 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
             raise UserError(f"a subject box is labelled on frame {last}, and the video has {c.clip.count} frames",
                             path=c.clip.path,
                             fix="key each box by a frame of this video (0 is the first); check the boxes JSON's entry")
-        return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=hint)
+        bars = find_bars(c.clip.grey)
+        if not bars:
+            return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=hint)
+        # the subject is looked for in the picture, not in black bars around it (whose straight,
+        # still edges the search would take for evidence); the masks go back into the whole frame
+        width, height = c.clip.size
+        x0, y0, x1, y1 = bars.left, bars.top, width - bars.right, height - bars.bottom
+        flows = [f[y0:y1, x0:x1] for f in c.flows.consecutive()]
+        found = segment_subject(c.clip.frames[:, y0:y1, x0:x1], c.clip.sampled(), flows,
+                                hint=None if hint is None else hint.within(x0, y0, x1, y1))
+        return found.placed(x0, y0, width, height)
 
     return ctx.shared("subject_masks", build)
 
@@ -76,6 +87,13 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     if masks.fallbacks:
         notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
                      "tracked mask; they keep the propagated one")
+    if masks.picture is not None:
+        width, height = ctx.clip.size
+        x0, y0, x1, y1 = masks.picture
+        bars = Bars(top=y0, bottom=height - y1, left=x0, right=width - x1)
+        notes.append(f"subject_drift: black bars ({bars.describe()}) left out of the subject search; the other "
+                     f"metrics measure the whole frame (to leave them out too: ffmpeg -i IN -vf "
+                     f"{bars.crop(width, height)} OUT)")
     if verdict.unreliable:
         notes.append(f"subject_drift: unreliable: {verdict.unreliable}; {_fix_for(masks.found)}")
     values = {

@@ -80,7 +80,7 @@ def drift_verdict(masks: SubjectMasks) -> DriftVerdict:
         "passes": float(np.mean([s.passes_agree for s in masks.steps])),
         "refined": float(refined),
         # a subject the user gave may fill the frame (a close-up): only a found one is doubted for it
-        "extent": 1.0 if given else float(np.clip((EXTENT_NONE - areas.mean() / masks.masks[0].size)
+        "extent": 1.0 if given else float(np.clip((EXTENT_NONE - areas.mean() / masks.picture_area)
                                                   / (EXTENT_NONE - EXTENT_FULL), 0.0, 1.0)),
     }
     weakest = min(checks, key=checks.get)

@@ -35,6 +35,15 @@ class SubjectHint:
     #: interpolation, on the frames between (:mod:`circle_rotate.eval.keyframe_boxes`)
     later_boxes: Tuple[Tuple[int, Tuple[float, float, float, float]], ...] = ()
 
+    def within(self, x0: int, y0: int, x1: int, y1: int) -> "SubjectHint":
+        """The same hint on the part ``[x0, x1) x [y0, y1)`` of the frame, in that part's pixels."""
+        def moved(b: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
+            return (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)
+
+        return SubjectHint(box=None if self.box is None else moved(self.box),
+                           mask=None if self.mask is None else self.mask[y0:y1, x0:x1],
+                           later_boxes=tuple((f, moved(b)) for f, b in self.later_boxes))
+
     @classmethod
     def from_boxes(cls, boxes: Mapping[int, Tuple[float, float, float, float]]) -> "SubjectHint":
         """The hint of boxes keyed by frame: the first frame's seeds the subject, the later ones bound it."""
@@ -61,6 +70,32 @@ class SubjectMasks:
     #: per sampled frame, the box (full resolution, margin included) the user's boxes bound its
     #: mask to, or None where they say nothing; empty without later boxes
     bounds: Tuple[Optional[Tuple[float, float, float, float]], ...] = ()
+    #: the part of the frame (x0, y0, x1, y1) the subject was looked for in, where bars were left
+    #: out (:mod:`circle_rotate.eval.borders`); None: the whole frame
+    picture: Optional[Tuple[int, int, int, int]] = None
+
+    @property
+    def picture_area(self) -> int:
+        """Pixels of the part of the frame the subject was looked for in."""
+        if self.picture is None:
+            return int(self.masks[0].size)
+        x0, y0, x1, y1 = self.picture
+        return (x1 - x0) * (y1 - y0)
+
+    def placed(self, x0: int, y0: int, width: int, height: int) -> "SubjectMasks":
+        """Masks found on a part of the frame whose corner is (x0, y0), put back in the whole
+        (width x height) frame: the same masks, centroids and bounds in the frame's pixels."""
+        def pad(m: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            if m is None:
+                return None
+            out = np.zeros((m.shape[0], height, width), bool)
+            out[:, y0:y0 + m.shape[1], x0:x0 + m.shape[2]] = m
+            return out
+
+        h, w = self.masks.shape[1:3]
+        bounds = tuple(None if b is None else (b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0) for b in self.bounds)
+        return SubjectMasks(pad(self.masks), self.steps, self.found, pad(self.forward), bounds,
+                            (x0, y0, x0 + w, y0 + h))
 
     @property
     def sources(self) -> Tuple[str, ...]:
