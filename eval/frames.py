@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import animations_in, decode_all, is_frame_folder
+from circle_rotate.kernel.video_io import animations_in, decode_all, frame_files
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +105,13 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
     p = Path(path)
     if not p.exists():
         raise UserError("video not found", path=p, fix="check the path")
-    if p.is_dir() and animations_in(p):
-        raise UserError("folder holds animated images, which are videos, not one video's frames", path=p,
-                        fix="pass the folder to `circle-rotate eval` as a folder of videos")
-    if p.is_dir() and not is_frame_folder(p):
-        raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
+    if p.is_dir():
+        # what is_frame_folder asks, each image file opened once: no animation among the frames
+        if animations_in(p):
+            raise UserError("folder holds animated images, which are videos, not one video's frames", path=p,
+                            fix="pass the folder to `circle-rotate eval` as a folder of videos")
+        if not frame_files(p):
+            raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
     frames, rate = decode_all(p)
     if not frames:
         raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")

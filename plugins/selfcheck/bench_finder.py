@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec
 
 
-
 @dataclass(frozen=True)
 class Overlap:
     """A found mask against the truth: IoU, precision (found that is true), recall (true that is found)."""
