@@ -21,6 +21,7 @@ import numpy as np
 from circle_rotate.eval.borders import Bars, find_bars
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift_confidence import drift_verdict
+from circle_rotate.eval.fades import Shown, find_shown
 from circle_rotate.eval.flow import magnitude
 from circle_rotate.eval.subject_find import FoundSubject
 from circle_rotate.eval.subject_hints import hint_for
@@ -34,9 +35,16 @@ def drift_of(centroids: np.ndarray) -> float:
     return float(np.sqrt(np.sum(std ** 2)))
 
 
+def shown(ctx: EvalContext) -> Shown:
+    """The clip's frames between a leading and a trailing fade (:mod:`circle_rotate.eval.fades`)."""
+    return ctx.shared("shown", lambda c: find_shown(c.clip.grey))
+
+
 def subject_masks(ctx: EvalContext) -> SubjectMasks:
-    """The clip's subject masks on its sampled frames, computed once per clip."""
+    """The clip's subject masks on its sampled frames that show the picture (a fade's are left
+    out, as the reference leaves out frames without a detection), computed once per clip."""
     def build(c: EvalContext) -> SubjectMasks:
+        idx = shown(c).keep(c.clip.sampled())
         hint = hint_for(c.clip.name, boxes=c.options.get("subject_boxes"), default=c.options.get("subject"))
         if hint is not None and hint.mask is not None and hint.mask.shape != c.clip.frames.shape[1:3]:
             h, w = hint.mask.shape
@@ -49,13 +57,13 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
                             fix="key each box by a frame of this video (0 is the first); check the boxes JSON's entry")
         bars = find_bars(c.clip.grey)
         if not bars:
-            return segment_subject(c.clip.frames, c.clip.sampled(), c.flows.consecutive(), hint=hint)
+            return segment_subject(c.clip.frames, idx, c.flows.consecutive(), hint=hint)
         # the subject is looked for in the picture, not in black bars around it (whose straight,
         # still edges the search would take for evidence); the masks go back into the whole frame
         width, height = c.clip.size
         x0, y0, x1, y1 = bars.left, bars.top, width - bars.right, height - bars.bottom
         flows = [f[y0:y1, x0:x1] for f in c.flows.consecutive()]
-        found = segment_subject(c.clip.frames[:, y0:y1, x0:x1], c.clip.sampled(), flows,
+        found = segment_subject(c.clip.frames[:, y0:y1, x0:x1], idx, flows,
                                 hint=None if hint is None else hint.within(x0, y0, x1, y1))
         return found.placed(x0, y0, width, height)
 
@@ -76,14 +84,22 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     idx = ctx.clip.sampled()
     masks = subject_masks(ctx)
     centroids = masks.centroids()
+    # the masks are on a run of the sampled frames (a fade leaves out the rest); the subject
+    # flow is over the pairs whose earlier frame has one, the global flow over every pair
+    start = int(np.searchsorted(idx, masks.frames[0]))
     subject, whole = [], []
     ctx.flows.prefetch(zip(idx[:-1], idx[1:]))
     for k, (a, b) in enumerate(zip(idx[:-1], idx[1:])):
         mag = magnitude(ctx.flows.get(int(a), int(b)))
         whole.append(float(np.mean(mag, dtype=np.float64)))
-        subject.append(float(np.mean(mag[masks.masks[k]], dtype=np.float64)))
+        if start <= k < start + len(masks.frames):
+            subject.append(float(np.mean(mag[masks.masks[k - start]], dtype=np.float64)))
     verdict = drift_verdict(masks)
     notes = []
+    faded = shown(ctx)
+    if faded:
+        notes.append(f"subject_drift: {faded.describe()} show no picture: left out of the drift "
+                     f"({len(masks.frames)} of {len(idx)} sampled frames kept)")
     if masks.fallbacks:
         notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
                      "tracked mask; they keep the propagated one")
@@ -106,7 +122,7 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
         "subject_found_by": masks.found.basis,
     }
     series = {
-        "frames": [int(i) for i in idx],
+        "frames": [int(i) for i in masks.frames],
         "centroids": np.round(centroids, 3).tolist(),
         "mask_area": [int(m.sum()) for m in masks.masks],
         "mask_source": list(masks.sources),

@@ -62,7 +62,7 @@ def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMas
                         confidence: float, name: Optional[str] = None) -> Path:
     """The sampled frames, each numbered as in the video, with the mask outline and the centroid
     path, as a PNG (a given subject's centroid is the mean of two passes: both outlines are drawn)."""
-    idx = clip.sampled()
+    idx = masks.frames
     title = f"{clip.name}: drift {drift:.2f} px, confidence {confidence:.2f} (found by {masks.found.basis})"
     if masks.forward is not None:
         title += "; centroid = mean of the orange and the green pass"
@@ -77,7 +77,7 @@ def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, n
     """``FOLDER/<name>/frame_<index>.png`` per sampled frame: 255 on the subject, 0 elsewhere
     (the name as :func:`sheet_path`'s)."""
     out = []
-    for i, m in zip(clip.sampled(), masks.masks):
+    for i, m in zip(masks.frames, masks.masks):
         ok, buf = cv2.imencode(".png", np.where(m, 255, 0).astype(np.uint8))
         if not ok:
             raise ValueError(f"{clip.path}: could not encode the mask of frame {i} as PNG")

@@ -62,6 +62,7 @@ class SubjectMasks:
     """One boolean mask per sampled frame, and how each was found."""
 
     masks: np.ndarray  # (K, H, W) bool, never empty
+    frames: Tuple[int, ...]  # the K sampled frames' indices in the clip
     steps: Tuple[Step, ...]  # per sampled frame
     found: FoundSubject  # the first frame's search (working resolution)
     #: (K, H, W) bool: the forward pass's masks where they count towards :meth:`centroids`
@@ -94,7 +95,7 @@ class SubjectMasks:
 
         h, w = self.masks.shape[1:3]
         bounds = tuple(None if b is None else (b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0) for b in self.bounds)
-        return SubjectMasks(pad(self.masks), self.steps, self.found, pad(self.forward), bounds,
+        return SubjectMasks(pad(self.masks), self.frames, self.steps, self.found, pad(self.forward), bounds,
                             (x0, y0, x0 + w, y0 + h))
 
     @property
@@ -209,7 +210,7 @@ def segment_subject(frames: np.ndarray, indices: Sequence[int], flows: Sequence[
     # it and the backward pass never had. On the development orbits with the first frame's
     # box given: median error 3.71 -> 2.74 px, Spearman 0.88 -> 0.92.
     kept = np.stack([_full_size(m, (width, height), scale) for m in forward]) if found.given else None
-    return SubjectMasks(np.stack(full), tuple(steps), found, kept, bounds)
+    return SubjectMasks(np.stack(full), tuple(idx), tuple(steps), found, kept, bounds)
 
 
 def _full_size(mask: np.ndarray, size: Tuple[int, int], scale: float) -> np.ndarray:

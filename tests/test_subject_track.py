@@ -278,11 +278,12 @@ def test_a_mask_that_grows_is_marked_unreliable_and_says_why():
     from circle_rotate.eval.subject_find import FoundSubject
 
     steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
-    verdict = drift_verdict(SubjectMasks(masks, steps, FoundSubject(masks[0], "motion", 0.9)))
+    verdict = drift_verdict(SubjectMasks(masks, tuple(range(16)), steps, FoundSubject(masks[0], "motion", 0.9)))
     assert verdict.confidence < THRESHOLD and verdict.checks["rigid"] == 0.0
     assert "area" in verdict.unreliable and "rigid" in verdict.unreliable
     steady = np.repeat(masks[:1], 16, axis=0)
-    assert drift_verdict(SubjectMasks(steady, steps, FoundSubject(masks[0], "motion", 0.9))).unreliable is None
+    steady_masks = SubjectMasks(steady, tuple(range(16)), steps, FoundSubject(masks[0], "motion", 0.9))
+    assert drift_verdict(steady_masks).unreliable is None
 
 
 def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
@@ -291,7 +292,7 @@ def test_a_mask_over_most_of_the_frame_is_marked_unreliable():
     floor = np.zeros((16, 50, 50), bool)
     floor[:, 15:, :] = True  # 70% of the frame, steady: the floor, not a subject
     steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
-    verdict = drift_verdict(SubjectMasks(floor, steps, FoundSubject(floor[0], "motion", 0.9)))
+    verdict = drift_verdict(SubjectMasks(floor, tuple(range(16)), steps, FoundSubject(floor[0], "motion", 0.9)))
     assert verdict.checks["extent"] == 0.0 and "extent" in verdict.unreliable
 
 
@@ -310,14 +311,16 @@ def test_an_unreliable_reading_tells_the_user_what_to_do():
         grows[k, 40:60 + 6 * k, 60:120] = True
     steps = tuple(Step("refined", 0.95, 0.95) for _ in range(16))
     searched = EvalContext(clip)
-    searched.shared("subject_masks", lambda c: SubjectMasks(grows, steps, FoundSubject(grows[0], "motion", 0.9)))
+    searched.shared("subject_masks",
+                    lambda c: SubjectMasks(grows, tuple(range(16)), steps, FoundSubject(grows[0], "motion", 0.9)))
     result = compute_subject_drift(searched)
     assert result.values["drift_unreliable"] and "rigid" in result.values["drift_unreliable"]
     (note,) = [n for n in result.notes if "unreliable" in n]
     assert "--subject-box X0,Y0,X1,Y1" in note and "--save-masks" in note
     # the same from the user's own box: giving a box again is no fix
     given = EvalContext(clip)
-    given.shared("subject_masks", lambda c: SubjectMasks(grows, steps, FoundSubject(grows[0], "user_box", 1.0)))
+    given.shared("subject_masks",
+                 lambda c: SubjectMasks(grows, tuple(range(16)), steps, FoundSubject(grows[0], "user_box", 1.0)))
     result = compute_subject_drift(given)
     assert result.values["subject_found_by"] == "user_box" and "rigid" in result.values["drift_unreliable"]
     (note,) = [n for n in result.notes if "unreliable" in n]
