@@ -53,9 +53,23 @@ def _name(clip: Clip, name: Optional[str]) -> str:
     return name or Path(clip.path).stem or "video"
 
 
+#: The end of a contact sheet's name (:func:`sheet_path`).
+SHEET_SUFFIX = ".drift.png"
+
+
+def is_masks_folder(folder: os.PathLike | str) -> bool:
+    """Is ``folder`` what ``eval --save-masks`` wrote (it holds contact sheets), not a clip's
+    frames? A rerun of ``eval outputs/ --save-masks outputs/masks`` would otherwise read the
+    first run's sheets as the frames of one more video."""
+    try:
+        return any(f.name.endswith(SHEET_SUFFIX) and f.is_file() for f in Path(folder).iterdir())
+    except OSError:  # an unreadable folder holds nothing of ours
+        return False
+
+
 def sheet_path(folder: os.PathLike | str, clip: Clip, name: Optional[str] = None) -> Path:
     """``FOLDER/<name>.drift.png``; the name is the video's stem unless given (:func:`output_names`)."""
-    return Path(folder) / f"{_name(clip, name)}.drift.png"
+    return Path(folder) / f"{_name(clip, name)}{SHEET_SUFFIX}"
 
 
 def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, drift: float,

@@ -25,7 +25,7 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import output_names, write_contact_sheet, write_masks
+from circle_rotate.eval.mask_outputs import is_masks_folder, output_names, write_contact_sheet, write_masks
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
@@ -62,7 +62,8 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
 
     A folder contributes its video files, its animations and its frame-folder subfolders
     (not recursively beyond that); a folder that is itself a frame folder is one video.
-    Still images beside animations are not frames of anything and are passed over.
+    Still images beside animations are not frames of anything and are passed over, and so is
+    what ``--save-masks`` wrote (:func:`~circle_rotate.eval.mask_outputs.is_masks_folder`).
 
     Raises:
         UserError: a folder that holds no video at all, or whose videos are all in its
@@ -74,8 +75,11 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
         if not p.is_dir():
             out.append(p)  # missing or odd files become error rows, not a stop
             continue
+        if is_masks_folder(p) or is_masks_folder(p.resolve().parent):  # the sheets, or one video's masks
+            raise UserError("folder holds the contact sheets and masks eval --save-masks wrote, not a video's frames",
+                            path=p, fix="pass the folder of the videos they were made from")
         videos = _videos_in(p)
-        folders = sorted(c for c in p.iterdir() if c.is_dir() and is_frame_folder(c))
+        folders = sorted(c for c in p.iterdir() if c.is_dir() and not is_masks_folder(c) and is_frame_folder(c))
         if videos or folders:
             out.extend(videos + folders)
             continue

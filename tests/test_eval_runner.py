@@ -232,3 +232,25 @@ def test_videos_sharing_a_stem_write_their_own_contact_sheets(folder, tmp_path):
     assert [Path(r["masks_dir"]).name for r in rows] == ["a_x.mp4", "b_x.mp4"]
     first, second = (cv2.imread(str(p)) for p in written)
     assert first.shape != second.shape or not np.array_equal(first, second)  # each its own video's frames
+
+
+def test_a_rerun_with_the_masks_inside_the_videos_folder_reads_the_same_videos(folder, tmp_path, capsys):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    shutil.copy(folder / "orbit_a.mp4", outputs / "a.mp4")
+    shutil.copy(folder / "orbit_b.mp4", outputs / "b.mp4")
+    masks = outputs / "masks"
+    args = ["-q", "eval", str(outputs), "--metrics", "subject_drift", "--save-masks", str(masks),
+            "--out", str(tmp_path / "r.json"), "--force"]
+    assert main(args) == 0
+    # two contact sheets: read as frames, they would be one more two-frame "video"
+    assert sorted(p.name for p in masks.glob("*.drift.png")) == ["a.drift.png", "b.drift.png"]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["videos"]
+    assert [r["video"] for r in rows] == ["a.mp4", "b.mp4"]
+    capsys.readouterr()
+    for wrong in (masks, masks / "a"):  # the sheets, or one video's masks
+        assert main(["-q", "eval", str(wrong), "--metrics", "psnr", "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "eval --save-masks wrote" in err
+        assert "pass the folder of the videos" in err
