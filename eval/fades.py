@@ -53,11 +53,14 @@ class Shown:
         return indices[(indices >= self.first) & (indices <= self.last)]
 
     def describe(self) -> str:
+        def frames(a: int, b: int) -> str:
+            return f"frame {a}" if a == b else f"frames {a}-{b}"
+
         parts = []
         if self.first > 0:
-            parts.append(f"frames 0-{self.first - 1} (a fade-in or leader)")
+            parts.append(f"{frames(0, self.first - 1)} (a fade-in or leader)")
         if self.last < self.count - 1:
-            parts.append(f"frames {self.last + 1}-{self.count - 1} (a fade-out)")
+            parts.append(f"{frames(self.last + 1, self.count - 1)} (a fade-out)")
         return " and ".join(parts)
 
 
@@ -77,12 +80,22 @@ def _ramp(contrast: np.ndarray, i: int, beyond: np.ndarray) -> bool:
     return beyond.size > 0 and bool(contrast[i] < RAMP * float(np.median(beyond)))
 
 
+def _contrast_and_brightness(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of (T, H, W) grey frames: the grey levels' standard deviation and mean."""
+    # every fourth pixel each way: a frame's mean and spread, not its detail
+    small = grey[:, ::4, ::4].reshape(grey.shape[0], -1).astype(np.float32)
+    return small.std(axis=1), small.mean(axis=1)
+
+
+def is_blank(grey: np.ndarray) -> bool:
+    """Is every frame of (T, H, W) grey frames one flat colour (no picture at all)?"""
+    return bool((_contrast_and_brightness(grey)[0] < FLAT).all())
+
+
 def find_shown(grey: np.ndarray) -> Shown:
     """The frames of a clip's grey frames (T, H, W) between its leading and trailing fades."""
     count = grey.shape[0]
-    # every fourth pixel each way: a frame's mean and spread, not its detail
-    small = grey[:, ::4, ::4].reshape(count, -1).astype(np.float32)
-    contrast, brightness = small.std(axis=1), small.mean(axis=1)
+    contrast, brightness = _contrast_and_brightness(grey)
     if float(np.median(contrast)) < FLAT:
         return Shown(0, count - 1, count)
     # at least half the frames have the typical contrast, so some frame is not faint

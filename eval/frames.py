@@ -16,6 +16,7 @@ from typing import Union
 import cv2
 import numpy as np
 
+from circle_rotate.eval.fades import is_blank
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import animations_in, decode_all, frame_files
 
@@ -74,7 +75,8 @@ def clip_from_frames(frames: np.ndarray, *, fps: float, path: str = "<frames>") 
     """Wrap frames already in memory (tests, other tools) as a :class:`Clip`.
 
     Raises:
-        UserError: fewer than two frames, or not (T, H, W, 3) uint8.
+        UserError: fewer than two frames, not (T, H, W, 3) uint8, or blank (every frame one
+            flat colour).
     """
     frames = np.ascontiguousarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -86,6 +88,11 @@ def clip_from_frames(frames: np.ndarray, *, fps: float, path: str = "<frames>") 
         raise UserError(f"is {frames.shape[2]}x{frames.shape[1]}; the metrics need at least {MIN_SIDE} pixels a side",
                         path=path, fix="evaluate the full-size video, not a thumbnail")
     grey = np.stack([to_grey(f) for f in frames])
+    if is_blank(grey):
+        # a sampler that produced NaNs decodes to black: drift 0 and a perfect PSNR would score it best
+        raise UserError("every frame is one flat colour: there is no picture to measure", path=path,
+                        fix="regenerate the video (a black one usually means NaNs in the sampler: run the model "
+                            "in bf16 or fp32, not fp16), or leave it out")
     return Clip(str(path), frames, grey, float(fps))
 
 
@@ -100,7 +107,7 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
         The decoded :class:`Clip`.
 
     Raises:
-        UserError: missing, corrupt, unreadable, no frames, or a single frame.
+        UserError: missing, corrupt, unreadable, no frames, a single frame, or blank.
     """
     p = Path(path)
     if not p.exists():

@@ -11,6 +11,7 @@ from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.drift import compute_subject_drift
 from circle_rotate.eval.fades import Shown, find_shown
 from circle_rotate.eval.frames import clip_from_frames, load_clip, sample_indices
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import write_video
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, drift_value, mask_stats, render_frames
 
@@ -52,6 +53,11 @@ def test_fades_are_found_through_a_real_codec(orbit, tmp_path):
         assert bool(got) == (name != "plain")
     assert Shown(8, 24, 33).describe() == "frames 0-7 (a fade-in or leader) and frames 25-32 (a fade-out)"
     assert list(Shown(8, 24, 33).keep(sample_indices(33))) == [8, 10, 12, 14, 17, 19, 21, 23]
+    # one black frame before the picture (some encoders' leader)
+    leader = np.concatenate([np.zeros_like(frames[:1]), frames])
+    write_video(tmp_path / "leader.mp4", leader, fps=16)
+    got = find_shown(load_clip(tmp_path / "leader.mp4").grey)
+    assert got == Shown(1, n, n + 1) and got.describe() == "frame 0 (a fade-in or leader)"
 
 
 def test_no_fade_where_frames_are_only_flatter_or_darker_or_the_clip_is_blank(orbit):
@@ -67,6 +73,19 @@ def test_no_fade_where_frames_are_only_flatter_or_darker_or_the_clip_is_blank(or
     assert not find_shown(clip_from_frames(dark, fps=16).grey)
     # all black: there is no picture to fade into, nothing to leave out
     assert find_shown(np.zeros((9, 32, 32), np.uint8)) == Shown(0, 8, 9)
+
+
+def test_a_blank_video_is_an_error_that_says_why(orbit, tmp_path):
+    # a sampler that produced NaNs decodes to black: read as a clip it would score drift 0, reliable
+    write_video(tmp_path / "black.mp4", np.zeros((17, 128, 224, 3), np.uint8), fps=16)
+    with pytest.raises(UserError, match="every frame is one flat colour") as err:
+        load_clip(tmp_path / "black.mp4")
+    assert "black.mp4" in str(err.value) and "regenerate" in str(err.value)
+    grey_flashes = np.repeat(np.arange(0, 170, 10, dtype=np.uint8)[:, None, None, None], 3, axis=3)
+    with pytest.raises(UserError, match="flat colour"):
+        clip_from_frames(np.broadcast_to(grey_flashes, (17, 64, 64, 3)), fps=16)
+    faded = _faded(orbit[0])
+    assert clip_from_frames(faded, fps=16).count == len(faded)  # a fade is not blank
 
 
 def test_the_drift_is_read_on_the_frames_that_show_the_picture(orbit):
