@@ -266,7 +266,9 @@ def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_
     for folder, name in (("unpadded", "{}.png"), ("padded", "frame_{:04d}.png")):
         (tmp_path / folder).mkdir()
         for t in range(12):  # frame t is grey level 20 t: its place in the clip can be read off it
-            cv2.imwrite(str(tmp_path / folder / name.format(t)), np.full((48, 64, 3), 20 * t, np.uint8))
+            frame = np.full((48, 64, 3), 20 * t, np.uint8)
+            frame[24:, ::8] = 255  # stripes below: a picture, not a blank frame
+            cv2.imwrite(str(tmp_path / folder / name.format(t)), frame)
     shuffled = [int(f[0, 0, 0]) // 20 for f in load_video(str(tmp_path / "unpadded"))]
     assert shuffled == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]  # the premise: musubi's own loader shuffles them
     assert [int(f[0, 0, 0]) // 20 for f in load_video(str(tmp_path / "padded"))] == list(range(12))
