@@ -26,10 +26,10 @@ import os
 import shutil
 import stat
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -420,6 +420,9 @@ CASES = [
     Case("prepare: --fps 0", lambda w: ["prepare", w.raw, "-o", w.root / "out" / "prep", "--fps", "0"], names=lambda w: ["--fps"]),
     Case("prepare: --resolution abc", lambda w: ["prepare", w.raw, "-o", w.root / "out" / "prep", "--resolution", "abc"],
          names=lambda w: ["abc"]),
+    Case("prepare with no output folder", lambda w: ["prepare", w.raw], names=lambda w: ["-o"]),
+    Case("prepare --dry-run on an empty folder", lambda w: ["prepare", w.empty, "-o", w.root / "out" / "prep", "--dry-run"],
+         names=lambda w: [w.empty]),
     Case("eval: an empty folder", lambda w: ["eval", w.empty], names=lambda w: [w.empty]),
     Case("eval: a missing video (exit 1: an error row)", lambda w: ["eval", w.root / "gone.mp4"], code=1,
          names=lambda w: ["gone.mp4"]),

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.media.orbit_qc import QC_MODES
 from circle_rotate.prepare.clip_plan import SIZE_MODES, SizePolicy
 
