@@ -303,4 +303,4 @@ def test_hdr_videos_in_a_dataset_are_flagged(tmp_path):
     r = check_config(cfg, use_musubi=False)
     hdr = [p for p in r.problems if "HDR" in p.message]
     assert len(hdr) == 1 and hdr[0].severity == "warning" and "hlg.mp4 (HLG)" in hdr[0].message
-    assert "sdr.mp4" not in hdr[0].message and "tonemap=hable" in hdr[0].fix
+    assert "sdr.mp4" not in hdr[0].message and "tonemap=hable" in hdr[0].fix and "circle-rotate prepare" in hdr[0].fix

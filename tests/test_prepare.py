@@ -213,7 +213,7 @@ def test_bad_options_are_one_user_error(tmp_path, capsys):
     assert "4n+1" in err and "--fps" in err and len(err.strip().splitlines()) == 1
 
 
-def test_hdr_phone_videos_are_refused_with_the_way_to_sdr(tmp_path, capsys):
+def test_hdr_phone_videos_are_tone_mapped_to_sdr_clips(tmp_path, capsys):
     raw, out = tmp_path / "raw", tmp_path / "out"
     raw.mkdir()
     spec = TurntableSpec(**{**PHONE.__dict__, "width": 144, "height": 256})
@@ -223,13 +223,19 @@ def test_hdr_phone_videos_are_refused_with_the_way_to_sdr(tmp_path, capsys):
     assert [probe_video(raw / n).hdr for n in ("iphone_hlg.mov", "android_pq.mp4", "sdr.mp4")] == ["HLG", "PQ", None]
     before = {p.name: _sha(p) for p in raw.iterdir()}
     assert main(["-q", "prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--fps", "16",
-                 "--resolution", "256x144", "--jobs", "1"]) == 1
-    src = _sources(read_manifest(out / MANIFEST_NAME))
-    assert src["sdr.mp4"]["status"] == "ok" and src["sdr.mp4"]["clips"] >= 1
+                 "--resolution", "256x144", "--jobs", "1"]) == 0
+    manifest = read_manifest(out / MANIFEST_NAME)
+    src = _sources(manifest)
+    clips = {c["source"]: c for c in _clips(manifest)}
+    for name in ("iphone_hlg.mov", "android_pq.mp4", "sdr.mp4"):
+        assert src[name]["status"] == "ok" and src[name]["clips"] >= 1, src[name]
     for name, kind in (("iphone_hlg.mov", "HLG"), ("android_pq.mp4", "PQ")):
-        reason = src[name]["reason"]
-        assert src[name]["status"] == "error" and src[name]["clips"] == 0
-        assert f"is {kind} HDR video" in reason and "HDR Video off" in reason and "tonemap=hable" in reason
-        assert "\n" not in reason
+        assert any(f"{kind} HDR tone-mapped to SDR" in n for n in src[name]["notes"])
+    assert not any("HDR" in n for n in src["sdr.mp4"]["notes"])
+    # the clips are SDR BT.709 H.264, 8-bit, whatever the source was
+    for name in ("iphone_hlg.mov", "android_pq.mp4"):
+        info = probe_video(out / clips[name]["clip"])
+        assert info.hdr is None and info.codec == "h264"
+    printed = capsys.readouterr().out
+    assert "HDR tone-mapped to SDR (BT.709): android_pq.mp4 (PQ), iphone_hlg.mov (HLG)" in printed
     assert {p.name: _sha(p) for p in raw.iterdir()} == before  # the sources are untouched
-    assert "FAILED iphone_hlg.mov" in capsys.readouterr().out

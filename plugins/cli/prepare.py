@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.sources} source(s) ({report.processed} processed, {report.unchanged} unchanged): {statuses or 'none'}")
     print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC")
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
+    if report.hdr:
+        print(f"HDR tone-mapped to SDR (BT.709): {', '.join(f'{s} ({t})' for s, t in report.hdr)}")
     for source, status, reason in report.failed:
         print(f"FAILED {source}: {status}: {reason}")
     return 0 if report.ok or args.keep_going else 1

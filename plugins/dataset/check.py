@@ -166,7 +166,7 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
     if items.hdr:
         out.add("warning", where, src_key, f"{len(items.hdr)} video(s) are HDR, which musubi decodes as SDR "
                 f"(flat, washed-out colours the LoRA would learn): {_names(items.hdr)}",
-                f"record or export them as SDR, or convert them first: {TO_SDR}")
+                f"run them through circle-rotate prepare, which tone-maps them to SDR, or convert them: {TO_SDR}")
     if items.misordered:
         out.add("error", where, src_key, f"{len(items.misordered)} frame folder(s) number their frames without "
                 "leading zeros; musubi reads a folder's frames in name order, "

@@ -23,6 +23,7 @@ import numpy as np
 from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation, probe_animation, read_animation
 from circle_rotate.kernel.atomic import atomic_path
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.hdr import Signal, frame_to_sdr
 from circle_rotate.kernel.mp4_rotation import read_rotation, set_rotation
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
             yield _resize_max_side(frame, max_side)
         return
     rotation = _display_rotation(p, apply_rotation)
-    for frame, _ in _decode(p, threads):
+    for frame, _, _ in _decode(p, threads):
         yield _resize_max_side(_apply_rotation(frame.to_ndarray(format="rgb24"), rotation), max_side)
 
 
@@ -243,8 +244,18 @@ def _display_rotation(p: Path, apply_rotation: bool) -> int:
     return read_rotation(p) if apply_rotation and p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0
 
 
+def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
+    """How an HDR stream codes its pixels (None for SDR), from its codec parameters."""
+    cc = stream.codec_context
+    transfer = HDR_TRANSFERS.get(int(getattr(cc, "color_trc", 0) or 0))
+    if transfer is None:
+        return None
+    return Signal(transfer, matrix=int(getattr(cc, "colorspace", 9) or 9), full_range=int(cc.color_range or 0) == 2)
+
+
 def _decode(p: Path, threads: int) -> Iterator[tuple]:
-    """(PyAV frame, nominal rate) for every frame of a video file; failures become UserErrors."""
+    """(PyAV frame, nominal rate, HDR :class:`Signal` or None) for every frame of a video file;
+    failures become UserErrors."""
     container = _open(p)
     index = 0
     try:
@@ -253,8 +264,9 @@ def _decode(p: Path, threads: int) -> Iterator[tuple]:
         if threads:
             stream.codec_context.thread_count = threads
         rate = stream.average_rate or stream.guessed_rate
+        signal = hdr_signal(stream)
         for frame in container.decode(stream):
-            yield frame, rate
+            yield frame, rate, signal
             index += 1
     except av.error.FFmpegError as exc:
         raise UserError(f"decoding failed at frame {index} ({exc})", path=p,
@@ -379,26 +391,32 @@ class DecodedFrame:
     """One decoded frame whose pixels are converted only when asked (resampling skips most).
 
     ``time`` is seconds since the stream's first frame; ``to_rgb`` applies the display
-    rotation and scales with FFmpeg's swscale in the same step as the colour conversion.
+    rotation and scales with FFmpeg's swscale in the same step as the colour conversion, and
+    tone-maps an HDR stream's frames to SDR (:mod:`circle_rotate.kernel.hdr`).
     """
 
-    __slots__ = ("index", "time", "_frame", "_rotation")
+    __slots__ = ("index", "time", "_frame", "_rotation", "_hdr")
 
-    def __init__(self, index: int, time: float, frame: "av.VideoFrame", rotation: int):
+    def __init__(self, index: int, time: float, frame: "av.VideoFrame", rotation: int,
+                 hdr: Optional[Signal] = None):
         self.index = index
         self.time = time
         self._frame = frame
         self._rotation = rotation
+        self._hdr = hdr
 
     def to_rgb(self, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-        """RGB uint8 (H, W, 3) upright; ``size`` is the upright (width, height) to scale to."""
-        if size is None:
+        """RGB uint8 (H, W, 3) upright, SDR; ``size`` is the upright (width, height) to scale to."""
+        stored = None
+        if size is not None:
+            w, h = size
+            stored = (h, w) if self._rotation in (90, 270) else (w, h)  # scale the stored (sideways) picture
+        if self._hdr is not None:
+            rgb = frame_to_sdr(self._frame, self._hdr, stored)
+        elif stored is None:
             rgb = self._frame.to_ndarray(format="rgb24")
         else:
-            w, h = size
-            if self._rotation in (90, 270):  # scale the stored (sideways) picture, then turn it
-                w, h = h, w
-            rgb = self._frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+            rgb = self._frame.to_ndarray(format="rgb24", width=stored[0], height=stored[1], interpolation="AREA")
         return _apply_rotation(rgb, self._rotation)
 
 
@@ -416,9 +434,9 @@ def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads:
     p = Path(path)
     rotation = _display_rotation(p, apply_rotation)
     start = None
-    for index, (frame, rate) in enumerate(_decode(p, threads)):
+    for index, (frame, rate, signal) in enumerate(_decode(p, threads)):
         t = frame.time
         if t is None:  # no timestamps (raw streams): fall back to the nominal rate
             t = index / float(rate) if rate else float(index)
         start = t if start is None else start
-        yield DecodedFrame(index, float(t - start), frame, rotation)
+        yield DecodedFrame(index, float(t - start), frame, rotation, signal)

@@ -37,7 +37,8 @@ FAILED = ("error", "truncated", "too_short")  # statuses of sources that count a
 
 @dataclass(frozen=True)
 class PrepareReport:
-    """What a run did. ``failed`` lists (source, status, reason) of unusable sources."""
+    """What a run did. ``failed`` lists (source, status, reason) of unusable sources, ``hdr``
+    (source, "HLG" or "PQ") those tone-mapped from HDR to SDR."""
 
     out_dir: Path
     manifest: Path
@@ -50,6 +51,7 @@ class PrepareReport:
     failed: Tuple[Tuple[str, str, str], ...] = ()
     summary: Path = Path()
     plot: Path = Path()
+    hdr: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -227,10 +229,12 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     clips = [r for r in records if r.get("type") == "clip"]
     accepted = sum(r["verdict"] == "accept" for r in clips)
     failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in heads if h["status"] in FAILED)
+    hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads if (h.get("probe") or {}).get("hdr"))
     summary = {"options": asdict(options), "sources": len(sources), "processed": processed, "unchanged": len(sources) - processed,
                "statuses": statuses, "clips_accepted": accepted, "clips_rejected": len(clips) - accepted,
-               "failed": [{"source": s, "status": st, "reason": why} for s, st, why in failed]}
+               "failed": [{"source": s, "status": st, "reason": why} for s, st, why in failed],
+               "hdr_tone_mapped": [{"source": s, "transfer": t} for s, t in hdr]}
     summary_path = write_json(out / SUMMARY_NAME, summary)
     plot_path = plot_summary(clips, heads, out / PLOT_NAME)
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,
-                         len(clips) - accepted, statuses, failed, summary_path, plot_path)
+                         len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr)

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import TO_SDR, iter_decoded_frames, probe_video, write_video
+from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, write_video
 from circle_rotate.media.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
 from circle_rotate.media.orbit_qc import qc_verdict
@@ -168,15 +168,6 @@ def process_source(job: SourceJob) -> List[dict]:
         return [_source_record(job, status="error", reason=f"unexpected {exc.__class__.__name__}: {exc}")]
 
 
-def hdr_reason(kind: str) -> str:
-    """Why an HDR source is refused, and the fix (one line)."""
-    # FFmpeg's RGB conversion neither linearises HLG/PQ nor maps BT.2020 colours to BT.709:
-    # the clips would come out flat and washed out, and the LoRA would learn that look
-    return (f"is {kind} HDR video (BT.2020 colours), and decoded for SDR training its colours come out flat and "
-            "washed out, which the LoRA would learn; fix: record or export it as SDR (iPhone: Settings > Camera > "
-            f"Record Video > HDR Video off), or convert it first: {TO_SDR}")
-
-
 def _process(job: SourceJob) -> List[dict]:
     opts = job.options
     try:
@@ -184,8 +175,6 @@ def _process(job: SourceJob) -> List[dict]:
     except UserError as exc:
         return [_source_record(job, status="error", reason=str(exc))]
     probe = {k: v for k, v in info.to_dict().items() if k != "path"}
-    if info.hdr:
-        return [_source_record(job, status="error", probe=probe, reason=hdr_reason(info.hdr))]
     if info.fps <= 0:
         return [_source_record(job, status="error", probe=probe, reason="the video declares no frame rate; "
                                "fix: re-export it as a normal video file")]
@@ -229,6 +218,8 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     truncated = not st.planner.done and last_time + 2.0 / info.fps < 0.9 * declared
     p = st.planner.stats
     notes += [f"{p.cuts} scene cut(s)"] * bool(p.cuts) + [f"{p.pauses} pause(s) skipped"] * bool(p.pauses)
+    # decoded as SDR, HDR comes out flat and washed out, which the LoRA would learn
+    notes += [f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do"] * bool(info.hdr)
     clips = [r for r in st.records if r["verdict"] == "accept"]
     status, reason = "ok", None
     if error:
