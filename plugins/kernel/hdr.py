@@ -40,7 +40,8 @@ NOMINAL_NITS = 100.0
 #: (FFmpeg's tonemap assumes 1000 cd/m2 without mastering metadata).
 PEAK_NITS = 1000.0
 
-#: Y'CbCr matrices (Kr, Kb) by FFmpeg's colorspace number.
+#: Y'CbCr matrices (Kr, Kb) by FFmpeg's colorspace number (10, BT.2020's rare constant-luminance
+#: form, is read as the non-constant one).
 MATRICES = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
 
 #: Linear BT.2020 RGB to linear BT.709 RGB (ITU-R BT.2087).
@@ -110,12 +111,11 @@ def _hable(x: np.ndarray) -> np.ndarray:
     return (x * (x * _A + _C * _B) + _D * _E) / (x * (x * _A + _B) + _D * _F) - _E / _F
 
 
-def tone_map(linear: np.ndarray, *, peak: float = PEAK_NITS / NOMINAL_NITS) -> np.ndarray:
+def tone_map(linear: np.ndarray, *, axis: int = -1, peak: float = PEAK_NITS / NOMINAL_NITS) -> np.ndarray:
     """Hable's curve on each pixel's brightest component (``peak`` maps to 1.0), the pixel's
-    components scaled by the same factor so that its hue stays."""
-    sig = np.maximum(linear.max(axis=-1), 1e-6)
-    mapped = _hable(sig) / _hable(np.float32(peak))
-    return linear * (mapped / sig)[..., None]
+    components (along ``axis``) scaled by the same factor so that its hue stays."""
+    sig = np.maximum(linear.max(axis=axis, keepdims=True), 1e-6)
+    return linear * (_hable(sig) / (_hable(np.float32(peak)) * sig))
 
 
 def bt1886_inverse(linear: np.ndarray) -> np.ndarray:
@@ -145,9 +145,7 @@ def to_sdr(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, signal: Signal, *, bit
     rgb = ycbcr_to_rgb(y, cb, cr, matrix=signal.matrix, full_range=signal.full_range, bits=bits)
     linear = _transfer_table(signal.transfer)[np.rint(rgb * 65535.0).astype(np.uint16)]
     # planes throughout: (3, H, W) keeps each step a run over contiguous memory
-    linear = np.maximum(np.tensordot(BT2020_TO_BT709, linear, axes=1), 0.0)
-    sig = np.maximum(np.maximum(linear[0], linear[1]), np.maximum(linear[2], 1e-6))
-    linear *= _hable(sig) / (_hable(np.float32(PEAK_NITS / NOMINAL_NITS)) * sig)
+    linear = tone_map(np.maximum(np.tensordot(BT2020_TO_BT709, linear, axes=1), 0.0), axis=0)
     # the 8-bit signal of each light, looked up by its square root (fine steps near black)
     root = np.sqrt(np.clip(linear, 0.0, 1.0))
     sdr = _signal_table()[np.rint(root * 65535.0).astype(np.uint16)]
