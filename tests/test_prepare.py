@@ -220,10 +220,11 @@ def test_hdr_phone_videos_are_tone_mapped_to_sdr_clips(tmp_path, capsys):
     write_hevc(raw / "iphone_hlg.mov", spec, "arib-std-b67")
     write_hevc(raw / "android_pq.mp4", spec, "smpte2084")
     write_hevc(raw / "sdr.mp4", spec, "bt709")
+    write_hevc(raw / "short_hlg.mov", TurntableSpec(**{**spec.__dict__, "frames": 9}), "arib-std-b67")  # never decoded
     assert [probe_video(raw / n).hdr for n in ("iphone_hlg.mov", "android_pq.mp4", "sdr.mp4")] == ["HLG", "PQ", None]
     before = {p.name: _sha(p) for p in raw.iterdir()}
     assert main(["-q", "prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--fps", "16",
-                 "--resolution", "256x144", "--jobs", "1"]) == 0
+                 "--resolution", "256x144", "--jobs", "1"]) == 1  # the short one fails
     manifest = read_manifest(out / MANIFEST_NAME)
     src = _sources(manifest)
     clips = {c["source"]: c for c in _clips(manifest)}
@@ -237,5 +238,6 @@ def test_hdr_phone_videos_are_tone_mapped_to_sdr_clips(tmp_path, capsys):
         info = probe_video(out / clips[name]["clip"])
         assert info.hdr is None and info.codec == "h264"
     printed = capsys.readouterr().out
-    assert "HDR tone-mapped to SDR (BT.709): android_pq.mp4 (PQ), iphone_hlg.mov (HLG)" in printed
+    assert src["short_hlg.mov"]["status"] == "too_short"
+    assert "HDR tone-mapped to SDR (BT.709): android_pq.mp4 (PQ), iphone_hlg.mov (HLG)\n" in printed
     assert {p.name: _sha(p) for p in raw.iterdir()} == before  # the sources are untouched

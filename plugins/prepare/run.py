@@ -229,7 +229,8 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     clips = [r for r in records if r.get("type") == "clip"]
     accepted = sum(r["verdict"] == "accept" for r in clips)
     failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in heads if h["status"] in FAILED)
-    hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads if (h.get("probe") or {}).get("hdr"))
+    hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads
+                if h["status"] not in FAILED and (h.get("probe") or {}).get("hdr"))  # decoded, so tone-mapped
     summary = {"options": asdict(options), "sources": len(sources), "processed": processed, "unchanged": len(sources) - processed,
                "statuses": statuses, "clips_accepted": accepted, "clips_rejected": len(clips) - accepted,
                "failed": [{"source": s, "status": st, "reason": why} for s, st, why in failed],
