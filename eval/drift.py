@@ -98,8 +98,8 @@ def compute_subject_drift(ctx: EvalContext) -> MetricResult:
     notes = []
     faded = shown(ctx)
     if faded:
-        notes.append(f"subject_drift: {faded.describe()} show no picture: left out of the drift "
-                     f"({len(masks.frames)} of {len(idx)} sampled frames kept)")
+        notes.append(f"subject_drift: {faded.describe()} left out of the drift, the subject looked for after "
+                     f"them ({len(masks.frames)} of {len(idx)} sampled frames kept)")
     if masks.fallbacks:
         notes.append(f"subject_drift: on {masks.fallbacks} of {len(idx)} sampled frames the image did not confirm the "
                      "tracked mask; they keep the propagated one")
