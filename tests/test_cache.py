@@ -8,6 +8,7 @@ import shutil
 from collections import namedtuple
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from circle_rotate.dataset.items import frames_after_fps
@@ -86,6 +87,31 @@ def test_plan_names_and_shapes_match_musubis_dataset_code(musubi, mixed):
     assert ours == theirs_latents
     assert {str(i.te_file) for i in plan.items} == theirs_texts
     assert len(plan.items) == 5 and sum(len(i.latent_files) for i in plan.items) == 2 + 2 + 1 + 2 * 2
+
+
+def test_a_frame_folder_counts_the_frames_musubi_reads(musubi, tmp_path):
+    """A Mac copying frames to a USB drive leaves a hidden ``._name`` beside each (AppleDouble);
+    musubi's loader passes over hidden files, so the plan must too, or it names caches musubi never writes."""
+    import cv2
+
+    frames = tmp_path / "orbit_frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(9):
+        cv2.imwrite(str(frames / f"frame_{t:04d}.png"), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        (frames / f"._frame_{t:04d}.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (frames / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "f.jsonl").write_text(json.dumps({"video_path": str(frames), "caption": "a box, orbit right"}) + "\n")
+    config = tmp_path / "frames.toml"
+    config.write_text(f'[general]\nresolution = [32, 32]\nbatch_size = 1\n\n[[datasets]]\n'
+                      f'video_jsonl_file = "{(tmp_path / "f.jsonl").as_posix()}"\n'
+                      f'cache_directory = "{(tmp_path / "c").as_posix()}"\ntarget_frames = [5]\nframe_extraction = "chunk"\n')
+    plan = plan_cache(config)
+    theirs, _ = _musubi_items(config)
+    ours = {str(f): (item.bucket[0], item.bucket[1], n)
+            for item in plan.items for f, (_, n) in zip(item.latent_files, item.windows)}
+    # 9 frames: one 5-frame chunk (18 files, hidden ones counted, would make two)
+    assert ours == theirs and len(ours) == 1
 
 
 def test_frames_after_fps_is_musubis_frame_dropping(musubi, tmp_path):

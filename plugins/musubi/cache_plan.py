@@ -166,7 +166,9 @@ def _decoded_size_and_frames(video: Path) -> Tuple[int, int, int]:
     if video.is_dir() or is_frame_folder(video):
         from PIL import Image
 
-        files = sorted(p for p in video.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+        # musubi's own listing: it passes over hidden files (the ._frame.png a Mac leaves on a
+        # USB drive) and matches suffixes by its own list, and its frame count names the caches
+        files = sorted(Path(f) for f in import_musubi("dataset.media_utils").glob_images(str(video)))
         if not files:
             raise UserError("frame folder has no images", path=video, fix="remove it from the dataset")
         with Image.open(files[0]) as im:
