@@ -79,6 +79,15 @@ def _keys(rows: Sequence[Mapping[str, Any]], *, prefix: bool, suffix: bool) -> D
     return {s[pre:len(s) - suf]: r for s, r in zip(stems, rows)}
 
 
+def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]]) -> str:
+    """Why an evaluated video has no pair: its namesake failed (a black video, a corrupt file), or there is none."""
+    stem = Path(row["video"]).stem
+    failed = [r["video"] for r in other_side if r.get("status") != "ok" and Path(r["video"]).stem == stem]
+    if failed:
+        return f"{row['video']}: its namesake {failed[0]} could not be evaluated, so the pair is left out"
+    return f"{row['video']}: no namesake on the other side"
+
+
 def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> List[Pair]:
     """Pair ok rows by video name (see the module docstring).
 
@@ -253,8 +262,8 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     left_out = unreliable_pairs(pairs)
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
     notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
-    notes += [f"{r['video']}: no namesake on the other side" for r in base_rows + lora_rows
-              if r.get("status") == "ok" and id(r) not in paired]
+    notes += [_unpaired(r, lora_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
+    notes += [_unpaired(r, base_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out]
     figures = compare_figures(pairs, comparisons)
     written = []

@@ -139,3 +139,17 @@ def test_contact_sheet_links_survive_file_names_that_are_not_urls(tmp_path):
     url = urlsplit(html_lib.unescape(href))
     assert not url.fragment and not url.query  # "#" and "?" stay in the path
     assert (tmp_path / unquote(url.path)).resolve() == sheet.resolve()
+
+
+def test_a_pair_whose_lora_video_failed_says_so(sides, tmp_path):
+    base = evaluate([sides / "baseline"], metrics=["psnr"])
+    lora = evaluate([sides / "lora"], metrics=["psnr"])
+    # the LoRA's demo3 came out black (NaNs in the sampler): an error row, as eval makes it
+    (black,) = [r for r in lora.rows if r["video"] == "demo3.mp4"]
+    black.update(status="error", error="every frame is one flat colour: there is no picture to measure")
+    write_results(base, tmp_path / "base.json")
+    write_results(lora, tmp_path / "lora.json")
+    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp", resamples=99)
+    assert [p.name for p in outcome.pairs] == ["demo0", "demo1", "demo2"]
+    assert "demo3.mp4: its namesake demo3.mp4 could not be evaluated, so the pair is left out" in outcome.notes
+    assert not any("no namesake" in n for n in outcome.notes)
