@@ -87,6 +87,25 @@ def test_config_writes_a_commented_toml_musubi_accepts(prepared, tmp_path, musub
     assert main(["-q", "config", str(prepared), "-o", str(out)]) == 2  # exists: needs --force
 
 
+def test_a_prepared_folder_copied_by_a_mac_still_configures_and_checks(prepared, tmp_path, musubi):
+    """A Mac writing to a USB (FAT/exFAT) drive leaves a hidden AppleDouble ``._name`` beside every
+    file. musubi's glob passes over them; caption, config and check-config must too, not report
+    the folder as disagreeing with its manifest or a ``._clip.mp4`` as an unreadable video."""
+    import shutil
+
+    copy = tmp_path / "usb" / "prepared"
+    shutil.copytree(prepared, copy)
+    for f in [p for p in copy.rglob("*") if p.is_file()]:
+        (f.parent / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    assert main(["-q", "caption", str(copy)]) == 0
+    out = tmp_path / "ds.toml"
+    assert main(["-q", "config", str(copy), "-o", str(out)]) == 0
+    report = check_config(out)
+    assert report.ok, [p.one_line() for p in report.problems]
+    clips = accepted_clips(read_manifest(copy / MANIFEST_NAME))
+    assert report.datasets[0].videos == report.datasets[0].items == len(clips) >= 2
+
+
 def test_jsonl_and_relative_configs_are_accepted_too(prepared, tmp_path, musubi):
     jsonl_toml = tmp_path / "jsonl.toml"
     assert main(["-q", "config", str(prepared), "-o", str(jsonl_toml), "--jsonl", str(prepared / "dataset.jsonl"),

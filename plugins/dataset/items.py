@@ -144,11 +144,12 @@ def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: d
 
 
 def directory_items(directory: Path, *, caption_extension: Optional[str], params: dict) -> DatasetItems:
-    """Counts for a ``video_directory`` (not recursive, musubi's extensions)."""
+    """Counts for a ``video_directory`` (not recursive, musubi's extensions, hidden files passed
+    over as musubi's glob passes them: the ``._clip.mp4`` a Mac leaves on a USB drive is no video)."""
     result = DatasetItems()
     exts = set(video_extensions())
     for p in sorted(directory.iterdir()):
-        if p.is_file() and p.suffix in exts:
+        if p.is_file() and p.suffix in exts and not p.name.startswith("."):
             cap = p.with_suffix(caption_extension) if caption_extension else None
             count_video(result, p, caption_ok=bool(cap and cap.is_file()), params=params)
     return result

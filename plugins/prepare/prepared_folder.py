@@ -46,12 +46,14 @@ class FolderDiff:
 
 
 def clip_files(folder: Path) -> List[Path]:
-    """The video files under the clip folders of ``folder``."""
+    """The video files under the clip folders of ``folder`` (hidden ones passed over: the
+    ``._clip.mp4`` a Mac leaves beside each clip on a USB drive is no clip, and musubi skips it)."""
     found = []
     for name in CLIP_FOLDERS:
         d = Path(folder) / name
         if d.is_dir():
-            found += [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+            found += [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(d).parts)]
     return found
 
 
