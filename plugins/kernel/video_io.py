@@ -158,6 +158,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = frames / fps if fps else 0.0
+        signal = hdr_signal(stream)
         info = VideoInfo(
             path=str(p),
             container=container.format.name,
@@ -168,7 +169,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
             frame_count=frames,
             duration=duration,
             rotation=read_rotation(p) if p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0,
-            hdr=HDR_TRANSFERS.get(int(getattr(stream.codec_context, "color_trc", 0) or 0)),
+            hdr=signal.transfer if signal is not None else None,
         )
     finally:
         container.close()
