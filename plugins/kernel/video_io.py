@@ -91,6 +91,15 @@ def _is_animated_file(path: Path) -> bool:
     return path.suffix.lower() in ANIMATED_SUFFIXES and not path.is_dir()
 
 
+def video_files_under(folder: PathLike) -> List[Path]:
+    """The video files under ``folder``, at any depth, sorted; hidden files and folders passed over
+    (the ``._clip.mp4`` a Mac leaves beside each file on a USB drive is no video, and musubi's
+    glob skips it too)."""
+    root = Path(folder)
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
 def frame_order(name: str) -> tuple:
     """Sort key that puts numbered frames in their numbers' order (``2.png`` before ``10.png``),
     the order a numbered frame folder is meant to be played in; names sort as text otherwise."""

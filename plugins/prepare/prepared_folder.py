@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from circle_rotate.kernel.errors import ManifestMismatchError
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
+from circle_rotate.kernel.video_io import video_files_under
 from circle_rotate.prepare.manifest import MANIFEST_NAME, clip_path, clip_stem, read_manifest, relative_posix
 
 #: Where prepare puts clips: accepted ones (musubi trains on these) and rejected ones (--keep-rejected).
@@ -46,14 +46,13 @@ class FolderDiff:
 
 
 def clip_files(folder: Path) -> List[Path]:
-    """The video files under the clip folders of ``folder`` (hidden ones passed over: the
-    ``._clip.mp4`` a Mac leaves beside each clip on a USB drive is no clip, and musubi skips it)."""
+    """The video files under the clip folders of ``folder`` (hidden ones passed over, as
+    :func:`~circle_rotate.kernel.video_io.video_files_under` has it)."""
     found = []
     for name in CLIP_FOLDERS:
         d = Path(folder) / name
         if d.is_dir():
-            found += [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(d).parts)]
+            found += video_files_under(d)
     return found
 
 

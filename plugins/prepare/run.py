@@ -22,7 +22,7 @@ from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
 from circle_rotate.kernel.progress import progress
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, video_files_under
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import folder_diff
@@ -62,14 +62,7 @@ def find_sources(raw: Path, *, exclude: Path) -> List[Path]:
     """Video files under ``raw`` (recursively, sorted; hidden files and ``exclude`` skipped)."""
     if raw.is_file():
         return [raw]
-    found = []
-    for p in sorted(raw.rglob("*")):
-        rel = p.relative_to(raw)
-        if any(part.startswith(".") for part in rel.parts) or exclude == p or exclude in p.parents:
-            continue
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-            found.append(p)
-    return found
+    return [p for p in video_files_under(raw) if exclude != p and exclude not in p.parents]
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
