@@ -1,4 +1,4 @@
-"""LoRA key layouts, and the ComfyUI loader's key rules reimplemented from its documented behaviour.
+"""LoRA key layouts, checked against the ComfyUI loader's key rules (``comfy_lora_rules``).
 
 ComfyUI (upstream Comfy-Org/ComfyUI, read at a125cd84, Oct 2025; GPL-3.0, so re-stated here from
 what the code does, not copied):
@@ -23,8 +23,6 @@ what the code does, not copied):
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Set, Tuple
-
 import pytest
 from safetensors import safe_open
 
@@ -32,39 +30,7 @@ from circle_rotate.kernel import wan_arch
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 from circle_rotate.tools.lora.convert import convert_lora
 from circle_rotate.tools.lora.keys import FORMATS, LoraKey, lora_key, parse_lora_key
-
-_PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),
-          (".lora_B.weight", ".lora_A.weight"), (".lora.up.weight", ".lora.down.weight"), (".lora_B", ".lora_A"),
-          (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
-          (".lora_B.default.weight", ".lora_A.default.weight"))
-_SINGLES = (".alpha", ".dora_scale", ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight", ".lora_mid.weight")
-
-
-def comfy_key_map(dit_keys: Iterable[str]) -> Dict[str, str]:
-    """``model_lora_keys_unet`` for a Wan model whose DiT has ``dit_keys`` (no prefix)."""
-    key_map = {}
-    for k in ("diffusion_model." + key for key in dit_keys):
-        if k.endswith(".weight"):
-            key_map["lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_")] = k
-            key_map[k[:-len(".weight")]] = k
-        else:
-            key_map[k] = k
-    return key_map
-
-
-def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[str], Set[str]]:
-    """(LoRA keys ``load_lora`` consumes, model keys it patches)."""
-    lora = {k.replace("lora_unet__", "lora_unet_", 1) if k.startswith("lora_unet__") else k for k in lora_keys}
-    loaded, patched = set(), set()
-    for x, target in key_map.items():
-        loaded.update(x + s for s in _SINGLES if x + s in lora)
-        for up, down in _PAIRS:
-            if x + up in lora:
-                loaded.update({x + up, x + down})
-                patched.add(target)
-                break
-    return loaded, patched
-
+from comfy_lora_rules import comfy_key_map, comfy_load
 
 A14B_KEYS = list(wan_arch.dit_shapes(wan_arch.I2V_A14B))
 A14B_MODULES = wan_arch.lora_target_modules(wan_arch.I2V_A14B)

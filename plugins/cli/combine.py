@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         ranks = ", ".join(f"{k} x{v}" for k, v in report.ranks.items())
-        print(f"{report.out}: {report.modules} modules (rank {ranks}), {report.format} layout, {report.dtype}, "
+        diffs = f", {report.diffs} whole-tensor differences" if report.diffs else ""
+        print(f"{report.out}: {report.modules} modules (rank {ranks}){diffs}, {report.format} layout, {report.dtype}, "
               f"{'exact' if report.exact else 'rounded to ' + report.dtype}")
     return 0

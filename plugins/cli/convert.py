@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     p = new_parser(sub, "convert", help="convert a Wan LoRA between musubi, ComfyUI and diffusers key layouts",
                    description="Rename every key exactly (musubi lora_unet_* <-> ComfyUI diffusion_model.*.lora_A/B); "
                                "alpha is kept, or folded into the weights for diffusers (which has none). "
-                               "Metadata is kept. The ComfyUI layout loads with zero 'lora key not loaded'.",
+                               "Metadata is kept. Whole-tensor differences (.diff/.diff_b/.diff_m, as in the lightx2v "
+                               "LoRAs) are copied under the names ComfyUI applies. The ComfyUI layout loads with zero "
+                               "'lora key not loaded'.",
                    examples="  circle-rotate convert circle_rotate_h.safetensors -o circle_rotate_h_comfy.safetensors "
                             "--format comfy\n"
                             "  circle-rotate convert lora_comfy.safetensors -o lora_musubi.safetensors --format musubi\n")
@@ -42,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
     else:
-        print(f"{report.out}: {report.modules} modules, {report.from_format} -> {report.to_format}, alpha {report.alpha}")
+        diffs = f", {report.diffs} whole-tensor differences" if report.diffs else ""
+        print(f"{report.out}: {report.modules} modules{diffs}, {report.from_format} -> {report.to_format}, alpha {report.alpha}")
     return 0

@@ -42,10 +42,30 @@ def _lora_lines(r: LoraReport) -> list:
         ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
         ("NaN/inf", f"{len(r.nonfinite_keys)} tensor(s), first '{r.nonfinite_keys[0]}'" if r.nonfinite_keys else "none"),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
-        ("ComfyUI", "loads every key" if r.comfyui_loads_all_keys else
-         "would not load every key: circle-rotate convert IN -o OUT --format comfy"),
+        ("differences", _diff_line(r)),
+        ("ComfyUI", _comfy_line(r)),
         ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),
     ] + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]
+
+
+def _diff_line(r: LoraReport) -> str:
+    if not r.diffs:
+        return "none"
+    kinds = ", ".join(f"{n} {kind}{'es' if kind == 'bias' and n > 1 else ('s' if n > 1 else '')}"
+                      for kind, n in sorted(r.diffs.items()))
+    return (f"{sum(r.diffs.values())} whole-tensor ({kinds}): merge and ComfyUI add them; "
+            "musubi-tuner's --lora_weight skips them")
+
+
+def _comfy_line(r: LoraReport) -> str:
+    if r.comfyui_loads_all_keys:
+        return "loads every key"
+    if r.unknown_keys:
+        return f"would not load {len(r.unknown_keys)} key(s): 'lora key not loaded' (see unknown keys)"
+    if r.comfyui_skips:
+        return (f"skips {len(r.comfyui_skips)} .diff_m key(s) ('lora key not loaded'); it applies them as "
+                ".modulation.diff: circle-rotate convert IN -o OUT --format comfy")
+    return "would not load every key: circle-rotate convert IN -o OUT --format comfy"
 
 
 def _model_lines(r: ModelReport) -> list:

@@ -23,9 +23,16 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
                              "(ComfyUI's per-tensor scaled fp8)")
 
 
+def add_skip_absent_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-absent", action="store_true",
+                        help="leave out LoRA modules the expert has no weight for (a Wan2.1 I2V LoRA's image layers on "
+                             "Wan2.2), as ComfyUI's loader does; the report lists how many")
+
+
 def add_parser(sub) -> None:
     p = new_parser(sub, "merge", help="merge LoRAs into a Wan2.2 expert, streaming (any dtype, fp8_scaled too)",
-                   description="W' = W + strength * alpha/rank * up @ down, computed in fp32 one row chunk at a time from "
+                   description="W' = W + strength * alpha/rank * up @ down (and + strength * diff for a LoRA's whole-tensor "
+                               ".diff/.diff_b/.diff_m differences), computed in fp32 one row chunk at a time from "
                                "a memory-mapped base; untouched tensors are copied byte for byte. fp8_scaled bases are "
                                "dequantized, merged and requantized. The output appears only when complete.",
                    examples="  circle-rotate merge wan2.2_i2v_high_noise_14B_fp16.safetensors "
@@ -41,13 +48,17 @@ def add_parser(sub) -> None:
                    help="a LoRA and its strength (default 1.0); repeat for several")
     add_out(p, required=True, metavar="OUT", help="merged checkpoint to write")
     add_dtype_option(p)
+    add_skip_absent_option(p)
     p.add_argument("--dry-run", action="store_true",
                    help="check everything and say what would be written (size, dtypes, layers touched); write nothing")
     add_output_options(p, run)
 
 
 def describe(report: MergeReport) -> str:
-    loras = ", ".join(f"{Path(str(x['file'])).name}@{x['strength']:g} ({x['modules']} modules)" for x in report.loras)
+    loras = ", ".join(f"{Path(str(x['file'])).name}@{x['strength']:g} ({x['modules']} modules"
+                      + (f", {x['diffs']} whole-tensor differences" if x["diffs"] else "")
+                      + (f"; {len(x['skipped'])} absent from the expert left out" if x["skipped"] else "") + ")"
+                      for x in report.loras)
     return (f"{report.out}: {report.dtype}, expert {report.expert or 'unknown'}; {loras}; {report.merged} merged, "
             f"{report.converted} converted, {report.copied} copied byte for byte, {len(report.dropped)} fp8 side "
             f"tensors dropped; {report.bytes / 2**30:.2f} GiB in {report.seconds:.1f} s")
@@ -59,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "base", None) is None:
         raise UserError("no expert given", fix="circle-rotate merge EXPERT.safetensors --lora LORA.safetensors -o OUT")
     prepared = prepare_merge(Path(args.base), args.lora, args.out, dtype=args.dtype,
-                             alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+                             alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
+                             skip_absent=args.skip_absent)
     if args.dry_run:
         from circle_rotate.tools.merge.summary import summarize
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_out, new_parser, print_json
 from circle_rotate.cli._lora_options import add_output_options, strength_arg
-from circle_rotate.cli.merge import add_dtype_option, describe
+from circle_rotate.cli.merge import add_dtype_option, add_skip_absent_option, describe
 from circle_rotate.cli.workflow import add_workflow_options
 from circle_rotate.tools.option_values import parse_alpha_if_missing
 
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=1.0, help="strength of the high-noise LoRA (default 1)")
     p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=1.0, help="strength of the low-noise LoRA (default 1)")
     add_dtype_option(p)
+    add_skip_absent_option(p)
     p.add_argument("--assume-experts", action="store_true",
                    help="trust the --high/--low order for files whose expert nothing tells")
     p.add_argument("--ignore-expert-evidence", action="store_true",
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     report = merge_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
                         strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
                         ignore_expert_evidence=args.ignore_expert_evidence,
-                        alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+                        alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
+                        skip_absent=args.skip_absent)
     if workflow is not None:
         from circle_rotate.cli.workflow import describe as describe_workflow, spec_from_args
         from circle_rotate.tools.comfy.workflow import write_workflows

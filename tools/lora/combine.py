@@ -5,6 +5,9 @@ so the combined module has rank ``sum r_i`` and scale 1 (``alpha = rank``). The 
 is storing the scaled ``up`` blocks; in fp32 (the default) that is one fp32 rounding of a
 product, and none at all when each ``s_i * alpha_i / r_i`` is a power of two. The report says
 whether the stored factors are exactly the fp32 ones.
+
+Whole-tensor differences (:mod:`circle_rotate.tools.lora.diffs`) combine as ``sum_i s_i * diff_i``,
+summed in fp32; ``exact`` then also says whether storing those sums rounded them.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import DTYPES
 from circle_rotate.tools.lora.inspect import lora_expert
-from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, module_scales, read_lora_index, require_wan_lora,
-                                         resolved_modules, write_lora)
+from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, load_diffs, module_scales, read_lora_index,
+                                         require_diff_layout, require_wan_lora, resolved_modules, write_lora)
 from circle_rotate.tools.lora.keys import FORMATS, module_sort_key
 from circle_rotate.tools.option_values import COMBINE_DTYPE_NAMES, FLOAT_DTYPES, check_scale_fits
 
@@ -42,6 +45,7 @@ class CombineReport:
     modules: int
     ranks: Dict[int, int]
     exact: bool
+    diffs: int = 0  # whole-tensor differences written
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -70,6 +74,13 @@ def _check_shapes(name: str, parts: Sequence[Tuple[Path, LoraModule]]) -> None:
                         fix="combine only LoRAs made for the same model")
 
 
+def _check_diff_shapes(param: str, parts: Sequence[Tuple[float, torch.Tensor, Path]]) -> None:
+    if len({tuple(d.shape) for _, d, _ in parts}) > 1:
+        shown = ", ".join(f"{p.name}: {list(d.shape)}" for _, d, p in parts)
+        raise UserError(f"the difference of '{param}' has different shapes in the inputs ({shown})",
+                        fix="combine only LoRAs made for the same model")
+
+
 def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to: str = "musubi", dtype: str = "fp32",
                   alpha_if_missing: AlphaIfMissing = None, force: bool = False) -> CombineReport:
     """Write one LoRA equal to the strength-weighted sum of ``loras``.
@@ -93,10 +104,14 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
                         fix=f"layouts: {', '.join(FORMATS)}; dtypes: {', '.join(COMBINE_DTYPES)}")
     out_p = check_output_path(out, inputs=[p for p, _ in loras], force=force)
     grouped: Dict[str, List[Tuple[float, LoraModule, Path]]] = {}
+    diff_parts: Dict[str, List[Tuple[float, torch.Tensor, Path]]] = {}
     experts = set()
     for path, strength in loras:
         index = read_lora_index(path)
         require_wan_lora(index)
+        require_diff_layout(index, to)
+        for param, diff in load_diffs(index).items():
+            diff_parts.setdefault(param, []).append((float(strength), diff, index.path))
         scales = module_scales(index, alpha_if_missing=alpha_if_missing)
         experts.add(lora_expert(index)[0])
         for name, mod in resolved_modules(index, scales).items():
@@ -109,7 +124,14 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
         _check_shapes(name, [(p, m) for _, m, p in grouped[name]])
         combined[name], ok = concat_modules([(f, m) for f, m, _ in grouped[name]], COMBINE_DTYPES[dtype])
         exact &= ok
+    diffs: Dict[str, torch.Tensor] = {}
+    for param, parts in diff_parts.items():
+        _check_diff_shapes(param, parts)
+        total = sum(s * d.float() for s, d, _ in parts)
+        diffs[param] = total.to(COMBINE_DTYPES[dtype])
+        exact &= torch.equal(diffs[param].float(), total)
     overflowed = [n for n, m in combined.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all())]
+    overflowed += [p for p, d in diffs.items() if not torch.isfinite(d).all()]
     if overflowed:
         raise NonFiniteError(out_p, key=overflowed[0], count=len(overflowed),
                              fix=f"lower the strengths, or --dtype fp32 (this is {dtype})")
@@ -117,9 +139,9 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
     metadata = {"circle_rotate.combined_from": json.dumps(inputs)}
     if len(experts) == 1 and None not in experts:
         metadata[EXPERT_METADATA_KEY] = experts.pop()
-    write_lora(out_p, combined, fmt=to, metadata=metadata)
+    write_lora(out_p, combined, fmt=to, metadata=metadata, diffs=diffs)
     ranks: Dict[int, int] = {}
     for mod in combined.values():
         ranks[mod.rank] = ranks.get(mod.rank, 0) + 1
     logger.info("combined %d LoRAs into %s (%d modules)", len(loras), out_p, len(combined))
-    return CombineReport(str(out_p), to, dtype, inputs, len(combined), dict(sorted(ranks.items())), exact)
+    return CombineReport(str(out_p), to, dtype, inputs, len(combined), dict(sorted(ranks.items())), exact, len(diffs))

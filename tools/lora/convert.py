@@ -5,6 +5,11 @@ round trip gives back the same tensors. diffusers has no alpha, so ``alpha / ran
 into the weights (exact when it is a power of two, as musubi's default 1/32 is; see
 :func:`circle_rotate.tools.lora.files.fold_factors`); reading a diffusers file back gives
 ``alpha = rank``. Metadata (``ss_*`` training records included) is kept verbatim.
+
+Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``, :mod:`circle_rotate.tools.lora.diffs`) are
+copied byte for byte under the name ComfyUI applies in the target layout: ``comfy`` holds every one
+(a ``.diff_m``, which ComfyUI's loader skips, becomes ``.modulation.diff``, which it applies);
+``musubi`` holds weight and bias differences; ``diffusers`` none (it is refused, naming the tensor).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import torch
 from circle_rotate.kernel.atomic import check_output_path
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsWriter, copy_raw
+from circle_rotate.tools.lora.diffs import diff_key
 from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraIndex, check_folded, folded, load_module, module_scales,
-                                         read_lora_index, require_wan_lora)
+                                         read_lora_index, require_diff_layout, require_wan_lora)
 from circle_rotate.tools.lora.keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ class ConvertReport:
     to_format: str
     modules: int
     alpha: str  # "copied", "written (alpha = scale * rank)", "folded into the weights"
+    diffs: int = 0  # whole-tensor differences copied
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -49,6 +56,8 @@ def _specs(index: LoraIndex, to: str) -> Dict[str, Tuple[torch.dtype, Tuple[int,
         if to in FORMATS_WITH_ALPHA:
             alpha = tensors[info.alpha_key] if info.alpha_key else None
             specs[lora_key(name, "alpha", to)] = (alpha.torch_dtype, alpha.shape) if alpha else (torch.float32, ())
+    for param, diff in index.diffs.items():
+        specs[diff_key(param, to)] = (tensors[diff.key].torch_dtype, diff.shape)
     return specs
 
 
@@ -64,13 +73,15 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
         force: replace an existing ``out``.
 
     Raises:
-        UserError: unknown layout, not a Wan LoRA, ambiguous missing alpha, bad paths.
+        UserError: unknown layout, not a Wan LoRA, ambiguous missing alpha, bad paths, a
+            difference the target layout cannot hold.
     """
     if to not in FORMATS:
         raise UserError(f"unknown target layout {to!r}", fix=f"use one of {', '.join(FORMATS)}")
     out_p = check_output_path(out, inputs=[src], force=force)
     index = read_lora_index(src)
     require_wan_lora(index)
+    require_diff_layout(index, to)
     scales = module_scales(index, alpha_if_missing=alpha_if_missing)
     header = index.header
     with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=index.metadata) as writer:
@@ -88,10 +99,12 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                     writer.write_raw(lora_key(name, "alpha", to), copy_raw(header, info.alpha_key, fh))
                 else:
                     writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
+        for param, diff in index.diffs.items():
+            writer.write_raw(diff_key(param, to), copy_raw(header, diff.key, fh))
     if to not in FORMATS_WITH_ALPHA:
         alpha = "folded into the weights"
     else:
         alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
-    return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha)
+    return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs))
 

@@ -12,6 +12,9 @@ alpha the same way. A musubi/sd-scripts file without alpha, or any file where on
 have one, is ambiguous: sd-scripts would take alpha = rank, which makes a musubi LoRA 32x
 stronger than trained. :func:`module_scales` refuses those unless the caller says what to assume
 (``alpha_if_missing="rank"`` or a number).
+
+Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``) are read beside the modules, by the
+Wan parameter they change (:class:`DiffInfo`, :mod:`circle_rotate.tools.lora.diffs`); they have no alpha.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
+from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
 from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
 from circle_rotate.tools.option_values import AlphaIfMissing
 
@@ -63,15 +67,26 @@ class LoraModuleInfo:
 
 
 @dataclass(frozen=True)
+class DiffInfo:
+    """What the header says about one whole-tensor difference (see :mod:`circle_rotate.tools.lora.diffs`)."""
+
+    param: str  # the Wan parameter it is added to, e.g. "blocks.0.norm3.weight"
+    key: str  # its name in the file
+    shape: Tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class LoraIndex:
-    """A LoRA file's modules, from its header. ``fmt`` is the layout (or ``mixed``)."""
+    """A LoRA file's modules and differences, from its header. ``fmt`` is the layout (or ``mixed``)."""
 
     path: Path
     header: SafetensorsHeader
     fmt: str
     modules: Dict[str, LoraModuleInfo]
-    unknown_keys: Tuple[str, ...] = ()  # tensors that are no LoRA part of a Wan module
+    unknown_keys: Tuple[str, ...] = ()  # tensors that are neither a LoRA part of a Wan module nor a difference
     metadata: Dict[str, str] = field(default_factory=dict)
+    diffs: Dict[str, DiffInfo] = field(default_factory=dict)  # Wan parameter -> its difference
 
     @property
     def has_alpha(self) -> bool:
@@ -92,14 +107,24 @@ class LoraModule:
         return int(self.down.shape[0])
 
 
-def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], List[str], set]:
+def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], Dict[str, DiffInfo], List[str], set]:
     groups: Dict[str, Dict[str, str]] = {}
+    diffs: Dict[str, DiffInfo] = {}
     unknown: List[str] = []
     fmts = set()
     for key in header.keys():
         parsed = parse_lora_key(key)
         if parsed is None:
-            unknown.append(key)
+            diff = parse_diff_key(key)
+            if diff is None:
+                unknown.append(key)
+                continue
+            if diff.param in diffs:
+                raise UserError(f"the difference of '{diff.param}' is stored twice ('{diffs[diff.param].key}' and "
+                                f"'{key}')", path=header.path, fix="keep one of them; the file mixes two LoRA layouts")
+            fmts.add(diff.fmt)
+            info = header.tensors[key]
+            diffs[diff.param] = DiffInfo(diff.param, key, info.shape, info.dtype)
             continue
         fmts.add(parsed.fmt)
         parts = groups.setdefault(parsed.module, {})
@@ -107,7 +132,13 @@ def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], L
             raise UserError(f"LoRA module '{parsed.module}' is stored twice ('{parts[parsed.part]}' and '{key}')",
                             path=header.path, fix="keep one copy of each module; the file mixes two LoRA layouts")
         parts[parsed.part] = key
-    return groups, unknown, fmts
+    both = sorted(set(diffs) & {m + ".weight" for m in groups})
+    if both:
+        raise UserError(f"'{diffs[both[0]].key}' and a LoRA pair both change '{both[0]}'"
+                        + (f" (and {len(both) - 1} more)" if len(both) > 1 else "") + "; loaders disagree on which wins "
+                        "(ComfyUI applies only the difference)", path=header.path,
+                        fix="keep either the difference or the pair for each weight")
+    return groups, diffs, unknown, fmts
 
 
 def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
@@ -122,7 +153,7 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
         NonFiniteError: ``finite`` and a weight or alpha holds NaN/inf.
     """
     header = read_header(path)
-    groups, unknown, fmts = _group_keys(header)
+    groups, diffs, unknown, fmts = _group_keys(header)
     modules: Dict[str, LoraModuleInfo] = {}
     bad: List[str] = []
     with open(header.path, "rb") as fh:
@@ -143,7 +174,7 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
         raise UserError(f"broken LoRA: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
                         path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
-    index = LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata))
+    index = LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata), diffs)
     if finite:
         bad_keys = nonfinite_keys(index)
         if bad_keys:
@@ -168,22 +199,22 @@ def nonfinite_keys(index: LoraIndex) -> List[str]:
     """Names of the tensors (alphas included) holding NaN or inf. A LoRA is small next to a base
     (hundreds of MB at most), so reading it once more costs little beside what it would poison."""
     bad = [i.alpha_key for i in index.modules.values() if i.alpha is not None and not math.isfinite(i.alpha)]
+    keys = [k for info in index.modules.values() for k in (info.down_key, info.up_key)]
     with open(index.path, "rb") as fh:
-        for info in index.modules.values():
-            for key in (info.down_key, info.up_key):
-                if not _all_finite(read_tensor(index.header, key, fh=fh)):
-                    bad.append(key)
+        for key in keys + [d.key for d in index.diffs.values()]:
+            if not _all_finite(read_tensor(index.header, key, fh=fh)):
+                bad.append(key)
     return bad
 
 
 def require_wan_lora(index: LoraIndex) -> None:
-    """Raise unless every tensor of the file is a LoRA part of a Wan DiT module.
+    """Raise unless every tensor of the file is a LoRA part of a Wan DiT module or a difference of a Wan parameter.
 
     Raises:
         UserError: no Wan module at all (a LoRA for another model), or some tensors that
             ComfyUI would report as "lora key not loaded" and we could not merge.
     """
-    if not index.modules:
+    if not index.modules and not index.diffs:
         shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
         raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): this LoRA was made for another model",
                         path=index.path, fix="use a LoRA trained on Wan2.2 (musubi-tuner networks.lora_wan or ComfyUI layout)")
@@ -191,8 +222,8 @@ def require_wan_lora(index: LoraIndex) -> None:
         keys = sorted(index.unknown_keys)
         shown = ", ".join(f"'{k}'" for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
         raise UserError(f"{len(keys)} tensor(s) are not LoRA weights of a Wan DiT module: {shown}", path=index.path,
-                        fix="only plain LoRA (lora_down/lora_up or lora_A/lora_B, optional alpha) is supported; "
-                            "LoHa/LoKr/diff tensors are not")
+                        fix="only plain LoRA (lora_down/lora_up or lora_A/lora_B, optional alpha) and whole-tensor "
+                            "differences of Wan parameters (.diff, .diff_b, .diff_m) are supported; LoHa/LoKr are not")
 
 
 def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) -> Dict[str, float]:
@@ -223,6 +254,32 @@ def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) 
             alpha = float(info.rank) if alpha_if_missing in (None, "rank") else float(alpha_if_missing)
         out[module] = alpha / info.rank
     return out
+
+
+def load_diff(index: LoraIndex, param: str, *, fh: Optional[BinaryIO] = None) -> torch.Tensor:
+    """Read the difference of Wan parameter ``param`` (as stored)."""
+    return read_tensor(index.header, index.diffs[param].key, fh=fh)
+
+
+def load_diffs(index: LoraIndex) -> Dict[str, torch.Tensor]:
+    """Every difference of the file, by Wan parameter (they are norm- and bias-sized, small)."""
+    with open(index.path, "rb") as fh:
+        return {param: load_diff(index, param, fh=fh) for param in index.diffs}
+
+
+def require_diff_layout(index: LoraIndex, fmt: str) -> None:
+    """Refuse to write ``index``'s differences in a layout that has no name a loader applies.
+
+    Raises:
+        UserError: naming the first difference that layout cannot hold and the layout that can.
+    """
+    for param, info in index.diffs.items():
+        try:
+            diff_key(param, fmt)
+        except ValueError:
+            raise UserError(f"'{info.key}' (a whole-tensor difference of '{param}') has no name ComfyUI loads in the "
+                            f"{fmt} layout", path=index.path,
+                            fix="write --format comfy, which keeps every difference") from None
 
 
 def load_module(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None) -> LoraModule:
@@ -263,8 +320,10 @@ def check_folded(path: PathLike, module: str, fmt: str, down: torch.Tensor, up: 
                                      "or comfy), or check the alpha")
 
 
-def lora_specs(modules: Mapping[str, LoraModule], fmt: str) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
-    """Header specs of a LoRA file in layout ``fmt``, module by module (down, up, alpha)."""
+def lora_specs(modules: Mapping[str, LoraModule], fmt: str, diffs: Optional[Mapping[str, torch.Tensor]] = None
+               ) -> Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]:
+    """Header specs of a LoRA file in layout ``fmt``: module by module (down, up, alpha), then the differences."""
+    diffs = diffs or {}
     specs: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]] = {}
     for name in sorted(modules, key=module_sort_key):
         mod = modules[name]
@@ -272,17 +331,21 @@ def lora_specs(modules: Mapping[str, LoraModule], fmt: str) -> Dict[str, Tuple[t
         specs[lora_key(name, "up", fmt)] = (mod.up.dtype, tuple(mod.up.shape))
         if fmt in FORMATS_WITH_ALPHA:
             specs[lora_key(name, "alpha", fmt)] = (torch.float32, ())
+    for param in sorted(diffs, key=module_sort_key):
+        specs[diff_key(param, fmt)] = (diffs[param].dtype, tuple(diffs[param].shape))
     return specs
 
 
 def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
-               metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write ``modules`` as a LoRA in layout ``fmt`` (atomically).
+               metadata: Optional[Mapping[str, str]] = None, diffs: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
+    """Write ``modules`` (and whole-tensor ``diffs``, by Wan parameter) as a LoRA in layout ``fmt`` (atomically).
 
     Every module must have an alpha (the caller resolves missing ones). For ``diffusers``
-    the scale ``alpha / rank`` is folded into the weights (see :func:`fold_factors`).
+    the scale ``alpha / rank`` is folded into the weights (see :func:`fold_factors`). The
+    caller checks that ``fmt`` can name every difference (:func:`require_diff_layout`).
     """
-    with SafetensorsWriter(path, lora_specs(modules, fmt), metadata=metadata) as writer:
+    diffs = diffs or {}
+    with SafetensorsWriter(path, lora_specs(modules, fmt, diffs), metadata=metadata) as writer:
         for name in sorted(modules, key=module_sort_key):
             mod = modules[name]
             down, up = mod.down, mod.up
@@ -293,6 +356,8 @@ def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
             writer.write(lora_key(name, "up", fmt), up.contiguous())
             if fmt in FORMATS_WITH_ALPHA:
                 writer.write(lora_key(name, "alpha", fmt), torch.tensor(float(mod.alpha), dtype=torch.float32))
+        for param in sorted(diffs, key=module_sort_key):
+            writer.write(diff_key(param, fmt), diffs[param].contiguous())
     return Path(path)
 
 

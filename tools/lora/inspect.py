@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, expert_from_text, identify_checkpoint
 from circle_rotate.kernel.safetensors_io import read_header
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
+from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
 from circle_rotate.tools.lora.keys import block_index, module_sort_key, parse_lora_key
 from circle_rotate.tools.merge.fp8 import fp8_layout
@@ -53,6 +54,8 @@ class LoraReport:
     training: Dict[str, str]
     nonfinite_keys: List[str] = field(default_factory=list)  # tensors holding NaN/inf: unusable as they are
     kind: str = "lora"
+    diffs: Dict[str, int] = field(default_factory=dict)  # whole-tensor differences: "weight"/"bias"/"modulation" -> count
+    comfyui_skips: List[str] = field(default_factory=list)  # mapped tensors ComfyUI's loader still skips (.diff_m)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -138,6 +141,7 @@ def _delta_norms(index: LoraIndex, scales: Dict[str, Optional[float]]) -> Dict[s
 def inspect_lora(index: LoraIndex) -> LoraReport:
     """Describe a LoRA read by :func:`circle_rotate.tools.lora.files.read_lora_index`."""
     infos = list(index.modules.values())
+    skipped = sorted(d.key for d in index.diffs.values() if not comfy_loads(d.key))
     # As module_scales reads them, without refusing: alpha 0 trains as rank; no alpha is scale 1
     # in the ComfyUI/diffusers layouts and unknown in a musubi file.
     scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
@@ -160,10 +164,16 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         delta_norm={"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1]} if ordered else {},
         largest_deltas=sorted(norms.items(), key=lambda kv: -kv[1])[:3],
         expert=expert, expert_evidence=evidence,
-        comfyui_loads_all_keys=bool(infos) and index.fmt in COMFY_LOADS and not index.unknown_keys,
+        comfyui_loads_all_keys=bool(infos or index.diffs) and index.fmt in COMFY_LOADS and not index.unknown_keys
+        and not skipped,
         unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
-        nonfinite_keys=nonfinite_keys(index) if infos else [],
+        nonfinite_keys=nonfinite_keys(index) if infos or index.diffs else [],
+        diffs=dict(Counter(_diff_kind(p) for p in index.diffs)), comfyui_skips=skipped,
     )
+
+
+def _diff_kind(param: str) -> str:
+    return "bias" if param.endswith(".bias") else ("modulation" if param.endswith("modulation") else "weight")
 
 
 def inspect_model(path: Union[str, Path]) -> ModelReport:
@@ -184,7 +194,7 @@ def inspect_model(path: Union[str, Path]) -> ModelReport:
 def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
     """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport`."""
     header = read_header(path)
-    if any(parse_lora_key(k) for k in header.keys()) or any(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in header.keys()):
+    if any(parse_lora_key(k) or parse_diff_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight")) for k in header.keys()):
         return inspect_lora(read_lora_index(path, finite=False))
     return inspect_model(path)
 

@@ -4,7 +4,8 @@ For ``delta = up @ down`` (rank r) the best rank-k approximation in the Frobeniu
 the k largest singular values (Eckart-Young). The SVD is taken without forming the
 ``out x in`` delta: with ``up = Qu Ru`` and ``down^T = Qd Rd`` (thin QR), ``delta = Qu (Ru Rd^T) Qd^T``
 and only the r x r middle needs an SVD. The scale ``alpha / rank`` is kept (``alpha`` becomes
-``alpha * k / r``), so the new factors have the magnitudes of the old ones.
+``alpha * k / r``), so the new factors have the magnitudes of the old ones. Whole-tensor
+differences (:mod:`circle_rotate.tools.lora.diffs`) have no rank and are written unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 
 from circle_rotate.kernel.atomic import check_output_path
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, module_scales, read_lora_index, require_wan_lora,
-                                         resolved_modules, write_lora)
+from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, load_diffs, module_scales, read_lora_index,
+                                         require_diff_layout, require_wan_lora, resolved_modules, write_lora)
 from circle_rotate.tools.lora.keys import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
     fmt = to or (index.fmt if index.fmt in FORMATS else "musubi")
     if fmt not in FORMATS:
         raise UserError(f"unknown layout {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
+    require_diff_layout(index, fmt)
     modules = resolved_modules(index, module_scales(index, alpha_if_missing=alpha_if_missing))
     errors: Dict[str, float] = {}
     resized = {}
@@ -125,7 +127,7 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
     alphas = {m.alpha for m in resized.values()}
     if len(alphas) == 1:
         metadata["ss_network_alpha"] = f"{alphas.pop():g}"
-    write_lora(out_p, resized, fmt=fmt, metadata=metadata)
+    write_lora(out_p, resized, fmt=fmt, metadata=metadata, diffs=load_diffs(index))
     values = list(errors.values())
     summary = {"min": min(values), "mean": statistics.fmean(values), "max": max(values)} if values else {}
     logger.info("resized %d of %d modules to rank %d", len(errors), len(modules), rank)

@@ -40,6 +40,7 @@ class Source:
     dtype: torch.dtype  # output dtype
     encode: str  # "cast", "fp8" or "fp8_scaled" (see circle_rotate.tools.merge.plan.OutTensor)
     key: str = ""  # the output key, for errors
+    diffs: Tuple[Tuple[torch.Tensor, float], ...] = ()  # (whole-tensor difference, factor), fp32, 2-D like weight
 
 
 class Pooled(NamedTuple):
@@ -123,6 +124,8 @@ class Chunks:
             buf.mul_(src.scale)
         for up, down, factor in src.deltas:
             buf.addmm_(up[r0:r1], down, alpha=factor)
+        for diff, factor in src.diffs:
+            buf.add_(diff[r0:r1], alpha=factor)
         return buf
 
     def _scratch(self, numel: int) -> torch.Tensor:

@@ -65,7 +65,7 @@ def output_name(task: str, expert: str, lora: Path, dtype: str, variant: Optiona
 def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], out_dir: PathLike, *,
                dtype: str = "same", strengths: Tuple[float, float] = (1.0, 1.0), assume_experts: bool = False,
                ignore_expert_evidence: bool = False, alpha_if_missing: AlphaIfMissing = None, force: bool = False,
-               workers: Optional[int] = None) -> PairReport:
+               workers: Optional[int] = None, skip_absent: bool = False) -> PairReport:
     """Merge ``high = (expert, lora)`` and ``low = (expert, lora)`` into two files in ``out_dir``.
 
     Args:
@@ -75,7 +75,7 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
         strengths: LoRA strength for (high, low).
         assume_experts: trust the order given for files that nothing identifies.
         ignore_expert_evidence: merge even when a file's metadata or name says the other expert.
-        alpha_if_missing, force, workers: as :func:`circle_rotate.tools.merge.run.merge_loras`.
+        alpha_if_missing, force, workers, skip_absent: as :func:`circle_rotate.tools.merge.run.merge_loras`.
 
     Raises:
         UserError: a wrong or unidentifiable expert (naming the file and the evidence), or any
@@ -98,7 +98,7 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
             label = ident.dtype if dtype == "same" else dtype
             out = Path(out_dir) / output_name(ident.task, expert, Path(lora), label, ident.variant)
             prepared[expert] = prepare_merge(info, [(lora, strength)], out, dtype=dtype, alpha_if_missing=alpha_if_missing,
-                                             force=force, expert=expert)
+                                             force=force, expert=expert, skip_absent=skip_absent)
     if problems:
         raise UserError("; ".join(problems), fix="pass the high-noise expert and circle_rotate_h with --high and the "
                         "low-noise ones with --low; --assume-experts trusts the order for unnamed files, "

@@ -68,11 +68,13 @@ class LoraSource:
 
 @dataclass(frozen=True)
 class Delta:
-    """``factor * up @ down`` of module ``module`` of LoRA number ``lora``."""
+    """``factor * up @ down`` of module ``module`` of LoRA number ``lora``; with ``diff``, ``factor``
+    times that LoRA's whole-tensor difference of parameter ``module``."""
 
     lora: int
-    module: str
-    factor: float  # strength * alpha / rank
+    module: str  # a module path, or with ``diff`` a parameter path
+    factor: float  # strength * alpha / rank; strength for a difference
+    diff: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class MergePlan:
     metadata: Dict[str, str]
     dropped: Tuple[str, ...] = ()
     applied: Tuple[int, ...] = field(default_factory=tuple)  # modules merged per LoRA
+    applied_diffs: Tuple[int, ...] = field(default_factory=tuple)  # whole-tensor differences added per LoRA
+    skipped: Tuple[Tuple[str, ...], ...] = field(default_factory=tuple)  # per LoRA: keys left out (--skip-absent)
 
     def count(self, kind: str) -> int:
         return sum(t.kind == kind for t in self.tensors)
@@ -111,18 +115,37 @@ class MergePlan:
         return sum(torch.tensor([], dtype=t.dtype).element_size() * math.prod(t.shape) for t in self.tensors)
 
 
-def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource]) -> Dict[str, List[Delta]]:
-    """Base weight key -> its deltas; raises once for every LoRA that does not fit."""
+#: Wan2.1 I2V's image-embedding (CLIP) layers: a Wan2.1 I2V LoRA has them, Wan2.2 has none.
+_WAN21_IMAGE = re.compile(r"(^|\.)(k_img|v_img|norm_k_img|img_emb)(\.|$)")
+
+
+def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource], skip_absent: bool = False
+            ) -> Tuple[Dict[str, List[Delta]], Tuple[Tuple[str, ...], ...]]:
+    """(base weight key -> its deltas, the LoRA keys left out of each LoRA); raises once for every LoRA
+    that does not fit. ``skip_absent`` leaves out modules and differences the base has no tensor for,
+    as ComfyUI's loader does ("lora key not loaded"), unless that is all of them."""
     out: Dict[str, List[Delta]] = {}
     errors: List[str] = []
+    skipped: List[Tuple[str, ...]] = []
+    skippable = True  # every error is modules absent from the base, which --skip-absent would leave out
     for i, src in enumerate(loras):
         index = src.index
-        missing, mismatched = [], []
+        missing: List[Tuple[str, str, str]] = []  # (LoRA key, Wan module or parameter, why)
+        mismatched: List[str] = []
+        for param, diff in index.diffs.items():  # whole-tensor differences: param += strength * diff
+            key = prefix + param
+            base = header.tensors.get(key)
+            if base is None:
+                missing.append((diff.key, param, f"'{diff.key}' (no '{key}' in the base)"))
+            elif tuple(base.shape) != tuple(diff.shape):
+                mismatched.append(f"'{diff.key}' is {list(diff.shape)} but '{key}' is {list(base.shape)}")
+            else:
+                out.setdefault(key, []).append(Delta(i, param, src.strength, diff=True))
         for module, info in index.modules.items():
             key = prefix + module + ".weight"
             base = header.tensors.get(key)
             if base is None:
-                missing.append(f"'{info.down_key}' (no '{key}' in the base)")
+                missing.append((info.down_key, module, f"'{info.down_key}' (no '{key}' in the base)"))
                 continue
             if base.shape[0] != info.out_features or math.prod(base.shape[1:]) != info.in_features:
                 mismatched.append(f"'{info.up_key}'/'{info.down_key}' make a [{info.out_features}, {info.in_features}] "
@@ -130,19 +153,30 @@ def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource])
                 continue
             out.setdefault(key, []).append(Delta(i, module, src.strength * src.scales[module]))
         name = index.path.name
+        example = missing[0][2] if missing else ""
+        everything = len(missing) == len(index.modules) + len(index.diffs)
         if missing and _SHARD.search(header.path.name):
-            errors.append(f"{name}: {len(missing)} LoRA module(s) are not in this shard, e.g. {missing[0]}; merge into a "
+            skippable = False
+            errors.append(f"{name}: {len(missing)} LoRA module(s) are not in this shard, e.g. {example}; merge into a "
                           "single-file expert (e.g. ComfyUI's repackaged wan2.2_i2v_*_14B_fp16.safetensors)")
-        elif missing and len(missing) == len(index.modules):
-            errors.append(f"{name}: no LoRA key matches this base (e.g. {missing[0]}); it was made for another model")
-        elif missing:
-            errors.append(f"{name}: {len(missing)} LoRA module(s) have no weight in the base, e.g. {missing[0]}")
+        elif missing and everything:
+            skippable = False
+            errors.append(f"{name}: no LoRA key matches this base (e.g. {example}); it was made for another model")
+        elif missing and not skip_absent:
+            wan21 = all(_WAN21_IMAGE.search(path) for _, path, _ in missing)
+            errors.append(f"{name}: {len(missing)} LoRA module(s) have no weight in the base, e.g. {example}"
+                          + (" (Wan2.1 I2V's image-embedding layers, which Wan2.2 has not)" if wan21 else ""))
         if mismatched:
+            skippable = False
             errors.append(f"{name}: shape mismatch: {mismatched[0]}" + (f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""))
+        skipped.append(tuple(k for k, _, _ in missing))
     if errors:
+        fix = ("pass --skip-absent to leave them out, as ComfyUI's loader does (it logs 'lora key not loaded' for each), "
+               "or use a LoRA trained for Wan2.2" if skippable else
+               "use the LoRA trained for this model (Wan2.2 I2V-A14B, the same expert); check --base and --lora")
         raise UserError(f"LoRA does not fit {header.path.name}: " + "; ".join(errors), path=loras[0].index.path if len(loras) == 1 else None,
-                        fix="use the LoRA trained for this model (Wan2.2 I2V-A14B, the same expert); check --base and --lora")
-    return out
+                        fix=fix)
+    return out, tuple(skipped)
 
 
 def _encoding(dtype: str, src_dtype: str, canonical: str, scaled: bool, layout: Fp8Layout) -> Tuple[torch.dtype, str]:
@@ -209,7 +243,7 @@ def _side_tensor(header: SafetensorsHeader, layout: Fp8Layout, key: str, weights
 
 
 def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "same",
-               expert: Optional[str] = None) -> MergePlan:
+               expert: Optional[str] = None, skip_absent: bool = False) -> MergePlan:
     """Decide every output tensor of merging ``loras`` into the base (headers only, no I/O).
 
     Args:
@@ -217,6 +251,8 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
         loras: the LoRAs with strengths and scales, applied in order.
         dtype: one of :data:`MERGE_DTYPES`.
         expert: ``high``/``low`` to record in the metadata (default: the base's own, if known).
+        skip_absent: leave out LoRA modules and differences the base has no tensor for (a Wan2.1
+            I2V LoRA's image layers on Wan2.2), as ComfyUI does; the plan lists them in ``skipped``.
 
     Raises:
         UserError: unknown dtype, a LoRA that does not fit (naming the key), or fp8 weights
@@ -229,7 +265,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     # "same" on a scaled base means ComfyUI's scaled layout, completed: a base of ours from before
     # every Linear was quantized gets its remaining Linears scaled rather than copied unscaled.
     encoding = "fp8_scaled" if dtype == "same" and layout.scaled and not layout.comfy_quant else dtype
-    deltas = _deltas(header, prefix, loras)
+    deltas, skipped = _deltas(header, prefix, loras, skip_absent)
     side = layout.side_keys
     order = sorted(header.keys(), key=lambda k: header.tensors[k].begin)
     weights = {k: _weight_plan(header, k, prefix, encoding, layout, deltas) for k in order if k not in side}
@@ -264,5 +300,9 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert
     if identity.variant:  # I2V and Fun-InP share every key: only this (and the name) tells them apart
         metadata[VARIANT_METADATA_KEY] = identity.variant
-    applied = tuple(sum(1 for ds in deltas.values() for d in ds if d.lora == i) for i in range(len(loras)))
-    return MergePlan(header, identity, tuple(loras), dtype, tuple(tensors), metadata, tuple(dropped), applied)
+    def applied(i: int, diff: bool) -> int:
+        return sum(1 for ds in deltas.values() for d in ds if d.lora == i and d.diff == diff)
+
+    return MergePlan(header, identity, tuple(loras), dtype, tuple(tensors), metadata, tuple(dropped),
+                     tuple(applied(i, False) for i in range(len(loras))), tuple(applied(i, True) for i in range(len(loras))),
+                     skipped)

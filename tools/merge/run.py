@@ -1,4 +1,5 @@
-"""Merge LoRAs into a Wan expert, streaming: ``W' = W + sum(strength * alpha / rank * up @ down)``.
+"""Merge LoRAs into a Wan expert, streaming: ``W' = W + sum(strength * alpha / rank * up @ down)`` (plus
+``strength * diff`` for a LoRA's whole-tensor differences, :mod:`circle_rotate.tools.lora.diffs`).
 
 The base is memory-mapped (its pages are page cache, not process memory) and the output is
 written tensor by tensor through :class:`circle_rotate.kernel.safetensors_io.SafetensorsWriter`, so
@@ -35,7 +36,8 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identi
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
-from circle_rotate.tools.lora.files import AlphaIfMissing, load_module, module_scales, read_lora_index, require_wan_lora
+from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_module, module_scales, read_lora_index,
+                                         require_wan_lora)
 from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
 from circle_rotate.tools.merge.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.merge.ordered_pipeline import pipelined, torch_threads
@@ -57,7 +59,7 @@ class MergeReport:
     base: str
     expert: Optional[str]
     dtype: str
-    loras: List[Dict[str, object]]  # file, strength, modules merged
+    loras: List[Dict[str, object]]  # file, strength, modules and differences merged, keys skipped
     tensors: int
     merged: int
     converted: int
@@ -89,12 +91,16 @@ class _Executor:
 
     def source(self, t: OutTensor) -> Source:
         """The base view, its scale and the deltas of ``t`` (a LoRA module is a few MB at most)."""
-        deltas = []
+        deltas, diffs = [], []
         for d in t.deltas:
-            mod = load_module(self.plan.loras[d.lora].index, d.module)
+            index = self.plan.loras[d.lora].index
+            if d.diff:
+                diffs.append((as_2d(load_diff(index, d.module).float()), d.factor))
+                continue
+            mod = load_module(index, d.module)
             deltas.append((as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
         scale = self.view(t.src_scale).float().reshape(()) if t.src_scale is not None else None
-        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode, t.key)
+        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode, t.key, tuple(diffs))
 
     def scale_of(self, weight_key: str) -> torch.Tensor:
         """Per-tensor scale of a merged fp8_scaled weight: max |W'| / 448 (one pass over its chunks)."""
@@ -200,7 +206,7 @@ def read_base(path: PathLike) -> BaseInfo:
 
 def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLike, float]], out: PathLike, *,
                   dtype: str = "same", alpha_if_missing: AlphaIfMissing = None, force: bool = False,
-                  expert: Optional[str] = None) -> PreparedMerge:
+                  expert: Optional[str] = None, skip_absent: bool = False) -> PreparedMerge:
     """Check every input and decide every output tensor; nothing is written.
 
     Args: as :func:`merge_loras`; ``base`` may also be a :func:`read_base` result already read.
@@ -213,7 +219,8 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     base_path = base.header.path if isinstance(base, BaseInfo) else base
     out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
     info = base if isinstance(base, BaseInfo) else read_base(base)
-    plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert)
+    plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert,
+                      skip_absent=skip_absent)
     _check_strengths_fit(plan)
     return PreparedMerge(plan, out_p)
 
@@ -223,7 +230,8 @@ def _check_strengths_fit(plan: MergePlan) -> None:
     if merged:
         narrow = min(merged, key=lambda d: torch.finfo(d).max)
         for s in plan.loras:
-            check_scale_fits(f"--lora {s.index.path.name} strength", s.strength, max(s.scales.values(), default=0.0),
+            largest = max([*s.scales.values(), *([1.0] if s.index.diffs else [])], default=0.0)  # a difference: scale 1
+            check_scale_fits(f"--lora {s.index.path.name} strength", s.strength, largest,
                              limit=torch.finfo(narrow).max, dtype=str(narrow).replace("torch.", ""))
 
 
@@ -236,7 +244,8 @@ def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> Merg
     logger.info("merged %s into %s in %.1f s", ", ".join(str(s.index.path) for s in plan.loras), out_p, seconds)
     return MergeReport(
         out=str(out_p), base=str(plan.base.path), expert=plan.metadata.get(EXPERT_METADATA_KEY), dtype=plan.dtype,
-        loras=[{"file": str(s.index.path), "strength": s.strength, "modules": n} for s, n in zip(plan.loras, plan.applied)],
+        loras=[{"file": str(s.index.path), "strength": s.strength, "modules": n, "diffs": d, "skipped": list(k)}
+               for s, n, d, k in zip(plan.loras, plan.applied, plan.applied_diffs, plan.skipped)],
         tensors=len(plan.tensors), merged=sum(1 for t in plan.tensors if t.deltas),
         converted=sum(1 for t in plan.tensors if t.kind == "compute" and not t.deltas),
         copied=plan.count("raw"), dropped=list(plan.dropped), bytes=plan.output_bytes, seconds=round(seconds, 3),
@@ -245,7 +254,7 @@ def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> Merg
 
 def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, dtype: str = "same",
                 alpha_if_missing: AlphaIfMissing = None, force: bool = False, expert: Optional[str] = None,
-                workers: Optional[int] = None) -> MergeReport:
+                workers: Optional[int] = None, skip_absent: bool = False) -> MergeReport:
     """Merge ``loras`` (path, strength) into the expert ``base`` and write ``out``.
 
     Args:
@@ -258,6 +267,7 @@ def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: Pa
         force: replace an existing ``out``.
         expert: ``high``/``low`` to record in the output metadata (default: the base's, if known).
         workers: compute threads (default: the CPU count, at most 4).
+        skip_absent: see :func:`circle_rotate.tools.merge.plan.plan_merge`.
 
     Returns:
         A :class:`MergeReport`.
@@ -265,6 +275,7 @@ def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: Pa
     Raises:
         UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha.
     """
-    prepared = prepare_merge(base, loras, out, dtype=dtype, alpha_if_missing=alpha_if_missing, force=force, expert=expert)
+    prepared = prepare_merge(base, loras, out, dtype=dtype, alpha_if_missing=alpha_if_missing, force=force, expert=expert,
+                             skip_absent=skip_absent)
     return run_merge(prepared, workers=workers)
 

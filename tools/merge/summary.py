@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List
 
 import torch
 
 from circle_rotate.tools.merge.plan import MergePlan
 
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)\.weight$")
+_BLOCK = re.compile(r"blocks\.(\d+)\.(.+?)(?:\.weight)?$")  # a difference may change a bias or the modulation
 _DTYPE_NAME = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
                torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
 
@@ -31,6 +31,7 @@ class PlanSummary:
     dropped: int
     blocks: str  # "0-39" or "none"
     modules: List[str]  # module names touched inside the blocks
+    skipped: List[str] = field(default_factory=list)  # LoRA keys left out by --skip-absent
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -42,6 +43,8 @@ class PlanSummary:
                 f"tensors: {dtypes}",
                 f"merged {self.merged} (blocks {self.blocks}: {', '.join(self.modules) or 'none'}), converted "
                 f"{self.converted}, copied byte for byte {self.copied}",
+                *([f"left out (absent from the expert): {len(self.skipped)} LoRA module(s), e.g. '{self.skipped[0]}'"]
+                  if self.skipped else []),
                 f"fp8 side tensors: {', '.join(self.added) or 'none'} added, {self.dropped} dropped; nothing written"]
 
 
@@ -72,5 +75,5 @@ def summarize(plan: MergePlan, out: str) -> PlanSummary:
         merged=sum(1 for t in plan.tensors if t.deltas),
         converted=sum(1 for t in plan.tensors if t.kind == "compute" and not t.deltas), copied=plan.count("raw"),
         added=[f"{n} {kind}" for kind, n in added.items()], dropped=len(plan.dropped), blocks=_ranges(list(blocks)),
-        modules=sorted(modules),
+        modules=sorted(modules), skipped=[k for keys in plan.skipped for k in keys],
     )

@@ -1,4 +1,4 @@
-"""Random Wan LoRAs with the real module names, for tests and the merge benchmark."""
+"""Random Wan LoRAs with the real module names (and whole-tensor differences), for tests and the merge benchmark."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def write_random_lora(path: PathLike, cfg: WanDiTConfig, *, fmt: str = "musubi",
                       **kwargs) -> Path:
     """Write :func:`random_lora_modules` as a LoRA file in layout ``fmt``."""
     return write_lora(path, random_lora_modules(cfg, **kwargs), fmt=fmt, metadata=metadata)
+
+
+def random_diffs(cfg: WanDiTConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16, std: float = 0.01,
+                 params: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
+    """Whole-tensor differences by Wan parameter, shaped like ``cfg``'s: by default what the
+    lightx2v LoRAs carry beside their pairs (every norm weight, every bias, every modulation)."""
+    shapes = dit_shapes(cfg)
+    if params is None:
+        params = [p for p in shapes if ".norm" in p or p.endswith((".bias", "modulation"))]
+    gen = torch.Generator().manual_seed(seed)
+    return {p: (torch.randn(shapes[p], generator=gen) * std).to(dtype) for p in params}
