@@ -14,6 +14,10 @@ _PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.d
           (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
           (".lora_B.default.weight", ".lora_A.default.weight"))
 _SINGLES = (".alpha", ".dora_scale", ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight", ".lora_mid.weight")
+# LoHa (all four, with optional CP tensors) and LoKr (any of its parts) patch the key x maps to.
+_LOHA = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
+_LOHA_CP = (".hada_t1", ".hada_t2")
+_LOKR = (".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2")
 
 
 def comfy_key_map(dit_keys: Iterable[str]) -> Dict[str, str]:
@@ -29,8 +33,9 @@ def comfy_key_map(dit_keys: Iterable[str]) -> Dict[str, str]:
 
 
 def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[str], Set[str]]:
-    """(LoRA keys ``load_lora`` consumes, model keys it patches): a pair or ``x.diff`` patches the
-    key ``x`` maps to, ``x.diff_b`` that key's ``.bias`` (``"{}.bias".format(key[:-len(".weight")])``)."""
+    """(LoRA keys ``load_lora`` consumes, model keys it patches): a pair, a LoHa or LoKr module or
+    ``x.diff`` patches the key ``x`` maps to, ``x.diff_b`` that key's ``.bias``
+    (``"{}.bias".format(key[:-len(".weight")])``)."""
     lora = {k.replace("lora_unet__", "lora_unet_", 1) if k.startswith("lora_unet__") else k for k in lora_keys}
     loaded, patched = set(), set()
     for x, target in key_map.items():
@@ -39,6 +44,13 @@ def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[s
             patched.add(target)
         if x + ".diff_b" in lora:
             patched.add(target[:-len(".weight")] + ".bias")
+        if x + _LOHA[0] in lora:
+            loaded.update(x + s for s in _LOHA + _LOHA_CP if x + s in lora)
+            patched.add(target)
+        lokr = {x + s for s in _LOKR if x + s in lora}
+        if lokr:
+            loaded.update(lokr)
+            patched.add(target)
         for up, down in _PAIRS:
             if x + up in lora:
                 loaded.update({x + up, x + down})

@@ -1,4 +1,4 @@
-"""Model files the tests make that are not tiny: real-shaped Wan2.2 experts as sparse files."""
+"""Model files the tests make: real-shaped Wan2.2 experts as sparse files, and musubi-built tiny Wan models."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ def sparse_expert(path: Path, *, dtype: str = "F16", prefix: str = "") -> Path:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         fh.truncate(8 + len(raw) + offset)
     return path
+
+
+def musubi_wan(cfg):
+    """musubi-tuner's own ``WanModel`` (Wan2.2 I2V) with ``cfg``'s shapes (needs musubi-tuner)."""
+    from musubi_tuner.wan.modules.model import WanModel
+
+    return WanModel(model_type="i2v", model_version="2.2", in_dim=cfg.in_dim, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
+                    freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim, num_heads=cfg.num_heads,
+                    num_layers=cfg.num_layers)

@@ -189,7 +189,7 @@ def test_differences_that_do_not_fit_are_refused(tmp_path, tiny_wan_dir):
 
 
 @pytest.mark.parametrize("extra,message", [
-    ({"diffusion_model.blocks.0.self_attn.q.diff": torch.zeros(64, 64)}, "a LoRA pair both change 'blocks.0.self_attn.q.weight'"),
+    ({"diffusion_model.blocks.0.self_attn.q.diff": torch.zeros(64, 64)}, "a LoRA module both change 'blocks.0.self_attn.q.weight'"),
     ({"diffusion_model.blocks.0.modulation.diff": torch.zeros(1, 6, 64)}, "difference of 'blocks.0.modulation' is stored twice"),
 ])
 def test_ambiguous_differences_are_refused(tmp_path, extra, message):

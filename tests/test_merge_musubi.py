@@ -24,17 +24,13 @@ from circle_rotate.kernel import wan_arch
 from circle_rotate.tools.lora.convert import convert_lora
 from circle_rotate.tools.merge.fp8 import FP8_MAX
 from circle_rotate.tools.merge.run import merge_loras
+from float_bits import max_ulps
+from model_files import musubi_wan
 
 STRENGTH = 0.75
 RANK, ALPHA = 4, 2.0  # scale alpha / rank = 0.5, so a dropped alpha would be visible
 
 
-def _wan(cfg: wan_arch.WanDiTConfig):
-    from musubi_tuner.wan.modules.model import WanModel
-
-    return WanModel(model_type="i2v", model_version="2.2", in_dim=cfg.in_dim, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
-                    freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim, num_heads=cfg.num_heads,
-                    num_layers=cfg.num_layers)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def musubi_files(musubi, tmp_path_factory):
     d = tmp_path_factory.mktemp("musubi_merge")
     cfg = wan_arch.tiny_config()
     torch.manual_seed(0)
-    model = _wan(cfg)
+    model = musubi_wan(cfg)
     with torch.no_grad():  # musubi zero-initialises some layers; give every weight a value
         for p in model.parameters():
             if not p.abs().sum():
@@ -70,28 +66,12 @@ def _musubi_merge(cfg, base_path, lora_path, strength) -> dict:
     """musubi's own merge (``LoRANetwork.merge_to``) of the LoRA into an fp32 copy of the base."""
     from musubi_tuner.networks import lora_wan
 
-    model = _wan(cfg)
+    model = musubi_wan(cfg)
     model.load_state_dict({k: v.float() for k, v in load_file(str(base_path)).items()})
     weights = load_file(str(lora_path))
     net = lora_wan.create_arch_network_from_weights(strength, weights, unet=model, for_inference=True)
     net.merge_to(None, model, weights, device=torch.device("cpu"))
     return {k: v.detach() for k, v in model.state_dict().items()}
-
-
-def _ordered(t: torch.Tensor) -> torch.Tensor:
-    """Map float bits to integers that are consecutive for neighbouring floats (sign-magnitude)."""
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()]
-    raw = t.contiguous().view(bits).to(torch.int64)
-    width = 8 * t.element_size()
-    raw = raw & ((1 << width) - 1)
-    sign = raw >> (width - 1)
-    mag = raw & ((1 << (width - 1)) - 1)
-    return torch.where(sign.bool(), -mag, mag)
-
-
-def _max_ulps(a: torch.Tensor, b: torch.Tensor) -> int:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    return int((_ordered(a) - _ordered(b)).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +97,7 @@ def test_merge_matches_musubi_merge_to(musubi_files, reference, tmp_path, dtype,
             continue
         assert ours[key].dtype == torch_dtype, key
         want = ref.clamp(-FP8_MAX, FP8_MAX).to(torch_dtype) if dtype == "fp8_e4m3fn" else ref.to(torch_dtype)
-        assert _max_ulps(ours[key], want) <= 1, key
+        assert max_ulps(ours[key], want) <= 1, key
         if touched:
             assert not torch.equal(ours[key].float(), base[key].float().to(torch_dtype).float()), f"{key} unchanged"
 
@@ -167,7 +147,7 @@ def test_fp8_base_matches_musubis_own_fp8_merge(musubi_files, tmp_path):
     changed = 0
     for key, value in theirs.items():
         assert ours[key].dtype == value.dtype, key
-        assert _max_ulps(ours[key], value) <= 1, key
+        assert max_ulps(ours[key], value) <= 1, key
         changed += value.dtype == torch.float8_e4m3fn and not torch.equal(ours[key].float(), load_file(str(d / "base_fp8.safetensors"))[key].float())
     assert changed > 0
 

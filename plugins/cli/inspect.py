@@ -42,6 +42,8 @@ def _lora_lines(r: LoraReport) -> list:
         ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
         ("NaN/inf", f"{len(r.nonfinite_keys)} tensor(s), first '{r.nonfinite_keys[0]}'" if r.nonfinite_keys else "none"),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
+        ("LoHa/LoKr", ", ".join(f"{n} {kind} modules" for kind, n in r.products.items()) + ": merge adds them, ComfyUI "
+         "loads them" if r.products else "none"),
         ("differences", _diff_line(r)),
         ("ComfyUI", _comfy_line(r)),
         ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),

@@ -27,7 +27,7 @@ from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import DTYPES
 from circle_rotate.tools.lora.inspect import lora_expert
 from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, load_diffs, module_scales, read_lora_index,
-                                         require_diff_layout, require_wan_lora, resolved_modules, write_lora)
+                                         require_layout, require_lora_only, require_wan_lora, resolved_modules, write_lora)
 from circle_rotate.tools.lora.keys import FORMATS, module_sort_key
 from circle_rotate.tools.option_values import COMBINE_DTYPE_NAMES, FLOAT_DTYPES, check_scale_fits
 
@@ -109,7 +109,8 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
     for path, strength in loras:
         index = read_lora_index(path)
         require_wan_lora(index)
-        require_diff_layout(index, to)
+        require_lora_only(index, "combine")
+        require_layout(index, to)
         for param, diff in load_diffs(index).items():
             diff_parts.setdefault(param, []).append((float(strength), diff, index.path))
         scales = module_scales(index, alpha_if_missing=alpha_if_missing)

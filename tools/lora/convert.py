@@ -10,6 +10,8 @@ Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``, :mod:`circle_rotate
 copied byte for byte under the name ComfyUI applies in the target layout: ``comfy`` holds every one
 (a ``.diff_m``, which ComfyUI's loader skips, becomes ``.modulation.diff``, which it applies);
 ``musubi`` holds weight and bias differences; ``diffusers`` none (it is refused, naming the tensor).
+LoHa and LoKr modules (:mod:`circle_rotate.tools.lora.lycoris`) are renamed between ``musubi`` and
+``comfy``, bytes and alpha as they are; diffusers has no names for them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsWriter, copy_raw
 from circle_rotate.tools.lora.diffs import diff_key
 from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraIndex, check_folded, folded, load_module, module_scales,
-                                         read_lora_index, require_diff_layout, require_wan_lora)
+                                         read_lora_index, require_layout, require_wan_lora)
 from circle_rotate.tools.lora.keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
+from circle_rotate.tools.lora.lycoris import product_key
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -42,6 +45,7 @@ class ConvertReport:
     modules: int
     alpha: str  # "copied", "written (alpha = scale * rank)", "folded into the weights"
     diffs: int = 0  # whole-tensor differences copied
+    products: int = 0  # LoHa/LoKr modules copied
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -56,9 +60,17 @@ def _specs(index: LoraIndex, to: str) -> Dict[str, Tuple[torch.dtype, Tuple[int,
         if to in FORMATS_WITH_ALPHA:
             alpha = tensors[info.alpha_key] if info.alpha_key else None
             specs[lora_key(name, "alpha", to)] = (alpha.torch_dtype, alpha.shape) if alpha else (torch.float32, ())
+    for name, product in index.products.items():
+        for part, key in _product_keys(product):
+            specs[product_key(name, part, to)] = (tensors[key].torch_dtype, tensors[key].shape)
     for param, diff in index.diffs.items():
         specs[diff_key(param, to)] = (tensors[diff.key].torch_dtype, diff.shape)
     return specs
+
+
+def _product_keys(product) -> list:
+    """(part, key) of a LoHa/LoKr module's tensors, its alpha (under the LoRA alpha name) last."""
+    return list(product.keys.items()) + ([("alpha", product.alpha_key)] if product.alpha_key else [])
 
 
 def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: AlphaIfMissing = None,
@@ -81,7 +93,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
     out_p = check_output_path(out, inputs=[src], force=force)
     index = read_lora_index(src)
     require_wan_lora(index)
-    require_diff_layout(index, to)
+    require_layout(index, to)
     scales = module_scales(index, alpha_if_missing=alpha_if_missing)
     header = index.header
     with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=index.metadata) as writer:
@@ -99,6 +111,9 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                     writer.write_raw(lora_key(name, "alpha", to), copy_raw(header, info.alpha_key, fh))
                 else:
                     writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
+        for name, product in index.products.items():
+            for part, key in _product_keys(product):
+                writer.write_raw(product_key(name, part, to), copy_raw(header, key, fh))
         for param, diff in index.diffs.items():
             writer.write_raw(diff_key(param, to), copy_raw(header, diff.key, fh))
     if to not in FORMATS_WITH_ALPHA:
@@ -106,5 +121,6 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
     else:
         alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
-    return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs))
+    return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs),
+                         len(index.products))
 

@@ -15,6 +15,8 @@ stronger than trained. :func:`module_scales` refuses those unless the caller say
 
 Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``) are read beside the modules, by the
 Wan parameter they change (:class:`DiffInfo`, :mod:`circle_rotate.tools.lora.diffs`); they have no alpha.
+LoHa and LoKr modules (:class:`ProductInfo`, :mod:`circle_rotate.tools.lora.lycoris`) are read beside
+them too, with their alpha.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
 from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts, parse_product_key, product_key,
+                                           product_scale)
 from circle_rotate.tools.option_values import AlphaIfMissing
 
 PathLike = Union[str, os.PathLike]
@@ -77,6 +81,26 @@ class DiffInfo:
 
 
 @dataclass(frozen=True)
+class ProductInfo:
+    """What the header says about one LoHa or LoKr module (see :mod:`circle_rotate.tools.lora.lycoris`)."""
+
+    module: str
+    kind: str  # "loha" or "lokr"
+    keys: Dict[str, str]  # part ("hada_w1_a", ...) -> its name in the file
+    shapes: Dict[str, Tuple[int, ...]]
+    alpha_key: Optional[str]
+    alpha: Optional[float]
+
+    @property
+    def scale(self) -> float:
+        return product_scale(self.kind, self.shapes, self.alpha)
+
+    @property
+    def delta_shape(self) -> Tuple[int, int]:
+        return delta_shape(self.kind, self.shapes)
+
+
+@dataclass(frozen=True)
 class LoraIndex:
     """A LoRA file's modules and differences, from its header. ``fmt`` is the layout (or ``mixed``)."""
 
@@ -87,6 +111,7 @@ class LoraIndex:
     unknown_keys: Tuple[str, ...] = ()  # tensors that are neither a LoRA part of a Wan module nor a difference
     metadata: Dict[str, str] = field(default_factory=dict)
     diffs: Dict[str, DiffInfo] = field(default_factory=dict)  # Wan parameter -> its difference
+    products: Dict[str, ProductInfo] = field(default_factory=dict)  # Wan module -> its LoHa/LoKr
 
     @property
     def has_alpha(self) -> bool:
@@ -107,38 +132,91 @@ class LoraModule:
         return int(self.down.shape[0])
 
 
-def _group_keys(header: SafetensorsHeader) -> Tuple[Dict[str, Dict[str, str]], Dict[str, DiffInfo], List[str], set]:
-    groups: Dict[str, Dict[str, str]] = {}
-    diffs: Dict[str, DiffInfo] = {}
-    unknown: List[str] = []
-    fmts = set()
+@dataclass
+class _Grouped:
+    """A header's tensor names sorted by what they are (see :func:`_group_keys`)."""
+
+    pairs: Dict[str, Dict[str, str]] = field(default_factory=dict)  # module -> part ("down"/"up"/"alpha") -> key
+    products: Dict[str, Dict[str, str]] = field(default_factory=dict)  # module -> LoHa/LoKr part -> key
+    diffs: Dict[str, DiffInfo] = field(default_factory=dict)
+    unknown: List[str] = field(default_factory=list)
+    fmts: set = field(default_factory=set)
+
+
+def _group_keys(header: SafetensorsHeader) -> _Grouped:
+    g = _Grouped()
     for key in header.keys():
         parsed = parse_lora_key(key)
-        if parsed is None:
-            diff = parse_diff_key(key)
-            if diff is None:
-                unknown.append(key)
-                continue
-            if diff.param in diffs:
-                raise UserError(f"the difference of '{diff.param}' is stored twice ('{diffs[diff.param].key}' and "
-                                f"'{key}')", path=header.path, fix="keep one of them; the file mixes two LoRA layouts")
-            fmts.add(diff.fmt)
-            info = header.tensors[key]
-            diffs[diff.param] = DiffInfo(diff.param, key, info.shape, info.dtype)
+        if parsed is not None:
+            g.fmts.add(parsed.fmt)
+            parts = g.pairs.setdefault(parsed.module, {})
+            if parsed.part in parts:
+                raise UserError(f"LoRA module '{parsed.module}' is stored twice ('{parts[parsed.part]}' and '{key}')",
+                                path=header.path, fix="keep one copy of each module; the file mixes two LoRA layouts")
+            parts[parsed.part] = key
             continue
-        fmts.add(parsed.fmt)
-        parts = groups.setdefault(parsed.module, {})
-        if parsed.part in parts:
-            raise UserError(f"LoRA module '{parsed.module}' is stored twice ('{parts[parsed.part]}' and '{key}')",
-                            path=header.path, fix="keep one copy of each module; the file mixes two LoRA layouts")
-        parts[parsed.part] = key
-    both = sorted(set(diffs) & {m + ".weight" for m in groups})
+        product = parse_product_key(key)
+        if product is not None:
+            g.fmts.add(product.fmt)
+            g.products.setdefault(product.module, {})[product.part] = key
+            continue
+        diff = parse_diff_key(key)
+        if diff is None:
+            g.unknown.append(key)
+            continue
+        if diff.param in g.diffs:
+            raise UserError(f"the difference of '{diff.param}' is stored twice ('{g.diffs[diff.param].key}' and "
+                            f"'{key}')", path=header.path, fix="keep one of them; the file mixes two LoRA layouts")
+        g.fmts.add(diff.fmt)
+        info = header.tensors[key]
+        g.diffs[diff.param] = DiffInfo(diff.param, key, info.shape, info.dtype)
+    for module, parts in g.products.items():  # a LoHa/LoKr module's alpha was read as a LoRA's
+        pair = g.pairs.pop(module, {})
+        if set(pair) - {"alpha"}:
+            raise UserError(f"module '{module}' is stored both as a LoRA pair ('{pair.get('down', pair.get('up'))}') and "
+                            f"as {_product_label(parts)} ('{next(iter(parts.values()))}')", path=header.path,
+                            fix="keep one of them; the file mixes two kinds of network")
+        if "alpha" in pair:
+            parts["alpha"] = pair["alpha"]
+    changed = {m + ".weight" for m in (*g.pairs, *g.products)}
+    both = sorted(set(g.diffs) & changed)
     if both:
-        raise UserError(f"'{diffs[both[0]].key}' and a LoRA pair both change '{both[0]}'"
+        raise UserError(f"'{g.diffs[both[0]].key}' and a LoRA module both change '{both[0]}'"
                         + (f" (and {len(both) - 1} more)" if len(both) > 1 else "") + "; loaders disagree on which wins "
                         "(ComfyUI applies only the difference)", path=header.path,
-                        fix="keep either the difference or the pair for each weight")
-    return groups, diffs, unknown, fmts
+                        fix="keep either the difference or the module for each weight")
+    return g
+
+
+def _product_label(parts: Mapping[str, str]) -> str:
+    return LABELS["loha" if any(p.startswith("hada_") for p in parts) else "lokr"]
+
+
+def _alpha(header: SafetensorsHeader, key: Optional[str], fh: BinaryIO) -> Optional[float]:
+    return float(read_tensor(header, key, fh=fh).float().reshape(-1)[0]) if key else None
+
+
+def _read_products(header: SafetensorsHeader, groups: Dict[str, Dict[str, str]], fh: BinaryIO,
+                   bad: List[str]) -> Dict[str, ProductInfo]:
+    products: Dict[str, ProductInfo] = {}
+    for module in sorted(groups, key=module_sort_key):
+        parts = dict(groups[module])
+        alpha_key = parts.pop("alpha", None)
+        kinds = {"loha" if p.startswith("hada_") else "lokr" for p in parts}
+        if len(kinds) > 1:
+            bad.append(f"module '{module}' mixes LoHa and LoKr tensors")
+            continue
+        kind = kinds.pop()
+        lacking = missing_parts(kind, parts)
+        if lacking:
+            bad.append(f"{LABELS[kind]} module '{module}' has no {', '.join(lacking)}")
+            continue
+        shapes = {p: tuple(header.tensors[k].shape) for p, k in parts.items()}
+        if any(len(shape) != 2 for shape in shapes.values()):
+            bad.append(f"{LABELS[kind]} module '{module}' has tensors that are not matrices (Wan's are Linear layers)")
+            continue
+        products[module] = ProductInfo(module, kind, parts, shapes, alpha_key, _alpha(header, alpha_key, fh))
+    return products
 
 
 def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
@@ -149,16 +227,16 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
 
     Raises:
         UserError: unreadable/truncated file, a pickle, a module without its up or down weight,
-            or up/down shapes that do not chain.
+            up/down shapes that do not chain, or an incomplete LoHa/LoKr module.
         NonFiniteError: ``finite`` and a weight or alpha holds NaN/inf.
     """
     header = read_header(path)
-    groups, diffs, unknown, fmts = _group_keys(header)
+    g = _group_keys(header)
     modules: Dict[str, LoraModuleInfo] = {}
     bad: List[str] = []
     with open(header.path, "rb") as fh:
-        for module in sorted(groups, key=module_sort_key):
-            parts = groups[module]
+        for module in sorted(g.pairs, key=module_sort_key):
+            parts = g.pairs[module]
             if "down" not in parts or "up" not in parts:
                 have = ", ".join(f"'{k}'" for k in parts.values())
                 bad.append(f"{have} has no matching lora_{'up' if 'down' in parts else 'down'}")
@@ -167,14 +245,15 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
             if len(down.shape) < 2 or len(up.shape) < 2 or up.shape[1] != down.shape[0]:
                 bad.append(f"'{parts['up']}' {list(up.shape)} does not chain with '{parts['down']}' {list(down.shape)}")
                 continue
-            alpha = float(read_tensor(header, parts["alpha"], fh=fh).float().reshape(-1)[0]) if "alpha" in parts else None
             modules[module] = LoraModuleInfo(module, parts["down"], parts["up"], parts.get("alpha"), down.shape,
-                                             up.shape, up.dtype, alpha)
+                                             up.shape, up.dtype, _alpha(header, parts.get("alpha"), fh))
+        products = _read_products(header, g.products, fh, bad)
     if bad:
         raise UserError(f"broken LoRA: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
                         path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
+    fmts = g.fmts
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
-    index = LoraIndex(header.path, header, fmt, modules, tuple(unknown), dict(header.metadata), diffs)
+    index = LoraIndex(header.path, header, fmt, modules, tuple(g.unknown), dict(header.metadata), g.diffs, products)
     if finite:
         bad_keys = nonfinite_keys(index)
         if bad_keys:
@@ -198,8 +277,10 @@ def _all_finite(t: torch.Tensor) -> bool:
 def nonfinite_keys(index: LoraIndex) -> List[str]:
     """Names of the tensors (alphas included) holding NaN or inf. A LoRA is small next to a base
     (hundreds of MB at most), so reading it once more costs little beside what it would poison."""
-    bad = [i.alpha_key for i in index.modules.values() if i.alpha is not None and not math.isfinite(i.alpha)]
+    alphas = [(i.alpha_key, i.alpha) for i in (*index.modules.values(), *index.products.values())]
+    bad = [key for key, alpha in alphas if alpha is not None and not math.isfinite(alpha)]
     keys = [k for info in index.modules.values() for k in (info.down_key, info.up_key)]
+    keys += [k for info in index.products.values() for k in info.keys.values()]
     with open(index.path, "rb") as fh:
         for key in keys + [d.key for d in index.diffs.values()]:
             if not _all_finite(read_tensor(index.header, key, fh=fh)):
@@ -214,7 +295,7 @@ def require_wan_lora(index: LoraIndex) -> None:
         UserError: no Wan module at all (a LoRA for another model), or some tensors that
             ComfyUI would report as "lora key not loaded" and we could not merge.
     """
-    if not index.modules and not index.diffs:
+    if not index.modules and not index.diffs and not index.products:
         shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
         raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): this LoRA was made for another model",
                         path=index.path, fix="use a LoRA trained on Wan2.2 (musubi-tuner networks.lora_wan or ComfyUI layout)")
@@ -222,8 +303,8 @@ def require_wan_lora(index: LoraIndex) -> None:
         keys = sorted(index.unknown_keys)
         shown = ", ".join(f"'{k}'" for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
         raise UserError(f"{len(keys)} tensor(s) are not LoRA weights of a Wan DiT module: {shown}", path=index.path,
-                        fix="only plain LoRA (lora_down/lora_up or lora_A/lora_B, optional alpha) and whole-tensor "
-                            "differences of Wan parameters (.diff, .diff_b, .diff_m) are supported; LoHa/LoKr are not")
+                        fix="supported: LoRA pairs (lora_down/lora_up or lora_A/lora_B, optional alpha), LoHa and LoKr "
+                            "modules, and whole-tensor differences of Wan parameters (.diff, .diff_b, .diff_m)")
 
 
 def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) -> Dict[str, float]:
@@ -267,12 +348,23 @@ def load_diffs(index: LoraIndex) -> Dict[str, torch.Tensor]:
         return {param: load_diff(index, param, fh=fh) for param in index.diffs}
 
 
-def require_diff_layout(index: LoraIndex, fmt: str) -> None:
-    """Refuse to write ``index``'s differences in a layout that has no name a loader applies.
+def load_product(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None) -> Dict[str, torch.Tensor]:
+    """Read the tensors of LoHa/LoKr ``module`` (as stored), by part."""
+    return {part: read_tensor(index.header, key, fh=fh) for part, key in index.products[module].keys.items()}
+
+
+def require_layout(index: LoraIndex, fmt: str) -> None:
+    """Refuse to write ``index``'s differences and LoHa/LoKr modules in a layout with no name a loader applies.
 
     Raises:
-        UserError: naming the first difference that layout cannot hold and the layout that can.
+        UserError: naming the first tensor that layout cannot hold and the layout that can.
     """
+    for info in index.products.values():
+        try:
+            product_key(info.module, next(iter(info.keys)), fmt)
+        except ValueError:
+            raise UserError(f"'{next(iter(info.keys.values()))}' ({LABELS[info.kind]}) has no name in the {fmt} layout",
+                            path=index.path, fix="write --format comfy or musubi (ComfyUI loads both)") from None
     for param, info in index.diffs.items():
         try:
             diff_key(param, fmt)
@@ -280,6 +372,18 @@ def require_diff_layout(index: LoraIndex, fmt: str) -> None:
             raise UserError(f"'{info.key}' (a whole-tensor difference of '{param}') has no name ComfyUI loads in the "
                             f"{fmt} layout", path=index.path,
                             fix="write --format comfy, which keeps every difference") from None
+
+
+def require_lora_only(index: LoraIndex, what: str) -> None:
+    """Refuse LoHa/LoKr modules where only LoRA ranks make sense (``combine``, ``resize``).
+
+    Raises:
+        UserError: naming the first such module and what to do instead.
+    """
+    if index.products:
+        info = next(iter(index.products.values()))
+        raise UserError(f"{what} works on LoRA ranks; '{next(iter(info.keys.values()))}' is a {LABELS[info.kind]} module",
+                        path=index.path, fix="merge it into the expert instead (circle-rotate merge), or use a plain LoRA")
 
 
 def load_module(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None) -> LoraModule:
@@ -342,7 +446,7 @@ def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
 
     Every module must have an alpha (the caller resolves missing ones). For ``diffusers``
     the scale ``alpha / rank`` is folded into the weights (see :func:`fold_factors`). The
-    caller checks that ``fmt`` can name every difference (:func:`require_diff_layout`).
+    caller checks that ``fmt`` can name every difference (:func:`require_layout`).
     """
     diffs = diffs or {}
     with SafetensorsWriter(path, lora_specs(modules, fmt, diffs), metadata=metadata) as writer:

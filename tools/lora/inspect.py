@@ -21,6 +21,7 @@ from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, 
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
 from circle_rotate.tools.lora.keys import block_index, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
 _SHORT_EXPERT = re.compile(r"(?:^|[_\-. ])(h|high|l|low)$", re.IGNORECASE)
@@ -56,6 +57,7 @@ class LoraReport:
     kind: str = "lora"
     diffs: Dict[str, int] = field(default_factory=dict)  # whole-tensor differences: "weight"/"bias"/"modulation" -> count
     comfyui_skips: List[str] = field(default_factory=list)  # mapped tensors ComfyUI's loader still skips (.diff_m)
+    products: Dict[str, int] = field(default_factory=dict)  # "LoHa"/"LoKr" -> modules
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -114,14 +116,21 @@ def lora_expert(index: LoraIndex) -> Tuple[Optional[str], Optional[str]]:
     return (found, "filename") if found else (None, None)
 
 
+def _in_features(index: LoraIndex) -> Dict[str, int]:
+    """Module -> in_features, over its LoRA pairs and LoHa/LoKr modules."""
+    return {**{m: i.in_features for m, i in index.modules.items()},
+            **{m: p.delta_shape[1] for m, p in index.products.items()}}
+
+
 def _target_config(index: LoraIndex) -> Tuple[str, WanDiTConfig]:
-    q = next((m for name, m in index.modules.items() if name.endswith("self_attn.q")), None)
-    dim = q.in_features if q else next(iter(index.modules.values())).in_features
-    version = "2.1" if any(name.endswith(("k_img", "v_img")) for name in index.modules) else "2.2"
+    features = _in_features(index)
+    q = next((f for name, f in features.items() if name.endswith("self_attn.q")), None)
+    dim = q if q else next(iter(features.values()))
+    version = "2.1" if any(name.endswith(("k_img", "v_img")) for name in features) else "2.2"
     if dim == I2V_A14B.dim:
         name = "wan2.2-a14b" if version == "2.2" else "wan2.1-14b"
         return name, WanDiTConfig(model_version=version)
-    blocks = [b for b in map(block_index, index.modules) if b is not None]
+    blocks = [b for b in map(block_index, features) if b is not None]
     layers = max(blocks) + 1 if blocks else 0
     return f"wan (dim {dim}, {layers} blocks)", WanDiTConfig(dim=dim, num_layers=layers, num_heads=1, model_version=version)
 
@@ -146,8 +155,9 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
     # in the ComfyUI/diffusers layouts and unknown in a musubi file.
     scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
                          (1.0 if index.fmt in ("comfy", "diffusers") else None)) for i in infos}
-    model, cfg = _target_config(index) if infos else ("unknown", None)
+    model, cfg = _target_config(index) if infos or index.products else ("unknown", None)
     expected = set(lora_target_modules(cfg)) if cfg else set()
+    covered = set(index.modules) | set(index.products)
     norms = _delta_norms(index, scales) if infos else {}
     expert, evidence = lora_expert(index)
     ordered = sorted(norms.values())
@@ -158,17 +168,18 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         scales=dict(Counter("unknown" if scales[i.module] is None else f"{scales[i.module]:.6g}" for i in infos)),
         dtypes=sorted({_DTYPE_LABEL.get(i.dtype, i.dtype) for i in infos}),
         params=sum(i.num_params for i in infos), file_bytes=index.header.file_size,
-        target_model=model, targets_covered=len(expected & set(index.modules)), targets_total=len(expected),
-        missing_targets=sorted(expected - set(index.modules), key=module_sort_key),
-        extra_modules=sorted(set(index.modules) - expected, key=module_sort_key),
+        target_model=model, targets_covered=len(expected & covered), targets_total=len(expected),
+        missing_targets=sorted(expected - covered, key=module_sort_key),
+        extra_modules=sorted(covered - expected, key=module_sort_key),
         delta_norm={"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1]} if ordered else {},
         largest_deltas=sorted(norms.items(), key=lambda kv: -kv[1])[:3],
         expert=expert, expert_evidence=evidence,
-        comfyui_loads_all_keys=bool(infos or index.diffs) and index.fmt in COMFY_LOADS and not index.unknown_keys
-        and not skipped,
+        comfyui_loads_all_keys=bool(infos or index.diffs or index.products) and index.fmt in COMFY_LOADS
+        and not index.unknown_keys and not skipped,
         unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
-        nonfinite_keys=nonfinite_keys(index) if infos or index.diffs else [],
+        nonfinite_keys=nonfinite_keys(index) if infos or index.diffs or index.products else [],
         diffs=dict(Counter(_diff_kind(p) for p in index.diffs)), comfyui_skips=skipped,
+        products=dict(Counter(LABELS[p.kind] for p in index.products.values())),
     )
 
 
@@ -194,7 +205,8 @@ def inspect_model(path: Union[str, Path]) -> ModelReport:
 def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
     """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport`."""
     header = read_header(path)
-    if any(parse_lora_key(k) or parse_diff_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight")) for k in header.keys()):
+    if any(parse_lora_key(k) or parse_diff_key(k) or parse_product_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight"))
+           for k in header.keys()):
         return inspect_lora(read_lora_index(path, finite=False))
     return inspect_model(path)
 

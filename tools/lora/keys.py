@@ -112,6 +112,18 @@ def _split_suffix(key: str, table: Dict[str, str]) -> Optional[Tuple[str, str]]:
     return None
 
 
+def module_of_stem(stem: str) -> Optional[Tuple[str, str]]:
+    """``(Wan module, layout)`` of a key stem in the musubi (``lora_unet_blocks_0_self_attn_q``) or
+    comfy (``diffusion_model.blocks.0.self_attn.q``) layout; None for anything else."""
+    if stem.startswith(MUSUBI_LORA_PREFIX):
+        module = _from_underscored(stem[len(MUSUBI_LORA_PREFIX):].lstrip("_"))  # Wan Fun: "lora_unet__blocks_0..."
+        return (module, "musubi") if module else None
+    if stem.startswith(COMFY_LORA_PREFIX):
+        path = stem[len(COMFY_LORA_PREFIX):]
+        return (path, "comfy") if is_wan_module(path) else None
+    return None
+
+
 def parse_lora_key(key: str) -> Optional[LoraKey]:
     """Understand one LoRA tensor name; None when it is not a LoRA tensor of a Wan module.
 
@@ -119,20 +131,13 @@ def parse_lora_key(key: str) -> Optional[LoraKey]:
         >>> parse_lora_key("lora_unet_blocks_0_cross_attn_k_img.lora_up.weight")
         LoraKey(module='blocks.0.cross_attn.k_img', part='up', fmt='musubi')
     """
-    if key.startswith(MUSUBI_LORA_PREFIX):
-        split = _split_suffix(key, _SD_PARTS)
-        if split is None:
-            return None
-        body = split[0][len(MUSUBI_LORA_PREFIX):].lstrip("_")  # Wan Fun: "lora_unet__blocks_0..."
-        module = _from_underscored(body)
-        return LoraKey(module, split[1], "musubi") if module else None
-    split = _split_suffix(key, _PEFT_PARTS)
+    split = _split_suffix(key, _SD_PARTS if key.startswith(MUSUBI_LORA_PREFIX) else _PEFT_PARTS)
     if split is None:
         return None
     stem, part = split
-    if stem.startswith(COMFY_LORA_PREFIX):
-        path = stem[len(COMFY_LORA_PREFIX):]
-        return LoraKey(path, part, "comfy") if is_wan_module(path) else None
+    if stem.startswith((MUSUBI_LORA_PREFIX, COMFY_LORA_PREFIX)):
+        found = module_of_stem(stem)
+        return LoraKey(found[0], part, found[1]) if found else None
     for prefix in DIFFUSERS_PREFIXES:
         if stem.startswith(prefix):
             path = stem[len(prefix):]

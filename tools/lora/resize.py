@@ -21,7 +21,7 @@ import torch
 from circle_rotate.kernel.atomic import check_output_path
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, load_diffs, module_scales, read_lora_index,
-                                         require_diff_layout, require_wan_lora, resolved_modules, write_lora)
+                                         require_layout, require_lora_only, require_wan_lora, resolved_modules, write_lora)
 from circle_rotate.tools.lora.keys import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
     fmt = to or (index.fmt if index.fmt in FORMATS else "musubi")
     if fmt not in FORMATS:
         raise UserError(f"unknown layout {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
-    require_diff_layout(index, fmt)
+    require_lora_only(index, "resize")
+    require_layout(index, fmt)
     modules = resolved_modules(index, module_scales(index, alpha_if_missing=alpha_if_missing))
     errors: Dict[str, float] = {}
     resized = {}

@@ -21,6 +21,7 @@ import torch
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import tensor_bytes
+from circle_rotate.tools.lora.lycoris import delta_rows
 from circle_rotate.tools.merge.fp8 import quantize_into
 
 #: Elements per compute job: its output (2 MB in fp16) is one write.
@@ -41,6 +42,7 @@ class Source:
     encode: str  # "cast", "fp8" or "fp8_scaled" (see circle_rotate.tools.merge.plan.OutTensor)
     key: str = ""  # the output key, for errors
     diffs: Tuple[Tuple[torch.Tensor, float], ...] = ()  # (whole-tensor difference, factor), fp32, 2-D like weight
+    products: Tuple[Tuple[str, Tuple[torch.Tensor, ...], float], ...] = ()  # (LoHa/LoKr kind, its factors, factor)
 
 
 class Pooled(NamedTuple):
@@ -126,6 +128,8 @@ class Chunks:
             buf.addmm_(up[r0:r1], down, alpha=factor)
         for diff, factor in src.diffs:
             buf.add_(diff[r0:r1], alpha=factor)
+        for kind, parts, factor in src.products:
+            buf.add_(delta_rows(kind, parts, r0, r1), alpha=factor)
         return buf
 
     def _scratch(self, numel: int) -> torch.Tensor:

@@ -68,13 +68,15 @@ class LoraSource:
 
 @dataclass(frozen=True)
 class Delta:
-    """``factor * up @ down`` of module ``module`` of LoRA number ``lora``; with ``diff``, ``factor``
-    times that LoRA's whole-tensor difference of parameter ``module``."""
+    """One change to a base tensor from LoRA number ``lora``, by ``kind``: ``factor * up @ down`` of
+    module ``module`` ("lora"); ``factor`` times its LoHa or LoKr delta ("loha", "lokr",
+    :mod:`circle_rotate.tools.lora.lycoris`); ``factor`` times its whole-tensor difference of
+    parameter ``module`` ("diff")."""
 
     lora: int
-    module: str  # a module path, or with ``diff`` a parameter path
-    factor: float  # strength * alpha / rank; strength for a difference
-    diff: bool = False
+    module: str  # a module path, or for a "diff" a parameter path
+    factor: float  # strength * alpha / rank (LoHa/LoKr: strength * their scale); strength for a difference
+    kind: str = "lora"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class MergePlan:
     tensors: Tuple[OutTensor, ...]
     metadata: Dict[str, str]
     dropped: Tuple[str, ...] = ()
-    applied: Tuple[int, ...] = field(default_factory=tuple)  # modules merged per LoRA
+    applied: Tuple[int, ...] = field(default_factory=tuple)  # modules (LoRA, LoHa, LoKr) merged per LoRA
     applied_diffs: Tuple[int, ...] = field(default_factory=tuple)  # whole-tensor differences added per LoRA
     skipped: Tuple[Tuple[str, ...], ...] = field(default_factory=tuple)  # per LoRA: keys left out (--skip-absent)
 
@@ -140,21 +142,24 @@ def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource],
             elif tuple(base.shape) != tuple(diff.shape):
                 mismatched.append(f"'{diff.key}' is {list(diff.shape)} but '{key}' is {list(base.shape)}")
             else:
-                out.setdefault(key, []).append(Delta(i, param, src.strength, diff=True))
-        for module, info in index.modules.items():
+                out.setdefault(key, []).append(Delta(i, param, src.strength, kind="diff"))
+        changes = [(module, info.down_key, f"'{info.up_key}'/'{info.down_key}'", (info.out_features, info.in_features),
+                    Delta(i, module, src.strength * src.scales[module])) for module, info in index.modules.items()]
+        changes += [(module, next(iter(info.keys.values())), f"{info.kind} '{module}'", info.delta_shape,
+                     Delta(i, module, src.strength * info.scale, kind=info.kind)) for module, info in index.products.items()]
+        for module, first_key, named, (rows, cols), delta in changes:
             key = prefix + module + ".weight"
             base = header.tensors.get(key)
             if base is None:
-                missing.append((info.down_key, module, f"'{info.down_key}' (no '{key}' in the base)"))
+                missing.append((first_key, module, f"'{first_key}' (no '{key}' in the base)"))
                 continue
-            if base.shape[0] != info.out_features or math.prod(base.shape[1:]) != info.in_features:
-                mismatched.append(f"'{info.up_key}'/'{info.down_key}' make a [{info.out_features}, {info.in_features}] "
-                                  f"delta but '{key}' is {list(base.shape)}")
+            if base.shape[0] != rows or math.prod(base.shape[1:]) != cols:
+                mismatched.append(f"{named} make a [{rows}, {cols}] delta but '{key}' is {list(base.shape)}")
                 continue
-            out.setdefault(key, []).append(Delta(i, module, src.strength * src.scales[module]))
+            out.setdefault(key, []).append(delta)
         name = index.path.name
         example = missing[0][2] if missing else ""
-        everything = len(missing) == len(index.modules) + len(index.diffs)
+        everything = len(missing) == len(index.modules) + len(index.products) + len(index.diffs)
         if missing and _SHARD.search(header.path.name):
             skippable = False
             errors.append(f"{name}: {len(missing)} LoRA module(s) are not in this shard, e.g. {example}; merge into a "
@@ -301,7 +306,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     if identity.variant:  # I2V and Fun-InP share every key: only this (and the name) tells them apart
         metadata[VARIANT_METADATA_KEY] = identity.variant
     def applied(i: int, diff: bool) -> int:
-        return sum(1 for ds in deltas.values() for d in ds if d.lora == i and d.diff == diff)
+        return sum(1 for ds in deltas.values() for d in ds if d.lora == i and (d.kind == "diff") == diff)
 
     return MergePlan(header, identity, tuple(loras), dtype, tuple(tensors), metadata, tuple(dropped),
                      tuple(applied(i, False) for i in range(len(loras))), tuple(applied(i, True) for i in range(len(loras))),

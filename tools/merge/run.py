@@ -1,5 +1,6 @@
-"""Merge LoRAs into a Wan expert, streaming: ``W' = W + sum(strength * alpha / rank * up @ down)`` (plus
-``strength * diff`` for a LoRA's whole-tensor differences, :mod:`circle_rotate.tools.lora.diffs`).
+"""Merge LoRAs into a Wan expert, streaming: ``W' = W + sum(strength * alpha / rank * up @ down)``, plus
+``strength * diff`` for a LoRA's whole-tensor differences (:mod:`circle_rotate.tools.lora.diffs`) and
+``strength * scale * delta`` for its LoHa and LoKr modules (:mod:`circle_rotate.tools.lora.lycoris`).
 
 The base is memory-mapped (its pages are page cache, not process memory) and the output is
 written tensor by tensor through :class:`circle_rotate.kernel.safetensors_io.SafetensorsWriter`, so
@@ -36,8 +37,9 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identi
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
-from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_module, module_scales, read_lora_index,
-                                         require_wan_lora)
+from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_module, load_product, module_scales,
+                                         read_lora_index, require_wan_lora)
+from circle_rotate.tools.lora.lycoris import factors
 from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
 from circle_rotate.tools.merge.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.merge.ordered_pipeline import pipelined, torch_threads
@@ -91,16 +93,18 @@ class _Executor:
 
     def source(self, t: OutTensor) -> Source:
         """The base view, its scale and the deltas of ``t`` (a LoRA module is a few MB at most)."""
-        deltas, diffs = [], []
+        deltas, diffs, products = [], [], []
         for d in t.deltas:
             index = self.plan.loras[d.lora].index
-            if d.diff:
+            if d.kind == "diff":
                 diffs.append((as_2d(load_diff(index, d.module).float()), d.factor))
-                continue
-            mod = load_module(index, d.module)
-            deltas.append((as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
+            elif d.kind in ("loha", "lokr"):
+                products.append((d.kind, factors(d.kind, load_product(index, d.module)), d.factor))
+            else:
+                mod = load_module(index, d.module)
+                deltas.append((as_2d(mod.up.float()), mod.down.float().reshape(mod.rank, -1), d.factor))
         scale = self.view(t.src_scale).float().reshape(()) if t.src_scale is not None else None
-        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode, t.key, tuple(diffs))
+        return Source(as_2d(self.view(t.src)), scale, tuple(deltas), t.dtype, t.encode, t.key, tuple(diffs), tuple(products))
 
     def scale_of(self, weight_key: str) -> torch.Tensor:
         """Per-tensor scale of a merged fp8_scaled weight: max |W'| / 448 (one pass over its chunks)."""
@@ -230,7 +234,8 @@ def _check_strengths_fit(plan: MergePlan) -> None:
     if merged:
         narrow = min(merged, key=lambda d: torch.finfo(d).max)
         for s in plan.loras:
-            largest = max([*s.scales.values(), *([1.0] if s.index.diffs else [])], default=0.0)  # a difference: scale 1
+            products = [p.scale for p in s.index.products.values()]
+            largest = max([*s.scales.values(), *products, *([1.0] if s.index.diffs else [])], default=0.0)  # a difference: scale 1
             check_scale_fits(f"--lora {s.index.path.name} strength", s.strength, largest,
                              limit=torch.finfo(narrow).max, dtype=str(narrow).replace("torch.", ""))
 
