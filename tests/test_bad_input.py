@@ -116,6 +116,11 @@ def world(tmp_path_factory):
     w.truncated.write_bytes(w.Lh.read_bytes()[:5000])
     w.pickle = models / "lora.pt"
     w.pickle.write_bytes(b"\x80\x04K\x01.")
+    w.renamed_pickle = models / "renamed_pickle.safetensors"  # torch.save's zip under a safetensors name
+    torch.save({"blocks.0.self_attn.q.weight": torch.zeros(2, 2)}, str(w.renamed_pickle))
+    # an empty GGUF v3 file (magic, version, 0 tensors, 0 key-values), as ComfyUI-GGUF's experts start
+    w.gguf = models / "wan2.2_i2v_high_noise_14B_Q8_0.gguf"
+    w.gguf.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
 
     raw = root / "raw"
     spec = TurntableSpec(name="toy", width=160, height=96, fps=16.0, frames=40, subject="car", direction="right",
@@ -373,6 +378,10 @@ CASES = [
     Case("merge: a text file as the LoRA", lambda w: merge(w, lora=w.text), names=lambda w: [w.text]),
     Case("merge: a truncated LoRA", lambda w: merge(w, lora=w.truncated), names=lambda w: [w.truncated]),
     Case("merge: a pickle LoRA", lambda w: merge(w, lora=w.pickle), names=lambda w: [w.pickle]),
+    Case("merge: a torch.save checkpoint named .safetensors", lambda w: merge(w, lora=w.renamed_pickle),
+         names=lambda w: [w.renamed_pickle, "pickle"]),
+    Case("merge: a GGUF expert", lambda w: ["merge", w.gguf, "--lora", w.Lh, "--out", w.root / "out" / "m.safetensors"],
+         names=lambda w: [w.gguf, "GGUF", "LoraLoaderModelOnly"]),
     Case("merge: unknown --dtype", lambda w: merge(w, "--dtype", "fp64"), names=lambda w: ["fp64"]),
     Case("merge: no --lora", lambda w: ["merge", w.Bh, "--out", w.root / "out" / "m.safetensors"],
          names=lambda w: ["--lora"]),

@@ -32,14 +32,15 @@ def _lora_lines(r: LoraReport) -> list:
     missing = ", ".join(r.missing_targets[:5]) + (f" (+{len(r.missing_targets) - 5} more)" if len(r.missing_targets) > 5 else "")
     norm = r.delta_norm
     return [
-        ("kind", f"LoRA, {r.format} layout"),
+        ("kind", f"{' + '.join(['LoRA'] * (r.modules > sum(r.products.values())) + list(r.products))}, {r.format} layout"),
         ("modules", f"{r.modules} ({r.params:,} parameters, {r.file_bytes / 2**20:.1f} MiB, {', '.join(r.dtypes)})"),
         ("rank", ", ".join(f"{k} x{v}" for k, v in r.ranks.items())),
         ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())),
         ("scale alpha/rank", ", ".join(f"{k} x{v}" for k, v in r.scales.items())),
         ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")),
         ("extra modules", ", ".join(r.extra_modules[:5]) or "none"),
-        ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}" if norm else "-"),
+        ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}"
+         + (" (LoRA pairs)" if r.products else "") if norm else "-"),
         ("NaN/inf", f"{len(r.nonfinite_keys)} tensor(s), first '{r.nonfinite_keys[0]}'" if r.nonfinite_keys else "none"),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
         ("LoHa/LoKr", ", ".join(f"{n} {kind} modules" for kind, n in r.products.items()) + ": merge adds them, ComfyUI "

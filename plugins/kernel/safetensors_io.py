@@ -114,6 +114,18 @@ def refuse_pickle(path: PathLike) -> None:
         )
 
 
+def _refuse_other_format(p: Path, head: bytes) -> None:
+    """Name the formats a safetensors name can hide, by their magic bytes (else a misleading "truncated")."""
+    if head.startswith(b"GGUF"):
+        raise UserError("a GGUF file (a quantized model for ComfyUI-GGUF), not safetensors", path=p,
+                        fix="merge into the fp16 or fp8_scaled .safetensors expert (circle-rotate download models) and "
+                            "quantize the merged file with ComfyUI-GGUF's tools; or load the LoRA beside the GGUF "
+                            "model in ComfyUI (LoraLoaderModelOnly)")
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
+        raise UserError("a PyTorch pickle checkpoint, not safetensors (whatever its name says); it is never unpickled here",
+                        path=p, fix="convert it to .safetensors with a tool you trust, or download the .safetensors release")
+
+
 def read_header(path: PathLike) -> SafetensorsHeader:
     """Parse and validate a safetensors header, reading no tensor data.
 
@@ -132,6 +144,7 @@ def read_header(path: PathLike) -> SafetensorsHeader:
                             fix="re-download or re-save the file")
         (n,) = struct.unpack("<Q", head)
         if n > _MAX_HEADER or 8 + n > size:
+            _refuse_other_format(p, head)  # only here: a real header length can start with any byte
             raise UserError(f"not a safetensors file or truncated (header of {n} bytes, file of {size})", path=p,
                             fix="re-download the file; an interrupted download leaves this")
         raw = fh.read(n)

@@ -21,7 +21,7 @@ from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, 
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
 from circle_rotate.tools.lora.keys import block_index, module_sort_key, parse_lora_key
-from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key
+from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
 _SHORT_EXPERT = re.compile(r"(?:^|[_\-. ])(h|high|l|low)$", re.IGNORECASE)
@@ -161,13 +161,20 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
     norms = _delta_norms(index, scales) if infos else {}
     expert, evidence = lora_expert(index)
     ordered = sorted(norms.values())
+    products = list(index.products.values())
+    tensors = index.header.tensors
+    ranks = [i.rank for i in infos] + [r for r in (product_rank(p.kind, p.shapes) for p in products) if r is not None]
+    alphas = [i.alpha for i in infos] + [p.alpha for p in products]
+    shown_scales = [scales[i.module] for i in infos] + [p.scale for p in products]
+    dtypes = {i.dtype for i in infos} | {tensors[k].dtype for p in products for k in p.keys.values()}
     return LoraReport(
-        path=str(index.path), format=index.fmt, modules=len(infos),
-        ranks=dict(sorted(Counter(i.rank for i in infos).items())),
-        alphas=dict(Counter("missing" if i.alpha is None else f"{i.alpha:g}" for i in infos)),
-        scales=dict(Counter("unknown" if scales[i.module] is None else f"{scales[i.module]:.6g}" for i in infos)),
-        dtypes=sorted({_DTYPE_LABEL.get(i.dtype, i.dtype) for i in infos}),
-        params=sum(i.num_params for i in infos), file_bytes=index.header.file_size,
+        path=str(index.path), format=index.fmt, modules=len(infos) + len(products),
+        ranks=dict(sorted(Counter(ranks).items())),
+        alphas=dict(Counter("missing" if a is None else f"{a:g}" for a in alphas)),
+        scales=dict(Counter("unknown" if sc is None else f"{sc:.6g}" for sc in shown_scales)),
+        dtypes=sorted(_DTYPE_LABEL.get(d, d) for d in dtypes),
+        params=sum(i.num_params for i in infos) + sum(tensors[k].numel for p in products for k in p.keys.values()),
+        file_bytes=index.header.file_size,
         target_model=model, targets_covered=len(expected & covered), targets_total=len(expected),
         missing_targets=sorted(expected - covered, key=module_sort_key),
         extra_modules=sorted(covered - expected, key=module_sort_key),
