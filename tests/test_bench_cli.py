@@ -10,7 +10,7 @@ from circle_rotate.cli.main import main
 
 def test_each_name_reaches_its_benchmark_and_its_own_options(capsys):
     own = {"prepare": "--sources", "merge": "--layers", "eval": "--videos", "accuracy": "--set", "finder": "--real",
-           "follower": "--labels", "real": "--boxes", "noise": "--crf", "fp8-merge": "--rank", "comfyui": "--comfyui"}
+           "follower": "--labels", "real": "--boxes", "noise": "--crf", "fp8-merge": "--rank", "comfyui": "--comfyui", "merge-kinds": "--repeat"}
     assert set(own) == set(BENCHES)
     for name, option in own.items():
         with pytest.raises(SystemExit) as exit_:

@@ -19,7 +19,7 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.tools.lora.combine import combine_loras
 from circle_rotate.tools.lora.convert import convert_lora
 from circle_rotate.tools.lora.inspect import inspect_file
-from circle_rotate.tools.lora.lycoris import delta_rows, parse_product_key
+from circle_rotate.tools.lora.lycoris import add_rows, parse_product_key
 from circle_rotate.tools.lora.resize import resize_lora
 from circle_rotate.tools.merge.run import merge_loras
 from comfy_lora_rules import comfy_key_map, comfy_load
@@ -98,7 +98,7 @@ def test_merge_matches_musubi(base, tmp_path, network, rank):
 
 
 @pytest.mark.parametrize("network,rank", NETWORKS)
-def test_delta_rows_build_the_whole_delta(musubi, tmp_path, network, rank):
+def test_row_ranges_build_the_whole_delta(musubi, tmp_path, network, rank):
     """Row ranges that split the Kronecker blocks anywhere add up to musubi's own delta."""
     import importlib
 
@@ -112,11 +112,12 @@ def test_delta_rows_build_the_whole_delta(musubi, tmp_path, network, rank):
     for name, info in index.products.items():
         f = factors(info.kind, load_product(index, name))
         rows = info.delta_shape[0]
-        pieces = [delta_rows(info.kind, f, r0, min(r0 + 7, rows)) for r0 in range(0, rows, 7)]
+        pieces = [add_rows(torch.zeros(min(r0 + 7, rows) - r0, info.delta_shape[1]), info.kind, f, r0, min(r0 + 7, rows),
+                           info.scale) for r0 in range(0, rows, 7)]
         zero = torch.zeros(info.delta_shape)
         want = module.merge_weights_to_tensor(zero, "lora_unet_" + name.replace(".", "_"), sd, set(sd), 1.0,
                                               torch.device("cpu"))
-        assert torch.allclose(torch.cat(pieces) * info.scale, want, rtol=1e-5, atol=1e-7), name
+        assert torch.allclose(torch.cat(pieces), want, rtol=1e-5, atol=1e-7), name
 
 
 def test_convert_renames_and_comfyui_loads_every_key(base, tmp_path):

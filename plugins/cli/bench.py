@@ -1,4 +1,4 @@
-"""``circle-rotate bench prepare|merge|eval|accuracy|finder|follower|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
+"""``circle-rotate bench prepare|merge|merge-kinds|eval|accuracy|finder|follower|real|noise|fp8-merge|comfyui``: the benchmarks, each against its floor in one run."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ BENCHES = {
              "--boxes [all]: given the first or every labelled box)"),
     "noise": ("circle_rotate.selfcheck.bench_noise",
               "how far re-encoding (H.264 at several CRFs) moves the subject-drift reading of each video in --folder"),
+    "merge-kinds": ("circle_rotate.selfcheck.bench_merge_kinds",
+                    "the merge's per-tensor arithmetic for LoRA, LoHa, LoKr and whole-tensor differences (14B shapes)"),
     "fp8-merge": ("circle_rotate.selfcheck.bench_fp8_merge",
                   "pre-merged fp8_scaled weights against ComfyUI's load-time LoRA, both against the fp32 truth"),
     "comfyui": ("circle_rotate.selfcheck.check_comfyui",

@@ -15,8 +15,8 @@ file without alpha has scale 1 in both. musubi stores its LoKr ``w1`` whole; LyC
 decomposed (``lokr_w1_a``/``lokr_w1_b``), which ComfyUI reads too.
 
 Keys are ``<stem>.<part>`` with the stem in the musubi (``lora_unet_...``) or comfy
-(``diffusion_model....``) layout, alpha as a LoRA's. :func:`delta_rows` computes a row range of
-a delta, so a merge never holds a whole one.
+(``diffusion_model....``) layout, alpha as a LoRA's. :func:`add_rows` adds a row range of a
+delta, so a merge never holds a whole one.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def delta_shape(kind: str, shapes: Mapping[str, Tuple[int, ...]]) -> Tuple[int, 
 
 
 def factors(kind: str, tensors: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    """The fp32 factors :func:`delta_rows` takes: LoHa's four matrices; LoKr's whole ``w1`` and ``w2``
+    """The fp32 factors :func:`add_rows` takes: LoHa's four matrices; LoKr's whole ``w1`` and ``w2``
     (small: each is about the square root of the weight's size)."""
     t = {k: v.float().reshape(v.shape[0], -1) for k, v in tensors.items()}
     if kind == "loha":
@@ -126,13 +126,13 @@ def factors(kind: str, tensors: Mapping[str, torch.Tensor]) -> Tuple[torch.Tenso
     return tuple(t[w] if w in t else t[f"{w}_a"] @ t[f"{w}_b"] for w in ("lokr_w1", "lokr_w2"))
 
 
-def delta_rows(kind: str, f: Tuple[torch.Tensor, ...], r0: int, r1: int) -> torch.Tensor:
-    """Rows ``r0:r1`` of the unscaled delta, in fp32."""
+def add_rows(out: torch.Tensor, kind: str, f: Tuple[torch.Tensor, ...], r0: int, r1: int, factor: float) -> torch.Tensor:
+    """``out += factor * delta[r0:r1]`` in place (``out`` fp32, ``r1 - r0`` rows), from :func:`factors`."""
     if kind == "loha":
         w1a, w1b, w2a, w2b = f
-        return (w1a[r0:r1] @ w1b) * (w2a[r0:r1] @ w2b)
+        return out.addcmul_(w1a[r0:r1] @ w1b, w2a[r0:r1] @ w2b, value=factor)  # no third temporary
     w1, w2 = f
     c = w2.shape[0]  # delta row i is kron row (i // c, i % c)
     first, last = r0 // c, (r1 - 1) // c
     block = torch.kron(w1[first:last + 1], w2)
-    return block[r0 - first * c: r1 - first * c]
+    return out.add_(block[r0 - first * c: r1 - first * c], alpha=factor)

@@ -21,7 +21,7 @@ import torch
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import tensor_bytes
-from circle_rotate.tools.lora.lycoris import delta_rows
+from circle_rotate.tools.lora.lycoris import add_rows
 from circle_rotate.tools.merge.fp8 import quantize_into
 
 #: Elements per compute job: its output (2 MB in fp16) is one write.
@@ -129,7 +129,7 @@ class Chunks:
         for diff, factor in src.diffs:
             buf.add_(diff[r0:r1], alpha=factor)
         for kind, parts, factor in src.products:
-            buf.add_(delta_rows(kind, parts, r0, r1), alpha=factor)
+            add_rows(buf, kind, parts, r0, r1, factor)
         return buf
 
     def _scratch(self, numel: int) -> torch.Tensor:
