@@ -61,16 +61,12 @@ def _specs(index: LoraIndex, to: str) -> Dict[str, Tuple[torch.dtype, Tuple[int,
             alpha = tensors[info.alpha_key] if info.alpha_key else None
             specs[lora_key(name, "alpha", to)] = (alpha.torch_dtype, alpha.shape) if alpha else (torch.float32, ())
     for name, product in index.products.items():
-        for part, key in _product_keys(product):
+        for part, key in product.stored:
             specs[product_key(name, part, to)] = (tensors[key].torch_dtype, tensors[key].shape)
     for param, diff in index.diffs.items():
         specs[diff_key(param, to)] = (tensors[diff.key].torch_dtype, diff.shape)
     return specs
 
-
-def _product_keys(product) -> list:
-    """(part, key) of a LoHa/LoKr module's tensors, its alpha (under the LoRA alpha name) last."""
-    return list(product.keys.items()) + ([("alpha", product.alpha_key)] if product.alpha_key else [])
 
 
 def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: AlphaIfMissing = None,
@@ -86,7 +82,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
 
     Raises:
         UserError: unknown layout, not a Wan LoRA, ambiguous missing alpha, bad paths, a
-            difference the target layout cannot hold.
+            difference or LoHa/LoKr module the target layout cannot hold.
     """
     if to not in FORMATS:
         raise UserError(f"unknown target layout {to!r}", fix=f"use one of {', '.join(FORMATS)}")
@@ -112,7 +108,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                 else:
                     writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
         for name, product in index.products.items():
-            for part, key in _product_keys(product):
+            for part, key in product.stored:
                 writer.write_raw(product_key(name, part, to), copy_raw(header, key, fh))
         for param, diff in index.diffs.items():
             writer.write_raw(diff_key(param, to), copy_raw(header, diff.key, fh))

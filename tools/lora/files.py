@@ -99,6 +99,11 @@ class ProductInfo:
     def delta_shape(self) -> Tuple[int, int]:
         return delta_shape(self.kind, self.shapes)
 
+    @property
+    def stored(self) -> List[Tuple[str, str]]:
+        """(part, key) of every tensor the module stores, its alpha (part ``alpha``) last."""
+        return list(self.keys.items()) + ([("alpha", self.alpha_key)] if self.alpha_key else [])
+
 
 @dataclass(frozen=True)
 class LoraIndex:

@@ -39,6 +39,7 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import DTYPES, SafetensorsHeader
 from circle_rotate.kernel.wan_arch import is_fp8_target, is_linear_weight
 from circle_rotate.tools.lora.files import LoraIndex
+from circle_rotate.tools.lora.lycoris import LABELS
 from circle_rotate.tools.merge.fp8 import FP8, INPUT_SCALE_SUFFIX, LEGACY_SCALE_SUFFIX, MARKER, Fp8Layout, check_dequantizable
 from circle_rotate.tools.option_values import FLOAT_DTYPES, MERGE_DTYPES
 
@@ -145,7 +146,7 @@ def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource],
                 out.setdefault(key, []).append(Delta(i, param, src.strength, kind="diff"))
         changes = [(module, info.down_key, f"'{info.up_key}'/'{info.down_key}'", (info.out_features, info.in_features),
                     Delta(i, module, src.strength * src.scales[module])) for module, info in index.modules.items()]
-        changes += [(module, next(iter(info.keys.values())), f"{info.kind} '{module}'", info.delta_shape,
+        changes += [(module, next(iter(info.keys.values())), f"{LABELS[info.kind]} module '{module}'", info.delta_shape,
                      Delta(i, module, src.strength * info.scale, kind=info.kind)) for module, info in index.products.items()]
         for module, first_key, named, (rows, cols), delta in changes:
             key = prefix + module + ".weight"
@@ -154,7 +155,7 @@ def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource],
                 missing.append((first_key, module, f"'{first_key}' (no '{key}' in the base)"))
                 continue
             if base.shape[0] != rows or math.prod(base.shape[1:]) != cols:
-                mismatched.append(f"{named} make a [{rows}, {cols}] delta but '{key}' is {list(base.shape)}")
+                mismatched.append(f"{named}: a [{rows}, {cols}] delta, but '{key}' is {list(base.shape)}")
                 continue
             out.setdefault(key, []).append(delta)
         name = index.path.name
