@@ -19,7 +19,8 @@ import pytest
 
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.musubi.downloads import DATASET_REPO, FILES
-from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.selfcheck.synthetic.lora import random_diffs, random_lora_modules, write_random_lora
+from circle_rotate.tools.lora.files import write_lora
 from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, load_masks, write_turntable
 from hub_cache import populate
@@ -107,7 +108,11 @@ def sandbox(tmp_path_factory) -> Path:
     for v in footage:
         (box / "my_footage").mkdir(exist_ok=True)
         shutil.copyfile(v, box / "my_footage" / v.name)
-    for p in list(experts.values()) + list(loras.values()):
+    # the 4-step LoRA as the lightx2v files are made: pairs with alpha, and whole-tensor differences
+    accel = write_lora(src / "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+                       random_lora_modules(tiny_config(), rank=4, alpha=4.0, seed=5), fmt="comfy",
+                       diffs=random_diffs(tiny_config(), seed=5))
+    for p in list(experts.values()) + list(loras.values()) + [accel]:
         shutil.copyfile(p, box / p.name)
     (box / "datasets" / "custom").mkdir(parents=True)
     shutil.copyfile(ROOT / "datasets" / "custom" / "subjects.csv", box / "datasets" / "custom" / "subjects.csv")
@@ -153,6 +158,10 @@ def test_every_runnable_readme_command_runs_verbatim(sandbox):
     assert sorted((sandbox / "data" / "prepared" / "videos").glob("*.txt"))
     assert (sandbox / "data" / "prepared" / "dataset.toml").is_file()
     assert (sandbox / "merged").is_dir() and (sandbox / "low_0.8.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    base, baked = (load_file(str(sandbox / n)) for n in ("wan2.2_i2v_high_noise_14B_fp16.safetensors", "high_4step.safetensors"))
+    assert not any(base[k].equal(baked[k].to(base[k].dtype)) for k in ("blocks.0.modulation", "blocks.1.norm3.bias"))
     assert (sandbox / "results.json").is_file() and (sandbox / "results.csv").is_file()
     assert (sandbox / "report" / "report.html").is_file()
     assert len(ran) + len([c for c in readme_commands() if c in NOT_RUN_HERE]) == len(readme_commands())
