@@ -31,8 +31,9 @@ def add_skip_absent_option(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = new_parser(sub, "merge", help="merge LoRAs into a Wan2.2 expert, streaming (any dtype, fp8_scaled too)",
-                   description="W' = W + strength * alpha/rank * up @ down (and + strength * diff for a LoRA's whole-tensor "
-                               ".diff/.diff_b/.diff_m differences), computed in fp32 one row chunk at a time from "
+                   description="W' = W + strength * alpha/rank * up @ down (LoHa and LoKr modules: their own delta; "
+                               "whole-tensor .diff/.diff_b/.diff_m differences: + strength * diff), computed in fp32 "
+                               "one row chunk at a time from "
                                "a memory-mapped base; untouched tensors are copied byte for byte. fp8_scaled bases are "
                                "dequantized, merged and requantized. The output appears only when complete.",
                    examples="  circle-rotate merge wan2.2_i2v_high_noise_14B_fp16.safetensors "
