@@ -96,6 +96,8 @@ def test_readme_section_3_commands_run_as_written(tmp_path, monkeypatch, capsys)
     for expert, seed in (("high", 1), ("low", 2)):
         write_tiny_wan(tmp_path / f"wan2.2_i2v_{expert}_noise_14B_fp16.safetensors", seed=seed)
         write_random_lora(tmp_path / f"circle_rotate_{expert[0]}.safetensors", CFG, rank=4, seed=seed + 2)
+    write_random_lora(tmp_path / "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", CFG, fmt="comfy",
+                      diffs=True, rank=4, alpha=4.0, seed=5)  # the 4-step LoRA: pairs and whole-tensor differences
     for command in commands:
         argv = shlex.split(command)
         assert argv[0] == "circle-rotate"

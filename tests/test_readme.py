@@ -19,8 +19,7 @@ import pytest
 
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.musubi.downloads import DATASET_REPO, FILES
-from circle_rotate.selfcheck.synthetic.lora import random_diffs, random_lora_modules, write_random_lora
-from circle_rotate.tools.lora.files import write_lora
+from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, load_masks, write_turntable
 from hub_cache import populate
@@ -109,9 +108,8 @@ def sandbox(tmp_path_factory) -> Path:
         (box / "my_footage").mkdir(exist_ok=True)
         shutil.copyfile(v, box / "my_footage" / v.name)
     # the 4-step LoRA as the lightx2v files are made: pairs with alpha, and whole-tensor differences
-    accel = write_lora(src / "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
-                       random_lora_modules(tiny_config(), rank=4, alpha=4.0, seed=5), fmt="comfy",
-                       diffs=random_diffs(tiny_config(), seed=5))
+    accel = write_random_lora(src / "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", tiny_config(),
+                              fmt="comfy", diffs=True, rank=4, alpha=4.0, seed=5)
     for p in list(experts.values()) + list(loras.values()) + [accel]:
         shutil.copyfile(p, box / p.name)
     (box / "datasets" / "custom").mkdir(parents=True)

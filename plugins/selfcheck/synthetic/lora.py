@@ -34,9 +34,11 @@ def random_lora_modules(cfg: WanDiTConfig, *, rank: int = 4, alpha: float = 1.0,
 
 
 def write_random_lora(path: PathLike, cfg: WanDiTConfig, *, fmt: str = "musubi", metadata: Optional[Dict[str, str]] = None,
-                      **kwargs) -> Path:
-    """Write :func:`random_lora_modules` as a LoRA file in layout ``fmt``."""
-    return write_lora(path, random_lora_modules(cfg, **kwargs), fmt=fmt, metadata=metadata)
+                      diffs: bool = False, **kwargs) -> Path:
+    """Write :func:`random_lora_modules` as a LoRA file in layout ``fmt``; with ``diffs``, also
+    :func:`random_diffs` (as the lightx2v LoRAs carry; ``fmt`` "comfy" names every one)."""
+    extra = random_diffs(cfg, seed=kwargs.get("seed", 0)) if diffs else None
+    return write_lora(path, random_lora_modules(cfg, **kwargs), fmt=fmt, metadata=metadata, diffs=extra)
 
 
 def random_diffs(cfg: WanDiTConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16, std: float = 0.01,
