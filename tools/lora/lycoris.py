@@ -26,8 +26,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from circle_rotate.tools.lora.keys import COMFY_LORA_PREFIX, module_of_stem
 from circle_rotate.kernel.wan_arch import MUSUBI_LORA_PREFIX
+from circle_rotate.tools.lora.keys import COMFY_LORA_PREFIX, module_of_stem
 
 #: kind -> the tensor names (after ``<stem>.``) its modules store.
 PARTS: Dict[str, Tuple[str, ...]] = {
