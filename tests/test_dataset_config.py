@@ -306,6 +306,34 @@ def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_
         "unpadded", "") and "zero-padded" in found[0].fix
 
 
+def test_frame_folders_are_counted_as_musubi_lists_them(tmp_path, musubi):
+    """musubi's image extensions are case-sensitive and include .avif: a folder of .Png frames is
+    empty to it, a folder of .avif frames is not. check-config counts what musubi reads."""
+    from PIL import Image
+    from musubi_tuner.dataset.media_utils import load_video
+
+    for folder, ext in (("mixed_case", ".Png"), ("avif", ".avif")):
+        (tmp_path / folder).mkdir()
+        for t in range(12):
+            frame = np.full((48, 64, 3), 20 * t, np.uint8)
+            frame[24:, ::8] = 255
+            Image.fromarray(frame).save(tmp_path / folder / f"frame_{t:04d}{ext}", format="PNG" if ext == ".Png" else "AVIF")
+    assert len(load_video(str(tmp_path / "avif"))) == 12  # the premise, from musubi's own loader
+    assert load_video(str(tmp_path / "mixed_case")) == []  # no frame at all, to musubi
+
+    jsonl = tmp_path / "frames.jsonl"
+    jsonl.write_text("".join(json.dumps({"video_path": str(tmp_path / d), "caption": "a car"}) + "\n"
+                             for d in ("mixed_case", "avif")))
+    cfg = tmp_path / "frames.toml"
+    cfg.write_text(f'[general]\nresolution = [64, 48]\n\n[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\n'
+                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [9]\n')
+    r = check_config(cfg, use_musubi=False)
+    unread = [p for p in r.problems if "cannot be read" in p.message]
+    assert len(unread) == 1 and "mixed_case (no frame musubi reads" in unread[0].message
+    assert "avif" not in unread[0].message.replace("/.avif", "")
+    assert r.datasets[0].items == 1  # the avif folder, 12 frames: one 9-frame item
+
+
 def test_hdr_videos_in_a_dataset_are_flagged(tmp_path):
     from hdr_video import write_hevc
 

@@ -17,11 +17,14 @@ from typing import List, Optional, Sequence, Tuple
 from circle_rotate.kernel.buckets import nearest_bucket
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
-from circle_rotate.kernel.video_io import frame_files, probe_video
+from circle_rotate.kernel.video_io import frame_order, probe_video
 from circle_rotate.kernel.wan_arch import NATIVE_FPS
 
 #: musubi-tuner 0.3.4's video extensions (``media_utils.VIDEO_EXTENSIONS``): case matters.
 _VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+#: musubi-tuner 0.3.4's image extensions (``media_utils.IMAGE_EXTENSIONS``), the lower-case ones: it
+#: lists these and their upper-case spellings, nothing else (``.Png`` is not an image to it).
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
 FRAME_EXTRACTIONS = ("head", "chunk", "slide", "uniform", "full")
 
 
@@ -33,6 +36,19 @@ def video_extensions() -> Tuple[str, ...]:
         except Exception:  # a broken install: fall back to the known list
             pass
     return _VIDEO_EXTENSIONS + tuple(e.upper() for e in _VIDEO_EXTENSIONS)
+
+
+def musubi_frame_names(folder: Path) -> List[str]:
+    """The frame files musubi-tuner reads from a frame folder, in the order it reads them (name order):
+    its own ``glob_images`` when it is installed, else its known extension list, case-sensitive, with
+    hidden files passed over as its glob passes them."""
+    if musubi_available():
+        try:
+            return sorted(Path(f).name for f in import_musubi("dataset.media_utils").glob_images(str(folder)))
+        except Exception:  # a broken install: fall back to the known list
+            pass
+    exts = set(_IMAGE_EXTENSIONS + tuple(e.upper() for e in _IMAGE_EXTENSIONS))
+    return sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix in exts and not f.name.startswith("."))
 
 
 def round_4n1(frames: int) -> int:
@@ -108,14 +124,30 @@ def _probe(path: Path) -> Tuple[int, Tuple[int, int], int, Optional[str]]:
     return info.frame_count, (info.width, info.height), info.rotation, info.hdr
 
 
+def _image_size(path: Path) -> Tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UserError(f"cannot be read as an image ({exc})", path=path, fix="re-export the frame") from None
+
+
 def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:
     """Add one video's counts to ``result``."""
     result.videos += 1
     result.stems.append(path.stem if path.is_file() else path.name)
     if not caption_ok:
         result.missing_captions.append(path.name)
+    names = musubi_frame_names(path) if path.is_dir() else None
+    if names == []:  # ours would count .Png frames; musubi reads none
+        result.unreadable.append(f"{path.name} (no frame musubi reads: it takes .png/.jpg/.jpeg/.webp/.bmp/.avif "
+                                 "in lower or upper case only)")
+        return
     try:
-        count, size, rotation, hdr = _probe(path)
+        # a frame folder as musubi reads it (its count may differ from our own listing's: .Png, .avif)
+        count, size, rotation, hdr = (len(names), _image_size(path / names[0]), 0, None) if names else _probe(path)
     except UserError:
         result.unreadable.append(path.name)
         return
@@ -123,11 +155,10 @@ def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: d
         result.rotated.append(f"{path.name} ({rotation} deg)")
     if hdr:
         result.hdr.append(f"{path.name} ({hdr})")
-    if path.is_dir():
+    if names:
         # musubi sorts a frame folder's file names as text (media_utils.load_video): 10.png before 2.png
-        frames = [f.name for f in frame_files(path)]
-        if sorted(frames) != frames:
-            result.misordered.append(f"{path.name} ({', '.join(sorted(frames)[:3])}, ...)")
+        if sorted(names, key=frame_order) != names:
+            result.misordered.append(f"{path.name} ({', '.join(names[:3])}, ...)")
     bucket = nearest_bucket(size, params["resolution"])
     if bucket != size:
         result.resized.append(f"{path.name} {size[0]}x{size[1]} -> {bucket[0]}x{bucket[1]}")
