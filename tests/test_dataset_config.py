@@ -275,6 +275,16 @@ def test_check_config_cli_exit_codes_and_json(prepared, tmp_path, capsys):
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
 
 
+def frames_config(tmp_path, folders) -> Path:
+    """A dataset TOML over a JSONL listing the frame ``folders`` of ``tmp_path`` (64x48, 9-frame items)."""
+    jsonl = tmp_path / "frames.jsonl"
+    jsonl.write_text("".join(json.dumps({"video_path": str(tmp_path / d), "caption": "a car"}) + "\n" for d in folders))
+    cfg = tmp_path / "frames.toml"
+    cfg.write_text(f'[general]\nresolution = [64, 48]\n\n[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\n'
+                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [9]\n')
+    return cfg
+
+
 def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_them(tmp_path, musubi):
     """musubi reads a frame folder in name order; check-config says so where that is not the
     frames' own order, and eval plays them in their numbers' order."""
@@ -293,13 +303,7 @@ def test_frame_folders_numbered_without_zeros_are_caught_before_musubi_shuffles_
     assert [int(f[0, 0, 0]) // 20 for f in load_video(str(tmp_path / "padded"))] == list(range(12))
     assert [int(f[0, 0, 0]) // 20 for f in load_clip(tmp_path / "unpadded").frames] == list(range(12))
 
-    jsonl = tmp_path / "frames.jsonl"
-    jsonl.write_text("".join(json.dumps({"video_path": str(tmp_path / d), "caption": "a car"}) + "\n"
-                             for d in ("unpadded", "padded")))
-    cfg = tmp_path / "frames.toml"
-    cfg.write_text(f'[general]\nresolution = [64, 48]\n\n[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\n'
-                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [9]\n')
-    r = check_config(cfg, use_musubi=False)
+    r = check_config(frames_config(tmp_path, ("unpadded", "padded")), use_musubi=False)
     found = [p for p in r.problems if "without leading zeros" in p.message]
     assert not r.ok and len(found) == 1 and found[0].severity == "error"
     assert "unpadded (0.png, 1.png, 10.png, ...)" in found[0].message and "padded" not in found[0].message.replace(
@@ -321,13 +325,7 @@ def test_frame_folders_are_counted_as_musubi_lists_them(tmp_path, musubi):
     assert len(load_video(str(tmp_path / "avif"))) == 12  # the premise, from musubi's own loader
     assert load_video(str(tmp_path / "mixed_case")) == []  # no frame at all, to musubi
 
-    jsonl = tmp_path / "frames.jsonl"
-    jsonl.write_text("".join(json.dumps({"video_path": str(tmp_path / d), "caption": "a car"}) + "\n"
-                             for d in ("mixed_case", "avif")))
-    cfg = tmp_path / "frames.toml"
-    cfg.write_text(f'[general]\nresolution = [64, 48]\n\n[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\n'
-                   f'cache_directory = "{(tmp_path / "cache").as_posix()}"\ntarget_frames = [9]\n')
-    r = check_config(cfg, use_musubi=False)
+    r = check_config(frames_config(tmp_path, ("mixed_case", "avif")), use_musubi=False)
     unread = [p for p in r.problems if "cannot be read" in p.message]
     assert len(unread) == 1 and "mixed_case (no frame musubi reads" in unread[0].message
     assert "avif" not in unread[0].message.replace("/.avif", "")
