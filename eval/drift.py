@@ -37,7 +37,7 @@ def drift_of(centroids: np.ndarray) -> float:
 
 def shown(ctx: EvalContext) -> Shown:
     """The clip's frames between a leading and a trailing fade (:mod:`circle_rotate.eval.fades`)."""
-    return ctx.shared("shown", lambda c: find_shown(c.clip.grey))
+    return ctx.shared("shown", lambda c: find_shown(c.clip.levels))
 
 
 def subject_masks(ctx: EvalContext) -> SubjectMasks:

@@ -80,22 +80,30 @@ def _ramp(contrast: np.ndarray, i: int, beyond: np.ndarray) -> bool:
     return beyond.size > 0 and bool(contrast[i] < RAMP * float(np.median(beyond)))
 
 
-def _contrast_and_brightness(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame of (T, H, W) grey frames: the grey levels' standard deviation and mean."""
+@dataclass(frozen=True)
+class Levels:
+    """Per frame of a clip: its grey levels' standard deviation (contrast) and mean (brightness)."""
+
+    contrast: np.ndarray
+    brightness: np.ndarray
+
+
+def frame_levels(grey: np.ndarray) -> Levels:
+    """The :class:`Levels` of (T, H, W) grey frames (the clip's are :attr:`Clip.levels`, computed once)."""
     # every fourth pixel each way: a frame's mean and spread, not its detail
     small = grey[:, ::4, ::4].reshape(grey.shape[0], -1).astype(np.float32)
-    return small.std(axis=1), small.mean(axis=1)
+    return Levels(small.std(axis=1), small.mean(axis=1))
 
 
-def is_blank(grey: np.ndarray) -> bool:
-    """Is every frame of (T, H, W) grey frames one flat colour (no picture at all)?"""
-    return bool((_contrast_and_brightness(grey)[0] < FLAT).all())
+def is_blank(levels: Levels) -> bool:
+    """Is every frame one flat colour (no picture at all)?"""
+    return bool((levels.contrast < FLAT).all())
 
 
-def find_shown(grey: np.ndarray) -> Shown:
-    """The frames of a clip's grey frames (T, H, W) between its leading and trailing fades."""
-    count = grey.shape[0]
-    contrast, brightness = _contrast_and_brightness(grey)
+def find_shown(levels: Levels) -> Shown:
+    """The frames of a clip between its leading and trailing fades."""
+    contrast, brightness = levels.contrast, levels.brightness
+    count = contrast.shape[0]
     if float(np.median(contrast)) < FLAT:
         return Shown(0, count - 1, count)
     # at least half the frames have the typical contrast, so some frame is not faint

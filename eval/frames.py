@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
 
-from circle_rotate.eval.fades import is_blank
+from circle_rotate.eval.fades import Levels, frame_levels, is_blank
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import animations_in, decode_all, frame_files
 
@@ -53,6 +54,11 @@ class Clip:
     def sampled(self, count: int = DRIFT_SAMPLES) -> np.ndarray:
         return sample_indices(self.count, count)
 
+    @cached_property
+    def levels(self) -> Levels:
+        """Each frame's contrast and brightness, computed once: the blank check and the fade search read them."""
+        return frame_levels(self.grey)
+
 
 def sample_indices(n: int, count: int = DRIFT_SAMPLES) -> np.ndarray:
     """The reference's frame sampling: ``np.linspace(0, n - 1, count).astype(int)``.
@@ -87,13 +93,13 @@ def clip_from_frames(frames: np.ndarray, *, fps: float, path: str = "<frames>") 
     if min(frames.shape[1:3]) < MIN_SIDE:  # OpenCV's DIS flow refuses smaller images at its coarsest level
         raise UserError(f"is {frames.shape[2]}x{frames.shape[1]}; the metrics need at least {MIN_SIDE} pixels a side",
                         path=path, fix="evaluate the full-size video, not a thumbnail")
-    grey = np.stack([to_grey(f) for f in frames])
-    if is_blank(grey):
+    clip = Clip(str(path), frames, np.stack([to_grey(f) for f in frames]), float(fps))
+    if is_blank(clip.levels):
         # a sampler that produced NaNs decodes to black: drift 0 and a perfect PSNR would score it best
         raise UserError("every frame is one flat colour: there is no picture to measure", path=path,
                         fix="regenerate the video (a black one usually means NaNs in the sampler: run the model "
                             "in bf16 or fp32, not fp16), or leave it out")
-    return Clip(str(path), frames, grey, float(fps))
+    return clip
 
 
 def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:

@@ -9,7 +9,7 @@ import pytest
 
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.drift import compute_subject_drift
-from circle_rotate.eval.fades import Shown, find_shown
+from circle_rotate.eval.fades import Shown, find_shown, frame_levels
 from circle_rotate.eval.frames import clip_from_frames, load_clip, sample_indices
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import write_video
@@ -47,7 +47,7 @@ def test_fades_are_found_through_a_real_codec(orbit, tmp_path):
                              ("both", _faded(frames, out_to_white=True), (FADE, n - 1 - FADE)),
                              ("plain", frames, (0, n - 1))):
         write_video(tmp_path / f"{name}.mp4", clip, fps=16)
-        got = find_shown(load_clip(tmp_path / f"{name}.mp4").grey)
+        got = find_shown(load_clip(tmp_path / f"{name}.mp4").levels)
         # the ramp's last frames show most of the picture: they may count as shown (a frame either way)
         assert got.count == n and abs(got.first - want[0]) <= 1 and abs(got.last - want[1]) <= 1, (name, got)
         assert bool(got) == (name != "plain")
@@ -56,7 +56,7 @@ def test_fades_are_found_through_a_real_codec(orbit, tmp_path):
     # one black frame before the picture (some encoders' leader)
     leader = np.concatenate([np.zeros_like(frames[:1]), frames])
     write_video(tmp_path / "leader.mp4", leader, fps=16)
-    got = find_shown(load_clip(tmp_path / "leader.mp4").grey)
+    got = find_shown(load_clip(tmp_path / "leader.mp4").levels)
     assert got == Shown(1, n, n + 1) and got.describe() == "frame 0 (a fade-in or leader)"
 
 
@@ -66,13 +66,13 @@ def test_no_fade_where_frames_are_only_flatter_or_darker_or_the_clip_is_blank(or
     # a camera pulling back: the first frames flat (a close-up on a plain surface), not dark
     flat = frames.copy()
     flat[:FADE] = np.clip(128 + (flat[:FADE].astype(np.float32) - 128) * 0.1, 0, 255).astype(np.uint8)
-    assert not find_shown(clip_from_frames(flat, fps=16).grey)
+    assert not find_shown(clip_from_frames(flat, fps=16).levels)
     # a dark frame in the middle (a flash of shadow) is content
     dark = frames.copy()
     dark[n // 2] //= 10
-    assert not find_shown(clip_from_frames(dark, fps=16).grey)
+    assert not find_shown(clip_from_frames(dark, fps=16).levels)
     # all black: there is no picture to fade into, nothing to leave out
-    assert find_shown(np.zeros((9, 32, 32), np.uint8)) == Shown(0, 8, 9)
+    assert find_shown(frame_levels(np.zeros((9, 32, 32), np.uint8))) == Shown(0, 8, 9)
 
 
 def test_a_blank_video_is_an_error_that_says_why(orbit, tmp_path):
@@ -93,7 +93,7 @@ def test_the_drift_is_read_on_the_frames_that_show_the_picture(orbit):
     faded = _faded(frames, out_to_white=True)
     result = compute_subject_drift(EvalContext(clip_from_frames(faded, fps=16)))
     kept = result.series["frames"]
-    shown = find_shown(clip_from_frames(faded, fps=16).grey)
+    shown = find_shown(clip_from_frames(faded, fps=16).levels)
     assert kept == [int(i) for i in shown.keep(sample_indices(len(frames)))]
     assert kept[0] >= FADE - 1 and kept[-1] <= len(frames) - FADE and len(result.series["centroids"]) == len(kept)
     truth, _ = drift_value(np.array([mask_stats(truth_masks[i])[0] for i in kept]))
