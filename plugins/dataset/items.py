@@ -28,26 +28,35 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
 FRAME_EXTRACTIONS = ("head", "chunk", "slide", "uniform", "full")
 
 
-def video_extensions() -> Tuple[str, ...]:
-    """The extensions musubi-tuner globs for (its own list when it is installed)."""
+def _media_utils():
+    """musubi-tuner's ``dataset.media_utils``, or None where it is not installed or will not import
+    (the callers fall back to the lists it had in 0.3.4)."""
     if musubi_available():
         try:
-            return tuple(import_musubi("dataset.media_utils").VIDEO_EXTENSIONS)
-        except Exception:  # a broken install: fall back to the known list
+            return import_musubi("dataset.media_utils")
+        except Exception:  # a broken install
             pass
-    return _VIDEO_EXTENSIONS + tuple(e.upper() for e in _VIDEO_EXTENSIONS)
+    return None
+
+
+def _both_cases(extensions: Tuple[str, ...]) -> Tuple[str, ...]:
+    return extensions + tuple(e.upper() for e in extensions)
+
+
+def video_extensions() -> Tuple[str, ...]:
+    """The extensions musubi-tuner globs for (its own list when it is installed)."""
+    media = _media_utils()
+    return tuple(media.VIDEO_EXTENSIONS) if media is not None else _both_cases(_VIDEO_EXTENSIONS)
 
 
 def musubi_frame_names(folder: Path) -> List[str]:
     """The frame files musubi-tuner reads from a frame folder, in the order it reads them (name order):
     its own ``glob_images`` when it is installed, else its known extension list, case-sensitive, with
     hidden files passed over as its glob passes them."""
-    if musubi_available():
-        try:
-            return sorted(Path(f).name for f in import_musubi("dataset.media_utils").glob_images(str(folder)))
-        except Exception:  # a broken install: fall back to the known list
-            pass
-    exts = set(_IMAGE_EXTENSIONS + tuple(e.upper() for e in _IMAGE_EXTENSIONS))
+    media = _media_utils()
+    if media is not None:
+        return sorted(Path(f).name for f in media.glob_images(str(folder)))
+    exts = set(_both_cases(_IMAGE_EXTENSIONS))
     return sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix in exts and not f.name.startswith("."))
 
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from circle_rotate.dataset.items import frames_after_fps  # musubi's fps frame dropping, counted
+# musubi's fps frame dropping, counted; a frame folder's frames, as musubi lists them
+from circle_rotate.dataset.items import frames_after_fps, musubi_frame_names
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi
 from circle_rotate.kernel.video_io import is_frame_folder, probe_video
@@ -168,7 +169,7 @@ def _decoded_size_and_frames(video: Path) -> Tuple[int, int, int]:
 
         # musubi's own listing: it passes over hidden files (the ._frame.png a Mac leaves on a
         # USB drive) and matches suffixes by its own list, and its frame count names the caches
-        files = sorted(Path(f) for f in import_musubi("dataset.media_utils").glob_images(str(video)))
+        files = [video / name for name in musubi_frame_names(video)]
         if not files:
             raise UserError("frame folder has no images", path=video, fix="remove it from the dataset")
         with Image.open(files[0]) as im:
