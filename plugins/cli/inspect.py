@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
 def _lora_lines(r: LoraReport) -> list:
     missing = ", ".join(r.missing_targets[:5]) + (f" (+{len(r.missing_targets) - 5} more)" if len(r.missing_targets) > 5 else "")
     norm = r.delta_norm
+    kinds = (["LoRA"] if r.modules > sum(r.products.values()) else []) + list(r.products)  # pairs, LoHa, LoKr
     return [
-        ("kind", f"{' + '.join(['LoRA'] * (r.modules > sum(r.products.values())) + list(r.products))}, {r.format} layout"),
+        ("kind", f"{' + '.join(kinds)}, {r.format} layout"),
         ("modules", f"{r.modules} ({r.params:,} parameters, {r.file_bytes / 2**20:.1f} MiB, {', '.join(r.dtypes)})"),
         ("rank", ", ".join(f"{k} x{v}" for k, v in r.ranks.items())),
         ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())),
