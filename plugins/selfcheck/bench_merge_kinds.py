@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=32, help="rank of the LoRA, LoHa and LoKr factors (default 32)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
     args = parser.parse_args(argv)
+    if args.rank < 1 or args.repeat < 1:
+        parser.error(f"--rank and --repeat take whole numbers of at least 1 (got {args.rank}, {args.repeat})")
     results = run(args.rank, args.repeat)
     print(f"per-tensor merge arithmetic, fp16 -> fp16, one thread, rank {args.rank}; median of {args.repeat}")
     for (rows, cols), row in results.items():
