@@ -89,7 +89,7 @@ def world(tmp_path_factory):
     from circle_rotate.kernel.video_io import write_video
     from circle_rotate.kernel.wan_arch import tiny_config
     from circle_rotate.selfcheck.synthetic.lora import write_random_lora
-    from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+    from circle_rotate.selfcheck.synthetic.tiny_wan import write_release_shards, write_tiny_wan
     from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
     root = tmp_path_factory.mktemp("bad_input")
@@ -121,6 +121,11 @@ def world(tmp_path_factory):
     # an empty GGUF v3 file (magic, version, 0 tensors, 0 key-values), as ComfyUI-GGUF's experts start
     w.gguf = models / "wan2.2_i2v_high_noise_14B_Q8_0.gguf"
     w.gguf.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
+    # the official release's layout with its second shard lost (an interrupted download)
+    first = write_release_shards(w.Bh, root / "Wan2.2-I2V-A14B" / "high_noise_model", shards=3)
+    w.lost_shard = sorted(first.parent.glob("*-of-*.safetensors"))[1]
+    w.lost_shard.unlink()
+    w.first_shard = first
 
     raw = root / "raw"
     spec = TurntableSpec(name="toy", width=160, height=96, fps=16.0, frames=40, subject="car", direction="right",
@@ -197,8 +202,8 @@ def _tree(root: Path) -> dict:
 S = str  # readability in the rows below
 
 
-def merge(w, *extra, lora=None, out=None):
-    return ["merge", w.Bh, "--lora", lora or w.Lh, "--out", out or w.root / "out" / "m.safetensors", *extra]
+def merge(w, *extra, lora=None, out=None, base=None):
+    return ["merge", base or w.Bh, "--lora", lora or w.Lh, "--out", out or w.root / "out" / "m.safetensors", *extra]
 
 
 CASES = [
@@ -358,6 +363,10 @@ CASES = [
     Case("#17 a folder given as --base", lambda w: ["merge", w.empty, "--lora", w.Lh, "--out", w.root / "out" / "m.safetensors"],
          error=E.NotARegularFileError, names=lambda w: [w.empty], fields=lambda w: {"kind": "folder"}),
     Case("#17 a folder given to inspect", lambda w: ["inspect", w.empty], error=E.NotARegularFileError),
+    Case("merge into a sharded expert with a shard missing", lambda w: merge(w, base=w.first_shard),
+         names=lambda w: [w.first_shard, w.lost_shard.name, "shard 2 of"]),
+    Case("inspect a sharded expert's folder with a shard missing", lambda w: ["inspect", w.first_shard.parent],
+         names=lambda w: [w.lost_shard.name]),
     Case("a folder given as --lora", lambda w: merge(w, lora=w.empty), error=E.NotARegularFileError),
     Case("a FIFO given as --map", lambda w: ["caption", w.P, "--map", w.fifo], error=E.NotARegularFileError),
     Case("#17 prepare --jobs -1 names --jobs only", lambda w: ["prepare", w.raw, "-o", w.root / "out" / "prep", "--jobs", "-1"],

@@ -13,7 +13,7 @@ from circle_rotate.cli.main import main
 from circle_rotate.kernel import wan_arch
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
-from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_release_shards, write_tiny_wan
 from circle_rotate.tools.merge.pair import merge_pair
 from circle_rotate.tools.merge.run import merge_loras
 
@@ -96,6 +96,8 @@ def test_readme_section_3_commands_run_as_written(tmp_path, monkeypatch, capsys)
     for expert, seed in (("high", 1), ("low", 2)):
         write_tiny_wan(tmp_path / f"wan2.2_i2v_{expert}_noise_14B_fp16.safetensors", seed=seed)
         write_random_lora(tmp_path / f"circle_rotate_{expert[0]}.safetensors", CFG, rank=4, seed=seed + 2)
+    write_release_shards(tmp_path / "wan2.2_i2v_high_noise_14B_fp16.safetensors",
+                         tmp_path / "Wan2.2-I2V-A14B" / "high_noise_model")  # the official release's layout
     write_random_lora(tmp_path / "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", CFG, fmt="comfy",
                       diffs=True, rank=4, alpha=4.0, seed=5)  # the 4-step LoRA: pairs and whole-tensor differences
     for command in commands:

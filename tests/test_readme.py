@@ -20,7 +20,7 @@ import pytest
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.musubi.downloads import DATASET_REPO, FILES
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
-from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_release_shards, write_tiny_wan
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, load_masks, write_turntable
 from hub_cache import populate
 
@@ -112,6 +112,7 @@ def sandbox(tmp_path_factory) -> Path:
                               fmt="comfy", diffs=True, rank=4, alpha=4.0, seed=5)
     for p in list(experts.values()) + list(loras.values()) + [accel]:
         shutil.copyfile(p, box / p.name)
+    write_release_shards(experts["high"], box / "Wan2.2-I2V-A14B" / "high_noise_model")  # the official layout
     (box / "datasets" / "custom").mkdir(parents=True)
     shutil.copyfile(ROOT / "datasets" / "custom" / "subjects.csv", box / "datasets" / "custom" / "subjects.csv")
     (box / "datasets" / "circle").mkdir(parents=True)
@@ -156,6 +157,7 @@ def test_every_runnable_readme_command_runs_verbatim(sandbox):
     assert sorted((sandbox / "data" / "prepared" / "videos").glob("*.txt"))
     assert (sandbox / "data" / "prepared" / "dataset.toml").is_file()
     assert (sandbox / "merged").is_dir() and (sandbox / "low_0.8.safetensors").is_file()
+    assert (sandbox / "high_merged.safetensors").is_file()  # one file from the release's shards
     from safetensors.torch import load_file
 
     base, baked = (load_file(str(sandbox / n)) for n in ("wan2.2_i2v_high_noise_14B_fp16.safetensors", "high_4step.safetensors"))

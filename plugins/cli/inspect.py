@@ -80,7 +80,8 @@ def _model_lines(r: ModelReport) -> list:
         ("fp8 layout", r.fp8_layout),
         ("key prefix", r.key_prefix or "(none)"),
         ("shape", f"dim {r.dim}, {r.num_layers} blocks, in_dim {r.in_dim}"),
-        ("tensors", f"{r.tensors} ({r.params:,} parameters, {r.file_bytes / 2**30:.2f} GiB)"),
+        ("tensors", f"{r.tensors} ({r.params:,} parameters, {r.file_bytes / 2**30:.2f} GiB)"
+                    + (f" in {r.shards} shards" if r.shards > 1 else "")),
         ("metadata", ", ".join(r.metadata_keys) or "none"),
     ]
 

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
     # SUPPRESS and no type: an absent positional must not overwrite the old --base spelling
     # (argparse would pass a string default through type=Path)
     p.add_argument("base", nargs="?", default=argparse.SUPPRESS, metavar="EXPERT",
-                   help="the expert checkpoint (.safetensors)")
+                   help="the expert checkpoint: a .safetensors file, or a sharded one (any shard, its index or its "
+                        "folder, as the official release stores it); the output is one file either way")
     add_alias(p, "--base", dest="base", new="the positional EXPERT", type=Path)
     p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
                    help="a LoRA and its strength (default 1.0); repeat for several")

@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
                             "      --low wan2.2_i2v_low_noise_14B_fp16.safetensors circle_rotate_l.safetensors "
                             "-o merged/ --dtype fp8_scaled --workflow --lightx2v\n")
     p.add_argument("--high", nargs=2, type=Path, required=True, metavar=("H_EXPERT", "H_LORA"),
-                   help="high-noise expert and its LoRA")
+                   help="high-noise expert (a file, or a sharded one: any shard, its index or folder) and its LoRA")
     p.add_argument("--low", nargs=2, type=Path, required=True, metavar=("L_EXPERT", "L_LORA"),
-                   help="low-noise expert and its LoRA")
+                   help="low-noise expert (a file, or a sharded one: any shard, its index or folder) and its LoRA")
     add_out(p, required=True, metavar="DIR", help="folder for the two merged experts")
     p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=1.0, help="strength of the high-noise LoRA (default 1)")
     p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=1.0, help="strength of the low-noise LoRA (default 1)")

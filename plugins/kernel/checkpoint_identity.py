@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from circle_rotate.kernel.safetensors_io import SafetensorsHeader
+from circle_rotate.kernel.shards import AnyHeader
 from circle_rotate.kernel.wan_arch import COMFY_PREFIX, I2V_EXTRA_CHANNELS, VAE_LATENT_CHANNELS
 
 #: Metadata key our own writers set to record which expert a file belongs to.
@@ -117,7 +117,7 @@ def _strip_prefix(keys) -> tuple[str, Dict[str, str]]:
     return "", {k: k for k in keys}
 
 
-def _dtype_label(header: SafetensorsHeader, plain: Dict[str, str]) -> str:
+def _dtype_label(header: AnyHeader, plain: Dict[str, str]) -> str:
     if "scaled_fp8" in plain or any(k.endswith((".scale_weight", ".weight_scale")) for k in plain):
         return "fp8_scaled"
     weights = [header.tensors[full].dtype for k, full in plain.items()
@@ -130,7 +130,7 @@ def _dtype_label(header: SafetensorsHeader, plain: Dict[str, str]) -> str:
     return _DTYPE_LABEL.get(kinds.pop(), "unknown")
 
 
-def identify_checkpoint(header: SafetensorsHeader) -> CheckpointIdentity:
+def identify_checkpoint(header: AnyHeader) -> CheckpointIdentity:
     """Identify a DiT checkpoint from its header; ``family == 'unknown'`` when it is not a Wan DiT."""
     prefix, plain = _strip_prefix(header.keys())
     layers = {int(m.group(1)) for k in plain if (m := re.match(r"blocks\.(\d+)\.", k))}

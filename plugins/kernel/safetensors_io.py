@@ -18,7 +18,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -101,6 +101,19 @@ class SafetensorsHeader:
     @property
     def largest_tensor_bytes(self) -> int:
         return max((t.nbytes for t in self.tensors.values()), default=0)
+
+    @property
+    def storage_order(self) -> List[str]:
+        """Every tensor in file order (the order a streaming read wants)."""
+        return sorted(self.tensors, key=lambda k: self.tensors[k].begin)
+
+    # One file is a model of one shard: readers of sharded models (circle_rotate.kernel.shards) take either.
+    @property
+    def shards(self) -> Tuple["SafetensorsHeader"]:
+        return (self,)
+
+    def header_of(self, key: str) -> "SafetensorsHeader":
+        return self
 
 
 def refuse_pickle(path: PathLike) -> None:

@@ -192,7 +192,8 @@ def _check_models(request: GenerateRequest, echo) -> None:
     ns = argparse.Namespace(task="i2v-A14B", fp8_base=request.fp8, fp8_scaled=False, mixed_precision=None)
     loras = {"low": request.lora_low, "high": request.lora_high}
     for expert, path, flag in (("low", request.models.dit_low, "--dit-low"), ("high", request.models.dit_high, "--dit-high")):
-        ident = check_dit(f, path, expert=expert, flag=flag, ns=ns)
+        # wan_generate_video.py reads the dtype from --dit (the low expert) only
+        ident = check_dit(f, path, expert=expert, flag=flag, ns=ns, reads_dtype=expert == "low")
         if ident is not None and ident.key_prefix and loras[expert] is not None:
             # load_wan_model merges LoRAs before it strips the prefix: they would silently not apply
             f.error(path, f"has ComfyUI's '{ident.key_prefix}' key prefix; musubi would silently skip the LoRA on it",

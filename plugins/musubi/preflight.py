@@ -22,6 +22,7 @@ from circle_rotate.kernel.checkpoint_identity import CheckpointIdentity, identif
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import SUPPORTED_VERSION, import_musubi, musubi_available, musubi_version
 from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.kernel.shards import INDEX_SUFFIX, AnyHeader, read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V
 from circle_rotate.musubi.args import task_config
 from circle_rotate.musubi.preflight_data import check_data, check_outputs_and_disk, vram_notes
@@ -31,6 +32,8 @@ from circle_rotate.musubi.tasks import extra_task
 logger = logging.getLogger(__name__)
 
 OTHER = {"low": "high", "high": "low"}
+# wan/modules/model.py detect_wan_sd_dtype: the tensor musubi reads a DiT's dtype from, in the file --dit names
+_DTYPE_KEYS = ("model.diffusion_model.blocks.0.cross_attn.k.weight", "blocks.0.cross_attn.k.weight")
 NOISE = {"low": "low-noise", "high": "high-noise"}
 
 
@@ -60,14 +63,31 @@ def _dtype_problem(f: Findings, ident: CheckpointIdentity, ns: argparse.Namespac
         f.warning(path, f"its block weights have {dtype} dtypes", "use the official fp16 expert")
 
 
-def check_dit(f: Findings, path: Path, *, expert: str, flag: str, ns: argparse.Namespace) -> Optional[CheckpointIdentity]:
-    """The checkpoint at ``path`` is a Wan DiT for ``ns.task``, the named expert, in a dtype musubi trains."""
+def _shard_problem(f: Findings, path: Path, header: AnyHeader, flag: str, reads_dtype: bool) -> None:
+    """musubi-tuner takes a sharded DiT by naming one shard (it finds the others by name) and reads the
+    model's dtype from the file named, so that one must hold the tensor it reads it from."""
+    holder = next((header.header_of(k).path for k in _DTYPE_KEYS if k in header), header.shards[0].path)
+    if path.is_dir() or path.name.endswith(INDEX_SUFFIX):
+        f.error(path, f"{flag}: musubi-tuner loads a model file or one shard of it, not a folder or an index",
+                f"give {holder}")
+    elif reads_dtype and len(header.shards) > 1 and holder.resolve() != path.resolve():
+        f.error(path, f"{flag}: musubi-tuner reads the model's dtype from {_DTYPE_KEYS[1]} in the shard it is given, "
+                      f"and {holder.name} holds that", f"give {holder}")
+
+
+def check_dit(f: Findings, path: Path, *, expert: str, flag: str, ns: argparse.Namespace,
+              reads_dtype: bool = True) -> Optional[CheckpointIdentity]:
+    """The checkpoint at ``path`` (one file, or a shard of a sharded model) is a Wan DiT for ``ns.task``,
+    the named expert, in a dtype musubi trains. ``reads_dtype``: musubi reads the dtype from this file
+    (``--dit``; not ``wan_generate_video.py``'s ``--dit_high_noise``)."""
     try:
-        ident = identify_checkpoint(read_header(path))
+        header = read_checkpoint(path)
+        ident = identify_checkpoint(header)
     except UserError as exc:
         message, fix = user_error_parts(exc)
         f.error(path, f"{flag}: {message}", fix or "check the path")
         return None
+    _shard_problem(f, path, header, flag, reads_dtype)
     cfg = task_config(ns.task)
     if not ident.is_wan:
         f.error(path, "is not a Wan DiT checkpoint (no patch_embedding / blocks.N keys)", f"point {flag} at a Wan2.2 expert")

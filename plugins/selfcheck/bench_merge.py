@@ -14,7 +14,10 @@ by side in one run:
   fp16 -> fp8_scaled, each in its own process;
 - a load-everything merge (safetensors ``load_file`` + merge + ``save_file``) in its own process;
 - the fp16 merge once more with its inf/NaN check switched off (in each round, right after the
-  checked one): what refusing non-finite output costs.
+  checked one): what refusing non-finite output costs;
+- the fp16 merge from the same expert stored as the official release stores it (six shards and an
+  index, written by huggingface_hub), in each round right after the one-file merge: what reading
+  a sharded base costs.
 
 Each round also times ``python -c "import torch"``: the start-up every torch command pays before
 any work, the part of the command no merge code can shorten. The targets are read against copy +
@@ -47,9 +50,10 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import I2V_A14B
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
-from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_release_shards, write_tiny_wan
 
 MB = 2**20
 _LOAD_EVERYTHING = """
@@ -171,15 +175,18 @@ class Round:
     merge: Run
     merge_only: float
     unchecked_only: float  # the same merge without the inf/NaN check
+    sharded: Run  # the same merge from the base's shards
+    sharded_only: float
 
 
-def _round(base: Path, lora: Path, d: Path) -> Round:
+def _round(base: Path, shard: Path, lora: Path, d: Path) -> Round:
     copy = timed_copy(base, d / "copy.safetensors", fsync=False)
     copy_sync = timed_copy(base, d / "copy.safetensors", fsync=True)
     startup = run_measured([sys.executable, "-c", "import torch"])
     merge, merge_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp16")
     _, unchecked_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp16", checked=False)
-    return Round(copy, copy_sync, startup, merge, merge_only, unchecked_only)
+    sharded, sharded_only = run_merge_measured(shard, lora, d / "merged.safetensors", "fp16")
+    return Round(copy, copy_sync, startup, merge, merge_only, unchecked_only, sharded, sharded_only)
 
 
 def _row(name: str, wall: float, copy_s: float, copy_sync_s: float, cpu: Optional[float] = None,
@@ -200,19 +207,20 @@ def bench(layers: int, workdir: Optional[Path], repeat: int) -> None:
         print(f"writing a synthetic Wan2.2 I2V expert with {layers} real-size blocks ...", flush=True)
         base = write_tiny_wan(d / "wan2.2_i2v_high_noise_bench_fp16.safetensors", config=cfg, dtype="fp16", seed=1)
         lora = write_random_lora(d / "lora_r32.safetensors", cfg, rank=32, alpha=1.0, seed=2)
+        shard = write_release_shards(base, d / "high_noise_model", shards=6)
         header = read_header(base)
         largest = max(header.tensors.values(), key=lambda t: t.nbytes)
         print(f"checkpoint {header.file_size / 2**30:.2f} GiB fp16 ({len(header.tensors)} tensors), largest tensor "
               f"'{largest.name}' {largest.nbytes / MB:.0f} MiB; LoRA rank 32, {read_header(lora).file_size / MB:.0f} MiB; "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs; the same expert as {len(read_checkpoint(shard).shards)} shards (the release's layout)")
         rounds = []
         for i in range(repeat):  # floors and merge back to back, so each ratio sees the same machine load
-            r = _round(base, lora, d)
+            r = _round(base, shard, lora, d)
             rounds.append(r)
             print(f"round {i + 1}: copy {r.copy:.2f} s, copy + fsync {r.copy_sync:.2f} s, python + import torch "
                   f"{r.startup.wall:.2f} s; merge command {r.merge.wall:.2f} s = {r.merge.wall / r.copy_sync:.2f} x copy "
                   f"+ fsync (merge alone {r.merge_only:.2f} s, {r.merge.cpu:.2f} CPU-s; without the inf/NaN check "
-                  f"{r.unchecked_only:.2f} s)", flush=True)
+                  f"{r.unchecked_only:.2f} s; from the shards {r.sharded_only:.2f} s)", flush=True)
         med = lambda f: statistics.median(f(r) for r in rounds)  # noqa: E731
         copy_s, copy_sync_s = med(lambda r: r.copy), med(lambda r: r.copy_sync)
         ours8, ours8_only = run_merge_measured(base, lora, d / "merged.safetensors", "fp8_scaled")
@@ -227,6 +235,9 @@ def bench(layers: int, workdir: Optional[Path], repeat: int) -> None:
         print(_row("ours fp16 -> fp16 (command)", med(lambda r: r.merge.wall), copy_s, copy_sync_s,
                    med(lambda r: r.merge.cpu), max(r.merge.peak for r in rounds)))
         print(_row("  merge alone (its --json)", med(lambda r: r.merge_only), copy_s, copy_sync_s))
+        print(_row("ours from the shards (command)", med(lambda r: r.sharded.wall), copy_s, copy_sync_s,
+                   med(lambda r: r.sharded.cpu), max(r.sharded.peak for r in rounds)))
+        print(_row("  merge alone (its --json)", med(lambda r: r.sharded_only), copy_s, copy_sync_s))
         print(_row("ours fp16 -> fp8_scaled", ours8.wall, copy_s, copy_sync_s, ours8.cpu, ours8.peak))
         print(_row("  merge alone (its --json)", ours8_only, copy_s, copy_sync_s))
         print(_row("load-everything fp16", everything.wall, copy_s, copy_sync_s, everything.cpu, everything.peak))
@@ -249,6 +260,8 @@ def _print_targets(rounds: List[Round], largest: int, peak8: int, everything: Ru
         print(f"  {name:<32}{vs_sync:5.2f} x copy + fsync{verdict:7}{_median_ratio(rounds, value, lambda r: r.copy):6.2f}"
               " x plain copy")
     cost = statistics.median(r.merge_only / r.unchecked_only for r in rounds)
+    sharded = statistics.median(r.sharded_only / r.merge_only for r in rounds)
+    print(f"sharded base: merge alone {sharded:.2f} x the same merge from one file (median of the rounds)")
     print(f"inf/NaN check: merge alone {100 * (cost - 1):+.1f}% against the same merge without it (median of the "
           f"rounds; target <= +5%): {'met' if cost <= 1.05 else 'MISSED'}")
     print(f"CPU s: user + system seconds over all threads; wall s x {os.cpu_count()} CPUs is the most a command "
@@ -261,6 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go (default: the system temp)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of copy + fp16 merge (medians are reported)")
     args = parser.parse_args(argv)
+    if args.layers < 1 or args.repeat < 1:
+        parser.error("--layers and --repeat take 1 or more")
     bench(args.layers, args.dir, args.repeat)
     return 0
 

@@ -24,6 +24,7 @@ from typing import Optional, Tuple, Union
 
 from circle_rotate.kernel.atomic import check_output_path, write_json
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.shards import SHARD_NAME
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, is_4n_plus_1
 from circle_rotate.tools.comfy.graph import Graph, Link, to_api, to_ui
 
@@ -116,6 +117,9 @@ class WorkflowSpec:
             bad.append(f"seed {self.seed}")
         for chain in (self.high, self.low):
             bad += [f"LoRA strength {s} of {n} (-100 to 100)" for n, s in chain.loras if not -100 <= s <= 100]
+            if SHARD_NAME.match(Path(chain.model).name):  # UNETLoader loads one file as the whole model
+                bad.append(f"{chain.model} is one shard of a sharded model (ComfyUI loads one whole file: "
+                           "`circle-rotate merge SHARD --lora LORA -o ONE_FILE.safetensors` writes one)")
         if bad:
             raise UserError("the workflow would not run: " + "; ".join(bad),
                             fix="see `circle-rotate workflow --help` for each flag's range")

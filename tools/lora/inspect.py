@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, expert_from_text, identify_checkpoint
-from circle_rotate.kernel.safetensors_io import read_header
+from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
@@ -80,6 +80,7 @@ class ModelReport:
     params: int
     file_bytes: int
     metadata_keys: List[str]
+    shards: int = 1  # files the model is stored in (the official release: 6 per expert)
     kind: str = "model"
 
     def to_dict(self) -> Dict[str, object]:
@@ -195,8 +196,8 @@ def _diff_kind(param: str) -> str:
 
 
 def inspect_model(path: Union[str, Path]) -> ModelReport:
-    """Describe a DiT checkpoint from its header."""
-    header = read_header(path)
+    """Describe a DiT checkpoint from its header (all its shards' headers, for a sharded one)."""
+    header = read_checkpoint(path)
     ident = identify_checkpoint(header)
     layout = fp8_layout(header, ident.key_prefix)
     kind = "comfy_quant" if layout.comfy_quant else ("scaled_fp8 (legacy)" if layout.marker_key or layout.scaled else "none")
@@ -205,15 +206,16 @@ def inspect_model(path: Union[str, Path]) -> ModelReport:
         expert_evidence=ident.expert_evidence, dtype=ident.dtype, fp8_layout=kind, key_prefix=ident.key_prefix,
         dim=ident.dim, num_layers=ident.num_layers, in_dim=ident.in_dim, tensors=len(header.tensors),
         params=sum(t.numel for t in header.tensors.values()), file_bytes=header.file_size,
-        metadata_keys=sorted(header.metadata),
+        metadata_keys=sorted(header.metadata), shards=len(header.shards),
     )
 
 
 def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
-    """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport`."""
-    header = read_header(path)
+    """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport` (``path`` may
+    also name a sharded model: a shard, its index or its folder)."""
+    header = read_checkpoint(path)
     if any(parse_lora_key(k) or parse_diff_key(k) or parse_product_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight"))
            for k in header.keys()):
-        return inspect_lora(read_lora_index(path, finite=False))
+        return inspect_lora(read_lora_index(header.path, finite=False))  # the file a folder holds
     return inspect_model(path)
 

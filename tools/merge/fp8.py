@@ -25,7 +25,8 @@ from typing import Dict, FrozenSet, Optional
 import torch
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.safetensors_io import SafetensorsHeader, read_tensor
+from circle_rotate.kernel.safetensors_io import read_tensor
+from circle_rotate.kernel.shards import AnyHeader
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -89,7 +90,7 @@ class Fp8Layout:
         return frozenset(keys)
 
 
-def _layer_formats(header: SafetensorsHeader, comfy_quant_keys) -> Dict[str, str]:
+def _layer_formats(header: AnyHeader, comfy_quant_keys) -> Dict[str, str]:
     formats: Dict[str, str] = {}
     raw = header.metadata.get("_quantization_metadata")
     if raw:
@@ -99,18 +100,17 @@ def _layer_formats(header: SafetensorsHeader, comfy_quant_keys) -> Dict[str, str
         except (ValueError, AttributeError):
             raise UserError("header metadata '_quantization_metadata' is not valid JSON", path=header.path,
                             fix="re-download the checkpoint") from None
-    with open(header.path, "rb") as fh:
-        for key in comfy_quant_keys:
-            try:
-                conf = json.loads(bytes(read_tensor(header, key, fh=fh).tolist()).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise UserError(f"'{key}' is not a JSON quantization config", path=header.path,
-                                fix="re-download the checkpoint") from None
-            formats[key[: -len(".comfy_quant")]] = conf.get("format", "") if isinstance(conf, dict) else ""
+    for key in comfy_quant_keys:  # a few bytes each
+        try:
+            conf = json.loads(bytes(read_tensor(header.header_of(key), key).tolist()).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"'{key}' is not a JSON quantization config", path=header.path,
+                            fix="re-download the checkpoint") from None
+        formats[key[: -len(".comfy_quant")]] = conf.get("format", "") if isinstance(conf, dict) else ""
     return formats
 
 
-def fp8_layout(header: SafetensorsHeader, prefix: str = "") -> Fp8Layout:
+def fp8_layout(header: AnyHeader, prefix: str = "") -> Fp8Layout:
     """Find the fp8 marker and each quantized weight's scale and side tensors."""
     keys = set(header.keys())
     marker = next((k for k in (prefix + MARKER, MARKER) if k in keys), None)
@@ -132,7 +132,7 @@ def fp8_layout(header: SafetensorsHeader, prefix: str = "") -> Fp8Layout:
                      comfy_quant=bool(cq_keys or "_quantization_metadata" in header.metadata))
 
 
-def check_dequantizable(header: SafetensorsHeader, layout: Fp8Layout, weight: str) -> Optional[str]:
+def check_dequantizable(header: AnyHeader, layout: Fp8Layout, weight: str) -> Optional[str]:
     """Why ``weight`` cannot be turned back into real numbers here, or None when it can."""
     fmt = layout.formats.get(weight)
     if fmt is not None and fmt not in DEQUANTIZABLE:

@@ -36,7 +36,8 @@ import torch
 
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, VARIANT_METADATA_KEY, CheckpointIdentity
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.safetensors_io import DTYPES, SafetensorsHeader
+from circle_rotate.kernel.safetensors_io import DTYPES
+from circle_rotate.kernel.shards import AnyHeader
 from circle_rotate.kernel.wan_arch import is_fp8_target, is_linear_weight
 from circle_rotate.tools.lora.files import LoraIndex
 from circle_rotate.tools.lora.lycoris import LABELS
@@ -46,14 +47,13 @@ from circle_rotate.tools.option_values import FLOAT_DTYPES, MERGE_DTYPES
 _TORCH = {name: DTYPES[code] for name, code in FLOAT_DTYPES.items()}
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _FP8 = {"F8_E4M3", "F8_E5M2"}
-_SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")  # the official repo's diffusion_pytorch_model-00001-of-00006
 
 
 @dataclass(frozen=True)
 class BaseInfo:
     """The base expert as read once: its header, what it is, and where it keeps its fp8 scales."""
 
-    header: SafetensorsHeader
+    header: AnyHeader
     identity: CheckpointIdentity
     layout: Fp8Layout
 
@@ -99,7 +99,7 @@ class OutTensor:
 
 @dataclass(frozen=True)
 class MergePlan:
-    base: SafetensorsHeader
+    base: AnyHeader
     identity: CheckpointIdentity
     loras: Tuple[LoraSource, ...]
     dtype: str
@@ -122,7 +122,7 @@ class MergePlan:
 _WAN21_IMAGE = re.compile(r"(^|\.)(k_img|v_img|norm_k_img|img_emb)(\.|$)")
 
 
-def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource], skip_absent: bool = False
+def _deltas(header: AnyHeader, prefix: str, loras: Sequence[LoraSource], skip_absent: bool = False
             ) -> Tuple[Dict[str, List[Delta]], Tuple[Tuple[str, ...], ...]]:
     """(base weight key -> its deltas, the LoRA keys left out of each LoRA); raises once for every LoRA
     that does not fit. ``skip_absent`` leaves out modules and differences the base has no tensor for,
@@ -161,11 +161,7 @@ def _deltas(header: SafetensorsHeader, prefix: str, loras: Sequence[LoraSource],
         name = index.path.name
         example = missing[0][2] if missing else ""
         everything = len(missing) == len(index.modules) + len(index.products) + len(index.diffs)
-        if missing and _SHARD.search(header.path.name):
-            skippable = False
-            errors.append(f"{name}: {len(missing)} LoRA module(s) are not in this shard, e.g. {example}; merge into a "
-                          "single-file expert (e.g. ComfyUI's repackaged wan2.2_i2v_*_14B_fp16.safetensors)")
-        elif missing and everything:
+        if missing and everything:
             skippable = False
             errors.append(f"{name}: no LoRA key matches this base (e.g. {example}); it was made for another model")
         elif missing and not skip_absent:
@@ -228,7 +224,7 @@ def _weight_plan(header, key, prefix, dtype, layout, deltas) -> OutTensor:
                      deltas=touched, encode=encode, scale_key=scale_key)
 
 
-def _side_tensor(header: SafetensorsHeader, layout: Fp8Layout, key: str, weights: Dict[str, OutTensor],
+def _side_tensor(header: AnyHeader, layout: Fp8Layout, key: str, weights: Dict[str, OutTensor],
                  scaled_out: set) -> Optional[OutTensor]:
     """How an fp8 side tensor (marker, scale, input scale, comfy_quant) goes out; None drops it."""
     info = header.tensors[key]
@@ -273,7 +269,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     encoding = "fp8_scaled" if dtype == "same" and layout.scaled and not layout.comfy_quant else dtype
     deltas, skipped = _deltas(header, prefix, loras, skip_absent)
     side = layout.side_keys
-    order = sorted(header.keys(), key=lambda k: header.tensors[k].begin)
+    order = header.storage_order
     weights = {k: _weight_plan(header, k, prefix, encoding, layout, deltas) for k in order if k not in side}
     input_scales = not layout.comfy_quant and not (layout.marker_key and header.tensors[layout.marker_key].numel == 2)
     scaled_out = {t.key for t in weights.values() if t.encode == "fp8_scaled"}

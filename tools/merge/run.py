@@ -36,7 +36,8 @@ from circle_rotate.kernel.atomic import check_output_path
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identify_checkpoint
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import progress
-from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsHeader, SafetensorsWriter, read_header, tensor_bytes
+from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsWriter, tensor_bytes
+from circle_rotate.kernel.shards import AnyHeader, read_checkpoint
 from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_module, load_product, module_scales,
                                          read_lora_index, require_wan_lora)
 from circle_rotate.tools.lora.lycoris import factors
@@ -77,19 +78,19 @@ class MergeReport:
 class _Executor:
     """Turns a :class:`MergePlan` into an ordered stream of output byte chunks."""
 
-    def __init__(self, plan: MergePlan, mm: mmap.mmap, fd: int, pool: ThreadPoolExecutor):
-        self.plan, self.mm, self.fd, self.pool = plan, mm, fd, pool
-        self.header: SafetensorsHeader = plan.base
+    def __init__(self, plan: MergePlan, maps: Dict[Path, Tuple[mmap.mmap, int]], pool: ThreadPoolExecutor):
+        self.plan, self.maps, self.pool = plan, maps, pool  # per base file (one, or each shard): its map and descriptor
+        self.header: AnyHeader = plan.base
         self.by_key = {t.key: t for t in plan.tensors}
         self.scales: Dict[str, torch.Tensor] = {}
         self.chunks = Chunks()
 
     def view(self, key: str) -> torch.Tensor:
-        info = self.header.tensors[key]
+        info, shard = self.header.tensors[key], self.header.header_of(key)
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=info.torch_dtype)
-        return torch.frombuffer(self.mm, dtype=info.torch_dtype, count=info.numel,
-                                offset=self.header.data_start + info.begin).reshape(info.shape)
+        return torch.frombuffer(self.maps[shard.path][0], dtype=info.torch_dtype, count=info.numel,
+                                offset=shard.data_start + info.begin).reshape(info.shape)
 
     def source(self, t: OutTensor) -> Source:
         """The base view, its scale and the deltas of ``t`` (a LoRA module is a few MB at most)."""
@@ -117,12 +118,13 @@ class _Executor:
         return self.scales[weight_key]
 
     def _raw_pieces(self, t: OutTensor) -> Iterator[Tuple[str, Union[FileSpan, bytes]]]:
-        info = self.header.tensors[t.src]
-        start, end = self.header.data_start + info.begin, self.header.data_start + info.end
+        info, shard = self.header.tensors[t.src], self.header.header_of(t.src)
+        start, end = shard.data_start + info.begin, shard.data_start + info.end
+        fd = self.maps[shard.path][1]
         if start == end:
             yield t.key, b""
         for a in range(start, end, RAW_CHUNK):
-            yield t.key, FileSpan(self.fd, a, min(RAW_CHUNK, end - a))
+            yield t.key, FileSpan(fd, a, min(RAW_CHUNK, end - a))
 
     def pieces(self) -> Iterator[Tuple[str, Union[memoryview, bytes, FileSpan, Callable[[], Pooled]]]]:
         """(key, bytes or a job making them) for every output tensor, in output order."""
@@ -156,14 +158,17 @@ def execute_plan(plan: MergePlan, out: Path, *, workers: Optional[int] = None) -
     """Write the merge ``plan`` to ``out`` atomically (the caller validated the path)."""
     workers = workers or min(4, os.cpu_count() or 1)
     specs = {t.key: (t.dtype, t.shape) for t in plan.tensors}
-    with open(plan.base.path, "rb") as fh, torch_threads(1), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")  # the map is read-only on purpose
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        with contextlib.suppress(AttributeError, OSError):
-            mm.madvise(mmap.MADV_SEQUENTIAL)
+    with contextlib.ExitStack() as files, torch_threads(1), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")  # the maps are read-only on purpose
+        maps: Dict[Path, Tuple[mmap.mmap, int]] = {}
+        for shard in plan.base.shards:
+            fh = files.enter_context(open(shard.path, "rb"))
+            maps[shard.path] = (mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), fh.fileno())
+            with contextlib.suppress(AttributeError, OSError):
+                maps[shard.path][0].madvise(mmap.MADV_SEQUENTIAL)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge")
         try:
-            executor = _Executor(plan, mm, fh.fileno(), pool)
+            executor = _Executor(plan, maps, pool)
             bar = progress(total=plan.output_bytes, desc=f"merge -> {out.name}", unit="B", unit_scale=True)
             with bar, SafetensorsWriter(out, specs, metadata=plan.metadata, direct=True) as writer:
                 stream = pipelined(executor.pieces(), pool, depth=8 * workers)
@@ -171,8 +176,9 @@ def execute_plan(plan: MergePlan, out: Path, *, workers: Optional[int] = None) -
                     writer.write_raw(key, executor.written(group, bar))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            with contextlib.suppress(BufferError):  # a view still referenced; the map closes when collected
-                mm.close()
+            for mm, _ in maps.values():
+                with contextlib.suppress(BufferError):  # a view still referenced; the map closes when collected
+                    mm.close()
 
 
 def load_sources(loras: Sequence[Tuple[PathLike, float]], *, alpha_if_missing: AlphaIfMissing = None) -> List[LoraSource]:
@@ -200,7 +206,7 @@ def read_base(path: PathLike) -> BaseInfo:
     Raises:
         UserError: unreadable, not a safetensors file, or not a Wan DiT.
     """
-    header = read_header(path)
+    header = read_checkpoint(path)
     identity = identify_checkpoint(header)
     if not identity.is_wan:
         raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
@@ -223,6 +229,7 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     base_path = base.header.path if isinstance(base, BaseInfo) else base
     out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
     info = base if isinstance(base, BaseInfo) else read_base(base)
+    check_output_path(out_p, inputs=[s.path for s in info.header.shards], force=force)  # a sharded base: each shard
     plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert,
                       skip_absent=skip_absent)
     _check_strengths_fit(plan)

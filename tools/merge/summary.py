@@ -32,6 +32,7 @@ class PlanSummary:
     blocks: str  # "0-39" or "none"
     modules: List[str]  # module names touched inside the blocks
     skipped: List[str] = field(default_factory=list)  # LoRA keys left out by --skip-absent
+    base_files: int = 1  # the base's shards (one output file either way)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -39,7 +40,7 @@ class PlanSummary:
     def lines(self) -> List[str]:
         dtypes = ", ".join(f"{n} {name}" for name, n in sorted(self.dtypes.items(), key=lambda kv: -kv[1]))
         return [f"would write {self.out}: {self.bytes / 2**30:.2f} GiB ({self.bytes:,} bytes), expert {self.expert}, "
-                f"{self.variant}",
+                f"{self.variant}" + (f", one file from the base's {self.base_files} shards" if self.base_files > 1 else ""),
                 f"tensors: {dtypes}",
                 f"merged {self.merged} (blocks {self.blocks}: {', '.join(self.modules) or 'none'}), converted "
                 f"{self.converted}, copied byte for byte {self.copied}",
@@ -75,5 +76,5 @@ def summarize(plan: MergePlan, out: str) -> PlanSummary:
         merged=sum(1 for t in plan.tensors if t.deltas),
         converted=sum(1 for t in plan.tensors if t.kind == "compute" and not t.deltas), copied=plan.count("raw"),
         added=[f"{n} {kind}" for kind, n in added.items()], dropped=len(plan.dropped), blocks=_ranges(list(blocks)),
-        modules=sorted(modules), skipped=[k for keys in plan.skipped for k in keys],
+        modules=sorted(modules), skipped=[k for keys in plan.skipped for k in keys], base_files=len(plan.base.shards),
     )

@@ -25,7 +25,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 import torch
 
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY
-from circle_rotate.kernel.safetensors_io import SafetensorsWriter
+from circle_rotate.kernel.safetensors_io import SafetensorsWriter, iter_tensors, read_header
 from circle_rotate.kernel.wan_arch import WanDiTConfig, dit_shapes, is_fp8_target, is_linear_weight, tiny_config
 
 PathLike = Union[str, os.PathLike]
@@ -131,3 +131,21 @@ def write_tiny_wan(path: PathLike, *, config: Optional[WanDiTConfig] = None, dty
         for name, tensor in tiny_wan_tensors(cfg, dtype, seed=seed, rest_dtype=rest_dtype):
             writer.write(key_prefix + name, tensor)
     return Path(path)
+
+
+def write_release_shards(single: PathLike, folder: PathLike, *, shards: int = 6) -> Path:
+    """``single``'s tensors stored as the official Wan2.2 release stores an expert, written by huggingface_hub (the
+    writer of that layout): ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` and its index, in ``folder``
+    (about ``shards`` files; a tensor larger than a shard gets its own). Returns the first shard."""
+    from huggingface_hub import save_torch_state_dict
+
+    header = read_header(single)
+    state = dict(iter_tensors(header))  # in file order, as a model's state_dict is
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(state, folder, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                          max_shard_size=header.total_bytes // shards + 1)
+    written = sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))
+    if len(written) < 2:
+        raise ValueError(f"{single} did not split into shards")
+    return written[0]
