@@ -190,3 +190,19 @@ def test_workflow_refuses_a_shard_comfyui_would_load_as_a_whole_model(release, t
                  "--out", str(tmp_path / "w.json")]) == 2
     assert f"{release['first'].name} is one shard of a sharded model" in capsys.readouterr().err
     assert not (tmp_path / "w.json").exists()
+
+
+def test_run_record_identifies_the_whole_set_a_shard_stands_for(release, tmp_path):
+    from circle_rotate.musubi.run_record import file_identity
+
+    folder = copy_release(release, tmp_path)
+    shards = sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))
+    ident = file_identity(shards[0])
+    assert ident["shards"] == len(shards) and ident["size"] == sum(p.stat().st_size for p in shards)
+    last = load_file(str(shards[-1]))
+    # same header (huggingface_hub's metadata too), other weights: the same identity, by design (headers only)
+    save_file({k: v + 1 for k, v in last.items()}, str(shards[-1]), metadata={"format": "pt"})
+    assert file_identity(shards[0])["header_sha256"] == ident["header_sha256"]
+    save_file({**last, "extra.weight": torch.zeros(1)}, str(shards[-1]))  # another release's last shard
+    assert file_identity(shards[0])["header_sha256"] != ident["header_sha256"]
+    assert "shards" not in file_identity(release["single"])

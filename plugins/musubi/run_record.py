@@ -17,7 +17,9 @@ from typing import Dict, Mapping
 
 import circle_rotate
 from circle_rotate.kernel.atomic import write_json
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import musubi_version
+from circle_rotate.kernel.shards import shard_paths
 from circle_rotate.musubi.cache_plan import CachePlan
 
 RUN_RECORD = "run.json"
@@ -25,24 +27,32 @@ _CHUNK = 2**20
 
 
 def file_identity(path: os.PathLike) -> Dict[str, object]:
-    """Size and a cheap content hash of a (possibly huge) model file; ``exists: False`` when absent."""
+    """Size and a cheap content hash of a (possibly huge) model file; ``exists: False`` when absent. A shard of
+    a sharded model (what musubi-tuner's ``--dit`` names) stands for the set: sizes summed, headers hashed in order."""
     p = Path(path)
     if not p.is_file():
         return {"path": str(p), "exists": False}
-    size = p.stat().st_size
+    try:
+        files = shard_paths(p) or (p,)
+    except UserError:  # an incomplete set (preflight reports it): identify the file named
+        files = (p,)
     digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        if p.suffix == ".safetensors" and 0 < n <= size - 8:
-            digest.update(head + fh.read(n))
-            kind = "header_sha256"
-        else:
-            digest.update(head + fh.read(_CHUNK))
-            fh.seek(max(0, size - _CHUNK))
-            digest.update(fh.read(_CHUNK))
-            kind = "head_tail_sha256"
-    return {"path": str(p.absolute()), "exists": True, "size": size, kind: digest.hexdigest()}
+    kind = "header_sha256"
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if f.suffix == ".safetensors" and 0 < n <= size - 8:
+                digest.update(head + fh.read(n))
+            else:
+                digest.update(head + fh.read(_CHUNK))
+                fh.seek(max(0, size - _CHUNK))
+                digest.update(fh.read(_CHUNK))
+                kind = "head_tail_sha256"
+    identity = {"path": str(p.absolute()), "exists": True, "size": sum(f.stat().st_size for f in files),
+                kind: digest.hexdigest()}
+    return identity if len(files) == 1 else {**identity, "shards": len(files)}
 
 
 def dataset_hash(plan: CachePlan) -> str:
