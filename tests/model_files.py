@@ -33,3 +33,30 @@ def musubi_wan(cfg):
     return WanModel(model_type="i2v", model_version="2.2", in_dim=cfg.in_dim, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
                     freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim, num_heads=cfg.num_heads,
                     num_layers=cfg.num_layers)
+
+
+# Wan's names -> Diffusers' WanTransformer3DModel names, as diffusers' scripts/convert_wan_to_diffusers.py
+# renames them (norm2 and norm3 trade places; a longer Wan name is tried before its prefix).
+_TO_DIFFUSERS = (("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
+                 ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
+                 ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
+                 ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+                 ("time_projection.1", "condition_embedder.time_proj"), ("head.modulation", "scale_shift_table"),
+                 ("head.head", "proj_out"), ("modulation", "scale_shift_table"), ("ffn.0", "ffn.net.0.proj"),
+                 ("ffn.2", "ffn.net.2"), ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),
+                 ("self_attn.o", "attn1.to_out.0"), ("cross_attn.o", "attn2.to_out.0"),
+                 ("self_attn.norm_", "attn1.norm_"), ("cross_attn.norm_", "attn2.norm_"),
+                 *((f"{a}.{x}", f"{b}.to_{x}") for a, b in (("self_attn", "attn1"), ("cross_attn", "attn2")) for x in "qkv"))
+
+
+def diffusers_layout(src: Path, dst: Path) -> Path:
+    """``src`` (a Wan DiT in Wan's names) with Diffusers' key names, as in ``Wan-AI/Wan2.2-I2V-A14B-Diffusers``."""
+    from safetensors.torch import load_file, save_file
+
+    out = {}
+    for key, tensor in load_file(str(src)).items():
+        for wan, diffusers in _TO_DIFFUSERS:
+            key = key.replace(wan, diffusers)
+        out[key] = tensor
+    save_file(out, str(dst))
+    return dst

@@ -114,6 +114,25 @@ def test_t2v_checkpoint(ws, tmp_path):
     only_error(run_preflight({**ws, "DIT_LOW": str(t2v)}), "T2V checkpoint", t2v)
 
 
+def test_the_release_shards_pass_as_musubi_takes_them(ws, tmp_path):
+    from circle_rotate.kernel.shards import read_checkpoint
+    from circle_rotate.selfcheck.synthetic.tiny_wan import write_release_shards
+
+    first = write_release_shards(Path(ws["DIT_LOW"]), tmp_path / "Wan2.2-I2V-A14B" / "low_noise_model", shards=4)
+    holder = read_checkpoint(first).header_of("blocks.0.cross_attn.k.weight").path
+    report = run_preflight({**ws, "DIT_LOW": str(holder)}, experts=("low",))
+    assert report.ok, [p.one_line() for p in report.problems]
+    assert dict(report.identities)["low"]["expert"] == "low"  # told by the release's low_noise_model/ folder
+
+
+def test_a_diffusers_layout_expert(ws, tmp_path):
+    from model_files import diffusers_layout
+
+    d = diffusers_layout(Path(ws["DIT_LOW"]), tmp_path / "wan2.2_i2v_low_noise_diffusers.safetensors")
+    assert "Wan-AI/Wan2.2-I2V-A14B" in only_error(run_preflight({**ws, "DIT_LOW": str(d)}, experts=("low",)),
+                                                 "Diffusers-format", d)
+
+
 def test_fp8_scaled_checkpoint(ws, tiny_wan_dir):
     fp8 = tiny_wan_dir / "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
     line = only_error(run_preflight({**ws, "DIT_LOW": str(fp8)}), "fp8_scaled", fp8)

@@ -9,6 +9,9 @@ What the header can and cannot tell (the facts are in :mod:`circle_rotate.kernel
   marker or ``*.scale_weight`` / ``*.weight_scale`` tensors are present (musubi cannot train
   on those; see its docs/wan.md support matrix).
 - Key prefix: ``model.diffusion_model.`` (ComfyUI) or none (official, musubi).
+- Key layout: Wan's own names, or Diffusers' (``Wan-AI/Wan2.2-I2V-A14B-Diffusers``, from diffusers'
+  ``convert_wan_to_diffusers.py``: ``blocks.N.attn1.to_q``, ``condition_embedder.*``), which neither
+  musubi-tuner nor a LoRA in Wan's names can use. ``patch_embedding`` keeps its name in both.
 - High- vs low-noise expert: the two have the same keys, shapes and dtypes, so the header's
   tensor table cannot tell them apart. We use, in order: ``__metadata__`` (our own outputs
   write ``circle_rotate.expert``; ``modelspec.title`` and similar text fields are searched for
@@ -43,6 +46,15 @@ _FUN_INP_TEXT = re.compile(r"fun[ _\-]?(?:a14b[ _\-]?)?inp(?:aint)?(?![a-z])", r
 
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 
+#: What to say of a Diffusers-layout expert where Wan's own key names are needed, and what to use instead.
+DIFFUSERS_LAYOUT = ("is a Diffusers-format Wan transformer (blocks.N.attn1.to_q, condition_embedder.*); musubi-tuner, "
+                    "ComfyUI's Wan LoRAs and this merge use Wan's own key names (blocks.N.self_attn.q)")
+DIFFUSERS_FIX = ("use the expert in Wan's layout: wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors (circle-rotate download "
+                 "models) or the shards in Wan-AI/Wan2.2-I2V-A14B's high_noise_model/ and low_noise_model/")
+
+# Keys only Diffusers' WanTransformer3DModel has.
+_DIFFUSERS_KEY = re.compile(r"blocks\.\d+\.attn1\.to_q\.weight$|condition_embedder\.")
+
 # "high_noise", "high-noise", "HighNoise", "high noise" (and low); not "highres".
 _EXPERT_TEXT = re.compile(r"(high|low)[ _\-]?noise", re.IGNORECASE)
 
@@ -62,6 +74,7 @@ class CheckpointIdentity:
     num_layers: int
     in_dim: Optional[int]
     variant: Optional[str] = None  # "i2v" or "fun-inp" for I2V-shaped Wan2.2 14B files, else None
+    layout: str = "wan"  # key names: "wan" (Wan's own, as ComfyUI and musubi load them) or "diffusers"
 
     @property
     def is_wan(self) -> bool:
@@ -169,4 +182,5 @@ def identify_checkpoint(header: AnyHeader) -> CheckpointIdentity:
         path=str(header.path), family=family, task=task, expert=expert, expert_evidence=evidence,
         dtype=_dtype_label(header, plain), key_prefix=prefix, dim=dim, num_layers=num_layers, in_dim=in_dim,
         variant=variant_of(header.metadata, header.path) if family == "wan2.2-a14b" and task == "i2v" else None,
+        layout="diffusers" if any(_DIFFUSERS_KEY.match(k) for k in plain) else "wan",
     )

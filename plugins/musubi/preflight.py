@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from circle_rotate.kernel.checkpoint_identity import CheckpointIdentity, identify_checkpoint
+from circle_rotate.kernel.checkpoint_identity import DIFFUSERS_FIX, DIFFUSERS_LAYOUT, CheckpointIdentity, identify_checkpoint
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import SUPPORTED_VERSION, import_musubi, musubi_available, musubi_version
 from circle_rotate.kernel.safetensors_io import read_header
@@ -92,7 +92,9 @@ def check_dit(f: Findings, path: Path, *, expert: str, flag: str, ns: argparse.N
     if not ident.is_wan:
         f.error(path, "is not a Wan DiT checkpoint (no patch_embedding / blocks.N keys)", f"point {flag} at a Wan2.2 expert")
         return ident
-    if cfg.i2v and ident.task == "t2v":
+    if ident.layout == "diffusers":
+        f.error(path, DIFFUSERS_LAYOUT, DIFFUSERS_FIX)
+    elif cfg.i2v and ident.task == "t2v":
         f.error(path, f"is a T2V checkpoint ({ident.in_dim} input channels); --task {ns.task} needs the I2V expert (36)",
                 f"use wan2.2_i2v_{expert}_noise_14B_fp16.safetensors")
     elif ident.family == "wan2.1-14b" and cfg.model_version == "2.2":

@@ -81,6 +81,7 @@ class ModelReport:
     file_bytes: int
     metadata_keys: List[str]
     shards: int = 1  # files the model is stored in (the official release: 6 per expert)
+    layout: str = "wan"  # key names: "wan" or "diffusers" (CheckpointIdentity.layout)
     kind: str = "model"
 
     def to_dict(self) -> Dict[str, object]:
@@ -206,7 +207,7 @@ def inspect_model(path: Union[str, Path]) -> ModelReport:
         expert_evidence=ident.expert_evidence, dtype=ident.dtype, fp8_layout=kind, key_prefix=ident.key_prefix,
         dim=ident.dim, num_layers=ident.num_layers, in_dim=ident.in_dim, tensors=len(header.tensors),
         params=sum(t.numel for t in header.tensors.values()), file_bytes=header.file_size,
-        metadata_keys=sorted(header.metadata), shards=len(header.shards),
+        metadata_keys=sorted(header.metadata), shards=len(header.shards), layout=ident.layout,
     )
 
 

@@ -33,7 +33,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 
 from circle_rotate.kernel.atomic import check_output_path
-from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identify_checkpoint
+from circle_rotate.kernel.checkpoint_identity import DIFFUSERS_FIX, DIFFUSERS_LAYOUT, EXPERT_METADATA_KEY, identify_checkpoint
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsWriter, tensor_bytes
@@ -211,6 +211,8 @@ def read_base(path: PathLike) -> BaseInfo:
     if not identity.is_wan:
         raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
                         fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
+    if identity.layout == "diffusers":  # else every LoRA module would be "absent from the base"
+        raise UserError(DIFFUSERS_LAYOUT, path=header.path, fix=DIFFUSERS_FIX)
     return BaseInfo(header, identity, fp8_layout(header, identity.key_prefix))
 
 
