@@ -4,7 +4,7 @@ The official Wan2.2 release (``Wan-AI/Wan2.2-I2V-A14B``) stores each expert as s
 index, ``high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors`` ...
 ``diffusion_pytorch_model.safetensors.index.json``, and musubi-tuner trains on them: ``--dit``
 names one shard and ``utils/safetensors_utils.get_split_weight_filenames`` finds the rest by
-name (``<prefix><i:05d>-of-<n:05d>.safetensors``). :func:`read_checkpoint` finds them the same
+name (:mod:`circle_rotate.kernel.shard_names`). :func:`read_checkpoint` finds them the same
 way, and also from the index or the folder, and checks that the set is whole and consistent
 (every shard present, no tensor twice, the index agreeing with the shards), since a shard left
 over from another download otherwise merges or trains into a model that is neither.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -26,14 +25,9 @@ from typing import Dict, List, Optional, Tuple, Union
 from circle_rotate.kernel.errors import NotARegularFileError, UserError
 from circle_rotate.kernel.input_files import read_text_file
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, TensorInfo, read_header
+from circle_rotate.kernel.shard_names import FIX_SET, INDEX_SUFFIX, index_path, shard_paths
 
 PathLike = Union[str, os.PathLike]
-
-# musubi-tuner's rule (get_split_weight_filenames): the shard number is the digits before "-of-".
-SHARD_NAME = re.compile(r"^(.*?)(\d+)-of-(\d+)\.safetensors$")
-INDEX_SUFFIX = ".safetensors.index.json"
-
-_FIX_SET = "download every shard and the index of the same release into one folder"
 
 
 @dataclass(frozen=True)
@@ -88,32 +82,6 @@ class ShardedHeader:
 AnyHeader = Union[SafetensorsHeader, ShardedHeader]
 
 
-def shard_paths(path: PathLike) -> Optional[Tuple[Path, ...]]:
-    """Every shard of the set ``path`` names by musubi-tuner's rule, or None when the name is not a shard's.
-
-    Raises:
-        UserError: a shard of the set is missing (named).
-    """
-    p = Path(path)
-    m = SHARD_NAME.match(p.name)
-    if not m:
-        return None
-    prefix, count = m.group(1), int(m.group(3))
-    paths = tuple(p.with_name(f"{prefix}{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1))
-    missing = [q for q in paths if not q.is_file()]
-    if missing:
-        raise UserError(f"shard {paths.index(missing[0]) + 1} of {count} is missing: {missing[0].name}"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), path=p, fix=_FIX_SET)
-    return paths
-
-
-def index_path(shard: Path) -> Path:
-    """The index the Hugging Face writers put beside ``shard`` (``diffusion_pytorch_model.safetensors.index.json``)."""
-    m = SHARD_NAME.match(shard.name)
-    stem = m.group(1).rstrip("-_.") if m else shard.stem
-    return shard.with_name(stem + INDEX_SUFFIX)
-
-
 def read_index(path: Path) -> Dict[str, str]:
     """The index's ``weight_map`` (tensor -> shard file name)."""
     text = read_text_file(path, what="index", fix=f"re-download {path.name}")
@@ -133,7 +101,7 @@ def _from_index(index: Path) -> Tuple[Path, ...]:
     missing = [n for n in names if not (index.parent / n).is_file()]
     if missing:
         raise UserError(f"{len(missing)} of the {len(names)} shards it lists not found, e.g. {missing[0]}", path=index,
-                        fix=_FIX_SET)
+                        fix=FIX_SET)
     return tuple(index.parent / n for n in names)
 
 
@@ -154,14 +122,14 @@ def _check_index(index: Path, shards: Tuple[SafetensorsHeader, ...], owner: Dict
     for key, i in owner.items():
         listed = weight_map.get(key)
         if listed is None:
-            raise UserError(f"tensor '{key}' of {shards[i].path.name} is not in the index", path=index, fix=_FIX_SET)
+            raise UserError(f"tensor '{key}' of {shards[i].path.name} is not in the index", path=index, fix=FIX_SET)
         if listed != shards[i].path.name:
             raise UserError(f"the index puts '{key}' in {listed}, but {shards[i].path.name} holds it", path=index,
-                            fix=_FIX_SET)
+                            fix=FIX_SET)
     absent = next((k for k in weight_map if k not in owner), None)
     if absent is not None:
         raise UserError(f"tensor '{absent}' it lists is in no shard (in {weight_map[absent]}, per the index)", path=index,
-                        fix=_FIX_SET)
+                        fix=FIX_SET)
 
 
 def read_shards(named: Path, paths: Tuple[Path, ...], index: Optional[Path] = None) -> ShardedHeader:
@@ -172,7 +140,7 @@ def read_shards(named: Path, paths: Tuple[Path, ...], index: Optional[Path] = No
         for key in shard.keys():
             if key in owner:
                 raise UserError(f"tensor '{key}' is in two shards, {shards[owner[key]].path.name} and {shard.path.name}",
-                                path=named, fix=_FIX_SET)
+                                path=named, fix=FIX_SET)
             owner[key] = i
     index = index if index is not None and index.is_file() else None
     if index is not None:

@@ -22,7 +22,8 @@ from circle_rotate.kernel.checkpoint_identity import DIFFUSERS_FIX, DIFFUSERS_LA
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import SUPPORTED_VERSION, import_musubi, musubi_available, musubi_version
 from circle_rotate.kernel.safetensors_io import read_header
-from circle_rotate.kernel.shards import INDEX_SUFFIX, AnyHeader, read_checkpoint
+from circle_rotate.kernel.shard_names import INDEX_SUFFIX
+from circle_rotate.kernel.shards import AnyHeader, read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V
 from circle_rotate.musubi.args import task_config
 from circle_rotate.musubi.preflight_data import check_data, check_outputs_and_disk, vram_notes

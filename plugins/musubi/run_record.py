@@ -19,7 +19,7 @@ import circle_rotate
 from circle_rotate.kernel.atomic import write_json
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import musubi_version
-from circle_rotate.kernel.shards import shard_paths
+from circle_rotate.kernel.shard_names import shard_paths
 from circle_rotate.musubi.cache_plan import CachePlan
 
 RUN_RECORD = "run.json"

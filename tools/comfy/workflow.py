@@ -24,7 +24,7 @@ from typing import Optional, Tuple, Union
 
 from circle_rotate.kernel.atomic import check_output_path, write_json
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.shards import SHARD_NAME
+from circle_rotate.kernel.shard_names import SHARD_NAME
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, is_4n_plus_1
 from circle_rotate.tools.comfy.graph import Graph, Link, to_api, to_ui
 
