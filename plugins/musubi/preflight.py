@@ -33,9 +33,9 @@ from circle_rotate.musubi.tasks import extra_task
 logger = logging.getLogger(__name__)
 
 OTHER = {"low": "high", "high": "low"}
+NOISE = {"low": "low-noise", "high": "high-noise"}
 # wan/modules/model.py detect_wan_sd_dtype: the tensor musubi reads a DiT's dtype from, in the file --dit names
 _DTYPE_KEYS = ("model.diffusion_model.blocks.0.cross_attn.k.weight", "blocks.0.cross_attn.k.weight")
-NOISE = {"low": "low-noise", "high": "high-noise"}
 
 
 def _expert_problem(f: Findings, ident: CheckpointIdentity, expert: str, flag: str) -> None:

@@ -37,9 +37,10 @@ def file_identity(path: os.PathLike) -> Dict[str, object]:
     except UserError:  # an incomplete set (preflight reports it): identify the file named
         files = (p,)
     digest = hashlib.sha256()
-    kind = "header_sha256"
+    kind, total = "header_sha256", 0
     for f in files:
         size = f.stat().st_size
+        total += size
         with open(f, "rb") as fh:
             head = fh.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -50,8 +51,7 @@ def file_identity(path: os.PathLike) -> Dict[str, object]:
                 fh.seek(max(0, size - _CHUNK))
                 digest.update(fh.read(_CHUNK))
                 kind = "head_tail_sha256"
-    identity = {"path": str(p.absolute()), "exists": True, "size": sum(f.stat().st_size for f in files),
-                kind: digest.hexdigest()}
+    identity = {"path": str(p.absolute()), "exists": True, "size": total, kind: digest.hexdigest()}
     return identity if len(files) == 1 else {**identity, "shards": len(files)}
 
 
