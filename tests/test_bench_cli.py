@@ -29,3 +29,24 @@ def test_an_unknown_benchmark_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "nope"])
     assert exit_.value.code == 2 and "prepare" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["prepare", "--repeat", "0"], "--repeat"),
+    (["prepare", "--frames", "0"], "--frames"),
+    (["prepare", "--size", "0x0"], "--size"),
+    (["eval", "--frames", "1"], "--frames"),
+    (["eval", "--jobs", "0"], "--jobs"),
+    (["merge", "--layers", "0"], "--layers"),
+    (["merge-kinds", "--rank", "-3"], "--rank"),
+    (["fp8-merge", "--rank", "0"], "--rank"),
+    (["fp8-merge", "--delta-rel", "-1"], "--delta-rel"),
+    (["fp8-merge", "--delta-rel", "nan"], "--delta-rel"),
+])
+def test_a_number_no_run_can_use_is_a_usage_error_naming_the_option(argv, option, capsys):
+    # each of these ran into a median of nothing, a division by zero or a zero-sized frame
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"argument {option}" in err and "Traceback" not in err

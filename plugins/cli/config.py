@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
-from circle_rotate.cli.prepare import parse_size
+from circle_rotate.kernel.arg_types import frame_size
 
 ORDER = 22
 
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     add_alias(p, "--output", dest="out", new="-o/--out", type=Path)
     p.add_argument("--jsonl", type=Path, help="use this video_jsonl_file (from caption --jsonl) instead of videos/")
     p.add_argument("--cache", type=Path, help="cache_directory (default PREPARED_DIR/cache)")
-    p.add_argument("--resolution", type=parse_size, metavar="WxH", help="bucket area (default: prepare's)")
+    p.add_argument("--resolution", type=frame_size, metavar="WxH", help="bucket area (default: prepare's)")
     p.add_argument("--repeats", type=int, default=1, help="num_repeats (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="batch_size (default 1)")
     p.add_argument("--ext", default=".txt", help="caption_extension (default .txt)")

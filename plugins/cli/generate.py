@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
-from circle_rotate.cli.prepare import parse_size
+from circle_rotate.kernel.arg_types import frame_size
 from circle_rotate.kernel.errors import UserError
 
 ORDER = 42
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--accel-lora-low", type=Path, help="4-step distillation LoRA, low-noise (lightx2v, as the paper)")
     p.add_argument("--accel-lora-high", type=Path, help="4-step distillation LoRA, high-noise")
     p.add_argument("--frames", type=int, default=81, help="frames per video (4n+1; default 81)")
-    p.add_argument("--resolution", type=parse_size, default=(1280, 720), metavar="WxH", help="default 1280x720")
+    p.add_argument("--resolution", type=frame_size, default=(1280, 720), metavar="WxH", help="default 1280x720")
     add_alias(p, "--size", dest="size_hw", new="--resolution WxH", type=int, nargs=2)
     p.add_argument("--flow-shift", type=float, default=8.0, help="default 8 (the paper's)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 4 with the distillation LoRAs, else musubi's 40)")

@@ -7,20 +7,12 @@ import dataclasses
 from pathlib import Path
 
 from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
+from circle_rotate.kernel.arg_types import frame_size
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.media.orbit_qc import QC_MODES
 from circle_rotate.prepare.clip_plan import SIZE_MODES, SizePolicy
 
 ORDER = 20
-
-
-def parse_size(text: str) -> tuple:
-    """'832x480' -> (832, 480)."""
-    try:
-        w, h = (int(v) for v in text.lower().replace("*", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
-    return w, h
 
 
 def add_parser(sub) -> None:
@@ -40,7 +32,7 @@ def add_parser(sub) -> None:
     add_legacy_out(p)  # the old spelling: prepare RAW_DIR OUT_DIR
     p.add_argument("--frames", type=int, default=81, help="frames per clip, 4n+1 (default 81, what Wan2.2 trains on)")
     p.add_argument("--fps", type=float, default=16.0, help="clip frame rate (default 16, what Wan2.2 expects)")
-    p.add_argument("--resolution", type=parse_size, default=(832, 480), metavar="WxH",
+    p.add_argument("--resolution", type=frame_size, default=(832, 480), metavar="WxH",
                    help="target size (default 832x480; in bucket mode only the area counts, so 480x832 is the same); "
                         "use the same value as the dataset config's resolution")
     p.add_argument("--size-mode", choices=SIZE_MODES, default="bucket",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
+from circle_rotate.kernel.arg_types import whole_number
 
 ORDER = 41
 
@@ -49,22 +50,17 @@ def add_parser(sub) -> None:
                              "'Many GPUs, many machines')")
     g.add_argument("--data-parallel", action="store_true",
                    help="train each expert over several GPUs with accelerate (both + 2N GPUs: N GPUs each)")
-    g.add_argument("--nodes", type=_positive, default=1, help="machines in the job (implies --data-parallel)")
+    g.add_argument("--nodes", type=whole_number(1), default=1, help="machines in the job (implies --data-parallel)")
     g.add_argument("--node-rank", type=int, help="this machine's rank, 0 to nodes-1 (the dry run prints every node)")
     g.add_argument("--main-address", metavar="HOST:PORT", help="node 0's address, when one expert spans machines")
     g.add_argument("--accelerate-config", type=Path, help="your accelerate config (checked against the request)")
     g.add_argument("--experts-in-turn", action="store_true", help="both experts one after the other, each on all GPUs")
-    g.add_argument("--grad-accumulation", type=_positive, metavar="N", help="--gradient_accumulation_steps N")
+    g.add_argument("--grad-accumulation", type=whole_number(1), metavar="N", help="--gradient_accumulation_steps N")
     g.add_argument("--lr-rule", choices=("none", "linear", "sqrt"), default="none",
                    help="scale the learning rate by the global batch against the published run's")
     add_force(p)
     p.set_defaults(func=run)
 
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

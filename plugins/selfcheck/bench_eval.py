@@ -22,6 +22,7 @@ import cv2
 
 from circle_rotate.eval.flow import farneback
 from circle_rotate.eval.runner import evaluate, usable_cores
+from circle_rotate.kernel.arg_types import frame_size, whole_number
 from circle_rotate.kernel.video_io import read_video
 from circle_rotate.selfcheck.synthetic.turntable import SUBJECTS, DriftPath, TurntableSpec, write_turntable
 
@@ -57,12 +58,12 @@ def decode_seconds(videos: Sequence[Path]) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--size", default="832x480")
-    ap.add_argument("--jobs", type=int, default=usable_cores())
+    ap.add_argument("--videos", type=whole_number(1), default=4)
+    ap.add_argument("--frames", type=whole_number(2), default=81)
+    ap.add_argument("--size", type=frame_size, default=(832, 480), metavar="WxH")
+    ap.add_argument("--jobs", type=whole_number(1), default=usable_cores())
     args = ap.parse_args(argv)
-    size = tuple(int(x) for x in args.size.lower().split("x"))
+    size = args.size
     with tempfile.TemporaryDirectory() as d:
         videos = make_videos(Path(d), count=args.videos, frames=args.frames, size=size)
         cv2.setNumThreads(1)  # the floor is one process on one core, as the reference runs

@@ -28,6 +28,7 @@ from typing import List, Optional
 
 import torch
 
+from circle_rotate.kernel.arg_types import positive_number, whole_number
 from circle_rotate.tools.merge.fp8 import FP8, FP8_MAX, scale_from_max
 from circle_rotate.tools.merge.fp8_rounding import comfy_loadtime_lora
 
@@ -66,8 +67,8 @@ def measure(name: str, shape, *, rank: int, delta_rel: float, gen: torch.Generat
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_fp8_merge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--delta-rel", type=float, default=0.05, help="RMS of the LoRA delta over RMS of the weight")
-    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--delta-rel", type=positive_number, default=0.05, help="RMS of the LoRA delta over RMS of the weight")
+    parser.add_argument("--rank", type=whole_number(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)

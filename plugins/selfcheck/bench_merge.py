@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from circle_rotate.kernel.arg_types import whole_number
 from circle_rotate.kernel.safetensors_io import read_header
 from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import I2V_A14B
@@ -270,12 +271,10 @@ def _print_targets(rounds: List[Round], largest: int, peak8: int, everything: Ru
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circle_rotate.selfcheck.bench_merge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=3, help="real-size blocks (0.7 GB each in fp16; 3 gives ~2.5 GB)")
+    parser.add_argument("--layers", type=whole_number(1), default=3, help="real-size blocks (0.7 GB each in fp16; 3 gives ~2.5 GB)")
     parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go (default: the system temp)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of copy + fp16 merge (medians are reported)")
+    parser.add_argument("--repeat", type=whole_number(1), default=3, help="rounds of copy + fp16 merge (medians are reported)")
     args = parser.parse_args(argv)
-    if args.layers < 1 or args.repeat < 1:
-        parser.error("--layers and --repeat take 1 or more")
     bench(args.layers, args.dir, args.repeat)
     return 0
 

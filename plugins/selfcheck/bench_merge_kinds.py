@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
+from circle_rotate.kernel.arg_types import whole_number
 from circle_rotate.kernel.wan_arch import I2V_A14B
 from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Source, row_ranges
 from circle_rotate.tools.merge.ordered_pipeline import torch_threads
@@ -87,11 +88,9 @@ def run(rank: int, repeat: int, timer: Callable[[Source], float] = time_merge) -
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="circle-rotate bench merge-kinds", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rank", type=int, default=32, help="rank of the LoRA, LoHa and LoKr factors (default 32)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--rank", type=whole_number(1), default=32, help="rank of the LoRA, LoHa and LoKr factors (default 32)")
+    parser.add_argument("--repeat", type=whole_number(1), default=3, help="rounds (medians are reported)")
     args = parser.parse_args(argv)
-    if args.rank < 1 or args.repeat < 1:
-        parser.error(f"--rank and --repeat take whole numbers of at least 1 (got {args.rank}, {args.repeat})")
     results = run(args.rank, args.repeat)
     print(f"per-tensor merge arithmetic, fp16 -> fp16, one thread, rank {args.rank}; median of {args.repeat}")
     for (rows, cols), row in results.items():

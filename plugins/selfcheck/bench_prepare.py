@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import List
 
+from circle_rotate.kernel.arg_types import frame_size, whole_number
 from circle_rotate.kernel.progress import set_quiet
 from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, write_video
 from circle_rotate.prepare.clip_plan import SizePolicy, frame_geometry
@@ -66,14 +67,14 @@ def cpu_seconds() -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="circle-rotate bench prepare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sources", type=int, default=6)
-    ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--size", default="832x480", help="source and clip size WxH")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds of floor then prepare (medians are reported)")
+    ap.add_argument("--sources", type=whole_number(1), default=6)
+    ap.add_argument("--frames", type=whole_number(1), default=81)
+    ap.add_argument("--size", type=frame_size, default=(832, 480), metavar="WxH", help="source and clip size (default 832x480)")
+    ap.add_argument("--repeat", type=whole_number(1), default=3, help="rounds of floor then prepare (medians are reported)")
     ap.add_argument("--workdir", type=Path, help="keep sources here (reused when present)")
     args = ap.parse_args(argv)
     set_quiet(True)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         sources = sorted((work / "raw").glob("*.mp4"))
