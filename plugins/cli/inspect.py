@@ -47,6 +47,8 @@ def _lora_lines(r: LoraReport) -> list:
         ("LoHa/LoKr", ", ".join(f"{n} {kind} modules" for kind, n in r.products.items()) + ": merge adds them, ComfyUI "
          "loads them" if r.products else "none"),
         ("differences", _diff_line(r)),
+        ("DoRA", f"a magnitude (dora_scale) on {r.dora} modules: ComfyUI applies it when it loads the LoRA; merge, "
+                 "convert, combine and resize refuse the file" if r.dora else "none"),
         ("ComfyUI", _comfy_line(r)),
         ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),
     ] + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]

@@ -17,6 +17,14 @@ Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``) are read beside the
 Wan parameter they change (:class:`DiffInfo`, :mod:`circle_rotate.tools.lora.diffs`); they have no alpha.
 LoHa and LoKr modules (:class:`ProductInfo`, :mod:`circle_rotate.tools.lora.lycoris`) are read beside
 them too, with their alpha.
+
+DoRA. A module may also carry ``<stem>.dora_scale``, a learned magnitude. ComfyUI loads it
+(``comfy/lora.py`` reads ``{x}.dora_scale`` for every adapter) and rescales the merged weight at load
+time (``weight_adapter/base.py`` ``weight_decompose``), but loaders disagree on that rescaling:
+ComfyUI normalises by the base weight's norm when the magnitude runs along the output axis, where
+LyCORIS and PEFT normalise the merged weight, and strength interpolates the result rather than
+scaling the delta. The files are read and reported (:attr:`LoraIndex.dora`), and every command that
+would rewrite the weights refuses them by name (:func:`require_wan_lora`) rather than guess.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import torch
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
-from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_of_stem, module_sort_key, parse_lora_key
 from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts, parse_product_key, product_key,
                                            product_scale)
 from circle_rotate.tools.option_values import AlphaIfMissing
@@ -117,6 +125,7 @@ class LoraIndex:
     metadata: Dict[str, str] = field(default_factory=dict)
     diffs: Dict[str, DiffInfo] = field(default_factory=dict)  # Wan parameter -> its difference
     products: Dict[str, ProductInfo] = field(default_factory=dict)  # Wan module -> its LoHa/LoKr
+    dora: Dict[str, str] = field(default_factory=dict)  # Wan module -> its DoRA magnitude's key (dora_scale)
 
     @property
     def has_alpha(self) -> bool:
@@ -146,6 +155,18 @@ class _Grouped:
     diffs: Dict[str, DiffInfo] = field(default_factory=dict)
     unknown: List[str] = field(default_factory=list)
     fmts: set = field(default_factory=set)
+    dora: Dict[str, str] = field(default_factory=dict)  # module -> its .dora_scale key
+
+
+DORA_SUFFIX = ".dora_scale"
+
+
+def _dora_module(key: str) -> Optional[str]:
+    """The Wan module a ``<stem>.dora_scale`` key belongs to (the musubi and comfy stems ComfyUI maps)."""
+    if not key.endswith(DORA_SUFFIX):
+        return None
+    found = module_of_stem(key[: -len(DORA_SUFFIX)])
+    return found[0] if found else None
 
 
 def _group_keys(header: SafetensorsHeader) -> _Grouped:
@@ -167,7 +188,11 @@ def _group_keys(header: SafetensorsHeader) -> _Grouped:
             continue
         diff = parse_diff_key(key)
         if diff is None:
-            g.unknown.append(key)
+            dora = _dora_module(key)
+            if dora is None:
+                g.unknown.append(key)
+            else:
+                g.dora[dora] = key
             continue
         if diff.param in g.diffs:
             raise UserError(f"the difference of '{diff.param}' is stored twice ('{g.diffs[diff.param].key}' and "
@@ -258,7 +283,8 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
                         path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
     fmts = g.fmts
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
-    index = LoraIndex(header.path, header, fmt, modules, tuple(g.unknown), dict(header.metadata), g.diffs, products)
+    index = LoraIndex(header.path, header, fmt, modules, tuple(g.unknown), dict(header.metadata), g.diffs, products,
+                      g.dora)
     if finite:
         bad_keys = nonfinite_keys(index)
         if bad_keys:
@@ -304,6 +330,12 @@ def require_wan_lora(index: LoraIndex) -> None:
         shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
         raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): this LoRA was made for another model",
                         path=index.path, fix="use a LoRA trained on Wan2.2 (musubi-tuner networks.lora_wan or ComfyUI layout)")
+    if index.dora:
+        first = index.dora[min(index.dora, key=module_sort_key)]
+        raise UserError(f"a DoRA LoRA: {len(index.dora)} module(s) carry a learned magnitude (e.g. '{first}'), which this "
+                        "tool does not merge, convert, combine or resize (loaders disagree on how to apply it)",
+                        path=index.path, fix="load it in ComfyUI as it is (LoraLoaderModelOnly applies DoRA at load "
+                                             "time) beside the unmerged expert")
     if index.unknown_keys:
         keys = sorted(index.unknown_keys)
         shown = ", ".join(f"'{k}'" for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")

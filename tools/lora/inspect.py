@@ -58,6 +58,7 @@ class LoraReport:
     diffs: Dict[str, int] = field(default_factory=dict)  # whole-tensor differences: "weight"/"bias"/"modulation" -> count
     comfyui_skips: List[str] = field(default_factory=list)  # mapped tensors ComfyUI's loader still skips (.diff_m)
     products: Dict[str, int] = field(default_factory=dict)  # "LoHa"/"LoKr" -> modules
+    dora: int = 0  # modules carrying a DoRA magnitude (dora_scale)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -188,7 +189,7 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
         nonfinite_keys=nonfinite_keys(index) if infos or index.diffs or index.products else [],
         diffs=dict(Counter(_diff_kind(p) for p in index.diffs)), comfyui_skips=skipped,
-        products=dict(Counter(LABELS[p.kind] for p in index.products.values())),
+        products=dict(Counter(LABELS[p.kind] for p in index.products.values())), dora=len(index.dora),
     )
 
 
