@@ -158,6 +158,7 @@ def test_every_runnable_readme_command_runs_verbatim(sandbox):
     assert (sandbox / "data" / "prepared" / "dataset.toml").is_file()
     assert (sandbox / "merged").is_dir() and (sandbox / "low_0.8.safetensors").is_file()
     assert (sandbox / "high_merged.safetensors").is_file()  # one file from the release's shards
+    assert (sandbox / "high_fp8_scaled.safetensors").is_file()  # the same, converted only
     from safetensors.torch import load_file
 
     base, baked = (load_file(str(sandbox / n)) for n in ("wan2.2_i2v_high_noise_14B_fp16.safetensors", "high_4step.safetensors"))

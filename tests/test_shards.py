@@ -206,3 +206,36 @@ def test_run_record_identifies_the_whole_set_a_shard_stands_for(release, tmp_pat
     save_file({**last, "extra.weight": torch.zeros(1)}, str(shards[-1]))  # another release's last shard
     assert file_identity(shards[0])["header_sha256"] != ident["header_sha256"]
     assert "shards" not in file_identity(release["single"])
+
+
+def test_without_a_lora_merge_converts_the_release_into_one_file(tmp_path, capsys):
+    # the official release is fp32; ComfyUI users want one fp16 or fp8_scaled file of it
+    single = write_tiny_wan(tmp_path / "single.safetensors", dtype="fp32", rest_dtype="fp32", seed=2, expert="low")
+    folder = write_release_shards(single, tmp_path / "Wan2.2-I2V-A14B" / "low_noise_model", shards=3).parent
+    whole = load_file(str(single))
+    outs = {d: tmp_path / f"low_{d}.safetensors" for d in ("same", "fp16", "fp8_scaled")}
+    for dtype, out in outs.items():
+        assert main(["merge", str(folder), "-o", str(out), "--dtype", dtype]) == 0, dtype
+        assert "no LoRA" in capsys.readouterr().out
+    joined, half = load_file(str(outs["same"])), load_file(str(outs["fp16"]))
+    assert set(joined) == set(half) == set(whole)
+    assert all(joined[k].equal(whole[k]) for k in whole)  # joined byte for byte
+    assert all(half[k].dtype == torch.float16 and half[k].equal(whole[k].half()) for k in whole)  # rounded once
+    scaled = load_file(str(outs["fp8_scaled"]))
+    weights = [k for k in whole if scaled[k].dtype == torch.float8_e4m3fn]
+    assert len(weights) >= 2 * tiny_config().num_layers
+    for key in weights:
+        scale, want = float(scaled[key[: -len(".weight")] + ".scale_weight"]), whole[key].double()
+        assert scale == pytest.approx(float(want.abs().max()) / 448.0, rel=1e-6), key
+        assert torch.all((scaled[key].double() * scale - want).abs() <= want.abs() * 2**-4 + scale * 2**-9), key
+    # the same conversion from the one file gives the same tensors (the shards store them in another order)
+    assert main(["merge", str(single), "-o", str(tmp_path / "from_single.safetensors"), "--dtype", "fp8_scaled"]) == 0
+    from_single = load_file(str(tmp_path / "from_single.safetensors"))
+    assert set(from_single) == set(scaled) and all(from_single[k].equal(scaled[k]) for k in scaled)
+
+
+def test_no_lora_and_no_new_dtype_is_nothing_to_do(tmp_path, capsys):
+    single = write_tiny_wan(tmp_path / "single.safetensors", seed=2)
+    assert main(["merge", str(single), "-o", str(tmp_path / "copy.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to do" in err and "--dtype fp16" in err and not (tmp_path / "copy.safetensors").exists()

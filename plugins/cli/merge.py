@@ -39,15 +39,18 @@ def add_parser(sub) -> None:
                    examples="  circle-rotate merge wan2.2_i2v_high_noise_14B_fp16.safetensors "
                             "--lora circle_rotate_h.safetensors -o high_merged.safetensors --dtype fp8_scaled\n"
                             "  circle-rotate merge low.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5 "
-                            "-o low_ab.safetensors --dry-run\n")
+                            "-o low_ab.safetensors --dry-run\n"
+                            "  circle-rotate merge Wan2.2-I2V-A14B/low_noise_model -o low_fp8_scaled.safetensors "
+                            "--dtype fp8_scaled   # no LoRA: convert only\n")
     # SUPPRESS and no type: an absent positional must not overwrite the old --base spelling
     # (argparse would pass a string default through type=Path)
     p.add_argument("base", nargs="?", default=argparse.SUPPRESS, metavar="EXPERT",
                    help="the expert checkpoint: a .safetensors file, or a sharded one (any shard, its index or its "
                         "folder, as the official release stores it); the output is one file either way")
     add_alias(p, "--base", dest="base", new="the positional EXPERT", type=Path)
-    p.add_argument("--lora", type=lora_arg, action="append", required=True, metavar="FILE[:STRENGTH]",
-                   help="a LoRA and its strength (default 1.0); repeat for several")
+    p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA and its strength (default 1.0); repeat for several. None: the expert is only "
+                        "converted (a sharded one joined into one file, --dtype applied)")
     add_out(p, required=True, metavar="OUT", help="merged checkpoint to write")
     add_dtype_option(p)
     add_skip_absent_option(p)
@@ -61,7 +64,8 @@ def describe(report: MergeReport) -> str:
                       + (f", {x['diffs']} whole-tensor differences" if x["diffs"] else "")
                       + (f"; {len(x['skipped'])} absent from the expert left out" if x["skipped"] else "") + ")"
                       for x in report.loras)
-    return (f"{report.out}: {report.dtype}, expert {report.expert or 'unknown'}; {loras}; {report.merged} merged, "
+    return (f"{report.out}: {report.dtype}, expert {report.expert or 'unknown'}; {loras or 'no LoRA'}; "
+            f"{report.merged} merged, "
             f"{report.converted} converted, {report.copied} copied byte for byte, {len(report.dropped)} fp8 side "
             f"tensors dropped; {report.bytes / 2**30:.2f} GiB in {report.seconds:.1f} s")
 

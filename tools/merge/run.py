@@ -226,12 +226,14 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     Raises:
         UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha.
     """
-    if not loras:
-        raise UserError("no LoRA given", fix="pass --lora FILE[:STRENGTH] at least once")
     base_path = base.header.path if isinstance(base, BaseInfo) else base
     out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
     info = base if isinstance(base, BaseInfo) else read_base(base)
     check_output_path(out_p, inputs=[s.path for s in info.header.shards], force=force)  # a sharded base: each shard
+    if not loras and dtype == "same" and len(info.header.shards) == 1:
+        raise UserError("nothing to do: no LoRA to merge, and --dtype same keeps the expert as it is",
+                        path=info.header.path, fix="pass --lora FILE to merge one, or --dtype fp16, bf16 or fp8_scaled "
+                                                   "to convert the expert")
     plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert,
                       skip_absent=skip_absent)
     _check_strengths_fit(plan)
@@ -255,7 +257,8 @@ def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> Merg
     start = time.perf_counter()
     execute_plan(plan, out_p, workers=workers)
     seconds = time.perf_counter() - start
-    logger.info("merged %s into %s in %.1f s", ", ".join(str(s.index.path) for s in plan.loras), out_p, seconds)
+    logger.info("wrote %s (%s) in %.1f s", out_p, "merged " + ", ".join(str(s.index.path) for s in plan.loras)
+                if plan.loras else "converted, no LoRA", seconds)
     return MergeReport(
         out=str(out_p), base=str(plan.base.path), expert=plan.metadata.get(EXPERT_METADATA_KEY), dtype=plan.dtype,
         loras=[{"file": str(s.index.path), "strength": s.strength, "modules": n, "diffs": d, "skipped": list(k)}
@@ -269,12 +272,13 @@ def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> Merg
 def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, dtype: str = "same",
                 alpha_if_missing: AlphaIfMissing = None, force: bool = False, expert: Optional[str] = None,
                 workers: Optional[int] = None, skip_absent: bool = False) -> MergeReport:
-    """Merge ``loras`` (path, strength) into the expert ``base`` and write ``out``.
+    """Merge ``loras`` (path, strength) into the expert ``base`` and write ``out``; with no LoRA,
+    only convert it (join a sharded base into one file, change its dtype).
 
     Args:
         base: a Wan DiT ``.safetensors`` (fp16/bf16/fp32/fp8_e4m3fn/fp8_scaled, with or without
             ComfyUI's ``model.diffusion_model.`` prefix).
-        loras: LoRA files with their strengths, applied in order.
+        loras: LoRA files with their strengths, applied in order (none: convert only).
         out: output ``.safetensors``; never one of the inputs.
         dtype: ``same`` (the base's own representation) or fp16/bf16/fp32/fp8_e4m3fn/fp8_scaled.
         alpha_if_missing: see :func:`circle_rotate.tools.lora.files.module_scales`.
@@ -287,7 +291,8 @@ def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: Pa
         A :class:`MergeReport`.
 
     Raises:
-        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha.
+        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, or nothing
+            to do (no LoRA, one file, ``dtype`` same).
     """
     prepared = prepare_merge(base, loras, out, dtype=dtype, alpha_if_missing=alpha_if_missing, force=force, expert=expert,
                              skip_absent=skip_absent)
