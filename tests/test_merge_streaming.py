@@ -77,7 +77,7 @@ def test_non_finite_output_is_refused_naming_the_key(tmp_path, small_chunks, poi
     # a NaN in the LoRA itself is refused when the LoRA is read (naming its tensor), before any
     # output exists; an overflow only shows in the merged output, which the writer checks
     named, pattern = ((stem + ".lora_up.weight", r"holds NaN or inf") if poison == "nan" else
-                      ("blocks.1.ffn.2.weight", r"'blocks\.1\.ffn\.2\.weight' has inf/NaN"))
+                      ("blocks.1.ffn.2.weight", r"'blocks\.1\.ffn\.2\.weight' would hold inf/NaN"))
     with pytest.raises(UserError, match=pattern):
         merge_loras(base, [(lora_path, 1.0)], out)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -101,3 +101,18 @@ def test_dry_run_says_what_would_be_written_and_writes_nothing(tmp_path, capsys)
     assert "would write" in text and "nothing written" in text and not out.exists()
     merge_loras(base, [(lora, 1.0)], out, dtype="fp8_scaled")
     assert out.stat().st_size >= summary["bytes"] and out.stat().st_size - summary["bytes"] < 64 * 1024  # + header
+
+
+def test_a_conversion_that_overflows_fp16_is_refused_naming_the_tensor(tmp_path, capsys):
+    # no LoRA at all: the official fp32 weights themselves can exceed fp16's 65504
+    base = write_tiny_wan(tmp_path / "base.safetensors", dtype="fp32", rest_dtype="fp32", seed=1, expert="high")
+    sd = load_file(str(base))
+    sd["blocks.0.norm3.bias"][5] = 1e6
+    save_file(sd, str(base))
+    out = tmp_path / "out.safetensors"
+    assert main(["merge", str(base), "--out", str(out), "--dtype", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "'blocks.0.norm3.bias' would hold inf/NaN" in err and "--dtype bf16/fp32" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors"]
+    assert main(["merge", str(base), "--out", str(out), "--dtype", "bf16"]) == 0  # bf16's range holds it
+    assert load_file(str(out))["blocks.0.norm3.bias"][5].equal(torch.tensor(1e6).bfloat16())

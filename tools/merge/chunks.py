@@ -79,7 +79,7 @@ def _surely_finite(work: torch.Tensor) -> bool:
 def _refuse_non_finite(t: torch.Tensor, key: str, r0: int, r1: int) -> None:
     """The exact check, for the rare pass the fast test could not clear."""
     if not bool(torch.isfinite(t).all()):
-        raise UserError(f"the merged weight '{key}' has inf/NaN values (rows {r0}-{r1 - 1}); nothing was written",
+        raise UserError(f"'{key}' would hold inf/NaN values in the output (rows {r0}-{r1 - 1}); nothing was written",
                         fix="check the LoRA and base with `circle-rotate inspect`; lower the strength, or write "
                             "--dtype bf16/fp32 if fp16's range (65504) is what overflowed")
 
