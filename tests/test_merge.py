@@ -284,18 +284,3 @@ def test_high_and_low_lora_modules_as_fp32_lora(tmp_path):
     want, got = truth(base, [(tmp_path / "f32.safetensors", 1.0)]), load_file(str(tmp_path / "o.safetensors"))
     for key in TARGETS:
         assert_close_to(got[key], want, key)
-
-
-def test_a_diffusers_layout_expert_is_refused_as_such_not_blamed_on_the_lora(tmp_path, lora, capsys):
-    from model_files import diffusers_layout
-
-    base = write_tiny_wan(tmp_path / "wan.safetensors", dtype="fp16", seed=1)
-    d = diffusers_layout(base, tmp_path / "wan2.2_i2v_high_noise_diffusers.safetensors")
-    assert main(["merge", str(d), "--lora", str(lora), "-o", str(tmp_path / "out.safetensors")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Diffusers-format" in err and str(d) in err and "fix:" in err and "\n" not in err
-    assert not (tmp_path / "out.safetensors").exists()
-    assert main(["inspect", str(d)]) == 0
-    assert "Diffusers layout" in capsys.readouterr().out
-    assert main(["inspect", str(base)]) == 0
-    assert "Diffusers" not in capsys.readouterr().out

@@ -47,10 +47,14 @@ _FUN_INP_TEXT = re.compile(r"fun[ _\-]?(?:a14b[ _\-]?)?inp(?:aint)?(?![a-z])", r
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 
 #: What to say of a Diffusers-layout expert where Wan's own key names are needed, and what to use instead.
-DIFFUSERS_LAYOUT = ("is a Diffusers-format Wan transformer (blocks.N.attn1.to_q, condition_embedder.*); musubi-tuner, "
-                    "ComfyUI's Wan LoRAs and this merge use Wan's own key names (blocks.N.self_attn.q)")
-DIFFUSERS_FIX = ("use the expert in Wan's layout: wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors (circle-rotate download "
-                 "models) or the shards in Wan-AI/Wan2.2-I2V-A14B's high_noise_model/ and low_noise_model/")
+DIFFUSERS_LAYOUT = ("is a Diffusers-format Wan transformer (blocks.N.attn1.to_q, condition_embedder.*); musubi-tuner "
+                    "loads Wan's own key names (blocks.N.self_attn.q)")
+WAN_LAYOUT_SOURCES = ("wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors (circle-rotate download models) or the "
+                      "shards in Wan-AI/Wan2.2-I2V-A14B's high_noise_model/ and low_noise_model/")
+DIFFUSERS_FIX = ("write it in Wan's layout with circle-rotate merge FOLDER -o OUT.safetensors --dtype bf16 (transformer/ "
+                 "is the high-noise expert, transformer_2/ the low-noise one), or use " + WAN_LAYOUT_SOURCES)
+#: Diffusers' WanImageToVideoPipeline folder of each Wan2.2 expert (it runs transformer above the boundary).
+_DIFFUSERS_EXPERT_FOLDER = {"transformer": "high", "transformer_2": "low"}
 
 # Keys only Diffusers' WanTransformer3DModel has.
 _DIFFUSERS_KEY = re.compile(r"blocks\.\d+\.attn1\.to_q\.weight$|condition_embedder\.")
@@ -107,8 +111,12 @@ def expert_from_metadata(metadata: Dict[str, str]) -> Optional[str]:
 
 
 def expert_from_path(path: Path) -> Optional[str]:
-    """Expert named by the file name, else by its folder (official ``high_noise_model/``)."""
-    return expert_from_text(path.name) or expert_from_text(path.parent.name)
+    """Expert named by the file name, else by its folder (official ``high_noise_model/``, or the Diffusers
+    release's ``transformer/`` and ``transformer_2/`` holding its ``diffusion_pytorch_model`` files)."""
+    found = expert_from_text(path.name) or expert_from_text(path.parent.name)
+    if found is None and path.name.startswith("diffusion_pytorch_model"):
+        found = _DIFFUSERS_EXPERT_FOLDER.get(path.parent.name)
+    return found
 
 
 def variant_of(metadata: Dict[str, str], path: Path) -> str:

@@ -61,6 +61,22 @@ _DIFFUSERS_TOP = {
 }
 _FROM_DIFFUSERS_IN_BLOCK = {v: k for k, v in _DIFFUSERS_IN_BLOCK.items()}
 _FROM_DIFFUSERS_TOP = {v: k for k, v in _DIFFUSERS_TOP.items()}
+# The parameters no LoRA targets, Diffusers' name -> Wan's (diffusers' scripts/convert_wan_to_diffusers.py;
+# its norm2 is Wan's norm3, the cross-attention norm; the other LayerNorms have no parameters in either).
+_FROM_DIFFUSERS_OTHER_IN_BLOCK = {
+    "scale_shift_table": "modulation", "norm2.weight": "norm3.weight", "norm2.bias": "norm3.bias",
+    "attn1.norm_q.weight": "self_attn.norm_q.weight", "attn1.norm_k.weight": "self_attn.norm_k.weight",
+    "attn2.norm_q.weight": "cross_attn.norm_q.weight", "attn2.norm_k.weight": "cross_attn.norm_k.weight",
+    "attn2.norm_added_k.weight": "cross_attn.norm_k_img.weight",
+}
+_FROM_DIFFUSERS_OTHER_TOP = {
+    "scale_shift_table": "head.modulation",
+    "condition_embedder.image_embedder.norm1.weight": "img_emb.proj.0.weight",
+    "condition_embedder.image_embedder.norm1.bias": "img_emb.proj.0.bias",
+    "condition_embedder.image_embedder.norm2.weight": "img_emb.proj.4.weight",
+    "condition_embedder.image_embedder.norm2.bias": "img_emb.proj.4.bias",
+    "condition_embedder.image_embedder.pos_embed": "img_emb.emb_pos",
+}
 _UNDERSCORED_IN_BLOCK = {m.replace(".", "_"): m for m in _IN_BLOCK}
 _UNDERSCORED_TOP = {m.replace(".", "_"): m for m in _TOP_LEVEL}
 
@@ -103,6 +119,24 @@ def _from_underscored(body: str) -> Optional[str]:
 
 def _from_diffusers_path(path: str) -> Optional[str]:
     return _to_wan(path, _BLOCK, _FROM_DIFFUSERS_IN_BLOCK, _FROM_DIFFUSERS_TOP)
+
+
+def wan_param_from_diffusers(key: str) -> Optional[str]:
+    """The Wan parameter a Diffusers ``WanTransformer3DModel`` state-dict key holds; None when it has no Wan name.
+
+    Example:
+        >>> wan_param_from_diffusers("blocks.3.attn2.to_out.0.bias")
+        'blocks.3.cross_attn.o.bias'
+    """
+    for suffix in (".weight", ".bias"):
+        module = _from_diffusers_path(key[: -len(suffix)]) if key.endswith(suffix) else None
+        if module:
+            return module + suffix
+    m = _BLOCK.fullmatch(key)
+    if m:
+        inner = _FROM_DIFFUSERS_OTHER_IN_BLOCK.get(m.group(2))
+        return f"blocks.{int(m.group(1))}.{inner}" if inner else None
+    return _FROM_DIFFUSERS_OTHER_TOP.get(key)
 
 
 def _split_suffix(key: str, table: Dict[str, str]) -> Optional[Tuple[str, str]]:

@@ -33,7 +33,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 
 from circle_rotate.kernel.atomic import check_output_path
-from circle_rotate.kernel.checkpoint_identity import DIFFUSERS_FIX, DIFFUSERS_LAYOUT, EXPERT_METADATA_KEY, identify_checkpoint
+from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identify_checkpoint
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsWriter, tensor_bytes
@@ -45,6 +45,7 @@ from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Pooled, Source, 
 from circle_rotate.tools.merge.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.merge.ordered_pipeline import pipelined, torch_threads
 from circle_rotate.tools.merge.plan import BaseInfo, LoraSource, MergePlan, OutTensor, plan_merge
+from circle_rotate.tools.merge.renamed_base import RenamedHeader, wan_named
 from circle_rotate.tools.option_values import check_scale_fits
 
 logger = logging.getLogger(__name__)
@@ -205,14 +206,17 @@ def read_base(path: PathLike) -> BaseInfo:
 
     Raises:
         UserError: unreadable, not a safetensors file, or not a Wan DiT.
+
+    A Diffusers-format expert is read under Wan's names (:mod:`circle_rotate.tools.merge.renamed_base`).
     """
     header = read_checkpoint(path)
     identity = identify_checkpoint(header)
     if not identity.is_wan:
         raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
                         fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
-    if identity.layout == "diffusers":  # else every LoRA module would be "absent from the base"
-        raise UserError(DIFFUSERS_LAYOUT, path=header.path, fix=DIFFUSERS_FIX)
+    if identity.layout == "diffusers":  # read under Wan's names, so LoRAs match and the output is Wan's layout
+        header = wan_named(header)
+        identity = identify_checkpoint(header)
     return BaseInfo(header, identity, fp8_layout(header, identity.key_prefix))
 
 
@@ -230,7 +234,7 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
     info = base if isinstance(base, BaseInfo) else read_base(base)
     check_output_path(out_p, inputs=[s.path for s in info.header.shards], force=force)  # a sharded base: each shard
-    if not loras and dtype == "same" and len(info.header.shards) == 1:
+    if not loras and dtype == "same" and len(info.header.shards) == 1 and not isinstance(info.header, RenamedHeader):
         raise UserError("nothing to do: no LoRA to merge, and --dtype same keeps the expert as it is",
                         path=info.header.path, fix="pass --lora FILE to merge one, or --dtype fp16, bf16 or fp8_scaled "
                                                    "to convert the expert")
