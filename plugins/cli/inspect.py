@@ -76,7 +76,8 @@ def _comfy_line(r: LoraReport) -> str:
 
 def _model_lines(r: ModelReport) -> list:
     return [
-        ("kind", f"model, {r.family}, {r.task}" + (", Diffusers layout (not Wan's own key names)" if r.layout == "diffusers" else "")),
+        ("kind", f"model, {r.family}, {r.task}" + (", Diffusers layout (not Wan's own key names; merge writes it in "
+                                                   "Wan's)" if r.layout == "diffusers" else "")),
         ("expert", f"{r.expert} ({r.expert_evidence})" if r.expert else "unknown (no metadata or name says)"),
         ("dtype", r.dtype),
         ("fp8 layout", r.fp8_layout),

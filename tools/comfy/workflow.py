@@ -119,7 +119,8 @@ class WorkflowSpec:
             bad += [f"LoRA strength {s} of {n} (-100 to 100)" for n, s in chain.loras if not -100 <= s <= 100]
             if SHARD_NAME.match(Path(chain.model).name):  # UNETLoader loads one file as the whole model
                 bad.append(f"{chain.model} is one shard of a sharded model (ComfyUI loads one whole file: "
-                           "`circle-rotate merge SHARD --lora LORA -o ONE_FILE.safetensors` writes one)")
+                           "`circle-rotate merge SHARD -o ONE_FILE.safetensors --dtype fp16` writes one, and "
+                           "merges a LoRA in with --lora)")
         if bad:
             raise UserError("the workflow would not run: " + "; ".join(bad),
                             fix="see `circle-rotate workflow --help` for each flag's range")
