@@ -65,9 +65,8 @@ def describe(report: MergeReport) -> str:
                       + (f"; {len(x['skipped'])} absent from the expert left out" if x["skipped"] else "") + ")"
                       for x in report.loras)
     return (f"{report.out}: {report.dtype}, expert {report.expert or 'unknown'}; {loras or 'no LoRA'}; "
-            f"{report.merged} merged, "
-            f"{report.converted} converted, {report.copied} copied byte for byte, {len(report.dropped)} fp8 side "
-            f"tensors dropped; {report.bytes / 2**30:.2f} GiB in {report.seconds:.1f} s")
+            f"{report.merged} merged, {report.converted} converted, {report.copied} copied byte for byte, "
+            f"{len(report.dropped)} fp8 side tensors dropped; {report.bytes / 2**30:.2f} GiB in {report.seconds:.1f} s")
 
 
 def run(args: argparse.Namespace) -> int:

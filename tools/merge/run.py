@@ -202,12 +202,11 @@ class PreparedMerge:
 
 def read_base(path: PathLike) -> BaseInfo:
     """Read the base's header once, tell what it is and where its fp8 scales are: everything the
-    plan is decided from (the merge then only executes it).
+    plan is decided from (the merge then only executes it). A Diffusers-format expert is read under
+    Wan's names (:mod:`circle_rotate.tools.merge.renamed_base`).
 
     Raises:
-        UserError: unreadable, not a safetensors file, or not a Wan DiT.
-
-    A Diffusers-format expert is read under Wan's names (:mod:`circle_rotate.tools.merge.renamed_base`).
+        UserError: unreadable, not a safetensors file, not a Wan DiT, or a Diffusers tensor with no Wan name.
     """
     header = read_checkpoint(path)
     identity = identify_checkpoint(header)
@@ -228,7 +227,7 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     Args: as :func:`merge_loras`; ``base`` may also be a :func:`read_base` result already read.
 
     Raises:
-        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha.
+        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, or nothing to do.
     """
     base_path = base.header.path if isinstance(base, BaseInfo) else base
     out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
