@@ -110,6 +110,13 @@ def test_an_incomplete_or_mixed_set_is_refused_naming_the_file(release, tmp_path
     (folder / release["index"].name).unlink()
     with pytest.raises(NotARegularFileError, match=f"it holds {n} .safetensors files and no index"):
         read_checkpoint(folder)
+    # the release's top folder: the experts are one level down, and the error names their folders
+    (tmp_path / "low_noise_model").mkdir()
+    shutil.copy(release["index"], tmp_path / "low_noise_model")
+    (tmp_path / "google").mkdir()  # the text encoder's tokenizer: no model file
+    with pytest.raises(NotARegularFileError, match="name one of the model folders it holds: high_noise_model/, "
+                                                   "low_noise_model/$"):
+        read_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["same", "fp16", "fp8_scaled"])

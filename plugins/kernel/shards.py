@@ -113,6 +113,12 @@ def _in_folder(folder: Path) -> Path:
     files = sorted(folder.glob("*.safetensors"))
     if not indexes and len(files) == 1:
         return files[0]
+    if not indexes and not files:  # a release's top folder: the experts are one level down
+        models = sorted(d.name + "/" for d in folder.iterdir()
+                        if d.is_dir() and (any(d.glob("*" + INDEX_SUFFIX)) or any(d.glob("*.safetensors"))))
+        if models:
+            raise NotARegularFileError(folder, kind="folder", fix=f"name one of the model folders it holds: "
+                                                                 f"{', '.join(models)}")
     what = f"{len(indexes)} indexes" if indexes else f"{len(files)} .safetensors files and no index"
     raise NotARegularFileError(folder, kind="folder", fix=f"name the model file, or one shard of it (it holds {what})")
 
