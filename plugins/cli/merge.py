@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
     # (argparse would pass a string default through type=Path)
     p.add_argument("base", nargs="?", default=argparse.SUPPRESS, metavar="EXPERT",
                    help="the expert checkpoint: a .safetensors file, or a sharded one (any shard, its index or its "
-                        "folder, as the official release stores it); the output is one file either way")
+                        "folder, as the official release stores it), in Wan's or Diffusers' key names (the Diffusers "
+                        "release's transformer/ or transformer_2/); the output is one file in Wan's names")
     add_alias(p, "--base", dest="base", new="the positional EXPERT", type=Path)
     p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="a LoRA and its strength (default 1.0); repeat for several. None: the expert is only "
