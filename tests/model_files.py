@@ -46,7 +46,14 @@ _TO_DIFFUSERS = (("time_embedding.0", "condition_embedder.time_embedder.linear_1
                  ("ffn.2", "ffn.net.2"), ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),
                  ("self_attn.o", "attn1.to_out.0"), ("cross_attn.o", "attn2.to_out.0"),
                  ("self_attn.norm_", "attn1.norm_"), ("cross_attn.norm_", "attn2.norm_"),
-                 *((f"{a}.{x}", f"{b}.to_{x}") for a, b in (("self_attn", "attn1"), ("cross_attn", "attn2")) for x in "qkv"))
+                 *((f"{a}.{x}", f"{b}.to_{x}") for a, b in (("self_attn", "attn1"), ("cross_attn", "attn2")) for x in "qkv"),
+                 # Wan2.1 I2V's image layers
+                 ("img_emb.proj.0", "condition_embedder.image_embedder.norm1"),
+                 ("img_emb.proj.1", "condition_embedder.image_embedder.ff.net.0.proj"),
+                 ("img_emb.proj.3", "condition_embedder.image_embedder.ff.net.2"),
+                 ("img_emb.proj.4", "condition_embedder.image_embedder.norm2"),
+                 ("attn2.to_k_img", "attn2.add_k_proj"), ("attn2.to_v_img", "attn2.add_v_proj"),
+                 ("attn2.norm_k_img", "attn2.norm_added_k"))
 
 
 def diffusers_layout(src: Path, dst: Path) -> Path:

@@ -74,3 +74,36 @@ def test_a_tensor_with_no_wan_name_is_refused_naming_it(release, tmp_path):
     with pytest.raises(UserError, match=r"'blocks\.0\.attn1\.to_qkv\.weight' has no counterpart in Wan's layout"):
         merge_loras(tmp_path / "fused.safetensors", [(release["lora"], 1.0)], tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+
+def wan21_i2v(path):
+    """A tiny Wan2.1 I2V DiT: the Wan2.2 one plus the CLIP image layers (projection, k_img/v_img/norm_k_img)."""
+    sd = tensors(write_tiny_wan(path, dtype="fp32", rest_dtype="fp32", seed=2))
+    gen = torch.Generator().manual_seed(0)
+    dim, clip = CFG.dim, 32
+    extra = {"img_emb.proj.0.weight": (clip,), "img_emb.proj.0.bias": (clip,), "img_emb.proj.1.weight": (clip, clip),
+             "img_emb.proj.1.bias": (clip,), "img_emb.proj.3.weight": (dim, clip), "img_emb.proj.3.bias": (dim,),
+             "img_emb.proj.4.weight": (dim,), "img_emb.proj.4.bias": (dim,)}
+    for i in range(CFG.num_layers):
+        extra.update({f"blocks.{i}.cross_attn.{n}_img.{p}": (dim, dim) if p == "weight" else (dim,)
+                      for n in "kv" for p in ("weight", "bias")})
+        extra[f"blocks.{i}.cross_attn.norm_k_img.weight"] = (dim,)
+    sd.update({k: torch.randn(shape, generator=gen) for k, shape in extra.items()})
+    save_file(sd, str(path))
+    return path
+
+
+def test_wan21_image_layers_map_back_and_a_single_transformer_is_no_expert(tmp_path):
+    # Wan2.1's Diffusers releases have one transformer/ and no experts; its image layers tell it apart
+    wan = wan21_i2v(tmp_path / "wan21.safetensors")
+    folder = tmp_path / "Wan2.1-I2V-14B-480P-Diffusers" / "transformer"
+    folder.mkdir(parents=True)
+    diffusers_layout(wan, folder / "diffusion_pytorch_model.safetensors")
+    assert any("add_k_proj" in k for k in tensors(folder / "diffusion_pytorch_model.safetensors"))
+    report = inspect_file(folder)
+    assert report.family == "wan2.1-14b" and report.expert is None and report.layout == "diffusers"
+    out = tmp_path / "wan21_back.safetensors"
+    assert merge_loras(folder, [], out, dtype="same").expert is None
+    got, want = tensors(out), tensors(wan)
+    assert set(got) == set(want) and all(got[k].equal(want[k]) for k in want)

@@ -110,11 +110,12 @@ def expert_from_metadata(metadata: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def expert_from_path(path: Path) -> Optional[str]:
-    """Expert named by the file name, else by its folder (official ``high_noise_model/``, or the Diffusers
-    release's ``transformer/`` and ``transformer_2/`` holding its ``diffusion_pytorch_model`` files)."""
+def expert_from_path(path: Path, *, two_experts: bool = True) -> Optional[str]:
+    """Expert named by the file name, else by its folder (official ``high_noise_model/``, or, for a model that has
+    two experts, the Diffusers release's ``transformer/`` and ``transformer_2/`` holding its
+    ``diffusion_pytorch_model`` files: a Wan2.1 Diffusers release has one ``transformer/`` and no expert)."""
     found = expert_from_text(path.name) or expert_from_text(path.parent.name)
-    if found is None and path.name.startswith("diffusion_pytorch_model"):
+    if found is None and two_experts and path.name.startswith("diffusion_pytorch_model"):
         found = _DIFFUSERS_EXPERT_FOLDER.get(path.parent.name)
     return found
 
@@ -163,7 +164,8 @@ def identify_checkpoint(header: AnyHeader) -> CheckpointIdentity:
     if patch is None or num_layers == 0:
         family, task = "unknown", "unknown"
     else:
-        has_img = "img_emb.proj.1.weight" in plain or "blocks.0.cross_attn.k_img.weight" in plain
+        has_img = any(k in plain for k in ("img_emb.proj.1.weight", "blocks.0.cross_attn.k_img.weight",
+                                           "blocks.0.attn2.add_k_proj.weight"))  # the last: Diffusers' name
         if in_dim == 16 + I2V_EXTRA_CHANNELS:
             task = "i2v"
         elif in_dim == VAE_LATENT_CHANNELS:
@@ -184,7 +186,7 @@ def identify_checkpoint(header: AnyHeader) -> CheckpointIdentity:
     expert = expert_from_metadata(header.metadata)
     evidence = "metadata" if expert else None
     if expert is None:
-        expert = expert_from_path(header.path)
+        expert = expert_from_path(header.path, two_experts=family == "wan2.2-a14b")
         evidence = "filename" if expert else None
     return CheckpointIdentity(
         path=str(header.path), family=family, task=task, expert=expert, expert_evidence=evidence,
