@@ -62,7 +62,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.parallel_plan import ParallelRequest
     from circle_rotate.musubi.train import TrainRequest, train

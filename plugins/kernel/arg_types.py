@@ -11,10 +11,7 @@ def whole_number(minimum: int = 1) -> Callable[[str], int]:
     """An int of at least ``minimum`` (``--repeat 0`` would end in a median of nothing)."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
+        value = int(text) if text.isdigit() else None  # digits only, as train's --nodes always took them
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least {minimum}")
         return value
