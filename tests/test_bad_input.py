@@ -552,14 +552,16 @@ def test_prepare_repair_restores_the_deleted_line(world, tmp_path, capfd):
     assert cli_main.main(["-q", "config", str(folder)]) == 0  # readers accept it again
 
 
-def test_repair_removes_a_clip_no_source_claims(world, tmp_path):
+def test_repair_moves_a_clip_no_source_claims_out_of_videos(world, tmp_path):
     folder = tmp_path / "P"
     shutil.copytree(world.P, folder)
     stray = folder / "videos" / "stray_000_deadbeef.mp4"
     shutil.copy(world.clip, stray)
     assert cli_main.main(["-q", "config", str(folder)]) == 2
+    assert cli_main.main(["-q", "prepare", str(world.raw), "-o", str(folder), *world.prep_args]) == 2
     assert cli_main.main(["-q", "prepare", str(world.raw), "-o", str(folder), *world.prep_args, "--repair"]) == 0
-    assert not stray.exists()
+    assert not stray.exists()  # musubi would train on it; someone may want it back
+    assert (folder / "set_aside" / "videos" / stray.name).read_bytes() == world.clip.read_bytes()
 
 
 def _command_raising(monkeypatch, exc: BaseException) -> None:

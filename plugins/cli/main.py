@@ -102,9 +102,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"circle-rotate {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         logging.disable(logging.CRITICAL)  # library loggers (torch's INFO at teardown) would follow this last line
-        print(f"circle-rotate {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        kept = getattr(exc, "kept", None) or "no partial output was kept"  # a command that keeps finished work says so
+        print(f"circle-rotate {args.command}: interrupted; {kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

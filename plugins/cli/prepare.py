@@ -54,7 +54,11 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some sources failed")
     p.add_argument("--repair", action="store_true",
                    help="re-process sources whose clips on disk and manifest lines disagree (a line deleted, a clip "
-                        "removed by hand) and delete clip files no line names; without it such a folder is refused")
+                        "removed by hand) and move files in videos/ that no line names to OUT_DIR/set_aside/; "
+                        "without it such a folder is refused")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the manifest lines and clips of sources no longer under RAW_DIR (kept and reported "
+                        "without it)")
     p.set_defaults(func=run)
 
 
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no output folder given", fix=f"circle-rotate prepare {args.raw_dir} -o data/prepared")
     if args.dry_run:
         return _dry_run(args, out)
-    report = prepare_dataset(args.raw_dir, out, options=options, repair=args.repair)
+    report = prepare_dataset(args.raw_dir, out, options=options, repair=args.repair, prune=args.prune)
     if args.json:
         print_json(dataclasses.asdict(report))
         if not report.sources:
@@ -98,6 +102,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
     if report.hdr:
         print(f"HDR tone-mapped to SDR (BT.709): {', '.join(f'{s} ({t})' for s, t in report.hdr)}")
+    if report.absent:
+        print(f"{len(report.absent)} source(s) in the manifest are no longer under {args.raw_dir} (first: "
+              f"{report.absent[0]}): their {report.absent_clips} clip(s) stay in videos/ and are trained on; "
+              f"--prune removes them")
+    if report.pruned:
+        print(f"pruned {len(report.pruned)} source(s) no longer under {args.raw_dir} (first: {report.pruned[0]})")
+    if report.set_aside:
+        print(f"moved {len(report.set_aside)} file(s) no manifest line names to {report.out_dir / 'set_aside'} "
+              f"(first: {report.set_aside[0]})")
+    if report.not_video:
+        kinds = sorted({Path(f).suffix.lower() or "(no suffix)" for f in report.not_video})
+        print(f"passed over {len(report.not_video)} file(s) not named as videos ({', '.join(kinds[:8])}; first: "
+              f"{report.not_video[0]}); rename a video whose suffix is not a container's")
+    if report.passed_over:
+        print(f"passed over {len(report.passed_over)} clip(s) of an earlier prepare's output under {args.raw_dir} "
+              f"(first: {report.passed_over[0]})")
     for source, status, reason in report.failed:
         print(f"FAILED {source}: {status}: {reason}")
     return 0 if report.ok or args.keep_going else 1

@@ -14,6 +14,8 @@ from circle_rotate.prepare.manifest import stable_hash
 
 #: Bump when clip placement or QC changes meaning, so re-runs redo finished sources.
 ALGORITHM_VERSION = 1
+#: The shortest clip that holds any motion (4n+1 with n >= 1).
+MIN_FRAMES = 5
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -55,6 +57,9 @@ class PrepareOptions:
             check_frames(self.frames)
         except UserError as exc:
             bad.append(str(exc))
+        else:
+            if self.frames < MIN_FRAMES:  # 1 is 4n+1, but one frame is a still: no orbit to measure or learn
+                bad.append(f"--frames {self.frames} is too few: a clip needs at least {MIN_FRAMES} frames to show an orbit")
         if not 1 <= self.fps <= 240:
             bad.append(f"--fps {self.fps:g} must be between 1 and 240")
         try:

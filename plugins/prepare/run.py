@@ -5,17 +5,25 @@ once, see :mod:`circle_rotate.prepare.source`). The manifest is rewritten atomic
 after every source, so a re-run (or a run after Ctrl-C) skips sources whose content
 fingerprint and settings are unchanged and whose clips are all present, re-encodes no
 clip it already has, and picks up new sources. Sources are only ever read.
+
+A source being re-made keeps its old lines until its new ones replace them, and Ctrl-C
+removes the clips of sources it did not finish, so an interrupted run leaves a folder whose
+clips and lines agree. Files in ``videos/`` that no line names (put there by hand, or left by
+a killed run) are never deleted: the run is refused, and ``--repair`` moves them to
+``set_aside/``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from circle_rotate.kernel.atomic import write_json
 from circle_rotate.kernel.errors import ManifestMismatchError, UserError
@@ -25,7 +33,7 @@ from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, video_files_under
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
-from circle_rotate.prepare.prepared_folder import folder_diff
+from circle_rotate.prepare.prepared_folder import CLIP_FOLDERS, clip_files, folder_diff
 from circle_rotate.prepare.source import SourceJob, process_source
 
 logger = logging.getLogger(__name__)
@@ -33,6 +41,17 @@ logger = logging.getLogger(__name__)
 SUMMARY_NAME = "prepare_summary.json"
 PLOT_NAME = "prepare_summary.png"
 FAILED = ("error", "truncated", "too_short")  # statuses of sources that count as failed
+#: Where ``--repair`` moves files in the clip folders that no manifest line names (outside
+#: ``videos/``, so musubi does not train on them; nothing a user put there is deleted).
+SET_ASIDE = "set_aside"
+
+
+class PrepareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``prepare``, saying what the folder now holds (the CLI prints it)."""
+
+    def __init__(self, kept: str):
+        super().__init__(kept)
+        self.kept = kept
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,12 @@ class PrepareReport:
     summary: Path = Path()
     plot: Path = Path()
     hdr: Tuple[Tuple[str, str], ...] = ()
+    absent: Tuple[str, ...] = ()  # sources in the manifest no longer under the raw folder (lines and clips kept)
+    absent_clips: int = 0  # accepted clips of those sources, still in videos/
+    pruned: Tuple[str, ...] = ()  # such sources whose lines and clips --prune removed
+    set_aside: Tuple[str, ...] = ()  # files --repair moved out of the clip folders (paths relative to OUT_DIR)
+    passed_over: Tuple[str, ...] = ()  # clips under the raw folder in an earlier prepare's output, not taken as footage
+    not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
 
     @property
     def ok(self) -> bool:
@@ -59,10 +84,39 @@ class PrepareReport:
 
 
 def find_sources(raw: Path, *, exclude: Path) -> List[Path]:
-    """Video files under ``raw`` (recursively, sorted; hidden files and ``exclude`` skipped)."""
+    """Video files under ``raw`` (recursively, sorted; hidden files, ``exclude`` and the clips of
+    any earlier prepare output folder under ``raw`` skipped)."""
     if raw.is_file():
         return [raw]
-    return [p for p in video_files_under(raw) if exclude != p and exclude not in p.parents]
+    return [p for p in video_files_under(raw) if exclude != p and exclude not in p.parents
+            and not _in_prepared_output(raw, p)]
+
+
+def prepared_outputs_under(raw: Path, *, exclude: Path) -> List[Path]:
+    """Clips under ``raw`` (but not under ``exclude``) that sit in an earlier prepare's output
+    folder, passed over as footage: training on clips of clips would count each take twice."""
+    if raw.is_file():
+        return []
+    return [p for p in video_files_under(raw) if _in_prepared_output(raw, p) and exclude not in p.parents]
+
+
+def files_not_named_as_video(raw: Path, *, exclude: Path) -> List[Path]:
+    """Files under ``raw`` that prepare does not read, since their suffix is not a video
+    container's (hidden files and ``exclude`` passed over), so that a run can name them."""
+    if raw.is_file():
+        return []
+    return [p for p in sorted(raw.rglob("*")) if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES
+            and exclude != p and exclude not in p.parents
+            and not any(part.startswith(".") for part in p.relative_to(raw).parts)
+            and not any((raw.joinpath(*p.relative_to(raw).parts[:i]) / MANIFEST_NAME).is_file()
+                        for i in range(1, len(p.relative_to(raw).parts)))]  # an earlier prepare's own files
+
+
+def _in_prepared_output(raw: Path, path: Path) -> bool:
+    """Is ``path`` in the clip folder of a folder under ``raw`` that holds a prepare manifest?"""
+    parts = path.relative_to(raw).parts[:-1]
+    return any(part in CLIP_FOLDERS and (raw.joinpath(*parts[:i]) / MANIFEST_NAME).is_file()
+               for i, part in enumerate(parts))
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
@@ -127,7 +181,7 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
-                    repair: bool = False) -> PrepareReport:
+                    repair: bool = False, prune: bool = False) -> PrepareReport:
     """Cut every video under ``raw_dir`` into QC'd clips in ``out_dir/videos``.
 
     Args:
@@ -135,14 +189,17 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
         out_dir: where clips, ``manifest.jsonl`` and the summary go (created).
         options: see :class:`PrepareOptions`.
         repair: re-process the sources whose clips on disk and manifest lines disagree, and
-            delete clip files no line names (without it such a folder is refused).
+            move files no line names to ``out_dir/set_aside`` (without it such a folder is refused).
+        prune: drop the lines and clips of sources the manifest lists that are no longer
+            under ``raw_dir`` (without it they are kept and reported).
 
     Returns:
         A :class:`PrepareReport`; bad sources are in ``failed``, never raised.
 
     Raises:
-        UserError: bad options, a missing ``raw_dir``, ``out_dir`` equal to it, or a
-            broken manifest.
+        UserError: bad options, a missing ``raw_dir``, ``out_dir`` equal to it, a broken
+            manifest, or clip folders holding files no manifest line names (without ``repair``).
+        PrepareInterrupted: Ctrl-C; the finished sources are kept, the rest left as they were.
     """
     options.validate()
     raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
@@ -161,41 +218,92 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     manifest = out / MANIFEST_NAME
     records = read_manifest(manifest)
     diff = folder_diff(out, records)
-    redo = frozenset(diff.sources(records)) if diff else frozenset()
-    if redo and not repair:
+    if diff and not records and not repair:
+        raise UserError(f"{len(diff.unlisted)} video file(s) already in its clip folders and no {MANIFEST_NAME}: "
+                        f"not a folder prepare wrote (first: {diff.unlisted[0]})", path=out,
+                        fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
+    if diff and not repair:
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
+    redo = frozenset(diff.sources(records)) if diff else frozenset()
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _prepare(raw, out, sources, records, redo, options, repair)
+        report = _prepare(raw, out, sources, records, redo, options, repair, prune)
     except BaseException:
         if created:  # a first run that failed before writing anything leaves no empty folders behind
             for d in (out / "videos", out / "rejected", out):
                 with contextlib.suppress(OSError):
                     d.rmdir()
         raise
+    passed = tuple(relative_posix(p, raw) for p in prepared_outputs_under(raw, exclude=out))
+    others = tuple(relative_posix(p, raw) for p in files_not_named_as_video(raw, exclude=out))
+    return dataclasses.replace(report, passed_over=passed, not_video=others)
 
 
 def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
-             repair: bool) -> PrepareReport:
+             repair: bool, prune: bool) -> PrepareReport:
     manifest = out / MANIFEST_NAME
     old = by_source(records)
+    before = {relative_posix(p, out) for p in clip_files(out)}
     jobs, state = _plan_jobs(raw, out, sources, old, options, redo)
-    seen = set(state) | {j.rel for j in jobs}
-    state.update({k: v for k, v in old.items() if k not in seen})  # sources not in this run keep their records
+    absent = [k for k in old if k not in state and k not in {j.rel for j in jobs}]
+    # a source being re-made keeps its old lines (and clips) until its new ones replace them,
+    # so an interrupted run loses nothing it had; sources not in this run keep theirs
+    state.update({k: v for k, v in old.items() if k not in state})
+    pruned = tuple(absent) if prune else ()
+    for rel in pruned:
+        _remove_stale(out, state.pop(rel), [])
     logger.info("%d source(s): %d to process, %d unchanged", len(sources), len(jobs), len(sources) - len(jobs))
+    finished = []
 
     def on_done(job: SourceJob, records: List[dict]) -> None:
         _remove_stale(out, old.get(job.rel, []), records)
         state[job.rel] = records
         write_manifest(manifest, [r for recs in state.values() for r in recs])
+        finished.append(job.rel)
 
-    _run_jobs(jobs, options, on_done)
+    try:
+        if pruned:
+            write_manifest(manifest, [r for recs in state.values() for r in recs])
+        _run_jobs(jobs, options, on_done)
+    except BaseException as exc:
+        _remove_unfinished(out, before, state)
+        if isinstance(exc, KeyboardInterrupt):
+            raise PrepareInterrupted(
+                f"{len(finished)} of {len(jobs)} source(s) finished and are in the manifest, the clips of the "
+                f"others removed; run the same command again to resume") from None
+        raise
     write_manifest(manifest, [r for recs in state.values() for r in recs])
-    if repair:  # clip files no source claims any more: musubi would train on them
-        for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted:
-            (out / rel).unlink(missing_ok=True)
-    return _summarise(out, manifest, sources, state, processed=len(jobs), options=options)
+    moved: Tuple[str, ...] = ()
+    if repair:  # files no source claims: musubi would train on them, and a user may have put them there
+        moved = tuple(_set_aside(out, rel) for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted)
+    kept_absent = [k for k in absent if k not in pruned]
+    report = _summarise(out, manifest, sources, state, processed=len(jobs), options=options, absent=kept_absent)
+    absent_clips = sum(1 for k in kept_absent for r in state[k] if r.get("type") == "clip" and r.get("verdict") == "accept")
+    return dataclasses.replace(report, absent=tuple(kept_absent), absent_clips=absent_clips, pruned=pruned,
+                               set_aside=moved)
+
+
+def _remove_unfinished(out: Path, before: set, state: Dict[str, List[dict]]) -> None:
+    """After a failed or interrupted run: delete the clip files this run wrote that no manifest
+    line names (sources it did not finish), so the folder's clips and lines agree again."""
+    listed = {r["clip"] for recs in state.values() for r in recs if r.get("type") == "clip" and r.get("clip")}
+    for path in clip_files(out):
+        rel = relative_posix(path, out)
+        if rel not in before and rel not in listed:
+            path.unlink(missing_ok=True)
+
+
+def _set_aside(out: Path, rel: str) -> str:
+    """Move ``out/rel`` to ``out/set_aside/rel`` (a free name), returning where it went, relative to ``out``."""
+    target = out / SET_ASIDE / rel
+    n = 1
+    while target.exists():
+        target = out / SET_ASIDE / Path(rel).with_name(f"{Path(rel).stem}.{n}{Path(rel).suffix}")
+        n += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(out / rel, target)
+    return relative_posix(target, out)
 
 
 def _prefetch_matplotlib() -> None:
@@ -211,23 +319,25 @@ def _prefetch_matplotlib() -> None:
 
 
 def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, List[dict]], *,
-               processed: int, options: PrepareOptions) -> PrepareReport:
+               processed: int, options: PrepareOptions, absent: Sequence[str] = ()) -> PrepareReport:
     from circle_rotate.prepare.plot import plot_summary
 
     records = [r for recs in state.values() for r in recs]
     heads = [r for r in records if r.get("type") == "source"]
+    current = [h for h in heads if h.get("source") not in absent]  # statuses and failures are of this run's sources
     statuses: Dict[str, int] = {}
-    for h in heads:
+    for h in current:
         statuses[h["status"]] = statuses.get(h["status"], 0) + 1
     clips = [r for r in records if r.get("type") == "clip"]
     accepted = sum(r["verdict"] == "accept" for r in clips)
-    failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in heads if h["status"] in FAILED)
+    failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in current if h["status"] in FAILED)
     hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads
                 if h["status"] not in FAILED and (h.get("probe") or {}).get("hdr"))  # decoded, so tone-mapped
     summary = {"options": asdict(options), "sources": len(sources), "processed": processed, "unchanged": len(sources) - processed,
                "statuses": statuses, "clips_accepted": accepted, "clips_rejected": len(clips) - accepted,
                "failed": [{"source": s, "status": st, "reason": why} for s, st, why in failed],
-               "hdr_tone_mapped": [{"source": s, "transfer": t} for s, t in hdr]}
+               "hdr_tone_mapped": [{"source": s, "transfer": t} for s, t in hdr],
+               "not_under_raw": list(absent)}
     summary_path = write_json(out / SUMMARY_NAME, summary)
     plot_path = plot_summary(clips, heads, out / PLOT_NAME)
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,

@@ -1,0 +1,192 @@
+"""``prepare`` keeps an output folder whose clips and manifest lines agree, and deletes nothing it
+did not write: foreign files, Ctrl-C (first run and a settings change), sources gone from RAW,
+an earlier output folder inside RAW, camcorder containers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+
+from circle_rotate.cli.main import main
+from circle_rotate.prepare import run as prepare_run
+from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
+from circle_rotate.prepare.options import PrepareOptions
+from circle_rotate.prepare.prepared_folder import check_prepared, clip_files
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+
+ARGS = ["--frames", "9", "--fps", "16", "--resolution", "160x96", "--jobs", "1", "--preset", "ultrafast"]
+OPTIONS = dict(frames=9, fps=16.0, jobs=1, preset="ultrafast")
+
+
+def _orbit(folder: Path, name: str, seed: int, direction: str = "right") -> Path:
+    spec = TurntableSpec(name=name, width=160, height=96, frames=30, fps=24.0, total_angle_deg=40, subject="car",
+                         direction=direction, seed=seed)
+    files = write_turntable(spec, folder)
+    files.truth.unlink()
+    files.masks.unlink()
+    return files.video
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("raw")
+    for i, direction in enumerate(("right", "left", "right")):
+        _orbit(folder, f"take{i}", seed=20 + i, direction=direction)
+    return folder
+
+
+def _prepare(raw: Path, out: Path, *extra: str) -> int:
+    return main(["-q", "prepare", str(raw), "-o", str(out), *ARGS, *extra])
+
+
+def _clip_names(out: Path) -> set:
+    return {p.name for p in clip_files(out)}
+
+
+def test_a_folder_holding_someone_elses_videos_is_refused_and_repair_moves_them_aside(raw, tmp_path, capsys):
+    out = tmp_path / "proj"
+    (out / "videos").mkdir(parents=True)
+    own = out / "videos" / "my edit.mp4"
+    own.write_bytes((raw / "take0.mp4").read_bytes())
+    data = own.read_bytes()
+    assert _prepare(raw, out) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.jsonl: not a folder prepare wrote" in err and "videos/my edit.mp4" in err and "--repair" in err
+    assert err.count("\n") == 1 and own.read_bytes() == data and not (out / MANIFEST_NAME).exists()
+
+    assert _prepare(raw, out, "--repair") == 0
+    assert "moved 1 file(s)" in capsys.readouterr().out
+    assert not own.exists() and (out / "set_aside" / "videos" / "my edit.mp4").read_bytes() == data  # nothing lost
+    check_prepared(out)  # every clip left in videos/ is prepare's, with its line
+    assert main(["-q", "caption", str(out)]) == 0  # its readers take it
+
+
+def test_a_stray_clip_beside_prepared_ones_is_refused_without_repair(raw, tmp_path, capsys):
+    out = tmp_path / "P"
+    assert _prepare(raw, out) == 0
+    stray = out / "videos" / "stray.mp4"
+    stray.write_bytes((raw / "take1.mp4").read_bytes())
+    assert _prepare(raw, out) == 2
+    assert "1 clip(s) on disk not in the manifest (first: videos/stray.mp4)" in capsys.readouterr().err
+    assert stray.is_file()
+
+
+def _interrupting(monkeypatch, after: int) -> None:
+    """Ctrl-C arriving while source ``after`` (0-based) is being made, after it wrote its clips:
+    the clips are on disk and no manifest line names them, as with a worker cut short."""
+    real, calls = prepare_run.process_source, []
+
+    def process(job):
+        records = real(job)
+        calls.append(job.rel)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return records
+
+    monkeypatch.setattr(prepare_run, "process_source", process)
+
+
+def test_ctrl_c_in_a_first_run_keeps_finished_sources_and_removes_the_rest(raw, tmp_path, monkeypatch):
+    out = tmp_path / "P"
+    _interrupting(monkeypatch, after=1)
+    with pytest.raises(prepare_run.PrepareInterrupted) as caught:
+        prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    assert "1 of 3 source(s) finished" in caught.value.kept
+    records = check_prepared(out)  # agree: the unfinished source's clips are gone with it
+    assert {r["source"] for r in records if r.get("type") == "source"} == {"take0.mp4"}
+    assert all(name.startswith("take0_") for name in _clip_names(out))
+
+    monkeypatch.undo()
+    report = prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    assert (report.processed, report.unchanged) == (2, 1)
+    check_prepared(out)
+
+
+def test_ctrl_c_while_remaking_with_new_settings_loses_no_old_line(raw, tmp_path, monkeypatch):
+    out = tmp_path / "P"
+    prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    old = _clip_names(out)
+    _interrupting(monkeypatch, after=1)
+    with pytest.raises(prepare_run.PrepareInterrupted):
+        prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**{**OPTIONS, "frames": 13}))
+    records = check_prepared(out)
+    frames = {r["source"]: r["frames"] for r in records if r.get("type") == "clip"}
+    assert frames == {"take0.mp4": 13, "take1.mp4": 9, "take2.mp4": 9}  # the unfinished keep their old clips
+    assert {n for n in old if not n.startswith("take0_")} <= _clip_names(out)
+
+    monkeypatch.undo()
+    prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**{**OPTIONS, "frames": 13}))
+    assert {r["frames"] for r in check_prepared(out) if r.get("type") == "clip"} == {13}
+    assert not old & _clip_names(out)  # the old 9-frame clips went as their sources were re-made
+
+
+def test_the_cli_says_what_an_interrupted_run_kept(raw, tmp_path, monkeypatch, capsys):
+    _interrupting(monkeypatch, after=0)
+    assert _prepare(raw, tmp_path / "P") == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("circle-rotate prepare: interrupted; 0 of 3 source(s) finished") and "resume" in err
+
+
+def test_a_source_gone_from_raw_is_reported_and_pruned_on_request(raw, tmp_path, capsys):
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    for name in ("take0.mp4", "take1.mp4"):
+        (mine / name).write_bytes((raw / name).read_bytes())
+    out = tmp_path / "P"
+    assert _prepare(mine, out) == 0
+    take1 = {n for n in _clip_names(out) if n.startswith("take1_")}
+    assert take1
+    (mine / "take1.mp4").unlink()
+    capsys.readouterr()
+    assert main(["prepare", str(mine), "-o", str(out), *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "1 source(s) (0 processed, 1 unchanged): 1 ok" in printed
+    assert f"1 source(s) in the manifest are no longer under {mine} (first: take1.mp4): their {len(take1)} clip(s)" \
+        in printed and "--prune" in printed
+    assert take1 <= _clip_names(out)
+    assert json.loads((out / "prepare_summary.json").read_text())["not_under_raw"] == ["take1.mp4"]
+
+    assert main(["prepare", str(mine), "-o", str(out), *ARGS, "--prune"]) == 0
+    assert "pruned 1 source(s)" in capsys.readouterr().out
+    assert not take1 & _clip_names(out)
+    assert {r["source"] for r in check_prepared(out)} == {"take0.mp4"}
+
+
+def test_an_earlier_output_folder_inside_raw_is_not_footage(raw, tmp_path, capsys):
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    (mine / "take0.mp4").write_bytes((raw / "take0.mp4").read_bytes())
+    (mine / "notes.txt").write_text("lens: 35 mm\n")
+    assert _prepare(mine, mine / "prepared") == 0
+    capsys.readouterr()
+    assert main(["prepare", str(mine), "-o", str(tmp_path / "again"), *ARGS]) == 0
+    printed = capsys.readouterr().out
+    n = len(clip_files(mine / "prepared"))
+    assert "1 source(s) (1 processed, 0 unchanged)" in printed  # not clips of clips
+    assert f"passed over {n} clip(s) of an earlier prepare's output" in printed
+    assert "passed over 1 file(s) not named as videos (.txt; first: notes.txt)" in printed
+    assert {r["source"] for r in read_manifest(tmp_path / "again" / MANIFEST_NAME)} == {"take0.mp4"}
+
+
+def test_camcorder_containers_are_footage(raw, tmp_path):
+    """AVCHD (.MTS) and MPEG-TS: the same H.264 stream remuxed, read like the .mp4."""
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    for name in ("studio_cam.MTS", "capture.ts"):
+        with av.open(str(raw / "take0.mp4")) as src, av.open(str(mine / name), "w", format="mpegts") as dst:
+            stream = dst.add_stream_from_template(src.streams.video[0])
+            for packet in src.demux(src.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    dst.mux(packet)
+    report = prepare_run.prepare_dataset(mine, tmp_path / "P", options=PrepareOptions(**OPTIONS))
+    assert report.statuses == {"ok": 2} and report.clips >= 2 and not report.not_video
+
+
+def test_one_frame_clips_are_refused(raw, tmp_path, capsys):
+    assert _prepare(raw, tmp_path / "P", "--frames", "1") == 2
+    assert "--frames 1 is too few: a clip needs at least 5 frames" in capsys.readouterr().err
+    assert not (tmp_path / "P").exists()
