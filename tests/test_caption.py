@@ -77,6 +77,20 @@ def test_bad_subject_maps_list_every_problem(tmp_path):
         read_subject_map(_map(tmp_path, "match,subject\na,b\n,c\n"))
 
 
+def test_a_row_with_an_unquoted_comma_or_a_conflicting_repeat_is_refused_not_shifted(tmp_path):
+    text = ("match,subject,viewpoint,shot_scale,context\n"
+            "My Car,a red sedan, with a comma,Side View (Right),Full Shot,Studio\n"
+            "vase,a vase,,,\nvase,a jug,,,\n")
+    with pytest.raises(UserError) as err:
+        read_subject_map(_map(tmp_path, text))
+    message = str(err.value)
+    assert "line 2: 6 fields, the header has 5" in message and "quote" in message
+    assert "line 4 repeats the match 'vase' of line 3" in message
+    quoted = read_subject_map(_map(tmp_path, 'match,subject,viewpoint\n"My Car","a red sedan, with a comma",Side\n'
+                                             "vase,a vase,\nvase,a vase,\n"))  # a repeat that agrees is harmless
+    assert lookup(quoted, "My Car/a.mp4") == {"subject": "a red sedan, with a comma", "viewpoint": "Side"}
+
+
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     """A prepared folder: two accepted clips and a rejected one, as prepare records them."""
@@ -123,6 +137,14 @@ def test_jsonl_output_and_cli(prepared, tmp_path, capsys):
     assert main(["caption", str(prepared), "--map", str(shipped)]) == 0
     assert (prepared / "videos/a_000_x.txt").read_text() == ("a red hatchback, Urban Night View, Static Display, "
                                                              "Side View (Right), Full Shot, Circle Left->Right\n")
+
+
+def test_map_rows_no_clip_uses_are_named(prepared, tmp_path, capsys):
+    rows = _map(tmp_path, "match,subject\nred_car,a red car\nRed_Car,a car\nnot_there/*,x\n")
+    r = caption_dataset(prepared, subject_map=rows)
+    assert r.unmatched == ((3, "Red_Car"), (4, "not_there/*"))
+    assert main(["caption", str(prepared), "--map", str(rows), "--force"]) == 0
+    assert "warning: 2 row(s) of" in capsys.readouterr().out
 
 
 def test_musubi_reads_the_captions(prepared, musubi):

@@ -51,11 +51,16 @@ def run(args: argparse.Namespace) -> int:
     r = caption_dataset(args.prepared_dir, options=options, subject_map=args.map)
     if args.json:
         print_json({"written": r.written, "unchanged": r.unchanged, "kept": [str(p) for p in r.kept],
-                    "jsonl": str(r.jsonl) if r.jsonl else None})
+                    "jsonl": str(r.jsonl) if r.jsonl else None,
+                    "unmatched_map_rows": [{"line": n, "match": m} for n, m in r.unmatched]})
         return 0
     where = f"in {r.jsonl}" if r.jsonl else "as caption files"
     print(f"{r.written} caption(s) written {where}, {r.unchanged} unchanged, {len(r.kept)} kept (yours differ; "
           f"--force replaces them)")
     for path in r.kept:
         print(f"kept {path}")
+    if r.unmatched:
+        rows = ", ".join(f"line {n} {m!r}" for n, m in r.unmatched[:5]) + (" ..." if len(r.unmatched) > 5 else "")
+        print(f"warning: {len(r.unmatched)} row(s) of {args.map} match no clip: {rows} (match is a clip's source "
+              f"path, file name, stem, folder or glob, case-sensitive)")
     return 0

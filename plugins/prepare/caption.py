@@ -72,6 +72,7 @@ class CaptionOptions:
 class MapRow:
     match: str
     values: Dict[str, str] = field(default_factory=dict)
+    line: int = 0  # in the CSV, for messages
 
 
 def read_subject_map(path: Path) -> List[MapRow]:
@@ -100,15 +101,28 @@ def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
             problems.append(f"missing column(s) {', '.join(missing)}")
         if unknown:
             problems.append(f"unknown column(s) {', '.join(unknown)}")
-        rows = []
-        for n, raw in enumerate(reader, 2):
+        rows: List[MapRow] = []
+        first: Dict[str, MapRow] = {}
+        for raw in reader:
+            n = reader.line_num
+            if None in raw:  # csv's restkey: more fields than the header, which would shift every column after
+                problems.append(f"line {n}: {len(cols) + len(raw[None])} fields, the header has {len(cols)} "
+                                f"(quote a value holding a comma: \"a red car, with roof rack\")")
+                continue
             row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
             if not missing and not row.get("match"):
                 problems.append(f"line {n}: empty match")
                 continue
-            rows.append(MapRow(row.get("match", ""), {k: v for k, v in row.items() if k != "match" and v}))
+            values = {k: v for k, v in row.items() if k != "match" and v}
+            earlier = first.get(row.get("match", ""))
+            if earlier is not None and earlier.values != values:  # which one a clip gets would be a guess
+                problems.append(f"line {n} repeats the match {earlier.match!r} of line {earlier.line} with other values")
+                continue
+            rows.append(MapRow(row.get("match", ""), values, n))
+            first.setdefault(rows[-1].match, rows[-1])
     if problems:
-        raise UserError("; ".join(problems), path=path, fix=f"columns are {', '.join(MAP_COLUMNS)} (match and subject required)")
+        raise UserError("; ".join(problems), path=path, fix=f"columns are {', '.join(MAP_COLUMNS)} (match and subject "
+                                                          "required), one row per match, values with commas quoted")
     return rows
 
 
@@ -129,14 +143,20 @@ def _specificity(row: MapRow, source: str) -> Optional[tuple]:
     return None
 
 
-def lookup(rows: Sequence[MapRow], source: str) -> Dict[str, str]:
-    """The values of the most specific map row for ``source`` (relative posix path)."""
+def best_row(rows: Sequence[MapRow], source: str) -> Optional[MapRow]:
+    """The most specific map row for ``source`` (relative posix path), if any matches."""
     best = None
     for row in rows:
         score = _specificity(row, source)
         if score is not None and (best is None or score > best[0]):
             best = (score, row)
-    return dict(best[1].values) if best else {}
+    return best[1] if best else None
+
+
+def lookup(rows: Sequence[MapRow], source: str) -> Dict[str, str]:
+    """The values of the most specific map row for ``source`` (relative posix path)."""
+    row = best_row(rows, source)
+    return dict(row.values) if row else {}
 
 
 def _tags(text: Optional[str]) -> tuple:
@@ -179,6 +199,7 @@ class CaptionReport:
     unchanged: int
     kept: tuple  # caption files that differ and were left alone (no --force)
     jsonl: Optional[Path]
+    unmatched: tuple = ()  # (line, match) of subject-map rows no captioned clip used
 
 
 def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions(),
@@ -235,5 +256,9 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     write_manifest(manifest, records)
     if kept:
         logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
-    return CaptionReport(written, unchanged, tuple(kept), options.jsonl)
+    used = {id(row) for rec in accepted_clips(records) for row in [best_row(rows, rec.get("source", ""))] if row}
+    unmatched = tuple((row.line, row.match) for row in rows if id(row) not in used)
+    if unmatched:
+        logger.warning("%d subject-map row(s) used by no clip", len(unmatched))
+    return CaptionReport(written, unchanged, tuple(kept), options.jsonl, unmatched)
 
