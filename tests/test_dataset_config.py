@@ -349,3 +349,52 @@ def test_hdr_videos_in_a_dataset_are_flagged(tmp_path):
     hdr = [p for p in r.problems if "HDR" in p.message]
     assert len(hdr) == 1 and hdr[0].severity == "warning" and "hlg.mp4 (HLG)" in hdr[0].message
     assert "sdr.mp4" not in hdr[0].message and "tonemap=hable" in hdr[0].fix and "circle-rotate prepare" in hdr[0].fix
+
+
+def _good_config(tmp_path: Path) -> str:
+    (tmp_path / "v").mkdir()
+    _clips(tmp_path / "v", ["a.mp4", "b.mp4"])
+    return (f'[general]\ncaption_extension = ".txt"\nresolution = [64, 48]\n\n[[datasets]]\n'
+            f'video_directory = "{(tmp_path / "v").as_posix()}"\ncache_directory = "{(tmp_path / "c").as_posix()}"\n'
+            f'target_frames = [17]\nframe_extraction = "head"\n')
+
+
+def test_a_byte_order_mark_is_named_before_musubi_stumbles_on_it(tmp_path, musubi, capsys):
+    cfg = tmp_path / "notepad.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf" + _good_config(tmp_path).encode())
+    with pytest.raises(Exception):  # what it guards against: musubi's own reader refuses the file
+        musubi.dataset.config_utils.load_user_config(str(cfg))
+    assert main(["check-config", str(cfg)]) == 2
+    captured = capsys.readouterr()
+    problems = [line for line in captured.out.splitlines() if ": error" in line]
+    assert problems == [f"{cfg}:1: error: the file starts with a UTF-8 byte-order mark (Windows Notepad adds one), "
+                        "which musubi-tuner's reader rejects; fix: save it as UTF-8 without BOM (Notepad: Save as, "
+                        "Encoding 'UTF-8')"]
+    assert "it cannot read the file until the errors above are fixed" in captured.out
+    assert "musubi_tuner" not in captured.err  # its log lines do not leak
+
+
+def test_one_mistake_gives_one_error_not_its_knock_on_effects(tmp_path, musubi):
+    text = _good_config(tmp_path)
+    cases = {
+        "heads": (text.replace('"head"', '"heads"'), "frame_extraction"),
+        "no dot": (text.replace('".txt"', '"txt"'), "caption_extension"),
+        "generl": (text.replace("[general]", "[generl]"), "generl"),
+    }
+    for name, (variant, key) in cases.items():
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(variant)
+        errors = [p for p in check_config(cfg, base_dir=tmp_path).problems if p.severity == "error"]
+        assert errors and all(p.key == key or "musubi-tuner rejects" in p.message for p in errors), \
+            (name, [p.one_line() for p in errors])
+    generl = check_config(tmp_path / "generl.toml", base_dir=tmp_path).problems[0]
+    assert generl.fix == "did you mean [general]?"
+
+
+def test_a_file_that_does_not_parse_does_not_claim_musubi_is_missing(tmp_path, musubi, capsys):
+    cfg = tmp_path / "dup.toml"
+    cfg.write_text(_good_config(tmp_path) + 'target_frames = [17]\n')
+    assert main(["check-config", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert "not valid TOML" in out and "not installed" not in out
+    assert "musubi-tuner's own validator not run: it cannot read the file until the errors above are fixed" in out

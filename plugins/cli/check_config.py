@@ -44,12 +44,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"dataset {d.index + 1} ({d.kind}, {d.source}): {d.videos} video(s), {d.usable} usable, "
               f"{d.too_short} too short, {d.missing_captions} without caption -> {d.items} training item(s); "
               f"cache {d.cache_directory}")
-    print(report.musubi_verdict or ("musubi-tuner's own validator not run (--no-musubi)" if args.no_musubi else
-                                    "musubi-tuner not installed: its own validator was not run"))
+    print(report.musubi_verdict or _why_musubi_did_not_run(args, report))
     errors = sum(p.severity == "error" for p in report.problems)
     warnings = len(report.problems) - errors
     print(f"{'OK' if report.ok else 'NOT OK'}: {errors} error(s), {warnings} warning(s)")
     return _verdict(report)
+
+
+def _why_musubi_did_not_run(args: argparse.Namespace, report) -> str:
+    from circle_rotate.kernel.musubi_env import musubi_available
+
+    if args.no_musubi:
+        return "musubi-tuner's own validator not run (--no-musubi)"
+    if not musubi_available():
+        return "musubi-tuner not installed: its own validator was not run"
+    return "musubi-tuner's own validator not run: it cannot read the file until the errors above are fixed"
 
 
 def _verdict(report) -> int:

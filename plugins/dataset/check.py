@@ -27,7 +27,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from circle_rotate.dataset.items import FRAME_EXTRACTIONS, DatasetItems, directory_items, jsonl_items, round_4n1
-from circle_rotate.dataset.schema import SECTION_GENERAL, check_keys, dataset_kind, key_lines, resolved_params
+from circle_rotate.dataset.schema import check_keys, dataset_kind, general_section, key_lines, resolved_params
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.input_files import read_text_file
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available, musubi_version
@@ -114,6 +114,9 @@ def _path_value(value: str, where: tuple, key: str, out: _Problems, base: Path) 
     return p if p.is_absolute() else base / p
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _check_params(params: dict, where: tuple, out: _Problems) -> None:
     targets = params["target_frames"]
     bad = [t for t in targets if not (t >= 1 and is_4n_plus_1(t))]
@@ -132,8 +135,13 @@ def _check_params(params: dict, where: tuple, out: _Problems) -> None:
             out.add("error", where, key, f"must be at least 1, got {params[key]}", f"{key} = 1")
 
 
+def _given(ds: dict, general: dict, key: str) -> bool:
+    """Is ``key`` set (to anything) in the dataset or [general]? A bad value is that key's own error."""
+    return key in ds or key in general
+
+
 def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict, out: _Problems, *,
-                  jsonl: Optional[str]) -> None:
+                  jsonl: Optional[str], captions_checked: bool = True) -> None:
     if items.bad_lines:
         out.add("error", where, src_key, f"{len(items.bad_lines)} line(s) of the jsonl are not objects with "
                 f"video_path: {_names(items.bad_lines)}", 'one {"video_path": ..., "caption": ...} per line', file=jsonl)
@@ -147,7 +155,7 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
     if items.unreadable:
         out.add("error", where, src_key, f"{len(items.unreadable)} video(s) cannot be read: {_names(items.unreadable)}",
                 "re-export them or remove them")
-    if items.missing_captions:
+    if items.missing_captions and captions_checked:
         out.add("error", where, "caption_extension" if not jsonl else src_key,
                 f"{len(items.missing_captions)} video(s) have no caption: {_names(items.missing_captions)} "
                 "(musubi fails at text-encoder caching)", "run circle-rotate caption, or write the captions")
@@ -188,6 +196,8 @@ def _check_dataset(i: int, ds: dict, general: dict, out: _Problems, base: Path) 
     kind = dataset_kind(ds)
     params = resolved_params(ds, general)
     _check_params(params, where, out)
+    if params["frame_extraction"] not in FRAME_EXTRACTIONS:  # its own error; count items as its fix ("head") would
+        params = {**params, "frame_extraction": "head"}
     src_key = next((k for k in ("video_directory", "video_jsonl_file", "image_directory", "image_jsonl_file") if k in ds), None)
     if src_key is None:
         out.add("error", where, None, "dataset has no video_directory or video_jsonl_file",
@@ -219,12 +229,14 @@ def _check_dataset(i: int, ds: dict, general: dict, out: _Problems, base: Path) 
             check_prepared(src.parent)
         except UserError as exc:
             out.add("error", where, src_key, exc.problem, exc.fix or "run circle-rotate prepare RAW OUT --repair")
-    if src_key == "video_directory" and not params["caption_extension"]:
+    if src_key == "video_directory" and not params["caption_extension"] and not _given(ds, general, "caption_extension"):
         out.add("error", where, None, "no caption_extension: musubi cannot find captions for a video_directory",
                 'add caption_extension = ".txt" (here or in [general])')
     items = (directory_items(src, caption_extension=params["caption_extension"], params=params)
              if src_key == "video_directory" else jsonl_items(src, base=base, params=params))
-    _report_items(items, where, src_key, params, out, jsonl=str(src) if src_key == "video_jsonl_file" else None)
+    bad_extension = not params["caption_extension"] and _given(ds, general, "caption_extension")  # its own error
+    _report_items(items, where, src_key, params, out, jsonl=str(src) if src_key == "video_jsonl_file" else None,
+                  captions_checked=src_key == "video_jsonl_file" or not bad_extension)
     return DatasetReport(**report, videos=items.videos, usable=items.usable, too_short=len(items.too_short),
                          missing_captions=len(items.missing_captions), unreadable=len(items.unreadable), items=items.items)
 
@@ -243,7 +255,7 @@ def _in_folder(folder: Path) -> Iterator[None]:
 def _quiet(name: str) -> Iterator[None]:
     log = logging.getLogger(name)
     level = log.level
-    log.setLevel(logging.ERROR)  # musubi logs every dataset at INFO
+    log.setLevel(logging.CRITICAL)  # musubi logs every dataset at INFO, and its rejection at ERROR, which we report
     try:
         yield
     finally:
@@ -291,6 +303,11 @@ def check_config(path: Path, *, use_musubi: bool = True, base_dir: Optional[Path
     base = Path(base_dir or Path.cwd()).absolute()
     text = read_text_file(path, what="dataset config", fix="give the .toml passed to --dataset_config")
     out = _Problems(str(path), key_lines(text))
+    if path.read_bytes().startswith(BOM):  # we read past it; musubi's toml/json readers stop at it
+        out.items.append(ConfigProblem("error", str(path), 1, None, "the file starts with a UTF-8 byte-order mark "
+                                       "(Windows Notepad adds one), which musubi-tuner's reader rejects",
+                                       "save it as UTF-8 without BOM (Notepad: Save as, Encoding 'UTF-8')"))
+        use_musubi = False  # its verdict would only repeat this, in its own words
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomlkit.parse(text).unwrap()
     except json.JSONDecodeError as exc:
@@ -303,7 +320,7 @@ def check_config(path: Path, *, use_musubi: bool = True, base_dir: Optional[Path
         out.items.append(ConfigProblem("error", str(path), exc.line, None, f"not valid TOML ({exc})", hint))
         return ConfigCheckReport(str(path), tuple(out.items), None, (), ())
     check_keys(data, out)
-    general = data.get(SECTION_GENERAL) if isinstance(data.get(SECTION_GENERAL), dict) else {}
+    general = general_section(data)
     datasets = data.get("datasets") if isinstance(data.get("datasets"), list) else []
     if not datasets:
         out.add("error", (), "datasets", "no [[datasets]] table", "add one [[datasets]] per clip folder")

@@ -143,13 +143,26 @@ def dataset_kind(ds: dict) -> str:
     return "unknown"
 
 
+def general_section(data: dict) -> dict:
+    """The [general] table, or the one a misspelt name (``[generl]``) holds: its values are what the
+    user meant the datasets to inherit, so their checks do not pile up knock-on errors."""
+    if isinstance(data.get(SECTION_GENERAL), dict):
+        return data[SECTION_GENERAL]
+    for key, value in data.items():
+        if isinstance(value, dict) and difflib.get_close_matches(key, (SECTION_GENERAL,), n=1):
+            return value
+    return {}
+
+
 def check_keys(data: dict, out) -> None:
     """Unknown, misplaced, deprecated and mistyped keys of a parsed dataset config."""
     general, video, image = _allowed()
     for key in data:
         if key not in (SECTION_GENERAL, "datasets"):
+            close = difflib.get_close_matches(key, (SECTION_GENERAL, "datasets"), n=1)
             out.add("error", (key,) if isinstance(data[key], dict) else (), key,
-                    "unknown top-level key (only [general] and [[datasets]] exist)", "remove it")
+                    "unknown top-level key (only [general] and [[datasets]] exist)",
+                    f"did you mean [{close[0]}]?" if close else "remove it")
     if isinstance(data.get(SECTION_GENERAL), dict):
         _check_section(data[SECTION_GENERAL], (SECTION_GENERAL,), general, out, name=SECTION_GENERAL)
     for i, ds in enumerate(data.get("datasets") or []):
