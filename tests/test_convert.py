@@ -41,7 +41,7 @@ def test_musubi_to_x_and_back_keeps_every_delta_exactly(tmp_path, musubi_lora, t
     assert set(want) == set(got_mid) == set(got_back) == set(wan_arch.lora_target_modules(CFG))
     for m in want:  # power-of-two scale: folding is exact, so are the products
         assert torch.equal(want[m], got_mid[m]) and torch.equal(want[m], got_back[m]), m
-    assert mid.alpha == ("copied" if to == "comfy" else "folded into the weights")
+    assert mid.alpha == ("copied" if to == "comfy" else "folded into the weights (exactly: each scale is a power of two)")
     with safe_open(mid.out, framework="pt") as f:
         assert f.metadata()["ss_network_dim"] == "4"  # metadata kept
         if to == "diffusers":
@@ -55,6 +55,74 @@ def test_fold_of_a_non_power_of_two_scale_stays_within_one_rounding(tmp_path):
     want, got = deltas(src), deltas(out)
     for m in want:
         assert torch.allclose(got[m], want[m], rtol=1e-6, atol=1e-9), m
+
+
+def test_a_rounded_fold_says_so_and_an_fp8_lora_folds_without_a_traceback(tmp_path):
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=3, alpha=1.0, dtype=torch.bfloat16)
+    assert convert_lora(src, tmp_path / "d.safetensors", to="diffusers").alpha == \
+        "folded into the weights (rounded to bfloat16: the scale is not a power of two)"
+    fp8 = tmp_path / "fp8.safetensors"
+    # (x16: in fp8's normal range, as an fp8 LoRA's weights would be)
+    save_file({k: (16 * v.float()).to(torch.float8_e4m3fn) if v.dim() else v for k, v in load_file(str(src)).items()},
+              str(fp8))
+    out = convert_lora(fp8, tmp_path / "d8.safetensors", to="diffusers").out
+    want, got = deltas(fp8), deltas(out)
+    for m in want:  # one more fp8 rounding (3 mantissa bits) of each factor
+        assert float(torch.linalg.norm(got[m] - want[m]) / torch.linalg.norm(want[m])) < 0.1, m
+
+
+# Layouts other trainers save, re-spelt from ComfyUI's by their own rules: Wan's names with no prefix
+# (DiffSynth-Studio), Diffusers' names under "diffusion_model." (finetrainers), sd-scripts parts under
+# "lycoris_" (SimpleTuner). The first two carry no alpha (scale 1).
+_RESPELL = {
+    "diffsynth": lambda key: None if key.endswith(".alpha") else key[len("diffusion_model."):],
+    "finetrainers": lambda key: None if key.endswith(".alpha") else key,  # applied to the diffusers file's keys
+    "lycoris": lambda key: "lycoris_" + key[len("diffusion_model."):].rsplit(".lora_", 1)[0].rsplit(".alpha", 1)[0]
+    .replace(".", "_") + {"A": ".lora_down.weight", "B": ".lora_up.weight"}.get(key.rsplit(".lora_", 1)[-1][:1], ".alpha"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(_RESPELL))
+def test_other_trainers_layouts_read_as_the_same_lora_and_convert_to_keys_comfyui_loads(tmp_path, layout, capsys):
+    from comfy_lora_rules import comfy_key_map, comfy_load
+
+    alpha = 3.0 if layout == "lycoris" else 4.0  # scale 1 where the layout stores no alpha
+    comfy = write_random_lora(tmp_path / "c.safetensors", CFG, fmt="comfy", rank=4, alpha=alpha, dtype=torch.float32)
+    base = comfy
+    if layout == "finetrainers":
+        base = convert_lora(comfy, tmp_path / "d.safetensors", to="diffusers").out
+    renamed = {}
+    for key, value in load_file(str(base)).items():
+        new = _RESPELL[layout](key)
+        if new is not None:
+            renamed[new.replace("transformer.", "diffusion_model.", 1)] = value
+    src = tmp_path / f"{layout}.safetensors"
+    save_file(renamed, str(src))
+    index = read_lora_index(src)
+    assert index.fmt == layout and not index.unknown_keys
+    want, got = deltas(comfy), deltas(src)
+    assert set(got) == set(want) == set(wan_arch.lora_target_modules(CFG))
+    for m in want:
+        assert torch.allclose(got[m], want[m], rtol=1e-6, atol=1e-9), m
+
+    dit_keys = list(wan_arch.dit_shapes(CFG))
+    assert comfy_load(renamed, comfy_key_map(dit_keys))[0] == set()  # ComfyUI maps none of them for Wan
+    assert main(["inspect", str(src)]) == 0
+    assert "would not load every key: circle-rotate convert IN -o OUT --format comfy" in capsys.readouterr().out
+    out = convert_lora(src, tmp_path / "out.safetensors", to="comfy").out
+    with safe_open(out, framework="pt") as f:
+        keys = set(f.keys())
+    assert comfy_load(keys, comfy_key_map(dit_keys))[0] == keys
+    for m, delta in deltas(out).items():
+        assert torch.allclose(delta, want[m], rtol=1e-6, atol=1e-9), m
+
+
+def test_a_model_given_as_the_lora_is_named_as_such(tmp_path):
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(8, 8), "blocks.0.self_attn.q.bias": torch.zeros(8)},
+              str(tmp_path / "expert.safetensors"))
+    with pytest.raises(UserError, match="a Wan model's weights, not a LoRA") as err:
+        convert_lora(tmp_path / "expert.safetensors", tmp_path / "y.safetensors", to="comfy")
+    assert "pass the model as the EXPERT" in err.value.fix
 
 
 def test_missing_alpha_in_a_musubi_file_is_an_error_unless_told(tmp_path, musubi_lora):
@@ -88,7 +156,7 @@ def test_convert_refuses_bad_inputs(tmp_path, musubi_lora):
     assert (tmp_path / "exists.safetensors").read_bytes() == b"keep me"
     save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(8, 2)}, str(tmp_path / "flux.safetensors"))
-    with pytest.raises(UserError, match="made for another model"):
+    with pytest.raises(UserError, match="a LoRA for another model, or a key layout not read here"):
         convert_lora(tmp_path / "flux.safetensors", tmp_path / "y.safetensors", to="comfy")
     data = musubi_lora.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])

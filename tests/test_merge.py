@@ -183,7 +183,7 @@ def test_lora_for_another_model_shape_mismatch_and_missing_modules(tmp_path, lor
     save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(8, 2),
                "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(1.0)}, str(tmp_path / "flux.safetensors"))
-    with pytest.raises(UserError, match="flux.safetensors.*made for another model"):
+    with pytest.raises(UserError, match="flux.safetensors.*a LoRA for another model"):
         merge_loras(base, [(tmp_path / "flux.safetensors", 1.0)], tmp_path / "o.safetensors")
     wide = write_random_lora(tmp_path / "wide.safetensors", wan_arch.tiny_config(dim=128, ffn_dim=256), rank=2)
     with pytest.raises(UserError, match=r"shape mismatch: 'lora_unet_blocks_0_self_attn_q.lora_up.weight'.*\[128, 128\].*\[64, 64\]"):

@@ -17,7 +17,9 @@ ORDER = 31
 def add_parser(sub) -> None:
     p = new_parser(sub, "convert", help="convert a Wan LoRA between musubi, ComfyUI and diffusers key layouts",
                    description="Rename every key exactly (musubi lora_unet_* <-> ComfyUI diffusion_model.*.lora_A/B); "
-                               "alpha is kept, or folded into the weights for diffusers (which has none). "
+                               "alpha is kept, or folded into the weights for diffusers (which has none; exact when alpha/rank is a "
+                               "power of two). Also reads DiffSynth-Studio, finetrainers and SimpleTuner LyCORIS "
+                               "LoRAs, which ComfyUI does not map for Wan. "
                                "Metadata is kept. Whole-tensor differences (.diff/.diff_b/.diff_m, as in the lightx2v "
                                "LoRAs) are copied under the names ComfyUI applies. The ComfyUI layout loads with zero "
                                "'lora key not loaded'.",

@@ -16,6 +16,8 @@ LoHa and LoKr modules (:mod:`circle_rotate.tools.lora.lycoris`) are renamed betw
 
 from __future__ import annotations
 
+import math
+
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -113,7 +115,11 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
         for param, diff in index.diffs.items():
             writer.write_raw(diff_key(param, to), copy_raw(header, diff.key, fh))
     if to not in FORMATS_WITH_ALPHA:
-        alpha = "folded into the weights"
+        rounded = sorted({str(header.tensors[info.down_key].torch_dtype).replace("torch.", "")
+                          for name, info in index.modules.items() if math.frexp(scales[name])[0] != 0.5
+                          and header.tensors[info.down_key].torch_dtype not in (torch.float32, torch.float64)})
+        alpha = "folded into the weights" + (f" (rounded to {', '.join(rounded)}: the scale is not a power of two)"
+                                             if rounded else " (exactly: each scale is a power of two)")
     else:
         alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)

@@ -40,7 +40,8 @@ import torch
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
-from circle_rotate.tools.lora.keys import FORMATS_WITH_ALPHA, lora_key, module_of_stem, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.keys import (COMFY_LORA_PREFIX, FORMATS_WITH_ALPHA, is_wan_module, lora_key, module_of_stem,
+                                          module_sort_key, parse_lora_key)
 from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts, parse_product_key, product_key,
                                            product_scale)
 from circle_rotate.tools.option_values import AlphaIfMissing
@@ -319,6 +320,16 @@ def nonfinite_keys(index: LoraIndex) -> List[str]:
     return bad
 
 
+def _holds_wan_weights(keys: Iterable[str]) -> bool:
+    """Do ``keys`` include a Wan DiT linear weight itself (a model given where a LoRA goes)?"""
+    for key in keys:
+        stem = key[: -len(".weight")] if key.endswith(".weight") else None
+        for prefix in ("", "model.diffusion_model.", COMFY_LORA_PREFIX):
+            if stem and stem.startswith(prefix) and is_wan_module(stem[len(prefix):]):
+                return True
+    return False
+
+
 def require_wan_lora(index: LoraIndex) -> None:
     """Raise unless every tensor of the file is a LoRA part of a Wan DiT module or a difference of a Wan parameter.
 
@@ -328,8 +339,13 @@ def require_wan_lora(index: LoraIndex) -> None:
     """
     if not index.modules and not index.diffs and not index.products:
         shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
-        raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): this LoRA was made for another model",
-                        path=index.path, fix="use a LoRA trained on Wan2.2 (musubi-tuner networks.lora_wan or ComfyUI layout)")
+        if _holds_wan_weights(index.unknown_keys):
+            raise UserError(f"a Wan model's weights, not a LoRA (found {shown})", path=index.path,
+                            fix="pass the model as the EXPERT (the first argument) and the LoRA with --lora")
+        raise UserError(f"no tensor names a Wan DiT LoRA module (found {shown}): a LoRA for another model, or a key "
+                        f"layout not read here", path=index.path,
+                        fix="use a Wan2.2 LoRA in one of the layouts read: musubi-tuner, ComfyUI, Diffusers/PEFT, "
+                            "DiffSynth-Studio, finetrainers, SimpleTuner LyCORIS")
     if index.dora:
         first = index.dora[min(index.dora, key=module_sort_key)]
         raise UserError(f"a DoRA LoRA: {len(index.dora)} module(s) carry a learned magnitude (e.g. '{first}'), which this "
@@ -356,7 +372,7 @@ def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) 
         UserError: names the first modules without alpha and the flag that decides.
     """
     missing = [m for m, info in index.modules.items() if info.alpha is None]
-    needs_alpha = index.fmt in ("musubi", "mixed") or (missing and index.has_alpha)
+    needs_alpha = index.fmt in ("musubi", "lycoris", "mixed") or (missing and index.has_alpha)
     if missing and needs_alpha and alpha_if_missing is None:
         key = index.modules[missing[0]].down_key.rsplit(".lora_", 1)[0] + ".alpha"  # where it would be
         raise UserError(f"missing alpha: '{key}' (and {len(missing) - 1} more module(s)) has no alpha, so its strength "
@@ -455,10 +471,10 @@ def check_folded(path: PathLike, module: str, fmt: str, down: torch.Tensor, up: 
         NonFiniteError: naming the output ``path`` and the tensor.
     """
     for part, t in (("down", down), ("up", up)):
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):  # (fp8 has no isfinite)
             raise NonFiniteError(path, key=lora_key(module, part, fmt),
-                                 fix=f"its scale alpha/rank overflows {t.dtype} when folded in; keep alpha (--to musubi "
-                                     "or comfy), or check the alpha")
+                                 fix=f"its scale alpha/rank overflows {t.dtype} when folded in; keep alpha (--format "
+                                     "musubi or comfy), or check the alpha")
 
 
 def lora_specs(modules: Mapping[str, LoraModule], fmt: str, diffs: Optional[Mapping[str, torch.Tensor]] = None

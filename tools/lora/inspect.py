@@ -20,7 +20,7 @@ from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
-from circle_rotate.tools.lora.keys import block_index, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
@@ -157,7 +157,7 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
     # As module_scales reads them, without refusing: alpha 0 trains as rank; no alpha is scale 1
     # in the ComfyUI/diffusers layouts and unknown in a musubi file.
     scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
-                         (1.0 if index.fmt in ("comfy", "diffusers") else None)) for i in infos}
+                         (1.0 if index.fmt in NO_ALPHA_IS_SCALE_1 else None)) for i in infos}
     model, cfg = _target_config(index) if infos or index.products else ("unknown", None)
     expected = set(lora_target_modules(cfg)) if cfg else set()
     covered = set(index.modules) | set(index.products)

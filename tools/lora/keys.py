@@ -18,6 +18,15 @@ ComfyUI checkpoints. The layouts, with where each rule was read:
   ``.lora_A.weight`` / ``.lora_B.weight``, no alpha (diffusers' Wan loader folds alpha into the
   weights, ``loaders/lora_conversion_utils.py`` ``_convert_non_diffusers_wan_lora_to_diffusers``).
   PEFT's ``base_model.model.`` prefix is read too.
+
+Three more spellings are read, never written (:data:`READ_ONLY_FORMATS`); ComfyUI's loader maps
+none of them for Wan, so ``convert --format comfy`` is how such a file loads there:
+
+- ``diffsynth``: no prefix at all, Wan's module names, PEFT parts (DiffSynth-Studio saves
+  ``blocks.0.self_attn.q.lora_A.weight``); no alpha, scale 1 as its loader applies it.
+- ``finetrainers``: ``diffusion_model.`` + Diffusers' module names (``blocks.0.attn1.to_q``); no alpha.
+- ``lycoris``: ``lycoris_`` + the underscored Wan name, sd-scripts parts with alpha (SimpleTuner's
+  LyCORIS LoRAs).
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ FORMATS: Tuple[str, ...] = ("musubi", "comfy", "diffusers")
 PARTS: Tuple[str, ...] = ("down", "up", "alpha")
 #: Formats whose files carry a per-module alpha; diffusers has none (scale is 1).
 FORMATS_WITH_ALPHA = ("musubi", "comfy")
+READ_ONLY_FORMATS: Tuple[str, ...] = ("diffsynth", "finetrainers", "lycoris")
+#: Layouts whose trainers write no alpha: a module without one has scale 1.
+NO_ALPHA_IS_SCALE_1: Tuple[str, ...] = ("comfy", "diffusers", "diffsynth", "finetrainers")
+LYCORIS_PREFIX = "lycoris_"
 COMFY_LORA_PREFIX = "diffusion_model."
 DIFFUSERS_PREFIXES: Tuple[str, ...] = ("transformer.", "base_model.model.")
 
@@ -95,7 +108,7 @@ class LoraKey:
 
     module: str  # canonical Wan path, e.g. "blocks.0.self_attn.q"
     part: str  # "down", "up" or "alpha"
-    fmt: str  # "musubi", "comfy" or "diffusers"
+    fmt: str  # one of FORMATS, or READ_ONLY_FORMATS
 
 
 def is_wan_module(path: str) -> bool:
@@ -171,14 +184,20 @@ def parse_lora_key(key: str) -> Optional[LoraKey]:
     stem, part = split
     if stem.startswith((MUSUBI_LORA_PREFIX, COMFY_LORA_PREFIX)):
         found = module_of_stem(stem)
-        return LoraKey(found[0], part, found[1]) if found else None
+        if found:
+            return LoraKey(found[0], part, found[1])
+        module = _from_diffusers_path(stem[len(COMFY_LORA_PREFIX):]) if stem.startswith(COMFY_LORA_PREFIX) else None
+        return LoraKey(module, part, "finetrainers") if module else None
     for prefix in DIFFUSERS_PREFIXES:
         if stem.startswith(prefix):
             path = stem[len(prefix):]
             # Some trainers write Wan's own names under "transformer."; accept both spellings.
             module = _from_diffusers_path(path) or (path if is_wan_module(path) else None)
             return LoraKey(module, part, "diffusers") if module else None
-    return None
+    if stem.startswith(LYCORIS_PREFIX):
+        module = _from_underscored(stem[len(LYCORIS_PREFIX):])
+        return LoraKey(module, part, "lycoris") if module else None
+    return LoraKey(stem, part, "diffsynth") if is_wan_module(stem) else None
 
 
 def lora_key(module: str, part: str, fmt: str) -> str:
