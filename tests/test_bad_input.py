@@ -596,6 +596,36 @@ def test_interrupt_silences_later_log_lines(monkeypatch, capfd):
     assert capfd.readouterr().err.strip().splitlines()[-1].endswith("interrupted; no partial output was kept")
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_a_closed_terminal_mid_merge_leaves_no_partial_model(tiny_wan_dir, tiny_loras, tmp_path, monkeypatch,
+                                                                        capfd, signame):
+    """``timeout``, ``docker stop`` or a closed terminal: the signal arrives while the output is being
+    written (after its first tensor), and the hidden temporary file goes with the process, as on Ctrl-C."""
+    import signal
+
+    from circle_rotate.kernel.safetensors_io import SafetensorsWriter
+
+    real, calls = SafetensorsWriter.write_raw, []
+
+    def write_raw(self, name, chunks):
+        real(self, name, chunks)
+        calls.append(name)
+        if len(calls) == 1:
+            os.kill(os.getpid(), getattr(signal, signame))
+
+    monkeypatch.setattr(SafetensorsWriter, "write_raw", write_raw)
+    out = tmp_path / "out"
+    code = cli_main.main(["merge", str(tiny_wan_dir / "wan2.2_i2v_high_noise_14B_fp16.safetensors"), "--lora",
+                          str(tiny_loras["high"]), "-o", str(out / "merged.safetensors")])
+    logging.disable(logging.NOTSET)
+    assert code == 128 + getattr(signal, signame)
+    assert len(calls) == 1  # stopped mid-file
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no model, no hidden .part file
+    word = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "terminal closed (SIGHUP)"}[signame]
+    assert capfd.readouterr().err.strip().splitlines()[-1] == f"circle-rotate merge: {word}; no partial output was kept"
+    assert signal.getsignal(getattr(signal, signame)) is signal.SIG_DFL  # handlers restored after the command
+
+
 def test_a_full_disk_met_by_a_library_is_one_line_and_a_broken_pipe_stays_quiet(monkeypatch, capfd, tmp_path):
     _command_raising(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.bin")))
     assert cli_main.main(["inspect", "x"]) == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import dataclasses
@@ -52,6 +53,7 @@ class PrepareInterrupted(KeyboardInterrupt):
     def __init__(self, kept: str):
         super().__init__(kept)
         self.kept = kept
+        self.signum = signal.SIGINT
 
 
 @dataclass(frozen=True)
@@ -269,9 +271,11 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
     except BaseException as exc:
         _remove_unfinished(out, before, state)
         if isinstance(exc, KeyboardInterrupt):
-            raise PrepareInterrupted(
+            stop = PrepareInterrupted(
                 f"{len(finished)} of {len(jobs)} source(s) finished and are in the manifest, the clips of the "
-                f"others removed; run the same command again to resume") from None
+                f"others removed; run the same command again to resume")
+            stop.signum = getattr(exc, "signum", stop.signum)  # Ctrl-C, or SIGTERM/SIGHUP (cli.main.Terminated)
+            raise stop from None
         raise
     write_manifest(manifest, [r for recs in state.values() for r in recs])
     moved: Tuple[str, ...] = ()
