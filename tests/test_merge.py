@@ -105,7 +105,9 @@ def test_fp8_scaled_base_with_prefix_is_dequantized_merged_and_requantized(tmp_p
         else:  # untouched fp8 weights and their scales: byte for byte
             assert torch.equal(got[k].view(torch.uint8), orig[k].view(torch.uint8)) and torch.equal(got[s], orig[s])
             assert torch.allclose(got[k].double() * got[s].double(), want[key])
-    assert json.loads(load_meta(out)["circle_rotate.merged_loras"]) == [{"file": "half.safetensors", "strength": 1.0}]
+    assert json.loads(load_meta(out)["circle_rotate.merged_loras"]) == [
+        {"file": "half.safetensors", "bytes": (tmp_path / "half.safetensors").stat().st_size, "strength": 1.0,
+         "dtype": "same"}]
     assert load_meta(out)["circle_rotate.expert"] == "low"
 
 

@@ -57,6 +57,8 @@ def add_parser(sub) -> None:
     add_skip_absent_option(p)
     p.add_argument("--dry-run", action="store_true",
                    help="check everything and say what would be written (size, dtypes, layers touched); write nothing")
+    p.add_argument("--ignore-expert-evidence", action="store_true",
+                   help="merge a LoRA whose metadata or name says it is for the other expert than EXPERT's")
     add_output_options(p, run)
 
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no expert given", fix="circle-rotate merge EXPERT.safetensors --lora LORA.safetensors -o OUT")
     prepared = prepare_merge(Path(args.base), args.lora, args.out, dtype=args.dtype,
                              alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
-                             skip_absent=args.skip_absent)
+                             skip_absent=args.skip_absent, ignore_expert_evidence=args.ignore_expert_evidence)
     if args.dry_run:
         from circle_rotate.tools.merge.summary import summarize
 

@@ -98,7 +98,8 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
             label = ident.dtype if dtype == "same" else dtype
             out = Path(out_dir) / output_name(ident.task, expert, Path(lora), label, ident.variant)
             prepared[expert] = prepare_merge(info, [(lora, strength)], out, dtype=dtype, alpha_if_missing=alpha_if_missing,
-                                             force=force, expert=expert, skip_absent=skip_absent)
+                                             force=force, expert=expert, skip_absent=skip_absent,
+                                             ignore_expert_evidence=True)  # checked above, with the pair's own rules
     if problems:
         raise UserError("; ".join(problems), fix="pass the high-noise expert and circle_rotate_h with --high and the "
                         "low-noise ones with --low; --assume-experts trusts the order for unnamed files, "

@@ -25,11 +25,9 @@ lists them in ``dropped``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +36,7 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, VARIAN
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import DTYPES
 from circle_rotate.kernel.shards import AnyHeader
+from circle_rotate.tools.merge.provenance import MERGED_LORAS_KEY, merged_history
 from circle_rotate.kernel.wan_arch import is_fp8_target, is_linear_weight
 from circle_rotate.tools.lora.files import LoraIndex
 from circle_rotate.tools.lora.lycoris import LABELS
@@ -295,8 +294,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     metadata = dict(header.metadata)
     if not scaled_out:
         metadata.pop("_quantization_metadata", None)
-    metadata["circle_rotate.merged_loras"] = json.dumps(
-        [{"file": Path(s.index.path).name, "strength": s.strength} for s in loras])
+    metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, loras, dtype)
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert

@@ -45,6 +45,7 @@ from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Pooled, Source, 
 from circle_rotate.tools.merge.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.merge.ordered_pipeline import pipelined, torch_threads
 from circle_rotate.tools.merge.plan import BaseInfo, LoraSource, MergePlan, OutTensor, plan_merge
+from circle_rotate.tools.merge.provenance import check_experts_agree, check_not_merged_again
 from circle_rotate.tools.merge.renamed_base import RenamedHeader, wan_named
 from circle_rotate.tools.option_values import check_scale_fits
 
@@ -221,10 +222,12 @@ def read_base(path: PathLike) -> BaseInfo:
 
 def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLike, float]], out: PathLike, *,
                   dtype: str = "same", alpha_if_missing: AlphaIfMissing = None, force: bool = False,
-                  expert: Optional[str] = None, skip_absent: bool = False) -> PreparedMerge:
+                  expert: Optional[str] = None, skip_absent: bool = False,
+                  ignore_expert_evidence: bool = False) -> PreparedMerge:
     """Check every input and decide every output tensor; nothing is written.
 
     Args: as :func:`merge_loras`; ``base`` may also be a :func:`read_base` result already read.
+        ``ignore_expert_evidence``: merge a LoRA whose metadata or name says the other expert.
 
     Raises:
         UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, or nothing to do.
@@ -237,8 +240,11 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
         raise UserError("nothing to do: no LoRA to merge, and --dtype same keeps the expert as it is",
                         path=info.header.path, fix="pass --lora FILE to merge one, or --dtype fp16, bf16 or fp8_scaled "
                                                    "to convert the expert")
-    plan = plan_merge(info, load_sources(loras, alpha_if_missing=alpha_if_missing), dtype=dtype, expert=expert,
-                      skip_absent=skip_absent)
+    sources = load_sources(loras, alpha_if_missing=alpha_if_missing)
+    check_not_merged_again(info.header.metadata, sources, Path(info.header.path).name)
+    if not ignore_expert_evidence:
+        check_experts_agree(info.identity, sources, Path(info.header.path).name)
+    plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
     _check_strengths_fit(plan)
     return PreparedMerge(plan, out_p)
 
@@ -274,7 +280,8 @@ def run_merge(prepared: PreparedMerge, *, workers: Optional[int] = None) -> Merg
 
 def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, dtype: str = "same",
                 alpha_if_missing: AlphaIfMissing = None, force: bool = False, expert: Optional[str] = None,
-                workers: Optional[int] = None, skip_absent: bool = False) -> MergeReport:
+                workers: Optional[int] = None, skip_absent: bool = False,
+                ignore_expert_evidence: bool = False) -> MergeReport:
     """Merge ``loras`` (path, strength) into the expert ``base`` and write ``out``; with no LoRA,
     only convert it (join a sharded base into one file, change its dtype).
 
@@ -289,15 +296,18 @@ def merge_loras(base: PathLike, loras: Sequence[Tuple[PathLike, float]], out: Pa
         expert: ``high``/``low`` to record in the output metadata (default: the base's, if known).
         workers: compute threads (default: the CPU count, at most 4).
         skip_absent: see :func:`circle_rotate.tools.merge.plan.plan_merge`.
+        ignore_expert_evidence: merge a LoRA whose metadata or name says it is for the other
+            expert than the base's (see :mod:`circle_rotate.tools.merge.provenance`).
 
     Returns:
         A :class:`MergeReport`.
 
     Raises:
-        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, or nothing
-            to do (no LoRA, one file, ``dtype`` same).
+        UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, a LoRA
+            for the other expert or one the base already holds, or nothing to do (no LoRA, one
+            file, ``dtype`` same).
     """
     prepared = prepare_merge(base, loras, out, dtype=dtype, alpha_if_missing=alpha_if_missing, force=force, expert=expert,
-                             skip_absent=skip_absent)
+                             skip_absent=skip_absent, ignore_expert_evidence=ignore_expert_evidence)
     return run_merge(prepared, workers=workers)
 
