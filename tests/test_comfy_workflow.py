@@ -170,3 +170,21 @@ def test_bad_values_are_refused_before_writing(tmp_path, capsys):
     assert main(["workflow", "--high", "h.safetensors", "--low", "l.safetensors", "--high-lora", "a.safetensors",
                  "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_swapped_experts_or_loras_and_paths_are_refused_before_writing(tmp_path, capsys):
+    out = tmp_path / "w.json"
+    high, low = "wan2.2_i2v_high_noise_14B_fp16.safetensors", "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+    assert main(["workflow", "--high", low, "--low", high, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the high-noise expert {low} is named for the low-noise one (swapped?)" in err and not out.exists()
+    assert main(["workflow", "--high", high, "--low", low, "--high-lora", "circle_rotate_l.safetensors",
+                 "--low-lora", "circle_rotate_h.safetensors", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the high-noise LoRA circle_rotate_l.safetensors is named for the low-noise one" in err
+    assert "the low-noise LoRA circle_rotate_h.safetensors is named for the high-noise one" in err
+    assert main(["workflow", "--high", f"/srv/ComfyUI/models/diffusion_models/{high}", "--low", low,
+                 "--out", str(out)]) == 2
+    assert f"is a path: ComfyUI names a file by where it lies inside models/diffusion_models (e.g. {high})" \
+        in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "workflow", "--high", f"wan/{high}", "--low", f"wan/{low}", "--out", str(out)]) == 0  # a subfolder

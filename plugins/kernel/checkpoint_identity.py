@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from circle_rotate.kernel.expert_names import expert_from_text
 from circle_rotate.kernel.shards import AnyHeader
 from circle_rotate.kernel.wan_arch import COMFY_PREFIX, I2V_EXTRA_CHANNELS, VAE_LATENT_CHANNELS
 
@@ -58,10 +59,6 @@ _DIFFUSERS_EXPERT_FOLDER = {"transformer": "high", "transformer_2": "low"}
 
 # Keys only Diffusers' WanTransformer3DModel has.
 _DIFFUSERS_KEY = re.compile(r"blocks\.\d+\.attn1\.to_q\.weight$|condition_embedder\.")
-
-# "high_noise", "high-noise", "HighNoise", "high noise" (and low); not "highres".
-_EXPERT_TEXT = re.compile(r"(high|low)[ _\-]?noise", re.IGNORECASE)
-
 
 @dataclass(frozen=True)
 class CheckpointIdentity:
@@ -91,12 +88,6 @@ class CheckpointIdentity:
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
-
-
-def expert_from_text(text: str) -> Optional[str]:
-    """'high' / 'low' if ``text`` names exactly one of the two noise experts, else None."""
-    found = {m.group(1).lower() for m in _EXPERT_TEXT.finditer(text)}
-    return found.pop() if len(found) == 1 else None
 
 
 def expert_from_metadata(metadata: Dict[str, str]) -> Optional[str]:

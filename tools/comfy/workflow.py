@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional, Tuple, Union
 
 from circle_rotate.kernel.atomic import check_output_path, write_json
+from circle_rotate.kernel.expert_names import expert_from_file_name
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.shard_names import SHARD_NAME
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, is_4n_plus_1
@@ -115,8 +116,18 @@ class WorkflowSpec:
             bad.append(f"scheduler {self.scheduler!r}")
         if not 0 <= self.seed < 2**64:
             bad.append(f"seed {self.seed}")
-        for chain in (self.high, self.low):
+        for expert, chain in (("high", self.high), ("low", self.low)):
             bad += [f"LoRA strength {s} of {n} (-100 to 100)" for n, s in chain.loras if not -100 <= s <= 100]
+            # the two experts have the same shapes: swapped, the graph runs and the video is just worse
+            for what, name, folder in (("expert", chain.model, "diffusion_models"),
+                                       *(("LoRA", n, "loras") for n, _ in chain.loras)):
+                path = PurePosixPath(name.replace("\\", "/"))
+                named = expert_from_file_name(path.name)
+                if named is not None and named != expert:
+                    bad.append(f"the {expert}-noise {what} {name} is named for the {named}-noise one (swapped?)")
+                if path.is_absolute() or name[1:3] in (":/", ":\\"):  # ComfyUI's lists hold names, not paths
+                    bad.append(f"{name} is a path: ComfyUI names a file by where it lies inside models/{folder} "
+                               f"(e.g. {path.name})")
             if SHARD_NAME.match(Path(chain.model).name):  # UNETLoader loads one file as the whole model
                 bad.append(f"{chain.model} is one shard of a sharded model (ComfyUI loads one whole file: "
                            "`circle-rotate merge SHARD -o ONE_FILE.safetensors --dtype fp16` writes one, and "

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, expert_from_text, identify_checkpoint
+from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, identify_checkpoint
+from circle_rotate.kernel.expert_names import expert_from_file_name, expert_from_text
 from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
@@ -24,7 +25,6 @@ from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, modu
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
-_SHORT_EXPERT = re.compile(r"(?:^|[_\-. ])(h|high|l|low)$", re.IGNORECASE)
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 #: Layouts ComfyUI's LoRA loader maps for a Wan model (comfy/lora.py model_lora_keys_unet, read Oct 2025).
 COMFY_LOADS = ("musubi", "comfy")
@@ -111,11 +111,7 @@ def lora_expert(index: LoraIndex) -> Tuple[Optional[str], Optional[str]]:
     found = expert_from_metadata(meta) or expert_from_text(meta.get("ss_sd_model_name", ""))
     if found:
         return found, "metadata"
-    path = Path(index.path)
-    found = expert_from_text(path.name)
-    short = _SHORT_EXPERT.search(path.stem)
-    if not found and short:
-        found = "high" if short.group(1).lower().startswith("h") else "low"
+    found = expert_from_file_name(Path(index.path).name)
     return (found, "filename") if found else (None, None)
 
 

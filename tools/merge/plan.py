@@ -294,7 +294,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     metadata = dict(header.metadata)
     if not scaled_out:
         metadata.pop("_quantization_metadata", None)
-    metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, loras, dtype)
+    metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, [(s.index, s.strength) for s in loras], dtype)
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert

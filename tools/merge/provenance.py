@@ -17,14 +17,12 @@ to what the base listed, so a chain of merges and conversions keeps every LoRA i
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from circle_rotate.kernel.checkpoint_identity import CheckpointIdentity
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.tools.lora.files import LoraIndex
 from circle_rotate.tools.lora.inspect import lora_expert
-
-if TYPE_CHECKING:  # plan records the history through this module
-    from circle_rotate.tools.merge.plan import LoraSource
 
 MERGED_LORAS_KEY = "circle_rotate.merged_loras"
 
@@ -38,31 +36,31 @@ def merged_before(metadata: Mapping[str, str]) -> List[Dict[str, object]]:
     return [e for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)] if isinstance(entries, list) else []
 
 
-def merged_history(metadata: Mapping[str, str], loras: Sequence["LoraSource"], dtype: str) -> str:
-    """``circle_rotate.merged_loras`` for the output: the base's entries, then this merge's."""
-    new = [{"file": s.index.path.name, "bytes": s.index.header.file_size, "strength": s.strength, "dtype": dtype}
-           for s in loras]
+def merged_history(metadata: Mapping[str, str], loras: Sequence[Tuple[LoraIndex, float]], dtype: str) -> str:
+    """``circle_rotate.merged_loras`` for the output: the base's entries, then this merge's (LoRA, strength)s."""
+    new = [{"file": index.path.name, "bytes": index.header.file_size, "strength": strength, "dtype": dtype}
+           for index, strength in loras]
     return json.dumps(merged_before(metadata) + new)
 
 
-def check_not_merged_again(metadata: Mapping[str, str], loras: Sequence["LoraSource"], base_name: str) -> None:
+def check_not_merged_again(metadata: Mapping[str, str], loras: Sequence[LoraIndex], base_name: str) -> None:
     """Refuse a LoRA the base already holds (by its record).
 
     Raises:
         UserError: naming the LoRA, the strength it was merged at, and the base.
     """
-    for source in loras:
-        name, size = source.index.path.name, source.index.header.file_size
+    for index in loras:
+        name, size = index.path.name, index.header.file_size
         for entry in merged_before(metadata):
             if entry["file"] == name and entry.get("bytes", size) == size:
                 raise UserError(f"'{name}' is already merged into {base_name} (its metadata lists it at strength "
                                 f"{entry.get('strength', '?')}); merging it again would double it",
-                                path=source.index.path,
+                                path=index.path,
                                 fix="merge into the original expert (with --lora FILE:2 for twice the effect); rename "
                                     "the LoRA file if it is a different one")
 
 
-def check_experts_agree(identity: CheckpointIdentity, loras: Sequence["LoraSource"], base_name: str) -> None:
+def check_experts_agree(identity: CheckpointIdentity, loras: Sequence[LoraIndex], base_name: str) -> None:
     """Refuse a LoRA that says it is for the other expert than the one the base says it is.
 
     Raises:
@@ -70,12 +68,12 @@ def check_experts_agree(identity: CheckpointIdentity, loras: Sequence["LoraSourc
     """
     if identity.expert is None:
         return
-    for source in loras:
-        expert, evidence = lora_expert(source.index)
+    for index in loras:
+        expert, evidence = lora_expert(index)
         if expert is not None and expert != identity.expert:
-            raise UserError(f"'{source.index.path.name}' is a {expert}-noise LoRA (by its {evidence}) and {base_name} "
+            raise UserError(f"'{index.path.name}' is a {expert}-noise LoRA (by its {evidence}) and {base_name} "
                             f"the {identity.expert}-noise expert (by its {identity.expert_evidence})",
-                            path=source.index.path,
+                            path=index.path,
                             fix=f"merge it into the {expert}-noise expert (merge-pair does both), or pass "
                                 "--ignore-expert-evidence if a name misleads")
 

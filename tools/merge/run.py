@@ -241,9 +241,10 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
                         path=info.header.path, fix="pass --lora FILE to merge one, or --dtype fp16, bf16 or fp8_scaled "
                                                    "to convert the expert")
     sources = load_sources(loras, alpha_if_missing=alpha_if_missing)
-    check_not_merged_again(info.header.metadata, sources, Path(info.header.path).name)
+    indexes = [s.index for s in sources]
+    check_not_merged_again(info.header.metadata, indexes, Path(info.header.path).name)
     if not ignore_expert_evidence:
-        check_experts_agree(info.identity, sources, Path(info.header.path).name)
+        check_experts_agree(info.identity, indexes, Path(info.header.path).name)
     plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
     _check_strengths_fit(plan)
     return PreparedMerge(plan, out_p)
