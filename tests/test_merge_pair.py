@@ -108,3 +108,29 @@ def test_readme_section_3_commands_run_as_written(tmp_path, monkeypatch, capsys)
     assert sorted(os.listdir(tmp_path / "merged")) == ["circle_rotate_workflow.json", "circle_rotate_workflow_api.json",
                                                        "wan2.2_i2v_high_noise_circle_rotate_h_fp8_scaled.safetensors",
                                                        "wan2.2_i2v_low_noise_circle_rotate_l_fp8_scaled.safetensors"]
+
+
+def test_a_disk_that_takes_one_merged_expert_but_not_two_is_refused_before_either(tmp_path, pair, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from circle_rotate.kernel import disk_space
+
+    high, lh, low, ll = pair
+    one = os.path.getsize(high)  # about one merged expert (same dtype)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10 * one, 9 * one, int(1.5 * one)))
+    with pytest.raises(UserError, match="the two merged experts need .* GB free") as err:
+        merge_pair((high, lh), (low, ll), tmp_path / "out")
+    assert "fp8_scaled" in err.value.fix
+    assert not list(tmp_path.rglob("*.safetensors"))
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", shutil.disk_usage)
+
+
+def test_a_wrong_extension_or_strength_names_the_right_option(tmp_path, pair, capsys):
+    high, lh, low, ll = pair
+    assert main(["merge", str(high), "--lora", str(lh), "-o", str(tmp_path / "high.ckpt")]) == 2
+    assert "written as .safetensors but named .ckpt; fix: name it high.safetensors" in capsys.readouterr().err
+    assert main(["merge-pair", "--high", str(high), str(lh), "--low", str(low), str(ll), "-o", str(tmp_path / "p"),
+                 "--strength-high", "1e30", "--dtype", "fp16"]) == 2
+    assert "--strength-high" in capsys.readouterr().err and not (tmp_path / "p").exists()

@@ -35,7 +35,8 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool = False) -> Path:
+def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: bool = False,
+                      suffix: Optional[str] = None) -> Path:
     """Validate an output path before any work is done (the one guard every writing command uses).
 
     Args:
@@ -43,6 +44,8 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
         inputs: every file the command reads, those it finds in a folder included; the output
             may never be one of them, ``force`` or not.
         force: allow replacing an existing regular file.
+        suffix: the extension the output's format has (".safetensors"): another one misleads
+            whatever loads the file by its name (ComfyUI reads a ``.ckpt`` with ``torch.load``).
 
     Returns:
         ``out`` as an absolute :class:`Path`.
@@ -54,6 +57,9 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
         UserError: the output exists and ``force`` is off.
     """
     out_p = Path(out).absolute()
+    if suffix is not None and out_p.suffix.lower() != suffix:
+        raise UserError(f"the output is written as {suffix} but named {out_p.suffix or 'with no extension'}", path=out_p,
+                        fix=f"name it {out_p.stem}{suffix} (a loader goes by the extension)")
     for src in inputs:
         src_p = Path(src).absolute()
         if src_p == out_p or _same_file(src_p, out_p):

@@ -102,7 +102,7 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
     if to not in FORMATS or dtype not in COMBINE_DTYPES:
         raise UserError(f"unknown layout/dtype {to!r}/{dtype!r}",
                         fix=f"layouts: {', '.join(FORMATS)}; dtypes: {', '.join(COMBINE_DTYPES)}")
-    out_p = check_output_path(out, inputs=[p for p, _ in loras], force=force)
+    out_p = check_output_path(out, inputs=[p for p, _ in loras], force=force, suffix=".safetensors")
     grouped: Dict[str, List[Tuple[float, LoraModule, Path]]] = {}
     diff_parts: Dict[str, List[Tuple[float, torch.Tensor, Path]]] = {}
     experts = set()

@@ -88,7 +88,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
     """
     if to not in FORMATS:
         raise UserError(f"unknown target layout {to!r}", fix=f"use one of {', '.join(FORMATS)}")
-    out_p = check_output_path(out, inputs=[src], force=force)
+    out_p = check_output_path(out, inputs=[src], force=force, suffix=".safetensors")
     index = read_lora_index(src)
     require_wan_lora(index)
     require_layout(index, to)

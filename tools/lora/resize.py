@@ -108,7 +108,7 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
     """
     if rank < 1:
         raise UserError(f"--rank must be at least 1, not {rank}", fix="e.g. --rank 16")
-    out_p = check_output_path(out, inputs=[src], force=force)
+    out_p = check_output_path(out, inputs=[src], force=force, suffix=".safetensors")
     index = read_lora_index(src)
     require_wan_lora(index)
     fmt = to or (index.fmt if index.fmt in FORMATS else "musubi")

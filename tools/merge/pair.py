@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from circle_rotate.kernel.disk_space import short_disks
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.tools.lora.files import AlphaIfMissing, read_lora_index
 from circle_rotate.tools.lora.inspect import lora_expert
@@ -99,10 +100,17 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
             out = Path(out_dir) / output_name(ident.task, expert, Path(lora), label, ident.variant)
             prepared[expert] = prepare_merge(info, [(lora, strength)], out, dtype=dtype, alpha_if_missing=alpha_if_missing,
                                              force=force, expert=expert, skip_absent=skip_absent,
-                                             ignore_expert_evidence=True)  # checked above, with the pair's own rules
+                                             ignore_expert_evidence=True,  # checked above, with the pair's own rules
+                                             strength_flags=[f"--strength-{expert}"])
     if problems:
-        raise UserError("; ".join(problems), fix="pass the high-noise expert and circle_rotate_h with --high and the "
-                        "low-noise ones with --low; --assume-experts trusts the order for unnamed files, "
+        raise UserError("; ".join(problems), fix="pass the high-noise expert and its LoRA (circle_rotate_h) with --high and "
+                        "the low-noise ones with --low; --assume-experts trusts the order for unnamed files, "
                         "--ignore-expert-evidence overrides a misleading name")
+    short = short_disks([(Path(out_dir), prepared[e].plan.output_bytes) for e in EXPERTS])
+    if short:  # both before either: a full disk found by the second would leave the first alone, 14-28 GB
+        folder, need, free = short[0]
+        raise UserError(f"the two merged experts need {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free",
+                        path=Path(out_dir), fix="free space there, choose another -o folder, or a smaller --dtype "
+                                               "(fp8_scaled halves fp16)")
     reports = {expert: run_merge(prepared[expert], workers=workers) for expert in EXPERTS}
     return PairReport(reports["high"], reports["low"], evidence)

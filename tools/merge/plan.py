@@ -174,7 +174,7 @@ def _deltas(header: AnyHeader, prefix: str, loras: Sequence[LoraSource], skip_ab
     if errors:
         fix = ("pass --skip-absent to leave them out, as ComfyUI's loader does (it logs 'lora key not loaded' for each), "
                "or use a LoRA trained for Wan2.2" if skippable else
-               "use the LoRA trained for this model (Wan2.2 I2V-A14B, the same expert); check --base and --lora")
+               "use the LoRA trained for this model (Wan2.2 I2V-A14B, the same expert); check which file is the expert and which the LoRA")
         raise UserError(f"LoRA does not fit {header.path.name}: " + "; ".join(errors), path=loras[0].index.path if len(loras) == 1 else None,
                         fix=fix)
     return out, tuple(skipped)

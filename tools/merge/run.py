@@ -213,7 +213,7 @@ def read_base(path: PathLike) -> BaseInfo:
     identity = identify_checkpoint(header)
     if not identity.is_wan:
         raise UserError("not a Wan DiT checkpoint (no patch_embedding/blocks weights)", path=header.path,
-                        fix="pass the expert model as --base and the LoRA as --lora (were they swapped?)")
+                        fix="give the expert model where the EXPERT goes and the LoRA as the LoRA (were they swapped?)")
     if identity.layout == "diffusers":  # read under Wan's names, so LoRAs match and the output is Wan's layout
         header = wan_named(header)
         identity = identify_checkpoint(header)
@@ -223,17 +223,18 @@ def read_base(path: PathLike) -> BaseInfo:
 def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLike, float]], out: PathLike, *,
                   dtype: str = "same", alpha_if_missing: AlphaIfMissing = None, force: bool = False,
                   expert: Optional[str] = None, skip_absent: bool = False,
-                  ignore_expert_evidence: bool = False) -> PreparedMerge:
+                  ignore_expert_evidence: bool = False, strength_flags: Optional[Sequence[str]] = None) -> PreparedMerge:
     """Check every input and decide every output tensor; nothing is written.
 
     Args: as :func:`merge_loras`; ``base`` may also be a :func:`read_base` result already read.
         ``ignore_expert_evidence``: merge a LoRA whose metadata or name says the other expert.
+        ``strength_flags``: the option each LoRA's strength came from, for messages (default ``--lora NAME``).
 
     Raises:
         UserError: bad paths, not a Wan base, a LoRA that does not fit, missing alpha, or nothing to do.
     """
     base_path = base.header.path if isinstance(base, BaseInfo) else base
-    out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force)
+    out_p = check_output_path(out, inputs=[base_path, *(p for p, _ in loras)], force=force, suffix=".safetensors")
     info = base if isinstance(base, BaseInfo) else read_base(base)
     check_output_path(out_p, inputs=[s.path for s in info.header.shards], force=force)  # a sharded base: each shard
     if not loras and dtype == "same" and len(info.header.shards) == 1 and not isinstance(info.header, RenamedHeader):
@@ -246,18 +247,18 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
     if not ignore_expert_evidence:
         check_experts_agree(info.identity, indexes, Path(info.header.path).name)
     plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
-    _check_strengths_fit(plan)
+    _check_strengths_fit(plan, strength_flags)
     return PreparedMerge(plan, out_p)
 
 
-def _check_strengths_fit(plan: MergePlan) -> None:
+def _check_strengths_fit(plan: MergePlan, flags: Optional[Sequence[str]] = None) -> None:
     merged = [t.dtype for t in plan.tensors if t.deltas and t.encode != "fp8_scaled"]  # fp8_scaled rescales per tensor
     if merged:
         narrow = min(merged, key=lambda d: torch.finfo(d).max)
-        for s in plan.loras:
+        for i, s in enumerate(plan.loras):
             products = [p.scale for p in s.index.products.values()]
             largest = max([*s.scales.values(), *products, *([1.0] if s.index.diffs else [])], default=0.0)  # a difference: scale 1
-            check_scale_fits(f"--lora {s.index.path.name} strength", s.strength, largest,
+            check_scale_fits(flags[i] if flags else f"--lora {s.index.path.name} strength", s.strength, largest,
                              limit=torch.finfo(narrow).max, dtype=str(narrow).replace("torch.", ""))
 
 
