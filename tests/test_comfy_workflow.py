@@ -188,3 +188,10 @@ def test_swapped_experts_or_loras_and_paths_are_refused_before_writing(tmp_path,
     assert f"is a path: ComfyUI names a file by where it lies inside models/diffusion_models (e.g. {high})" \
         in capsys.readouterr().err and not out.exists()
     assert main(["-q", "workflow", "--high", f"wan/{high}", "--low", f"wan/{low}", "--out", str(out)]) == 0  # a subfolder
+
+
+def test_a_strength_without_its_lora_is_refused_not_dropped(tmp_path, capsys):
+    out = tmp_path / "w.json"
+    assert main(["workflow", "--high", "h.safetensors", "--low", "l.safetensors", "--strength-high", "0.8",
+                 "--out", str(out)]) == 2
+    assert "no LoRA is given" in capsys.readouterr().err and not out.exists()

@@ -86,8 +86,9 @@ def add_parser(sub) -> None:
     p.add_argument("--low", required=True, help="low-noise expert (file name in models/diffusion_models)")
     p.add_argument("--high-lora", default=None, help="orbit LoRA of the high-noise expert (models/loras); omit for merged experts")
     p.add_argument("--low-lora", default=None, help="orbit LoRA of the low-noise expert (models/loras)")
-    p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=1.0, help="strength of the high-noise LoRA (default 1; study 0.8-1)")
-    p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=1.0, help="strength of the low-noise LoRA (default 1)")
+    # default None, so that a strength given without its LoRA is seen (and refused) rather than dropped
+    p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=None, help="strength of the high-noise LoRA (default 1; study 0.8-1)")
+    p.add_argument("--strength-low", type=strength_arg("--strength-low"), default=None, help="strength of the low-noise LoRA (default 1)")
     add_out(p, default=Path("circle_rotate_workflow.json"), metavar="FILE",
             help="UI workflow to write; the API form goes beside it as <stem>_api.json")
     add_workflow_options(p)
@@ -102,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if (args.high_lora is None) != (args.low_lora is None):
         raise UserError("give both --high-lora and --low-lora, or neither (merged experts)",
                         fix="each expert needs its own LoRA: circle_rotate_h for --high, circle_rotate_l for --low")
-    loras = ((args.high_lora, args.strength_high), (args.low_lora, args.strength_low)) if args.high_lora else (None, None)
+    if args.high_lora is None and (args.strength_high is not None or args.strength_low is not None):
+        raise UserError("--strength-high/--strength-low set a LoRA's strength, and no LoRA is given",
+                        fix="add --high-lora and --low-lora, or leave the strengths out (merged experts carry theirs)")
+    strengths = [1.0 if s is None else s for s in (args.strength_high, args.strength_low)]
+    loras = ((args.high_lora, strengths[0]), (args.low_lora, strengths[1])) if args.high_lora else (None, None)
     spec = spec_from_args(args, args.high, args.low, loras)
     ui, api = write_workflows(spec, args.out, force=args.force)
     if args.json:
