@@ -159,3 +159,28 @@ def test_measurement_serialises_and_bad_input_is_refused():
     with pytest.raises(ValueError):
         measure_orbit(np.zeros((3, 32, 32, 3), np.uint8), fps=16, flows=[np.zeros((32, 32, 2))])
     assert not math.isnan(m.shake)
+
+
+@pytest.mark.parametrize("size", [(160, 26), (320, 31), (80, 24)])
+def test_flow_on_frames_under_32_rows_runs_and_reads_the_shift(size):
+    """OpenCV's DIS segfaults on such frames (a 6:1 video's analysis frames were 160x26): run in a child
+    process, so that a crash fails this test instead of ending the run."""
+    import subprocess
+    import sys
+
+    w, h = size
+    code = f"""
+import numpy as np, cv2
+from circle_rotate.media.orbit_flow import FlowEstimator
+rng = np.random.default_rng(0)
+wide = cv2.GaussianBlur(rng.integers(0, 255, ({h}, {w} + 8), dtype=np.uint8), (0, 0), 1.5)
+a, b = np.ascontiguousarray(wide[:, 4:4 + {w}]), np.ascontiguousarray(wide[:, 2:2 + {w}])
+est = FlowEstimator()
+for _ in range(2):
+    flow = est(a, b)
+assert flow.shape == ({h}, {w}, 2), flow.shape
+print(float(np.median(flow[4:-4, 8:-8, 0])))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip()) == pytest.approx(2.0, abs=0.5)  # b is a shifted 2 px to the right
