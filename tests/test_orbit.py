@@ -184,3 +184,18 @@ print(float(np.median(flow[4:-4, 8:-8, 0])))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.strip()) == pytest.approx(2.0, abs=0.5)  # b is a shifted 2 px to the right
+
+
+def test_eval_reads_an_hd_orbit_as_the_estimator_does_and_as_rendered(tmp_path):
+    """At 1280x720 the full-size Farneback flows eval shares read this 40-degree orbit as 47 degrees
+    (and a 1080p one as a pan the other way); the orbit metrics use the estimator's own flow."""
+    from circle_rotate.cli.main import main
+
+    spec = TurntableSpec(name="hd", width=1280, height=720, frames=41, fps=16.0, total_angle_deg=40, subject="car", seed=5)
+    files = write_turntable(spec, tmp_path)
+    assert main(["-q", "eval", str(files.video), "-o", str(tmp_path / "r.json"), "--jobs", "1"]) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["videos"][0]
+    assert (row["orbit_motion"], row["orbit_direction"]) == ("orbit", "right")
+    assert row["total_angle_deg"] == pytest.approx(40, rel=0.1)
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in read_video(files.video)])
+    assert row["total_angle_deg"] == pytest.approx(measure_orbit(grey, fps=16.0).total_angle_deg, abs=0.01)
