@@ -163,14 +163,34 @@ def unreliable_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
     return out
 
 
-def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
-    """:func:`compare_column` for every numeric metric column present, in registry order; the
-    mask columns over the pairs whose drift is reliable on both sides."""
+def _shape(row: Mapping[str, Any]) -> str:
+    fps = row.get("fps")
+    return f"{row.get('width')}x{row.get('height')}, {row.get('frames')} frames" + (f" at {fps:g} fps" if fps else "")
+
+
+def mismatched_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
+    """Pairs whose two videos differ in size, length or frame rate, with both shapes. Drift and
+    flow are in pixels (per frame), so such a pair measures the settings, not the LoRA."""
     out = []
-    doubtful = {id(p) for p, _ in unreliable_pairs(pairs)}
-    reliable = [p for p in pairs if id(p) not in doubtful]
+    for p in pairs:
+        b, lo = p.baseline, p.lora
+        fps_differ = bool(b.get("fps") and lo.get("fps")) and abs(b["fps"] - lo["fps"]) > 0.01 * max(b["fps"], lo["fps"])
+        if fps_differ or any(b.get(k) != lo.get(k) for k in ("width", "height", "frames")):
+            out.append((p, f"baseline {_shape(p.baseline)}, LoRA {_shape(p.lora)}"))
+    return out
+
+
+def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
+    """:func:`compare_column` for every numeric metric column present, in registry order, over the
+    pairs generated alike (:func:`mismatched_pairs`); the mask columns over those whose drift is
+    reliable on both sides."""
+    out = []
+    unlike = {id(p) for p, _ in mismatched_pairs(pairs)}
+    alike = [p for p in pairs if id(p) not in unlike]
+    doubtful = {id(p) for p, _ in unreliable_pairs(alike)}
+    reliable = [p for p in alike if id(p) not in doubtful]
     for column in COLUMNS:
-        c = compare_column(reliable if column in MASK_COLUMNS else pairs, column, resamples=resamples, seed=seed)
+        c = compare_column(reliable if column in MASK_COLUMNS else alike, column, resamples=resamples, seed=seed)
         if c is not None:
             out.append(c)
     return out
@@ -264,7 +284,11 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
     notes += [_unpaired(r, lora_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [_unpaired(r, base_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
-    notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out]
+    unlike = mismatched_pairs(pairs)
+    notes += [f"{p.name}: left out of every statistic: the two videos were not generated alike ({why}); generate "
+              f"both at the same size, length and frame rate" for p, why in unlike]
+    notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out
+              if all(p is not q for q, _ in unlike)]
     figures = compare_figures(pairs, comparisons)
     written = []
     for name, data in figures.items():
@@ -272,6 +296,7 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     summary = {"baseline": str(sides[0]), "lora": str(sides[1]), "pairs": [p.name for p in pairs],
                "metrics": [c.to_dict() for c in comparisons], "headline": [c.headline() for c in comparisons],
                "drift_left_out": {p.name: why for p, why in left_out},
+               "left_out_not_alike": {p.name: why for p, why in unlike},
                "notes": notes, "baseline_videos": base_rows, "lora_videos": lora_rows}
     json_path, html_path = compare_outputs(out)[:2]
     written.append(write_json(json_path, summary))

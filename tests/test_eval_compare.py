@@ -126,6 +126,36 @@ def test_pairs_with_an_unreliable_drift_are_left_out_of_the_drift_statistics_onl
     assert got["psnr"].n == 5  # the other metrics keep every pair
 
 
+def test_pairs_not_generated_alike_are_left_out_of_every_statistic_and_named(tmp_path):
+    """Drift is in pixels: a LoRA video at twice the size reads twice the drift for the same motion."""
+    from circle_rotate.eval.compare import Pair, compare_pairs, mismatched_pairs
+
+    def row(i, w=320, h=180, frames=17, fps=16.0, drift=1.0):
+        return {"video": f"v{i}.mp4", "status": "ok", "width": w, "height": h, "frames": frames, "fps": fps,
+                "drift": drift + i, "psnr": 30.0 + i, "drift_unreliable": None}
+
+    pairs = [Pair(f"v{i}", row(i), row(i, drift=0.5)) for i in range(4)]
+    pairs.append(Pair("v4", row(4), row(4, w=640, h=360, drift=2.0)))  # the same relative drift, twice the pixels
+    pairs.append(Pair("v5", row(5), row(5, frames=33, fps=24.0)))
+    pairs.append(Pair("v6", row(6), row(6, fps=16.04)))  # a container's rounding: alike
+    unlike = mismatched_pairs(pairs)
+    assert [p.name for p, _ in unlike] == ["v4", "v5"]
+    assert unlike[0][1] == "baseline 320x180, 17 frames at 16 fps, LoRA 640x360, 17 frames at 16 fps"
+    got = {c.column: c for c in compare_pairs(pairs, resamples=199)}
+    assert got["drift"].n == got["psnr"].n == 5
+
+    for side, sizes in (("baseline", ((128, 80), (128, 80))), ("lora", ((128, 80), (256, 160)))):
+        for i, (w, h) in enumerate(sizes):
+            write_turntable(TurntableSpec(name=f"d{i}", width=w, height=h, frames=9, seed=i), tmp_path / side)
+    outcome = run_compare(tmp_path / "baseline", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["motion"],
+                          resamples=199)
+    notes = [n for n in outcome.notes if "not generated alike" in n]
+    assert notes == ["d1: left out of every statistic: the two videos were not generated alike (baseline 128x80, 9 frames "
+                     "at 16 fps, LoRA 256x160, 9 frames at 16 fps); generate both at the same size, length and frame rate"]
+    data = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert list(data["left_out_not_alike"]) == ["d1"] and data["metrics"][0]["n"] == 1
+
+
 def test_contact_sheet_links_survive_file_names_that_are_not_urls(tmp_path):
     import html as html_lib
     from urllib.parse import unquote, urlsplit
