@@ -95,7 +95,16 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
                             fix=f"pass {'/'.join(VIDEO_SUFFIXES)} files, animated .webp/.png files, folders of "
                                 "them, or folders of frames")
         out.append(p)
-    return out
+    # the same video named twice (a file and its folder, ./a.mp4 and a.mp4) is one row: twice,
+    # it would count twice in every mean
+    seen: set = set()
+    return [p for p in out if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]
+
+
+def unmatched_box_keys(videos: Sequence[Path], boxes: Mapping[str, Any]) -> List[str]:
+    """Keys of a ``--subject-boxes`` file that name none of ``videos`` (by file name or stem)."""
+    names = {v.name for v in videos} | {v.stem for v in videos}
+    return [k for k in boxes if k not in names]
 
 
 def _videos_in(folder: Path) -> List[Path]:
@@ -252,6 +261,11 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     """
     names = [m.name for m in resolve(metrics)]
     videos = find_videos(paths)
+    unmatched = unmatched_box_keys(videos, (options or {}).get("subject_boxes") or {})
+    if unmatched:  # a box given for a video that is not here is a typo, or the wrong file or folder
+        raise UserError(f"{len(unmatched)} --subject-boxes key(s) name no video given: "
+                        + ", ".join(repr(k) for k in unmatched[:5]),
+                        fix=f"key each box by a video's file name or stem (here: {', '.join(v.name for v in videos[:3])})")
     written_as = output_names(videos)
     start = time.perf_counter()
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)

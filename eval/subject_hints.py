@@ -7,6 +7,7 @@ Read and checked at the edge (the CLI), before any video is decoded; every probl
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -26,7 +27,7 @@ def parse_box(text: str, *, where: str = "--subject-box",
         box = tuple(float(p) for p in parts)
     except ValueError:
         box = ()
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
         raise UserError(f"{where} {text!r}: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0", fix=fix)
     return SubjectHint(box=box)  # type: ignore[arg-type]
 

@@ -24,6 +24,14 @@ from circle_rotate.eval.subject_track import Step, StepEvidence, StepMotion, Tra
 WORK_SIDE = 320
 
 
+#: How far a box may reach past the frame's edges (a fraction of the frame, summed over the
+#: two axes) and still be read, cut off at the edge: a box dragged to the edge overshoots it.
+BOX_PAST_EDGE = 0.05
+MIN_BOX_SIDE = 8  # a generated subject under 8 px is not one the evaluator can follow
+#: A mask covering this much of the frame is the frame, not a subject.
+MAX_MASK_COVER = 0.95
+
+
 @dataclass(frozen=True)
 class SubjectHint:
     """Where the user says the subject is on the first frame, and with ``later_boxes`` on later
@@ -43,6 +51,27 @@ class SubjectHint:
         return SubjectHint(box=None if self.box is None else moved(self.box),
                            mask=None if self.mask is None else self.mask[y0:y1, x0:x1],
                            later_boxes=tuple((f, moved(b)) for f, b in self.later_boxes))
+
+    def problem_in(self, width: int, height: int) -> Optional[str]:
+        """What makes this hint unusable on a ``width`` x ``height`` frame, or None. A box must
+        overlap the frame (a few pixels past its edge are cut off, as a box drawn to the edge
+        is), be at least ``MIN_BOX_SIDE`` pixels a side, and a mask must leave some of the frame
+        out: a centroid of the whole frame cannot move, so drift would read 0 by construction."""
+        boxes = ([self.box] if self.box is not None else []) + [b for _, b in self.later_boxes]
+        for x0, y0, x1, y1 in boxes:
+            shown = f"{x0:g},{y0:g},{x1:g},{y1:g}"
+            if x0 >= width or y0 >= height:
+                return f"the box {shown} lies outside the {width}x{height} frame"
+            past = max(x1 - width, 0.0) / width + max(y1 - height, 0.0) / height
+            if past > BOX_PAST_EDGE:
+                return (f"the box {shown} reaches past the {width}x{height} frame (is it in another size's or "
+                        f"orientation's pixels?)")
+            if min(min(x1, width) - x0, min(y1, height) - y0) < MIN_BOX_SIDE:
+                return f"the box {shown} is under {MIN_BOX_SIDE} pixels a side: too small to follow a subject in"
+        if self.mask is not None and self.mask.mean() >= MAX_MASK_COVER:
+            return (f"the subject mask covers {self.mask.mean():.0%} of the frame: its centroid cannot move, so drift "
+                    f"would read 0")
+        return None
 
     @classmethod
     def from_boxes(cls, boxes: Mapping[int, Tuple[float, float, float, float]]) -> "SubjectHint":

@@ -25,7 +25,7 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-@pytest.mark.parametrize("box", ["10,20,5,40", "1,2,3", "a,b,c,d"])
+@pytest.mark.parametrize("box", ["10,20,5,40", "1,2,3", "a,b,c,d", "nan,1,2,3", "0,0,inf,40"])
 def test_a_bad_box_is_one_line_and_exit_2(clip, box, capsys):
     assert main(["-q", "eval", str(clip[0]), f"--subject-box={box}"]) == 2
     line = _error_line(capsys)
@@ -45,6 +45,44 @@ def test_a_mask_of_another_size_is_an_error_row_naming_the_video(clip, tmp_path,
     cv2.imwrite(str(mask), np.full((50, 60), 255, np.uint8))
     assert main(["-q", "eval", str(clip[0]), "--subject-mask", str(mask), "--metrics", "subject_drift"]) == 1
     assert "60x50" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("box, problem", [
+    ("300,10,400,100", "the box 300,10,400,100 lies outside the 256x160 frame"),
+    ("0,0,10000,10000", "the box 0,0,10000,10000 reaches past the 256x160 frame"),
+    ("60,70,300,170", "the box 60,70,300,170 reaches past the 256x160 frame"),  # another orientation's pixels
+    ("0,0,1,1", "the box 0,0,1,1 is under 8 pixels a side"),
+    ("250,0,256,5", "the box 250,0,256,5 is under 8 pixels a side"),
+])
+def test_a_box_that_does_not_fit_the_frame_is_an_error_row_saying_so(clip, box, problem, capsys):
+    assert main(["-q", "eval", str(clip[0]), f"--subject-box={box}", "--metrics", "subject_drift"]) == 1
+    out = capsys.readouterr().out
+    assert problem in out and "(256x160, as displayed)" in out
+
+
+def test_a_box_a_little_past_the_edge_is_cut_off_and_read(clip, capsys):
+    video, truth = clip
+    ys, xs = np.nonzero(truth[0])
+    assert main(["-q", "eval", str(video), "--metrics", "subject_drift",
+                 f"--subject-box={xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1 + 4}"]) == 0  # 4 px under the frame
+
+
+def test_a_mask_of_the_whole_frame_is_refused(clip, tmp_path, capsys):
+    mask = tmp_path / "all.png"
+    cv2.imwrite(str(mask), np.full((160, 256), 255, np.uint8))
+    assert main(["-q", "eval", str(clip[0]), "--subject-mask", str(mask), "--metrics", "subject_drift"]) == 1
+    assert "the subject mask covers 100% of the frame: its centroid cannot move" in capsys.readouterr().out
+
+
+def test_boxes_keyed_by_no_video_given_are_refused_and_a_video_named_twice_is_one_row(clip, tmp_path, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"orbit.mp4": [40, 40, 120, 120], "nomatch.mp4": [1, 2, 30, 40]}))
+    assert main(["-q", "eval", str(clip[0]), "--subject-boxes", str(boxes)]) == 2
+    assert "1 --subject-boxes key(s) name no video given: 'nomatch.mp4'" in _error_line(capsys)
+    out = tmp_path / "r.json"
+    assert main(["-q", "eval", str(clip[0]), str(clip[0].parent / "." / clip[0].name), "--metrics", "motion",
+                 "-o", str(out)]) == 0
+    assert len(json.loads(out.read_text())["videos"]) == 1
 
 
 def test_save_masks_writes_the_masks_and_the_contact_sheet(clip, tmp_path, capsys):
