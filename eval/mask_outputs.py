@@ -91,9 +91,19 @@ def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, n
     """``FOLDER/<name>/frame_<index>.png`` per sampled frame: 255 on the subject, 0 elsewhere
     (the name as :func:`sheet_path`'s)."""
     out = []
+    own = Path(folder) / _name(clip, name)
+    earlier = set(own.glob("frame_*.png")) if own.is_dir() else set()
     for i, m in zip(masks.frames, masks.masks):
         ok, buf = cv2.imencode(".png", np.where(m, 255, 0).astype(np.uint8))
         if not ok:
             raise ValueError(f"{clip.path}: could not encode the mask of frame {i} as PNG")
-        out.append(write_bytes(Path(folder) / _name(clip, name) / f"frame_{int(i):04d}.png", buf.tobytes()))
+        out.append(write_bytes(own / f"frame_{int(i):04d}.png", buf.tobytes()))
+    for stale in earlier - set(out):  # an earlier run's frames this one did not sample would pass for its own
+        stale.unlink(missing_ok=True)
     return out
+
+
+def holds_outputs(folder: os.PathLike | str) -> bool:
+    """Does ``folder`` (or a side's subfolder of it, as compare writes) hold contact sheets already?"""
+    root = Path(folder)
+    return root.is_dir() and (is_masks_folder(root) or any(is_masks_folder(d) for d in root.iterdir() if d.is_dir()))

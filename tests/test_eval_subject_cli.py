@@ -123,3 +123,23 @@ def test_each_tile_is_numbered_as_its_frame_in_the_video():
     assert (sheet[:20, TILE:TILE + 40] == expected[:20, :40]).all()
     by_order = contact_sheet(frames, [mask, mask], centroids, columns=2)
     assert not (by_order[:20, TILE:TILE + 40] == expected[:20, :40]).all()
+
+
+def test_save_masks_into_an_earlier_runs_folder_needs_force_and_leaves_no_stale_frame(clip, tmp_path, capsys):
+    masks = tmp_path / "masks"
+    args = ["-q", "eval", str(clip[0]), "--metrics", "subject_drift", "--save-masks", str(masks)]
+    assert main(args) == 0
+    stale = masks / "orbit" / "frame_9999.png"
+    stale.write_bytes((masks / "orbit.drift.png").read_bytes())
+    assert main(args) == 2
+    assert "already holds the contact sheets and masks of an earlier run" in _error_line(capsys)
+    assert main([*args, "--force"]) == 0
+    assert not stale.exists() and list((masks / "orbit").glob("frame_*.png"))
+
+
+def test_save_masks_where_nothing_can_be_written_is_refused_before_the_work(clip, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["-q", "eval", str(clip[0]), "--metrics", "subject_drift", "--save-masks", str(blocker / "sub")]) == 2
+    line = _error_line(capsys)
+    assert "afile/sub: cannot write here" in line and "afile is a file, not a folder" in line

@@ -117,8 +117,15 @@ def _subject_options(args: argparse.Namespace) -> Dict[str, Any]:
     elif args.subject_boxes:
         out["subject_boxes"] = read_boxes(args.subject_boxes)
     if args.save_masks is not None:
+        from circle_rotate.eval.mask_outputs import holds_outputs
+        from circle_rotate.kernel.write_checks import check_output_dir
+
         if args.save_masks.exists() and not args.save_masks.is_dir():
             raise UserError("--save-masks must be a folder", path=args.save_masks, fix="name a new or existing folder")
+        check_output_dir(args.save_masks, flag="--save-masks")  # before the work, not after it
+        if holds_outputs(args.save_masks) and not args.force:
+            raise UserError("--save-masks folder already holds the contact sheets and masks of an earlier run",
+                            path=args.save_masks, fix="pass --force to replace them, or name another folder")
         out["mask_dir"] = out["sheet_dir"] = str(args.save_masks)
     return out
 
