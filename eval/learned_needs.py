@@ -22,6 +22,11 @@ def _need(module: str, pip: str) -> None:
         raise Unavailable(f"the '{module}' package is not installed (pip install {pip})")
 
 
+#: The learned metrics' weights a user can point at (``--weights NAME=PATH``): CLIP for clip_i,
+#: YOLO and SAM for subject_drift_sam.
+WEIGHT_NAMES = ("clip", "yolo", "sam")
+
+
 def _weights(ctx: EvalContext, name: str) -> Optional[str]:
     value = dict(ctx.options.get("weights") or {}).get(name) or os.environ.get(f"CIRCLE_ROTATE_{name.upper()}_WEIGHTS")
     return str(value) if value else None

@@ -124,4 +124,6 @@ def resolve(names: Sequence[str]) -> List[Metric]:
     if unknown:
         raise UserError(f"unknown metric(s): {', '.join(unknown)}",
                         fix=f"choose from all, default, {', '.join(BY_NAME)} (or {', '.join(ALIASES)})")
+    if names and not wanted:  # --metrics "" or "," names nothing; it is not a request for the default set
+        raise UserError("no metric named", fix=f"choose from all, default, {', '.join(BY_NAME)}")
     return [m for m in METRICS if m.name in wanted]

@@ -183,3 +183,25 @@ def test_a_pair_whose_lora_video_failed_says_so(sides, tmp_path):
     assert [p.name for p in outcome.pairs] == ["demo0", "demo1", "demo2"]
     assert "demo3.mp4: its namesake demo3.mp4 could not be evaluated, so the pair is left out" in outcome.notes
     assert not any("no namesake" in n for n in outcome.notes)
+
+
+def test_compare_refuses_one_folder_twice_and_options_a_results_file_cannot_take(sides, tmp_path, capsys):
+    base = sides / "baseline"
+    assert main(["-q", "eval", "compare", str(base), str(base) + "/", "--out", str(tmp_path / "r")]) == 2
+    assert "BASELINE and LORA are the same path" in capsys.readouterr().err
+    results = tmp_path / "base.json"
+    assert main(["-q", "eval", str(base / "demo0.mp4"), "--metrics", "motion", "-o", str(results)]) == 0
+    assert main(["-q", "eval", "compare", str(results), str(sides / "lora"), "--out", str(tmp_path / "r"),
+                 "--save-masks", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"--save-masks applies to videos being evaluated, and {results} is a results file" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("metrics, error", [("", "no metric named"), ("bogus", "unknown metric(s): bogus")])
+def test_eval_refuses_metrics_and_weights_that_name_nothing(sides, metrics, error, tmp_path, capsys):
+    assert main(["-q", "eval", str(sides / "baseline" / "demo0.mp4"), "--metrics", metrics]) == 2
+    assert error in capsys.readouterr().err
+    assert main(["-q", "eval", str(sides / "baseline" / "demo0.mp4"), "--weights", f"bogus={tmp_path}"]) == 2
+    assert "--weights bogus=...: no metric takes weights of that name; fix: use clip=PATH, yolo=PATH, sam=PATH" \
+        in capsys.readouterr().err

@@ -101,6 +101,10 @@ def test_reference_call_shape(folder, tmp_path, capsys, monkeypatch):
     for name in ("CLIP", "YOLO", "SAM"):
         monkeypatch.delenv(f"CIRCLE_ROTATE_{name}_WEIGHTS", raising=False)
     assert main(["-q", "eval", "--metric", "all", "--input_dir", str(d), "--output", str(out),
+                 "--weights", f"clip={tmp_path / 'no_clip'}"]) == 2  # a path given must be there
+    assert "--weights clip=" in capsys.readouterr().err
+    (tmp_path / "no_clip").mkdir()  # there, and holding no weights
+    assert main(["-q", "eval", "--metric", "all", "--input_dir", str(d), "--output", str(out),
                  "--weights", f"clip={tmp_path / 'no_clip'}"]) == 0
     row = json.loads(out.read_text())["videos"][0]
     assert row["status"] == "ok" and row["drift"] >= 0

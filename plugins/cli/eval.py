@@ -140,6 +140,16 @@ def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
         weights[name.strip()] = path.strip()
     if bad:
         raise UserError(f"--weights {', '.join(bad)}: expected NAME=PATH", fix="e.g. --weights clip=models/clip-vit-b32")
+    from circle_rotate.eval.learned_needs import WEIGHT_NAMES
+
+    unknown = [n for n in weights if n not in WEIGHT_NAMES]
+    if unknown:  # a typo would otherwise leave the metric skipped for want of the weights just given
+        raise UserError(f"--weights {unknown[0]}=...: no metric takes weights of that name",
+                        fix=f"use {', '.join(n + '=PATH' for n in WEIGHT_NAMES)}")
+    missing = [f"{n}={p}" for n, p in weights.items() if not Path(p).exists()]
+    if missing:
+        raise UserError(f"--weights {missing[0]}: not found", fix="give the weights' local file or folder "
+                        "(circle-rotate download eval-weights fetches them)")
     return {"weights": weights}
 
 
@@ -182,6 +192,16 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(sides) != 2:
         raise UserError(f"eval compare takes BASELINE and LORA, got {len(sides)} path(s)",
                         fix="circle-rotate eval compare baseline_videos/ lora_videos/ -o report/")
+    if os.path.realpath(sides[0]) == os.path.realpath(sides[1]):
+        raise UserError("BASELINE and LORA are the same path: every difference would read 0", path=sides[0],
+                        fix="pass the baseline videos and the LoRA's videos")
+    results = [s for s in sides if str(s).lower().endswith(".json")]
+    given = [flag for flag, value in (("--subject-box", args.subject_box), ("--subject-mask", args.subject_mask),
+                                      ("--subject-boxes", args.subject_boxes), ("--save-masks", args.save_masks),
+                                      ("--weights", args.weights)) if value]
+    if results and given:  # a results file is read as it is: nothing is measured again on that side
+        raise UserError(f"{given[0]} applies to videos being evaluated, and {results[0]} is a results file",
+                        path=results[0], fix="pass the videos instead, or leave the option out")
     subject = _subject_options(args)
     # both sides share the file names, and share the first frame (the conditioning image), but not
     # the later ones: one video's later boxes would bound the other's subject where it is not
