@@ -190,3 +190,17 @@ def test_one_frame_clips_are_refused(raw, tmp_path, capsys):
     assert _prepare(raw, tmp_path / "P", "--frames", "1") == 2
     assert "--frames 1 is too few: a clip needs at least 5 frames" in capsys.readouterr().err
     assert not (tmp_path / "P").exists()
+
+
+def test_sources_smaller_than_asked_are_said_and_configured_at_their_own_size(raw, tmp_path, capsys):
+    import tomllib
+
+    out = tmp_path / "P"
+    assert main(["prepare", str(raw), "-o", str(out), *ARGS, "--resolution", "832x480"]) == 0
+    report = capsys.readouterr().out
+    n = len(clip_files(out))
+    assert f"{n} clip(s) are smaller than 832x480, as their sources are (--upscale scales them up)" in report
+    assert main(["-q", "caption", str(out)]) == 0 and main(["-q", "config", str(out)]) == 0
+    config = tomllib.loads((out / "dataset.toml").read_text())
+    assert config["general"]["resolution"] == [160, 96]  # not 832x480, which musubi would blow them up to
+    assert "rescale" not in capsys.readouterr().out

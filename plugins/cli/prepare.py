@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
     if report.hdr:
         print(f"HDR tone-mapped to SDR (BT.709): {', '.join(f'{s} ({t})' for s, t in report.hdr)}")
+    if report.smaller:
+        w, h = args.resolution
+        print(f"{report.smaller} clip(s) are smaller than {w}x{h}, as their sources are (--upscale scales them up); "
+              f"`circle-rotate config` trains them at their own size")
     if report.absent:
         print(f"{len(report.absent)} source(s) in the manifest are no longer under {args.raw_dir} (first: "
               f"{report.absent[0]}): their {report.absent_clips} clip(s) stay in videos/ and are trained on; "

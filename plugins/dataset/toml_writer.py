@@ -146,8 +146,11 @@ def _prepared_facts(folder: Path) -> Tuple[Tuple[int, ...], float, Tuple[int, in
         except (ValueError, AttributeError):
             raise UserError("not a prepare summary (broken JSON)", path=summary,
                             fix="delete it; circle-rotate prepare writes it again") from None
-        if size.get("width") and size.get("height"):
-            resolution = (int(size["width"]), int(size["height"]))
+        asked = (int(size["width"]), int(size["height"])) if size.get("width") and size.get("height") else None
+        # prepare does not scale sources up (without --upscale): clips all under the size asked
+        # for are trained at their own size, which musubi's caching would otherwise blow up
+        if asked and resolution[0] * resolution[1] >= 0.9 * asked[0] * asked[1]:
+            resolution = asked
     return frames, rates.pop(), tuple(resolution), len(clips)
 
 

@@ -79,6 +79,7 @@ class PrepareReport:
     set_aside: Tuple[str, ...] = ()  # files --repair moved out of the clip folders (paths relative to OUT_DIR)
     passed_over: Tuple[str, ...] = ()  # clips under the raw folder in an earlier prepare's output, not taken as footage
     not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
+    smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
 
     @property
     def ok(self) -> bool:
@@ -344,5 +345,8 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
                "not_under_raw": list(absent)}
     summary_path = write_json(out / SUMMARY_NAME, summary)
     plot_path = plot_summary(clips, heads, out / PLOT_NAME)
+    size = options.size
+    area = size.width * size.height if size.mode in ("bucket", "fit") and not size.upscale else 0
+    smaller = sum(1 for c in clips if c["verdict"] == "accept" and c["width"] * c["height"] < 0.9 * area)
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,
-                         len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr)
+                         len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr, smaller=smaller)
