@@ -204,3 +204,29 @@ def test_sources_smaller_than_asked_are_said_and_configured_at_their_own_size(ra
     config = tomllib.loads((out / "dataset.toml").read_text())
     assert config["general"]["resolution"] == [160, 96]  # not 832x480, which musubi would blow them up to
     assert "rescale" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("second", [dict(start_azimuth_deg=120), dict(direction="left", start_azimuth_deg=60)])
+def test_a_cut_between_two_takes_of_one_set_is_a_cut(tmp_path, second):
+    """The colours barely change, so PySceneDetect misses it; the picture jumps (the subject stands
+    at another angle), which the motion-compensated residual sees. Under --qc lenient a clip across
+    it was kept, with one caption for two takes."""
+    from circle_rotate.kernel.video_io import write_video
+    from circle_rotate.selfcheck.synthetic.turntable import render_frames
+
+    def take(**kw):
+        spec = TurntableSpec(width=192, height=112, frames=60, fps=30.0, total_angle_deg=45, subject="car",
+                             background="studio", seed=51, **kw)
+        return [f.image for f in render_frames(spec)]
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video(raw / "takes.mp4", take() + take(**second), fps=30, preset="veryfast")
+    report = prepare_run.prepare_dataset(raw, tmp_path / "P", options=PrepareOptions(
+        **{**OPTIONS, "frames": 17, "qc": "lenient"}))
+    records = read_manifest(report.manifest)
+    head = next(r for r in records if r.get("type") == "source")
+    assert "1 scene cut(s)" in head["notes"]
+    clips = [r for r in records if r.get("type") == "clip"]
+    assert clips and all(not (c["start_time"] < 2.0 <= c["end_time"]) for c in clips), \
+        [(c["start_time"], c["end_time"]) for c in clips]
