@@ -57,9 +57,6 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
         UserError: the output exists and ``force`` is off.
     """
     out_p = Path(out).absolute()
-    if suffix is not None and out_p.suffix.lower() != suffix:
-        raise UserError(f"the output is written as {suffix} but named {out_p.suffix or 'with no extension'}", path=out_p,
-                        fix=f"name it {out_p.stem}{suffix} (a loader goes by the extension)")
     for src in inputs:
         src_p = Path(src).absolute()
         if src_p == out_p or _same_file(src_p, out_p):
@@ -72,6 +69,9 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
             raise NotARegularFileError(out_p, kind=file_kind(mode), fix="choose a regular file as the output")
         if not force:
             raise UserError("output already exists", path=out_p, fix="pass --force to replace it, or choose another path")
+    if suffix is not None and out_p.suffix.lower() != suffix:
+        raise UserError(f"the output is written as {suffix} but named {out_p.suffix or 'with no extension'}", path=out_p,
+                        fix=f"name it {out_p.stem}{suffix} (a loader goes by the extension)")
     check_writable_dir(out_p.parent)
     return out_p
 

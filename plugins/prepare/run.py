@@ -16,12 +16,12 @@ a killed run) are never deleted: the run is refused, and ``--repair`` moves them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
