@@ -308,7 +308,7 @@ CASES = [
          names=lambda w: [w.full / "r.json"], full_disk=True),
     Case("eval compare, disk full", lambda w: ["eval", "compare", w.ev / "a", w.ev / "b", "--out", w.full / "rep"],
          error=E.DiskFullError, names=lambda w: [w.full / "rep"], full_disk=True),
-    Case("combine, disk full", lambda w: ["combine", "--lora", w.Lh, "--lora", w.Ll, "--out", w.full / "c.safetensors"],
+    Case("combine, disk full", lambda w: ["combine", "--lora", w.Lh, "--lora", f"{w.Lh}:0.5", "--out", w.full / "c.safetensors"],
          error=E.DiskFullError, full_disk=True),
     Case("#17 check-config a binary file", lambda w: ["check-config", w.binary, "--no-musubi"], names=lambda w: [w.binary]),
     Case("#17 check-config caption_extension without a dot",

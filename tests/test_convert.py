@@ -242,3 +242,12 @@ def test_resize_and_combine_cli(tmp_path, capsys):
     assert main(["resize", str(tmp_path / "ab.safetensors"), str(tmp_path / "ab4.safetensors"), "--rank", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["resized"] == 20 and 0 < report["rel_error"]["max"] < 1
+
+
+def test_combine_refuses_the_two_experts_loras(tiny_loras, tmp_path, capsys):
+    out = tmp_path / "both.safetensors"
+    assert main(["combine", "--lora", str(tiny_loras["high"]), "--lora", str(tiny_loras["low"]), "-o", str(out)]) == 2
+    assert "'circle_rotate_l.safetensors' is a low-noise LoRA (by its filename) and an earlier one is for the other " \
+           "expert" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "combine", "--lora", str(tiny_loras["high"]), "--lora", str(tiny_loras["low"]), "-o", str(out),
+                 "--ignore-expert-evidence"]) == 0

@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="musubi", help="output key layout (default musubi)")
     add_alias(p, "--to", dest="format", new="--format", choices=FORMATS)
     p.add_argument("--dtype", choices=list(COMBINE_DTYPE_NAMES), default="fp32", help="stored dtype (fp32 is exact)")
+    p.add_argument("--ignore-expert-evidence", action="store_true",
+                   help="combine LoRAs whose metadata or names say they are for different experts")
     add_output_options(p, run)
 
 
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from circle_rotate.tools.lora.combine import combine_loras
 
     report = combine_loras(args.lora, args.out, to=args.format, dtype=args.dtype,
-                           alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force)
+                           alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
+                           ignore_expert_evidence=args.ignore_expert_evidence)
     if args.json:
         print_json(report.to_dict())
     else:

@@ -82,7 +82,8 @@ def _check_diff_shapes(param: str, parts: Sequence[Tuple[float, torch.Tensor, Pa
 
 
 def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to: str = "musubi", dtype: str = "fp32",
-                  alpha_if_missing: AlphaIfMissing = None, force: bool = False) -> CombineReport:
+                  alpha_if_missing: AlphaIfMissing = None, force: bool = False,
+                  ignore_expert_evidence: bool = False) -> CombineReport:
     """Write one LoRA equal to the strength-weighted sum of ``loras``.
 
     Args:
@@ -92,10 +93,12 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
         dtype: ``fp32`` (exact), ``fp16`` or ``bf16``.
         alpha_if_missing: see :func:`circle_rotate.tools.lora.files.module_scales`.
         force: replace an existing ``out``.
+        ignore_expert_evidence: combine LoRAs whose metadata or names say they are for
+            different experts (one high-noise, one low-noise).
 
     Raises:
         UserError: fewer than two inputs, unknown layout/dtype, a module whose shapes differ,
-            not a Wan LoRA, ambiguous missing alpha, bad paths.
+            not a Wan LoRA, ambiguous missing alpha, bad paths, LoRAs of the two experts.
     """
     if len(loras) < 2:
         raise UserError("combine needs at least two LoRAs", fix="pass --lora FILE[:STRENGTH] twice or more")
@@ -114,7 +117,13 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
         for param, diff in load_diffs(index).items():
             diff_parts.setdefault(param, []).append((float(strength), diff, index.path))
         scales = module_scales(index, alpha_if_missing=alpha_if_missing)
-        experts.add(lora_expert(index)[0])
+        expert, evidence = lora_expert(index)
+        if expert is not None and not ignore_expert_evidence and experts - {None, expert}:
+            raise UserError(f"'{index.path.name}' is a {expert}-noise LoRA (by its {evidence}) and an earlier one is "
+                            f"for the other expert: their sum fits neither", path=index.path,
+                            fix="combine LoRAs of one expert (and the other expert's apart), or pass "
+                                "--ignore-expert-evidence if a name misleads")
+        experts.add(expert)
         for name, mod in resolved_modules(index, scales).items():
             check_scale_fits(f"--lora {index.path.name} strength", float(strength), scales[name],
                              limit=torch.finfo(COMBINE_DTYPES[dtype]).max, dtype=dtype)
