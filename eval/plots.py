@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import matplotlib
@@ -20,7 +21,9 @@ BASE_COLOUR, LORA_COLOUR = "#9a9a9a", "#d9480f"
 def png_bytes(fig) -> bytes:
     """``fig`` as PNG bytes (closed afterwards): the one way every figure here is saved."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():  # a CJK file name in a title: drawn as boxes, not a warning per glyph
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

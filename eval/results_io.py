@@ -14,7 +14,7 @@ from circle_rotate.eval.runner import EvalResults
 from circle_rotate.kernel.atomic import check_output_path, write_json, write_text
 from circle_rotate.kernel.errors import UserError
 
-_FIXED = ("video", "status", "error", "frames", "fps", "width", "height")
+_FIXED = ("video", "path", "status", "error", "frames", "fps", "width", "height")  # path: a/x.mp4 and b/x.mp4 apart
 
 
 def csv_text(rows: List[Dict[str, Any]]) -> str:

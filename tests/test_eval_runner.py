@@ -258,3 +258,20 @@ def test_a_rerun_with_the_masks_inside_the_videos_folder_reads_the_same_videos(f
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "eval --save-masks wrote" in err
         assert "pass the folder of the videos" in err
+
+
+def test_a_cjk_file_name_gives_no_glyph_warnings_and_the_csv_names_each_path(folder, tmp_path):
+    import warnings
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(folder / "orbit_a.mp4", a / "动画.mp4")
+    shutil.copy(folder / "orbit_b.mp4", b / "动画.mp4")
+    out = tmp_path / "r.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["-q", "eval", str(a), str(b), "--metrics", "motion", "-o", str(out), "--csv"]) == 0
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    lines = out.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("video,path,") and {line.split(",")[1] for line in lines[1:]} == {
+        str(a / "动画.mp4"), str(b / "动画.mp4")}
