@@ -251,3 +251,13 @@ def test_combine_refuses_the_two_experts_loras(tiny_loras, tmp_path, capsys):
            "expert" in capsys.readouterr().err and not out.exists()
     assert main(["-q", "combine", "--lora", str(tiny_loras["high"]), "--lora", str(tiny_loras["low"]), "-o", str(out),
                  "--ignore-expert-evidence"]) == 0
+
+
+def test_an_alpha_of_several_values_is_a_broken_lora(tmp_path):
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4, alpha=1.0)
+    tensors = load_file(str(src))
+    key = next(k for k in tensors if k.endswith(".alpha"))
+    tensors[key] = torch.tensor([1.0, 2.0])
+    save_file(tensors, str(tmp_path / "vector.safetensors"))
+    with pytest.raises(UserError, match=f"'{key}' holds 2 values; an alpha is one number"):
+        read_lora_index(tmp_path / "vector.safetensors")

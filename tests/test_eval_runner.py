@@ -223,11 +223,17 @@ def test_output_names_are_unique_in_a_run():
     assert output_names([Path("x.mp4"), Path("c/x.webp"), Path("x")]) == ["x.mp4", "x.webp", "x"]
 
 
-def test_videos_sharing_a_stem_write_their_own_contact_sheets(folder, tmp_path):
+def _one_name_in_two_folders(folder, tmp_path, name: str):
+    """``a/<name>`` and ``b/<name>``: two videos sharing a file name."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    shutil.copy(folder / "orbit_a.mp4", a / "x.mp4")
-    shutil.copy(folder / "orbit_b.mp4", b / "x.mp4")
+    shutil.copy(folder / "orbit_a.mp4", a / name)
+    shutil.copy(folder / "orbit_b.mp4", b / name)
+    return a, b
+
+
+def test_videos_sharing_a_stem_write_their_own_contact_sheets(folder, tmp_path):
+    a, b = _one_name_in_two_folders(folder, tmp_path, "x.mp4")
     sheets = tmp_path / "sheets"
     rows = evaluate([a, b], metrics=["subject_drift"], jobs=2,
                     options={"sheet_dir": str(sheets), "mask_dir": str(sheets)}).rows
@@ -263,10 +269,7 @@ def test_a_rerun_with_the_masks_inside_the_videos_folder_reads_the_same_videos(f
 def test_a_cjk_file_name_gives_no_glyph_warnings_and_the_csv_names_each_path(folder, tmp_path):
     import warnings
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    shutil.copy(folder / "orbit_a.mp4", a / "动画.mp4")
-    shutil.copy(folder / "orbit_b.mp4", b / "动画.mp4")
+    a, b = _one_name_in_two_folders(folder, tmp_path, "动画.mp4")
     out = tmp_path / "r.json"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

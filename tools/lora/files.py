@@ -276,8 +276,12 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
             if len(down.shape) < 2 or len(up.shape) < 2 or up.shape[1] != down.shape[0]:
                 bad.append(f"'{parts['up']}' {list(up.shape)} does not chain with '{parts['down']}' {list(down.shape)}")
                 continue
-            modules[module] = LoraModuleInfo(module, parts["down"], parts["up"], parts.get("alpha"), down.shape,
-                                             up.shape, up.dtype, _alpha(header, parts.get("alpha"), fh))
+            alpha_key = parts.get("alpha")
+            if alpha_key and header.tensors[alpha_key].numel != 1:  # a loader would take its first value, or fail
+                bad.append(f"'{alpha_key}' holds {header.tensors[alpha_key].numel} values; an alpha is one number")
+                continue
+            modules[module] = LoraModuleInfo(module, parts["down"], parts["up"], alpha_key, down.shape,
+                                             up.shape, up.dtype, _alpha(header, alpha_key, fh))
         products = _read_products(header, g.products, fh, bad)
     if bad:
         raise UserError(f"broken LoRA: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
