@@ -261,3 +261,18 @@ def test_an_alpha_of_several_values_is_a_broken_lora(tmp_path):
     save_file(tensors, str(tmp_path / "vector.safetensors"))
     with pytest.raises(UserError, match=f"'{key}' holds 2 values; an alpha is one number"):
         read_lora_index(tmp_path / "vector.safetensors")
+
+
+def test_an_alpha_of_0_keeps_its_trained_scale_for_comfyui(tmp_path, capsys):
+    """musubi trains alpha 0 as alpha = rank (scale 1); ComfyUI's loader takes 0 / rank: no change at all."""
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4, alpha=1.0, fmt="comfy")
+    tensors = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in load_file(str(src)).items()}
+    save_file(tensors, str(tmp_path / "zero.safetensors"))
+    assert main(["inspect", str(tmp_path / "zero.safetensors")]) == 0
+    assert "takes its 20 alpha(s) of 0 as no change" in capsys.readouterr().out
+    report = convert_lora(tmp_path / "zero.safetensors", tmp_path / "fixed.safetensors", to="comfy")
+    assert "20 alpha(s) of 0 written as the rank" in report.alpha
+    with safe_open(report.out, framework="pt") as f:
+        assert {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")} == {4.0}
+    for m, delta in deltas(report.out).items():  # the same deltas musubi trained
+        assert torch.equal(delta, deltas(tmp_path / "zero.safetensors")[m])

@@ -64,6 +64,10 @@ def _diff_line(r: LoraReport) -> str:
 
 
 def _comfy_line(r: LoraReport) -> str:
+    zeros = r.alphas.get("0", 0)
+    if r.comfyui_loads_all_keys and zeros:
+        return (f"loads every key, but takes its {zeros} alpha(s) of 0 as no change (musubi trained them as scale 1): "
+                "circle-rotate convert IN -o OUT --format comfy writes them as the rank")
     if r.comfyui_loads_all_keys:
         return "loads every key"
     if r.unknown_keys:

@@ -105,7 +105,8 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                 writer.write(lora_key(name, "down", to), down)
                 writer.write(lora_key(name, "up", to), up)
             if to in FORMATS_WITH_ALPHA:
-                if info.alpha_key:
+                # musubi trains an alpha of 0 as alpha = rank (scale 1); ComfyUI applies 0 / rank = no change
+                if info.alpha_key and not (to == "comfy" and info.alpha == 0):
                     writer.write_raw(lora_key(name, "alpha", to), copy_raw(header, info.alpha_key, fh))
                 else:
                     writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
@@ -122,6 +123,9 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                                              if rounded else " (exactly: each scale is a power of two)")
     else:
         alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
+        zeros = sum(1 for i in index.modules.values() if i.alpha == 0)
+        if to == "comfy" and zeros:
+            alpha += f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi trained them; ComfyUI reads 0 as no change)"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
     return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs),
                          len(index.products))
