@@ -94,3 +94,15 @@ def test_inspect_cli_text_and_json(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["ranks"] == {"4": 20}
     assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_a_lora_of_top_level_modules_only_guesses_no_model(tmp_path, capsys):
+    from circle_rotate.tools.lora.files import write_lora
+
+    mods = {m: mod for m, mod in random_lora_modules(wan_arch.tiny_config(), rank=2).items() if m.startswith("blocks.0")}
+    # a module per top-level layer a LoRA may carry, shaped as a Wan head and time projection are
+    top = {"head.head": mods["blocks.0.self_attn.q"], "time_projection.1": mods["blocks.0.self_attn.k"]}
+    write_lora(tmp_path / "top.safetensors", top, fmt="musubi")
+    assert main(["inspect", str(tmp_path / "top.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "unknown (top-level modules only)" in out and "0/0" not in out

@@ -38,7 +38,8 @@ def _lora_lines(r: LoraReport) -> list:
         ("rank", ", ".join(f"{k} x{v}" for k, v in r.ranks.items())),
         ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())),
         ("scale alpha/rank", ", ".join(f"{k} x{v}" for k, v in r.scales.items())),
-        ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")),
+        ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")
+         if r.targets_total else r.target_model),
         ("extra modules", ", ".join(r.extra_modules[:5]) or "none"),
         ("delta norm", f"min {norm['min']:.4g}, median {norm['median']:.4g}, max {norm['max']:.4g}"
          + (" (LoRA pairs)" if r.products else "") if norm else "-"),

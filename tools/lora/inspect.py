@@ -121,8 +121,10 @@ def _in_features(index: LoraIndex) -> Dict[str, int]:
             **{m: p.delta_shape[1] for m, p in index.products.items()}}
 
 
-def _target_config(index: LoraIndex) -> Tuple[str, WanDiTConfig]:
+def _target_config(index: LoraIndex) -> Tuple[str, Optional[WanDiTConfig]]:
     features = _in_features(index)
+    if not any(block_index(name) is not None for name in features):  # the blocks are what tell the model
+        return "unknown (top-level modules only)", None
     q = next((f for name, f in features.items() if name.endswith("self_attn.q")), None)
     dim = q if q else next(iter(features.values()))
     version = "2.1" if any(name.endswith(("k_img", "v_img")) for name in features) else "2.2"
