@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -96,13 +97,32 @@ def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str,
     """
     base_ok = [r for r in baseline if r.get("status") == "ok"]
     lora_ok = [r for r in lora if r.get("status") == "ok"]
+    pairs: List[Pair] = []
     for prefix, suffix in ((False, False), (False, True), (True, True)):
         b, l = _keys(base_ok, prefix=prefix, suffix=suffix), _keys(lora_ok, prefix=prefix, suffix=suffix)
         common = [k for k in b if k in l]
         if common:
-            return [Pair(k, b[k], l[k]) for k in common]
-    raise UserError("no video of the baseline has a namesake among the LoRA videos",
-                    fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora)")
+            pairs = [Pair(k, b[k], l[k]) for k in common]
+            break
+    # names marked by side on only some videos (demo1_base / demo1_ours beside demo2 / demo2)
+    taken = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
+    b = _by_unmarked([r for r in base_ok if id(r) not in taken])
+    l = _by_unmarked([r for r in lora_ok if id(r) not in taken])
+    pairs += [Pair(k, b[k], l[k]) for k in b if k in l and k not in {p.name for p in pairs}]
+    if not pairs:
+        raise UserError("no video of the baseline has a namesake among the LoRA videos",
+                        fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora)")
+    return pairs
+
+
+#: A side's mark at the end of a video's name: demo1_base, demo1-lora, demo1_ours.
+_SIDE_MARK = re.compile(r"[_\-. ](base|baseline|orig|original|lora|ours|others|theirs)$", re.IGNORECASE)
+
+
+def _by_unmarked(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:
+    """Rows by their stem without a side mark, where that leaves the names apart."""
+    keys = [_SIDE_MARK.sub("", Path(r["video"]).stem) for r in rows]
+    return {k: r for k, r in zip(keys, rows) if keys.count(k) == 1}
 
 
 def _bootstrap_ci(diff: np.ndarray, *, resamples: int, seed: int) -> Tuple[Optional[float], Optional[float]]:

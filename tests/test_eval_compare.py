@@ -205,3 +205,12 @@ def test_eval_refuses_metrics_and_weights_that_name_nothing(sides, metrics, erro
     assert main(["-q", "eval", str(sides / "baseline" / "demo0.mp4"), "--weights", f"bogus={tmp_path}"]) == 2
     assert "--weights bogus=...: no metric takes weights of that name; fix: use clip=PATH, yolo=PATH, sam=PATH" \
         in capsys.readouterr().err
+
+
+def test_names_marked_by_side_on_only_some_videos_still_pair():
+    rows = lambda *names: [{"video": n, "status": "ok"} for n in names]  # noqa: E731
+    pairs = pair_rows(rows("demo1_base.gif", "demo2.mp4", "demo3-orig.mp4"),
+                      rows("demo1_ours.gif", "demo2.mp4", "demo3-lora.mp4", "demo4.mp4"))
+    assert sorted((p.name, p.baseline["video"], p.lora["video"]) for p in pairs) == [
+        ("demo1", "demo1_base.gif", "demo1_ours.gif"), ("demo2", "demo2.mp4", "demo2.mp4"),
+        ("demo3", "demo3-orig.mp4", "demo3-lora.mp4")]
