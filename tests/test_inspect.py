@@ -106,3 +106,11 @@ def test_a_lora_of_top_level_modules_only_guesses_no_model(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "top.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "unknown (top-level modules only)" in out and "0/0" not in out
+
+
+def test_a_lora_for_another_model_is_an_error_not_an_empty_report(tmp_path, capsys):
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(8, 2)}, str(tmp_path / "flux.safetensors"))
+    assert main(["inspect", str(tmp_path / "flux.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "no tensor names a Wan DiT LoRA module" in err and "lora_unet_double_blocks_0_img_attn_qkv" in err

@@ -334,12 +334,11 @@ def _holds_wan_weights(keys: Iterable[str]) -> bool:
     return False
 
 
-def require_wan_lora(index: LoraIndex) -> None:
-    """Raise unless every tensor of the file is a LoRA part of a Wan DiT module or a difference of a Wan parameter.
+def require_a_wan_module(index: LoraIndex) -> None:
+    """Raise unless the file changes at least one Wan module or parameter (what even ``inspect`` needs).
 
     Raises:
-        UserError: no Wan module at all (a LoRA for another model), or some tensors that
-            ComfyUI would report as "lora key not loaded" and we could not merge.
+        UserError: a Wan model given as a LoRA, or a LoRA for another model (or in a layout not read).
     """
     if not index.modules and not index.diffs and not index.products:
         shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
@@ -350,6 +349,16 @@ def require_wan_lora(index: LoraIndex) -> None:
                         f"layout not read here", path=index.path,
                         fix="use a Wan2.2 LoRA in one of the layouts read: musubi-tuner, ComfyUI, Diffusers/PEFT, "
                             "DiffSynth-Studio, finetrainers, SimpleTuner LyCORIS")
+
+
+def require_wan_lora(index: LoraIndex) -> None:
+    """Raise unless every tensor of the file is a LoRA part of a Wan DiT module or a difference of a Wan parameter.
+
+    Raises:
+        UserError: no Wan module at all (a LoRA for another model), or some tensors that
+            ComfyUI would report as "lora key not loaded" and we could not merge.
+    """
+    require_a_wan_module(index)
     if index.dora:
         first = index.dora[min(index.dora, key=module_sort_key)]
         raise UserError(f"a DoRA LoRA: {len(index.dora)} module(s) carry a learned magnitude (e.g. '{first}'), which this "

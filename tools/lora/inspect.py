@@ -20,7 +20,7 @@ from circle_rotate.kernel.expert_names import expert_from_file_name, expert_from
 from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
-from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index
+from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index, require_a_wan_module
 from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
 from circle_rotate.tools.merge.fp8 import fp8_layout
@@ -216,6 +216,8 @@ def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
     header = read_checkpoint(path)
     if any(parse_lora_key(k) or parse_diff_key(k) or parse_product_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight"))
            for k in header.keys()):
-        return inspect_lora(read_lora_index(header.path, finite=False))  # the file a folder holds
+        index = read_lora_index(header.path, finite=False)  # the file a folder holds
+        require_a_wan_module(index)  # a Flux LoRA, say: nothing here to describe
+        return inspect_lora(index)
     return inspect_model(path)
 
