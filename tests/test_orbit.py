@@ -161,29 +161,36 @@ def test_measurement_serialises_and_bad_input_is_refused():
     assert not math.isnan(m.shake)
 
 
-@pytest.mark.parametrize("size", [(160, 26), (320, 31), (80, 24)])
-def test_flow_on_frames_under_32_rows_runs_and_reads_the_shift(size):
-    """OpenCV's DIS segfaults on such frames (a 6:1 video's analysis frames were 160x26): run in a child
-    process, so that a crash fails this test instead of ending the run."""
+@pytest.mark.parametrize("size", [(160, 26), (320, 31), (80, 24), (6, 160), (10, 100)])
+def test_flow_on_frames_under_32_pixels_across_runs_and_reads_the_shift(size):
+    """OpenCV's DIS segfaults on frames under 32 rows (a 6:1 video's analysis frames were 160x26) and
+    refuses frames under 12 columns: run in a child process, so that a crash fails this test instead of
+    ending the run. The content moves 2 px along the frame's long side."""
     import subprocess
     import sys
 
     w, h = size
+    axis = 1 if w >= h else 0
     code = f"""
 import numpy as np, cv2
 from circle_rotate.media.orbit_flow import FlowEstimator
 rng = np.random.default_rng(0)
-wide = cv2.GaussianBlur(rng.integers(0, 255, ({h}, {w} + 8), dtype=np.uint8), (0, 0), 1.5)
-a, b = np.ascontiguousarray(wide[:, 4:4 + {w}]), np.ascontiguousarray(wide[:, 2:2 + {w}])
+big = cv2.GaussianBlur(rng.integers(0, 255, ({h} + 8, {w} + 8), dtype=np.uint8), (0, 0), 1.5)
+if {axis} == 1:
+    a, b = big[:{h}, 4:4 + {w}], big[:{h}, 2:2 + {w}]
+else:
+    a, b = big[4:4 + {h}, :{w}], big[2:2 + {h}, :{w}]
+a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
 est = FlowEstimator()
 for _ in range(2):
     flow = est(a, b)
 assert flow.shape == ({h}, {w}, 2), flow.shape
-print(float(np.median(flow[4:-4, 8:-8, 0])))
+inner = flow[{h} // 4:{h} - {h} // 4, {w} // 4:{w} - {w} // 4, {1 - axis}]  # (dx, dy): dx for a move along x
+print(float(np.median(inner)))
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip()) == pytest.approx(2.0, abs=0.5)  # b is a shifted 2 px to the right
+    assert float(run.stdout.strip()) == pytest.approx(2.0, abs=0.5)  # b is a moved 2 px along the long side
 
 
 def test_eval_reads_an_hd_orbit_as_the_estimator_does_and_as_rendered(tmp_path):

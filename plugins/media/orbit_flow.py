@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 
 ANALYSIS_SIDE = 160
-#: OpenCV's DIS flow (4.x, preset FAST) crashes the process (a segfault, not an exception) on frames
-#: under 32 rows once they are 80 or more columns wide (measured: 160x26, 320x31, 80x24; 64x31 and
-#: any 32-row frame up to 3000 wide run). Shorter frames are padded to this many rows.
-DIS_MIN_HEIGHT = 32
+#: OpenCV's DIS flow (preset FAST) crashes the process (a segfault, not an exception) on frames under
+#: 32 rows once they are 80 or more columns wide (measured: 160x26, 320x31, 80x24; 64x31 and any
+#: 32-row frame up to 3000 wide run), and refuses frames under 12 columns. Frames are padded to at
+#: least this many pixels each way.
+DIS_MIN_SIDE = 32
 GRID_ROWS, GRID_COLS = 6, 8
 _TEXTURE_GRAD = 40.0  # Sobel magnitude on the normalised frame; below it a pixel's flow is not trusted
 _MIN_CELL_TEXTURE = 0.1  # fraction of textured pixels a cell needs to count
@@ -27,8 +28,9 @@ _MIN_CELL_TEXTURE = 0.1  # fraction of textured pixels a cell needs to count
 
 def analysis_size(width: int, height: int, side: int = ANALYSIS_SIDE) -> tuple[int, int]:
     """(w, h) of the analysis frames: long side at most ``side``, even, never upscaled; but a very
-    wide frame keeps ``DIS_MIN_HEIGHT`` rows where it has them (160 wide at 6:1 would leave 26)."""
-    s = min(1.0, max(side / max(width, height), DIS_MIN_HEIGHT / max(1, height)))
+    wide or tall frame keeps ``DIS_MIN_SIDE`` pixels across where it has them (160 wide at 6:1 would
+    leave 26 rows)."""
+    s = min(1.0, max(side / max(width, height), DIS_MIN_SIDE / max(1, min(width, height))))
     return max(2, int(round(width * s / 2)) * 2), max(2, int(round(height * s / 2)) * 2)
 
 
@@ -67,13 +69,14 @@ class FlowEstimator:
         self._prev = None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        rows = a.shape[0]
-        if rows < DIS_MIN_HEIGHT:  # mirrored rows below, cut off again: see DIS_MIN_HEIGHT
-            a, b = (cv2.copyMakeBorder(x, 0, DIS_MIN_HEIGHT - rows, 0, 0, cv2.BORDER_REFLECT) for x in (a, b))
+        rows, cols = a.shape[:2]
+        pad_rows, pad_cols = max(0, DIS_MIN_SIDE - rows), max(0, DIS_MIN_SIDE - cols)
+        if pad_rows or pad_cols:  # mirrored below and to the right, cut off again: see DIS_MIN_SIDE
+            a, b = (cv2.copyMakeBorder(x, 0, pad_rows, 0, pad_cols, cv2.BORDER_REFLECT) for x in (a, b))
         init = self._prev.copy() if self._prev is not None and self._prev.shape[:2] == a.shape else None
         flow = self._dis.calc(a, b, init)
         self._prev = flow
-        return flow[:rows]
+        return flow[:rows, :cols]
 
 
 def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
