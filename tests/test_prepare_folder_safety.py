@@ -144,7 +144,7 @@ def test_a_source_gone_from_raw_is_reported_and_pruned_on_request(raw, tmp_path,
     assert main(["prepare", str(mine), "-o", str(out), *ARGS]) == 0
     printed = capsys.readouterr().out
     assert "1 source(s) (0 processed, 1 unchanged): 1 ok" in printed
-    assert f"1 source(s) in the manifest are no longer under {mine} (first: take1.mp4): their {len(take1)} clip(s)" \
+    assert f"1 source(s) in the manifest are not under {mine} (first: take1.mp4): their {len(take1)} clip(s)" \
         in printed and "--prune" in printed
     assert take1 <= _clip_names(out)
     assert json.loads((out / "prepare_summary.json").read_text())["not_under_raw"] == ["take1.mp4"]
@@ -230,3 +230,37 @@ def test_a_cut_between_two_takes_of_one_set_is_a_cut(tmp_path, second):
     clips = [r for r in records if r.get("type") == "clip"]
     assert clips and all(not (c["start_time"] < 2.0 <= c["end_time"]) for c in clips), \
         [(c["start_time"], c["end_time"]) for c in clips]
+
+
+def test_a_dry_run_makes_the_runs_checks_and_says_what_is_unchanged(raw, tmp_path, capsys):
+    out = tmp_path / "P"
+    assert _prepare(raw, out, "--dry-run", "--frames", "1") == 2  # the run's own option check
+    assert main(["prepare", str(raw), "-o", str(out), *ARGS, "--dry-run"]) == 0
+    assert "3 source(s) would be prepared" in capsys.readouterr().out and not out.exists()
+    assert _prepare(raw, out) == 0
+    (out / "videos" / "mine.mp4").write_bytes((raw / "take0.mp4").read_bytes())
+    assert _prepare(raw, out, "--dry-run") == 2  # a file prepare did not write, as the run would say
+    (out / "videos" / "mine.mp4").unlink()
+    capsys.readouterr()
+    assert main(["prepare", str(raw), "-o", str(out), *ARGS, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("0 source(s) would be prepared into") and ", 3 unchanged" in printed
+
+
+def test_a_source_given_alone_is_the_same_source_and_prune_needs_the_folder(raw, tmp_path, capsys):
+    out = tmp_path / "P"
+    assert _prepare(raw, out) == 0
+    lines = len(read_manifest(out / MANIFEST_NAME))
+    assert _prepare(raw / "take1.mp4", out) == 0  # the same file, named another way: not a second source
+    records = read_manifest(out / MANIFEST_NAME)
+    assert len(records) == lines and {r["source"] for r in records if r.get("type") == "source"} == {
+        "take0.mp4", "take1.mp4", "take2.mp4"}
+    assert _prepare(raw / "take1.mp4", out, "--prune") == 2
+    assert "--prune with one video as RAW_DIR" in capsys.readouterr().err
+
+
+def test_a_raw_folder_holding_only_an_earlier_output_says_so(raw, tmp_path, capsys):
+    out = tmp_path / "P"
+    assert _prepare(raw, out) == 0
+    assert _prepare(out, tmp_path / "again") == 2
+    assert "it holds only an earlier prepare's output" in capsys.readouterr().err

@@ -62,17 +62,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _dry_run(args: argparse.Namespace, out: Path) -> int:
-    from circle_rotate.prepare.run import find_sources
+def _dry_run(args: argparse.Namespace, out: Path, options) -> int:
+    from circle_rotate.prepare.run import plan_prepare
 
-    sources = find_sources(args.raw_dir.absolute(), exclude=out.absolute()) if args.raw_dir.exists() else []
-    if not sources:
-        raise UserError("no video files found", path=args.raw_dir, fix="put .mp4/.mov/.mkv/.webm files in it")
+    plan = plan_prepare(args.raw_dir, out, options=options, repair=args.repair, prune=args.prune)
     if args.json:
-        print_json({"sources": [str(p) for p in sources], "out": str(out), "dry_run": True})
+        print_json({"to_process": list(plan.to_process), "unchanged": list(plan.unchanged), "out": str(out),
+                    "dry_run": True})
     else:
-        print(f"{len(sources)} source(s) would be prepared into {out / 'videos'} (manifest {out / 'manifest.jsonl'}):")
-        for source in sources:
+        print(f"{len(plan.to_process)} source(s) would be prepared into {out / 'videos'}, {len(plan.unchanged)} "
+              f"unchanged (manifest {out / 'manifest.jsonl'}):")
+        for source in plan.to_process:
             print(f"  {source}")
     return 0
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         raise UserError("no output folder given", fix=f"circle-rotate prepare {args.raw_dir} -o data/prepared")
     if args.dry_run:
-        return _dry_run(args, out)
+        return _dry_run(args, out, options)
     report = prepare_dataset(args.raw_dir, out, options=options, repair=args.repair, prune=args.prune)
     if args.json:
         print_json(dataclasses.asdict(report))
@@ -104,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"HDR tone-mapped to SDR (BT.709): {', '.join(f'{s} ({t})' for s, t in report.hdr)}")
     if report.smaller:
         w, h = args.resolution
+        then = ("`circle-rotate config` trains them at their own size" if report.all_smaller else
+                "musubi's caching scales them up to their bucket (--upscale does it here, from the source)")
         print(f"{report.smaller} clip(s) are smaller than {w}x{h}, as their sources are (--upscale scales them up); "
-              f"`circle-rotate config` trains them at their own size")
+              f"{then}")
     if report.absent:
-        print(f"{len(report.absent)} source(s) in the manifest are no longer under {args.raw_dir} (first: "
+        print(f"{len(report.absent)} source(s) in the manifest are not under {args.raw_dir} (first: "
               f"{report.absent[0]}): their {report.absent_clips} clip(s) stay in videos/ and are trained on; "
               f"--prune removes them")
     if report.pruned:

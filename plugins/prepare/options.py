@@ -53,13 +53,14 @@ class PrepareOptions:
     def validate(self) -> None:
         """Raise one UserError naming every bad setting."""
         bad = []
-        try:
-            check_frames(self.frames)
-        except UserError as exc:
-            bad.append(str(exc))
+        if self.frames < MIN_FRAMES:  # 1 is 4n+1, but one frame is a still: no orbit to measure or learn
+            bad.append(f"--frames {self.frames} is too few: a clip needs at least {MIN_FRAMES} frames to show an orbit "
+                       f"(use {MIN_FRAMES}, {MIN_FRAMES + 4}, ... 81)")
         else:
-            if self.frames < MIN_FRAMES:  # 1 is 4n+1, but one frame is a still: no orbit to measure or learn
-                bad.append(f"--frames {self.frames} is too few: a clip needs at least {MIN_FRAMES} frames to show an orbit")
+            try:
+                check_frames(self.frames)
+            except UserError as exc:
+                bad.append(str(exc))
         if not 1 <= self.fps <= 240:
             bad.append(f"--fps {self.fps:g} must be between 1 and 240")
         try:

@@ -34,7 +34,7 @@ from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, video_files_under
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
-from circle_rotate.prepare.prepared_folder import CLIP_FOLDERS, clip_files, folder_diff
+from circle_rotate.prepare.prepared_folder import clip_files, folder_diff
 from circle_rotate.prepare.source import SourceJob, process_source
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class PrepareReport:
     passed_over: Tuple[str, ...] = ()  # clips under the raw folder in an earlier prepare's output, not taken as footage
     not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
     smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
+    all_smaller: bool = False  # every accepted clip is (config then trains them at their own size)
 
     @property
     def ok(self) -> bool:
@@ -111,15 +112,13 @@ def files_not_named_as_video(raw: Path, *, exclude: Path) -> List[Path]:
     return [p for p in sorted(raw.rglob("*")) if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES
             and exclude != p and exclude not in p.parents
             and not any(part.startswith(".") for part in p.relative_to(raw).parts)
-            and not any((raw.joinpath(*p.relative_to(raw).parts[:i]) / MANIFEST_NAME).is_file()
-                        for i in range(1, len(p.relative_to(raw).parts)))]  # an earlier prepare's own files
+            and not _in_prepared_output(raw, p)]  # an earlier prepare's own files
 
 
 def _in_prepared_output(raw: Path, path: Path) -> bool:
-    """Is ``path`` in the clip folder of a folder under ``raw`` that holds a prepare manifest?"""
+    """Is ``path`` inside a folder under ``raw`` that holds a prepare manifest (its clips, its set-aside files)?"""
     parts = path.relative_to(raw).parts[:-1]
-    return any(part in CLIP_FOLDERS and (raw.joinpath(*parts[:i]) / MANIFEST_NAME).is_file()
-               for i, part in enumerate(parts))
+    return any((raw.joinpath(*parts[:i]) / MANIFEST_NAME).is_file() for i in range(len(parts) + 1))
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
@@ -131,13 +130,21 @@ def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, Lis
     """Jobs for sources that need work; records kept as they are for the rest."""
     jobs, kept = [], {}
     key = options.settings_key()
+    named = {path: path.name if raw.is_file() else relative_posix(path, raw) for path in sources}
+    earlier = {}  # fingerprint -> the name an earlier run gave that file
+    for rel_old, recs in old.items():
+        head = next((r for r in recs if r.get("type") == "source"), {})
+        if head.get("fingerprint"):
+            earlier.setdefault(head["fingerprint"], rel_old)
     for path in sources:
-        rel = path.name if raw.is_file() else relative_posix(path, raw)
+        rel = named[path]
         try:
             fp = fingerprint(path)
         except OSError as exc:
             kept[rel] = [{"type": "source", "source": rel, "status": "error", "reason": f"cannot be read ({exc})"}]
             continue
+        if rel not in old and earlier.get(fp) not in (None, *named.values()):
+            rel = earlier[fp]  # the same file given another way (alone, or its subfolder): one source, not two
         prev = old.get(rel, [])
         head = next((r for r in prev if r.get("type") == "source"), {})
         if (head.get("fingerprint") == fp and head.get("settings") == key and head.get("status") not in FAILED
@@ -183,6 +190,59 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
         bar.close()
 
 
+@dataclass(frozen=True)
+class PreparePlan:
+    """What a run would do (``prepare --dry-run``): sources to make or re-make, and those unchanged."""
+
+    to_process: Tuple[str, ...]
+    unchanged: Tuple[str, ...]
+
+
+def plan_prepare(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(), repair: bool = False,
+                 prune: bool = False) -> PreparePlan:
+    """Every check :func:`prepare_dataset` makes, and what it would do; nothing is written."""
+    raw, out, sources, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+    redo = frozenset(diff.sources(records)) if diff else frozenset()
+    jobs, kept = _plan_jobs(raw, out, sources, by_source(records), options, redo)
+    return PreparePlan(tuple(j.rel for j in jobs), tuple(kept))
+
+
+def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repair: bool, prune: bool):
+    """(raw, out, sources, manifest records, folder diff), once every input is fit to run on."""
+    options.validate()
+    raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
+    if prune and raw.is_file():
+        raise UserError("--prune with one video as RAW_DIR would drop every other source of the folder", path=raw,
+                        fix="give the folder of all the footage with --prune")
+    if not raw.exists():
+        raise UserError("raw footage folder not found", path=raw, fix="check the path")
+    if out == raw or (raw.is_file() and out == raw.parent):
+        raise UserError("output folder is the raw folder itself; sources are never written to", path=out,
+                        fix="choose a separate OUT_DIR")
+    if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
+        raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
+                        fix="choose an OUT_DIR that does not hold the sources")
+    sources = find_sources(raw, exclude=out)
+    if not sources:  # checked before anything is written
+        earlier = prepared_outputs_under(raw, exclude=out)
+        if earlier:
+            raise UserError(f"it holds only an earlier prepare's output ({len(earlier)} clip(s), first: "
+                            f"{relative_posix(earlier[0], raw)}), which is not footage", path=raw,
+                            fix="pass the folder of the original videos")
+        raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files in it")
+    check_output_dir(out, flag="OUT_DIR")
+    manifest = out / MANIFEST_NAME
+    records = read_manifest(manifest)
+    diff = folder_diff(out, records)
+    if diff and not records and not repair:
+        raise UserError(f"{len(diff.unlisted)} video file(s) already in its clip folders and no {MANIFEST_NAME}: "
+                        f"not a folder prepare wrote (first: {diff.unlisted[0]})", path=out,
+                        fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
+    if diff and not repair:
+        raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
+    return raw, out, sources, records, diff
+
+
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
                     repair: bool = False, prune: bool = False) -> PrepareReport:
     """Cut every video under ``raw_dir`` into QC'd clips in ``out_dir/videos``.
@@ -204,29 +264,7 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
             manifest, or clip folders holding files no manifest line names (without ``repair``).
         PrepareInterrupted: Ctrl-C; the finished sources are kept, the rest left as they were.
     """
-    options.validate()
-    raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
-    if not raw.exists():
-        raise UserError("raw footage folder not found", path=raw, fix="check the path")
-    if out == raw or (raw.is_file() and out == raw.parent):
-        raise UserError("output folder is the raw folder itself; sources are never written to", path=out,
-                        fix="choose a separate OUT_DIR")
-    if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
-        raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
-                        fix="choose an OUT_DIR that does not hold the sources")
-    sources = find_sources(raw, exclude=out)
-    if not sources:  # checked before anything is written
-        raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files in it")
-    check_output_dir(out, flag="OUT_DIR")
-    manifest = out / MANIFEST_NAME
-    records = read_manifest(manifest)
-    diff = folder_diff(out, records)
-    if diff and not records and not repair:
-        raise UserError(f"{len(diff.unlisted)} video file(s) already in its clip folders and no {MANIFEST_NAME}: "
-                        f"not a folder prepare wrote (first: {diff.unlisted[0]})", path=out,
-                        fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
-    if diff and not repair:
-        raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
+    raw, out, sources, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -265,10 +303,17 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
         write_manifest(manifest, [r for recs in state.values() for r in recs])
         finished.append(job.rel)
 
+    kept_absent = [k for k in absent if k not in pruned]
     try:
         if pruned:
             write_manifest(manifest, [r for recs in state.values() for r in recs])
         _run_jobs(jobs, options, on_done)
+        write_manifest(manifest, [r for recs in state.values() for r in recs])
+        moved: Tuple[str, ...] = ()
+        if repair:  # files no source claims: musubi would train on them, and a user may have put them there
+            moved = tuple(_set_aside(out, rel)
+                          for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted)
+        report = _summarise(out, manifest, sources, state, processed=len(jobs), options=options, absent=kept_absent)
     except BaseException as exc:
         _remove_unfinished(out, before, state)
         if isinstance(exc, KeyboardInterrupt):
@@ -278,12 +323,6 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
             stop.signum = getattr(exc, "signum", stop.signum)  # Ctrl-C, or SIGTERM/SIGHUP (cli.main.Terminated)
             raise stop from None
         raise
-    write_manifest(manifest, [r for recs in state.values() for r in recs])
-    moved: Tuple[str, ...] = ()
-    if repair:  # files no source claims: musubi would train on them, and a user may have put them there
-        moved = tuple(_set_aside(out, rel) for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted)
-    kept_absent = [k for k in absent if k not in pruned]
-    report = _summarise(out, manifest, sources, state, processed=len(jobs), options=options, absent=kept_absent)
     absent_clips = sum(1 for k in kept_absent for r in state[k] if r.get("type") == "clip" and r.get("verdict") == "accept")
     return dataclasses.replace(report, absent=tuple(kept_absent), absent_clips=absent_clips, pruned=pruned,
                                set_aside=moved)
@@ -348,5 +387,7 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     size = options.size
     area = size.width * size.height if size.mode in ("bucket", "fit") and not size.upscale else 0
     smaller = sum(1 for c in clips if c["verdict"] == "accept" and c["width"] * c["height"] < 0.9 * area)
+    all_smaller = bool(smaller) and smaller == accepted
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,
-                         len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr, smaller=smaller)
+                         len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr, smaller=smaller,
+                         all_smaller=all_smaller)
