@@ -31,6 +31,7 @@ from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, animations_in, is_frame_folder
+from circle_rotate.kernel.worker_signals import quiet_stop
 
 logger = logging.getLogger(__name__)
 #: Where the results say their metrics are defined: a stable name, not this machine's install path.
@@ -188,6 +189,7 @@ def _write_mask_outputs(ctx: EvalContext, row: Mapping[str, Any], options: Mappi
 def _init_worker() -> None:
     # One process per core already: OpenCV's own threads would only compete with them.
     cv2.setNumThreads(1)
+    quiet_stop()
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:

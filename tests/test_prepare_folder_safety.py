@@ -264,3 +264,33 @@ def test_a_raw_folder_holding_only_an_earlier_output_says_so(raw, tmp_path, caps
     assert _prepare(raw, out) == 0
     assert _prepare(out, tmp_path / "again") == 2
     assert "it holds only an earlier prepare's output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_mid_run_is_one_line_with_workers(tmp_path, signame):
+    """Ctrl-C (and timeout's SIGTERM) reach every worker too; none may print its traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mine = tmp_path / "raw"
+    for i in range(6):
+        spec = TurntableSpec(name=f"t{i}", width=160, height=96, frames=90, fps=24.0, total_angle_deg=60, seed=30 + i)
+        write_turntable(spec, mine).truth.unlink()
+    out = tmp_path / "P"
+    run = subprocess.Popen([sys.executable, "-m", "circle_rotate", "-q", "prepare", str(mine), "-o", str(out), *ARGS[:6],
+                            "--jobs", "2", "--preset", "ultrafast"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / MANIFEST_NAME).exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, getattr(signal, signame))
+    _, err = run.communicate(timeout=120)
+    if run.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (a fast machine): nothing to see")
+    assert run.returncode == 128 + getattr(signal, signame)
+    assert "Traceback" not in err and "Error" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("circle-rotate prepare: ")
+    check_prepared(out)  # the folder agrees with its manifest

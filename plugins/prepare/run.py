@@ -32,6 +32,7 @@ from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path,
                                     write_manifest)
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, video_files_under
+from circle_rotate.kernel.worker_signals import quiet_stop
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import clip_files, folder_diff
@@ -176,7 +177,7 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
                 on_done(job, process_source(job))
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=quiet_stop) as pool:
             futures = {pool.submit(process_source, job): job for job in jobs}
             _prefetch_matplotlib()  # only now: workers are forked, no thread is copied into them
             try:
