@@ -286,6 +286,10 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     out = Path(out_dir)
     listed = [_side_names(s) for s in sides]
     pair_rows(*listed)  # names pair up before any video is evaluated
+    same = [set(os.path.realpath(r["path"]) for r in rows if r.get("path")) for rows in listed]
+    if same[0] and same[0] == same[1]:  # a results file against its copy, or against the folder it came from
+        raise UserError("both sides are the same videos (their paths agree): every difference would read 0",
+                        path=sides[1], fix="pass the baseline videos (or their results) and the LoRA's")
     read = [*sides, *(Path(r["path"]) for rows in listed for r in rows if r.get("path"))]
     for p in compare_outputs(out):
         check_output_path(p, inputs=read, force=force)

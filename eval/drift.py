@@ -52,7 +52,7 @@ def subject_masks(ctx: EvalContext) -> SubjectMasks:
                             path=c.clip.path, fix="give a mask the size of the video's frames")
         problem = hint.problem_in(*c.clip.size) if hint is not None else None
         if problem:
-            raise UserError(problem, path=c.clip.path, fix="give the subject's box in this video's first-frame pixels "
+            raise UserError(problem, path=c.clip.path, fix="draw the subject (box or mask) in this video's pixels "
                             f"({c.clip.size[0]}x{c.clip.size[1]}, as displayed), around the whole subject")
         last = max((f for f, _ in hint.later_boxes), default=0) if hint is not None else 0
         if last >= c.clip.count:

@@ -76,6 +76,20 @@ def _box_of(name: str, value: Any, path: Path, *, frame: Optional[int] = None) -
                      fix=f"give the subject's box on frame {frame} as [x0, y0, x1, y1] in pixels")
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_repeats(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise _RepeatedKey(k)
+    return dict(pairs)
+
+
 def read_boxes(path: os.PathLike | str) -> Dict[str, SubjectHint]:
     """A JSON of first-frame boxes keyed by video file name (or stem): ``{"a.mp4": [x0, y0, x1, y1]}``;
     ``{"videos": {...}}`` and per-video ``{"boxes": {"0": [...], "12": [...]}}`` (a labelled set:
@@ -84,7 +98,10 @@ def read_boxes(path: os.PathLike | str) -> Dict[str, SubjectHint]:
     if not p.is_file():
         raise UserError("subject boxes file not found", path=p, fix='pass a JSON like {"demo1.mp4": [x0, y0, x1, y1]}')
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_repeats)
+    except _RepeatedKey as exc:
+        raise UserError(f"key {exc.key!r} appears twice (JSON keeps only the last)", path=p,
+                        fix="give each video (and each frame) one box") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"not valid JSON ({exc})", path=p, fix='e.g. {"demo1.mp4": [x0, y0, x1, y1]}') from None
     if isinstance(data, Mapping) and isinstance(data.get("videos"), Mapping):

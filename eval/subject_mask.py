@@ -28,8 +28,9 @@ WORK_SIDE = 320
 #: two axes) and still be read, cut off at the edge: a box dragged to the edge overshoots it.
 BOX_PAST_EDGE = 0.05
 MIN_BOX_SIDE = 8  # a generated subject under 8 px is not one the evaluator can follow
-#: A mask covering this much of the frame is the frame, not a subject.
-MAX_MASK_COVER = 0.95
+#: A mask covering this much of the frame is the frame, not a subject (a box that big is a close-up:
+#: the mask is cut inside it).
+MAX_COVER = 0.95
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,24 @@ class SubjectHint:
         overlap the frame (a few pixels past its edge are cut off, as a box drawn to the edge
         is), be at least ``MIN_BOX_SIDE`` pixels a side, and a mask must leave some of the frame
         out: a centroid of the whole frame cannot move, so drift would read 0 by construction."""
-        boxes = ([self.box] if self.box is not None else []) + [b for _, b in self.later_boxes]
-        for x0, y0, x1, y1 in boxes:
-            shown = f"{x0:g},{y0:g},{x1:g},{y1:g}"
+        boxes = ([(None, self.box)] if self.box is not None else []) + list(self.later_boxes)
+        for frame, (x0, y0, x1, y1) in boxes:
+            shown = f"the box {x0:g},{y0:g},{x1:g},{y1:g}" + ("" if frame is None else f" of frame {frame}")
             if x0 >= width or y0 >= height:
-                return f"the box {shown} lies outside the {width}x{height} frame"
+                return f"{shown} lies outside the {width}x{height} frame"
             past = max(x1 - width, 0.0) / width + max(y1 - height, 0.0) / height
             if past > BOX_PAST_EDGE:
-                return (f"the box {shown} reaches past the {width}x{height} frame (is it in another size's or "
-                        f"orientation's pixels?)")
-            if min(min(x1, width) - x0, min(y1, height) - y0) < MIN_BOX_SIDE:
-                return f"the box {shown} is under {MIN_BOX_SIDE} pixels a side: too small to follow a subject in"
-        if self.mask is not None and self.mask.mean() >= MAX_MASK_COVER:
-            return (f"the subject mask covers {self.mask.mean():.0%} of the frame: its centroid cannot move, so drift "
-                    f"would read 0")
+                return f"{shown} reaches past the {width}x{height} frame (is it in another size's or orientation's pixels?)"
+            w, h = min(x1, width) - x0, min(y1, height) - y0
+            if min(w, h) < MIN_BOX_SIDE:
+                return f"{shown} is under {MIN_BOX_SIDE} pixels a side: too small to follow a subject in"
+        if self.mask is not None:
+            if self.mask.mean() >= MAX_COVER:
+                return (f"the subject mask covers {self.mask.mean():.0%} of the frame: its centroid cannot move, so "
+                        f"drift would read 0")
+            ys, xs = np.nonzero(self.mask)
+            if min(xs.max() - xs.min(), ys.max() - ys.min()) + 1 < MIN_BOX_SIDE:
+                return f"the subject mask is under {MIN_BOX_SIDE} pixels across: too small to follow a subject in"
         return None
 
     @classmethod

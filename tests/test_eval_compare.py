@@ -214,3 +214,25 @@ def test_names_marked_by_side_on_only_some_videos_still_pair():
     assert sorted((p.name, p.baseline["video"], p.lora["video"]) for p in pairs) == [
         ("demo1", "demo1_base.gif", "demo1_ours.gif"), ("demo2", "demo2.mp4", "demo2.mp4"),
         ("demo3", "demo3-orig.mp4", "demo3-lora.mp4")]
+
+
+def test_compare_refuses_a_results_file_against_its_copy_or_its_folder(sides, tmp_path, capsys):
+    results = tmp_path / "base.json"
+    assert main(["-q", "eval", str(sides / "baseline"), "--metrics", "motion", "-o", str(results)]) == 0
+    (tmp_path / "copy.json").write_bytes(results.read_bytes())
+    for other in (tmp_path / "copy.json", sides / "baseline"):
+        assert main(["-q", "eval", "compare", str(results), str(other), "--out", str(tmp_path / "r")]) == 2
+        assert "both sides are the same videos" in capsys.readouterr().err
+    assert main(["-q", "eval", "compare", str(results), str(tmp_path / "copy.json"), "--out", str(tmp_path / "r"),
+                 "--metrics", "psnr"]) == 2
+    assert "--metrics applies to videos being evaluated" in capsys.readouterr().err
+
+
+def test_save_masks_into_the_folder_of_the_videos_is_refused(sides, tmp_path, capsys):
+    import shutil
+
+    videos = tmp_path / "videos"
+    shutil.copytree(sides / "lora", videos)
+    assert main(["-q", "eval", str(videos), "--metrics", "subject_drift", "--save-masks", str(videos)]) == 2
+    assert "--save-masks names a folder of the videos being evaluated" in capsys.readouterr().err
+    assert not list(videos.glob("*.drift.png"))

@@ -74,6 +74,23 @@ def test_a_mask_of_the_whole_frame_is_refused(clip, tmp_path, capsys):
     assert "the subject mask covers 100% of the frame: its centroid cannot move" in capsys.readouterr().out
 
 
+def test_a_mask_under_8_pixels_across_a_later_frames_bad_box_and_a_repeated_key_are_named(clip, tmp_path, capsys):
+    mask = tmp_path / "dot.png"
+    image = np.zeros((160, 256), np.uint8)
+    image[40:44, 50:54] = 255
+    cv2.imwrite(str(mask), image)
+    assert main(["-q", "eval", str(clip[0]), "--subject-mask", str(mask), "--metrics", "subject_drift"]) == 1
+    assert "the subject mask is under 8 pixels across" in capsys.readouterr().out
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps({"orbit.mp4": {"boxes": {"0": [40, 40, 120, 120], "8": [300, 20, 400, 80]}}}))
+    assert main(["-q", "eval", str(clip[0]), "--subject-boxes", str(later), "--metrics", "subject_drift"]) == 1
+    assert "the box 300,20,400,80 of frame 8 lies outside the 256x160 frame" in capsys.readouterr().out
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"orbit.mp4": [40, 20, 120, 80], "orbit.mp4": [0, 0, 50, 50]}')
+    assert main(["-q", "eval", str(clip[0]), "--subject-boxes", str(twice)]) == 2
+    assert "key 'orbit.mp4' appears twice" in _error_line(capsys)
+
+
 def test_boxes_keyed_by_no_video_given_are_refused_and_a_video_named_twice_is_one_row(clip, tmp_path, capsys):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"orbit.mp4": [40, 40, 120, 120], "nomatch.mp4": [1, 2, 30, 40]}))

@@ -123,6 +123,11 @@ def _subject_options(args: argparse.Namespace) -> Dict[str, Any]:
         if args.save_masks.exists() and not args.save_masks.is_dir():
             raise UserError("--save-masks must be a folder", path=args.save_masks, fix="name a new or existing folder")
         check_output_dir(args.save_masks, flag="--save-masks")  # before the work, not after it
+        given = [Path(p).resolve() for p in _paths(args) + list(getattr(args, "input_dir", []) or [])]
+        inside = [p for p in given if p.is_dir() and args.save_masks.resolve() == p]
+        if inside:  # its sheets would make the folder read as masks, not videos, from then on
+            raise UserError("--save-masks names a folder of the videos being evaluated", path=args.save_masks,
+                            fix=f"name a folder of its own, e.g. {Path(args.save_masks) / 'masks'}")
         if holds_outputs(args.save_masks) and not args.force:
             raise UserError("--save-masks folder already holds the contact sheets and masks of an earlier run",
                             path=args.save_masks, fix="pass --force to replace them, or name another folder")
@@ -199,6 +204,8 @@ def run_compare(args: argparse.Namespace) -> int:
     given = [flag for flag, value in (("--subject-box", args.subject_box), ("--subject-mask", args.subject_mask),
                                       ("--subject-boxes", args.subject_boxes), ("--save-masks", args.save_masks),
                                       ("--weights", args.weights)) if value]
+    if len(results) == 2 and args.metrics:
+        given.append("--metrics")  # nothing is measured: both sides are read as they are
     if results and given:  # a results file is read as it is: nothing is measured again on that side
         raise UserError(f"{given[0]} applies to videos being evaluated, and {results[0]} is a results file",
                         path=results[0], fix="pass the videos instead, or leave the option out")
