@@ -139,6 +139,18 @@ def test_jsonl_output_and_cli(prepared, tmp_path, capsys):
                                                              "Side View (Right), Full Shot, Circle Left->Right\n")
 
 
+@pytest.mark.parametrize("text", ["a,a red car\na.mp4,a blue car\n", "red_car,a red car\nred_car/,a blue car\n",
+                                  "*/a.mp4,a red car\nred*/a*,a blue car\n"])  # stem and name; folder; globs as long
+def test_two_rows_matching_a_clip_equally_with_other_values_are_an_error(prepared, tmp_path, text):
+    with pytest.raises(UserError, match="lines 2 and 3 match 'red_car/a.mp4' equally"):
+        caption_dataset(prepared, subject_map=_map(tmp_path, "match,subject\n" + text))
+    assert not list(prepared.glob("videos/*.txt"))
+
+
+def test_a_header_with_trailing_empty_columns_reads(tmp_path):
+    assert read_subject_map(_map(tmp_path, "match,subject,,\nred_car,a red car,,\n"))[0].values == {"subject": "a red car"}
+
+
 def test_map_rows_no_clip_uses_are_named(prepared, tmp_path, capsys):
     rows = _map(tmp_path, "match,subject\nred_car,a red car\nRed_Car,a car\nnot_there/*,x\n")
     r = caption_dataset(prepared, subject_map=rows)

@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"kept {path}")
     if r.unmatched:
         rows = ", ".join(f"line {n} {m!r}" for n, m in r.unmatched[:5]) + (" ..." if len(r.unmatched) > 5 else "")
-        print(f"warning: {len(r.unmatched)} row(s) of {args.map} match no clip: {rows} (match is a clip's source "
-              f"path, file name, stem, folder or glob, case-sensitive)")
+        print(f"warning: {len(r.unmatched)} row(s) of {args.map} caption no clip (they match none, or a more specific "
+              f"row wins): {rows} (match is a clip's source path, file name, stem, folder or glob, case-sensitive)")
     return 0

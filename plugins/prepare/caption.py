@@ -96,7 +96,7 @@ def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
         cols = [c.strip() for c in (reader.fieldnames or [])]
         problems = []
         missing = [c for c in ("match", "subject") if c not in cols]
-        unknown = [c for c in cols if c not in MAP_COLUMNS]
+        unknown = [c for c in cols if c and c not in MAP_COLUMNS]  # (empty ones: Excel's trailing commas)
         if missing:
             problems.append(f"missing column(s) {', '.join(missing)}")
         if unknown:
@@ -151,6 +151,16 @@ def best_row(rows: Sequence[MapRow], source: str) -> Optional[MapRow]:
         if score is not None and (best is None or score > best[0]):
             best = (score, row)
     return best[1] if best else None
+
+
+def rival_rows(rows: Sequence[MapRow], source: str) -> List[MapRow]:
+    """Rows that match ``source`` as specifically as the best one and say something else (a guess which wins)."""
+    scored = [(score, row) for row in rows for score in [_specificity(row, source)] if score is not None]
+    if not scored:
+        return []
+    top = max(score for score, _ in scored)
+    best = [row for score, row in scored if score == top]
+    return best if len({tuple(sorted(r.values.items())) for r in best}) > 1 else []
 
 
 def lookup(rows: Sequence[MapRow], source: str) -> Dict[str, str]:
@@ -224,6 +234,13 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     rows = read_subject_map(subject_map) if subject_map else []
     records = check_prepared(Path(out_dir))
+    for rec in accepted_clips(records):
+        rivals = rival_rows(rows, rec.get("source", ""))
+        if rivals:
+            raise UserError(f"lines {' and '.join(str(r.line) for r in rivals)} match {rec.get('source')!r} equally "
+                            f"({', '.join(repr(r.match) for r in rivals)}) and say different things", path=subject_map,
+                            fix="keep one of them, or make one more specific (a path beats a file name, a file name a "
+                                "glob, a glob a folder)")
     inputs = [manifest, *clip_files(Path(out_dir))]  # caption files are this command's outputs
     if options.jsonl is not None:
         check_output_path(options.jsonl, inputs=inputs, force=True)
