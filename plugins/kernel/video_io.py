@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 #: Containers FFmpeg (PyAV) reads that footage comes in: phones and editors (.mp4 .mov .m4v .mkv
-#: .webm .avi), camcorders (AVCHD .mts/.m2ts, MPEG-TS .ts, MPEG-PS .mpg/.mpeg/.vob, DV .dv, MXF
-#: .mxf), old phones (.3gp .3g2), Windows and Flash (.wmv .flv), Ogg (.ogv), and GIF animations.
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".ts", ".mpg", ".mpeg", ".vob",
-                  ".dv", ".mxf", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".gif")
+#: .webm .avi), camcorders (AVCHD .mts/.m2ts, HDV .m2t, MPEG-TS .ts, MPEG-PS .mpg/.mpeg/.vob and
+#: JVC's .mod/.tod, DV .dv, MXF .mxf), old phones (.3gp .3g2), Windows and Flash (.wmv .flv), Ogg
+#: (.ogv), and GIF animations.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".m2t", ".ts", ".mpg", ".mpeg",
+                  ".vob", ".mod", ".tod", ".dv", ".mxf", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Transfer characteristics (ITU-T H.273, as FFmpeg numbers them) that mark a stream as HDR.
