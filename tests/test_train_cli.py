@@ -128,3 +128,35 @@ def test_a_failed_run_is_recorded_and_reported(musubi, tmp_path, tiny_wan_dir, w
     assert record["status"] == "failed" and record["seed"] == "42" and record["expert"] == "low"
     assert record["models"]["dit"]["header_sha256"] and record["dataset"]["clips"] == 2
     assert record["command"][:2] == [sys.executable, "-c"] and record["musubi_tuner_version"]
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("NETWORK_DIM=64", "--set NETWORK_DIM: reproduce_low.sh read no such variable, so it would change nothing"),
+    ("NUM_PROCESSES=0", "NUM_PROCESSES=0: processes per training must be a whole number from 1 to 4096"),
+    ("SAVE_LAST_N_EPOCHS=-3", "SAVE_LAST_N_EPOCHS=-3: epoch files kept must be a whole number"),
+    ("BLOCKS_TO_SWAP=40", "BLOCKS_TO_SWAP=40: blocks swapped to the CPU (Wan2.2-A14B has 40) must be"),
+])
+def test_a_recipe_variable_no_recipe_reads_or_out_of_range_is_refused_first(setting, says, tmp_path, capsys):
+    from circle_rotate.cli.main import main
+
+    assert main(["train", "low", "--dry-run", "--set", setting, "-o", str(tmp_path / "out")]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_boundary_is_a_fraction_and_gpus_are_named_once(tmp_path, capsys):
+    from circle_rotate.cli.main import main
+
+    for value in ("1.5", "abc"):
+        assert main(["train", "both", "--recipe", "recommended", "--dry-run", "--set", f"BOUNDARY={value}"]) == 2
+        assert f"BOUNDARY={value}: the high/low expert boundary" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "both", "--dry-run", "--gpus", "0,0"])
+    assert "names GPU 0 twice" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_the_dry_run(tmp_path, capsys):
+    from circle_rotate.cli.main import main
+
+    (tmp_path / "outfile").write_text("x")
+    assert main(["train", "both", "--dry-run", "-o", str(tmp_path / "outfile")]) == 2
+    assert "is a file" in capsys.readouterr().err

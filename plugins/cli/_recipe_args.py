@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 
 def add_recipe_options(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,9 @@ def gpu_list(text: str) -> Tuple[str, ...]:
             break
     if not items:
         raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU indices, e.g. 0,1 or 0-7")
+    twice = sorted({i for i in items if items.count(i) > 1}, key=int)
+    if twice:  # two processes on one card: two 14B trainings (or cache shards) fighting for its memory
+        raise argparse.ArgumentTypeError(f"'{text}' names GPU {twice[0]} twice; give each GPU once")
     return tuple(items)
 
 
@@ -42,9 +45,16 @@ def assignment(text: str) -> Tuple[str, str]:
     return name, value
 
 
-def recipe_env(args: argparse.Namespace, extra: Dict[str, object]) -> Tuple[Tuple[str, str], ...]:
-    """Recipe variables from the common flags, ``extra`` (flag values, None = unset) and ``--set``."""
+def recipe_env(args: argparse.Namespace, extra: Dict[str, object], *,
+               recipes: Sequence[str] = ()) -> Tuple[Tuple[str, str], ...]:
+    """Recipe variables from the common flags, ``extra`` (flag values, None = unset) and ``--set``,
+    checked against what the ``recipes`` (file names) read and the values their variables take."""
+    from circle_rotate.musubi.recipe_reader import recipe_path
+    from circle_rotate.musubi.recipe_values import check_recipe_values
+
     env = {"DATASET_CONFIG": args.dataset_config, "VAE": args.vae, **extra}
     out = {k: str(v) for k, v in env.items() if v is not None}
     out.update(dict(args.set))
+    if recipes:
+        check_recipe_values(out, recipe_files=[recipe_path(r) for r in recipes], given=[name for name, _ in args.set])
     return tuple(out.items())

@@ -46,9 +46,9 @@ def add_parser(sub) -> None:
 def status(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.cache_plan import plan_cache
     from circle_rotate.musubi.cache_status import check_cache
-    from circle_rotate.musubi.recipe_reader import recipe_variables
+    from circle_rotate.musubi.recipe_reader import CACHE_RECIPE, recipe_variables
 
-    env = recipe_env(args, {})
+    env = recipe_env(args, {}, recipes=[CACHE_RECIPE])
     config = args.dataset_config or Path(recipe_variables(["DATASET_CONFIG"], env=dict(env))["DATASET_CONFIG"])
     result = check_cache(plan_cache(config))
     if args.json:
@@ -66,8 +66,9 @@ def status(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.cache import CacheRequest, describe_job, prepare_cache, run_cache
+    from circle_rotate.musubi.recipe_reader import CACHE_RECIPE
 
-    env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device})
+    env = recipe_env(args, {"T5": args.t5, "DEVICE": args.device}, recipes=[CACHE_RECIPE])
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
                                      refresh_stale=args.refresh_stale, nodes=max(1, args.nodes),
                                      node_rank=args.node_rank))

@@ -67,15 +67,21 @@ def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.train import TrainRequest, train
     from circle_rotate.musubi.train_parallel import MathsChoice
 
+    from circle_rotate.musubi.recipe_reader import TRAIN_RECIPES
+
+    from circle_rotate.kernel.write_checks import check_output_dir
+
     out = args.out
+    experts = ("low", "high") if args.expert == "both" else (args.expert,)
+    for expert in experts if out else ():  # before any check or the run: the LoRA's folder must take files
+        check_output_dir(out / expert, flag="-o/--out")
     env = recipe_env(args, {
         "DIT_LOW": args.dit_low, "DIT_HIGH": args.dit_high,
         "OUTPUT_DIR_LOW": out / "low" if out else None, "OUTPUT_DIR_HIGH": out / "high" if out else None,
         "GRADIENT_CHECKPOINTING": 1 if args.gradient_checkpointing else None,
         "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": 1 if args.cpu_offload else None,
         "BLOCKS_TO_SWAP": args.blocks_to_swap, "SAMPLE_PROMPTS": args.sample_prompts,
-    })
-    experts = ("low", "high") if args.expert == "both" else (args.expert,)
+    }, recipes=[TRAIN_RECIPES[args.recipe][e] for e in experts])
     parallel = None
     if args.data_parallel or args.nodes > 1 or args.node_rank is not None or args.accelerate_config:
         parallel = ParallelRequest(gpus=args.gpus or ("0",), nodes=args.nodes, node_rank=args.node_rank,

@@ -14,6 +14,8 @@ working torchvision it changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -94,4 +96,7 @@ def import_musubi(module: str) -> types.ModuleType:
     if not musubi_available():
         raise UserError(f"musubi-tuner is not installed (needed for musubi_tuner.{module})", fix=INSTALL_HINT)
     prepare_cpu_import()
-    return importlib.import_module(f"musubi_tuner.{module}")
+    # musubi's modules print on import ("Trying to import sageattention"): onto stderr, so that a
+    # command's stdout (``--json``) holds only what the command itself prints
+    with contextlib.redirect_stdout(sys.stderr):
+        return importlib.import_module(f"musubi_tuner.{module}")

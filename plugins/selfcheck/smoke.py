@@ -148,7 +148,9 @@ def run_smoke(request: SmokeRequest, *, run_command: Callable[[Sequence[str]], i
         raise UserError("musubi-tuner is not installed; the smoke run uses its scripts", fix=INSTALL_HINT)
     report = SmokeReport()
     if request.work_dir:
-        check_output_dir(request.work_dir, flag="--work")
+        check_output_dir(request.work_dir, flag="-o/--out")
+    if request.models_dir:
+        check_output_dir(request.models_dir, flag="--models-dir")
     work = Path(request.work_dir) if request.work_dir else Path(tempfile.mkdtemp(prefix="circle-rotate-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
     report.work_dir = str(work)
