@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,10 @@ def test_prompt_file_through_musubis_line_parser(files):
 
 @pytest.mark.parametrize("body,match", [("a car orbiting\n", "needs a first frame"),
                                         ("a car --i /nope/first.png\n", "image not found"),
-                                        ("a --i {img} --d 3\nb --i {img} --d 3\n", "seed 3 is also used on line 1")])
+                                        ("a --i {img} --d 3\nb --i {img} --d 3\n", "seed 3 is also used on line 1"),
+                                        ("a car --i {img} --d notanint\n", "musubi cannot read this line"),
+                                        ("a car --i {img} --w 100 --h 100\n", "100x100 is not in multiples of 16"),
+                                        ("a car --i {img} --f 80\n", "80 frames is not 4n")])
 def test_bad_prompt_lines_name_the_line(files, body, match):
     bad = files["tmp"] / "bad.txt"
     bad.write_text(body.format(img=files["first"]))
@@ -139,3 +143,11 @@ def test_cli_dry_run(files, dits, capsys):
     assert code == 0, out
     assert "wan_generate_video.py" in out and "2 videos, 81 frames at 1280x720, shift 8" in out
     assert "differs from the paper" in out and not (files["tmp"] / "videos").exists()
+
+
+@pytest.mark.parametrize("change, says", [(dict(size=(500, 1000)), "1000x500 is not in multiples of 16"),
+                                          (dict(frames=80), "80 frames is not 4n+1"), (dict(steps=0), "--steps 0"),
+                                          (dict(blocks_to_swap=40), "--blocks-to-swap 40"), (dict(gpu="-1"), "--gpus -1")])
+def test_settings_musubi_would_refuse_or_drop_are_refused_first(files, dits, change, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        generate(_request(files, dits, **change), dry_run=True)

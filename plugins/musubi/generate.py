@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 from circle_rotate.kernel.atomic import write_json, write_text
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.input_files import read_text_file
-from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, NATIVE_FRAMES
+from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, NATIVE_FRAMES, is_4n_plus_1
 from circle_rotate.musubi.args import check_command
 from circle_rotate.musubi.processes import run_chains
 from circle_rotate.musubi.recipe_reader import MusubiCommand, musubi_scripts_dir
@@ -73,6 +73,33 @@ class GenerateRequest:
     blocks_to_swap: int = 0
     force: bool = False
 
+    def check(self) -> None:
+        """Raise one UserError naming every setting musubi's sampler would refuse (or silently drop)."""
+        bad = [shape_problem(self.size[1], self.size[0], self.frames, where="--resolution/--frames")]
+        if self.steps is not None and self.steps < 1:
+            bad.append(f"--steps {self.steps} must be 1 or more")
+        if not 0 <= self.blocks_to_swap <= MAX_BLOCKS_TO_SWAP:
+            bad.append(f"--blocks-to-swap {self.blocks_to_swap} must be 0 to {MAX_BLOCKS_TO_SWAP} (Wan2.2-A14B has 40)")
+        if not self.gpu.isdigit():
+            bad.append(f"--gpus {self.gpu} is not a CUDA device index")
+        bad = [b for b in bad if b]
+        if bad:
+            raise UserError("; ".join(bad), fix="see circle-rotate generate --help")
+
+
+#: musubi swaps at most all but one of Wan2.2-A14B's 40 blocks.
+MAX_BLOCKS_TO_SWAP = 39
+
+
+def shape_problem(width: int, height: int, frames: int, *, where: str) -> str:
+    """What is wrong with a video shape for Wan2.2's VAE and patches, or "" (sides in multiples of 16, 4n+1 frames)."""
+    bad = []
+    if width < 16 or height < 16 or width % 16 or height % 16:
+        bad.append(f"{width}x{height} is not in multiples of 16 (e.g. 1280x720, 832x480)")
+    if frames < 5 or not is_4n_plus_1(frames):
+        bad.append(f"{frames} frames is not 4n+1 from 5 (e.g. 81)")
+    return f"{where}: {' and '.join(bad)}" if bad else ""
+
 
 @dataclass(frozen=True)
 class PromptLine:
@@ -103,8 +130,18 @@ def read_prompts(path: Path, *, base_seed: int) -> List[PromptLine]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        data = parse(line)
         where = f"{path}:{number}"
+        try:
+            data = parse(line)
+        except (ValueError, IndexError) as exc:  # musubi's own parser: "--d x", "--w" with no value
+            raise UserError(f"musubi cannot read this line ({exc})", path=where,
+                            fix="numbers after --w --h --f --d --s --g, e.g. a car --i car.png --d 7") from None
+        if any(k in data for k in ("video_size_width", "video_size_height", "video_length")):
+            shape = shape_problem(int(data.get("video_size_width", 16)), int(data.get("video_size_height", 16)),
+                                  int(data.get("video_length", 5)), where="its --w/--h/--f")
+            if shape:
+                raise UserError(shape, path=where, fix="sides in multiples of 16, 4n+1 frames, or leave them to the "
+                                                       "command's --resolution and --frames")
         if not data.get("image_path"):
             raise UserError("an I2V prompt needs a first frame", path=where, fix="end the line with --i path/to/first.png")
         for key in ("image_path", "end_image_path"):
@@ -242,6 +279,7 @@ def generate(request: GenerateRequest, *, dry_run: bool, echo=print) -> Dict[str
         UserError: a bad prompt line, model file or existing output; musubi's parser rejects
             the command; generation failed or a video is missing afterwards.
     """
+    request.check()
     lines = read_prompts(request.prompts, base_seed=request.seed)
     finals = [request.out_dir / f"{p.name}.mp4" for p in lines]
     existing = [f for f in finals if f.exists()]
