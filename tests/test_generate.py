@@ -151,3 +151,14 @@ def test_cli_dry_run(files, dits, capsys):
 def test_settings_musubi_would_refuse_or_drop_are_refused_first(files, dits, change, says):
     with pytest.raises(UserError, match=re.escape(says)):
         generate(_request(files, dits, **change), dry_run=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_without_cuda_generate_and_cache_refuse_in_one_line_not_musubis_traceback(files, dits, capsys):
+    from circle_rotate.cli.main import main
+
+    code = main(["generate", str(files["prompts"]), "-o", str(files["tmp"] / "videos"), "--dit-low", str(dits["low"]),
+                 "--dit-high", str(dits["high"]), "--vae", str(files["vae"]), "--t5", str(files["t5"])])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith("`circle-rotate smoke` runs the whole chain on tiny models)")
+    assert not (files["tmp"] / "videos").exists()

@@ -80,5 +80,8 @@ def run(args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
     if not args.dry_run:
+        from circle_rotate.kernel.musubi_env import require_cuda
+
+        require_cuda("caching (the VAE and the T5)")
         run_cache(job)
     return 0

@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         strength=args.strength, accel_lora_low=args.accel_lora_low, accel_lora_high=args.accel_lora_high,
         frames=args.frames, size=size_hw, flow_shift=args.flow_shift, steps=args.steps, guidance=args.guidance,
         seed=args.seed, gpu=args.gpus, fp8=args.fp8, blocks_to_swap=args.blocks_to_swap, force=args.force)
+    if not args.dry_run:
+        from circle_rotate.kernel.musubi_env import require_cuda
+
+        require_cuda("video generation")
     # with --json the progress lines go to stderr, so stdout is only the record
     echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = generate(request, dry_run=args.dry_run, echo=echo)

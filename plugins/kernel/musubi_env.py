@@ -100,3 +100,17 @@ def import_musubi(module: str) -> types.ModuleType:
     # command's stdout (``--json``) holds only what the command itself prints
     with contextlib.redirect_stdout(sys.stderr):
         return importlib.import_module(f"musubi_tuner.{module}")
+
+
+def require_cuda(what: str) -> None:
+    """Refuse to start musubi-tuner's ``what`` on a machine without CUDA: its T5 and Wan modules
+    assert CUDA at import, so it would die in a traceback (the CPU chain is ``circle-rotate smoke``).
+
+    Raises:
+        UserError: no CUDA device here.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"no CUDA GPU here, and musubi-tuner's {what} needs one", fix="run it on a GPU machine (here: "
+                        "--dry-run checks everything; `circle-rotate smoke` runs the whole chain on tiny models)")
