@@ -245,8 +245,14 @@ def test_cli_dry_run_and_status(musubi, mixed, tmp_path):
     import sys
 
     base = [sys.executable, "-m", "circle_rotate", "cache"]
+    models = {"VAE": tmp_path / "v.safetensors", "T5": tmp_path / "t5.pth"}
     proc = subprocess.run([*base, "--dataset-config", str(mixed), "--gpus", "0,1", "--dry-run"], capture_output=True,
-                          text=True, env={**os.environ, "VAE": "v.safetensors"})
+                          text=True, env={**os.environ, **{k: str(v) for k, v in models.items()}})
+    assert proc.returncode == 2 and f"VAE {models['VAE']}: not found" in proc.stderr  # a dry run checks the models too
+    for path in models.values():
+        path.write_bytes(b"\0")
+    proc = subprocess.run([*base, "--dataset-config", str(mixed), "--gpus", "0,1", "--dry-run"], capture_output=True,
+                          text=True, env={**os.environ, **{k: str(v) for k, v in models.items()}})
     assert proc.returncode == 0, proc.stderr
     assert "5 clips" in proc.stdout and proc.stdout.count("wan_cache_latents.py") == 2
     assert "CUDA_VISIBLE_DEVICES=1" in proc.stdout and "--i2v" in proc.stdout

@@ -160,3 +160,17 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_dry_run(tmp_path,
     (tmp_path / "outfile").write_text("x")
     assert main(["train", "both", "--dry-run", "-o", str(tmp_path / "outfile")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_json_dry_run_stdout_is_only_json(real_ws, capfd, monkeypatch):
+    import json
+
+    import circle_rotate.kernel.disk_space as disk_space
+    from circle_rotate.cli.main import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
+    assert main(["train", "both", "--dry-run", "--json", "--dit-low", str(real_ws["low"]), "--dit-high",
+                 str(real_ws["high"]), "--vae", str(real_ws["vae"]), "--dataset-config", str(real_ws["config"]),
+                 "-o", str(real_ws["out"])]) == 0
+    assert set(json.loads(capfd.readouterr().out)["commands"]) == {"low", "high"}  # musubi's import prints kept out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
+from circle_rotate.kernel.errors import UserError
 
 ORDER = 40
 
@@ -64,6 +65,16 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_models(env) -> None:
+    """The VAE and the T5 the recipe will load, there as files (a dry run says so too)."""
+    from circle_rotate.musubi.recipe_reader import recipe_variables
+
+    for name, value in recipe_variables(["VAE", "T5"], env=dict(env)).items():
+        if not Path(value).is_file():
+            raise UserError(f"{name} {value}: not found", path=value,
+                            fix=f"circle-rotate download models, or --{name.lower()} PATH")
+
+
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.cache import CacheRequest, describe_job, prepare_cache, run_cache
     from circle_rotate.musubi.recipe_reader import CACHE_RECIPE
@@ -72,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     job = prepare_cache(CacheRequest(args.dataset_config, gpus=args.gpus or ("0",), env=env,
                                      refresh_stale=args.refresh_stale, nodes=max(1, args.nodes),
                                      node_rank=args.node_rank))
+    _require_models(env)  # after the config's own checks: they name the dataset's problems first
     lines = describe_job(job)
     if args.json:
         print_json({"config": str(job.plan.config), "clips": len(job.plan.items), "planned_bytes": job.plan.total_bytes,

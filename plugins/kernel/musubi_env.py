@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 import importlib
+import io
 import importlib.machinery
 import importlib.metadata
 import importlib.util
@@ -96,9 +97,10 @@ def import_musubi(module: str) -> types.ModuleType:
     if not musubi_available():
         raise UserError(f"musubi-tuner is not installed (needed for musubi_tuner.{module})", fix=INSTALL_HINT)
     prepare_cpu_import()
-    # musubi's modules print on import ("Trying to import sageattention"): onto stderr, so that a
-    # command's stdout (``--json``) holds only what the command itself prints
-    with contextlib.redirect_stdout(sys.stderr):
+    # musubi's modules print on import ("Trying to import sageattention", "Failed to import ..."):
+    # an optional attention backend's probe, nothing a user acts on; kept off a command's stdout
+    # (--json) and its one-line stderr
+    with contextlib.redirect_stdout(io.StringIO()):
         return importlib.import_module(f"musubi_tuner.{module}")
 
 
