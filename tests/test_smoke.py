@@ -112,3 +112,13 @@ def test_cache_was_complete_and_an_interrupted_pass_resumes(smoke_run, tiny_musu
     run_cache(job, scripts_in_parallel=True)
     assert check_cache(plan).count("cached") == len(plan.items)
     assert keep.latent_files[0].stat().st_mtime_ns == before  # --skip_existing left it alone
+
+
+def test_a_second_run_into_the_kept_work_folder_replaces_the_first(smoke_run, tiny_musubi_models):
+    """It told the user to pass --force, which smoke has not: the work folder is its own."""
+    work, first = smoke_run
+    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "smoke", "-o", str(work),
+                           "--models-dir", str(tiny_musubi_models.tokenizer_root), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["loras"] and len(json.loads(proc.stdout)["loras"]) == len(first["loras"])

@@ -231,7 +231,9 @@ def _train(recipe: str, config: Path, m: "TinyModels", work: Path, report: Smoke
     train_diffs = diff_options(original.args, smoke.args, why=why)
     report.differences += [replace(d, option=f"wan_train_network: {d.option}") for d in train_diffs]
     diffs = [{"option": d.option, "recipe": d.before, "smoke": d.after, "why": d.why} for d in train_diffs]
-    result = train(TrainRequest(("low", "high"), recipe=recipe, env=tuple(env.items()), gpus=("", "")), dry_run=False,
+    # force: a kept work folder (-o) holds the last smoke run's LoRAs, which this run replaces
+    result = train(TrainRequest(("low", "high"), recipe=recipe, env=tuple(env.items()), gpus=("", ""), force=True),
+                   dry_run=False,
                    echo=lambda line: None, transform=lambda c: scale_down(c, workdir=m.tokenizer_root, server=server),
                    record_extra={"smoke_differences_from_recipe": diffs})
     for run in result.plan.runs:
