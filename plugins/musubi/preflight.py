@@ -228,14 +228,14 @@ def preflight(targets: Sequence[TrainTarget], *, for_run: bool, force: bool = Fa
             message, fix = user_error_parts(exc)
             f.error(exc.path or "", message, fix)
     identities = []
+    dits = [Path(ns.dit).resolve() for _, ns in parsed if ns.dit]
+    if len(dits) == 2 and dits[0] == dits[1]:  # first: what follows from it ("swapped") is no help
+        f.error(dits[0], "is given for both experts", "point DIT_LOW and DIT_HIGH at the two different experts")
     for t, ns in parsed:
         ident = check_dit(f, Path(ns.dit or ""), expert=t.expert, flag="--dit", ns=ns)
         check_timesteps(f, ns, expert=t.expert, boundary=BOUNDARY_I2V if "i2v" in (ns.task or "") else BOUNDARY_T2V)
         if ident is not None:
             identities.append((t.expert, ident.to_dict()))
-    dits = [Path(ns.dit).resolve() for _, ns in parsed if ns.dit]
-    if len(dits) == 2 and dits[0] == dits[1]:
-        f.error(dits[0], "is given for both experts", "point DIT_LOW and DIT_HIGH at the two different experts")
     if parsed:
         ns0 = parsed[0][1]
         check_vae(f, ns0.vae)

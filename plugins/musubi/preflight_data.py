@@ -63,7 +63,11 @@ def _prompt_problems(f: Findings, ns: argparse.Namespace) -> None:
         return
     from circle_rotate.kernel.musubi_env import import_musubi
 
-    prompts = import_musubi("training.sampling_prompts").load_prompts(str(path))
+    try:
+        prompts = import_musubi("training.sampling_prompts").load_prompts(str(path))
+    except (ValueError, IndexError) as exc:  # musubi's line parser: "--d x", "--w" with no value
+        f.error(path, f"musubi cannot read the sample prompts ({exc})", "numbers after --w --h --f --d --s --g")
+        return
     if "i2v" in ns.task:
         no_image = [p for p in prompts if not p.get("image_path")]
         if no_image:
@@ -74,6 +78,9 @@ def _prompt_problems(f: Findings, ns: argparse.Namespace) -> None:
             f.error(path, f"sample image not found: {gone[0]}", "fix the --i path in the prompt file")
     if not ns.t5:
         f.error(path, "sampling encodes the prompts with the T5, but no --t5 is given", "set T5")
+    elif not Path(ns.t5).is_file():
+        f.error(ns.t5, "sampling encodes the prompts with this T5, which is not there",
+                "circle-rotate download models, or set T5 to the umt5-xxl file")
 
 
 def check_data(f: Findings, namespaces: Sequence[argparse.Namespace]) -> Optional[CachePlan]:
