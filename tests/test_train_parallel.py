@@ -71,6 +71,13 @@ def test_template_and_written_configs_load_in_accelerate(tmp_path):
     assert (loaded.num_machines, loaded.num_processes, loaded.main_process_ip) == (2, 16, "n0")
 
 
+def test_a_config_accelerate_would_refuse_for_an_unknown_key_is_refused(tmp_path):
+    typo = tmp_path / "acc.yaml"
+    typo.write_text((RECIPES / "accelerate_multi_node.yaml").read_text() + "num_procesess: 2\n")
+    with pytest.raises(ValueError, match=r"accelerate refuses it: .*unknown keys \(\['num_procesess'\]\)"):
+        read_config(typo)
+
+
 def _dry_run(ws, capsys, *extra):
     from circle_rotate.cli.main import main
 

@@ -63,6 +63,14 @@ def read_config(path: Path) -> Dict[str, object]:
         raise ValueError(f"cannot read it: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ValueError("it is not a mapping of accelerate settings")
+    try:  # accelerate's own reader: what `accelerate launch --config_file` will do with it
+        from accelerate.commands.config.config_args import load_config_from_file
+    except ImportError:
+        return data
+    try:
+        load_config_from_file(str(path))
+    except ValueError as exc:  # unknown keys (a typo): accelerate stops the launch on them
+        raise ValueError(f"accelerate refuses it: {' '.join(str(exc).split())}") from None
     return data
 
 
