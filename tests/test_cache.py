@@ -258,3 +258,16 @@ def test_cli_dry_run_and_status(musubi, mixed, tmp_path):
     assert "CUDA_VISIBLE_DEVICES=1" in proc.stdout and "--i2v" in proc.stdout
     status = subprocess.run([*base, "status", "--dataset-config", str(mixed), "--json"], capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout)["missing"] == 5
+
+
+@pytest.mark.parametrize("argv", [["--nodes", "0"], ["--node-rank", "-1"], ["--set", "TE_BATCH_SIZE=0"],
+                                  ["--set", "BOGUS=1"], ["--gpus", "0,0"]])
+def test_cache_refuses_settings_no_pass_can_use(argv, capsys):
+    from circle_rotate.cli.main import main
+
+    try:
+        code = main(["cache", *argv, "--dry-run"])
+    except SystemExit as exit_:  # argparse's own usage error
+        code = exit_.code
+    assert code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) >= 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
 from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
+from circle_rotate.kernel.arg_types import whole_number
 from circle_rotate.kernel.errors import UserError
 
 ORDER = 40
@@ -32,8 +33,8 @@ def add_parser(sub) -> None:
     r.add_argument("--device", choices=("cuda", "cpu"), help="where the VAE and T5 run (DEVICE; default cuda)")
     r.add_argument("--refresh-stale", action="store_true",
                    help="delete caches made without --i2v, older than their clip or with an old caption, and redo them")
-    r.add_argument("--nodes", type=int, default=1, help="machines sharing the pass (cache directory on shared storage)")
-    r.add_argument("--node-rank", type=int, help="this machine, 0 to nodes-1 (the dry run lists every node's shards)")
+    r.add_argument("--nodes", type=whole_number(1), default=1, help="machines sharing the pass (cache directory on shared storage)")
+    r.add_argument("--node-rank", type=whole_number(0), help="this machine, 0 to nodes-1 (the dry run lists every node's shards)")
     r.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands, run nothing")
     r.add_argument("--json", action="store_true", help="the plan and the commands as JSON")
     r.set_defaults(func=run)
