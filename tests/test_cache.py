@@ -260,14 +260,16 @@ def test_cli_dry_run_and_status(musubi, mixed, tmp_path):
     assert status.returncode == 0 and json.loads(status.stdout)["missing"] == 5
 
 
-@pytest.mark.parametrize("argv", [["--nodes", "0"], ["--node-rank", "-1"], ["--set", "TE_BATCH_SIZE=0"],
-                                  ["--set", "BOGUS=1"], ["--gpus", "0,0"]])
-def test_cache_refuses_settings_no_pass_can_use(argv, capsys):
+@pytest.mark.parametrize("argv, says", [(["--nodes", "0"], "--nodes: '0' is not a whole number of at least 1"),
+                                        (["--node-rank", "-1"], "--node-rank: '-1' is not a whole number"),
+                                        (["--set", "TE_BATCH_SIZE=0"], "TE_BATCH_SIZE=0: text-encoder batch size"),
+                                        (["--set", "BOGUS=1"], "--set BOGUS: cache.sh read no such variable"),
+                                        (["--gpus", "0,0"], "names GPU 0 twice")])
+def test_cache_refuses_settings_no_pass_can_use(argv, says, capsys):
     from circle_rotate.cli.main import main
 
     try:
         code = main(["cache", *argv, "--dry-run"])
     except SystemExit as exit_:  # argparse's own usage error
         code = exit_.code
-    assert code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) >= 1
+    assert code == 2 and says in capsys.readouterr().err
