@@ -182,7 +182,11 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
             _prefetch_matplotlib()  # only now: workers are forked, no thread is copied into them
             try:
                 for fut in as_completed(futures):
-                    on_done(futures[fut], fut.result())
+                    try:
+                        records = fut.result()
+                    except SystemExit:  # a worker stopped by a signal (worker_signals): the run is interrupted
+                        raise KeyboardInterrupt from None
+                    on_done(futures[fut], records)
                     bar.update()
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -301,8 +305,8 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
     def on_done(job: SourceJob, records: List[dict]) -> None:
         _remove_stale(out, old.get(job.rel, []), records)
         state[job.rel] = records
-        write_manifest(manifest, [r for recs in state.values() for r in recs])
         finished.append(job.rel)
+        write_manifest(manifest, [r for recs in state.values() for r in recs])
 
     kept_absent = [k for k in absent if k not in pruned]
     try:
@@ -316,6 +320,10 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
                           for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted)
         report = _summarise(out, manifest, sources, state, processed=len(jobs), options=options, absent=kept_absent)
     except BaseException as exc:
+        # a signal may have cut the manifest's write after a source's lines joined ``state``: write
+        # it again, so that the clips kept below and the lines on disk are the same set
+        with contextlib.suppress(Exception):
+            write_manifest(manifest, [r for recs in state.values() for r in recs])
         _remove_unfinished(out, before, state)
         if isinstance(exc, KeyboardInterrupt):
             stop = PrepareInterrupted(
