@@ -263,11 +263,17 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     """
     names = [m.name for m in resolve(metrics)]
     videos = find_videos(paths)
-    unmatched = unmatched_box_keys(videos, (options or {}).get("subject_boxes") or {})
+    boxes = (options or {}).get("subject_boxes") or {}
+    unmatched = unmatched_box_keys(videos, boxes)
     if unmatched:  # a box given for a video that is not here is a typo, or the wrong file or folder
         raise UserError(f"{len(unmatched)} --subject-boxes key(s) name no video given: "
                         + ", ".join(repr(k) for k in unmatched[:5]),
                         fix=f"key each box by a video's file name or stem (here: {', '.join(v.name for v in videos[:3])})")
+    for key in boxes:  # one box for two videos of one name (a/x.mp4, b/x.mp4): their subjects differ
+        named = [v for v in videos if key in (v.name, v.stem)]
+        if len(named) > 1:
+            raise UserError(f"--subject-boxes key {key!r} names {len(named)} videos given ({named[0]}, {named[1]})",
+                            fix="evaluate those folders one at a time, each with its own boxes file")
     written_as = output_names(videos)
     start = time.perf_counter()
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)

@@ -160,3 +160,16 @@ def test_save_masks_where_nothing_can_be_written_is_refused_before_the_work(clip
     assert main(["-q", "eval", str(clip[0]), "--metrics", "subject_drift", "--save-masks", str(blocker / "sub")]) == 2
     line = _error_line(capsys)
     assert "afile/sub: cannot write here" in line and "afile is a file, not a folder" in line
+
+
+def test_a_boxes_key_naming_two_videos_given_is_refused(clip, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(clip[0], a / "orbit.mp4")
+    shutil.copy(clip[0], b / "orbit.mp4")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"orbit.mp4": [40, 40, 120, 120]}))
+    assert main(["-q", "eval", str(a), str(b), "--subject-boxes", str(boxes)]) == 2
+    assert "--subject-boxes key 'orbit.mp4' names 2 videos given" in _error_line(capsys)

@@ -174,3 +174,10 @@ def test_json_dry_run_stdout_is_only_json(real_ws, capfd, monkeypatch):
                  str(real_ws["high"]), "--vae", str(real_ws["vae"]), "--dataset-config", str(real_ws["config"]),
                  "-o", str(real_ws["out"])]) == 0
     assert set(json.loads(capfd.readouterr().out)["commands"]) == {"low", "high"}  # musubi's import prints kept out
+
+
+def test_more_gpus_than_experts_without_data_parallel_is_refused(capsys):
+    from circle_rotate.cli.main import main
+
+    assert main(["train", "low", "--dry-run", "--gpus", "0,1"]) == 2
+    assert "--gpus 0,1 names 2 GPUs for 1 expert(s): each expert trains on one" in capsys.readouterr().err

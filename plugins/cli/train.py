@@ -9,6 +9,7 @@ from pathlib import Path
 from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
 from circle_rotate.cli._recipe_args import add_recipe_options, recipe_env
 from circle_rotate.kernel.arg_types import whole_number
+from circle_rotate.kernel.errors import UserError
 
 ORDER = 41
 
@@ -83,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
         "BLOCKS_TO_SWAP": args.blocks_to_swap, "SAMPLE_PROMPTS": args.sample_prompts,
     }, recipes=[TRAIN_RECIPES[args.recipe][e] for e in experts])
     parallel = None
-    if args.data_parallel or args.nodes > 1 or args.node_rank is not None or args.accelerate_config:
+    data_parallel = args.data_parallel or args.nodes > 1 or args.node_rank is not None or args.accelerate_config
+    if not data_parallel and len(args.gpus) > len(experts):  # the extra cards would sit idle without a word
+        raise UserError(f"--gpus {','.join(args.gpus)} names {len(args.gpus)} GPUs for {len(experts)} expert(s): "
+                        "each expert trains on one", fix="give one GPU per expert, or add --data-parallel to "
+                                                         "share each expert over several")
+    if data_parallel:
         parallel = ParallelRequest(gpus=args.gpus or ("0",), nodes=args.nodes, node_rank=args.node_rank,
                                    main_address=args.main_address, accelerate_config=args.accelerate_config,
                                    experts_in_turn=args.experts_in_turn)
