@@ -273,3 +273,16 @@ def test_cache_refuses_settings_no_pass_can_use(argv, says, capsys):
     except SystemExit as exit_:  # argparse's own usage error
         code = exit_.code
     assert code == 2 and says in capsys.readouterr().err
+
+
+def test_a_cache_pass_for_clips_all_shorter_than_target_frames_is_refused(musubi, mixed, tmp_path, capsys, monkeypatch):
+    from circle_rotate.cli.main import main
+
+    for name in ("VAE", "T5"):
+        (tmp_path / name).write_bytes(b"\0")
+        monkeypatch.setenv(name, str(tmp_path / name))
+    long = mixed.with_name("long.toml")
+    text = mixed.read_text().replace("target_frames = [5, 9]", "target_frames = [81]")
+    long.write_text(text.split("[[datasets]]\nvideo_jsonl_file")[0])  # the directory dataset alone
+    assert main(["cache", "--dataset-config", str(long), "--dry-run"]) == 2
+    assert "are shorter than [81] frames" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from circle_rotate.cli._common import new_parser, print_json
@@ -76,6 +77,18 @@ def _require_models(env) -> None:
                             fix=f"circle-rotate download models, or --{name.lower()} PATH")
 
 
+def _require_long_enough(config: Path) -> None:
+    """Clips shorter than ``target_frames`` are cached, then skipped by musubi's training without a word:
+    refused here as ``train``'s preflight refuses them (a dataset where only some are short is a warning)."""
+    from circle_rotate.dataset.check import check_config
+
+    for problem in check_config(config, use_musubi=False).problems:
+        if problem.key == "target_frames" and "shorter than" in problem.message:
+            if problem.severity == "error":
+                raise UserError(problem.message, path=config, fix=problem.fix)
+            print(f"warning: {problem.one_line()}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.cache import CacheRequest, describe_job, prepare_cache, run_cache
     from circle_rotate.musubi.recipe_reader import CACHE_RECIPE
@@ -85,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
                                      refresh_stale=args.refresh_stale, nodes=max(1, args.nodes),
                                      node_rank=args.node_rank))
     _require_models(env)  # after the config's own checks: they name the dataset's problems first
+    _require_long_enough(job.plan.config)
     lines = describe_job(job)
     if args.json:
         print_json({"config": str(job.plan.config), "clips": len(job.plan.items), "planned_bytes": job.plan.total_bytes,
