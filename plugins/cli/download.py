@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     need = check_disk(planned, cache_dir=args.cache_dir)
     report = {"files": files, "to_download_bytes": need}
     if not args.json:
-        print(f"to download: {need / GB:.2f} GB")
+        unknown = sum(1 for f in planned if not f.size_known and not f.size and not f.cached)
+        print(f"to download: {need / GB:.2f} GB" + (f" and {unknown} file(s) of unknown size" if unknown else ""))
     if args.dry_run:
         if args.json:
             print_json({**report, "dry_run": True})

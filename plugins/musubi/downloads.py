@@ -141,7 +141,7 @@ def _hub_sizes(files: Sequence[HubFile]) -> Dict[str, int]:
             for info in api.get_paths_info(repo[0], wanted, repo_type=repo[1]):
                 sizes[f"{repo[0]}/{info.path}"] = int(getattr(info, "size", 0) or 0)
     except Exception as exc:  # network errors of every kind: fall back to the documented sizes
-        logger.warning("could not ask the hub for file sizes (%s); using documented sizes", exc)
+        logger.warning("could not ask the hub for file sizes (%s); using documented sizes", _short(exc))
         return {}
     return sizes
 
@@ -165,7 +165,7 @@ def _dataset_plan(cache: Path) -> List[PlannedFile]:
             info = HfApi().dataset_info(DATASET_REPO, files_metadata=True)
             return [PlannedFile(DATASET, sum(int(s.size or 0) for s in info.siblings or []), True, False)]
         except Exception as exc:  # network errors of every kind
-            logger.warning("could not ask the hub for the dataset size (%s)", exc)
+            logger.warning("could not ask the hub for the dataset size (%s)", _short(exc))
     return [PlannedFile(DATASET, 0, False, False)]
 
 
@@ -251,3 +251,14 @@ def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = 
             path = Path(to) / f.basename
         out[f.env_var] = path
     return out
+
+
+def _short(exc: BaseException) -> str:
+    """A network error in a few words: urllib3's repr runs to 400 characters of nested reprs."""
+    text = str(exc)
+    for marker, words in (("Name or service not known", "no network: the host name does not resolve"),
+                          ("Failed to resolve", "no network: the host name does not resolve"),
+                          ("timed out", "the connection timed out"), ("Connection refused", "the connection was refused")):
+        if marker in text:
+            return words
+    return f"{exc.__class__.__name__}: {text[:120]}"
