@@ -15,7 +15,8 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
                    help="CUDA devices, comma-separated or a range (0-7) (GPU); two or more split the work, one process "
                         "per GPU")
     g.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", type=assignment,
-                   help="any other recipe variable, e.g. --set TE_BATCH_SIZE=4 (repeatable)")
+                   help="any other variable the recipe reads, e.g. --set SAVE_LAST_N_EPOCHS=10 (train), TE_BATCH_SIZE=4 "
+                        "(cache); repeatable")
 
 
 def gpu_list(text: str) -> Tuple[str, ...]:
