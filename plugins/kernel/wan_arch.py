@@ -112,6 +112,8 @@ class WanDiTConfig:
 
 
 I2V_A14B = WanDiTConfig()
+#: musubi-tuner swaps at most all but one of a DiT's blocks to the CPU (it asserts so).
+MAX_BLOCKS_TO_SWAP = I2V_A14B.num_layers - 1
 T2V_A14B = WanDiTConfig(in_dim=16)
 
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 from circle_rotate.kernel.atomic import write_json, write_text
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.input_files import read_text_file
-from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, NATIVE_FRAMES, is_4n_plus_1
+from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, MAX_BLOCKS_TO_SWAP, NATIVE_FPS, NATIVE_FRAMES, is_4n_plus_1
 from circle_rotate.musubi.args import check_command
 from circle_rotate.musubi.processes import run_chains
 from circle_rotate.musubi.recipe_reader import MusubiCommand, musubi_scripts_dir
@@ -79,16 +79,13 @@ class GenerateRequest:
         if self.steps is not None and self.steps < 1:
             bad.append(f"--steps {self.steps} must be 1 or more")
         if not 0 <= self.blocks_to_swap <= MAX_BLOCKS_TO_SWAP:
-            bad.append(f"--blocks-to-swap {self.blocks_to_swap} must be 0 to {MAX_BLOCKS_TO_SWAP} (Wan2.2-A14B has 40)")
+            bad.append(f"--blocks-to-swap {self.blocks_to_swap} must be 0 to {MAX_BLOCKS_TO_SWAP} (Wan2.2-A14B has "
+                       f"{MAX_BLOCKS_TO_SWAP + 1})")
         if not self.gpu.isdigit():
             bad.append(f"--gpus {self.gpu} is not a CUDA device index")
         bad = [b for b in bad if b]
         if bad:
             raise UserError("; ".join(bad), fix="see circle-rotate generate --help")
-
-
-#: musubi swaps at most all but one of Wan2.2-A14B's 40 blocks.
-MAX_BLOCKS_TO_SWAP = 39
 
 
 def shape_problem(width: int, height: int, frames: int, *, where: str) -> str:

@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Mapping, Sequence, Tuple
 
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.wan_arch import I2V_A14B, MAX_BLOCKS_TO_SWAP
 
 _REFERENCE = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)")
 #: What the recipes themselves set for the commands they print, not read from the caller.
 _INTERNAL = frozenset({"BASH_SOURCE", "CIRCLE_ROTATE_PRINT", "OPTIONAL_ARGS", "TE_ARGS", "LATENT_ARGS", "BOUNDARY_T"})
 
 #: Variable -> (kind, lowest, highest, what it is): the numbers a recipe variable may hold.
-#: Wan2.2-A14B has 40 blocks, and musubi swaps at most all but one of them.
 RULES: Dict[str, Tuple[str, float, float, str]] = {
     "NUM_PROCESSES": ("int", 1, 4096, "processes per training"),
     "SAVE_LAST_N_EPOCHS": ("int", 1, 100000, "epoch files kept"),
     "SAMPLE_EVERY_N_EPOCHS": ("int", 1, 100000, "epochs between samples"),
     "TE_BATCH_SIZE": ("int", 1, 4096, "text-encoder batch size"),
-    "BLOCKS_TO_SWAP": ("int", 0, 39, "blocks swapped to the CPU (Wan2.2-A14B has 40)"),
+    "BLOCKS_TO_SWAP": ("int", 0, MAX_BLOCKS_TO_SWAP, f"blocks swapped to the CPU (Wan2.2-A14B has {I2V_A14B.num_layers})"),
     "DDP_TIMEOUT": ("int", 1, 10 ** 7, "minutes"),
     "NETWORK_ALPHA": ("float", 1e-6, 1e6, "LoRA alpha"),
     "BOUNDARY": ("float", 0.01, 0.99, "the high/low expert boundary as a fraction of the timesteps (0.9)"),
