@@ -143,24 +143,17 @@ def _specificity(row: MapRow, source: str) -> Optional[tuple]:
     return None
 
 
-def best_row(rows: Sequence[MapRow], source: str) -> Optional[MapRow]:
-    """The most specific map row for ``source`` (relative posix path), if any matches."""
-    best = None
-    for row in rows:
-        score = _specificity(row, source)
-        if score is not None and (best is None or score > best[0]):
-            best = (score, row)
-    return best[1] if best else None
-
-
-def rival_rows(rows: Sequence[MapRow], source: str) -> List[MapRow]:
-    """Rows that match ``source`` as specifically as the best one and say something else (a guess which wins)."""
+def top_rows(rows: Sequence[MapRow], source: str) -> List[MapRow]:
+    """The rows that match ``source`` (relative posix path) most specifically, in file order."""
     scored = [(score, row) for row in rows for score in [_specificity(row, source)] if score is not None]
-    if not scored:
-        return []
-    top = max(score for score, _ in scored)
-    best = [row for score, row in scored if score == top]
-    return best if len({tuple(sorted(r.values.items())) for r in best}) > 1 else []
+    top = max((score for score, _ in scored), default=None)
+    return [row for score, row in scored if score == top]
+
+
+def best_row(rows: Sequence[MapRow], source: str) -> Optional[MapRow]:
+    """The most specific map row for ``source``, if any matches (the first of equals)."""
+    top = top_rows(rows, source)
+    return top[0] if top else None
 
 
 def lookup(rows: Sequence[MapRow], source: str) -> Dict[str, str]:
@@ -234,13 +227,15 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     rows = read_subject_map(subject_map) if subject_map else []
     records = check_prepared(Path(out_dir))
+    used = set()  # ids of the rows some clip takes its values from
     for rec in accepted_clips(records):
-        rivals = rival_rows(rows, rec.get("source", ""))
-        if rivals:
-            raise UserError(f"lines {' and '.join(str(r.line) for r in rivals)} match {rec.get('source')!r} equally "
-                            f"({', '.join(repr(r.match) for r in rivals)}) and say different things", path=subject_map,
+        top = top_rows(rows, rec.get("source", ""))
+        if len({tuple(sorted(r.values.items())) for r in top}) > 1:  # which one a clip gets would be a guess
+            raise UserError(f"lines {' and '.join(str(r.line) for r in top)} match {rec.get('source')!r} equally "
+                            f"({', '.join(repr(r.match) for r in top)}) and say different things", path=subject_map,
                             fix="keep one of them, or make one more specific (a path beats a file name, a file name a "
                                 "glob, a glob a folder)")
+        used.update(id(r) for r in top[:1])
     inputs = [manifest, *clip_files(Path(out_dir))]  # caption files are this command's outputs
     if options.jsonl is not None:
         check_output_path(options.jsonl, inputs=inputs, force=True)
@@ -273,7 +268,6 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     write_manifest(manifest, records)
     if kept:
         logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
-    used = {id(row) for rec in accepted_clips(records) for row in [best_row(rows, rec.get("source", ""))] if row}
     unmatched = tuple((row.line, row.match) for row in rows if id(row) not in used)
     if unmatched:
         logger.warning("%d subject-map row(s) used by no clip", len(unmatched))
