@@ -96,13 +96,18 @@ def _is_animated_file(path: Path) -> bool:
     return path.suffix.lower() in ANIMATED_SUFFIXES and not path.is_dir()
 
 
-def video_files_under(folder: PathLike) -> List[Path]:
-    """The video files under ``folder``, at any depth, sorted; hidden files and folders passed over
+def visible_files_under(folder: PathLike) -> List[Path]:
+    """The files under ``folder``, at any depth, sorted; hidden files and folders passed over
     (the ``._clip.mp4`` a Mac leaves beside each file on a USB drive is no video, and musubi's
     glob skips it too)."""
     root = Path(folder)
-    return [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    return [p for p in sorted(root.rglob("*")) if p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
+def video_files_under(folder: PathLike) -> List[Path]:
+    """The video files of :func:`visible_files_under`."""
+    return [p for p in visible_files_under(folder) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 def frame_order(name: str) -> tuple:

@@ -31,7 +31,7 @@ from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
 from circle_rotate.kernel.progress import progress
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, video_files_under
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
 from circle_rotate.kernel.worker_signals import quiet_stop
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
@@ -51,10 +51,10 @@ SET_ASIDE = "set_aside"
 class PrepareInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``prepare``, saying what the folder now holds (the CLI prints it)."""
 
-    def __init__(self, kept: str):
+    def __init__(self, kept: str, signum: int = signal.SIGINT):
         super().__init__(kept)
         self.kept = kept
-        self.signum = signal.SIGINT
+        self.signum = signum  # Ctrl-C, or SIGTERM/SIGHUP (cli.main.Terminated)
 
 
 @dataclass(frozen=True)
@@ -88,38 +88,34 @@ class PrepareReport:
         return not self.failed
 
 
-def find_sources(raw: Path, *, exclude: Path) -> List[Path]:
-    """Video files under ``raw`` (recursively, sorted; hidden files, ``exclude`` and the clips of
-    any earlier prepare output folder under ``raw`` skipped)."""
+@dataclass(frozen=True)
+class RawFiles:
+    """What a raw folder holds, from one walk (hidden files and the output folder passed over)."""
+
+    sources: Tuple[Path, ...]  # the footage
+    earlier_output: Tuple[Path, ...]  # videos inside a folder holding a prepare manifest: clips of clips
+    not_video: Tuple[Path, ...]  # files whose suffix is no video container's, not read
+
+
+def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
+    """Sort the files under ``raw`` (recursively, in name order) into footage, an earlier prepare's
+    output (which would count each take twice), and files that are not videos by name (so that a
+    run can name them); ``exclude`` (the output folder) and hidden files are passed over."""
     if raw.is_file():
-        return [raw]
-    return [p for p in video_files_under(raw) if exclude != p and exclude not in p.parents
-            and not _in_prepared_output(raw, p)]
-
-
-def prepared_outputs_under(raw: Path, *, exclude: Path) -> List[Path]:
-    """Clips under ``raw`` (but not under ``exclude``) that sit in an earlier prepare's output
-    folder, passed over as footage: training on clips of clips would count each take twice."""
-    if raw.is_file():
-        return []
-    return [p for p in video_files_under(raw) if _in_prepared_output(raw, p) and exclude not in p.parents]
-
-
-def files_not_named_as_video(raw: Path, *, exclude: Path) -> List[Path]:
-    """Files under ``raw`` that prepare does not read, since their suffix is not a video
-    container's (hidden files and ``exclude`` passed over), so that a run can name them."""
-    if raw.is_file():
-        return []
-    return [p for p in sorted(raw.rglob("*")) if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES
-            and exclude != p and exclude not in p.parents
-            and not any(part.startswith(".") for part in p.relative_to(raw).parts)
-            and not _in_prepared_output(raw, p)]  # an earlier prepare's own files
-
-
-def _in_prepared_output(raw: Path, path: Path) -> bool:
-    """Is ``path`` inside a folder under ``raw`` that holds a prepare manifest (its clips, its set-aside files)?"""
-    parts = path.relative_to(raw).parts[:-1]
-    return any((raw.joinpath(*parts[:i]) / MANIFEST_NAME).is_file() for i in range(len(parts) + 1))
+        return RawFiles((raw,), (), ())
+    outputs = {m.parent for m in raw.rglob(MANIFEST_NAME)}  # an earlier prepare's folders, its set_aside/ too
+    sources: List[Path] = []
+    earlier: List[Path] = []
+    other: List[Path] = []
+    for p in visible_files_under(raw):
+        if exclude == p or exclude in p.parents:
+            continue
+        inside = not outputs.isdisjoint(p.parents)
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            (earlier if inside else sources).append(p)
+        elif not inside:
+            other.append(p)
+    return RawFiles(tuple(sources), tuple(earlier), tuple(other))
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
@@ -206,14 +202,14 @@ class PreparePlan:
 def plan_prepare(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(), repair: bool = False,
                  prune: bool = False) -> PreparePlan:
     """Every check :func:`prepare_dataset` makes, and what it would do; nothing is written."""
-    raw, out, sources, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+    raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
-    jobs, kept = _plan_jobs(raw, out, sources, by_source(records), options, redo)
+    jobs, kept = _plan_jobs(raw, out, list(files.sources), by_source(records), options, redo)
     return PreparePlan(tuple(j.rel for j in jobs), tuple(kept))
 
 
 def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repair: bool, prune: bool):
-    """(raw, out, sources, manifest records, folder diff), once every input is fit to run on."""
+    """(raw, out, what raw holds, manifest records, folder diff), once every input is fit to run on."""
     options.validate()
     raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
     if prune and raw.is_file():
@@ -227,9 +223,9 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
     if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
         raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
                         fix="choose an OUT_DIR that does not hold the sources")
-    sources = find_sources(raw, exclude=out)
-    if not sources:  # checked before anything is written
-        earlier = prepared_outputs_under(raw, exclude=out)
+    files = scan_raw(raw, exclude=out)
+    if not files.sources:  # checked before anything is written
+        earlier = files.earlier_output
         if earlier:
             raise UserError(f"it holds only an earlier prepare's output ({len(earlier)} clip(s), first: "
                             f"{relative_posix(earlier[0], raw)}), which is not footage", path=raw,
@@ -245,7 +241,7 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
                         fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
     if diff and not repair:
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
-    return raw, out, sources, records, diff
+    return raw, out, files, records, diff
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
@@ -269,21 +265,20 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
             manifest, or clip folders holding files no manifest line names (without ``repair``).
         PrepareInterrupted: Ctrl-C; the finished sources are kept, the rest left as they were.
     """
-    raw, out, sources, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+    raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        report = _prepare(raw, out, sources, records, redo, options, repair, prune)
+        report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
     except BaseException:
         if created:  # a first run that failed before writing anything leaves no empty folders behind
             for d in (out / "videos", out / "rejected", out):
                 with contextlib.suppress(OSError):
                     d.rmdir()
         raise
-    passed = tuple(relative_posix(p, raw) for p in prepared_outputs_under(raw, exclude=out))
-    others = tuple(relative_posix(p, raw) for p in files_not_named_as_video(raw, exclude=out))
-    return dataclasses.replace(report, passed_over=passed, not_video=others)
+    return dataclasses.replace(report, passed_over=tuple(relative_posix(p, raw) for p in files.earlier_output),
+                               not_video=tuple(relative_posix(p, raw) for p in files.not_video))
 
 
 def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
@@ -292,7 +287,8 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
     old = by_source(records)
     before = {relative_posix(p, out) for p in clip_files(out)}
     jobs, state = _plan_jobs(raw, out, sources, old, options, redo)
-    absent = [k for k in old if k not in state and k not in {j.rel for j in jobs}]
+    redone = {j.rel for j in jobs}
+    absent = [k for k in old if k not in state and k not in redone]
     # a source being re-made keeps its old lines (and clips) until its new ones replace them,
     # so an interrupted run loses nothing it had; sources not in this run keep theirs
     state.update({k: v for k, v in old.items() if k not in state})
@@ -306,35 +302,39 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
         _remove_stale(out, old.get(job.rel, []), records)
         state[job.rel] = records
         finished.append(job.rel)
-        write_manifest(manifest, [r for recs in state.values() for r in recs])
+        write_manifest(manifest, _lines(state))
 
     kept_absent = [k for k in absent if k not in pruned]
     try:
         if pruned:
-            write_manifest(manifest, [r for recs in state.values() for r in recs])
+            write_manifest(manifest, _lines(state))
         _run_jobs(jobs, options, on_done)
-        write_manifest(manifest, [r for recs in state.values() for r in recs])
+        write_manifest(manifest, _lines(state))
         moved: Tuple[str, ...] = ()
         if repair:  # files no source claims: musubi would train on them, and a user may have put them there
             moved = tuple(_set_aside(out, rel)
-                          for rel in folder_diff(out, [r for recs in state.values() for r in recs]).unlisted)
+                          for rel in folder_diff(out, _lines(state)).unlisted)
         report = _summarise(out, manifest, sources, state, processed=len(jobs), options=options, absent=kept_absent)
     except BaseException as exc:
         # a signal may have cut the manifest's write after a source's lines joined ``state``: write
         # it again, so that the clips kept below and the lines on disk are the same set
         with contextlib.suppress(Exception):
-            write_manifest(manifest, [r for recs in state.values() for r in recs])
+            write_manifest(manifest, _lines(state))
         _remove_unfinished(out, before, state)
         if isinstance(exc, KeyboardInterrupt):
-            stop = PrepareInterrupted(
+            raise PrepareInterrupted(
                 f"{len(finished)} of {len(jobs)} source(s) finished and are in the manifest, the clips of the "
-                f"others removed; run the same command again to resume")
-            stop.signum = getattr(exc, "signum", stop.signum)  # Ctrl-C, or SIGTERM/SIGHUP (cli.main.Terminated)
-            raise stop from None
+                f"others removed; run the same command again to resume",
+                getattr(exc, "signum", signal.SIGINT)) from None
         raise
     absent_clips = sum(1 for k in kept_absent for r in state[k] if r.get("type") == "clip" and r.get("verdict") == "accept")
     return dataclasses.replace(report, absent=tuple(kept_absent), absent_clips=absent_clips, pruned=pruned,
                                set_aside=moved)
+
+
+def _lines(state: Dict[str, List[dict]]) -> List[dict]:
+    """The manifest's lines: every source's, in the order the sources joined."""
+    return [r for recs in state.values() for r in recs]
 
 
 def _remove_unfinished(out: Path, before: set, state: Dict[str, List[dict]]) -> None:
@@ -375,7 +375,7 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
                processed: int, options: PrepareOptions, absent: Sequence[str] = ()) -> PrepareReport:
     from circle_rotate.prepare.plot import plot_summary
 
-    records = [r for recs in state.values() for r in recs]
+    records = _lines(state)
     heads = [r for r in records if r.get("type") == "source"]
     current = [h for h in heads if h.get("source") not in absent]  # statuses and failures are of this run's sources
     statuses: Dict[str, int] = {}
