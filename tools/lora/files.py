@@ -39,6 +39,7 @@ import torch
 
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
+from circle_rotate.kernel.wan_arch import COMFY_PREFIX
 from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
 from circle_rotate.tools.lora.keys import (COMFY_LORA_PREFIX, FORMATS_WITH_ALPHA, is_wan_module, lora_key, module_of_stem,
                                           module_sort_key, parse_lora_key)
@@ -328,7 +329,7 @@ def _holds_wan_weights(keys: Iterable[str]) -> bool:
     """Do ``keys`` include a Wan DiT linear weight itself (a model given where a LoRA goes)?"""
     for key in keys:
         stem = key[: -len(".weight")] if key.endswith(".weight") else None
-        for prefix in ("", "model.diffusion_model.", COMFY_LORA_PREFIX):
+        for prefix in ("", COMFY_PREFIX, COMFY_LORA_PREFIX):  # a checkpoint's, a ComfyUI one's, a state dict's
             if stem and stem.startswith(prefix) and is_wan_module(stem[len(prefix):]):
                 return True
     return False
