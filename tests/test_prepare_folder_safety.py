@@ -149,9 +149,16 @@ def test_a_source_gone_from_raw_is_reported_and_pruned_on_request(raw, tmp_path,
     assert take1 <= _clip_names(out)
     assert json.loads((out / "prepare_summary.json").read_text())["not_under_raw"] == ["take1.mp4"]
 
+    captions = [(out / "videos" / name).with_suffix(".txt") for name in sorted(take1)]
+    captions[0].write_text("hand-edited caption")
     assert main(["prepare", str(mine), "-o", str(out), *ARGS, "--prune"]) == 0
-    assert "pruned 1 source(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pruned 1 source(s)" in printed
+    assert "moved 1 file(s)" in printed
     assert not take1 & _clip_names(out)
+    # the pruned clip's caption is set aside, not deleted, and not left for a later clip of that name
+    assert not captions[0].exists()
+    assert (out / "set_aside" / "videos" / captions[0].name).read_text() == "hand-edited caption"
     assert {r["source"] for r in check_prepared(out)} == {"take0.mp4"}
 
 

@@ -57,8 +57,8 @@ def add_parser(sub) -> None:
                         "removed by hand) and move files in videos/ that no line names to OUT_DIR/set_aside/; "
                         "without it such a folder is refused")
     p.add_argument("--prune", action="store_true",
-                   help="remove the manifest lines and clips of sources no longer under RAW_DIR (kept and reported "
-                        "without it)")
+                   help="remove the manifest lines and clips of sources no longer under RAW_DIR, moving their "
+                        "captions to OUT_DIR/set_aside/ (kept and reported without it)")
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ a killed run) are never deleted: the run is refused, and ``--repair`` moves them
 from __future__ import annotations
 
 import contextlib
+import glob
 import dataclasses
 import logging
 import os
@@ -77,7 +78,7 @@ class PrepareReport:
     absent: Tuple[str, ...] = ()  # sources in the manifest no longer under the raw folder (lines and clips kept)
     absent_clips: int = 0  # accepted clips of those sources, still in videos/
     pruned: Tuple[str, ...] = ()  # such sources whose lines and clips --prune removed
-    set_aside: Tuple[str, ...] = ()  # files --repair moved out of the clip folders (paths relative to OUT_DIR)
+    set_aside: Tuple[str, ...] = ()  # files --repair (or --prune: captions) moved out of the clip folders, relative to OUT_DIR
     passed_over: Tuple[str, ...] = ()  # clips under the raw folder in an earlier prepare's output, not taken as footage
     not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
     smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
@@ -293,8 +294,13 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
     # so an interrupted run loses nothing it had; sources not in this run keep theirs
     state.update({k: v for k, v in old.items() if k not in state})
     pruned = tuple(absent) if prune else ()
+    pruned_sidecars = []
     for rel in pruned:
-        _remove_stale(out, state.pop(rel), [])
+        records_of = state.pop(rel)
+        _remove_stale(out, records_of, [])
+        # a pruned clip's caption may be hand-edited: set aside, not deleted, and not left to
+        # caption a clip of the same name a later run makes
+        pruned_sidecars += [_set_aside(out, relative_posix(f, out)) for f in _sidecars(out, records_of)]
     logger.info("%d source(s): %d to process, %d unchanged", len(sources), len(jobs), len(sources) - len(jobs))
     finished = []
 
@@ -329,7 +335,7 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
         raise
     absent_clips = sum(1 for k in kept_absent for r in state[k] if r.get("type") == "clip" and r.get("verdict") == "accept")
     return dataclasses.replace(report, absent=tuple(kept_absent), absent_clips=absent_clips, pruned=pruned,
-                               set_aside=moved)
+                               set_aside=tuple(pruned_sidecars) + moved)
 
 
 def _lines(state: Dict[str, List[dict]]) -> List[dict]:
@@ -345,6 +351,16 @@ def _remove_unfinished(out: Path, before: set, state: Dict[str, List[dict]]) -> 
         rel = relative_posix(path, out)
         if rel not in before and rel not in listed:
             path.unlink(missing_ok=True)
+
+
+def _sidecars(out: Path, records: List[dict]) -> List[Path]:
+    """Files beside these records' clips that share a clip's name (its caption, whatever the --ext)."""
+    found = []
+    for r in records:
+        if r.get("type") == "clip" and r.get("clip"):
+            clip = clip_path(out, r)
+            found += [f for f in clip.parent.glob(glob.escape(clip.stem) + ".*") if f != clip and f.is_file()]
+    return found
 
 
 def _set_aside(out: Path, rel: str) -> str:
