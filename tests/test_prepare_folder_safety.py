@@ -5,12 +5,15 @@ an earlier output folder inside RAW, camcorder containers."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
+from circle_rotate.kernel.video_io import probe_video
 from circle_rotate.prepare import run as prepare_run
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
 from circle_rotate.prepare.options import PrepareOptions
@@ -191,6 +194,25 @@ def test_camcorder_containers_are_footage(raw, tmp_path):
                     dst.mux(packet)
     report = prepare_run.prepare_dataset(mine, tmp_path / "P", options=PrepareOptions(**OPTIONS))
     assert report.statuses == {"ok": 2} and report.clips >= 2 and not report.not_video
+
+
+def test_a_dv_tape_capture_reads_at_its_frame_rate_not_its_time_base(tmp_path):
+    """DV's demuxer reports the 1/60000 time base as the average rate: 29.97 fps it is."""
+    path = tmp_path / "tape.dv"
+    with av.open(str(path), "w", format="dv") as dst:
+        stream = dst.add_stream("dvvideo", rate=Fraction(30000, 1001))
+        stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv411p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((480, 720, 3), 20 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    with av.open(str(path)) as src:
+        assert src.streams.video[0].average_rate == 60000  # the container's claim this guards against
+    info = probe_video(path)
+    assert info.fps == pytest.approx(30000 / 1001) and info.frame_count == 10
+    assert info.duration == pytest.approx(10 * 1001 / 30000, abs=1e-3)
 
 
 def test_one_frame_clips_are_refused(raw, tmp_path, capsys):

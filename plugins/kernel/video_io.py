@@ -166,7 +166,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
     container = _open(p)
     try:
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        rate = nominal_rate(stream)
         fps = float(rate) if rate else 0.0
         frames = int(stream.frames or 0)
         if count_frames or frames <= 0:
@@ -273,6 +273,15 @@ def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
     return Signal(transfer, matrix=int(getattr(cc, "colorspace", 9) or 9), full_range=int(cc.color_range or 0) == 2)
 
 
+def nominal_rate(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
+    """The stream's frame rate: its average, unless the demuxer put its time base there (DV
+    reports 60000 fps for 29.97 fps video), then the rate it guesses from the frames."""
+    average, guessed = stream.average_rate, stream.guessed_rate
+    if average and guessed and stream.time_base and average == 1 / stream.time_base and guessed != average:
+        return guessed
+    return average or guessed or stream.base_rate
+
+
 def _decode(p: Path, threads: int) -> Iterator[tuple]:
     """(PyAV frame, nominal rate, HDR :class:`Signal` or None) for every frame of a video file;
     failures become UserErrors."""
@@ -283,7 +292,7 @@ def _decode(p: Path, threads: int) -> Iterator[tuple]:
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
-        rate = stream.average_rate or stream.guessed_rate
+        rate = nominal_rate(stream)
         signal = hdr_signal(stream)
         for frame in container.decode(stream):
             yield frame, rate, signal
