@@ -73,6 +73,15 @@ def prepared(tmp_path_factory):
                                                                                  fps=30.0, total_angle_deg=40))), fps=30)
     data = (root / "full.mkv").read_bytes()  # Matroska keeps its index up front: a cut-off file still plays
     (raw / "bad" / "cut_off.mkv").write_bytes(data[: len(data) * 6 // 10])
+    with av.open(str(raw / "red_car" / "orbit24.mp4")) as src, \
+            av.open(str(root / "fast.mp4"), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 256, 144, "yuv420p"
+        for frame in src.decode(video=0):
+            dst.mux(stream.encode(frame))
+        dst.mux(stream.encode())
+    data = (root / "fast.mp4").read_bytes()  # its index up front too: plays up to the cut, then bad data
+    (raw / "bad" / "cut_faststart.mp4").write_bytes(data[: len(data) * 7 // 10])
     write_video(raw / "bad" / "one_frame.mp4", [np.full((96, 160, 3), 128, np.uint8)], fps=30)
     _write(raw, "bad/short.mp4", TurntableSpec(width=160, height=96, frames=12, fps=30.0))
     (raw / "notes.txt").write_text("not a video, ignored")
@@ -95,7 +104,8 @@ def _clips(records, source=None):
 def test_every_source_is_reported_and_bad_files_do_not_stop_the_batch(prepared):
     src = _sources(prepared["records"])
     assert set(src) == {*ORBITS, "phone/portrait.mp4", "pan30.mp4", "bad/zero.mp4", "bad/text.mp4",
-                        "bad/truncated.mp4", "bad/one_frame.mp4", "bad/short.mp4", "bad/cut_off.mkv"}
+                        "bad/truncated.mp4", "bad/one_frame.mp4", "bad/short.mp4", "bad/cut_off.mkv",
+                        "bad/cut_faststart.mp4"}
     for rel in [*ORBITS, "phone/portrait.mp4"]:
         assert src[rel]["status"] == "ok" and src[rel]["clips"] >= 1, src[rel]
     assert src["bad/zero.mp4"]["status"] == "error" and "0 bytes" in src["bad/zero.mp4"]["reason"]
@@ -106,12 +116,16 @@ def test_every_source_is_reported_and_bad_files_do_not_stop_the_batch(prepared):
     assert src["bad/truncated.mp4"]["status"] == "error"
     cut_off = src["bad/cut_off.mkv"]
     assert cut_off["status"] == "truncated" and cut_off["clips"] == 1 and "of the 2.00 s" in cut_off["reason"]
+    cut_fast = src["bad/cut_faststart.mp4"]  # the same thing, though its decoder ends on an error
+    assert cut_fast["status"] == "truncated" and cut_fast["clips"] == 1, cut_fast
+    assert "of the 2.21 s the file declares (decoding failed at frame" in cut_fast["reason"]
     assert src["pan30.mp4"]["status"] == "rejected"
     assert all("not an orbit: pan" in r["reasons"][0] for r in _clips(prepared["records"], "pan30.mp4"))
     assert prepared["rc"] == 1  # something failed and --keep-going was not given
     summary = json.loads((prepared["out"] / "prepare_summary.json").read_text())
     assert {f["source"] for f in summary["failed"]} == {"bad/zero.mp4", "bad/text.mp4", "bad/short.mp4",
-                                                        "bad/one_frame.mp4", "bad/truncated.mp4", "bad/cut_off.mkv"}
+                                                        "bad/one_frame.mp4", "bad/truncated.mp4", "bad/cut_off.mkv",
+                                                        "bad/cut_faststart.mp4"}
     assert (prepared["out"] / "prepare_summary.png").stat().st_size > 1000
 
 

@@ -212,7 +212,7 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
                 for k, src in rs.finish(1.0 / info.fps):
                     _add_sample(st, k, prev, src)
     except UserError as exc:
-        error = str(exc)
+        error = exc
     notes = []
     declared = max(info.duration, info.frame_count / info.fps)
     truncated = not st.planner.done and last_time + 2.0 / info.fps < 0.9 * declared
@@ -222,11 +222,13 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     notes += [f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do"] * bool(info.hdr)
     clips = [r for r in st.records if r["verdict"] == "accept"]
     status, reason = "ok", None
-    if error:
-        status, reason = "error", error
-    elif truncated:
+    if error and not decoded:
+        status, reason = "error", str(error)
+    elif error or truncated:
+        # a cut-off file either ends early (MKV) or ends in bad data (a faststart MP4): the same thing to the user
         status = "truncated"
-        reason = (f"decoded {last_time + 1.0 / info.fps:.2f} s of the {declared:.2f} s the file declares; "
+        why = f" ({error.problem.removeprefix(f'{error.path}: ')})" if error else ""
+        reason = (f"decoded {last_time + 1.0 / info.fps:.2f} s of the {declared:.2f} s the file declares{why}; "
                   f"{len(clips)} clip(s) made from the readable part")
     elif not st.records:
         samples = p.samples
