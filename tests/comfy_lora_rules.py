@@ -57,3 +57,11 @@ def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[s
                 patched.add(target)
                 break
     return loaded, patched
+
+
+def comfy_applied(patched: Iterable[str]) -> Set[str]:
+    """Of the model keys ``load_lora`` patches, those the sampler's model really gets:
+    ``ModelPatcher._load_list`` (``comfy/model_patcher.py``) passes over every parameter of a
+    module with children, which in a Wan model are ``blocks.N.modulation`` and ``head.modulation``
+    (read at a125cd84, and run there on a tiny Wan: their patch is registered, never applied)."""
+    return {k for k in patched if not k.endswith(".modulation")}

@@ -24,11 +24,11 @@ from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.selfcheck.synthetic.lora import random_diffs, random_lora_modules
 from circle_rotate.tools.lora.combine import combine_loras
 from circle_rotate.tools.lora.convert import convert_lora
-from circle_rotate.tools.lora.diffs import DiffKey, comfy_loads, diff_key, parse_diff_key
+from circle_rotate.tools.lora.diffs import DiffKey, comfy_applies, diff_key, parse_diff_key
 from circle_rotate.tools.lora.inspect import inspect_file
 from circle_rotate.tools.lora.resize import resize_lora
 from circle_rotate.tools.merge.run import merge_loras
-from comfy_lora_rules import comfy_key_map, comfy_load
+from comfy_lora_rules import comfy_applied, comfy_key_map, comfy_load
 
 CFG = wan_arch.tiny_config()
 PAIRS = ("blocks.0.self_attn.q", "blocks.1.ffn.2")
@@ -138,21 +138,39 @@ def test_comfyui_applies_every_difference_once_converted(tmp_path):
     loaded, _ = comfy_load(keys, key_map)
     skipped = keys - loaded
     assert skipped and all(k.endswith(".diff_m") for k in skipped)  # ComfyUI: "lora key not loaded"
-    assert {k for k in keys if parse_diff_key(k) and not comfy_loads(k)} == skipped
+    assert {k for k in keys if parse_diff_key(k) and not comfy_applies(k)} == skipped
     assert not inspect_file(lora).comfyui_loads_all_keys and inspect_file(lora).comfyui_skips == sorted(skipped)
 
     out = convert_lora(lora, tmp_path / "comfy.safetensors", to="comfy")
-    assert out.diffs == 42
+    assert out.diffs == 42 and out.comfy_skips == 3
     converted = load_file(out.out)
     loaded, patched = comfy_load(converted, key_map)
-    assert loaded == set(converted)
+    assert set(converted) - loaded == skipped  # the modulation's stay .diff_m: ComfyUI names them as not loaded
     merged_params = set(random_diffs(CFG)) | {m + ".weight" for m in PAIRS}
-    assert patched == {"diffusion_model." + p for p in merged_params}  # what our merge changes, no more
-    assert torch.equal(converted["diffusion_model.blocks.1.modulation.diff"], load_file(str(lora))["diffusion_model.blocks.1.diff_m"])
+    modulations = {p for p in merged_params if p.endswith(".modulation")}
+    assert len(modulations) == 3
+    # what our merge changes, less the modulations ComfyUI applies under no name
+    assert comfy_applied(patched) == {"diffusion_model." + p for p in merged_params - modulations}
+    assert torch.equal(converted["diffusion_model.blocks.1.diff_m"], load_file(str(lora))["diffusion_model.blocks.1.diff_m"])
     report = inspect_file(out.out)
     kinds = {"bias": sum(p.endswith(".bias") for p in merged_params), "modulation": 3}
     kinds["weight"] = len(random_diffs(CFG)) - kinds["bias"] - kinds["modulation"]
-    assert report.comfyui_loads_all_keys and report.diffs == kinds
+    assert not report.comfyui_loads_all_keys and report.diffs == kinds and len(report.comfyui_skips) == 3
+
+
+def test_a_modulation_renamed_to_load_in_comfyui_is_still_not_applied(tmp_path):
+    """``.modulation.diff`` (as this tool once wrote it) loads without a warning, and ComfyUI's
+    patcher never applies it: inspect says so, and converting writes it back as ``.diff_m``."""
+    lora = lightx2v_style(tmp_path / "lightx2v.safetensors")
+    renamed = {k.replace(".diff_m", ".modulation.diff"): v for k, v in load_file(str(lora)).items()}
+    save_file(renamed, str(tmp_path / "renamed.safetensors"))
+    loaded, patched = comfy_load(renamed, comfy_key_map(wan_arch.dit_shapes(CFG)))
+    assert loaded == set(renamed) and patched - comfy_applied(patched)  # silent in ComfyUI, and lost
+    report = inspect_file(tmp_path / "renamed.safetensors")
+    assert not report.comfyui_loads_all_keys
+    assert report.comfyui_skips == sorted(k for k in renamed if k.endswith(".modulation.diff"))
+    back = load_file(convert_lora(tmp_path / "renamed.safetensors", tmp_path / "back.safetensors", to="comfy").out)
+    assert {k for k in back if parse_diff_key(k)} == {k for k in load_file(str(lora)) if parse_diff_key(k)}
 
 
 def test_musubi_layout_holds_weight_and_bias_differences_only(tmp_path):
@@ -207,7 +225,7 @@ def test_combine_sums_differences_and_resize_keeps_them(tmp_path, tiny_wan_dir):
     sum_ab, sd_a, sd_b = load_file(both.out), load_file(str(a)), load_file(str(b))
     norm = "diffusion_model.blocks.1.norm3.diff"
     assert torch.equal(sum_ab[norm], 0.5 * sd_a[norm].float() + 0.25 * sd_b[norm].float())
-    assert torch.equal(sum_ab["diffusion_model.head.modulation.diff"],
+    assert torch.equal(sum_ab["diffusion_model.head.diff_m"],
                        0.5 * sd_a["diffusion_model.head.diff_m"].float() + 0.25 * sd_b["diffusion_model.head.diff_m"].float())
     base = tiny_wan_dir / "wan2.2_i2v_high_noise_14B_fp32.safetensors"
     one = load_file(merge_loras(base, [(both.out, 1.0)], tmp_path / "one.safetensors").out)

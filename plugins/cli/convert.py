@@ -21,8 +21,10 @@ def add_parser(sub) -> None:
                                "power of two). Also reads DiffSynth-Studio, finetrainers and SimpleTuner LyCORIS "
                                "LoRAs, which ComfyUI does not map for Wan. "
                                "Metadata is kept. Whole-tensor differences (.diff/.diff_b/.diff_m, as in the lightx2v "
-                               "LoRAs) are copied under the names ComfyUI applies. The ComfyUI layout loads with zero "
-                               "'lora key not loaded'.",
+                               "LoRAs) are copied under the names ComfyUI applies; ComfyUI cannot apply the "
+                               "modulation's (.diff_m) under any name, so they stay .diff_m and `merge` is the way to "
+                               "have them. The ComfyUI layout loads with zero 'lora key not loaded' otherwise; the "
+                               "diffusers layout is for Diffusers' load_lora_weights (ComfyUI does not map it for Wan).",
                    examples="  circle-rotate convert circle_rotate_h.safetensors -o circle_rotate_h_comfy.safetensors "
                             "--format comfy\n"
                             "  circle-rotate convert lora_comfy.safetensors -o lora_musubi.safetensors --format musubi\n")
@@ -48,4 +50,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         diffs = f", {report.diffs} whole-tensor differences" if report.diffs else ""
         print(f"{report.out}: {report.modules} modules{diffs}, {report.from_format} -> {report.to_format}, alpha {report.alpha}")
+        if report.comfy_skips:
+            print(f"note: ComfyUI cannot apply the {report.comfy_skips} modulation difference(s) (.diff_m; it prints "
+                  f"'lora key not loaded' for them); to have them, merge the LoRA into the expert: circle-rotate merge "
+                  f"EXPERT --lora {report.src} -o MERGED.safetensors")
     return 0

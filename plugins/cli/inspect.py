@@ -60,7 +60,8 @@ def _diff_line(r: LoraReport) -> str:
         return "none"
     kinds = ", ".join(f"{n} {kind}{'es' if kind == 'bias' and n > 1 else ('s' if n > 1 else '')}"
                       for kind, n in sorted(r.diffs.items()))
-    return (f"{sum(r.diffs.values())} whole-tensor ({kinds}): merge and ComfyUI add them; "
+    comfy = (f"ComfyUI all but the {len(r.comfyui_skips)} it cannot apply" if r.comfyui_skips else "ComfyUI too")
+    return (f"{sum(r.diffs.values())} whole-tensor ({kinds}): merge adds them, {comfy}; "
             "musubi-tuner's --lora_weight skips them")
 
 
@@ -74,8 +75,8 @@ def _comfy_line(r: LoraReport) -> str:
     if r.unknown_keys:
         return f"would not load {len(r.unknown_keys)} key(s): 'lora key not loaded' (see unknown keys)"
     if r.comfyui_skips:
-        return (f"skips {len(r.comfyui_skips)} .diff_m key(s) ('lora key not loaded'); it applies them as "
-                ".modulation.diff: circle-rotate convert IN -o OUT --format comfy")
+        return (f"does not apply {len(r.comfyui_skips)} modulation difference(s) (under any name: its model patcher "
+                "never patches blocks.N.modulation); to have them, merge the LoRA into the expert: circle-rotate merge")
     return "would not load every key: circle-rotate convert IN -o OUT --format comfy"
 
 

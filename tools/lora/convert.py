@@ -8,8 +8,9 @@ into the weights (exact when it is a power of two, as musubi's default 1/32 is; 
 
 Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``, :mod:`circle_rotate.tools.lora.diffs`) are
 copied byte for byte under the name ComfyUI applies in the target layout: ``comfy`` holds every one
-(a ``.diff_m``, which ComfyUI's loader skips, becomes ``.modulation.diff``, which it applies);
-``musubi`` holds weight and bias differences; ``diffusers`` none (it is refused, naming the tensor).
+(the modulation's as ``.diff_m``: ComfyUI applies it under no name, and says so for that one;
+the report counts them); ``musubi`` holds weight and bias differences; ``diffusers`` none (it is
+refused, naming the tensor).
 LoHa and LoKr modules (:mod:`circle_rotate.tools.lora.lycoris`) are renamed between ``musubi`` and
 ``comfy``, bytes and alpha as they are; diffusers has no names for them.
 """
@@ -28,7 +29,7 @@ import torch
 from circle_rotate.kernel.atomic import check_output_path
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsWriter, copy_raw
-from circle_rotate.tools.lora.diffs import diff_key
+from circle_rotate.tools.lora.diffs import comfy_applies, diff_key
 from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraIndex, check_folded, folded, load_module, module_scales,
                                          read_lora_index, require_layout, require_wan_lora)
 from circle_rotate.tools.lora.keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
@@ -48,6 +49,7 @@ class ConvertReport:
     alpha: str  # "copied", "written (alpha = scale * rank)", "folded into the weights"
     diffs: int = 0  # whole-tensor differences copied
     products: int = 0  # LoHa/LoKr modules copied
+    comfy_skips: int = 0  # differences (the modulation's) ComfyUI cannot apply under any name: merge adds them
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -127,6 +129,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
         if to == "comfy" and zeros:
             alpha += f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi trained them; ComfyUI reads 0 as no change)"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
+    skips = sum(not comfy_applies(diff_key(param, to)) for param in index.diffs) if to == "comfy" else 0
     return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs),
-                         len(index.products))
+                         len(index.products), skips)
 

@@ -12,8 +12,12 @@ lands, as the loaders read them:
   ``diffusion_model.`` key unchanged.
 - ``<X>.diff_b`` goes to ``<X>.bias`` (ComfyUI: ``"{}.bias".format(...)``).
 - ``<P>.diff_m`` goes to ``<P>.modulation``, as DiffSynth-Studio's and lightx2v's own loaders read
-  it. ComfyUI's loader does not read it ("lora key not loaded"); written as
-  ``<P>.modulation.diff`` in the comfy layout, it does.
+  it. ComfyUI cannot apply a modulation difference under any name: its loader does not read
+  ``.diff_m`` ("lora key not loaded"), and though it reads ``<P>.modulation.diff``, its model
+  patcher (``comfy/model_patcher.py``, ``_load_list``) never patches a parameter that sits on a
+  module with children, which ``blocks.N.modulation`` and ``head.modulation`` do. So the comfy
+  layout keeps ``.diff_m`` (ComfyUI says it skips them, rather than dropping them silently), and
+  ``merge`` is the way to have them in a ComfyUI model.
 
 A difference is named here by its Wan parameter path (``blocks.3.norm3.weight``), the key of
 the base tensor it changes (without the base's own prefix).
@@ -110,7 +114,8 @@ def parse_diff_key(key: str) -> Optional[DiffKey]:
 
 
 def diff_key(param: str, fmt: str) -> str:
-    """The name under which a loader applies a difference of ``param`` in layout ``fmt``.
+    """The name of a difference of ``param`` in layout ``fmt``: the one ComfyUI applies, and for a
+    modulation, which ComfyUI cannot apply, lightx2v's ``.diff_m`` (the one merge and DiffSynth read).
 
     Raises:
         ValueError: ``param`` is not a Wan parameter, or ``fmt`` has no name ComfyUI would load
@@ -126,15 +131,17 @@ def diff_key(param: str, fmt: str) -> str:
     else:
         stem, suffix = param, ".diff"
     if fmt == "comfy":
+        if param.endswith("modulation"):  # no name ComfyUI applies (module docstring): the one it warns about
+            return COMFY_LORA_PREFIX + param[: -len(".modulation")] + ".diff_m"
         return COMFY_LORA_PREFIX + stem + suffix
     if fmt == "musubi" and stem != param:
         return MUSUBI_LORA_PREFIX + stem.replace(".", "_") + suffix
     raise ValueError(f"the {fmt} layout has no name ComfyUI loads for a difference of {param!r}")
 
 
-def comfy_loads(key: str) -> bool:
-    """Whether ComfyUI's own LoRA loader applies this difference tensor (see the module docstring)."""
+def comfy_applies(key: str) -> bool:
+    """Whether ComfyUI applies this difference tensor to the model (see the module docstring)."""
     parsed = parse_diff_key(key)
-    if parsed is None or parsed.suffix == ".diff_m":
+    if parsed is None or parsed.param.endswith("modulation"):
         return False
     return parsed.fmt == "comfy" or parsed.param.endswith((".weight", ".bias"))

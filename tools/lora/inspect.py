@@ -19,7 +19,7 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert
 from circle_rotate.kernel.expert_names import expert_from_file_name, expert_from_text
 from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
-from circle_rotate.tools.lora.diffs import comfy_loads, parse_diff_key
+from circle_rotate.tools.lora.diffs import comfy_applies, parse_diff_key
 from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index, require_a_wan_module
 from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
@@ -56,7 +56,7 @@ class LoraReport:
     nonfinite_keys: List[str] = field(default_factory=list)  # tensors holding NaN/inf: unusable as they are
     kind: str = "lora"
     diffs: Dict[str, int] = field(default_factory=dict)  # whole-tensor differences: "weight"/"bias"/"modulation" -> count
-    comfyui_skips: List[str] = field(default_factory=list)  # mapped tensors ComfyUI's loader still skips (.diff_m)
+    comfyui_skips: List[str] = field(default_factory=list)  # differences ComfyUI does not apply (the modulation's)
     products: Dict[str, int] = field(default_factory=dict)  # "LoHa"/"LoKr" -> modules
     dora: int = 0  # modules carrying a DoRA magnitude (dora_scale)
 
@@ -151,7 +151,7 @@ def _delta_norms(index: LoraIndex, scales: Dict[str, Optional[float]]) -> Dict[s
 def inspect_lora(index: LoraIndex) -> LoraReport:
     """Describe a LoRA read by :func:`circle_rotate.tools.lora.files.read_lora_index`."""
     infos = list(index.modules.values())
-    skipped = sorted(d.key for d in index.diffs.values() if not comfy_loads(d.key))
+    skipped = sorted(d.key for d in index.diffs.values() if not comfy_applies(d.key))
     # As module_scales reads them, without refusing: alpha 0 trains as rank; no alpha is scale 1
     # in the ComfyUI/diffusers layouts and unknown in a musubi file.
     scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
