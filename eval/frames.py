@@ -7,6 +7,7 @@ metric reads from it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Clip:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     grey: np.ndarray  # (T, H, W) uint8, cv2 RGB2GRAY (the reference's BGR2GRAY on BGR frames)
     fps: float
+    notes: tuple = ()  # how the file was shown (kernel.video_io.shown_notes)
 
     @property
     def name(self) -> str:
@@ -125,7 +127,7 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
                             fix="pass the folder to `circle-rotate eval` as a folder of videos")
         if not frame_files(p):
             raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
-    frames, rate = decode_all(p)
+    frames, rate, notes = decode_all(p)
     if not frames:
         raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")
     sizes = {f.shape for f in frames}
@@ -133,4 +135,4 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
         raise UserError(f"frames differ in size ({', '.join(str(s[1]) + 'x' + str(s[0]) for s in sorted(sizes))})",
                         path=p, fix="re-export the video (or frames) at one size")
     fps = rate if rate > 0 else default_fps
-    return clip_from_frames(np.stack(frames), fps=fps, path=str(p))
+    return dataclasses.replace(clip_from_frames(np.stack(frames), fps=fps, path=str(p)), notes=tuple(notes))

@@ -139,7 +139,7 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
         clip = load_clip(p)
         row.update(frames=clip.count, fps=round(clip.fps, 4), width=clip.size[0], height=clip.size[1])
         ctx = EvalContext(clip, options=options, threads=threads)
-        notes: List[str] = []
+        notes: List[str] = list(clip.notes)
         skipped: List[str] = []
         series: Dict[str, Any] = {}
         for metric in resolve(metric_names):

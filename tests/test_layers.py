@@ -60,6 +60,7 @@ PLACES: Dict[str, str] = {
     "plugins/kernel/disk_space.py": "kernel",
     "plugins/kernel/video_io.py": "kernel",
     "plugins/kernel/mp4_rotation.py": "kernel",
+    "plugins/kernel/display.py": "kernel",
     "plugins/kernel/wan_arch.py": "kernel",
     "plugins/kernel/buckets.py": "kernel",
     "plugins/kernel/musubi_env.py": "kernel",

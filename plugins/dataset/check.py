@@ -168,9 +168,10 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
                 f"{targets} frames {fps}; musubi skips them silently: {_names(items.too_short)}",
                 "prepare longer clips, or lower target_frames")
     if items.rotated:
-        out.add("warning", where, src_key, f"{len(items.rotated)} video(s) carry a display rotation that musubi's "
-                f"decoder ignores (they would train sideways): {_names(items.rotated)}",
-                "run them through circle-rotate prepare, which turns them upright")
+        out.add("warning", where, src_key, f"{len(items.rotated)} video(s) are shown turned, mirrored or with "
+                f"non-square pixels, or hold several video streams, which musubi's decoder ignores (they would train "
+                f"sideways, squeezed or on the wrong stream): {_names(items.rotated)}",
+                "run them through circle-rotate prepare, which writes what a player shows")
     if items.hdr:
         out.add("warning", where, src_key, f"{len(items.hdr)} video(s) are HDR, which musubi decodes as SDR "
                 f"(flat, washed-out colours the LoRA would learn): {_names(items.hdr)}",

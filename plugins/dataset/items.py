@@ -120,17 +120,21 @@ class DatasetItems:
     missing_files: List[str] = field(default_factory=list)  # jsonl entries that point nowhere
     bad_lines: List[str] = field(default_factory=list)
     resized: List[str] = field(default_factory=list)  # "name WxH -> bucket" that caching will rescale
-    rotated: List[str] = field(default_factory=list)  # display-rotation flags musubi's decoder ignores
+    rotated: List[str] = field(default_factory=list)  # rotation, mirror, pixel aspect, streams musubi's decoder ignores
     misordered: List[str] = field(default_factory=list)  # frame folders musubi's name sort plays out of order
     hdr: List[str] = field(default_factory=list)  # HLG/PQ videos musubi decodes as if they were SDR
     items: int = 0
     stems: List[str] = field(default_factory=list)  # cache keys (file stems), for collision checks
 
 
-def _probe(path: Path) -> Tuple[int, Tuple[int, int], int, Optional[str]]:
-    """(frame count, stored (w, h), rotation, HDR kind or None) of a video file or frame folder."""
+def _probe(path: Path) -> Tuple[int, Tuple[int, int], List[str], Optional[str]]:
+    """(frame count, stored (w, h), what a player shows that musubi's decoder does not, HDR kind
+    or None) of a video file or frame folder."""
     info = probe_video(path)
-    return info.frame_count, (info.width, info.height), info.rotation, info.hdr
+    shown = info.display.changes()
+    if info.video_streams > 1:
+        shown.append(f"{info.video_streams} video streams")
+    return info.frame_count, (info.width, info.height), shown, info.hdr
 
 
 def _image_size(path: Path) -> Tuple[int, int]:
@@ -156,12 +160,12 @@ def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: d
         return
     try:
         # a frame folder as musubi reads it (its count may differ from our own listing's: .Png, .avif)
-        count, size, rotation, hdr = (len(names), _image_size(path / names[0]), 0, None) if names else _probe(path)
+        count, size, shown, hdr = (len(names), _image_size(path / names[0]), [], None) if names else _probe(path)
     except UserError:
         result.unreadable.append(path.name)
         return
-    if rotation:
-        result.rotated.append(f"{path.name} ({rotation} deg)")
+    if shown:
+        result.rotated.append(f"{path.name} ({', '.join(shown)})")
     if hdr:
         result.hdr.append(f"{path.name} ({hdr})")
     if names:

@@ -1,9 +1,10 @@
-"""Read and set the display rotation of MP4/MOV files (the ``tkhd`` matrix phones write).
+"""Set the display rotation of MP4/MOV files we write (the ``tkhd`` matrix phones write).
 
 Phones store portrait video as landscape pixels plus a rotation matrix in the track
 header. FFmpeg 7's MP4 muxer no longer turns a ``rotate`` metadata tag into that matrix,
-and PyAV does not apply it on decode, so we read and write the 36-byte matrix directly.
-Only the video track's matrix is touched; the media data is never rewritten.
+so the synthetic phone videos get the 36-byte matrix written directly. Only the video
+track's matrix is touched; the media data is never rewritten. Reading is FFmpeg's
+(:mod:`circle_rotate.kernel.display`).
 """
 
 from __future__ import annotations
@@ -60,40 +61,6 @@ def _video_tkhd_offsets(buf: bytes) -> List[int]:
             if is_video and matrix_at is not None:
                 out.append(matrix_at)
     return out
-
-
-def _read_moov_region(path: PathLike) -> bytes:
-    # The moov box is small, but may sit after a multi-GB mdat: walk top-level boxes by seeking.
-    with open(path, "rb") as fh:
-        size_total = os.fstat(fh.fileno()).st_size
-        pos = 0
-        while pos + 8 <= size_total:
-            fh.seek(pos)
-            size, typ = struct.unpack(">I4s", fh.read(8))
-            header = 8
-            if size == 1:
-                size = struct.unpack(">Q", fh.read(8))[0]
-                header = 16
-            elif size == 0:
-                size = size_total - pos
-            if size < header:
-                break
-            if typ == b"moov":
-                fh.seek(pos)
-                return fh.read(size)
-            pos += size
-    return b""
-
-
-def read_rotation(path: PathLike) -> int:
-    """Clockwise display rotation in degrees (0, 90, 180, 270) of an MP4/MOV; 0 when none or unreadable."""
-    buf = _read_moov_region(path)
-    offsets = _video_tkhd_offsets(buf)
-    if not offsets:
-        return 0
-    a, b, _u, c, d, _v, _x, _y, _w = struct.unpack(">9i", buf[offsets[0]:offsets[0] + 36])
-    angle = math.degrees(math.atan2(b / _ONE, a / _ONE))
-    return int(round(angle / 90.0)) % 4 * 90
 
 
 def set_rotation(path: PathLike, degrees: int) -> None:

@@ -24,7 +24,8 @@ from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation,
 from circle_rotate.kernel.atomic import atomic_path
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.hdr import Signal, frame_to_sdr
-from circle_rotate.kernel.mp4_rotation import read_rotation, set_rotation
+from circle_rotate.kernel.display import Display, NotQuarterTurn, frame_display
+from circle_rotate.kernel.mp4_rotation import set_rotation
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,19 @@ class VideoInfo:
     duration: float  # seconds
     rotation: int  # clockwise display rotation in degrees
     hdr: Optional[str] = None  # "HLG" or "PQ" where the stream says its colours are high dynamic range
+    mirror: bool = False  # shown mirrored left-right (before the rotation)
+    pixel_aspect: str = "1"  # stored pixel width : height (the sample aspect ratio), as "4/3"
+    video_streams: int = 1  # video streams in the file (cover art not counted)
+    stream: int = 0  # the container's index of the stream read (pick_video_stream)
+
+    @property
+    def display(self) -> Display:
+        return Display(self.rotation, self.mirror, Fraction(self.pixel_aspect))
 
     @property
     def display_size(self) -> tuple[int, int]:
         """(width, height) as the video is meant to be seen."""
-        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+        return self.display.display_size(self.width, self.height)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +131,56 @@ def frame_files(path: PathLike) -> List[Path]:
                    and not f.name.startswith(".")), key=lambda f: frame_order(f.name))
 
 
+#: FFmpeg's AV_DISPOSITION_ATTACHED_PIC: a cover picture muxed as a video stream.
+_ATTACHED_PIC = 1 << 10
+#: Codecs of still pictures: a stream of one is cover art or a poster frame beside the video (in
+#: Matroska, or where PyAV does not expose the disposition), unless it is the only stream.
+STILL_CODECS = frozenset({"mjpeg", "png", "bmp", "tiff", "webp", "gif", "jpegls", "jpeg2000"})
+
+
+def _is_picture(stream) -> bool:
+    disposition = getattr(stream, "disposition", None)  # PyAV 14.1 and newer
+    return bool(disposition is not None and int(disposition) & _ATTACHED_PIC) or \
+        stream.codec_context.name in STILL_CODECS
+
+
+def pick_video_stream(container) -> "av.video.stream.VideoStream":
+    """The video stream a player shows: a moving-picture one before cover art, then the largest
+    picture (as FFmpeg's command line picks), then the first."""
+    return max(container.streams.video, key=lambda s: (not _is_picture(s),
+                                                       (s.codec_context.width or 0) * (s.codec_context.height or 0),
+                                                       -s.index))
+
+
+def _real_video_streams(container) -> int:
+    return max(1, sum(1 for s in container.streams.video if not _is_picture(s)))
+
+
+def _first_frame_display(p: Path, index: int, pixel_aspect) -> Display:
+    """The display of a file's stream ``index``, from its first decoded frame (the matrix is frame
+    side data); identity when no frame decodes (decoding says why, later)."""
+    try:
+        with av.open(str(p)) as container:
+            stream = container.streams[index]
+            for frame in container.decode(stream):
+                return _display_or_error(p, frame, pixel_aspect)
+    except av.error.FFmpegError:
+        pass
+    return Display(pixel_aspect=_aspect(pixel_aspect))
+
+
+def _aspect(pixel_aspect) -> Fraction:
+    return Fraction(pixel_aspect) if pixel_aspect and pixel_aspect > 0 else Fraction(1)
+
+
+def _display_or_error(p: Path, frame, pixel_aspect) -> Display:
+    try:
+        return frame_display(frame, pixel_aspect)
+    except NotQuarterTurn as exc:
+        raise UserError(f"{exc}; only quarter turns are read", path=p,
+                        fix="re-export it upright (ffmpeg -i IN -c:v libx264 -crf 16 OUT.mp4 applies the turn)") from None
+
+
 def _open(path: Path):
     if not path.exists():
         raise UserError("video not found", path=path, fix="check the path")
@@ -165,7 +224,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
                          height, timing.fps, timing.frame_count, duration, 0)
     container = _open(p)
     try:
-        stream = container.streams.video[0]
+        stream = pick_video_stream(container)
         rate = nominal_rate(stream)
         fps = float(rate) if rate else 0.0
         frames = int(stream.frames or 0)
@@ -178,6 +237,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         else:
             duration = frames / fps if fps else 0.0
         signal = hdr_signal(stream)
+        display = _first_frame_display(p, stream.index, stream.codec_context.sample_aspect_ratio)
         info = VideoInfo(
             path=str(p),
             container=container.format.name,
@@ -187,8 +247,12 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
             fps=fps,
             frame_count=frames,
             duration=duration,
-            rotation=read_rotation(p) if p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0,
+            rotation=display.rotation,
             hdr=signal.transfer if signal is not None else None,
+            mirror=display.mirror,
+            pixel_aspect=str(display.pixel_aspect),
+            video_streams=_real_video_streams(container),
+            stream=stream.index,
         )
     finally:
         container.close()
@@ -205,16 +269,6 @@ def _resize_max_side(frame: np.ndarray, max_side: Optional[int]) -> np.ndarray:
     return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _apply_rotation(frame: np.ndarray, rotation: int) -> np.ndarray:
-    if rotation == 90:
-        return cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
-    if rotation == 180:
-        return cv2.rotate(frame, cv2.ROTATE_180)
-    if rotation == 270:
-        return cv2.rotate(frame, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    return frame
-
-
 def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotation: bool = True,
                 threads: int = 0) -> Iterator[np.ndarray]:
     """Decode a video (or frame folder) to RGB ``uint8`` frames of shape (H, W, 3), one at a time.
@@ -222,7 +276,8 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
     Args:
         path: video file or folder of images.
         max_side: downscale (area interpolation) so the longer side is at most this.
-        apply_rotation: turn phone videos upright using their display matrix.
+        apply_rotation: show the picture as a player does: its display matrix (phone rotation,
+            mirror) and its pixel aspect. HDR is tone-mapped to SDR either way.
         threads: decoder threads (0 lets FFmpeg choose).
 
     Raises:
@@ -240,14 +295,13 @@ def iter_frames(path: PathLike, *, max_side: Optional[int] = None, apply_rotatio
         for frame in read_animation(p).frames:
             yield _resize_max_side(frame, max_side)
         return
-    rotation = _display_rotation(p, apply_rotation)
-    for frame, _, _ in _decode(p, threads):
-        yield _resize_max_side(_apply_rotation(frame.to_ndarray(format="rgb24"), rotation), max_side)
+    for frame in iter_decoded_frames(p, apply_rotation=apply_rotation, threads=threads):
+        yield _resize_max_side(frame.to_rgb(), max_side)
 
 
-def decode_all(path: PathLike) -> tuple[List[np.ndarray], float]:
-    """Every frame of a video, frame folder or animation (RGB uint8), and its frame rate
-    (0.0 when the file states none), decoding it once.
+def decode_all(path: PathLike) -> tuple[List[np.ndarray], float, List[str]]:
+    """Every frame of a video, frame folder or animation (RGB uint8) as a player shows it, its
+    frame rate (0.0 when the file states none) and :func:`shown_notes`, decoding it once.
 
     Raises:
         UserError: as :func:`probe_video` and :func:`iter_frames`.
@@ -255,13 +309,22 @@ def decode_all(path: PathLike) -> tuple[List[np.ndarray], float]:
     p = Path(path)
     if _is_animated_file(p):
         animation = read_animation(p)
-        return animation.frames, animation.fps
+        return animation.frames, animation.fps, []
     info = probe_video(p)
-    return list(iter_frames(p)), info.fps
+    return list(iter_frames(p)), info.fps, shown_notes(info)
 
 
-def _display_rotation(p: Path, apply_rotation: bool) -> int:
-    return read_rotation(p) if apply_rotation and p.suffix.lower() in (".mp4", ".mov", ".m4v") else 0
+def shown_notes(info: VideoInfo) -> List[str]:
+    """What was done to show a video as a player does, for a report: the stream picked among
+    several, the turn, mirror and pixel aspect applied."""
+    notes = []
+    if info.video_streams > 1:
+        notes.append(f"{info.video_streams} video streams: read stream #{info.stream} ({info.width}x{info.height}), "
+                     f"the one a player shows")
+    if not info.display.is_identity:
+        w, h = info.display_size
+        notes.append(f"shown {', '.join(info.display.changes())} as its container says ({w}x{h})")
+    return notes
 
 
 def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
@@ -283,19 +346,20 @@ def nominal_rate(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
 
 
 def _decode(p: Path, threads: int) -> Iterator[tuple]:
-    """(PyAV frame, nominal rate, HDR :class:`Signal` or None) for every frame of a video file;
+    """(PyAV frame, nominal rate, HDR :class:`Signal` or None, stream SAR) for every frame of a video file;
     failures become UserErrors."""
     container = _open(p)
     index = 0
     try:
-        stream = container.streams.video[0]
+        stream = pick_video_stream(container)
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
         rate = nominal_rate(stream)
         signal = hdr_signal(stream)
+        aspect = stream.codec_context.sample_aspect_ratio
         for frame in container.decode(stream):
-            yield frame, rate, signal
+            yield frame, rate, signal, aspect
             index += 1
     except av.error.FFmpegError as exc:
         raise UserError(f"decoding failed at frame {index} ({exc})", path=p,
@@ -424,29 +488,34 @@ class DecodedFrame:
     tone-maps an HDR stream's frames to SDR (:mod:`circle_rotate.kernel.hdr`).
     """
 
-    __slots__ = ("index", "time", "_frame", "_rotation", "_hdr")
+    __slots__ = ("index", "time", "_frame", "_display", "_hdr")
 
-    def __init__(self, index: int, time: float, frame: "av.VideoFrame", rotation: int,
+    def __init__(self, index: int, time: float, frame: "av.VideoFrame", display: Display,
                  hdr: Optional[Signal] = None):
         self.index = index
         self.time = time
         self._frame = frame
-        self._rotation = rotation
+        self._display = display
         self._hdr = hdr
 
     def to_rgb(self, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-        """RGB uint8 (H, W, 3) upright, SDR; ``size`` is the upright (width, height) to scale to."""
-        stored = None
+        """RGB uint8 (H, W, 3) upright, in square pixels, SDR; ``size`` is the upright (width,
+        height) to scale to (one swscale pass does the scaling, pixel aspect included)."""
         if size is not None:
-            w, h = size
-            stored = (h, w) if self._rotation in (90, 270) else (w, h)  # scale the stored (sideways) picture
+            stored = self._display.unturned(*size)  # scale the stored (sideways) picture
+        elif self._display.pixel_aspect != 1:
+            stored = self._display.square_size(self._frame.width, self._frame.height)
+        else:
+            stored = None
         if self._hdr is not None:
             rgb = frame_to_sdr(self._frame, self._hdr, stored)
         elif stored is None:
             rgb = self._frame.to_ndarray(format="rgb24")
         else:
-            rgb = self._frame.to_ndarray(format="rgb24", width=stored[0], height=stored[1], interpolation="AREA")
-        return _apply_rotation(rgb, self._rotation)
+            shrink = stored[0] * stored[1] < self._frame.width * self._frame.height
+            rgb = self._frame.to_ndarray(format="rgb24", width=stored[0], height=stored[1],
+                                         interpolation="AREA" if shrink else "BICUBIC")
+        return self._display.upright(rgb)
 
 
 def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:
@@ -454,18 +523,20 @@ def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads:
 
     Args:
         path: a video file (not a frame folder).
-        apply_rotation: turn phone videos upright (in :meth:`DecodedFrame.to_rgb`).
+        apply_rotation: show the picture as a player does (in :meth:`DecodedFrame.to_rgb`): display
+            matrix and pixel aspect; False gives the stored geometry. HDR is tone-mapped either way.
         threads: decoder threads (0 lets FFmpeg choose).
 
     Raises:
         UserError: the file cannot be opened or decoding fails part way (naming the frame).
     """
     p = Path(path)
-    rotation = _display_rotation(p, apply_rotation)
-    start = None
-    for index, (frame, rate, signal) in enumerate(_decode(p, threads)):
+    start, display = None, Display()
+    for index, (frame, rate, signal, aspect) in enumerate(_decode(p, threads)):
         t = frame.time
         if t is None:  # no timestamps (raw streams): fall back to the nominal rate
             t = index / float(rate) if rate else float(index)
-        start = t if start is None else start
-        yield DecodedFrame(index, float(t - start), frame, rotation, signal)
+        if start is None:
+            start = t
+            display = _display_or_error(p, frame, aspect) if apply_rotation else Display()
+        yield DecodedFrame(index, float(t - start), frame, display, signal)

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, write_video
+from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, shown_notes, write_video
 from circle_rotate.media.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
 from circle_rotate.media.orbit_qc import qc_verdict
@@ -213,8 +213,10 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
                     _add_sample(st, k, prev, src)
     except UserError as exc:
         error = exc
-    notes = []
-    declared = max(info.duration, info.frame_count / info.fps)
+    notes = shown_notes(info)
+    # the container's duration, not the packet count: an edit list (a trim saved without
+    # re-encoding) keeps packets before its start that no player shows
+    declared = info.duration if info.duration > 0 else info.frame_count / info.fps
     truncated = not st.planner.done and last_time + 2.0 / info.fps < 0.9 * declared
     p = st.planner.stats
     notes += [f"{p.cuts} scene cut(s)"] * bool(p.cuts) + [f"{p.pauses} pause(s) skipped"] * bool(p.pauses)
