@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.kernel.video_io import probe_video
+from circle_rotate.kernel.video_io import probe_video, read_video
 from circle_rotate.prepare import run as prepare_run
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
 from circle_rotate.prepare.options import PrepareOptions
@@ -194,6 +194,21 @@ def test_camcorder_containers_are_footage(raw, tmp_path):
                     dst.mux(packet)
     report = prepare_run.prepare_dataset(mine, tmp_path / "P", options=PrepareOptions(**OPTIONS))
     assert report.statuses == {"ok": 2} and report.clips >= 2 and not report.not_video
+
+
+def test_an_animated_webp_is_footage_and_a_still_png_is_not(raw, tmp_path):
+    """An orbit saved as an animated WebP (as ComfyUI saves): read through Pillow, cut like a video."""
+    from PIL import Image
+
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    frames = [Image.fromarray(f) for f in read_video(raw / "take0.mp4")]
+    frames[0].save(mine / "orbit.webp", save_all=True, append_images=frames[1:], duration=1000 // 24, lossless=True)
+    frames[0].save(mine / "poster.png")
+    report = prepare_run.prepare_dataset(mine, tmp_path / "P", options=PrepareOptions(**OPTIONS))
+    assert report.statuses == {"ok": 1} and report.clips >= 1 and report.not_video == ("poster.png",)
+    clip = read_video(clip_files(tmp_path / "P")[0])
+    assert clip.shape[0] == 9
 
 
 def test_a_dv_tape_capture_reads_at_its_frame_rate_not_its_time_base(tmp_path):

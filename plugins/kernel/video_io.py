@@ -518,11 +518,37 @@ class DecodedFrame:
         return self._display.upright(rgb)
 
 
+class ArrayFrame:
+    """A frame an animation decoded to RGB already, with :class:`DecodedFrame`'s interface."""
+
+    __slots__ = ("index", "time", "_rgb")
+
+    def __init__(self, index: int, time: float, rgb: np.ndarray):
+        self.index = index
+        self.time = time
+        self._rgb = rgb
+
+    def to_rgb(self, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+        h, w = self._rgb.shape[:2]
+        if size is None or tuple(size) == (w, h):
+            return self._rgb
+        shrink = size[0] * size[1] < w * h
+        return cv2.resize(self._rgb, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def _animation_frames(p: Path) -> Iterator[ArrayFrame]:
+    animation = read_animation(p)
+    period = 1.0 / animation.fps if animation.fps else 0.0
+    for index, rgb in enumerate(animation.frames):  # held frames are already spread out on the period
+        yield ArrayFrame(index, index * period, rgb)
+
+
 def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:
     """Decode every frame of a video file with its timestamp, converting no pixels yet.
 
     Args:
-        path: a video file (not a frame folder).
+        path: a video file or an animated WebP/PNG (its frames come as :class:`ArrayFrame`), not a
+            frame folder.
         apply_rotation: show the picture as a player does (in :meth:`DecodedFrame.to_rgb`): display
             matrix and pixel aspect; False gives the stored geometry. HDR is tone-mapped either way.
         threads: decoder threads (0 lets FFmpeg choose).
@@ -531,6 +557,9 @@ def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads:
         UserError: the file cannot be opened or decoding fails part way (naming the frame).
     """
     p = Path(path)
+    if _is_animated_file(p):
+        yield from _animation_frames(p)
+        return
     start, display = None, Display()
     for index, (frame, rate, signal, aspect) in enumerate(_decode(p, threads)):
         t = frame.time

@@ -32,6 +32,7 @@ from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
 from circle_rotate.kernel.progress import progress
+from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
 from circle_rotate.kernel.worker_signals import quiet_stop
 from circle_rotate.kernel.write_checks import check_output_dir
@@ -112,7 +113,7 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
         if exclude == p or exclude in p.parents:
             continue
         inside = not outputs.isdisjoint(p.parents)
-        if p.suffix.lower() in VIDEO_SUFFIXES:
+        if p.suffix.lower() in VIDEO_SUFFIXES or (p.suffix.lower() in ANIMATED_SUFFIXES and is_animation(p)):
             (earlier if inside else sources).append(p)
         elif not inside:
             other.append(p)
@@ -231,7 +232,7 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
             raise UserError(f"it holds only an earlier prepare's output ({len(earlier)} clip(s), first: "
                             f"{relative_posix(earlier[0], raw)}), which is not footage", path=raw,
                             fix="pass the folder of the original videos")
-        raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files in it")
+        raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files (or animated .webp/.png) in it")
     check_output_dir(out, flag="OUT_DIR")
     manifest = out / MANIFEST_NAME
     records = read_manifest(manifest)
