@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from circle_rotate.kernel.video_io import read_video
+from circle_rotate.kernel.video_io import read_video, write_video
 from circle_rotate.media.orbit import MOTIONS, OrbitMeasurement, measure_orbit
 from circle_rotate.media.orbit_qc import qc_verdict
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, profile, render_frames, write_turntable
@@ -139,6 +139,22 @@ def test_precomputed_full_size_farneback_flows_give_the_same_answer():
     assert own.motion == shared.motion == "orbit"
     assert own.direction == shared.direction == "left"
     assert shared.angular_speed_deg_s == pytest.approx(own.angular_speed_deg_s, rel=0.35)
+
+
+@pytest.mark.parametrize("times", [2, 3])
+def test_a_clip_whose_frames_repeat_reads_as_the_clip_it_was_converted_from(tmp_path, times):
+    """16 fps shown at 32 or 48 fps by repeating frames (through x264, as a converter writes it):
+    the same orbit and speed, and a note; not a camera standing still half the time."""
+    spec = _spec(9, dict(direction="right", total_angle_deg=40, subject="car", width=256, height=144, frames=21))
+    frames = _frames(spec)
+    write_video(tmp_path / "once.mp4", frames, fps=spec.fps, crf=16)
+    write_video(tmp_path / "repeated.mp4", [f for f in frames for _ in range(times)], fps=spec.fps * times, crf=16)
+    once = measure_orbit(read_video(tmp_path / "once.mp4"), fps=spec.fps)
+    repeated = measure_orbit(read_video(tmp_path / "repeated.mp4"), fps=spec.fps * times)
+    assert (repeated.motion, repeated.direction) == (once.motion, once.direction) == ("orbit", "right")
+    assert repeated.angular_speed_deg_s == pytest.approx(once.angular_speed_deg_s, rel=0.05)
+    assert f"{(times - 1) * 21} of {times * 21} frames repeat the one before" in " ".join(repeated.reasons)
+    assert not any("repeat" in r for r in once.reasons)
 
 
 def test_encoded_video_round_trip(tmp_path):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -46,6 +46,10 @@ SHAKE_MIN = 0.0016  # frame-to-frame jitter, fraction of the width per frame...
 SHAKE_REL = 0.12  # ...and relative to the frame motion (flow noise grows with speed)
 CUT_FACTOR, CUT_MIN = 2.5, 12.0  # a pair's warp residual this many times the median (and grey levels)
 LOOP_MIN_DEG = 300.0
+#: Mean grey difference (levels, at analysis size) under which a frame repeats the one before:
+#: a frame-rate conversion that doubles frames re-encodes them 0.00-0.03 apart, while a camera
+#: moving a tenth of a pixel a frame over texture differs by more.
+REPEAT_LEVELS = 0.1
 
 
 @dataclass(frozen=True)
@@ -246,17 +250,41 @@ def measure_orbit(frames: np.ndarray, *, fps: float, flows: Optional[Sequence[np
         raise ValueError(f"flows must hold T - 1 = {len(frames) - 1} flows, got {len(flows)}")
     grey = [analysis_grey(f) for f in frames]
     h, w = grey[0].shape
+    # A frame that repeats the one before (a 16 fps clip converted to 32 fps) carries no motion:
+    # measure between the distinct frames, at the rate they come at. The flow from the last
+    # repeat of a run to the next frame is that pair's own flow.
+    ends = distinct_frame_ends(grey)
+    repeats = len(grey) - len(ends)
+    if repeats and len(ends) >= 2:
+        fps = fps * (len(ends) - 1) / (ends[-1] - ends[0]) if ends[-1] > ends[0] else fps
+    else:
+        ends, repeats = list(range(len(grey))), 0
     flow_of = FlowEstimator()
     stats = []
-    for i, (a, b) in enumerate(zip(grey[:-1], grey[1:])):
+    for i, j in zip(ends[:-1], ends[1:]):
+        a, b = grey[i], grey[j]
         own = pair_stats(a, b, flow_of(a, b))
-        if flows is not None:
+        if flows is not None and j == i + 1:
             # Full-size flows lose track of fast motion (Farneback's pyramid is too shallow for
             # tens of pixels a frame), so each pair keeps whichever flow explains it better.
             given = pair_stats(a, b, resize_flow(flows[i], (w, h)))
             own = given if given.residual <= own.residual else own
         stats.append(own)
-    return classify_pairs(stats, width=w, height=h, fps=fps, hfov_deg=hfov_deg, first=grey[0], last=grey[-1])
+    m = classify_pairs(stats, width=w, height=h, fps=fps, hfov_deg=hfov_deg, first=grey[0], last=grey[-1])
+    if repeats:
+        m = replace(m, reasons=m.reasons + (f"{repeats} of {len(grey)} frames repeat the one before (a frame-rate "
+                                            f"conversion): measured on the {len(ends)} distinct ones",))
+    return m
+
+
+def distinct_frame_ends(grey: Sequence[np.ndarray]) -> List[int]:
+    """The index of the last frame of each run of repeated frames (a frame and the ones that
+    repeat it, :data:`REPEAT_LEVELS` apart)."""
+    ends = []
+    for i in range(len(grey) - 1):
+        if np.abs(grey[i].astype(np.int16) - grey[i + 1]).mean() >= REPEAT_LEVELS:
+            ends.append(i)
+    return ends + [len(grey) - 1]
 
 
 def classify_pairs(stats: Sequence[PairStats], *, width: int, height: int, fps: float, hfov_deg: float = DEFAULT_HFOV_DEG,
