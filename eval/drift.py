@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from circle_rotate.eval.borders import Bars, find_bars
+from circle_rotate.media.borders import Bars, find_bars
 from circle_rotate.eval.context import EvalContext, MetricResult
 from circle_rotate.eval.drift_confidence import drift_verdict
 from circle_rotate.eval.fades import Shown, find_shown

@@ -106,7 +106,7 @@ class SubjectMasks:
     #: mask to, or None where they say nothing; empty without later boxes
     bounds: Tuple[Optional[Tuple[float, float, float, float]], ...] = ()
     #: the part of the frame (x0, y0, x1, y1) the subject was looked for in, where bars were left
-    #: out (:mod:`circle_rotate.eval.borders`); None: the whole frame
+    #: out (:mod:`circle_rotate.media.borders`); None: the whole frame
     picture: Optional[Tuple[int, int, int, int]] = None
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circle_rotate.eval.borders import Bars, find_bars
+from circle_rotate.media.borders import Bars, find_bars
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.drift import compute_subject_drift, subject_masks
 from circle_rotate.eval.frames import clip_from_frames, load_clip

@@ -68,6 +68,7 @@ PLACES: Dict[str, str] = {
     "plugins/media/orbit_flow.py": "media",
     "plugins/media/orbit_qc.py": "media",
     "plugins/media/scene_cuts.py": "media",
+    "plugins/media/borders.py": "media",
     "plugins/prepare/run.py": "prepare",
     "plugins/prepare/clip_plan.py": "prepare",
     "plugins/prepare/manifest.py": "prepare",

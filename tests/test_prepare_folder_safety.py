@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.kernel.video_io import probe_video, read_video
+from circle_rotate.kernel.video_io import probe_video, read_video, write_video
 from circle_rotate.prepare import run as prepare_run
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
 from circle_rotate.prepare.options import PrepareOptions
@@ -209,6 +209,21 @@ def test_an_animated_webp_is_footage_and_a_still_png_is_not(raw, tmp_path):
     assert report.statuses == {"ok": 1} and report.clips >= 1 and report.not_video == ("poster.png",)
     clip = read_video(clip_files(tmp_path / "P")[0])
     assert clip.shape[0] == 9
+
+
+def test_letterboxed_footage_gets_a_note_with_the_crop_that_removes_the_bars(raw, tmp_path, capsys):
+    """The clips keep what the source shows; the note gives FFmpeg's crop of the source, exactly."""
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    frames = read_video(raw / "take0.mp4")  # 160x96
+    write_video(mine / "boxed.mp4", [np.pad(f, ((20, 20), (0, 0), (0, 0))) for f in frames], fps=24, crf=16)
+    write_video(mine / "plain.mp4", frames, fps=24, crf=16)
+    assert _prepare(mine, tmp_path / "P") == 0
+    heads = {r["source"]: r for r in read_manifest(tmp_path / "P" / MANIFEST_NAME) if r["type"] == "source"}
+    note = next(n for n in heads["boxed.mp4"]["notes"] if n.startswith("black bars"))
+    assert "crop=160:96:0:20 " in note
+    assert not any(n.startswith("black bars") for n in heads["plain.mp4"]["notes"])
+    assert "1 source(s) keep black bars in their clips (first: boxed.mp4: black bars in" in capsys.readouterr().out
 
 
 def test_a_dv_tape_capture_reads_at_its_frame_rate_not_its_time_base(tmp_path):

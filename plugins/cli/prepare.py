@@ -108,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
                 "musubi's caching scales them up to their bucket (--upscale does it here, from the source)")
         print(f"{report.smaller} clip(s) are smaller than {w}x{h}, as their sources are (--upscale scales them up); "
               f"{then}")
+    if report.barred:
+        source, note = report.barred[0]
+        print(f"{len(report.barred)} source(s) keep black bars in their clips (first: {source}: {note})")
     if report.absent:
         print(f"{len(report.absent)} source(s) in the manifest are not under {args.raw_dir} (first: "
               f"{report.absent[0]}): their {report.absent_clips} clip(s) stay in videos/ and are trained on; "

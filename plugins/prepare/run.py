@@ -38,7 +38,7 @@ from circle_rotate.kernel.worker_signals import quiet_stop
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import clip_files, folder_diff
-from circle_rotate.prepare.source import SourceJob, process_source
+from circle_rotate.prepare.source import BARS_NOTE, SourceJob, process_source
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class PrepareReport:
     not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
     smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
     all_smaller: bool = False  # every accepted clip is (config then trains them at their own size)
+    barred: Tuple[Tuple[str, str], ...] = ()  # (source, note) whose clips keep black bars, with the source's crop
 
     @property
     def ok(self) -> bool:
@@ -403,10 +404,12 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in current if h["status"] in FAILED)
     hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads
                 if h["status"] not in FAILED and (h.get("probe") or {}).get("hdr"))  # decoded, so tone-mapped
+    barred = tuple((h["source"], n) for h in current for n in h.get("notes") or () if n.startswith(BARS_NOTE))
     summary = {"options": asdict(options), "sources": len(sources), "processed": processed, "unchanged": len(sources) - processed,
                "statuses": statuses, "clips_accepted": accepted, "clips_rejected": len(clips) - accepted,
                "failed": [{"source": s, "status": st, "reason": why} for s, st, why in failed],
                "hdr_tone_mapped": [{"source": s, "transfer": t} for s, t in hdr],
+               "black_bars": [{"source": s, "note": n} for s, n in barred],
                "not_under_raw": list(absent)}
     summary_path = write_json(out / SUMMARY_NAME, summary)
     plot_path = plot_summary(clips, heads, out / PLOT_NAME)
@@ -416,4 +419,4 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     all_smaller = bool(smaller) and smaller == accepted
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,
                          len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr, smaller=smaller,
-                         all_smaller=all_smaller)
+                         all_smaller=all_smaller, barred=barred)

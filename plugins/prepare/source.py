@@ -8,16 +8,19 @@ one clip's frames are held. A finished window is measured, judged and (if kept) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import cv2
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, shown_notes, write_video
+from circle_rotate.media.borders import Bars, find_bars
 from circle_rotate.media.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
 from circle_rotate.media.orbit_qc import qc_verdict
@@ -133,12 +136,44 @@ def _finish_window(st: _State, window: Window) -> None:
         "start_time": round(seq[0].time, 4), "end_time": round(seq[-1].time, 4), "frames": len(seq), "fps": opts.fps,
         "width": w, "height": h, "orbit": m.to_dict(), "verdict": verdict, "reasons": list(reasons), "caption": None,
     }
+    bars = find_bars(np.stack([cv2.cvtColor(x.rgb, cv2.COLOR_RGB2GRAY) for x in seq]))
+    if bars:  # the LoRA would learn them: said, with the source's crop (source_bars_note)
+        record["bars"] = dataclasses.asdict(bars)
     record["caption"] = caption_for(record)
     target = Path(job.out_dir) / folder / name
     if keep and not (clip_id in job.reuse and target.exists()):
         write_video(target, (s.rgb for s in seq), fps=opts.fps, crf=opts.crf, preset=opts.preset,
                     threads=opts.encode_threads)
     st.records.append(record)
+
+
+#: How a source's note on black bars in its clips begins (the run's summary collects them).
+BARS_NOTE = "black bars in "
+
+
+def source_bars_note(clips: List[dict], geometry: FrameGeometry, display: tuple) -> List[str]:
+    """A note for the black bars the clips kept, with FFmpeg's crop of the source that leaves
+    them out (the bands every barred clip has, in source pixels, widened to even numbers)."""
+    barred = [Bars(**r["bars"]) for r in clips if r.get("bars")]
+    if not barred:
+        return []
+    common = Bars(*(min(getattr(b, side) for b in barred) for side in ("top", "bottom", "left", "right")))
+    (sw, sh), (x, y, w, h), (width, height) = geometry.scaled, geometry.crop, display
+    sx, sy = sw / width, sh / height
+
+    def even_up(v: float) -> int:
+        return int(math.ceil(v / 2)) * 2 if v > 0 else 0
+
+    top = even_up((y + common.top) / sy) if common.top else 0
+    bottom = even_up(height - (y + h - common.bottom) / sy) if common.bottom else 0
+    left = even_up((x + common.left) / sx) if common.left else 0
+    right = even_up(width - (x + w - common.right) / sx) if common.right else 0
+    crop = Bars(top, bottom, left, right)
+    if not crop or top + bottom >= height or left + right >= width:
+        return [f"{BARS_NOTE}{len(barred)} of {len(clips)} clip(s), which the LoRA would learn"]
+    return [f"{BARS_NOTE}{len(barred)} of {len(clips)} clip(s) ({common.describe()} of the clip), which the LoRA "
+            f"would learn; crop them off the source (ffmpeg -i IN -vf {crop.crop(width, height)} -c:v libx264 -crf 16 "
+            f"OUT.mp4) and prepare that"]
 
 
 def _source_record(job: SourceJob, **fields) -> dict:
@@ -223,6 +258,7 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     # decoded as SDR, HDR comes out flat and washed out, which the LoRA would learn
     notes += [f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do"] * bool(info.hdr)
     clips = [r for r in st.records if r["verdict"] == "accept"]
+    notes += source_bars_note(clips, st.geometry, info.display_size)
     status, reason = "ok", None
     if error and not decoded:
         status, reason = "error", str(error)

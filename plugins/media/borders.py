@@ -6,7 +6,8 @@ still edges for evidence: on two of the study's GIFs with bars added above and b
 read 8.96 and 14.55 px where the GIFs themselves read 1.05 and 1.82. So the subject is looked
 for in the picture between them (:func:`circle_rotate.eval.drift.subject_masks`). The other
 metrics keep their definitions over the whole frame, as the reference computes them; the note
-gives the crop that leaves the bars out of those too.
+gives the crop that leaves the bars out of those too. ``prepare`` looks for them in each clip it
+cuts, and notes the source's crop that leaves them out of training.
 """
 
 from __future__ import annotations
