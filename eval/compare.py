@@ -8,16 +8,19 @@ with ``demo2_ours.gif``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
 
+from circle_rotate.eval.mask_outputs import remove_written_since
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.kernel.errors import UserError
 
@@ -275,9 +278,7 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     Raises:
         UserError: a missing side, existing outputs without ``force``, or no common names.
     """
-    from circle_rotate.eval.plots import compare_figures
-    from circle_rotate.eval.report import render_report
-    from circle_rotate.kernel.atomic import check_output_path, write_bytes, write_json, write_text
+    from circle_rotate.kernel.atomic import check_output_path
 
     sides = [Path(baseline), Path(lora)]
     for side in sides:
@@ -299,7 +300,26 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
             opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
         return opts
 
-    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=side_options(d, n))
+    started = time.time()
+    try:
+        return _compare(sides, out, metrics=metrics, jobs=jobs, options=side_options, resamples=resamples)
+    except BaseException:
+        # what this run wrote is no comparison yet: gone, so that the same command can run again
+        remove_written_since(out / "sheets", (options or {}).get("mask_dir"), since=started)
+        for p in compare_outputs(out):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime >= started:
+                    p.unlink()
+        raise
+
+
+def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
+             options: Callable[[str, str], Dict[str, Any]], resamples: int) -> CompareOutcome:
+    from circle_rotate.eval.plots import compare_figures
+    from circle_rotate.eval.report import render_report
+    from circle_rotate.kernel.atomic import write_bytes, write_json, write_text
+
+    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options(d, n))
                             for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
     comparisons = compare_pairs(pairs, resamples=resamples)

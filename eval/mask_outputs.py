@@ -107,3 +107,22 @@ def holds_outputs(folder: os.PathLike | str) -> bool:
     """Does ``folder`` (or a side's subfolder of it, as compare writes) hold contact sheets already?"""
     root = Path(folder)
     return root.is_dir() and (is_masks_folder(root) or any(is_masks_folder(d) for d in root.iterdir() if d.is_dir()))
+
+
+def remove_written_since(*folders: Optional[os.PathLike | str], since: float) -> None:
+    """Delete the contact sheets and masks under ``folders`` written at or after ``since``
+    (``time.time()``), and the folders that leaves empty: an interrupted run's, which no results
+    file names. An earlier run's files, older, stay."""
+    for folder in filter(None, folders):
+        root = Path(folder)
+        if not root.is_dir():
+            continue
+        for f in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their folders
+            try:
+                ours = f.name.endswith(SHEET_SUFFIX) or (f.name.startswith("frame_") and f.suffix == ".png")
+                if f.is_file() and ours and f.stat().st_mtime >= since:
+                    f.unlink()
+                elif f.is_dir() and not any(f.iterdir()):
+                    f.rmdir()
+            except OSError:  # gone already, or not ours to remove
+                continue

@@ -25,13 +25,14 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import is_masks_folder, output_names, write_contact_sheet, write_masks
+from circle_rotate.eval.mask_outputs import (is_masks_folder, output_names, remove_written_since, write_contact_sheet,
+                                             write_masks)
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, animations_in, is_frame_folder
-from circle_rotate.kernel.worker_signals import quiet_stop
+from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 
 logger = logging.getLogger(__name__)
 #: Where the results say their metrics are defined: a stable name, not this machine's install path.
@@ -275,7 +276,7 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
             raise UserError(f"--subject-boxes key {key!r} names {len(named)} videos given ({named[0]}, {named[1]})",
                             fix="evaluate those folders one at a time, each with its own boxes file")
     written_as = output_names(videos)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
     workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
     # a video's flows are most of its cost, and OpenCV computes each on one core: a video
@@ -290,7 +291,8 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                                          threads=per_video)
                 bar.update()
         else:
-            with worker_pool(workers) as pool:
+            pool = worker_pool(workers)
+            try:
                 futures = {pool.submit(evaluate_video, v, names,
                                        options=options_for(v, options, output_name=written_as[i]),
                                        threads=per_video): i
@@ -300,6 +302,8 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                         rows[futures[fut]] = fut.result()
                     except DiskFullError:
                         raise
+                    except SystemExit:  # a worker stopped by a signal (worker_signals): the run is interrupted
+                        raise KeyboardInterrupt from None
                     except Exception as exc:  # the worker died (killed for memory, a crash in a codec)
                         v = videos[futures[fut]]
                         rows[futures[fut]] = {"video": v.name, "path": str(v), "status": "error",
@@ -307,6 +311,15 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                                                        "fix: rerun with --jobs 1 (less memory)"}
                     bar.set_postfix_str(videos[futures[fut]].name)
                     bar.update()
+            except BaseException:
+                stop_workers(pool)
+                raise
+            pool.shutdown()
+    except BaseException:
+        # no results file will name them: sheets and masks without their numbers would only make
+        # the rerun ask for --force
+        remove_written_since((options or {}).get("sheet_dir"), (options or {}).get("mask_dir"), since=started)
+        raise
     finally:
         bar.close()
     done = [r for r in rows if r is not None]

@@ -11,6 +11,7 @@ got the same signal, says what happened.
 from __future__ import annotations
 
 import signal
+import time
 
 
 def _stop(signum, frame) -> None:
@@ -22,3 +23,22 @@ def quiet_stop() -> None:
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop)
+
+
+def stop_workers(pool, grace: float = 10.0) -> None:
+    """Shut a ``ProcessPoolExecutor`` down now, after Ctrl-C or an error in the main process:
+    queued work cancelled, running workers sent SIGTERM (which :func:`quiet_stop` turns into an
+    unwinding ``SystemExit``: their temporary files go), and killed if still alive after
+    ``grace`` seconds. ``shutdown(wait=True)`` instead waits for every running job, and forever
+    for a worker spawned after the signal reached the process group, which never got it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)

@@ -34,7 +34,7 @@ from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path,
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
-from circle_rotate.kernel.worker_signals import quiet_stop
+from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import clip_files, folder_diff
@@ -188,7 +188,7 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
                     on_done(futures[fut], records)
                     bar.update()
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                stop_workers(pool)
                 raise
     finally:
         bar.close()

@@ -1,0 +1,76 @@
+"""Ctrl-C in a command that runs worker processes: it stops at once, leaves no worker behind,
+keeps no output of the unfinished run, and the same command then runs as if it never had."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from Linux's /proc")
+
+
+def _children(pid: int) -> set:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory) -> tuple:
+    root = tmp_path_factory.mktemp("sides")
+    for side, drift in (("baseline", 6.0), ("lora", 0.0)):
+        for i in range(6):
+            spec = TurntableSpec(name=f"orbit_{i}", width=160, height=96, frames=33, fps=16.0, total_angle_deg=40,
+                                 subject="car", seed=70 + i)
+            files = write_turntable(spec, root / side)
+            files.truth.unlink()
+            files.masks.unlink()
+    return root / "baseline", root / "lora"
+
+
+def test_ctrl_c_to_eval_compare_alone_stops_its_workers_and_keeps_nothing(sides, tmp_path):
+    """The signal reaches the main process only (``kill PID``): the workers, which never got it,
+    must be stopped by it, not waited for."""
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "circle_rotate", "-q", "eval", "compare", *map(str, sides), "-o", str(out),
+            "--jobs", "2"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / "sheets").rglob("*.drift.png")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(run.pid)
+    os.kill(run.pid, signal.SIGINT)
+    stopped = time.time()
+    _, err = run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("the comparison finished before the signal arrived (a fast machine): nothing to see")
+    assert run.returncode == 130 and time.time() - stopped < 30
+    assert err.strip().splitlines()[-1] == "circle-rotate eval: interrupted; no partial output was kept", err[-2000:]
+    time.sleep(1.0)
+    assert workers and not [p for p in workers if _alive(p)]
+    assert not [p for p in out.rglob("*") if p.is_file()]  # the first side's sheets went too
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(list((out / "sheets").rglob("*.drift.png"))) == 12
