@@ -39,6 +39,47 @@ def test_atomic_path_leaves_nothing_on_failure_or_interrupt(tmp_path):
     assert target.read_bytes() == b"new"
 
 
+def test_a_name_near_the_file_systems_limit_is_written_and_one_past_it_refused(tmp_path):
+    """The temporary name adds ~15 bytes: the stem it carries is cut short, not the write."""
+    near = tmp_path / ("é" * 118 + ".safetensors")  # 236 + 12 = 248 bytes
+    write_json(near, {"a": 1})
+    assert json.loads(near.read_text()) == {"a": 1} and sorted(tmp_path.iterdir()) == [near]
+    past = tmp_path / ("z" * 251 + ".json")
+    for call in (lambda: write_json(past, {}), lambda: check_output_path(past)):
+        with pytest.raises(UserError, match="the file name is 256 bytes long; file systems take 255"):
+            call()
+    assert sorted(tmp_path.iterdir()) == [near]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_killed_writes_temporary_file_goes_with_the_next_write_a_live_ones_stays(tmp_path):
+    import fcntl
+
+    target = tmp_path / "m.safetensors"
+    dead = tmp_path / ".m.abcd1234.part.safetensors"  # a SIGKILLed merge's
+    dead.write_bytes(b"x" * 1000)
+    live = tmp_path / ".m.live_123.part.safetensors"  # another run writing it right now
+    live.write_bytes(b"y")
+    other = tmp_path / ".m2.abcd1234.part.safetensors"  # another output's
+    other.write_bytes(b"z")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        write_json(target, {"a": 1})
+    assert not dead.exists() and live.exists() and other.exists() and target.exists()
+
+
+def test_an_output_another_run_wrote_meanwhile_is_not_replaced(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(UserError, match="another run wrote this output while this one was writing it"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("mine")
+            target.write_text("theirs")  # a second run, started at the same time, finished first
+    assert target.read_text() == "theirs" and sorted(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:  # replacing what existed when the write began is the caller's choice
+        tmp.write_text("mine")
+    assert target.read_text() == "mine"
+
+
 def test_check_output_path_refuses_inputs_and_existing(tmp_path):
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"x")

@@ -9,23 +9,42 @@ output untouched.
 The finished file gets the mode any ordinary new file would (``0o666`` less the umask), or
 keeps the mode of the file it replaces: ``mkstemp`` creates 0600 files, and outputs that only
 their writer can read break a ComfyUI running as another user or a shared dataset folder.
+
+A run killed outright (SIGKILL, the OOM killer, a power cut) cannot remove its temporary file,
+which for a merged expert is 14-28 GB, hidden. So the writer holds an ``flock`` on it while it
+writes, and the next write of the same output removes the ones nobody holds. And an output that
+did not exist when the write began is published without replacing: if another run wrote it
+meanwhile, this one says so instead of silently replacing it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import stat
 import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no way to tell a live temporary file from a dead one
+    fcntl = None
+
 from circle_rotate.kernel.errors import InputOverwriteError, NotARegularFileError, UserError
 from circle_rotate.kernel.write_checks import NO_SPACE, check_writable_dir, disk_full, file_kind
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
+
+#: The longest file name (bytes) the usual file systems take (ext4, XFS, APFS, NTFS in UTF-16 units).
+NAME_MAX = 255
+_PART = ".part"
+_RANDOM = 8  # tempfile.mkstemp's random part
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -57,6 +76,7 @@ def check_output_path(out: PathLike, *, inputs: Iterable[PathLike] = (), force: 
         UserError: the output exists and ``force`` is off.
     """
     out_p = Path(out).absolute()
+    _check_name_length(out_p)
     for src in inputs:
         src_p = Path(src).absolute()
         if src_p == out_p or _same_file(src_p, out_p):
@@ -105,6 +125,66 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _check_name_length(path: Path) -> None:
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise UserError(f"the file name is {len(os.fsencode(path.name))} bytes long; file systems take {NAME_MAX}",
+                        path=path, fix="choose a shorter output name")
+
+
+def _temp_affixes(final: Path, suffix: Optional[str]) -> tuple:
+    """(prefix, suffix) of the temporary name: ``.<stem>.XXXXXXXX.part<ext>``, the stem cut short
+    (whole characters) where the name would pass :data:`NAME_MAX` bytes."""
+    tail = _PART + (suffix if suffix is not None else final.suffix)
+    room = NAME_MAX - len(os.fsencode(tail)) - _RANDOM - 2
+    stem = final.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return f".{stem}.", tail
+
+
+def _remove_dead_temporaries(final: Path, prefix: str, tail: str) -> None:
+    """Remove the temporary files of earlier writes of ``final`` that no live writer holds."""
+    if fcntl is None:
+        return
+    pattern = re.compile(re.escape(prefix) + r"[A-Za-z0-9_]{%d}" % _RANDOM + re.escape(tail))
+    try:
+        names = [n for n in os.listdir(final.parent) if pattern.fullmatch(n)]
+    except OSError:
+        return
+    for name in names:
+        path = final.parent / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live writer holds it: leave it be
+            size = os.fstat(fd).st_size
+            path.unlink()
+            logger.info("removed %s (%.1f MB), left by a write of %s that was killed", name, size / 1e6, final.name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _publish(tmp: Path, final: Path, replace: bool) -> None:
+    """Rename ``tmp`` onto ``final``; without ``replace``, only if ``final`` still does not exist."""
+    if replace:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)  # fails if ``final`` exists, unlike a rename
+    except FileExistsError:
+        raise UserError("another run wrote this output while this one was writing it; it was left as that run "
+                        "wrote it", path=final, fix="run one command per output at a time (or pass --force "
+                        "and run again to replace it)") from None
+    except OSError:  # a file system without hard links (FAT, some network shares): a plain rename
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` on success.
@@ -123,28 +203,30 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         ...     encode_video(frames, tmp)
     """
     final_p = Path(final)
+    _check_name_length(final_p)
     made = [d for d in (final_p.absolute().parent, *final_p.absolute().parent.parents) if not d.exists()]
+    prefix, tail = _temp_affixes(final_p, suffix)
     try:
         final_p.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporaries(final_p, prefix, tail)
         # The real extension stays last so libraries that choose a format by suffix (PyAV) still do.
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{final_p.stem}.", suffix=".part" + (suffix if suffix is not None else final_p.suffix),
-            dir=final_p.parent,
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=tail, dir=final_p.parent)
     except OSError as exc:
         if exc.errno in NO_SPACE:
             raise disk_full(final_p, need=size) from None
         check_writable_dir(final_p.parent)  # names the parent that is a file, or the folder that takes no files
         raise
-    os.close(fd)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the end: this temporary file is alive
     tmp = Path(tmp_name)
+    replace = os.path.lexists(final_p)  # replacing was checked (--force, or this run's own file)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         # after writing: a library may have recreated the temporary file with a mode of its own
         os.chmod(tmp, output_mode(final_p))
-        os.replace(tmp, final_p)
+        _publish(tmp, final_p, replace)
         _fsync_dir(final_p.parent)
     except BaseException as exc:
         written = tmp.stat().st_size if tmp.exists() else 0
@@ -156,6 +238,8 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
             raise disk_full(final_p, need=max(size, written)) from None
         raise
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:
