@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import probe_video, read_video, write_video
 from circle_rotate.prepare import run as prepare_run
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
@@ -224,6 +225,46 @@ def test_letterboxed_footage_gets_a_note_with_the_crop_that_removes_the_bars(raw
     assert "crop=160:96:0:20 " in note
     assert not any(n.startswith("black bars") for n in heads["plain.mp4"]["notes"])
     assert "1 source(s) keep black bars in their clips (first: boxed.mp4: black bars in" in capsys.readouterr().out
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_runs(raw, tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "P"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # the first run's hold
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another prepare is writing into this folder"):
+            prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    finally:
+        os.close(fd)
+    assert list(out.iterdir()) == []
+    assert prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS)).ok  # once it is gone
+
+
+def test_a_manifest_that_cannot_be_written_leaves_a_folder_the_next_run_takes(raw, tmp_path, monkeypatch):
+    """A full disk while writing the lines of a finished source: its clips go with them, so the
+    plain rerun (not --repair) goes on."""
+    import errno
+
+    real, calls = prepare_run.write_manifest, []
+
+    def full_disk_on_the_second(path, lines):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, lines)
+
+    monkeypatch.setattr(prepare_run, "write_manifest", full_disk_on_the_second)
+    out = tmp_path / "P"
+    with pytest.raises(OSError):
+        prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    check_prepared(out)  # clips and lines agree
+    monkeypatch.setattr(prepare_run, "write_manifest", real)
+    report = prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+    assert report.ok and report.statuses == {"ok": 3}
 
 
 def test_a_dv_tape_capture_reads_at_its_frame_rate_not_its_time_base(tmp_path):

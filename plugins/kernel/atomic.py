@@ -242,6 +242,28 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         os.close(fd)
 
 
+@contextlib.contextmanager
+def exclusive_folder(folder: PathLike, *, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` while ``command`` writes into it, so that a second
+    run into the same folder is refused rather than interleaving its files and lines with this
+    one's. The lock goes with the process, however it ends. (No lock where there is no flock,
+    or where ``folder`` is not a folder: the command's own checks say what is wrong then.)"""
+    path = Path(folder)
+    if fcntl is None or not path.is_dir():
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another {command} is writing into this folder", path=path,
+                            fix="let it finish (or stop it), then run this one again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from circle_rotate.kernel.atomic import write_json
+from circle_rotate.kernel.atomic import exclusive_folder, write_json
 from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
                                     write_manifest)
@@ -268,18 +268,24 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
             manifest, or clip folders holding files no manifest line names (without ``repair``).
         PrepareInterrupted: Ctrl-C; the finished sources are kept, the rest left as they were.
     """
-    raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
-    redo = frozenset(diff.sources(records)) if diff else frozenset()
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
-    except BaseException:
-        if created:  # a first run that failed before writing anything leaves no empty folders behind
-            for d in (out / "videos", out / "rejected", out):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-        raise
+    out_p = Path(out_dir)
+    created = not out_p.exists()
+    if created:
+        with contextlib.suppress(OSError):  # a parent that is a file: the checks below name it
+            out_p.mkdir(parents=True)
+    # held from reading the manifest to its last write: two runs would each write their own lines
+    with exclusive_folder(out_p, command="prepare"):
+        try:
+            raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+            redo = frozenset(diff.sources(records)) if diff else frozenset()
+            out.mkdir(parents=True, exist_ok=True)
+            report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
+        except BaseException:
+            if created:  # a first run that failed before writing anything leaves no empty folders behind
+                for d in (out_p / "videos", out_p / "rejected", out_p):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            raise
     return dataclasses.replace(report, passed_over=tuple(relative_posix(p, raw) for p in files.earlier_output),
                                not_video=tuple(relative_posix(p, raw) for p in files.not_video))
 
@@ -307,10 +313,12 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
     finished = []
 
     def on_done(job: SourceJob, records: List[dict]) -> None:
-        _remove_stale(out, old.get(job.rel, []), records)
+        # the lines first: if writing them fails (a full disk), the source's old lines and clips
+        # stand, and its new clips, which no line names, go with the run's other unfinished ones
+        write_manifest(manifest, _lines({**state, job.rel: records}))
         state[job.rel] = records
         finished.append(job.rel)
-        write_manifest(manifest, _lines(state))
+        _remove_stale(out, old.get(job.rel, []), records)
 
     kept_absent = [k for k in absent if k not in pruned]
     try:
