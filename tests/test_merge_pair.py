@@ -127,6 +127,29 @@ def test_a_disk_that_takes_one_merged_expert_but_not_two_is_refused_before_eithe
     monkeypatch.setattr(disk_space.shutil, "disk_usage", shutil.disk_usage)
 
 
+def test_ctrl_c_during_the_low_noise_merge_keeps_neither_expert(tmp_path, pair, monkeypatch):
+    """The pair is the output: the finished high-noise file goes too, so the rerun needs no --force."""
+    from circle_rotate.tools.merge import pair as pair_module
+
+    high, lh, low, ll = pair
+    real, done = pair_module.run_merge, []
+
+    def interrupted_second(prepared, **kw):
+        if done:
+            raise KeyboardInterrupt
+        done.append(real(prepared, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(pair_module, "run_merge", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        merge_pair((high, lh), (low, ll), tmp_path / "out")
+    assert len(done) == 1 and not os.path.exists(done[0].out)  # the high-noise expert was written, and is gone
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob(".*part*"))
+    monkeypatch.setattr(pair_module, "run_merge", real)
+    report = merge_pair((high, lh), (low, ll), tmp_path / "out")
+    assert os.path.exists(report.high.out) and os.path.exists(report.low.out)
+
+
 def test_a_wrong_extension_or_strength_names_the_right_option(tmp_path, pair, capsys):
     high, lh, low, ll = pair
     assert main(["merge", str(high), "--lora", str(lh), "-o", str(tmp_path / "high.ckpt")]) == 2

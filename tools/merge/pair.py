@@ -80,7 +80,7 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
 
     Raises:
         UserError: a wrong or unidentifiable expert (naming the file and the evidence), or any
-            merge error; nothing is written then.
+            merge error; nothing is kept then (a finished high-noise expert is removed, Ctrl-C too).
     """
     problems: List[str] = []
     evidence: Dict[str, str] = {}
@@ -112,5 +112,14 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
         raise UserError(f"the two merged experts need {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free",
                         path=Path(out_dir), fix="free space there, choose another -o folder, or a smaller --dtype "
                                                "(fp8_scaled halves fp16)")
-    reports = {expert: run_merge(prepared[expert], workers=workers) for expert in EXPERTS}
+    reports = {}
+    try:
+        for expert in EXPERTS:
+            reports[expert] = run_merge(prepared[expert], workers=workers)
+    except BaseException:
+        # the pair is the output: a high-noise expert without its low-noise one is a stray 14-28 GB
+        # file that the rerun would refuse to replace
+        for expert in reports:
+            Path(reports[expert].out).unlink(missing_ok=True)
+        raise
     return PairReport(reports["high"], reports["low"], evidence)
