@@ -34,6 +34,21 @@ def folder(tmp_path_factory):
     return d
 
 
+def test_a_video_cut_short_is_measured_with_a_note_saying_so(folder, tmp_path):
+    """A Matroska file cut off keeps its index: it decodes cleanly, just short, and says how short."""
+    from circle_rotate.kernel.video_io import read_video
+
+    write_video(tmp_path / "whole.mkv", read_video(folder / "orbit_b.mp4"), fps=16)
+    data = (tmp_path / "whole.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) * 6 // 10])
+    res = evaluate([tmp_path / "whole.mkv", tmp_path / "cut.mkv"], metrics=["motion_magnitude"])
+    whole, cut = res.rows
+    assert whole["status"] == cut["status"] == "ok" and cut["frames"] < whole["frames"] == 21
+    assert not any("cut short" in n for n in whole["notes"])
+    assert any(n.startswith(f"decoded {cut['frames'] / 16:.2f} s ({cut['frames']} frames) of the 1.31 s the file "
+                            "declares: cut short") for n in cut["notes"]), cut["notes"]
+
+
 def test_bad_videos_become_error_rows_and_the_others_still_run(folder):
     res = evaluate([folder], metrics=["motion_magnitude", "psnr"], jobs=2)
     rows = {r["video"]: r for r in res.rows}

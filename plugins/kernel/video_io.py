@@ -311,7 +311,20 @@ def decode_all(path: PathLike) -> tuple[List[np.ndarray], float, List[str]]:
         animation = read_animation(p)
         return animation.frames, animation.fps, []
     info = probe_video(p)
-    return list(iter_frames(p)), info.fps, shown_notes(info)
+    frames = list(iter_frames(p))
+    notes = shown_notes(info)
+    if info.fps and cut_short(len(frames) / info.fps, info.duration, info.fps):
+        notes.append(f"decoded {len(frames) / info.fps:.2f} s ({len(frames)} frames) of the {info.duration:.2f} s the "
+                     f"file declares: cut short (an interrupted download or copy?); its last frame is not the video's")
+    return frames, info.fps, notes
+
+
+def cut_short(decoded_s: float, declared_s: float, fps: float) -> bool:
+    """Whether a stream that decoded ``decoded_s`` seconds (from its first frame to past its last)
+    without an error is shorter than the ``declared_s`` its container gives: a file cut off whose
+    index survived (Matroska, a faststart MP4). Two frames and 10% of slack, for rounding and for
+    containers that count a trailing frame's duration differently."""
+    return declared_s > 0 and decoded_s + 2.0 / fps < 0.9 * declared_s
 
 
 def shown_notes(info: VideoInfo) -> List[str]:

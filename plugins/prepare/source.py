@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, shown_notes, write_video
+from circle_rotate.kernel.video_io import cut_short, iter_decoded_frames, probe_video, shown_notes, write_video
 from circle_rotate.media.borders import Bars, find_bars
 from circle_rotate.media.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
@@ -252,7 +252,7 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     # the container's duration, not the packet count: an edit list (a trim saved without
     # re-encoding) keeps packets before its start that no player shows
     declared = info.duration if info.duration > 0 else info.frame_count / info.fps
-    truncated = not st.planner.done and last_time + 2.0 / info.fps < 0.9 * declared
+    truncated = not st.planner.done and cut_short(last_time + 1.0 / info.fps, declared, info.fps)
     p = st.planner.stats
     notes += [f"{p.cuts} scene cut(s)"] * bool(p.cuts) + [f"{p.pauses} pause(s) skipped"] * bool(p.pauses)
     # decoded as SDR, HDR comes out flat and washed out, which the LoRA would learn
