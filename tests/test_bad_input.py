@@ -150,6 +150,10 @@ def world(tmp_path_factory):
     w.good_toml = root / "good.toml"
     w.bad_folder_toml = root / "pbad.toml"
     w.bad_folder_toml.write_text(w.good_toml.read_text().replace(w.P.as_posix(), w.Pbad.as_posix()))
+    w.unknown_key_toml = root / "unknown_key.toml"  # musubi logs its verdict at ERROR before raising it
+    w.unknown_key_toml.write_text(w.good_toml.read_text() + "\n[extra]\nkey = 1\n")
+    w.toml_folder = root / "dataset.toml"
+    w.toml_folder.mkdir()
 
     ev = root / "eval"
     for side in ("a", "b"):
@@ -464,6 +468,12 @@ CASES = [
                                                          "--dry-run"], names=lambda w: [w.binary], needs_musubi=True),
     Case("cache: a binary dataset config", lambda w: ["cache", "--dataset-config", w.binary, "--dry-run"],
          names=lambda w: [w.binary], needs_musubi=True),
+    Case("cache: a folder named as the dataset config", lambda w: ["cache", "--dataset-config", w.toml_folder,
+                                                                   "--dry-run"],
+         names=lambda w: [w.toml_folder, "is a folder, not a dataset TOML"]),
+    Case("cache: a table musubi does not know", lambda w: ["cache", "--dataset-config", w.unknown_key_toml,
+                                                          "--dry-run"],
+         names=lambda w: [w.unknown_key_toml, "extra"], needs_musubi=True),
 ]
 
 
@@ -535,6 +545,20 @@ def test_bad_input(case: Case, world, capfd, monkeypatch):
 
 
 # ---------------------------------------------------------------- what the table cannot say in one row
+
+
+def test_musubis_own_complaint_about_a_config_does_not_precede_ours(world):
+    """musubi logs its verdict at ERROR, in two languages, from its own logger: in a real process
+    (not this one's captured logging) only our line may reach stderr."""
+    if not musubi_available():
+        pytest.skip("musubi-tuner not installed: the config is read through it")
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "circle_rotate", "cache", "--dataset-config",
+                          str(world.unknown_key_toml), "--dry-run"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("circle-rotate cache: error: "), run.stderr
 
 
 def test_prepare_repair_restores_the_deleted_line(world, tmp_path, capfd):
@@ -650,7 +674,7 @@ def test_disk_full_message_names_device_and_size(tmp_path, monkeypatch):
     with pytest.raises(E.DiskFullError) as info:
         write_bytes(tmp_path / "x.bin", b"0" * 1000)
     assert info.value.device and str(tmp_path / "x.bin") in str(info.value)
-    assert "no space left on" in str(info.value) and "choose another --out" in str(info.value)
+    assert "no space left on" in str(info.value) and "or write to another disk" in str(info.value)
     assert list(tmp_path.iterdir()) == []  # the temporary file went too
 
 

@@ -67,7 +67,7 @@ class NotARegularFileError(UserError):
 class UnwritableOutputError(UserError):
     """The output cannot be created where it was asked for (a parent is a file, a read-only or virtual file system)."""
 
-    def __init__(self, path: os.PathLike | str, *, reason: str, fix: str = "choose another --out"):
+    def __init__(self, path: os.PathLike | str, *, reason: str, fix: str = "make it writable, or write elsewhere"):
         self.reason = reason
         super().__init__(f"cannot write here: {reason}", path=path, fix=fix)
 
@@ -79,7 +79,7 @@ class DiskFullError(UserError):
         self.device = device
         self.need_gb = need_gb
         free = f"free {max(need_gb, 0.001):.3g} GB" if need_gb else "free space"
-        super().__init__(f"no space left on {device} writing {os.fspath(path)}", fix=f"{free} or choose another --out")
+        super().__init__(f"no space left on {device} writing {os.fspath(path)}", fix=f"{free}, or write to another disk")
 
 
 class ConfigValueError(UserError):

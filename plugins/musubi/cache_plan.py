@@ -123,10 +123,12 @@ def text_cache_bytes(caption: Optional[str]) -> int:
 
 @contextlib.contextmanager
 def _quiet_musubi_logs():
-    """musubi logs every dataset's settings at INFO each time a config is loaded; keep that out of our output."""
+    """musubi logs every dataset's settings at INFO each time a config is loaded, and its verdict
+    on a bad one at ERROR in two languages, before raising the error we turn into one line: keep
+    both out of our output."""
     musubi_logger = logging.getLogger("musubi_tuner")
     level = musubi_logger.level
-    musubi_logger.setLevel(max(level, logging.WARNING))
+    musubi_logger.setLevel(max(level, logging.CRITICAL))
     try:
         yield
     finally:
@@ -134,6 +136,9 @@ def _quiet_musubi_logs():
 
 
 def _musubi_datasets(config: Path) -> Tuple[list, dict]:
+    if not Path(config).is_file():
+        raise UserError("not found" if not Path(config).exists() else "is a folder, not a dataset TOML", path=config,
+                        fix="pass the dataset TOML file (circle-rotate config writes one)")
     utils = import_musubi("dataset.config_utils")
     with _quiet_musubi_logs():
         return _load_datasets(utils, config)

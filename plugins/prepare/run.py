@@ -268,9 +268,9 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
             manifest, or clip folders holding files no manifest line names (without ``repair``).
         PrepareInterrupted: Ctrl-C; the finished sources are kept, the rest left as they were.
     """
-    out_p = Path(out_dir)
-    created = not out_p.exists()
-    if created:
+    out_p = Path(out_dir).absolute()
+    made = [d for d in (out_p, *out_p.parents) if not d.exists()]  # deepest first
+    if made:
         with contextlib.suppress(OSError):  # a parent that is a file: the checks below name it
             out_p.mkdir(parents=True)
     # held from reading the manifest to its last write: two runs would each write their own lines
@@ -281,8 +281,8 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
             out.mkdir(parents=True, exist_ok=True)
             report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
         except BaseException:
-            if created:  # a first run that failed before writing anything leaves no empty folders behind
-                for d in (out_p / "videos", out_p / "rejected", out_p):
+            if made:  # a first run that failed before writing anything leaves no empty folders behind
+                for d in (out_p / "videos", out_p / "rejected", *made):
                     with contextlib.suppress(OSError):
                         d.rmdir()
             raise
@@ -335,7 +335,8 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
         # a signal may have cut the manifest's write after a source's lines joined ``state``: write
         # it again, so that the clips kept below and the lines on disk are the same set
         with contextlib.suppress(Exception):
-            write_manifest(manifest, _lines(state))
+            if state or manifest.exists():  # not an empty manifest where none was
+                write_manifest(manifest, _lines(state))
         _remove_unfinished(out, before, state)
         if isinstance(exc, KeyboardInterrupt):
             raise PrepareInterrupted(
