@@ -107,6 +107,31 @@ def _sample_tensors():
     }
 
 
+_ENCODE = """
+import sys
+import numpy as np
+from circle_rotate.kernel.video_io import write_video
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, render_frames
+frames = [f.image for f in render_frames(TurntableSpec(width=192, height=112, frames=17, subject="car", seed=4))]
+write_video(sys.argv[1] + ".warm.mp4", [np.zeros((64, 96, 3), np.uint8)] * 9, fps=16)  # other work first
+write_video(sys.argv[1], frames, fps=16, crf=18, preset="medium", threads=1)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's MALLOC_PERTURB_")
+def test_a_clip_is_a_function_of_its_frames_whatever_the_heap_held(tmp_path):
+    """x264's mb-tree read uninitialised heap on AVX-512 CPUs: the same frames came out as other
+    bytes after other work in the process. glibc's MALLOC_PERTURB_ fills fresh allocations with a
+    chosen byte, so two values show any such read (where the CPU has that code path)."""
+    outs = []
+    for fill in ("1", "200"):
+        out = tmp_path / f"perturb{fill}.mp4"
+        subprocess.run([sys.executable, "-c", _ENCODE, str(out)], check=True, timeout=300,
+                       env={**os.environ, "MALLOC_PERTURB_": fill})
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def test_writer_output_reads_back_with_the_safetensors_library(tmp_path):
     tensors = _sample_tensors()
     path = tmp_path / "w.safetensors"
