@@ -162,8 +162,13 @@ def _first_frame_display(p: Path, index: int, pixel_aspect) -> Display:
     try:
         with av.open(str(p)) as container:
             stream = container.streams[index]
-            for frame in container.decode(stream):
-                return _display_or_error(p, frame, pixel_aspect)
+            # one thread: leaving a threaded HEVC decoder after its first frame hangs on close
+            # now and then (PyAV 14), and one frame needs no threads
+            stream.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    return _display_or_error(p, frame, pixel_aspect)
     except av.error.FFmpegError:
         pass
     return Display(pixel_aspect=_aspect(pixel_aspect))
