@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from circle_rotate.eval.mask_outputs import remove_written_since
+from circle_rotate.eval.mask_outputs import folders_under, remove_written_since
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.kernel.errors import UserError
 
@@ -300,12 +300,12 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
             opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
         return opts
 
-    started = time.time()
+    started, standing = time.time(), folders_under(out / "sheets", (options or {}).get("mask_dir"))
     try:
         return _compare(sides, out, metrics=metrics, jobs=jobs, options=side_options, resamples=resamples)
     except BaseException:
         # what this run wrote is no comparison yet: gone, so that the same command can run again
-        remove_written_since(out / "sheets", (options or {}).get("mask_dir"), since=started)
+        remove_written_since(out / "sheets", (options or {}).get("mask_dir"), since=started, keep=standing)
         for p in compare_outputs(out):
             with contextlib.suppress(OSError):
                 if p.stat().st_mtime >= started:

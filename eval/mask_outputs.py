@@ -6,6 +6,7 @@ written atomically, so an interrupted run leaves no half-written PNG.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -109,10 +110,22 @@ def holds_outputs(folder: os.PathLike | str) -> bool:
     return root.is_dir() and (is_masks_folder(root) or any(is_masks_folder(d) for d in root.iterdir() if d.is_dir()))
 
 
-def remove_written_since(*folders: Optional[os.PathLike | str], since: float) -> None:
+def folders_under(*folders: Optional[os.PathLike | str]) -> set:
+    """Every folder under ``folders`` (and they themselves) that exists now: what
+    :func:`remove_written_since` leaves standing."""
+    found = set()
+    for folder in filter(None, folders):
+        root = Path(folder)
+        if root.is_dir():
+            found |= {root, *(d for d in root.rglob("*") if d.is_dir())}
+    return found
+
+
+def remove_written_since(*folders: Optional[os.PathLike | str], since: float, keep: set) -> None:
     """Delete the contact sheets and masks under ``folders`` written at or after ``since``
-    (``time.time()``), and the folders that leaves empty: an interrupted run's, which no results
-    file names. An earlier run's files, older, stay."""
+    (``time.time()``), and the empty folders not in ``keep`` (:func:`folders_under`, taken
+    before): an interrupted run's, which no results file names. An earlier run's files and the
+    user's own folders stay."""
     for folder in filter(None, folders):
         root = Path(folder)
         if not root.is_dir():
@@ -122,7 +135,10 @@ def remove_written_since(*folders: Optional[os.PathLike | str], since: float) ->
                 ours = f.name.endswith(SHEET_SUFFIX) or (f.name.startswith("frame_") and f.suffix == ".png")
                 if f.is_file() and ours and f.stat().st_mtime >= since:
                     f.unlink()
-                elif f.is_dir() and not any(f.iterdir()):
+                elif f.is_dir() and f not in keep and not any(f.iterdir()):
                     f.rmdir()
             except OSError:  # gone already, or not ours to remove
                 continue
+        if root not in keep:
+            with contextlib.suppress(OSError):
+                root.rmdir()

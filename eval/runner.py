@@ -25,8 +25,8 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import (is_masks_folder, output_names, remove_written_since, write_contact_sheet,
-                                             write_masks)
+from circle_rotate.eval.mask_outputs import (folders_under, is_masks_folder, output_names, remove_written_since,
+                                             write_contact_sheet, write_masks)
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
@@ -277,6 +277,8 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                             fix="evaluate those folders one at a time, each with its own boxes file")
     written_as = output_names(videos)
     start, started = time.perf_counter(), time.time()
+    output_folders = ((options or {}).get("sheet_dir"), (options or {}).get("mask_dir"))
+    standing = folders_under(*output_folders)
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
     workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
     # a video's flows are most of its cost, and OpenCV computes each on one core: a video
@@ -318,7 +320,7 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     except BaseException:
         # no results file will name them: sheets and masks without their numbers would only make
         # the rerun ask for --force
-        remove_written_since((options or {}).get("sheet_dir"), (options or {}).get("mask_dir"), since=started)
+        remove_written_since(*output_folders, since=started, keep=standing)
         raise
     finally:
         bar.close()

@@ -74,3 +74,23 @@ def test_ctrl_c_to_eval_compare_alone_stops_its_workers_and_keeps_nothing(sides,
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert len(list((out / "sheets").rglob("*.drift.png"))) == 12
+
+
+def test_ctrl_c_to_eval_removes_only_what_the_run_wrote(sides, tmp_path):
+    masks = tmp_path / "masks"
+    (masks / "mine" / "empty").mkdir(parents=True)  # the user's, before the run
+    (masks / "notes.txt").write_text("mine")
+    argv = [sys.executable, "-m", "circle_rotate", "-q", "eval", str(sides[0]), "-o", str(tmp_path / "r.json"),
+            "--save-masks", str(masks), "--jobs", "2"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(masks.glob("*.drift.png")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGINT)
+    run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("the evaluation finished before the signal arrived (a fast machine): nothing to see")
+    assert run.returncode == 130
+    left = sorted(p.relative_to(masks).as_posix() for p in masks.rglob("*"))
+    assert left == ["mine", "mine/empty", "notes.txt"]
+    assert not (tmp_path / "r.json").exists()

@@ -161,7 +161,7 @@ def _remove_dead_temporaries(final: Path, prefix: str, tail: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live writer holds it: leave it be
             size = os.fstat(fd).st_size
             path.unlink()
-            logger.info("removed %s (%.1f MB), left by a write of %s that was killed", name, size / 1e6, final.name)
+            logger.info("removed %s (%.1f MB), left by a write that was killed", name, size / 1e6)
         except OSError:
             pass
         finally:
@@ -242,6 +242,22 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         os.close(fd)
 
 
+#: The folder locks this process holds (file descriptors), closed in every child it forks: a pool
+#: worker holding one would keep the folder locked after its parent was killed.
+_FOLDER_LOCKS: set = set()
+
+
+def _close_folder_locks_in_child() -> None:
+    for fd in list(_FOLDER_LOCKS):  # the parent's descriptor keeps its lock
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FOLDER_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_folder_locks_in_child)
+
+
 @contextlib.contextmanager
 def exclusive_folder(folder: PathLike, *, command: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``folder`` while ``command`` writes into it, so that a second
@@ -252,15 +268,17 @@ def exclusive_folder(folder: PathLike, *, command: str) -> Iterator[None]:
     if fcntl is None or not path.is_dir():
         yield
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"another {command} is writing into this folder", path=path,
                             fix="let it finish (or stop it), then run this one again") from None
+        _FOLDER_LOCKS.add(fd)
         yield
     finally:
+        _FOLDER_LOCKS.discard(fd)
         os.close(fd)
 
 

@@ -10,19 +10,46 @@ got the same signal, says what happened.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import signal
+import sys
+import threading
 import time
 
 
+#: Seconds a stopped worker has to unwind its job before it ends for certain.
+UNWIND_S = 5.0
+
+
 def _stop(signum, frame) -> None:
+    # ``concurrent.futures`` catches the SystemExit of a job and sends it back as its result, and
+    # the worker then waits for its next job: for ever, if its parent was killed. So once the job
+    # has unwound (its temporary files removed on the way), the process ends.
+    timer = threading.Timer(UNWIND_S, os._exit, args=(128 + signum,))
+    timer.daemon = True
+    timer.start()
     raise SystemExit(128 + signum)
 
 
 def quiet_stop() -> None:
-    """A ``ProcessPoolExecutor`` initializer: stop signals end the worker with ``SystemExit``."""
+    """A ``ProcessPoolExecutor`` initializer: stop signals end the worker with ``SystemExit``, and
+    so does its parent's death (Linux), which would otherwise leave it idle for ever."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request took
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def stop_workers(pool, grace: float = 10.0) -> None:
