@@ -105,6 +105,19 @@ def test_non_square_pixels_are_scaled_out(source, tmp_path):
     assert np.abs(got.astype(int) - want.astype(int)).mean() < 2.0  # both bicubic, edge handling differs
 
 
+def test_the_containers_aspect_wins_and_an_implausible_one_is_ignored(source, tmp_path):
+    """``ffmpeg -c copy -aspect 16:9`` sets the container's aspect, not the bitstream's, and FFmpeg
+    shows the container's; a pixel aspect of 100:1 is a broken header, not a 9600-pixel row."""
+    wide = tmp_path / "wide.mp4"
+    _ff("-i", source, "-c", "copy", "-aspect", "16:9", wide)
+    info = probe_video(wide)
+    assert Fraction(info.pixel_aspect) == Fraction(32, 27) and info.display_size == (114, 64)
+    assert read_video(wide).shape == (5, 64, 114, 3)
+    broken = tmp_path / "broken.mp4"
+    _ff("-i", source, "-c", "copy", "-bsf:v", "h264_metadata=sample_aspect_ratio=100/1", broken)
+    assert probe_video(broken).pixel_aspect == "1" and read_video(broken).shape[1:] == (H, W, 3)
+
+
 def test_the_stream_a_player_shows_is_read_and_named(source, tmp_path):
     path = tmp_path / "two.mkv"
     _ff("-f", "lavfi", "-i", "testsrc2=s=48x32:d=1:r=16", "-i", source, "-map", "0:v", "-map", "1:v",

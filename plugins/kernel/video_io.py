@@ -152,6 +152,20 @@ def pick_video_stream(container) -> "av.video.stream.VideoStream":
                                                        -s.index))
 
 
+#: Pixel aspects outside 1/8..8 are a broken header, not a picture (100:1 would make a 320-pixel
+#: row 32,000 wide): square pixels then.
+PIXEL_ASPECT_RANGE = (Fraction(1, 8), Fraction(8))
+
+
+def pixel_aspect(stream) -> Optional[Fraction]:
+    """The stream's sample aspect ratio as FFmpeg takes it: the container's where it gives one
+    (``ffmpeg -c copy -aspect 16:9``), else the bitstream's; None for square or implausible."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or not PIXEL_ASPECT_RANGE[0] <= sar <= PIXEL_ASPECT_RANGE[1]:
+        return None
+    return Fraction(sar)
+
+
 def _real_video_streams(container) -> int:
     return max(1, sum(1 for s in container.streams.video if not _is_picture(s)))
 
@@ -242,7 +256,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         else:
             duration = frames / fps if fps else 0.0
         signal = hdr_signal(stream)
-        display = _first_frame_display(p, stream.index, stream.codec_context.sample_aspect_ratio)
+        display = _first_frame_display(p, stream.index, pixel_aspect(stream))
         info = VideoInfo(
             path=str(p),
             container=container.format.name,
@@ -375,7 +389,7 @@ def _decode(p: Path, threads: int) -> Iterator[tuple]:
             stream.codec_context.thread_count = threads
         rate = nominal_rate(stream)
         signal = hdr_signal(stream)
-        aspect = stream.codec_context.sample_aspect_ratio
+        aspect = pixel_aspect(stream)
         for frame in container.decode(stream):
             yield frame, rate, signal, aspect
             index += 1
