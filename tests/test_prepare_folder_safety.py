@@ -238,6 +238,8 @@ def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_runs(r
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another prepare is writing into this folder"):
             prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
+        with pytest.raises(UserError, match="another prepare is writing into this folder"):  # --dry-run too
+            prepare_run.plan_prepare(raw, out, options=PrepareOptions(**OPTIONS))
     finally:
         os.close(fd)
     assert list(out.iterdir()) == []
@@ -265,6 +267,19 @@ def test_a_manifest_that_cannot_be_written_leaves_a_folder_the_next_run_takes(ra
     monkeypatch.setattr(prepare_run, "write_manifest", real)
     report = prepare_run.prepare_dataset(raw, out, options=PrepareOptions(**OPTIONS))
     assert report.ok and report.statuses == {"ok": 3}
+
+
+def _dies(job):
+    import os
+
+    os._exit(9)  # as the OOM killer ends a worker
+
+
+def test_a_worker_that_dies_is_one_line_naming_the_source(raw, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_run, "process_source", _dies)
+    with pytest.raises(UserError, match="take.*: a worker process died while preparing .*fix: run again with --jobs 1"):
+        prepare_run.prepare_dataset(raw, tmp_path / "P", options=PrepareOptions(**{**OPTIONS, "jobs": 2}))
+    assert not (tmp_path / "P").exists()
 
 
 def test_a_dv_tape_capture_reads_at_its_frame_rate_not_its_time_base(tmp_path):

@@ -22,7 +22,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -185,6 +187,11 @@ def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
                         records = fut.result()
                     except SystemExit:  # a worker stopped by a signal (worker_signals): the run is interrupted
                         raise KeyboardInterrupt from None
+                    except BrokenProcessPool:
+                        # a Ctrl-C that ended an idle worker first reaches this process a moment later
+                        time.sleep(1.0)
+                        raise UserError("a worker process died while preparing (killed for memory?)",
+                                        path=futures[fut].path, fix="run again with --jobs 1") from None
                     on_done(futures[fut], records)
                     bar.update()
             except BaseException:
@@ -205,7 +212,8 @@ class PreparePlan:
 def plan_prepare(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(), repair: bool = False,
                  prune: bool = False) -> PreparePlan:
     """Every check :func:`prepare_dataset` makes, and what it would do; nothing is written."""
-    raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+    with exclusive_folder(Path(out_dir), command="prepare"):  # a running one's half-written folder is no plan
+        raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
     jobs, kept = _plan_jobs(raw, out, list(files.sources), by_source(records), options, redo)
     return PreparePlan(tuple(j.rel for j in jobs), tuple(kept))
