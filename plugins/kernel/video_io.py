@@ -348,7 +348,7 @@ def cut_short(decoded_s: float, declared_s: float, fps: float) -> bool:
 
 def shown_notes(info: VideoInfo) -> List[str]:
     """What was done to show a video as a player does, for a report: the stream picked among
-    several, the turn, mirror and pixel aspect applied."""
+    several, the turn, mirror and pixel aspect applied, HDR tone-mapped."""
     notes = []
     if info.video_streams > 1:
         notes.append(f"{info.video_streams} video streams: read stream #{info.stream} ({info.width}x{info.height}), "
@@ -356,6 +356,8 @@ def shown_notes(info: VideoInfo) -> List[str]:
     if not info.display.is_identity:
         w, h = info.display_size
         notes.append(f"shown {', '.join(info.display.changes())} as its container says ({w}x{h})")
+    if info.hdr:  # decoded as SDR, HDR comes out flat and washed out
+        notes.append(f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do")
     return notes
 
 

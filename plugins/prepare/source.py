@@ -255,8 +255,6 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     truncated = not st.planner.done and cut_short(last_time + 1.0 / info.fps, declared, info.fps)
     p = st.planner.stats
     notes += [f"{p.cuts} scene cut(s)"] * bool(p.cuts) + [f"{p.pauses} pause(s) skipped"] * bool(p.pauses)
-    # decoded as SDR, HDR comes out flat and washed out, which the LoRA would learn
-    notes += [f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do"] * bool(info.hdr)
     clips = [r for r in st.records if r["verdict"] == "accept"]
     notes += source_bars_note(clips, st.geometry, info.display_size)
     status, reason = "ok", None
