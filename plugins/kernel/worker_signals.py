@@ -23,7 +23,14 @@ import time
 UNWIND_S = 5.0
 
 
+_stopping = False
+
+
 def _stop(signum, frame) -> None:
+    global _stopping
+    if _stopping:  # unwinding already: a second signal (the group's, then the parent's) would cut a
+        return  # finally block short, and print its traceback
+    _stopping = True
     # ``concurrent.futures`` catches the SystemExit of a job and sends it back as its result, and
     # the worker then waits for its next job: for ever, if its parent was killed. So once the job
     # has unwound (its temporary files removed on the way), the process ends.

@@ -46,10 +46,13 @@ SHAKE_MIN = 0.0016  # frame-to-frame jitter, fraction of the width per frame...
 SHAKE_REL = 0.12  # ...and relative to the frame motion (flow noise grows with speed)
 CUT_FACTOR, CUT_MIN = 2.5, 12.0  # a pair's warp residual this many times the median (and grey levels)
 LOOP_MIN_DEG = 300.0
-#: Mean grey difference (levels, at analysis size) under which a frame repeats the one before:
-#: a frame-rate conversion that doubles frames re-encodes them 0.00-0.03 apart, while a camera
-#: moving a tenth of a pixel a frame over texture differs by more.
-REPEAT_LEVELS = 0.1
+#: A frame repeats the one before when they differ (mean grey levels, at analysis size) by less
+#: than this fraction of the larger change next to it, and by less than :data:`REPEAT_MAX_LEVELS`:
+#: re-encoded repeats differ by 0.0-1.2 levels (CRF 16-28), the moves beside them by ~13, while a
+#: camera that slows down changes its differences gradually.
+REPEAT_RATIO = 0.1
+REPEAT_MAX_LEVELS = 2.0
+REPEAT_REACH = 3  # pairs on each side looked at: a frame shown up to four times
 
 
 @dataclass(frozen=True)
@@ -279,10 +282,13 @@ def measure_orbit(frames: np.ndarray, *, fps: float, flows: Optional[Sequence[np
 
 def distinct_frame_ends(grey: Sequence[np.ndarray]) -> List[int]:
     """The index of the last frame of each run of repeated frames (a frame and the ones that
-    repeat it, :data:`REPEAT_LEVELS` apart)."""
+    repeat it: :data:`REPEAT_RATIO`)."""
+    diffs = [float(np.abs(a.astype(np.int16) - b).mean()) for a, b in zip(grey[:-1], grey[1:])]
     ends = []
-    for i in range(len(grey) - 1):
-        if np.abs(grey[i].astype(np.int16) - grey[i + 1]).mean() >= REPEAT_LEVELS:
+    for i, d in enumerate(diffs):
+        # up to three on each side: a run of repeats at the clip's start has no move before it
+        beside = max(diffs[max(0, i - REPEAT_REACH):i] + diffs[i + 1:i + 1 + REPEAT_REACH], default=0.0)
+        if not d < min(REPEAT_MAX_LEVELS, REPEAT_RATIO * beside):
             ends.append(i)
     return ends + [len(grey) - 1]
 
