@@ -32,8 +32,10 @@ def test_every_video_is_read_on_the_original_and_each_reencode(measured):
         for crf in CRFS:  # real H.264 files, every frame kept
             assert load_clip(work / f"{v.name}.crf{crf}.mp4").count == load_clip(v).count
     still, orbit = rows
-    # a static camera over a still subject reads 0 however it is encoded (truth 0)
-    assert still.original.value <= 1e-6 and all(still.reencoded[c].value <= 1e-6 for c in CRFS)
+    # a static camera over a still subject reads 0 as rendered (truth 0), and re-encoded next to it:
+    # CRF 40's blocks shift a still picture's mask by hundredths of a pixel (measured: 0.02 px),
+    # far under the 1 px a static shot may read
+    assert still.original.value <= 1e-6 and all(still.reencoded[c].value <= 0.1 for c in CRFS)
     assert all(orbit.reencoded[c].value is not None and np.isfinite(orbit.reencoded[c].value) for c in CRFS)
     assert orbit.change(18) <= 3.0  # visually lossless moves the reading by less than the accuracy bound
 
