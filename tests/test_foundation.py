@@ -78,6 +78,11 @@ def test_an_output_another_run_wrote_meanwhile_is_not_replaced(tmp_path):
     with atomic_path(target) as tmp:  # replacing what existed when the write began is the caller's choice
         tmp.write_text("mine")
     assert target.read_text() == "mine"
+    same = tmp_path / "shared.yaml"  # each node of a multi-node run writes the same config: no conflict
+    with atomic_path(same) as tmp:
+        tmp.write_text("num_machines: 2")
+        same.write_text("num_machines: 2")
+    assert same.read_text() == "num_machines: 2" and sorted(tmp_path.iterdir()) == [target, same]
 
 
 def test_check_output_path_refuses_inputs_and_existing(tmp_path):

@@ -168,6 +168,21 @@ def _remove_dead_temporaries(final: Path, prefix: str, tail: str) -> None:
             os.close(fd)
 
 
+def _same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(chunk), fb.read(chunk)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
+
+
 def _publish(tmp: Path, final: Path, replace: bool) -> None:
     """Rename ``tmp`` onto ``final``; without ``replace``, only if ``final`` still does not exist."""
     if replace:
@@ -176,6 +191,9 @@ def _publish(tmp: Path, final: Path, replace: bool) -> None:
     try:
         os.link(tmp, final)  # fails if ``final`` exists, unlike a rename
     except FileExistsError:
+        if _same_bytes(tmp, final):  # the same file written twice (each node of a multi-node run writes
+            tmp.unlink()  # the shared accelerate config): nothing to refuse
+            return
         raise UserError("another run wrote this output while this one was writing it; it was left as that run "
                         "wrote it", path=final, fix="run one command per output at a time (or pass --force "
                         "and run again to replace it)") from None
