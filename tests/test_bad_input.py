@@ -638,16 +638,42 @@ def test_sigterm_or_a_closed_terminal_mid_merge_leaves_no_partial_model(tiny_wan
             os.kill(os.getpid(), getattr(signal, signame))
 
     monkeypatch.setattr(SafetensorsWriter, "write_raw", write_raw)
+    before = signal.signal(getattr(signal, signame), signal.SIG_DFL)  # as a terminal starts it (not nohup)
     out = tmp_path / "out"
     code = cli_main.main(["merge", str(tiny_wan_dir / "wan2.2_i2v_high_noise_14B_fp16.safetensors"), "--lora",
                           str(tiny_loras["high"]), "-o", str(out / "merged.safetensors")])
     logging.disable(logging.NOTSET)
+    restored = signal.signal(getattr(signal, signame), before)
     assert code == 128 + getattr(signal, signame)
     assert len(calls) == 1  # stopped mid-file
     assert not [p for p in out.rglob("*") if p.is_file()]  # no model, no hidden .part file
     word = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "terminal closed (SIGHUP)"}[signame]
     assert capfd.readouterr().err.strip().splitlines()[-1] == f"circle-rotate merge: {word}; no partial output was kept"
-    assert signal.getsignal(getattr(signal, signame)) is signal.SIG_DFL  # handlers restored after the command
+    assert restored is signal.SIG_DFL  # handlers restored after the command
+
+
+def test_a_merge_started_under_nohup_outlives_its_terminal(tiny_wan_dir, tiny_loras, tmp_path, monkeypatch):
+    """``nohup circle-rotate merge ... &``: SIGHUP was ignored when the process started, and stays so."""
+    import signal
+
+    from circle_rotate.kernel.safetensors_io import SafetensorsWriter
+
+    real, calls = SafetensorsWriter.write_raw, []
+
+    def write_raw(self, name, chunks):
+        real(self, name, chunks)
+        calls.append(name)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(SafetensorsWriter, "write_raw", write_raw)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code = cli_main.main(["-q", "merge", str(tiny_wan_dir / "wan2.2_i2v_high_noise_14B_fp16.safetensors"),
+                              "--lora", str(tiny_loras["high"]), "-o", str(tmp_path / "merged.safetensors")])
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert code == 0 and len(calls) > 1 and (tmp_path / "merged.safetensors").stat().st_size > 0
 
 
 def test_a_full_disk_met_by_a_library_is_one_line_and_a_broken_pipe_stays_quiet(monkeypatch, capfd, tmp_path):

@@ -101,11 +101,13 @@ if hasattr(signal, "SIGHUP"):
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` while a command runs (main thread only)."""
+    """SIGTERM and SIGHUP raise :class:`Terminated` while a command runs (main thread only), unless
+    the process was started ignoring them: ``nohup circle-rotate merge ... &`` must outlive its terminal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+              if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
 
     def handler(signum, frame):
         raise Terminated(signum)

@@ -44,7 +44,8 @@ def quiet_stop() -> None:
     """A ``ProcessPoolExecutor`` initializer: stop signals end the worker with ``SystemExit``, and
     so does its parent's death (Linux), which would otherwise leave it idle for ever."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        # one the parent was started ignoring (nohup) stays ignored
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), _stop)
     _die_with_parent()
 
