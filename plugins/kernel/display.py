@@ -98,12 +98,12 @@ def orientation_from_matrix(matrix: Sequence[int]) -> Tuple[int, bool]:
 
 
 def frame_display(frame, pixel_aspect: Optional[Fraction]) -> Display:
-    """The :class:`Display` of a decoded PyAV frame (its matrix side data) with the stream's SAR.
+    """The :class:`Display` of a decoded PyAV frame (its matrix side data) with the stream's pixel
+    aspect (``video_io.pixel_aspect``: None for square pixels).
 
     Raises:
         NotQuarterTurn: as :func:`orientation_from_matrix`.
     """
     side = frame.side_data.get("DISPLAYMATRIX") if hasattr(frame, "side_data") else None
     rotation, mirror = orientation_from_matrix(struct.unpack("=9i", bytes(side))) if side is not None else (0, False)
-    aspect = Fraction(pixel_aspect) if pixel_aspect and pixel_aspect > 0 else Fraction(1)
-    return Display(rotation, mirror, aspect)
+    return Display(rotation, mirror, pixel_aspect or Fraction(1))

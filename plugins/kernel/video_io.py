@@ -185,11 +185,7 @@ def _first_frame_display(p: Path, index: int, pixel_aspect) -> Display:
                     return _display_or_error(p, frame, pixel_aspect)
     except av.error.FFmpegError:
         pass
-    return Display(pixel_aspect=_aspect(pixel_aspect))
-
-
-def _aspect(pixel_aspect) -> Fraction:
-    return Fraction(pixel_aspect) if pixel_aspect and pixel_aspect > 0 else Fraction(1)
+    return Display(pixel_aspect=pixel_aspect or Fraction(1))
 
 
 def _display_or_error(p: Path, frame, pixel_aspect) -> Display:

@@ -259,7 +259,7 @@ def measure_orbit(frames: np.ndarray, *, fps: float, flows: Optional[Sequence[np
     ends = distinct_frame_ends(grey)
     repeats = len(grey) - len(ends)
     if repeats and len(ends) >= 2:
-        fps = fps * (len(ends) - 1) / (ends[-1] - ends[0]) if ends[-1] > ends[0] else fps
+        fps = fps * (len(ends) - 1) / (ends[-1] - ends[0])  # ends rise: two of them span a frame at least
     else:
         ends, repeats = list(range(len(grey))), 0
     flow_of = FlowEstimator()
