@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from circle_rotate.eval.mask_outputs import folders_under, remove_written_since
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.kernel.errors import UserError
 
@@ -278,6 +277,7 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     Raises:
         UserError: a missing side, existing outputs without ``force``, or no common names.
     """
+    from circle_rotate.eval.mask_outputs import folders_under, remove_written_since  # OpenCV: only when run
     from circle_rotate.kernel.atomic import check_output_path
 
     sides = [Path(baseline), Path(lora)]
