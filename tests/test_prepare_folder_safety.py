@@ -409,3 +409,69 @@ def test_a_signal_to_the_process_group_mid_run_is_one_line_with_workers(tmp_path
     assert "Traceback" not in err and "Error" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("circle-rotate prepare: ")
     check_prepared(out)  # the folder agrees with its manifest
+
+
+_KILLER = """
+import os, signal, sys
+from circle_rotate.cli.main import main
+from circle_rotate.prepare import run
+where, after = sys.argv[1], int(sys.argv[2])
+real, done = getattr(run, where), []
+
+def killed(*args, **kwargs):  # SIGKILL: no handler, no finally, no tidying runs
+    if where == "_remove_stale":  # before it does its work
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = real(*args, **kwargs)
+    done.append(1)
+    if len(done) > after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+setattr(run, where, killed)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("where, after, remake", [
+    ("process_source", 0, False),  # killed in the first run's first source: clips and no manifest at all
+    ("process_source", 1, False),  # killed after one source's lines: a manifest and clips it does not name
+    ("_remove_stale", 0, True),  # killed between a re-made source's new lines and dropping its old clips
+])
+def test_a_run_killed_outright_is_resumed_by_the_same_command(raw, tmp_path, capsys, where, after, remake):
+    import subprocess
+    import sys
+
+    out = tmp_path / "P"
+    args = ["-q", "prepare", str(raw), "-o", str(out), *ARGS]
+    if remake:
+        assert _prepare(raw, out) == 0
+        args[args.index("9")] = "13"  # new settings: every source is re-made, its 9-frame clips dropped
+    run = subprocess.run([sys.executable, "-c", _KILLER, where, str(after), *args], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == -9, run.stderr[-2000:]
+    left = _clip_names(out)
+    assert left, "the kill left no clip behind: nothing was tested"
+
+    assert main(["-q", "caption", str(out)]) == 2  # its readers say what happened and what to run
+    err = capsys.readouterr().err
+    assert "a prepare run writing here was stopped before it finished" in err and "run the same prepare command" in err
+    assert err.count("\n") == 1
+
+    stray = out / "videos" / "mine.mp4"  # a file the user put there is still theirs
+    stray.write_bytes((raw / "take0.mp4").read_bytes())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "(first: videos/mine.mp4)" in err and "--repair" in err and stray.is_file()
+    stray.unlink()
+
+    assert main([*args, "--dry-run"]) == 0
+    assert "left unfinished (it was killed) would be removed first" in capsys.readouterr().out
+    assert _clip_names(out) == left  # a dry run removes nothing
+
+    assert main(args[1:]) == 0  # the same command, no --repair
+    said = capsys.readouterr().out
+    assert "an earlier prepare run was killed before listing" in said
+    records = check_prepared(out)
+    assert {r["source"] for r in records if r.get("type") == "source"} == {"take0.mp4", "take1.mp4", "take2.mp4"}
+    assert {r["frames"] for r in records if r.get("type") == "clip"} == {13 if remake else 9}
+    assert not (out / ".prepare_journal").exists()

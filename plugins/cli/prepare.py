@@ -67,13 +67,17 @@ def _dry_run(args: argparse.Namespace, out: Path, options) -> int:
 
     plan = plan_prepare(args.raw_dir, out, options=options, repair=args.repair, prune=args.prune)
     if args.json:
-        print_json({"to_process": list(plan.to_process), "unchanged": list(plan.unchanged), "out": str(out),
+        print_json({"to_process": list(plan.to_process), "unchanged": list(plan.unchanged),
+                    "unfinished": list(plan.unfinished), "out": str(out),
                     "dry_run": True})
     else:
         print(f"{len(plan.to_process)} source(s) would be prepared into {out / 'videos'}, {len(plan.unchanged)} "
               f"unchanged (manifest {out / 'manifest.jsonl'}):")
         for source in plan.to_process:
             print(f"  {source}")
+        if plan.unfinished:
+            print(f"{len(plan.unfinished)} clip(s) an earlier prepare run left unfinished (it was killed) would be "
+                  f"removed first (first: {plan.unfinished[0]})")
     return 0
 
 
@@ -117,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
               f"--prune removes them")
     if report.pruned:
         print(f"pruned {len(report.pruned)} source(s) no longer under {args.raw_dir} (first: {report.pruned[0]})")
+    if report.unfinished:
+        print(f"removed {len(report.unfinished)} clip(s) an earlier prepare run was killed before listing "
+              f"(first: {report.unfinished[0]})")
     if report.set_aside:
         print(f"moved {len(report.set_aside)} file(s) no manifest line names to {report.out_dir / 'set_aside'} "
               f"(first: {report.set_aside[0]})")

@@ -127,8 +127,6 @@ def toml_path(path: Path, relative_to: Optional[Path]) -> str:
 def _prepared_facts(folder: Path) -> Tuple[Tuple[int, ...], float, Tuple[int, int], int]:
     """(frame counts, fps, bucket resolution, clip count) of a prepared folder."""
     manifest = folder / MANIFEST_NAME
-    if not manifest.exists():
-        raise UserError("no manifest.jsonl here", path=folder, fix="run circle-rotate prepare RAW_DIR OUT_DIR first")
     clips = accepted_clips(check_prepared(folder))
     if not clips:
         raise UserError("the manifest lists no accepted clips", path=manifest,

@@ -223,10 +223,8 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     """
     options.validate()
     manifest = Path(out_dir) / MANIFEST_NAME
-    if not manifest.exists():
-        raise UserError("no manifest.jsonl here", path=out_dir, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
-    rows = read_subject_map(subject_map) if subject_map else []
     records = check_prepared(Path(out_dir))
+    rows = read_subject_map(subject_map) if subject_map else []
     used = set()  # ids of the rows some clip takes its values from
     for rec in accepted_clips(records):
         top = top_rows(rows, rec.get("source", ""))

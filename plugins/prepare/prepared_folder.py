@@ -5,15 +5,23 @@ re-run) calls :func:`check_prepared` first, so a deleted manifest line or a clip
 by hand is named in one line (with ``prepare --repair``) instead of silently training on, or
 counting, a different set of clips. :func:`prepared_inputs` lists what the folder's readers
 read, for the output guard (:func:`circle_rotate.kernel.atomic.check_output_path`).
+
+A run that is killed outright (SIGKILL, a power cut) cannot tidy up as Ctrl-C does: clips it
+finished for sources whose lines it never wrote are left behind. Every clip a run writes, and
+every old clip it is about to drop, is first named in the folder's journal
+(:data:`JOURNAL_NAME`), which only a finished run removes; the next run removes the clips the
+journal names and no line does (:func:`left_by_killed_run`), so the same command resumes
+without ``--repair``, and files a user put there are still never touched.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from circle_rotate.kernel.errors import ManifestMismatchError
+from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.kernel.video_io import video_files_under
 from circle_rotate.prepare.manifest import MANIFEST_NAME, clip_path, clip_stem, read_manifest, relative_posix
 
@@ -21,6 +29,8 @@ from circle_rotate.prepare.manifest import MANIFEST_NAME, clip_path, clip_stem, 
 CLIP_FOLDERS = ("videos", "rejected")
 #: What prepare writes at the top of the folder, besides the manifest.
 SUMMARY_FILES = ("prepare_summary.json", "prepare_summary.png")
+#: The clips a run may leave unlisted if it is killed (hidden: never taken for a clip or a caption).
+JOURNAL_NAME = ".prepare_journal"
 
 
 @dataclass(frozen=True)
@@ -74,17 +84,49 @@ def folder_diff(folder: Path, records: List[dict]) -> FolderDiff:
     return FolderDiff(tuple(sorted(on_disk - listed)), tuple(missing))
 
 
+def note_clip(folder: Path, rel: str) -> None:
+    """Name the clip ``rel`` (relative to ``folder``) in the journal before it is written or
+    dropped. One ``O_APPEND`` write per line, so workers writing at once never mix lines."""
+    fd = os.open(Path(folder) / JOURNAL_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (rel + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def clear_journal(folder: Path) -> None:
+    """A run finished (or tidied up after Ctrl-C): its clips and the manifest agree."""
+    (Path(folder) / JOURNAL_NAME).unlink(missing_ok=True)
+
+
+def left_by_killed_run(folder: Path, diff: FolderDiff) -> Tuple[str, ...]:
+    """The clips of ``diff.unlisted`` that the journal of a run that never finished names: that
+    run's own unfinished work, safe to remove (anything else unlisted may be a user's)."""
+    journal = Path(folder) / JOURNAL_NAME
+    if not diff.unlisted or not journal.exists():
+        return ()
+    named = set(journal.read_text(encoding="utf-8", errors="replace").splitlines())
+    return tuple(c for c in diff.unlisted if c in named)
+
+
 def check_prepared(folder: Path) -> List[dict]:
     """The manifest records of a prepared folder, once its clips and lines agree.
 
     Raises:
         ManifestMismatchError: a clip on disk has no line, or a line's clip (or a source's line) is missing.
-        UserError: a broken manifest line.
+        UserError: no manifest, a run killed before it finished, a broken manifest line.
     """
     manifest = Path(folder) / MANIFEST_NAME
+    if not manifest.exists() and not (Path(folder) / JOURNAL_NAME).exists():
+        raise UserError("no manifest.jsonl here", path=folder, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     records = read_manifest(manifest)
     diff = folder_diff(Path(folder), records)
     if diff:
+        killed = left_by_killed_run(Path(folder), diff)
+        if killed and not diff.missing and len(killed) == len(diff.unlisted):
+            raise UserError(f"a prepare run writing here was stopped before it finished ({len(killed)} clip(s) it "
+                            f"wrote are not in the manifest yet, first: {killed[0]})", path=folder,
+                            fix="run the same prepare command again; it removes them and finishes")
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
     return records
 

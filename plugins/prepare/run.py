@@ -8,9 +8,10 @@ clip it already has, and picks up new sources. Sources are only ever read.
 
 A source being re-made keeps its old lines until its new ones replace them, and Ctrl-C
 removes the clips of sources it did not finish, so an interrupted run leaves a folder whose
-clips and lines agree. Files in ``videos/`` that no line names (put there by hand, or left by
-a killed run) are never deleted: the run is refused, and ``--repair`` moves them to
-``set_aside/``.
+clips and lines agree. A run killed outright leaves clips no line names; the folder's journal
+(:mod:`circle_rotate.prepare.prepared_folder`) says which, and the next run removes them. Other
+files in ``videos/`` that no line names (put there by hand) are never deleted: the run is
+refused, and ``--repair`` moves them to ``set_aside/``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
 from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
-from circle_rotate.prepare.prepared_folder import clip_files, folder_diff
+from circle_rotate.prepare.prepared_folder import (FolderDiff, clear_journal, clip_files, folder_diff, left_by_killed_run,
+                                                  note_clip)
 from circle_rotate.prepare.source import BARS_NOTE, SourceJob, process_source
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class PrepareReport:
     smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
     all_smaller: bool = False  # every accepted clip is (config then trains them at their own size)
     barred: Tuple[Tuple[str, str], ...] = ()  # (source, note) whose clips keep black bars, with the source's crop
+    unfinished: Tuple[str, ...] = ()  # clips a killed earlier run left unlisted, removed before this run
 
     @property
     def ok(self) -> bool:
@@ -159,13 +162,17 @@ def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, Lis
     return jobs, kept
 
 
+def _dropped(old: List[dict], new: List[dict]) -> List[str]:
+    """The clips (relative paths) of ``old`` records that ``new`` ones no longer list."""
+    keep = {r["clip"] for r in new if r.get("type") == "clip" and r.get("clip")}
+    return [r["clip"] for r in old if r.get("type") == "clip" and r.get("clip") and r["clip"] not in keep]
+
+
 def _remove_stale(out_dir: Path, old: List[dict], new: List[dict]) -> None:
     """Delete clip files an earlier run made for this source that the new run no longer
     lists (musubi would train on them); caption files, possibly edited by hand, stay."""
-    keep = {r["clip"] for r in new if r.get("type") == "clip" and r.get("clip")}
-    for r in old:
-        if r.get("type") == "clip" and r.get("clip") and r["clip"] not in keep:
-            clip_path(out_dir, r).unlink(missing_ok=True)
+    for rel in _dropped(old, new):
+        clip_path(out_dir, {"clip": rel}).unlink(missing_ok=True)
 
 
 def _run_jobs(jobs: List[SourceJob], options: PrepareOptions, on_done) -> None:
@@ -207,20 +214,22 @@ class PreparePlan:
 
     to_process: Tuple[str, ...]
     unchanged: Tuple[str, ...]
+    unfinished: Tuple[str, ...] = ()  # clips a killed run left, which the run removes first
 
 
 def plan_prepare(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(), repair: bool = False,
                  prune: bool = False) -> PreparePlan:
     """Every check :func:`prepare_dataset` makes, and what it would do; nothing is written."""
     with exclusive_folder(Path(out_dir), command="prepare"):  # a running one's half-written folder is no plan
-        raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+        raw, out, files, records, diff, killed = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
     jobs, kept = _plan_jobs(raw, out, list(files.sources), by_source(records), options, redo)
-    return PreparePlan(tuple(j.rel for j in jobs), tuple(kept))
+    return PreparePlan(tuple(j.rel for j in jobs), tuple(kept), killed)
 
 
 def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repair: bool, prune: bool):
-    """(raw, out, what raw holds, manifest records, folder diff), once every input is fit to run on."""
+    """(raw, out, what raw holds, manifest records, folder diff, clips a killed run left), once every
+    input is fit to run on; the diff leaves out the killed run's clips."""
     options.validate()
     raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
     if prune and raw.is_file():
@@ -246,13 +255,16 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
     manifest = out / MANIFEST_NAME
     records = read_manifest(manifest)
     diff = folder_diff(out, records)
+    killed = left_by_killed_run(out, diff)
+    if killed:
+        diff = FolderDiff(tuple(c for c in diff.unlisted if c not in killed), diff.missing)
     if diff and not records and not repair:
         raise UserError(f"{len(diff.unlisted)} video file(s) already in its clip folders and no {MANIFEST_NAME}: "
                         f"not a folder prepare wrote (first: {diff.unlisted[0]})", path=out,
                         fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
     if diff and not repair:
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
-    return raw, out, files, records, diff
+    return raw, out, files, records, diff, killed
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
@@ -284,9 +296,12 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     # held from reading the manifest to its last write: two runs would each write their own lines
     with exclusive_folder(out_p, command="prepare"):
         try:
-            raw, out, files, records, diff = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+            raw, out, files, records, diff, killed = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
             redo = frozenset(diff.sources(records)) if diff else frozenset()
             out.mkdir(parents=True, exist_ok=True)
+            for rel in killed:
+                (out / rel).unlink(missing_ok=True)
+            clear_journal(out)
             report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
         except BaseException:
             if made:  # a first run that failed before writing anything leaves no empty folders behind
@@ -295,7 +310,7 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
                         d.rmdir()
             raise
     return dataclasses.replace(report, passed_over=tuple(relative_posix(p, raw) for p in files.earlier_output),
-                               not_video=tuple(relative_posix(p, raw) for p in files.not_video))
+                               not_video=tuple(relative_posix(p, raw) for p in files.not_video), unfinished=killed)
 
 
 def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
@@ -322,7 +337,10 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
 
     def on_done(job: SourceJob, records: List[dict]) -> None:
         # the lines first: if writing them fails (a full disk), the source's old lines and clips
-        # stand, and its new clips, which no line names, go with the run's other unfinished ones
+        # stand, and its new clips, which no line names, go with the run's other unfinished ones;
+        # the old clips they drop are journaled first, as a kill before their removal leaves them unlisted
+        for rel in _dropped(old.get(job.rel, []), records):
+            note_clip(out, rel)
         write_manifest(manifest, _lines({**state, job.rel: records}))
         state[job.rel] = records
         finished.append(job.rel)
@@ -334,6 +352,7 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
             write_manifest(manifest, _lines(state))
         _run_jobs(jobs, options, on_done)
         write_manifest(manifest, _lines(state))
+        clear_journal(out)
         moved: Tuple[str, ...] = ()
         if repair:  # files no source claims: musubi would train on them, and a user may have put them there
             moved = tuple(_set_aside(out, rel)
@@ -346,6 +365,9 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
             if state or manifest.exists():  # not an empty manifest where none was
                 write_manifest(manifest, _lines(state))
         _remove_unfinished(out, before, state)
+        with contextlib.suppress(OSError):
+            if not folder_diff(out, _lines(state)).unlisted:  # tidy: nothing left for a later run to remove
+                clear_journal(out)
         if isinstance(exc, KeyboardInterrupt):
             raise PrepareInterrupted(
                 f"{len(finished)} of {len(jobs)} source(s) finished and are in the manifest, the clips of the "

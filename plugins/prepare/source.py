@@ -29,6 +29,7 @@ from circle_rotate.prepare.caption import caption_for
 from circle_rotate.prepare.clip_plan import ClipPlanner, FrameGeometry, TimestampResampler, Window, frame_geometry
 from circle_rotate.prepare.manifest import clip_stem, stable_hash
 from circle_rotate.prepare.options import PrepareOptions
+from circle_rotate.prepare.prepared_folder import note_clip
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def _finish_window(st: _State, window: Window) -> None:
     record["caption"] = caption_for(record)
     target = Path(job.out_dir) / folder / name
     if keep and not (clip_id in job.reuse and target.exists()):
+        note_clip(Path(job.out_dir), f"{folder}/{name}")  # a kill before its manifest line leaves it to the next run
         write_video(target, (s.rgb for s in seq), fps=opts.fps, crf=opts.crf, preset=opts.preset,
                     threads=opts.encode_threads)
     st.records.append(record)
