@@ -21,6 +21,7 @@ COLUMNS = {
     "angular_speed_deg_s": "angular_speed_deg_s",
     "speed_cv": "speed_cv",
     "jerk": "jerk",
+    "reversal": "orbit_reversal",
     "loop_closure": "loop_closure",
     "total_angle_deg": "total_angle_deg",
     "confidence": "orbit_confidence",

@@ -72,6 +72,7 @@ METRICS: Tuple[Metric, ...] = (
         Column("angular_speed_deg_s", "angular speed", None, "deg/s"),
         Column("speed_cv", "speed variation (CV)", "lower"),
         Column("jerk", "jerk", "lower"),
+        Column("orbit_reversal", "turning back (share of the way forward)", "lower"),
         Column("loop_closure", "loop closure", "higher"),
         Column("total_angle_deg", "total angle", None, "deg"),
         Column("orbit_confidence", "orbit confidence", "higher"),

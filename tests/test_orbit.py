@@ -11,7 +11,7 @@ import pytest
 
 from circle_rotate.kernel.video_io import read_video, write_video
 from circle_rotate.media.orbit import MOTIONS, OrbitMeasurement, measure_orbit
-from circle_rotate.media.orbit_qc import qc_verdict
+from circle_rotate.media.orbit_qc import QcLimits, qc_verdict
 from circle_rotate.selfcheck.synthetic.turntable import DriftPath, TurntableSpec, profile, render_frames, write_turntable
 
 
@@ -70,6 +70,7 @@ def test_orbit_direction_is_right_for_every_orbit(kw):
     assert m.seen_from_above == spec.seen_from_above
     assert m.confidence > 0.5
     assert m.angular_speed_deg_s > 0 and m.total_angle_deg > 0
+    assert m.reversal < QcLimits().max_reversal / 2  # an orbit that never turns back is never said to
 
 
 @pytest.mark.parametrize("kw", PANS + STATICS, ids=[_id(k) for k in PANS + STATICS])
@@ -93,6 +94,24 @@ def test_speed_matches_the_camera_path():
     assert 0.6 * true_speed < m.angular_speed_deg_s < 1.05 * true_speed
     assert m.total_angle_deg == pytest.approx(m.angular_speed_deg_s * (spec.frames - 1) / spec.fps)
     assert m.speed_cv < 0.35
+
+
+@pytest.mark.parametrize("back, step", [(6, 1), (4, 3), (8, 1)], ids=["retraced", "back-faster", "back-slower"])
+def test_a_camera_that_turns_back_fails_strict_qc_with_the_share_it_goes_back(back, step):
+    """Forward over frames 0, 2, ..., 40 of a render, then back ``back`` frames at ``step``
+    render frames each (forward moves 2: ``step`` 1 comes back at half the speed, 3 at 1.5x)."""
+    render = _frames(_spec(0, dict(frames=41, total_angle_deg=60, subject="car", seed=61)))
+    forward = render[0:41:2]
+    clip = np.concatenate([forward, render[40 - step::-step][:back]])
+    m = measure_orbit(clip, fps=16)
+    share = back * step / 40  # of the way forward, in render frames
+    assert m.motion == "orbit" and m.reversal == pytest.approx(share, rel=0.35)
+    verdict, reasons = qc_verdict(m, mode="strict")
+    assert verdict == "reject" and any("the camera turns back" in r for r in reasons)
+    assert qc_verdict(m, mode="lenient")[0] == "accept"  # lenient keeps it, warned
+
+    whole = measure_orbit(render[0:41], fps=16)  # the same footage, never turning back
+    assert whole.reversal == 0.0 and qc_verdict(whole, mode="strict")[0] == "accept"
 
 
 def test_steadiness_separates_constant_from_stop_and_go():

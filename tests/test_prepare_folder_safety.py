@@ -475,3 +475,21 @@ def test_a_run_killed_outright_is_resumed_by_the_same_command(raw, tmp_path, cap
     assert {r["source"] for r in records if r.get("type") == "source"} == {"take0.mp4", "take1.mp4", "take2.mp4"}
     assert {r["frames"] for r in records if r.get("type") == "clip"} == {13 if remake else 9}
     assert not (out / ".prepare_journal").exists()
+
+
+def test_footage_that_turns_back_is_rejected_by_strict_qc_and_kept_by_lenient(tmp_path):
+    from circle_rotate.selfcheck.synthetic.turntable import render_frames
+
+    spec = TurntableSpec(name="pingpong", width=160, height=96, frames=33, total_angle_deg=50, subject="car", seed=71)
+    render = [f.image for f in render_frames(spec)]
+    frames = render[0:33:2] + render[31:15:-2]  # 17 frames forward, 8 back: one 25-frame clip
+    src = tmp_path / "raw" / "pingpong.mp4"
+    src.parent.mkdir()
+    write_video(src, frames, fps=16)
+    for qc, verdict in (("strict", "reject"), ("lenient", "accept")):
+        out = tmp_path / qc
+        assert main(["-q", "prepare", str(src.parent), "-o", str(out), "--frames", "25", "--fps", "16",
+                     "--resolution", "160x96", "--jobs", "1", "--preset", "ultrafast", "--qc", qc]) == 0
+        (clip,) = [r for r in read_manifest(out / MANIFEST_NAME) if r["type"] == "clip"]
+        assert clip["verdict"] == verdict and clip["orbit"]["reversal"] > 0.2
+        assert any("the camera turns back" in r for r in clip["reasons"]), clip["reasons"]

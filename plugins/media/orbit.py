@@ -53,6 +53,8 @@ LOOP_MIN_DEG = 300.0
 REPEAT_RATIO = 0.1
 REPEAT_MAX_LEVELS = 2.0
 REPEAT_REACH = 3  # pairs on each side looked at: a frame shown up to four times
+REVERSAL_REACH = 3  # frames on each side of a turning point compared (see _retraces)
+REVERSAL_MIRROR = 0.8
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class OrbitMeasurement:
         total_angle_deg: estimated angle turned over the clip.
         shake: frame-to-frame jitter, fraction of the frame width per frame.
         pivot_ratio: how still the pivot stays relative to the far field (1 = perfectly).
+        reversal: for an orbit, the longest stretch over which the camera goes back, as a
+            fraction of the way it goes forward over the clip (0 = never turns back; a clip
+            played forward then backward reads about the share it plays backward).
     """
 
     motion: str
@@ -99,6 +104,7 @@ class OrbitMeasurement:
     total_angle_deg: float = 0.0
     shake: float = 0.0
     pivot_ratio: float = 0.0
+    reversal: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN becomes None, floats rounded to 4 decimals)."""
@@ -198,6 +204,50 @@ def _border_motion(u: np.ndarray, v: np.ndarray) -> float:
     return 0.0 if np.isnan(value) else float(value)
 
 
+def _grey_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b).mean())
+
+
+def _retraces(frames: Sequence[np.ndarray], start: int, stop: int) -> bool:
+    """Whether the camera, going back from frame ``start`` to frame ``stop``, retraces its path.
+    At a turning point t, a frame a few steps into the run going back shows a view the camera
+    passed on the other side of t: it is closer to one of those frames than to frame t itself.
+    Without a turn it moves away from t, and the frames beyond t are farther still (ratio > 1);
+    with one the ratio is ~0 for an exact retrace and ~0.3-0.6 coming back at another speed."""
+    n = len(frames)
+    for t, side, room in ((start, 1, start), (stop, -1, n - 1 - stop)):  # the run lies after start, before stop
+        j = min(REVERSAL_REACH, stop - start)
+        if room < 1 or j < 1:
+            continue
+        leg = frames[t + side * j]
+        passed = min(_grey_distance(leg, frames[t - side * k]) for k in range(1, min(2 * REVERSAL_REACH, room) + 1))
+        if passed < REVERSAL_MIRROR * _grey_distance(leg, frames[t]):
+            return True
+    return False
+
+
+def _reversal(rel: np.ndarray, sign: float, frames: Optional[Sequence[np.ndarray]]) -> float:
+    """The largest run of going back (far-field parallax against the orbit's direction),
+    summed over its pairs, over all the going forward: a run, so flow noise scattered over
+    single pairs counts for little, and a share, so it holds at any speed. The parallax alone
+    misreads some stretches of hard footage (a subject that drifts, a bare backdrop), so a run
+    counts only where the frames show the camera retracing its path (:func:`_retraces`);
+    without ``frames`` nothing counts."""
+    ahead = np.asarray(rel, float) * sign
+    forward = float(np.sum(np.clip(ahead, 0, None)))
+    if frames is None or forward <= 0:
+        return 0.0
+    worst, start, back = 0.0, None, 0.0
+    for i, x in enumerate([*ahead, 0.0]):  # pair i goes from frames[i] to frames[i + 1]
+        if x < 0:
+            start, back = (i if start is None else start), back - x
+            continue
+        if start is not None and back > worst * forward and _retraces(frames, start, i):
+            worst = back / forward
+        start, back = None, 0.0
+    return worst
+
+
 def _cut_pairs(residual: np.ndarray) -> List[int]:
     if len(residual) == 0:
         return []
@@ -273,7 +323,8 @@ def measure_orbit(frames: np.ndarray, *, fps: float, flows: Optional[Sequence[np
             given = pair_stats(a, b, resize_flow(flows[i], (w, h)))
             own = given if given.residual <= own.residual else own
         stats.append(own)
-    m = classify_pairs(stats, width=w, height=h, fps=fps, hfov_deg=hfov_deg, first=grey[0], last=grey[-1])
+    m = classify_pairs(stats, width=w, height=h, fps=fps, hfov_deg=hfov_deg, first=grey[0], last=grey[-1],
+                       frames=[grey[i] for i in ends])
     if repeats:
         m = replace(m, reasons=m.reasons + (f"{repeats} of {len(grey)} frames repeat the one before (a frame-rate "
                                             f"conversion): measured on the {len(ends)} distinct ones",))
@@ -294,9 +345,12 @@ def distinct_frame_ends(grey: Sequence[np.ndarray]) -> List[int]:
 
 
 def classify_pairs(stats: Sequence[PairStats], *, width: int, height: int, fps: float, hfov_deg: float = DEFAULT_HFOV_DEG,
-                   first: Optional[np.ndarray] = None, last: Optional[np.ndarray] = None) -> OrbitMeasurement:
+                   first: Optional[np.ndarray] = None, last: Optional[np.ndarray] = None,
+                   frames: Optional[Sequence[np.ndarray]] = None) -> OrbitMeasurement:
     """The decision part of :func:`measure_orbit`, on per-pair summaries already computed
-    (``prepare`` computes them while it decodes)."""
+    (``prepare`` computes them while it decodes). ``frames``: the analysis frames the pairs
+    join (``stats[i]`` from ``frames[i]`` to ``frames[i + 1]``), to confirm a turn back; without
+    them ``reversal`` reads 0."""
     u = np.stack([s.u for s in stats])
     v = np.stack([s.v for s in stats])
     focal = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
@@ -350,4 +404,5 @@ def classify_pairs(stats: Sequence[PairStats], *, width: int, height: int, fps: 
         if motion == "orbit" else "none", angular_speed_deg_s=mean_speed if motion != "static" else 0.0,
         speed_cv=cv, jerk=jerk, centre_offset=offset if motion == "orbit" else float("nan"), loop_closure=loop,
         confidence=confidence, reasons=tuple(reasons), total_angle_deg=total if motion != "static" else 0.0,
-        shake=shake, pivot_ratio=float(pivot_ratio))
+        shake=shake, pivot_ratio=float(pivot_ratio), reversal=_reversal(rel, sign, frames) if motion == "orbit" and frames is not None and len(frames) == len(stats) + 1
+        else 0.0)

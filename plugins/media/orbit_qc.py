@@ -1,7 +1,7 @@
 """Orbit QC policy: which measured clips ``prepare`` keeps (``--qc strict|lenient|off``).
 
-- ``strict``: only clean orbits: motion "orbit", a clear direction, steady speed, no
-  jerks, subject near the centre, no repeated frames.
+- ``strict``: only clean orbits: motion "orbit", a clear direction, no turning back,
+  steady speed, no jerks, subject near the centre, no repeated frames.
 - ``lenient``: everything with camera motion and no cut; what strict would have
   rejected is kept with "warning:" reasons.
 - ``off``: keep everything (still measured and recorded).
@@ -28,6 +28,7 @@ class QcLimits:
     max_speed_cv: float = 0.8
     max_jerk: float = 2.0
     max_centre_offset: float = 0.35
+    max_reversal: float = 0.05  # a clean orbit reads 0-0.01; a clip played back and forth, its backward share
 
 
 def strict_failures(m: OrbitMeasurement, *, notes: Sequence[str] = (), limits: QcLimits = QcLimits()) -> List[str]:
@@ -41,6 +42,8 @@ def strict_failures(m: OrbitMeasurement, *, notes: Sequence[str] = (), limits: Q
             out.append(f"direction unclear (confidence {m.confidence:.2f} < {limits.min_confidence})")
         if m.speed_cv > limits.max_speed_cv:
             out.append(f"unsteady speed (speed_cv {m.speed_cv:.2f} > {limits.max_speed_cv})")
+        if m.reversal > limits.max_reversal:
+            out.append(f"the camera turns back ({m.reversal:.0%} of the way it goes forward)")
         if m.jerk > limits.max_jerk:
             out.append(f"jerky motion (jerk {m.jerk:.2f} > {limits.max_jerk})")
         if not math.isnan(m.centre_offset) and m.centre_offset > limits.max_centre_offset:

@@ -117,8 +117,9 @@ def _measure(st: _State, window: Window):
         pairs = [s.pair for s in seq[1:] if s.pair is not None] or [pair_stats(seq[0].grey, seq[0].grey,
                                                                              np.zeros((*seq[0].grey.shape, 2), np.float32))]
     grey = seq[0].grey
+    joined = [seq[0].grey] + [s.grey for s in seq[1:] if s.pair is not None and not s.repeated]  # what the pairs join
     m = classify_pairs(pairs, width=grey.shape[1], height=grey.shape[0], fps=opts.fps * len(pairs) / max(1, len(seq) - 1),
-                       hfov_deg=opts.hfov_deg, first=seq[0].grey, last=seq[-1].grey)
+                       hfov_deg=opts.hfov_deg, first=seq[0].grey, last=seq[-1].grey, frames=joined)
     return seq, m, notes
 
 
