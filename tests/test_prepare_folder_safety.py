@@ -227,6 +227,37 @@ def test_letterboxed_footage_gets_a_note_with_the_crop_that_removes_the_bars(raw
     assert "1 source(s) keep black bars in their clips (first: boxed.mp4: black bars in" in capsys.readouterr().out
 
 
+def test_crop_bars_trains_on_the_picture_the_bars_frame(raw, tmp_path, capsys):
+    """Bars on all four sides, unequal: the clips of the boxed source are the plain source's clips."""
+    from circle_rotate.media.borders import find_bars
+    import cv2
+
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    frames = read_video(raw / "take0.mp4")  # 160x96
+    write_video(mine / "boxed.mp4", [np.pad(f, ((10, 30), (24, 16), (0, 0))) for f in frames], fps=24, crf=12)
+    write_video(mine / "plain.mp4", frames, fps=24, crf=12)
+    assert _prepare(mine, tmp_path / "P", "--crop-bars") == 0
+    assert "keep black bars" not in capsys.readouterr().out
+    records = read_manifest(tmp_path / "P" / MANIFEST_NAME)
+    heads = {r["source"]: r for r in records if r["type"] == "source"}
+    assert "black bars cropped off (10 rows at the top, 30 rows at the bottom, 24 columns at the left, 16 columns " \
+           "at the right of the source: crop=160:96:24:10)" in heads["boxed.mp4"]["notes"]
+    assert not any("black bars" in n for n in heads["plain.mp4"]["notes"])
+    clips = {r["source"]: read_video(tmp_path / "P" / r["clip"]) for r in records if r["type"] == "clip" and r["index"] == 0} \
+        if records and "index" in records[-1] else {}
+    if not clips:
+        firsts = {}
+        for r in records:
+            if r["type"] == "clip" and r["source"] not in firsts:
+                firsts[r["source"]] = read_video(tmp_path / "P" / r["clip"])
+        clips = firsts
+    boxed, plain = clips["boxed.mp4"], clips["plain.mp4"]
+    assert boxed.shape == plain.shape == (9, 96, 160, 3)
+    assert np.abs(boxed.astype(int) - plain).mean() < 3  # the same picture, two encodes apart
+    assert not find_bars(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in boxed]))
+
+
 def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_runs(raw, tmp_path):
     import fcntl
     import os

@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-rejected", action="store_true", help="also write rejected clips to OUT_DIR/rejected/")
     p.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
     p.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    p.add_argument("--crop-bars", action="store_true",
+                   help="crop black bars (letterbox, pillarbox) off each source before scaling (found on its first "
+                        "frames); without it they are kept and named with the crop that removes them")
     p.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view in degrees, for speeds")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--dry-run", action="store_true", help="list the sources that would be prepared, write nothing")
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     w, h = args.resolution
     options = PrepareOptions(frames=args.frames, fps=args.fps, size=SizePolicy(args.size_mode, w, h, args.upscale),
                              trim_still=not args.keep_still, max_clips=args.max_clips, qc=args.qc, crf=args.crf,
-                             preset=args.preset, jobs=args.jobs, keep_rejected=args.keep_rejected, hfov_deg=args.hfov)
+                             preset=args.preset, jobs=args.jobs, keep_rejected=args.keep_rejected, hfov_deg=args.hfov,
+                             crop_bars=args.crop_bars)
     out = out_path(args, "circle-rotate prepare")
     if out is None:
         raise UserError("no output folder given", fix=f"circle-rotate prepare {args.raw_dir} -o data/prepared")

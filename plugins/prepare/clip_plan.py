@@ -287,6 +287,19 @@ def frame_geometry(src_w: int, src_h: int, policy: SizePolicy) -> FrameGeometry:
     return _cover((src_w, src_h), out)
 
 
+def cropped_geometry(src_w: int, src_h: int, crop: Tuple[int, int, int, int], policy: SizePolicy) -> FrameGeometry:
+    """The geometry of the ``crop`` (x, y, w, h) of an upright ``src_w`` x ``src_h`` source under
+    ``policy``, as a scale of the whole frame and a crop of that: sized for the crop alone."""
+    x, y, w, h = crop
+    inner = frame_geometry(w, h, policy)
+    fx, fy = inner.scaled[0] / w, inner.scaled[1] / h
+    scaled = (max(1, round(src_w * fx)), max(1, round(src_h * fy)))
+    cx, cy, ow, oh = inner.crop
+    left = min(round(x * fx) + cx, scaled[0] - ow)  # rounding never reaches past the scaled frame
+    top = min(round(y * fy) + cy, scaled[1] - oh)
+    return FrameGeometry(scaled, (max(0, left), max(0, top), ow, oh))
+
+
 def check_frames(frames: int) -> None:
     """Raise a UserError unless ``frames`` is of the form 4n+1 (what Wan's VAE needs)."""
     if frames < 1 or not is_4n_plus_1(frames):

@@ -35,6 +35,8 @@ class PrepareOptions:
         encode_threads: x264 threads per clip (0: FFmpeg decides).
         keep_rejected: also write rejected clips (to ``rejected/``) for inspection.
         hfov_deg: assumed horizontal field of view (scales the measured speeds only).
+        crop_bars: crop the black bars (letterbox, pillarbox) found on a source's first frames
+            off all of it before scaling, so the LoRA does not learn them.
     """
 
     frames: int = 81
@@ -49,6 +51,7 @@ class PrepareOptions:
     encode_threads: int = 0
     keep_rejected: bool = False
     hfov_deg: float = DEFAULT_HFOV_DEG
+    crop_bars: bool = False
 
     def validate(self) -> None:
         """Raise one UserError naming every bad setting."""
@@ -90,7 +93,8 @@ class PrepareOptions:
     def clip_key(self) -> str:
         """Hash of what decides a clip's pixels (a clip with the same key is reused)."""
         return stable_hash({"v": ALGORITHM_VERSION, "frames": self.frames, "fps": self.fps, "size": asdict(self.size),
-                            "trim": self.trim_still, "crf": self.crf, "preset": self.preset})
+                            "trim": self.trim_still, "crf": self.crf, "preset": self.preset,
+                            **({"crop_bars": True} if self.crop_bars else {})})  # earlier runs' keys stand
 
     def settings_key(self) -> str:
         """Hash of every setting that changes the output (a source done with it is skipped)."""

@@ -26,7 +26,8 @@ from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_gr
 from circle_rotate.media.orbit_qc import qc_verdict
 from circle_rotate.media.scene_cuts import CutDetector
 from circle_rotate.prepare.caption import caption_for
-from circle_rotate.prepare.clip_plan import ClipPlanner, FrameGeometry, TimestampResampler, Window, frame_geometry
+from circle_rotate.prepare.clip_plan import (ClipPlanner, FrameGeometry, TimestampResampler, Window, cropped_geometry,
+                                            frame_geometry)
 from circle_rotate.prepare.manifest import clip_stem, stable_hash
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import note_clip
@@ -34,6 +35,9 @@ from circle_rotate.prepare.prepared_folder import note_clip
 logger = logging.getLogger(__name__)
 
 PAUSE_S = 0.5  # stillness this long ends a segment (with still trimming)
+#: ``--crop-bars`` looks for bars on this many first frames, at most this long a side: bars are
+#: the source's own (an export's letterbox), there from its first frame.
+BARS_LOOK_FRAMES, BARS_LOOK_SIDE = 48, 640
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class _State:
     samples: Dict[int, _Sample] = field(default_factory=dict)
     records: List[dict] = field(default_factory=list)
     last_src: int = -1
+    notes: List[str] = field(default_factory=list)  # the source's, from before decoding (a crop made)
 
 
 def _moving(pair: PairStats, width: int, fps: float, hfov_deg: float) -> bool:
@@ -223,13 +228,51 @@ def _process(job: SourceJob) -> List[dict]:
         return [_source_record(job, status="too_short", probe=probe,
                                reason=f"{info.duration:.2f} s long; {opts.frames} frames at {opts.fps:g} fps need "
                                       f"{_needed_seconds(opts):.2f} s")]
+    width, height = info.display_size
+    bars = source_bars(job.path, (width, height)) if opts.crop_bars else Bars()
     try:
-        geometry = frame_geometry(*info.display_size, opts.size)
+        if bars:
+            geometry = cropped_geometry(width, height, (bars.left, bars.top, width - bars.left - bars.right,
+                                                        height - bars.top - bars.bottom), opts.size)
+        else:
+            geometry = frame_geometry(width, height, opts.size)
     except UserError as exc:
         return [_source_record(job, status="error", probe=probe, reason=str(exc))]
     st = _State(job, geometry, ClipPlanner(opts.frames, trim_still=opts.trim_still, pause=max(1, round(PAUSE_S * opts.fps)),
                                            max_clips=opts.max_clips), CutDetector(fps=opts.fps))
+    if bars:
+        st.notes.append(f"black bars cropped off ({bars.describe()} of the source: {bars.crop(width, height)})")
     return _run(st, info, probe)
+
+
+def source_bars(path: str, display: tuple) -> Bars:
+    """The black bars of the source at ``path`` on its first :data:`BARS_LOOK_FRAMES` frames, in its
+    display pixels, each widened to an even count (a thin black line left is worse than two
+    pixels of picture lost); none where they cannot be read (the main pass says why)."""
+    width, height = display
+    s = min(1.0, BARS_LOOK_SIDE / max(width, height))
+    size = (max(16, round(width * s)), max(16, round(height * s)))
+    grey = []
+    try:
+        for frame in iter_decoded_frames(path):
+            grey.append(cv2.cvtColor(frame.to_rgb(size), cv2.COLOR_RGB2GRAY))
+            if len(grey) >= BARS_LOOK_FRAMES:
+                break
+    except UserError:
+        return Bars()
+    if not grey:
+        return Bars()
+    found = find_bars(np.stack(grey))
+
+    def to_source(n: int, scale: float) -> int:
+        return int(math.ceil(n / scale / 2)) * 2 if n else 0
+
+    sx, sy = size[0] / width, size[1] / height
+    out = Bars(to_source(found.top, sy), to_source(found.bottom, sy), to_source(found.left, sx),
+               to_source(found.right, sx))
+    if out.top + out.bottom >= height - 16 or out.left + out.right >= width - 16:
+        return Bars()  # next to nothing left: not bars around a picture
+    return out
 
 
 def _run(st: _State, info, probe: dict) -> List[dict]:
@@ -251,7 +294,7 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
                     _add_sample(st, k, prev, src)
     except UserError as exc:
         error = exc
-    notes = shown_notes(info)
+    notes = shown_notes(info) + st.notes
     # the container's duration, not the packet count: an edit list (a trim saved without
     # re-encoding) keeps packets before its start that no player shows
     declared = info.duration if info.duration > 0 else info.frame_count / info.fps
