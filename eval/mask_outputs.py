@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -19,6 +20,7 @@ from circle_rotate.eval.contact_sheet import contact_sheet, png_bytes
 from circle_rotate.eval.frames import Clip
 from circle_rotate.eval.subject_mask import SubjectMasks
 from circle_rotate.kernel.atomic import write_bytes
+from circle_rotate.kernel.errors import UserError
 
 
 def output_names(videos: Sequence[os.PathLike | str]) -> List[str]:
@@ -88,11 +90,39 @@ def write_contact_sheet(folder: os.PathLike | str, clip: Clip, masks: SubjectMas
     return write_bytes(sheet_path(folder, clip, name), png_bytes(sheet))
 
 
+def _is_mask_png(path: Path) -> bool:
+    """A file :func:`write_masks` wrote: ``frame_NNNN.png``, one grey channel of 0 and 255 only
+    (a video's frames extracted under the same names are colour, or grey of many levels)."""
+    if not (path.is_file() and re.fullmatch(r"frame_\d{4,}\.png", path.name)):
+        return False
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return image is not None and image.ndim == 2 and image.dtype == np.uint8 and not np.any((image > 0) & (image < 255))
+
+
+def foreign_files(folder: os.PathLike | str) -> List[Path]:
+    """The files in a masks folder (``DIR/<video>/``) that :func:`write_masks` did not write, which
+    it must neither overwrite nor remove: the user's own, say a video's frames extracted there."""
+    root = Path(folder)
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        return [root]
+    return sorted(p for p in root.iterdir() if not _is_mask_png(p))
+
+
 def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, name: Optional[str] = None) -> List[Path]:
     """``FOLDER/<name>/frame_<index>.png`` per sampled frame: 255 on the subject, 0 elsewhere
-    (the name as :func:`sheet_path`'s)."""
+    (the name as :func:`sheet_path`'s).
+
+    Raises:
+        UserError: the folder holds files this did not write (:func:`foreign_files`).
+    """
     out = []
     own = Path(folder) / _name(clip, name)
+    foreign = foreign_files(own)
+    if foreign:  # checked before the run too (runner); this keeps a folder made meanwhile safe
+        raise UserError(f"--save-masks would write into {own}, which holds files eval did not write (first: "
+                        f"{foreign[0].name})", path=own, fix="name another --save-masks folder")
     earlier = set(own.glob("frame_*.png")) if own.is_dir() else set()
     for i, m in zip(masks.frames, masks.masks):
         ok, buf = cv2.imencode(".png", np.where(m, 255, 0).astype(np.uint8))
@@ -132,7 +162,7 @@ def remove_written_since(*folders: Optional[os.PathLike | str], since: float, ke
             continue
         for f in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their folders
             try:
-                ours = f.name.endswith(SHEET_SUFFIX) or (f.name.startswith("frame_") and f.suffix == ".png")
+                ours = f.name.endswith(SHEET_SUFFIX) or _is_mask_png(f)
                 if f.is_file() and ours and f.stat().st_mtime >= since:
                     f.unlink()
                 elif f.is_dir() and f not in keep and not any(f.iterdir()):

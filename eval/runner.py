@@ -25,8 +25,8 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import (folders_under, is_masks_folder, output_names, remove_written_since,
-                                             write_contact_sheet, write_masks)
+from circle_rotate.eval.mask_outputs import (folders_under, foreign_files, is_masks_folder, output_names,
+                                             remove_written_since, write_contact_sheet, write_masks)
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
@@ -276,6 +276,13 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
             raise UserError(f"--subject-boxes key {key!r} names {len(named)} videos given ({named[0]}, {named[1]})",
                             fix="evaluate those folders one at a time, each with its own boxes file")
     written_as = output_names(videos)
+    mask_dir = (options or {}).get("mask_dir")
+    for name in written_as if mask_dir else ():  # before any work: a user's files there are never overwritten
+        foreign = foreign_files(Path(mask_dir) / name)
+        if foreign:
+            raise UserError(f"--save-masks would write the masks of {name} into {Path(mask_dir) / name}, which holds "
+                            f"files eval did not write (first: {foreign[0].name})", path=mask_dir,
+                            fix="name another --save-masks folder")
     start, started = time.perf_counter(), time.time()
     output_folders = ((options or {}).get("sheet_dir"), (options or {}).get("mask_dir"))
     standing = folders_under(*output_folders)

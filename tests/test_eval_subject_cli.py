@@ -146,12 +146,30 @@ def test_save_masks_into_an_earlier_runs_folder_needs_force_and_leaves_no_stale_
     masks = tmp_path / "masks"
     args = ["-q", "eval", str(clip[0]), "--metrics", "subject_drift", "--save-masks", str(masks)]
     assert main(args) == 0
-    stale = masks / "orbit" / "frame_9999.png"
-    stale.write_bytes((masks / "orbit.drift.png").read_bytes())
+    stale = masks / "orbit" / "frame_9999.png"  # as a run sampling other frames would have left
+    stale.write_bytes(sorted((masks / "orbit").glob("frame_*.png"))[0].read_bytes())
     assert main(args) == 2
     assert "already holds the contact sheets and masks of an earlier run" in _error_line(capsys)
     assert main([*args, "--force"]) == 0
     assert not stale.exists() and list((masks / "orbit").glob("frame_*.png"))
+
+
+def test_save_masks_never_overwrites_or_removes_files_it_did_not_write(clip, tmp_path, capsys):
+    """The video's own frames extracted to masks/orbit/ under the names the masks take."""
+    from circle_rotate.kernel.video_io import read_video
+
+    masks = tmp_path / "masks"
+    (masks / "orbit").mkdir(parents=True)
+    frames = read_video(clip[0])
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(masks / "orbit" / f"frame_{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    before = {p.name: p.read_bytes() for p in (masks / "orbit").iterdir()}
+    for extra in ([], ["--force"]):  # --force replaces eval's own outputs, never these
+        assert main(["-q", "eval", str(clip[0]), "--metrics", "subject_drift", "--save-masks", str(masks), *extra]) == 2
+        line = _error_line(capsys)
+        assert "which holds files eval did not write (first: frame_0000.png)" in line and "another --save-masks" in line
+        assert {p.name: p.read_bytes() for p in (masks / "orbit").iterdir()} == before
+        assert not (masks / "orbit.drift.png").exists()
 
 
 def test_save_masks_where_nothing_can_be_written_is_refused_before_the_work(clip, tmp_path, capsys):
