@@ -241,11 +241,16 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
     try:
         stream = pick_video_stream(container)
         rate = nominal_rate(stream)
+        shown = gif_timing(container, stream) if stream.codec_context.name == "gif" else None
+        if shown is not None:
+            rate = shown[0] / shown[1] if shown[1] else rate
         fps = float(rate) if rate else 0.0
-        frames = int(stream.frames or 0)
-        if count_frames or frames <= 0:
+        frames = shown[0] if shown is not None else int(stream.frames or 0)
+        if shown is None and (count_frames or frames <= 0):
             frames = sum(1 for pkt in container.demux(stream) if pkt.size)
-        if stream.duration is not None and stream.time_base is not None:
+        if shown is not None and shown[1]:
+            duration = float(shown[1])
+        elif stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
@@ -364,6 +369,27 @@ def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
     if transfer is None:
         return None
     return Signal(transfer, matrix=int(getattr(cc, "colorspace", 9) or 9), full_range=int(cc.color_range or 0) == 2)
+
+
+#: A GIF frame delay at or under this many seconds is shown for :data:`GIF_SHORT_DELAY_SHOWN`: what
+#: browsers do (Chromium's and Firefox's GIF decoders; FFmpeg raises only a delay of 0), and so
+#: what the person who judges a generated GIF saw.
+GIF_SHORT_DELAY_S, GIF_SHORT_DELAY_SHOWN = Fraction(1, 100), Fraction(1, 10)
+
+
+def gif_timing(container, stream) -> tuple:
+    """(frames, seconds shown) of a GIF from its frame delays, as a browser plays it. FFmpeg's
+    stated rate is a guess from the first delays: a GIF of 60 and 70 ms delays reads 16.67 fps
+    where it plays at 15, and one of 10 ms delays 100 fps where it plays at 10. Demuxes the stream."""
+    count, total = 0, Fraction(0)
+    base = stream.time_base or Fraction(1, 100)
+    for packet in container.demux(stream):
+        if not packet.size:
+            continue
+        count += 1
+        delay = Fraction(packet.duration or 0) * base
+        total += GIF_SHORT_DELAY_SHOWN if delay <= GIF_SHORT_DELAY_S else delay
+    return count, total
 
 
 def nominal_rate(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
