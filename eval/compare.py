@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -82,13 +83,25 @@ def _keys(rows: Sequence[Mapping[str, Any]], *, prefix: bool, suffix: bool) -> D
     return {s[pre:len(s) - suf]: r for s, r in zip(stems, rows)}
 
 
-def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]]) -> str:
-    """Why an evaluated video has no pair: its namesake failed (a black video, a corrupt file), or there is none."""
+def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]],
+              own_side: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Why an evaluated video has no pair: its namesake failed (a black video, a corrupt file),
+    another video of its side has its name, or there is none."""
     stem = Path(row["video"]).stem
     failed = [r["video"] for r in other_side if r.get("status") != "ok" and Path(r["video"]).stem == stem]
     if failed:
         return f"{row['video']}: its namesake {failed[0]} could not be evaluated, so the pair is left out"
+    twins = [r["video"] for r in own_side if r is not row and r.get("status") == "ok" and Path(r["video"]).stem == stem]
+    if twins:
+        return (f"{row['video']}: {twins[0]} on its side has its name too, so only a namesake with the same file name "
+                f"pairs with it, and the other side has none; name the videos apart")
     return f"{row['video']}: no namesake on the other side"
+
+
+def _twin_stems(rows: Sequence[Mapping[str, Any]]) -> set:
+    """Stems two or more of ``rows`` share (``demo1.gif`` beside ``demo1.mp4``)."""
+    stems = Counter(Path(r["video"]).stem for r in rows)
+    return {s for s, n in stems.items() if n > 1}
 
 
 def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> List[Pair]:
@@ -99,12 +112,20 @@ def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str,
     """
     base_ok = [r for r in baseline if r.get("status") == "ok"]
     lora_ok = [r for r in lora if r.get("status") == "ok"]
-    pairs: List[Pair] = []
+    # Where one side holds two videos of one stem (demo1.gif beside demo1.mp4), a stem names no
+    # single video: those pair by their whole file name only, and the rest by stem as usual.
+    twins = _twin_stems(base_ok) | _twin_stems(lora_ok)
+    by_name = {r["video"]: r for r in lora_ok if Path(r["video"]).stem in twins}
+    pairs = [Pair(r["video"], r, by_name[r["video"]]) for r in base_ok
+             if Path(r["video"]).stem in twins and r["video"] in by_name]
+    base_ok = [r for r in base_ok if Path(r["video"]).stem not in twins]
+    lora_ok = [r for r in lora_ok if Path(r["video"]).stem not in twins]
+    found = len(pairs)
     for prefix, suffix in ((False, False), (False, True), (True, True)):
         b, l = _keys(base_ok, prefix=prefix, suffix=suffix), _keys(lora_ok, prefix=prefix, suffix=suffix)
         common = [k for k in b if k in l]
         if common:
-            pairs = [Pair(k, b[k], l[k]) for k in common]
+            pairs = pairs[:found] + [Pair(k, b[k], l[k]) for k in common]
             break
     # names marked by side on only some videos (demo1_base / demo1_ours beside demo2 / demo2)
     taken = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
@@ -256,8 +277,10 @@ SHEETS = ("sheets/baseline", "sheets/lora")
 
 def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
     """The files ``run_compare`` writes into ``out_dir``."""
+    from circle_rotate.eval.mask_outputs import REPORT_FILES  # OpenCV with it: only when run
+
     d = Path(out_dir)
-    return (d / "compare.json", d / "report.html", *(d / n for n in FIGURES))
+    return (*(d / n for n in REPORT_FILES), *(d / n for n in FIGURES))
 
 
 def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir: os.PathLike | str,
@@ -326,8 +349,8 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
     left_out = unreliable_pairs(pairs)
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
     notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
-    notes += [_unpaired(r, lora_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
-    notes += [_unpaired(r, base_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
+    notes += [_unpaired(r, lora_rows, base_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
+    notes += [_unpaired(r, base_rows, lora_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
     unlike = mismatched_pairs(pairs)
     notes += [f"{p.name}: left out of every statistic: the two videos were not generated alike ({why}); generate "
               f"both at the same size, length and frame rate" for p, why in unlike]

@@ -70,6 +70,16 @@ def is_masks_folder(folder: os.PathLike | str) -> bool:
         return False
 
 
+#: Files only ``eval compare`` writes at the top of its report folder.
+REPORT_FILES = ("compare.json", "report.html")
+
+
+def is_report_folder(folder: os.PathLike | str) -> bool:
+    """Is ``folder`` an ``eval compare`` report (its plots are PNGs, which would pass for a
+    video's frames when the report is written beside or inside the videos)?"""
+    return any((Path(folder) / n).is_file() for n in REPORT_FILES)
+
+
 def sheet_path(folder: os.PathLike | str, clip: Clip, name: Optional[str] = None) -> Path:
     """``FOLDER/<name>.drift.png``; the name is the video's stem unless given (:func:`output_names`)."""
     return Path(folder) / f"{_name(clip, name)}{SHEET_SUFFIX}"

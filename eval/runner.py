@@ -25,7 +25,7 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import (folders_under, foreign_files, is_masks_folder, output_names,
+from circle_rotate.eval.mask_outputs import (folders_under, foreign_files, is_masks_folder, is_report_folder, output_names,
                                              remove_written_since, write_contact_sheet, write_masks)
 from circle_rotate.eval.registry import COLUMNS, resolve
 from circle_rotate.eval.subject_hints import only_for
@@ -80,8 +80,12 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
         if is_masks_folder(p) or is_masks_folder(p.resolve().parent):  # the sheets, or one video's masks
             raise UserError("folder holds the contact sheets and masks eval --save-masks wrote, not a video's frames",
                             path=p, fix="pass the folder of the videos they were made from")
+        if is_report_folder(p):
+            raise UserError("folder is an eval compare report, not a video's frames", path=p,
+                            fix="pass the folder of the videos it compared")
         videos = _videos_in(p)
-        folders = sorted(c for c in p.iterdir() if c.is_dir() and not is_masks_folder(c) and is_frame_folder(c))
+        folders = sorted(c for c in p.iterdir() if c.is_dir() and not is_masks_folder(c) and not is_report_folder(c)
+                         and is_frame_folder(c))
         if videos or folders:
             out.extend(videos + folders)
             continue

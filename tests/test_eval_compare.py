@@ -216,6 +216,36 @@ def test_names_marked_by_side_on_only_some_videos_still_pair():
         ("demo3", "demo3-orig.mp4", "demo3-lora.mp4")]
 
 
+def test_a_report_written_inside_a_side_is_not_read_as_a_video_on_the_next_run(sides, tmp_path, capsys):
+    import shutil
+
+    base, lora = tmp_path / "b", tmp_path / "l"
+    shutil.copytree(sides / "baseline", base)
+    shutil.copytree(sides / "lora", lora)
+    args = ["-q", "eval", "compare", str(base), str(lora), "--metrics", "motion", "--out", str(lora / "report")]
+    assert main(args) == 0
+    first = json.loads((lora / "report" / "compare.json").read_text())
+    assert main([*args, "--force"]) == 0  # the report's PNGs are no video's frames
+    again = json.loads((lora / "report" / "compare.json").read_text())
+    assert again["notes"] == first["notes"] and len(again["pairs"]) == len(first["pairs"]) == len(SUBJECTS)
+    assert main(["-q", "eval", str(lora / "report"), "--metrics", "motion"]) == 2
+    assert "folder is an eval compare report, not a video's frames" in capsys.readouterr().err
+
+
+def test_two_videos_of_one_name_on_a_side_pair_by_their_whole_file_name_only():
+    from circle_rotate.eval.compare import _unpaired
+
+    rows = lambda *names: [{"video": n, "status": "ok"} for n in names]  # noqa: E731
+    base, lora = rows("demo1.gif", "demo1.mp4", "demo2.mp4"), rows("demo1.gif", "demo2.mp4")
+    pairs = pair_rows(base, lora)
+    assert sorted((p.baseline["video"], p.lora["video"]) for p in pairs) == [("demo1.gif", "demo1.gif"),
+                                                                              ("demo2.mp4", "demo2.mp4")]
+    assert "demo1.gif on its side has its name too" in _unpaired(base[1], lora, base)
+    # twins on both sides, no whole name in common: no guess at all
+    pairs = pair_rows(rows("x.gif", "x.mp4", "y.mp4"), rows("x.webm", "x.mkv", "y.mp4"))
+    assert [(p.baseline["video"], p.lora["video"]) for p in pairs] == [("y.mp4", "y.mp4")]
+
+
 def test_compare_refuses_a_results_file_against_its_copy_or_its_folder(sides, tmp_path, capsys):
     results = tmp_path / "base.json"
     assert main(["-q", "eval", str(sides / "baseline"), "--metrics", "motion", "-o", str(results)]) == 0
