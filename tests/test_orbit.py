@@ -241,3 +241,13 @@ def test_eval_reads_an_hd_orbit_as_the_estimator_does_and_as_rendered(tmp_path):
     assert row["total_angle_deg"] == pytest.approx(40, rel=0.1)
     grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in read_video(files.video)])
     assert row["total_angle_deg"] == pytest.approx(measure_orbit(grey, fps=16.0).total_angle_deg, abs=0.01)
+
+
+def test_steadiness_is_not_stated_where_too_few_frames_define_it():
+    """Two frames make one speed (no spread), three make no second difference: None in results,
+    not a perfectly steady 0.0 that would enter a comparison's means."""
+    frames = _frames(_spec(3, dict(frames=4, total_angle_deg=12, subject="box")))
+    two, three, four = (measure_orbit(frames[:n], fps=16).to_dict() for n in (2, 3, 4))
+    assert two["speed_cv"] is None and two["jerk"] is None
+    assert three["speed_cv"] is not None and three["jerk"] is None
+    assert four["speed_cv"] is not None and four["jerk"] is not None

@@ -262,11 +262,12 @@ def _loop_closure(first: np.ndarray, last: np.ndarray) -> float:
 
 
 def _speed_stats(speed: np.ndarray) -> tuple[float, float]:
-    mean = float(np.mean(speed))
-    if len(speed) < 2 or mean <= 0:
-        return 0.0, 0.0
-    cv = float(np.std(speed) / mean)
-    jerk = float(np.sqrt(np.mean(np.diff(speed, 2) ** 2)) / mean) if len(speed) >= 3 else 0.0
+    """(speed_cv, jerk); NaN (None in results) where too few pairs define them: a two-frame
+    video's 0.0 would enter a comparison's means as a perfectly steady orbit."""
+    mean = float(np.mean(speed)) if len(speed) else 0.0
+    cv = float(np.std(speed) / mean) if len(speed) >= 2 and mean > 0 else (0.0 if len(speed) >= 2 else math.nan)
+    jerk = float(np.sqrt(np.mean(np.diff(speed, 2) ** 2)) / mean) if len(speed) >= 3 and mean > 0 else (
+        0.0 if len(speed) >= 3 else math.nan)
     return cv, jerk
 
 
