@@ -266,3 +266,13 @@ def test_save_masks_into_the_folder_of_the_videos_is_refused(sides, tmp_path, ca
     assert main(["-q", "eval", str(videos), "--metrics", "subject_drift", "--save-masks", str(videos)]) == 2
     assert "--save-masks names a folder of the videos being evaluated" in capsys.readouterr().err
     assert not list(videos.glob("*.drift.png"))
+
+
+def test_the_same_videos_twice_differ_by_nothing_not_by_round_off():
+    from circle_rotate.eval.compare import Pair
+
+    values = [3.1, 7.4, 5.2, 9.9]
+    pairs = [Pair(str(i), {"global_flow": v}, {"global_flow": v * (1 + (-1) ** i * 3e-13)}) for i, v in enumerate(values)]
+    c = compare_column(pairs, "global_flow", resamples=999)
+    assert c.mean_diff == 0.0 and c.p_value is None and c.cohens_d is None and c.ci_low == c.ci_high == 0.0
+    assert c.verdict == "no clear change"  # global flow has no better side
