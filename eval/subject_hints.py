@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import cv2
+import numpy as np
 
 from circle_rotate.eval.subject_mask import SubjectHint
 from circle_rotate.kernel.errors import UserError
@@ -32,17 +33,39 @@ def parse_box(text: str, *, where: str = "--subject-box",
     return SubjectHint(box=box)  # type: ignore[arg-type]
 
 
+#: Share of the image's border pixels a subject may cover: a mask over more of it has its
+#: background painted white (inverted), as no subject framed in a video fills all four edges.
+MASK_BORDER_MAX = 0.75
+
+
 def read_mask(path: os.PathLike | str) -> SubjectHint:
-    """A PNG whose non-zero pixels are the subject on the first frame."""
+    """The subject on the first frame from an image: white (over half-bright) on black, or, in an
+    image with transparency, its opaque pixels (a cut-out, as background removers save them).
+    Half-bright, not non-zero: a JPEG or an anti-aliased brush leaves faint pixels around the subject."""
     p = Path(path)
     if not p.is_file():
         raise UserError("subject mask not found", path=p, fix="pass a PNG the size of the video's frames")
-    image = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UserError("not a readable image", path=p, fix="save the mask as a PNG (white subject on black)")
-    if not image.any():
-        raise UserError("the mask is empty (all black)", path=p, fix="paint the subject white")
-    return SubjectHint(mask=image > 0)
+    full = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    alpha = image[..., -1] if channels in (2, 4) else None
+    if alpha is not None and alpha.min() < full:  # transparency: the opaque part is the subject
+        subject = alpha > full / 2
+        what = "opaque"
+    else:
+        grey = image if channels == 1 else image[..., 0] if channels == 2 else image[..., :3].max(axis=2)
+        subject = grey > full / 2
+        what = "white"
+    if not subject.any():
+        raise UserError(f"the mask is empty (no {what} pixel over half-bright)", path=p,
+                        fix="paint the subject white on black (or save a cut-out with a transparent background)")
+    border = np.concatenate([subject[0], subject[-1], subject[:, 0], subject[:, -1]])
+    if border.mean() > MASK_BORDER_MAX and not subject.all():  # all of it: said with the frame's size, later
+        raise UserError(f"the mask's {what} part covers {border.mean():.0%} of the image's border: its background is "
+                        f"painted, not its subject", path=p, fix="invert it: the subject white, the background black")
+    return SubjectHint(mask=subject)
 
 
 def _labelled_boxes(name: str, boxes: Any, path: Path) -> SubjectHint:

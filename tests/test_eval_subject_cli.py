@@ -67,6 +67,32 @@ def test_a_box_a_little_past_the_edge_is_cut_off_and_read(clip, capsys):
                  f"--subject-box={xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1 + 4}"]) == 0  # 4 px under the frame
 
 
+def test_a_mask_reads_the_same_from_a_jpeg_or_a_cut_out_and_an_inverted_one_is_refused(clip, tmp_path, capsys):
+    """The true first-frame mask as a PNG, as a JPEG (faint pixels around it), and as a background
+    remover's cut-out (the frame's colours, the subject in the alpha channel): one reading."""
+    from circle_rotate.kernel.video_io import read_video
+
+    video, truth = clip
+    first = cv2.cvtColor(read_video(video)[0], cv2.COLOR_RGB2BGR)
+    white = np.where(truth[0], 255, 0).astype(np.uint8)
+    files = {"png": tmp_path / "m.png", "jpeg": tmp_path / "m.jpg", "cutout": tmp_path / "cut.png"}
+    cv2.imwrite(str(files["png"]), white)
+    cv2.imwrite(str(files["jpeg"]), cv2.GaussianBlur(white, (5, 5), 0), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    cv2.imwrite(str(files["cutout"]), np.dstack([first, white]))
+    drifts = {}
+    for kind, path in files.items():
+        out = tmp_path / f"{kind}.json"
+        assert main(["-q", "eval", str(video), "--subject-mask", str(path), "--metrics", "subject_drift",
+                     "-o", str(out)]) == 0
+        drifts[kind] = json.loads(out.read_text())["videos"][0]["drift"]
+    assert drifts["jpeg"] == pytest.approx(drifts["png"], abs=0.3) and drifts["cutout"] == pytest.approx(drifts["png"])
+    inverted = tmp_path / "inverted.png"
+    cv2.imwrite(str(inverted), 255 - white)
+    assert main(["-q", "eval", str(video), "--subject-mask", str(inverted), "--metrics", "subject_drift"]) == 2
+    line = _error_line(capsys)
+    assert "of the image's border: its background is painted" in line and "invert it" in line
+
+
 def test_a_mask_of_the_whole_frame_is_refused(clip, tmp_path, capsys):
     mask = tmp_path / "all.png"
     cv2.imwrite(str(mask), np.full((160, 256), 255, np.uint8))
