@@ -231,6 +231,30 @@ def mismatched_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
     return out
 
 
+def measured_unlike(pairs: Sequence[Pair]) -> List[str]:
+    """Notes where the two sides were not measured alike (results files written with other
+    options): a subject given (box, mask) on one side and found on the other, and metrics only
+    one side has, which no statistic compares."""
+    notes = []
+    for p in pairs:
+        how = [row.get("subject_found_by") for row in (p.baseline, p.lora)]
+        given = [h in GIVEN_BASES for h in how]
+        if all(how) and given[0] != given[1]:
+            notes.append(f"{p.name}: the subject was given on one side and found on the other (baseline: {how[0]}, "
+                         f"LoRA: {how[1]}), so its drift compares two ways of measuring; give it on both or neither")
+    numeric = [{c for row in side for c, v in row.items() if c in COLUMNS and isinstance(v, (int, float))
+                and not isinstance(v, bool)} for side in ([p.baseline for p in pairs], [p.lora for p in pairs])]
+    for column in sorted(numeric[0] ^ numeric[1]):
+        side = "baseline" if column in numeric[0] else "LoRA"
+        notes.append(f"{column}: measured on the {side} side only (its results were written with other --metrics), "
+                     f"so not compared")
+    return notes
+
+
+#: ``subject_found_by`` values of a subject the user gave (:data:`circle_rotate.eval.subject_find.BASES`).
+GIVEN_BASES = ("user_mask", "user_box")
+
+
 def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
     """:func:`compare_column` for every numeric metric column present, in registry order, over the
     pairs generated alike (:func:`mismatched_pairs`); the mask columns over those whose drift is
@@ -364,6 +388,7 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
               f"both at the same size, length and frame rate" for p, why in unlike]
     notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out
               if all(p is not q for q, _ in unlike)]
+    notes += measured_unlike(pairs)
     figures = compare_figures(pairs, comparisons)
     written = []
     for name, data in figures.items():

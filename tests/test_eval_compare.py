@@ -276,3 +276,15 @@ def test_the_same_videos_twice_differ_by_nothing_not_by_round_off():
     c = compare_column(pairs, "global_flow", resamples=999)
     assert c.mean_diff == 0.0 and c.p_value is None and c.cohens_d is None and c.ci_low == c.ci_high == 0.0
     assert c.verdict == "no clear change"  # global flow has no better side
+
+
+def test_sides_measured_unlike_are_named():
+    from circle_rotate.eval.compare import Pair, measured_unlike
+
+    base = {"video": "a.mp4", "drift": 3.0, "psnr": 20.0, "subject_found_by": "user_box"}
+    lora = {"video": "a.mp4", "drift": 2.0, "subject_found_by": "motion"}
+    notes = measured_unlike([Pair("a", base, lora)])
+    assert notes[0].startswith("a: the subject was given on one side and found on the other (baseline: user_box")
+    assert notes[1].startswith("psnr: measured on the baseline side only") and len(notes) == 2
+    alike = {"video": "a.mp4", "drift": 2.0, "psnr": 21.0, "subject_found_by": "saliency"}
+    assert measured_unlike([Pair("a", {**alike, "subject_found_by": "motion"}, alike)]) == []
