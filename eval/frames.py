@@ -132,7 +132,13 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
         raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")
     sizes = {f.shape for f in frames}
     if len(sizes) > 1:
-        raise UserError(f"frames differ in size ({', '.join(str(s[1]) + 'x' + str(s[0]) for s in sorted(sizes))})",
+        odd = next(i for i, f in enumerate(frames) if f.shape != frames[0].shape)
+        which = f"; first: {frame_files(p)[odd].name}" if p.is_dir() else f"; first: frame {odd}"
+        raise UserError(f"frames differ in size ({', '.join(str(s[1]) + 'x' + str(s[0]) for s in sorted(sizes))}"
+                        f"{which} is {frames[odd].shape[1]}x{frames[odd].shape[0]})",
                         path=p, fix="re-export the video (or frames) at one size")
     fps = rate if rate > 0 else default_fps
+    if rate <= 0:
+        notes = [*notes, f"no frame rate stated (a folder of frames): read at {default_fps:g} fps, which speeds in "
+                         f"deg/s scale with"]
     return dataclasses.replace(clip_from_frames(np.stack(frames), fps=fps, path=str(p)), notes=tuple(notes))

@@ -158,6 +158,21 @@ def test_frame_folders_are_videos(tmp_path):
     assert find_videos([tmp_path]) == [d] and find_videos([d]) == [d]
     row = evaluate([d], metrics=["dynamic_degree", "ssim"]).rows[0]
     assert row["status"] == "ok" and row["frames"] == 9
+    assert any("no frame rate stated (a folder of frames): read at 16 fps" in n for n in row["notes"])
+
+    (d / "0004.png").unlink()  # a gap in the numbering: said, and read on
+    row = evaluate([d], metrics=["dynamic_degree"]).rows[0]
+    assert row["status"] == "ok" and row["frames"] == 8
+    assert any("1 frame number(s) missing between 0 and 8 (first: after 3, the next is 5)" in n for n in row["notes"])
+
+    shutil.copy(d / "0000.png", d / "b_0000.png")  # a second sequence: no one video
+    row = evaluate([d], metrics=["dynamic_degree"]).rows[0]
+    assert row["status"] == "error" and "2 numbered sequences of frames" in row["error"]
+    (d / "b_0000.png").unlink()
+
+    cv2.imwrite(str(d / "0006.png"), np.zeros((50, 60, 3), np.uint8))  # another size: the frame is named
+    row = evaluate([d], metrics=["dynamic_degree"]).rows[0]
+    assert row["status"] == "error" and "first: 0006.png is 60x50" in row["error"]
 
 
 def test_each_video_is_sent_its_own_hint_only(tmp_path):

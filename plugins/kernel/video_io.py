@@ -131,6 +131,43 @@ def frame_files(path: PathLike) -> List[Path]:
                    and not f.name.startswith(".")), key=lambda f: frame_order(f.name))
 
 
+def _numbered(name: str) -> tuple:
+    """(the name with its last number as ``#``, that number or None), the suffix left out:
+    ``frame_0009.png`` -> ("frame_#", 9); jpg and png frames of one sequence share a pattern."""
+    stem = Path(name).stem
+    runs = list(re.finditer(r"\d+", stem))
+    if not runs:
+        return stem, None
+    last = runs[-1]
+    return stem[:last.start()] + "#" + stem[last.end():], int(last.group())
+
+
+def frame_sequence_notes(files: Sequence[Path]) -> List[str]:
+    """What a frame folder's numbering says of the video it is read as: frames missing in the
+    numbering (the video plays on without them, faster there).
+
+    Raises:
+        UserError: the folder holds two numbered sequences (``a_0000.png`` ... and ``b_0000.png``
+            ...), which would play as one video, one after the other.
+    """
+    if not files:
+        return []
+    parsed = [_numbered(f.name) for f in files]
+    patterns = sorted({p for p, n in parsed if n is not None})
+    if len(patterns) > 1:
+        shown = ", ".join(p.replace("#", "N") for p in patterns[:3])
+        raise UserError(f"folder holds {len(patterns)} numbered sequences of frames ({shown}), which would play as one "
+                        f"video", path=files[0].parent, fix="put each sequence in a folder of its own")
+    numbers = [n for _, n in parsed if n is not None]
+    gaps = [(a, b) for a, b in zip(numbers, numbers[1:]) if b - a > 1]
+    if not gaps:
+        return []
+    missing = sum(b - a - 1 for a, b in gaps)
+    a, b = gaps[0]
+    return [f"{missing} frame number(s) missing between {numbers[0]} and {numbers[-1]} (first: after {a}, the next is "
+            f"{b}): read as if they followed one another"]
+
+
 #: FFmpeg's AV_DISPOSITION_ATTACHED_PIC: a cover picture muxed as a video stream.
 _ATTACHED_PIC = 1 << 10
 #: Codecs of still pictures: a stream of one is cover art or a poster frame beside the video (in
@@ -228,6 +265,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         files = frame_files(p)
         if not files:
             raise UserError("folder holds no image frames", path=p, fix=f"put {', '.join(IMAGE_SUFFIXES)} frames in it")
+        frame_sequence_notes(files)  # two sequences in one folder are no one video
         first = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
         if first is None:
             raise UserError(f"frame {files[0].name} cannot be read", path=p, fix="re-export the frames")
@@ -333,6 +371,8 @@ def decode_all(path: PathLike) -> tuple[List[np.ndarray], float, List[str]]:
     info = probe_video(p)
     frames = list(iter_frames(p))
     notes = shown_notes(info)
+    if p.is_dir():
+        notes += frame_sequence_notes(frame_files(p))
     if info.fps and cut_short(len(frames) / info.fps, info.duration, info.fps):
         notes.append(f"decoded {len(frames) / info.fps:.2f} s ({len(frames)} frames) of the {info.duration:.2f} s the "
                      f"file declares: cut short (an interrupted download or copy?); its last frame is not the video's")
