@@ -20,7 +20,7 @@ import numpy as np
 
 from circle_rotate.eval.fades import Levels, frame_levels, is_blank
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import animations_in, decode_all, frame_files
+from circle_rotate.kernel.video_io import GIF_CUT_NOTE, animations_in, decode_all, frame_files
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,9 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
         if not frame_files(p):
             raise UserError("folder holds no image frames", path=p, fix="pass a video file or a folder of frames")
     frames, rate, notes = decode_all(p)
+    cut = [n for n in notes if n.startswith(GIF_CUT_NOTE)]
+    if cut and len(frames) < 2:
+        raise UserError(cut[0], path=p, fix="download or export it again")
     if not frames:
         raise UserError("video has no decodable frames", path=p, fix="check the file plays; re-export it")
     sizes = {f.shape for f in frames}

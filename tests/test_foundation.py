@@ -265,3 +265,27 @@ def test_a_gif_plays_at_the_rate_its_frame_delays_give_as_a_browser_shows_them(t
     assert info.duration == pytest.approx(len(delays_ms) / fps)
     frames, rate, notes = decode_all(path)
     assert len(frames) == len(delays_ms) and rate == pytest.approx(fps) and not notes  # not "cut short"
+
+
+def test_a_gif_cut_off_part_way_says_so(tmp_path):
+    from PIL import Image
+
+    from circle_rotate.eval.frames import load_clip
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.kernel.video_io import decode_all
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "whole.gif"
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)) for _ in range(6)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=60, loop=0)
+    assert not decode_all(path)[2]  # whole: nothing to say
+    data = path.read_bytes()
+    for keep, frames in ((0.6, None), (0.12, 1)):
+        cut = tmp_path / f"cut{keep}.gif"
+        cut.write_bytes(data[:int(len(data) * keep)])
+        if frames is None:  # some frames before the cut: read, and said
+            decoded, _, notes = decode_all(cut)
+            assert 1 < len(decoded) < 6 and any(n.startswith("the GIF is cut off (no end marker)") for n in notes)
+        else:  # one frame left: the error says why, not "a still image"
+            with pytest.raises(UserError, match="the GIF is cut off"):
+                load_clip(cut)

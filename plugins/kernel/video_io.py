@@ -373,6 +373,8 @@ def decode_all(path: PathLike) -> tuple[List[np.ndarray], float, List[str]]:
     notes = shown_notes(info)
     if p.is_dir():
         notes += frame_sequence_notes(frame_files(p))
+    elif info.codec == "gif" and not gif_complete(p):
+        notes.append(f"{GIF_CUT_NOTE} (no end marker): {len(frames)} frame(s) decoded")
     if info.fps and cut_short(len(frames) / info.fps, info.duration, info.fps):
         notes.append(f"decoded {len(frames) / info.fps:.2f} s ({len(frames)} frames) of the {info.duration:.2f} s the "
                      f"file declares: cut short (an interrupted download or copy?); its last frame is not the video's")
@@ -430,6 +432,21 @@ def gif_timing(container, stream) -> tuple:
         delay = Fraction(packet.duration or 0) * base
         total += GIF_SHORT_DELAY_SHOWN if delay <= GIF_SHORT_DELAY_S else delay
     return count, total
+
+
+#: How :func:`decode_all`'s note on a GIF cut off part way begins.
+GIF_CUT_NOTE = "the GIF is cut off"
+
+
+def gif_complete(path: Path) -> bool:
+    """Does the GIF end with its trailer byte (0x3B)? A download cut short does not, and decodes
+    as the frames before the cut, with no error."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\x3b"
+    except OSError:
+        return True  # unreadable is said elsewhere
 
 
 def nominal_rate(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
