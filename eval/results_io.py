@@ -24,9 +24,19 @@ def csv_text(rows: List[Dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*_FIXED, *present, "notes"])
     for r in rows:
-        writer.writerow([r.get(k, "") if r.get(k) is not None else "" for k in (*_FIXED, *present)]
-                        + ["; ".join(r.get("notes", []) + r.get("skipped", []))])
+        writer.writerow([_cell(r.get(k)) for k in (*_FIXED, *present)]
+                        + [_cell("; ".join(r.get("notes", []) + r.get("skipped", [])))])
     return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell; text a spreadsheet would run as a formula (a file named ``=HYPERLINK(...).gif``)
+    gets a leading apostrophe, which spreadsheets show as text (OWASP's CSV-injection advice)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def output_paths(out: os.PathLike | str, *, csv_too: bool) -> Tuple[Path, ...]:

@@ -308,3 +308,13 @@ def test_a_cjk_file_name_gives_no_glyph_warnings_and_the_csv_names_each_path(fol
     lines = out.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("video,path,") and {line.split(",")[1] for line in lines[1:]} == {
         str(a / "动画.mp4"), str(b / "动画.mp4")}
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_text():
+    from circle_rotate.eval.results_io import csv_text
+
+    rows = [{"video": "=HYPERLINK(\"http://x\").gif", "path": "/v/=1+1.gif", "status": "ok", "drift": -1.5,
+             "notes": ["-- a note"]}]
+    line = next(csv.reader(csv_text(rows).splitlines()[1:]))
+    assert line[0] == "'=HYPERLINK(\"http://x\").gif" and line[1] == "/v/=1+1.gif"
+    assert "-1.5" in line and line[-1] == "'-- a note"  # numbers stay numbers
