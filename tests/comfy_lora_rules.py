@@ -20,6 +20,9 @@ _LOHA_CP = (".hada_t1", ".hada_t2")
 _LOKR = (".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2")
 
 
+WAN_FUN_MARKER = "lora_unet__blocks_0_cross_attn_k.lora_down.weight"
+
+
 def comfy_key_map(dit_keys: Iterable[str]) -> Dict[str, str]:
     """``model_lora_keys_unet`` for a Wan model whose DiT has ``dit_keys`` (no prefix)."""
     key_map = {}
@@ -36,7 +39,11 @@ def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[s
     """(LoRA keys ``load_lora`` consumes, model keys it patches): a pair, a LoHa or LoKr module or
     ``x.diff`` patches the key ``x`` maps to, ``x.diff_b`` that key's ``.bias``
     (``"{}.bias".format(key[:-len(".weight")])``)."""
-    lora = {k.replace("lora_unet__", "lora_unet_", 1) if k.startswith("lora_unet__") else k for k in lora_keys}
+    lora_keys = set(lora_keys)
+    # comfy/lora_convert.py:39 (ComfyUI 0.3.64): Wan Fun's "lora_unet__" prefix becomes "lora_unet_" only
+    # when this exact key is in the file; otherwise those keys stay as they are, and map to nothing.
+    fun = WAN_FUN_MARKER in lora_keys
+    lora = {k.replace("lora_unet__", "lora_unet_", 1) if fun and k.startswith("lora_unet__") else k for k in lora_keys}
     loaded, patched = set(), set()
     for x, target in key_map.items():
         loaded.update(x + s for s in _SINGLES if x + s in lora)
@@ -56,7 +63,8 @@ def comfy_load(lora_keys: Iterable[str], key_map: Dict[str, str]) -> Tuple[Set[s
                 loaded.update({x + up, x + down})
                 patched.add(target)
                 break
-    return loaded, patched
+    renamed_back = {"lora_unet__" + k[len("lora_unet_"):] for k in loaded if fun and k.startswith("lora_unet_")}
+    return (loaded | renamed_back) & lora_keys, patched
 
 
 def comfy_applied(patched: Iterable[str]) -> Set[str]:

@@ -16,7 +16,9 @@ from circle_rotate.selfcheck.synthetic.lora import random_lora_modules, write_ra
 from circle_rotate.tools.lora.combine import combine_loras
 from circle_rotate.tools.lora.convert import convert_lora
 from circle_rotate.tools.lora.files import module_scales, read_lora_index, resolved_modules
+from circle_rotate.tools.lora.inspect import inspect_file
 from circle_rotate.tools.lora.resize import resize_lora, svd_truncate
+from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 
 CFG = wan_arch.tiny_config()
 
@@ -207,6 +209,14 @@ def test_resize_reports_the_true_error_and_keeps_the_scale(tmp_path):
     index = read_lora_index(tmp_path / "r2.safetensors")
     assert {i.rank for i in index.modules.values()} == {2} and {i.alpha for i in index.modules.values()} == {1.0}
     assert index.metadata["ss_network_dim"] == "2"
+    # the rank the file holds: none reduced keeps 6; ranks 6 and 2 side by side are sd-scripts' "Dynamic"
+    resize_lora(tmp_path / "r6.safetensors", tmp_path / "r8.safetensors", rank=8)
+    assert read_lora_index(tmp_path / "r8.safetensors").metadata["ss_network_dim"] == "6"
+    mixed = {**load_file(str(tmp_path / "r6.safetensors")),
+             **{k: v for k, v in load_file(str(tmp_path / "r2.safetensors")).items() if "blocks_0_" in k}}
+    save_file(mixed, str(tmp_path / "r62.safetensors"))
+    resize_lora(tmp_path / "r62.safetensors", tmp_path / "r4.safetensors", rank=4)
+    assert read_lora_index(tmp_path / "r4.safetensors").metadata["ss_network_dim"] == "Dynamic"
     with pytest.raises(UserError, match="--rank"):
         resize_lora(tmp_path / "r6.safetensors", tmp_path / "r0.safetensors", rank=0)
 
@@ -264,7 +274,7 @@ def test_an_alpha_of_several_values_is_a_broken_lora(tmp_path):
 
 
 def test_an_alpha_of_0_keeps_its_trained_scale_for_comfyui(tmp_path, capsys):
-    """musubi trains alpha 0 as alpha = rank (scale 1); ComfyUI's loader takes 0 / rank: no change at all."""
+    """musubi reads alpha 0 as alpha = rank (scale 1); ComfyUI's loader takes 0 / rank: no change at all."""
     src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4, alpha=1.0, fmt="comfy")
     tensors = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in load_file(str(src)).items()}
     save_file(tensors, str(tmp_path / "zero.safetensors"))
@@ -275,4 +285,32 @@ def test_an_alpha_of_0_keeps_its_trained_scale_for_comfyui(tmp_path, capsys):
     with safe_open(report.out, framework="pt") as f:
         assert {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")} == {4.0}
     for m, delta in deltas(report.out).items():  # the same deltas musubi trained
-        assert torch.equal(delta, deltas(tmp_path / "zero.safetensors")[m])
+        assert torch.equal(delta, deltas(tmp_path / "zero.safetensors", alpha_if_missing="rank")[m])
+
+
+def test_an_alpha_of_0_is_refused_where_the_scale_must_be_chosen_unless_told(tmp_path, capsys):
+    """ComfyUI applies 0 / rank (comfy/weight_adapter/lora.py:175), musubi-tuner the rank: merge, resize,
+    combine and a folding convert ask which; --alpha-if-missing decides, as for a missing alpha."""
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4, alpha=1.0, dtype=torch.float32)
+    tensors = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in load_file(str(src)).items()}
+    save_file(tensors, str(tmp_path / "zero.safetensors"))
+    zero = tmp_path / "zero.safetensors"
+    base = write_tiny_wan(tmp_path / "base.safetensors", config=CFG, dtype="fp32", rest_dtype="fp32")
+    assert inspect_file(zero).scales == {"unknown": 20}
+    assert main(["merge", str(base), "--lora", str(zero), "-o", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "an alpha of 0: 'lora_unet_blocks_0_self_attn_q.alpha' (and 19 more module(s)) is 0" in err
+    assert "ComfyUI applies 0 / rank (no change at all)" in err and "--alpha-if-missing rank" in err
+    for run in (lambda: resize_lora(zero, tmp_path / "r.safetensors", rank=2),
+                lambda: combine_loras([(zero, 1.0), (src, 1.0)], tmp_path / "c.safetensors"),
+                lambda: convert_lora(zero, tmp_path / "d.safetensors", to="diffusers")):
+        with pytest.raises(UserError, match="an alpha of 0"):
+            run()
+    for told, scale in (("rank", 1.0), ("2", 0.5)):
+        out = tmp_path / f"m_{told}.safetensors"
+        assert main(["-q", "merge", str(base), "--lora", str(zero), "-o", str(out), "--alpha-if-missing", told]) == 0
+        b, m = load_file(str(base)), load_file(str(out))
+        for module in ("blocks.0.self_attn.q", "blocks.1.ffn.2"):
+            name, key = wan_arch.musubi_lora_name(module), module + ".weight"
+            want = scale * tensors[name + ".lora_up.weight"].double() @ tensors[name + ".lora_down.weight"].double()
+            assert torch.allclose(m[key].double() - b[key].double(), want, rtol=1e-5, atol=1e-7), key

@@ -4,7 +4,8 @@ ComfyUI (upstream Comfy-Org/ComfyUI, read at a125cd84, Oct 2025; GPL-3.0, so re-
 what the code does, not copied):
 
 - ``comfy/sd.py`` ``load_lora_for_models`` builds ``key_map = comfy.lora.model_lora_keys_unet(model)``,
-  runs ``comfy.lora_convert.convert_lora`` (Wan Fun ``lora_unet__`` -> ``lora_unet_``), then
+  runs ``comfy.lora_convert.convert_lora`` (Wan Fun ``lora_unet__`` -> ``lora_unet_``, only when the file
+  holds ``lora_unet__blocks_0_cross_attn_k.lora_down.weight``: ``comfy/lora_convert.py:39``), then
   ``comfy.lora.load_lora(lora, key_map)``, which logs "lora key not loaded" for every LoRA
   tensor it did not consume.
 - ``comfy/lora.py`` ``model_lora_keys_unet``: for each key ``k`` of the model's state dict (the DiT's

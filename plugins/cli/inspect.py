@@ -48,11 +48,20 @@ def _lora_lines(r: LoraReport) -> list:
         ("LoHa/LoKr", ", ".join(f"{n} {kind} modules" for kind, n in r.products.items()) + ": merge adds them, ComfyUI "
          "loads them" if r.products else "none"),
         ("differences", _diff_line(r)),
-        ("DoRA", f"a magnitude (dora_scale) on {r.dora} modules: ComfyUI applies it when it loads the LoRA; merge, "
-                 "convert, combine and resize refuse the file" if r.dora else "none"),
+        ("DoRA", _dora_line(r)),
         ("ComfyUI", _comfy_line(r)),
         ("unknown keys", ", ".join(r.unknown_keys[:5]) or "none"),
-    ] + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]
+    ] + _warning_lines(r) + [(k, v if len(v) < 100 else v[:97] + "...") for k, v in sorted(r.training.items())]
+
+
+def _warning_lines(r: LoraReport) -> list:
+    out = []
+    if r.text_encoder_keys:
+        out.append(("text encoder", f"{len(r.text_encoder_keys)} tensor(s) (first '{r.text_encoder_keys[0]}'): not for "
+                                    "the DiT; every command leaves them out, as ComfyUI's LoraLoaderModelOnly does"))
+    if r.metadata_mismatch:
+        out.append(("metadata", "; ".join(r.metadata_mismatch) + ": the tensors are what loaders use"))
+    return out
 
 
 def _diff_line(r: LoraReport) -> str:
@@ -65,6 +74,20 @@ def _diff_line(r: LoraReport) -> str:
             "musubi-tuner's --lora_weight skips them")
 
 
+def _peft_dora(r: LoraReport) -> bool:
+    return any(".lora_magnitude_vector" in k for k in r.comfyui_not_loaded)
+
+
+def _dora_line(r: LoraReport) -> str:
+    if not r.dora:
+        return "none"
+    if _peft_dora(r):
+        return (f"PEFT's magnitude (lora_magnitude_vector) on {r.dora} modules: ComfyUI does not load it (it would apply "
+                "the pairs as a plain LoRA); merge, convert, combine and resize refuse the file")
+    return (f"a magnitude (dora_scale) on {r.dora} modules: ComfyUI applies it when it loads the LoRA; merge, "
+            "convert, combine and resize refuse the file")
+
+
 def _comfy_line(r: LoraReport) -> str:
     zeros = r.alphas.get("0", 0)
     if r.comfyui_loads_all_keys and zeros:
@@ -72,12 +95,16 @@ def _comfy_line(r: LoraReport) -> str:
                 "circle-rotate convert IN -o OUT --format comfy writes them as the rank")
     if r.comfyui_loads_all_keys:
         return "loads every key"
-    if r.unknown_keys:
-        return f"would not load {len(r.unknown_keys)} key(s): 'lora key not loaded' (see unknown keys)"
-    if r.comfyui_skips:
+    others = [k for k in r.comfyui_not_loaded if k not in set(r.comfyui_skips)]
+    if not others and r.comfyui_skips:
         return (f"does not apply {len(r.comfyui_skips)} modulation difference(s) (under any name: its model patcher "
                 "never patches blocks.N.modulation); to have them, merge the LoRA into the expert: circle-rotate merge")
-    return "would not load every key: circle-rotate convert IN -o OUT --format comfy"
+    which = f" ({len(others)} 'lora key not loaded', first '{others[0]}')" if others else ""
+    if _peft_dora(r):
+        return f"would not load every key{which}: load it with the PEFT/Diffusers pipeline it was trained for"
+    if others and set(others) <= set(r.unknown_keys):
+        return f"would not load {len(others)} key(s): 'lora key not loaded' (see unknown keys)"
+    return f"would not load every key: circle-rotate convert IN -o OUT --format comfy{which}"
 
 
 def _model_lines(r: ModelReport) -> list:

@@ -94,7 +94,9 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
     index = read_lora_index(src)
     require_wan_lora(index)
     require_layout(index, to)
-    scales = module_scales(index, alpha_if_missing=alpha_if_missing)
+    # An alpha of 0 kept as it is (musubi) keeps its meaning; written as the rank (comfy) it is how
+    # ComfyUI gets the scale musubi-tuner reads (the report says so); folded (diffusers) it needs asking.
+    scales = module_scales(index, alpha_if_missing=alpha_if_missing, zero_alpha_as_rank=to in FORMATS_WITH_ALPHA)
     header = index.header
     with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=index.metadata) as writer:
         for name, info in index.modules.items():
@@ -108,7 +110,7 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
                 writer.write(lora_key(name, "up", to), up)
             if to in FORMATS_WITH_ALPHA:
                 # musubi trains an alpha of 0 as alpha = rank (scale 1); ComfyUI applies 0 / rank = no change
-                if info.alpha_key and not (to == "comfy" and info.alpha == 0):
+                if info.alpha_key and not (to == "comfy" and info.alpha == 0):  # (scales: the rank, or as told)
                     writer.write_raw(lora_key(name, "alpha", to), copy_raw(header, info.alpha_key, fh))
                 else:
                     writer.write(lora_key(name, "alpha", to), torch.tensor(scales[name] * info.rank, dtype=torch.float32))
@@ -127,7 +129,9 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
         alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
         zeros = sum(1 for i in index.modules.values() if i.alpha == 0)
         if to == "comfy" and zeros:
-            alpha += f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi trained them; ComfyUI reads 0 as no change)"
+            alpha += (f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi-tuner reads them; ComfyUI "
+                      "reads 0 as no change)" if alpha_if_missing in (None, "rank") else
+                      f"; {zeros} alpha(s) of 0 written as {alpha_if_missing:g}, as asked")
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
     skips = sum(not comfy_applies(diff_key(param, to)) for param in index.diffs) if to == "comfy" else 0
     return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs),

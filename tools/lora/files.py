@@ -29,8 +29,10 @@ would rewrite the weights refuses them by name (:func:`require_wan_lora`) rather
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -47,6 +49,7 @@ from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts
                                            product_scale)
 from circle_rotate.tools.option_values import AlphaIfMissing
 
+logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 
@@ -128,6 +131,7 @@ class LoraIndex:
     diffs: Dict[str, DiffInfo] = field(default_factory=dict)  # Wan parameter -> its difference
     products: Dict[str, ProductInfo] = field(default_factory=dict)  # Wan module -> its LoHa/LoKr
     dora: Dict[str, str] = field(default_factory=dict)  # Wan module -> its DoRA magnitude's key (dora_scale)
+    text_encoder: Tuple[str, ...] = ()  # text-encoder LoRA tensors (lora_te_*, text_encoder.*): not for the DiT
 
     @property
     def has_alpha(self) -> bool:
@@ -158,13 +162,35 @@ class _Grouped:
     unknown: List[str] = field(default_factory=list)
     fmts: set = field(default_factory=set)
     dora: Dict[str, str] = field(default_factory=dict)  # module -> its .dora_scale key
+    text_encoder: List[str] = field(default_factory=list)
 
 
 DORA_SUFFIX = ".dora_scale"
+# PEFT saves a DoRA's magnitude as "<module>.lora_magnitude_vector" (get_peft_model_state_dict), or with
+# the adapter's name, "<module>.lora_magnitude_vector.default.weight", in any of its layouts' stems.
+_PEFT_MAGNITUDE = re.compile(r"(.+)\.lora_magnitude_vector(?:\.[^.]+\.weight|\.weight)?")
+# Text-encoder LoRA names, the ones ComfyUI's model_lora_keys_clip maps (comfy/lora.py:97-173): a Wan
+# DiT LoRA may carry them (sd-scripts style trainers), and LoraLoaderModelOnly loads none of them.
+_TEXT_ENCODER = re.compile(r"(lora_(prior_)?te\d*_|text_encoders?(_\d+)?\.)")
+
+
+def is_peft_magnitude(key: str) -> bool:
+    """Whether ``key`` is a PEFT DoRA magnitude (which ComfyUI does not load: "lora key not loaded")."""
+    return _PEFT_MAGNITUDE.fullmatch(key) is not None
+
+
+def is_text_encoder_key(key: str) -> bool:
+    """Whether ``key`` is a text encoder's LoRA tensor (``lora_te_*``, ``lora_te1_*``, ``text_encoder.*``...)."""
+    return _TEXT_ENCODER.match(key) is not None
 
 
 def _dora_module(key: str) -> Optional[str]:
-    """The Wan module a ``<stem>.dora_scale`` key belongs to (the musubi and comfy stems ComfyUI maps)."""
+    """The Wan module a DoRA magnitude belongs to: ``<stem>.dora_scale`` (the musubi and comfy stems
+    ComfyUI maps) or PEFT's ``<stem>.lora_magnitude_vector`` (any layout with PEFT parts)."""
+    peft = _PEFT_MAGNITUDE.fullmatch(key)
+    if peft:
+        parsed = parse_lora_key(peft.group(1) + ".lora_A.weight")
+        return parsed.module if parsed else None
     if not key.endswith(DORA_SUFFIX):
         return None
     found = module_of_stem(key[: -len(DORA_SUFFIX)])
@@ -192,7 +218,7 @@ def _group_keys(header: SafetensorsHeader) -> _Grouped:
         if diff is None:
             dora = _dora_module(key)
             if dora is None:
-                g.unknown.append(key)
+                (g.text_encoder if is_text_encoder_key(key) else g.unknown).append(key)
             else:
                 g.dora[dora] = key
             continue
@@ -290,7 +316,7 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
     fmts = g.fmts
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
     index = LoraIndex(header.path, header, fmt, modules, tuple(g.unknown), dict(header.metadata), g.diffs, products,
-                      g.dora)
+                      g.dora, tuple(g.text_encoder))
     if finite:
         bad_keys = nonfinite_keys(index)
         if bad_keys:
@@ -342,7 +368,7 @@ def require_a_wan_module(index: LoraIndex) -> None:
         UserError: a Wan model given as a LoRA, or a LoRA for another model (or in a layout not read).
     """
     if not index.modules and not index.diffs and not index.products:
-        shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys)[:3]) or "no tensors"
+        shown = ", ".join(f"'{k}'" for k in sorted(index.unknown_keys + index.text_encoder)[:3]) or "no tensors"
         if _holds_wan_weights(index.unknown_keys):
             raise UserError(f"a Wan model's weights, not a LoRA (found {shown})", path=index.path,
                             fix="pass the model as the EXPERT (the first argument) and the LoRA with --lora")
@@ -362,28 +388,44 @@ def require_wan_lora(index: LoraIndex) -> None:
     require_a_wan_module(index)
     if index.dora:
         first = index.dora[min(index.dora, key=module_sort_key)]
+        fix = ("load it in ComfyUI as it is (LoraLoaderModelOnly applies DoRA at load time) beside the unmerged expert"
+               if not is_peft_magnitude(first) else
+               "load it with the PEFT/Diffusers pipeline it was trained for, which applies DoRA at load time (ComfyUI "
+               "does not load PEFT's lora_magnitude_vector: it would apply the pairs as a plain LoRA)")
         raise UserError(f"a DoRA LoRA: {len(index.dora)} module(s) carry a learned magnitude (e.g. '{first}'), which this "
                         "tool does not merge, convert, combine or resize (loaders disagree on how to apply it)",
-                        path=index.path, fix="load it in ComfyUI as it is (LoraLoaderModelOnly applies DoRA at load "
-                                             "time) beside the unmerged expert")
+                        path=index.path, fix=fix)
     if index.unknown_keys:
         keys = sorted(index.unknown_keys)
         shown = ", ".join(f"'{k}'" for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
         raise UserError(f"{len(keys)} tensor(s) are not LoRA weights of a Wan DiT module: {shown}", path=index.path,
                         fix="supported: LoRA pairs (lora_down/lora_up or lora_A/lora_B, optional alpha), LoHa and LoKr "
                             "modules, and whole-tensor differences of Wan parameters (.diff, .diff_b, .diff_m)")
+    if index.text_encoder:
+        # Left out rather than refused: they change the text encoder, never the DiT, and ComfyUI's
+        # LoraLoaderModelOnly (the node Wan workflows use) loads none of them either.
+        logger.warning("%s: leaving out %d text-encoder tensor(s) (e.g. '%s'): they are not for the Wan DiT, and "
+                       "ComfyUI's LoraLoaderModelOnly does not load them either", index.path, len(index.text_encoder),
+                       sorted(index.text_encoder)[0])
 
 
-def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) -> Dict[str, float]:
-    """``alpha / rank`` per module, refusing ambiguous missing alphas (see the module docstring).
+def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None,
+                  zero_alpha_as_rank: bool = False) -> Dict[str, float]:
+    """``alpha / rank`` per module, refusing ambiguous missing alphas (see the module docstring) and alphas of 0.
+
+    An alpha of 0 is read two ways: ComfyUI applies ``0 / rank``, no change at all
+    (``comfy/weight_adapter/lora.py:175``), where musubi-tuner's and sd-scripts' ``LoRAModule`` take 0 as the
+    rank (scale 1). Neither is what a merged file should silently pick, so it is refused like a missing alpha.
 
     Args:
         index: from :func:`read_lora_index`.
         alpha_if_missing: ``"rank"`` (scale 1, the sd-scripts/ComfyUI convention) or a number
-            to use where a module has no alpha; None refuses when the layout needs one.
+            to use where a module has no alpha, or an alpha of 0; None refuses when the layout needs one.
+        zero_alpha_as_rank: take an alpha of 0 as the rank without asking (``convert``, which says so
+            in its report: the comfy file it writes then loads in ComfyUI as musubi-tuner reads it).
 
     Raises:
-        UserError: names the first modules without alpha and the flag that decides.
+        UserError: names the first modules without alpha (or with alpha 0) and the flag that decides.
     """
     missing = [m for m, info in index.modules.items() if info.alpha is None]
     needs_alpha = index.fmt in ("musubi", "lycoris", "mixed") or (missing and index.has_alpha)
@@ -393,12 +435,18 @@ def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None) 
                         f"is unknown (musubi trains with alpha 1, which is scale 1/rank)", path=index.path,
                         fix="pass --alpha-if-missing rank (scale 1, sd-scripts/ComfyUI convention) or "
                             "--alpha-if-missing <number> (e.g. 1 for a musubi default)")
+    zeros = sorted((m for m, info in index.modules.items() if info.alpha == 0), key=module_sort_key)
+    if zeros and alpha_if_missing is None and not zero_alpha_as_rank:
+        raise UserError(f"an alpha of 0: '{index.modules[zeros[0]].alpha_key}' (and {len(zeros) - 1} more module(s)) "
+                        "is 0, which loaders read differently: ComfyUI applies 0 / rank (no change at all), "
+                        "musubi-tuner and sd-scripts read it as the rank (scale 1)", path=index.path,
+                        fix="pass --alpha-if-missing rank for scale 1 as musubi-tuner reads it (or a number to use as "
+                            "alpha); to load it in ComfyUI as musubi-tuner does: circle-rotate convert IN -o OUT "
+                            "--format comfy")
     out = {}
     for module, info in index.modules.items():
         alpha = info.alpha
-        if alpha == 0:  # musubi's LoRAModule trains an alpha of 0 as alpha = rank (scale 1)
-            alpha = float(info.rank)
-        if alpha is None:
+        if alpha is None or alpha == 0:
             alpha = float(info.rank) if alpha_if_missing in (None, "rank") else float(alpha_if_missing)
         out[module] = alpha / info.rank
     return out

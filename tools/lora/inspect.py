@@ -16,18 +16,23 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, expert_from_metadata, identify_checkpoint
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.expert_names import expert_from_file_name, expert_from_text
 from circle_rotate.kernel.shards import read_checkpoint
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, BOUNDARY_T2V, I2V_A14B, WanDiTConfig, lora_target_modules
 from circle_rotate.tools.lora.diffs import comfy_applies, parse_diff_key
-from circle_rotate.tools.lora.files import LoraIndex, load_module, nonfinite_keys, read_lora_index, require_a_wan_module
-from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key
+from circle_rotate.tools.lora.files import (LoraIndex, is_peft_magnitude, load_module, nonfinite_keys, read_lora_index,
+                                         require_a_wan_module)
+from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key, peft_adapter
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 #: Layouts ComfyUI's LoRA loader maps for a Wan model (comfy/lora.py model_lora_keys_unet, read Oct 2025).
 COMFY_LOADS = ("musubi", "comfy")
+#: ComfyUI renames Wan Fun's ``lora_unet__`` names to ``lora_unet_`` only when this exact key is in the
+#: file (comfy/lora_convert.py:39, ComfyUI 0.3.64); without it every ``lora_unet__`` key is not loaded.
+WAN_FUN_MARKER = "lora_unet__blocks_0_cross_attn_k.lora_down.weight"
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,10 @@ class LoraReport:
     diffs: Dict[str, int] = field(default_factory=dict)  # whole-tensor differences: "weight"/"bias"/"modulation" -> count
     comfyui_skips: List[str] = field(default_factory=list)  # differences ComfyUI does not apply (the modulation's)
     products: Dict[str, int] = field(default_factory=dict)  # "LoHa"/"LoKr" -> modules
-    dora: int = 0  # modules carrying a DoRA magnitude (dora_scale)
+    dora: int = 0  # modules carrying a DoRA magnitude (dora_scale, or PEFT's lora_magnitude_vector)
+    comfyui_not_loaded: List[str] = field(default_factory=list)  # tensors ComfyUI leaves out or never applies
+    text_encoder_keys: List[str] = field(default_factory=list)  # not for the DiT: every command leaves them out
+    metadata_mismatch: List[str] = field(default_factory=list)  # ss_network_dim/alpha the tensors disagree with
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -136,6 +144,46 @@ def _target_config(index: LoraIndex) -> Tuple[str, Optional[WanDiTConfig]]:
     return f"wan (dim {dim}, {layers} blocks)", WanDiTConfig(dim=dim, num_layers=layers, num_heads=1, model_version=version)
 
 
+def _comfy_maps(key: str) -> bool:
+    """Whether ComfyUI's loader consumes ``key`` for a Wan model and applies it (Wan Fun renaming aside).
+    Its key map holds the ``lora_unet_`` and ``diffusion_model.`` names only (module docstring of
+    :mod:`circle_rotate.tools.lora.keys`); of PEFT's adapter names it reads ``default`` alone
+    (comfy/weight_adapter/lora.py:99), and PEFT's DoRA magnitude under no name."""
+    parsed = parse_lora_key(key)
+    if parsed is not None:
+        return parsed.fmt in COMFY_LOADS and peft_adapter(key) in (None, "default")
+    if parse_product_key(key) is not None:
+        return True
+    if parse_diff_key(key) is not None:
+        return comfy_applies(key)
+    return key.endswith(".dora_scale") and not is_peft_magnitude(key)
+
+
+def comfy_not_loaded(index: LoraIndex) -> List[str]:
+    """The tensors of a LoRA that ComfyUI's LoraLoaderModelOnly does not load ("lora key not loaded") or
+    never applies, judged key by key as ComfyUI maps each one (so a file mixing two layouts it reads loads)."""
+    renamed = WAN_FUN_MARKER in index.header.tensors
+    return sorted(k for k in index.header.keys()
+                  if (k.startswith("lora_unet__") and not renamed) or not _comfy_maps(k))
+
+
+def _metadata_mismatch(index: LoraIndex) -> List[str]:
+    """``ss_network_dim``/``ss_network_alpha`` values that the tensors' ranks/alphas contradict
+    (a renamed or resized file whose records were copied unchanged)."""
+    found = {"ss_network_dim": {i.rank for i in index.modules.values()},
+             "ss_network_alpha": {i.alpha for i in index.modules.values() if i.alpha is not None}}
+    out = []
+    for key, values in found.items():
+        try:
+            said = float(index.metadata[key])
+        except (KeyError, ValueError):  # absent, or "Dynamic" (sd-scripts' resize of mixed ranks)
+            continue
+        if values and values != {said}:
+            shown = ", ".join(f"{v:g}" for v in sorted(values))
+            out.append(f"{key} says {said:g}, the tensors hold {shown}")
+    return out
+
+
 def _delta_norms(index: LoraIndex, scales: Dict[str, Optional[float]]) -> Dict[str, float]:
     # ||U D||_F^2 = sum((U^T U) * (D D^T)): rank x rank products, never the full delta.
     norms = {}
@@ -152,15 +200,17 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
     """Describe a LoRA read by :func:`circle_rotate.tools.lora.files.read_lora_index`."""
     infos = list(index.modules.values())
     skipped = sorted(d.key for d in index.diffs.values() if not comfy_applies(d.key))
-    # As module_scales reads them, without refusing: alpha 0 trains as rank; no alpha is scale 1
-    # in the ComfyUI/diffusers layouts and unknown in a musubi file.
-    scales = {i.module: ((i.alpha or i.rank) / i.rank if i.alpha is not None else
+    # As module_scales reads them, without refusing: no alpha is scale 1 in the ComfyUI/diffusers layouts
+    # and unknown in a musubi file; an alpha of 0 is unknown (ComfyUI applies 0, musubi-tuner the rank).
+    scales = {i.module: ((i.alpha / i.rank if i.alpha else None) if i.alpha is not None else
                          (1.0 if index.fmt in NO_ALPHA_IS_SCALE_1 else None)) for i in infos}
     model, cfg = _target_config(index) if infos or index.products else ("unknown", None)
     expected = set(lora_target_modules(cfg)) if cfg else set()
     covered = set(index.modules) | set(index.products)
     norms = _delta_norms(index, scales) if infos else {}
     expert, evidence = lora_expert(index)
+    not_loaded = comfy_not_loaded(index)
+    mismatch = _metadata_mismatch(index)
     ordered = sorted(norms.values())
     products = list(index.products.values())
     tensors = index.header.tensors
@@ -182,12 +232,12 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         delta_norm={"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1]} if ordered else {},
         largest_deltas=sorted(norms.items(), key=lambda kv: -kv[1])[:3],
         expert=expert, expert_evidence=evidence,
-        comfyui_loads_all_keys=bool(infos or index.diffs or index.products) and index.fmt in COMFY_LOADS
-        and not index.unknown_keys and not skipped,
+        comfyui_loads_all_keys=bool(infos or index.diffs or index.products) and not not_loaded,
         unknown_keys=sorted(index.unknown_keys), training={k: v for k, v in index.metadata.items() if k.startswith("ss_")},
         nonfinite_keys=nonfinite_keys(index) if infos or index.diffs or index.products else [],
         diffs=dict(Counter(_diff_kind(p) for p in index.diffs)), comfyui_skips=skipped,
         products=dict(Counter(LABELS[p.kind] for p in index.products.values())), dora=len(index.dora),
+        comfyui_not_loaded=not_loaded, text_encoder_keys=sorted(index.text_encoder), metadata_mismatch=mismatch,
     )
 
 
@@ -214,6 +264,9 @@ def inspect_file(path: Union[str, Path]) -> Union[LoraReport, ModelReport]:
     """A :class:`LoraReport` when the file holds LoRA tensors, else a :class:`ModelReport` (``path`` may
     also name a sharded model: a shard, its index or its folder)."""
     header = read_checkpoint(path)
+    if not header.tensors:  # a trainer that matched no module saves this; it is neither a LoRA nor a model
+        raise UserError("holds no tensors (an empty LoRA: its trainer matched no module, or it was cut short)",
+                        path=header.path, fix="retrain with target modules that exist in a Wan DiT, or re-download it")
     if any(parse_lora_key(k) or parse_diff_key(k) or parse_product_key(k) or k.endswith((".lora_down.weight", ".lora_A.weight"))
            for k in header.keys()):
         index = read_lora_index(header.path, finite=False)  # the file a folder holds

@@ -22,8 +22,10 @@ ComfyUI checkpoints. The layouts, with where each rule was read:
 Three more spellings are read, never written (:data:`READ_ONLY_FORMATS`); ComfyUI's loader maps
 none of them for Wan, so ``convert --format comfy`` is how such a file loads there:
 
-- ``diffsynth``: no prefix at all, Wan's module names, PEFT parts (DiffSynth-Studio saves
-  ``blocks.0.self_attn.q.lora_A.weight``); no alpha, scale 1 as its loader applies it.
+- ``diffsynth``: no prefix at all (or ``pipe.dit.``), Wan's module names, PEFT parts
+  (DiffSynth-Studio saves ``blocks.0.self_attn.q.lora_A.weight``, or with PEFT's adapter name kept,
+  ``...lora_A.default.weight``); no alpha, scale 1 as its loader applies it. The adapter name is
+  read in every layout with PEFT parts; ComfyUI maps only ``default`` (``weight_adapter/lora.py``).
 - ``finetrainers``: ``diffusion_model.`` + Diffusers' module names (``blocks.0.attn1.to_q``); no alpha.
 - ``lycoris``: ``lycoris_`` + the underscored Wan name, sd-scripts parts with alpha (SimpleTuner's
   LyCORIS LoRAs).
@@ -100,6 +102,13 @@ _BLOCK_UNDERSCORED = re.compile(r"blocks_(\d+)_(.+)")
 _SD_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 _PEFT_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
                ".lora_down.weight": "down", ".lora_up.weight": "up"}
+# A PEFT model's own state dict keeps the adapter's name between the part and ".weight"
+# (peft/tuners/lora/layer.py: lora_A is a ModuleDict keyed by adapter); DiffSynth-Studio's trainer
+# saves it so: "blocks.0.self_attn.q.lora_A.default.weight". Any one-segment name is an adapter.
+_PEFT_ADAPTER = re.compile(r"(.+)\.lora_([AB])\.([^.]+)\.weight")
+#: Prefixes DiffSynth-Studio's trainer leaves before Wan's names: none with its documented
+#: ``--remove_prefix_in_ckpt pipe.dit.``, ``pipe.dit.`` without it.
+DIFFSYNTH_PREFIXES: Tuple[str, ...] = ("pipe.dit.",)
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,22 @@ def _split_suffix(key: str, table: Dict[str, str]) -> Optional[Tuple[str, str]]:
     for suffix, part in table.items():
         if key.endswith(suffix):
             return key[: -len(suffix)], part
+    if table is _PEFT_PARTS:
+        m = _PEFT_ADAPTER.fullmatch(key)
+        if m:
+            return m.group(1), "down" if m.group(2) == "A" else "up"
     return None
+
+
+def peft_adapter(key: str) -> Optional[str]:
+    """The PEFT adapter name a ``...lora_A.<name>.weight`` key carries; None for any other key.
+
+    Example:
+        >>> peft_adapter("blocks.0.self_attn.q.lora_B.default.weight")
+        'default'
+    """
+    m = _PEFT_ADAPTER.fullmatch(key)
+    return m.group(3) if m else None
 
 
 def module_of_stem(stem: str) -> Optional[Tuple[str, str]]:
@@ -197,7 +221,8 @@ def parse_lora_key(key: str) -> Optional[LoraKey]:
     if stem.startswith(LYCORIS_PREFIX):
         module = _from_underscored(stem[len(LYCORIS_PREFIX):])
         return LoraKey(module, part, "lycoris") if module else None
-    return LoraKey(stem, part, "diffsynth") if is_wan_module(stem) else None
+    path = next((stem[len(p):] for p in DIFFSYNTH_PREFIXES if stem.startswith(p)), stem)
+    return LoraKey(path, part, "diffsynth") if is_wan_module(path) else None
 
 
 def lora_key(module: str, part: str, fmt: str) -> str:

@@ -124,7 +124,10 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
         if mod.rank > rank:
             errors[name] = err
     metadata = dict(index.metadata)
-    metadata["ss_network_dim"] = str(rank)
+    # The rank the file holds, not the one asked for: modules already at or below it are kept as they are.
+    # Ranks that differ get sd-scripts' "Dynamic" (networks/resize_lora.py), as no one number is true.
+    ranks = {m.rank for m in resized.values()}
+    metadata["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
     alphas = {m.alpha for m in resized.values()}
     if len(alphas) == 1:
         metadata["ss_network_alpha"] = f"{alphas.pop():g}"
