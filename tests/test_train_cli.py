@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.accelerate_launch import pin_config
 from circle_rotate.musubi.recipe_reader import option_values, train_command
 from circle_rotate.musubi.train import TrainRequest, plan_training, train
 from test_preflight import tiny_task, write_dataset
@@ -43,8 +44,9 @@ def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch)
            "DATASET_CONFIG": str(real_ws["config"]), "GRADIENT_CHECKPOINTING": "1",
            "OUTPUT_DIR_LOW": str(real_ws["out"] / "low"), "OUTPUT_DIR_HIGH": str(real_ws["out"] / "high")}
     lines = out.splitlines()
-    for expert in ("low", "high"):
-        assert train_command("reproduce", expert, env=env).shell() in lines
+    for expert in ("low", "high"):  # the recipe's command, launched with the shipped one-process config
+        command = train_command("reproduce", expert, env=env)
+        assert replace(command, launcher=pin_config(command.launcher)).shell() in lines
     assert "error" not in out and "80 GB" in out and "--gradient_checkpointing" in out
 
 
@@ -57,27 +59,45 @@ def test_both_experts_one_per_gpu_or_one_after_the_other():
     assert {r.command.env_dict["CUDA_VISIBLE_DEVICES"] for r in serial.runs} == {"3"}
 
 
-def test_resume_continues_from_the_last_epoch_state(musubi, tmp_path):
-    from circle_rotate.musubi.args import check_command
+_MULTI_GPU_DEFAULT = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+gpu_ids: 0,1,2,3
+machine_rank: 0
+main_training_function: main
+mixed_precision: bf16
+num_machines: 1
+num_processes: 4
+use_cpu: false
+"""
 
-    out = tmp_path / "low"
-    for epoch in (12, 37):
-        (out / f"circle_rotate_l-{epoch:06d}-state").mkdir(parents=True)
-    env = (("OUTPUT_DIR_LOW", str(out)),)
-    (run,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
-    values = option_values(run.command.args)
-    assert values["--resume"] == [str(out / "circle_rotate_l-000037-state")]
-    assert values["--max_train_epochs"] == ["63"] and "--save_state" in values
-    assert values["--output_dir"] == [str(out / "resume-from-epoch-000037")] and run.epoch_offset == 37
-    check_command(run.command)
-    (out / "resume-from-epoch-000037" / "circle_rotate_l-000010-state").mkdir(parents=True)
-    (again,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
-    assert again.epoch_offset == 47 and option_values(again.command.args)["--max_train_epochs"] == ["53"]
-    (out / "circle_rotate_l-000100-state").mkdir()
-    with pytest.raises(UserError, match="already finished"):
-        plan_training(TrainRequest(("low",), env=env, resume=True))
-    with pytest.raises(UserError, match="--save-state"):
-        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(tmp_path / "empty")),), resume=True))
+
+def _accelerate_sees(launcher, monkeypatch, default):
+    """What accelerate's own validation makes of a launch line, with ``default`` as the user's default config."""
+    import accelerate.commands.config.config_args as config_args
+    import accelerate.commands.launch as launch
+
+    monkeypatch.setattr(launch, "default_config_file", str(default))
+    monkeypatch.setattr(config_args, "default_config_file", str(default))
+    args = launch.launch_command_parser().parse_args([*launcher[2:], "train.py"])
+    args, _, _ = launch._validate_launch_command(args)
+    return args
+
+
+def test_one_gpu_launch_lines_ignore_the_users_default_accelerate_config(tmp_path, monkeypatch):
+    from accelerate.commands.launch import prepare_simple_launcher_cmd_env
+
+    default = tmp_path / "default_config.yaml"
+    default.write_text(_MULTI_GPU_DEFAULT)
+    recipe = train_command("reproduce", "low")
+    assert _accelerate_sees(recipe.launcher, monkeypatch, default).multi_gpu  # the bare recipe line: distributed
+    plans = [plan_training(TrainRequest(("low", "high"), gpus=("0", "1"))), plan_training(TrainRequest(("low",)))]
+    for run in (r for plan in plans for r in plan.runs):
+        args = _accelerate_sees(run.command.launcher, monkeypatch, default)
+        assert not args.multi_gpu and args.num_processes == 1 and args.gpu_ids == "all"
+        assert args.mixed_precision == "no"  # musubi's own --mixed_precision decides
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", run.command.env_dict["CUDA_VISIBLE_DEVICES"])  # the line's env
+        _, env = prepare_simple_launcher_cmd_env(args)
+        assert env["CUDA_VISIBLE_DEVICES"] == run.command.env_dict["CUDA_VISIBLE_DEVICES"]  # the run's GPU stays
 
 
 def test_save_state_and_memory_knobs_reach_the_command():
@@ -132,7 +152,13 @@ def test_a_failed_run_is_recorded_and_reported(musubi, tmp_path, tiny_wan_dir, w
 
 @pytest.mark.parametrize("setting, says", [
     ("NETWORK_DIM=64", "--set NETWORK_DIM: reproduce_low.sh read no such variable, so it would change nothing"),
-    ("NUM_PROCESSES=0", "NUM_PROCESSES=0: processes per training must be a whole number from 1 to 4096"),
+    ("SAMPLE_EVERY_N_EPOCHS=0", "SAMPLE_EVERY_N_EPOCHS=0: epochs between samples must be a whole number from 1"),
+    ("GRADIENT_CHECKPOINTING=yes", "GRADIENT_CHECKPOINTING=yes: gradient checkpointing is 0 (off) or 1 (on); "
+                                   "fix: e.g. --set GRADIENT_CHECKPOINTING=1"),
+    ("VAE_CACHE_CPU=true", "VAE_CACHE_CPU=true: the VAE cache in CPU RAM is 0 (off) or 1 (on)"),
+    ("NUM_PROCESSES=2", "--set NUM_PROCESSES: train sets the GPUs and processes from --gpus; fix: use --gpus 0,1 "
+                        "(one expert per GPU), or --gpus 0-7 --data-parallel"),
+    ("GPU=0,1", "--set GPU: train sets the GPUs and processes from --gpus; fix: use --gpus"),
     ("SAVE_LAST_N_EPOCHS=-3", "SAVE_LAST_N_EPOCHS=-3: epoch files kept must be a whole number"),
     ("BLOCKS_TO_SWAP=40", "BLOCKS_TO_SWAP=40: blocks swapped to the CPU (Wan2.2-A14B has 40) must be"),
 ])

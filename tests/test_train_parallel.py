@@ -157,3 +157,71 @@ def test_slurm_example_is_valid_bash_with_the_header():
     text = sbatch.read_text()
     assert "Needs:" in text and "Run:" in text and "--node-rank \"$SLURM_NODEID\"" in text
     assert "#SBATCH --nodes=2" in text and text.count("srun ") == 2
+
+
+_FAKES = {  # stand-ins on PATH: each logs its arguments; srun runs its command once, as node 0
+    "circle-rotate": '#!/bin/bash\nprintf "%s\\n" "$*" >> "$LOG"\n',
+    "scontrol": '#!/bin/bash\necho node-a\n',
+    "srun": '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 "$@"\n',
+}
+
+
+@pytest.mark.parametrize("allocation, nodes, gpus", [({}, "2", "0-7"),
+                                                     ({"SLURM_NNODES": "3", "SLURM_GPUS_ON_NODE": "4"}, "3", "0-3")])
+def test_slurm_example_follows_the_allocation_and_resumes_when_resubmitted(tmp_path, allocation, nodes, gpus):
+    import os
+
+    for name, text in _FAKES.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **allocation, "LOG": str(log),
+           "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-c]"}
+    sbatch = RECIPES / "slurm_train.sbatch"
+    for extra in (["--dry-run"], []):
+        log.unlink(missing_ok=True)
+        done = subprocess.run(["bash", str(sbatch), *extra], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        calls = log.read_text().splitlines()
+        train = [c for c in calls if c.startswith("train ")]
+        assert train and all(f"--nodes {nodes}" in c and f"--gpus {gpus}" in c for c in calls)
+        assert all("--save-state --resume-if-saved" in c for c in train)
+
+
+def test_a_multi_node_dry_run_checks_every_nodes_inputs(real_ws, capsys, roomy, monkeypatch, tmp_path):
+    from circle_rotate.cli.main import main
+
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
+    missing = tmp_path / "absent_high_noise_14B_fp16.safetensors"  # node 1's expert
+    code = main(["train", "both", "--gpus", "0-3", "--nodes", "2", "--dry-run", "--dit-low", str(real_ws["low"]),
+                 "--dit-high", str(missing), "--vae", str(real_ws["vae"]), "--dataset-config", str(real_ws["config"]),
+                 "-o", str(real_ws["out"])])
+    out = capsys.readouterr().out
+    assert code == 2 and any(line.startswith(f"error: {missing}") for line in out.splitlines()), out
+    assert "high: " in out and "low: " in out  # both experts' checkpoint notes: each checked once
+
+
+def test_json_dry_run_keeps_every_nodes_command(real_ws, capfd, roomy, monkeypatch):
+    import json
+
+    from circle_rotate.cli.main import main
+
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
+    assert main(["train", "low", "--gpus", "0-3", "--nodes", "2", "--main-address", "node0:29500", "--dry-run",
+                 "--json", "--dit-low", str(real_ws["low"]), "--vae", str(real_ws["vae"]),
+                 "--dataset-config", str(real_ws["config"]), "-o", str(real_ws["out"])]) == 0
+    commands = json.loads(capfd.readouterr().out)["commands"]
+    assert list(commands) == ["low"] and len(commands["low"]) == 2
+    assert ["--machine_rank 0" in commands["low"][0], "--machine_rank 1" in commands["low"][1]] == [True, True]
+
+
+def test_gpu_ids_of_the_users_config_must_agree_with_gpus(tmp_path):
+    config = tmp_path / "acc.yaml"
+    config.write_text((RECIPES / "accelerate_multi_node.yaml").read_text().replace("gpu_ids: all", "gpu_ids: 0,1,2,3"))
+    eight = tuple(str(i) for i in range(8))
+    (problem,) = check_config(read_config(config), config, ParallelRequest(gpus=eight, nodes=2))
+    line = problem.one_line()
+    assert "gpu_ids 0,1,2,3 disagrees with --gpus 0,1,2,3,4,5,6,7: accelerate would run on gpu_ids" in line
+    assert "fix: set gpu_ids: all" in line
+    same = check_config(read_config(config), config, ParallelRequest(gpus=("3", "2", "1", "0"), nodes=2))
+    assert not [p for p in same if "gpu_ids" in p.message]

@@ -12,6 +12,7 @@ from circle_rotate.kernel.arg_types import whole_number
 from circle_rotate.kernel.errors import UserError
 
 ORDER = 41
+DEVICE_VARIABLES = ("GPU", "NUM_PROCESSES")
 
 
 def add_parser(sub) -> None:
@@ -44,9 +45,14 @@ def add_parser(sub) -> None:
     p.add_argument("--blocks-to-swap", type=int, help="BLOCKS_TO_SWAP=N (memory only)")
     p.add_argument("--sample-prompts", type=Path, help="SAMPLE_PROMPTS: I2V prompt lines with --i first.png")
     p.add_argument("--save-state", action="store_true", help="also save optimizer state each epoch (for --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from the last saved state in the output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete saved state in the output "
+                                                         "folder (an expert that finished is left out)")
+    p.add_argument("--resume-if-saved", action="store_true",
+                   help="--resume, but an expert with nothing saved yet starts from epoch 1 (for job scripts that "
+                        "may be requeued, e.g. recipes/slurm_train.sbatch)")
     p.add_argument("--dry-run", action="store_true", help="preflight and print the exact commands, run nothing")
-    p.add_argument("--json", action="store_true", help="the run records written (and, with --dry-run, the commands)")
+    p.add_argument("--json", action="store_true", help="the run records written (and, with --dry-run, each expert's "
+                                                       "commands, one per node)")
     g = p.add_argument_group("several GPUs and machines (accelerate DDP; recipes/README.md, "
                              "'Many GPUs, many machines')")
     g.add_argument("--data-parallel", action="store_true",
@@ -73,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from circle_rotate.kernel.write_checks import check_output_dir
 
     out = args.out
+    given = [name for name, _ in args.set if name in DEVICE_VARIABLES]
+    if given:  # the GPU and process checks, the batch maths and the launch lines all follow --gpus
+        raise UserError(f"--set {given[0]}: train sets the GPUs and processes from --gpus",
+                        fix="use --gpus 0,1 (one expert per GPU), or --gpus 0-7 --data-parallel (each expert over "
+                            "several)")
     experts = ("low", "high") if args.expert == "both" else (args.expert,)
     for expert in experts if out else ():  # before any check or the run: the LoRA's folder must take files
         check_output_dir(out / expert, flag="-o/--out")
@@ -94,13 +105,16 @@ def run(args: argparse.Namespace) -> int:
                                    main_address=args.main_address, accelerate_config=args.accelerate_config,
                                    experts_in_turn=args.experts_in_turn)
     request = TrainRequest(experts, recipe=args.recipe, env=env, gpus=args.gpus, save_state=args.save_state,
-                           resume=args.resume, force=args.force, parallel=parallel,
-                           maths=MathsChoice(args.grad_accumulation, args.lr_rule))
+                           resume=args.resume or args.resume_if_saved, resume_optional=args.resume_if_saved,
+                           force=args.force, parallel=parallel, maths=MathsChoice(args.grad_accumulation, args.lr_rule))
     # with --json the preflight and the commands go to stderr, so stdout is only the JSON
     echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(request, dry_run=args.dry_run, echo=echo)
     if args.json:
-        print_json({"commands": {run.expert: run.command.shell() for run in result.plan.runs},
+        commands: dict = {}  # expert -> its command on each node that runs it (one on a single machine)
+        for r in result.plan.runs:
+            commands.setdefault(r.expert, []).append(r.command.shell())
+        print_json({"commands": commands,
                     "problems": [p.one_line() for p in result.report.problems], "notes": list(result.report.notes),
                     "records": [str(p) for p in result.records], "dry_run": args.dry_run})
         return 0

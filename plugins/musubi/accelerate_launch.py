@@ -19,6 +19,7 @@ from circle_rotate.musubi.preflight_findings import Problem
 SUPPORTED_TYPES = ("MULTI_GPU", "NO")
 #: Local-only prefixes: a path there differs from node to node.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/scratch/local")
+ONE_GPU_CONFIG = "accelerate_one_gpu.yaml"
 
 
 def config_text(placement: Placement, *, source: str = "circle-rotate train --data-parallel") -> str:
@@ -31,7 +32,7 @@ def config_text(placement: Placement, *, source: str = "circle-rotate train --da
         "distributed_type: MULTI_GPU",
         "downcast_bf16: 'no'",
         "gpu_ids: all  # the run's CUDA_VISIBLE_DEVICES picks the GPUs",
-        f"machine_rank: 0  # each node's launch line passes its own --machine_rank",
+        "machine_rank: 0  # each node's launch line passes its own --machine_rank",
         f"main_process_ip: {placement.host}",
         f"main_process_port: {placement.port}",
         "main_training_function: main",
@@ -51,6 +52,26 @@ def launcher(accelerate: str, placement: Placement, *, node_rank: int, config: P
     return (accelerate, "launch", "--config_file", str(config), "--num_processes", str(placement.processes),
             "--num_machines", str(placement.machines), "--machine_rank", str(machine_rank),
             "--main_process_ip", placement.host, "--main_process_port", str(placement.port))
+
+
+def one_gpu_config() -> Path:
+    """The shipped config of one-process launches (``recipes/accelerate_one_gpu.yaml``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("circle_rotate.recipes").joinpath(ONE_GPU_CONFIG)))
+
+
+def pin_config(launcher: Sequence[str]) -> Tuple[str, ...]:
+    """``accelerate launch`` with ``--config_file`` of the shipped one-process config, unless it names one.
+
+    Without it accelerate reads the user's ``default_config.yaml`` (``commands/launch.py``:
+    ``_validate_launch_command``), whose ``distributed_type`` and ``gpu_ids`` then decide the
+    launch. Any other launcher is returned as it is.
+    """
+    items = tuple(launcher)
+    if len(items) < 2 or Path(items[0]).name != "accelerate" or items[1] != "launch" or "--config_file" in items:
+        return items
+    return (*items[:2], "--config_file", str(one_gpu_config()), *items[2:])
 
 
 def read_config(path: Path) -> Dict[str, object]:
@@ -96,6 +117,12 @@ def check_config(config: Mapping[str, object], path: Path, request: ParallelRequ
     if rank is not None and not 0 <= int(rank) < machines:
         out.append(Problem("error", p, f"machine_rank {rank} is out of range for {machines} machine(s)",
                            f"use 0 to {machines - 1}"))
+    ids = str(config.get("gpu_ids", "all") or "all").replace(" ", "")
+    if ids != "all" and sorted(ids.split(","), key=str) != sorted(request.gpus, key=str):
+        # accelerate sets CUDA_VISIBLE_DEVICES from gpu_ids over the run's own (from --gpus)
+        out.append(Problem("error", p, f"gpu_ids {ids} disagrees with --gpus {','.join(request.gpus)}: accelerate "
+                                       "would run on gpu_ids", f"set gpu_ids: all (--gpus picks the GPUs), or pass "
+                                                               f"--gpus {ids}"))
     port = config.get("main_process_port")
     if port is not None and not (str(port).isdigit() and 1 <= int(port) <= 65535):
         out.append(Problem("error", p, f"main_process_port {port} is not a port number",

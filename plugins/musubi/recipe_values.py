@@ -28,6 +28,11 @@ RULES: Dict[str, Tuple[str, float, float, str]] = {
     "TE_BATCH_SIZE": ("int", 1, 4096, "text-encoder batch size"),
     "BLOCKS_TO_SWAP": ("int", 0, MAX_BLOCKS_TO_SWAP, f"blocks swapped to the CPU (Wan2.2-A14B has {I2V_A14B.num_layers})"),
     "DDP_TIMEOUT": ("int", 1, 10 ** 7, "minutes"),
+    # the recipes test these with == 1: "yes" or "true" would switch nothing on, silently
+    "GRADIENT_CHECKPOINTING": ("switch", 0, 1, "gradient checkpointing"),
+    "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": ("switch", 0, 1, "checkpointed activations in CPU RAM"),
+    "VAE_CACHE_CPU": ("switch", 0, 1, "the VAE cache in CPU RAM"),
+    "FP8_T5": ("switch", 0, 1, "T5 in fp8"),
     "NETWORK_ALPHA": ("float", 1e-6, 1e6, "LoRA alpha"),
     "BOUNDARY": ("float", 0.01, 0.99, "the high/low expert boundary as a fraction of the timesteps (0.9)"),
 }
@@ -66,6 +71,10 @@ def check_recipe_values(env: Mapping[str, str], *, recipe_files: Sequence[Path],
         if rule is None or value == "":
             continue
         kind, low, high, what = rule
+        if kind == "switch":
+            if value not in ("0", "1"):
+                raise UserError(f"{name}={value}: {what} is 0 (off) or 1 (on)", fix=f"e.g. --set {name}=1")
+            continue
         try:
             number = int(value) if kind == "int" else float(value)
         except ValueError:

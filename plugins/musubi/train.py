@@ -10,22 +10,24 @@ Resuming, as musubi-tuner 0.3.4 does it: ``--save_state`` writes
 restores the LoRA, optimizer, scheduler and RNG states from one, but the trainer restarts its
 epoch count at 0 (``trainer_base.py``: ``epoch_to_start = 0``). So a resume from epoch E runs
 the remaining ``max_train_epochs - E`` epochs into ``<output_dir>/resume-from-epoch-<E>/``
-(its ``-000001`` file is epoch E+1), never overwriting the first run's checkpoints.
-Dataset shuffling is seeded by seed + epoch there too, so a resumed run repeats the first
-epochs' orders: not bit-identical to an uninterrupted run.
+(its ``-000001`` file is epoch E+1), never overwriting the first run's checkpoints; when it
+ends, its final LoRA is moved up to ``<output_dir>/<output_name>.safetensors``, where a run
+that was never interrupted leaves it. Only complete states are resumed from
+(:mod:`circle_rotate.musubi.train_state`). Dataset shuffling is seeded by seed + epoch there
+too, so a resumed run repeats the first epochs' orders: not bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.kernel.atomic import write_text
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.musubi.accelerate_launch import config_text
+from circle_rotate.musubi.accelerate_launch import config_text, pin_config
 from circle_rotate.musubi.parallel_plan import ParallelRequest
 from circle_rotate.musubi.preflight import preflight
 from circle_rotate.musubi.preflight_findings import PreflightReport, TrainTarget
@@ -33,10 +35,8 @@ from circle_rotate.musubi.processes import ChainResult, run_chains
 from circle_rotate.musubi.recipe_reader import EXPERTS, MusubiCommand, edit_options, option_values, train_command
 from circle_rotate.musubi.run_record import file_identity, write_run_record
 from circle_rotate.musubi.train_parallel import MathsChoice, apply_maths, describe, plan_parallel
-
-RESUME_DIR = "resume-from-epoch-{:06d}"
-_EPOCH_STATE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})-state$")
-_RESUME_DIR = re.compile(r"^resume-from-epoch-(?P<epoch>\d{6})$")
+from circle_rotate.musubi.train_resume import settle
+from circle_rotate.musubi.train_state import ResumeStatus, resume_status
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class TrainRequest:
     gpus: Tuple[str, ...] = ()  # () = the recipe's GPU; 2+ with both experts = one expert per GPU
     save_state: bool = False
     resume: bool = False
+    resume_optional: bool = False  # with resume: an expert with nothing saved yet starts from epoch 1 (requeued jobs)
     force: bool = False
     parallel: Optional[ParallelRequest] = None  # data parallel through accelerate (several GPUs / nodes)
     maths: MathsChoice = MathsChoice()  # gradient accumulation, learning-rate rule
@@ -65,6 +66,15 @@ class TrainRun:
     details: Tuple[Tuple[str, object], ...] = ()  # extra run.json entries (data parallel, batch maths)
     accelerate_config: Tuple[Tuple[Path, str], ...] = ()  # (path, text) written before the run
     record: bool = True  # False on the other nodes of a multi-node run: node 0 writes run.json
+    node: int = 0  # the machine that runs it (data parallel over several nodes)
+    chain: str = "train"  # the device chain it runs in, on its node
+    status: Optional[ResumeStatus] = None  # with --resume: what the output folder holds
+
+    @property
+    def final_lora(self) -> Path:
+        """Where the finished LoRA ends up: the first run's folder, resumed or not."""
+        first = self.output_dir.parent if self.resumed_from is not None else self.output_dir
+        return first / f"{self.output_name}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -85,47 +95,13 @@ class TrainResult:
     records: Tuple[Path, ...] = ()
 
 
-def saved_states(output_dir: Path, name: str, offset: int = 0) -> List[Tuple[int, Path]]:
-    """(global epoch, state folder) of every epoch state, resumed runs' sub-folders included."""
-    found: List[Tuple[int, Path]] = []
-    if not output_dir.is_dir():
-        return found
-    for entry in output_dir.iterdir():
-        m = _EPOCH_STATE.match(entry.name)
-        if entry.is_dir() and m and m.group("name") == name:
-            found.append((offset + int(m.group("epoch")), entry))
-        r = _RESUME_DIR.match(entry.name)
-        if entry.is_dir() and r:
-            found += saved_states(entry, name, int(r.group("epoch")))
-    return sorted(found)
-
-
-def _resume(command: MusubiCommand, out: Path, name: str) -> Tuple[MusubiCommand, Path, int, Path]:
-    states = saved_states(out, name)
-    if not states:
-        raise UserError(f"no saved training state ({name}-<epoch>-state) to resume from", path=out,
-                        fix="the first run needs --save-state; without it training restarts from scratch")
-    epoch, state = states[-1]
-    total = option_values(command.args).get("--max_train_epochs")
-    if not total:
-        raise UserError("--resume works with epoch-based recipes (--max_train_epochs)", path=command.source or None,
-                        fix="resume step-based runs by hand with musubi's --resume")
-    remaining = int(total[0]) - epoch
-    if remaining <= 0:
-        raise UserError(f"the saved state is from epoch {epoch} of {total[0]}: training already finished", path=state,
-                        fix="nothing to resume; pass --force to train again from scratch")
-    sub = out / RESUME_DIR.format(epoch)
-    args = edit_options(command.args, {"--resume": [str(state)], "--max_train_epochs": [str(remaining)],
-                                       "--output_dir": [str(sub)]})
-    return command.with_args(args), state, epoch, sub
-
-
 def _run_for(request: TrainRequest, expert: str, gpu: Optional[str],
              transform: Optional[Callable[[MusubiCommand], MusubiCommand]]) -> TrainRun:
     env = dict(request.env)
     if gpu is not None:
         env["GPU"] = gpu
     command = train_command(request.recipe, expert, env=env)
+    command = replace(command, launcher=pin_config(command.launcher))
     details: Tuple[Tuple[str, object], ...] = ()
     if request.maths != MathsChoice():
         from circle_rotate.musubi.train_parallel import dataset_shape
@@ -143,10 +119,7 @@ def _stateful(request: TrainRequest, expert: str, command: MusubiCommand) -> Tra
     out, name = Path((values.get("--output_dir") or ["."])[0]), (values.get("--output_name") or [""])[0]
     if request.save_state or request.resume:
         command = command.with_args(edit_options(command.args, {"--save_state": []}))
-    if not request.resume:
-        return TrainRun(expert, command, out, name)
-    command, state, epoch, sub = _resume(command, out, name)
-    return TrainRun(expert, command, sub, name, resumed_from=state, epoch_offset=epoch)
+    return TrainRun(expert, command, out, name, status=resume_status(out, name) if request.resume else None)
 
 
 def plan_training(request: TrainRequest, *, transform: Optional[Callable[[MusubiCommand], MusubiCommand]] = None,
@@ -168,13 +141,20 @@ def plan_training(request: TrainRequest, *, transform: Optional[Callable[[Musubi
     parallel = len(request.gpus) >= 2 and len(experts) == 2
     gpus = {e: (request.gpus[i] if parallel else (request.gpus[0] if request.gpus else None))
             for i, e in enumerate(experts)}
-    runs = tuple(_run_for(request, e, gpus[e], transform) for e in experts)
+    runs = [_run_for(request, e, gpus[e], transform) for e in experts]
     if parallel:
-        chains = tuple((f"{r.expert}@{'gpu' + gpus[r.expert] if gpus[r.expert] else 'cpu'}", (i,))
-                       for i, r in enumerate(runs))
-    else:
-        chains = (("train", tuple(range(len(runs)))),)
-    return TrainPlan(request, runs, chains)
+        runs = [replace(r, chain=f"{r.expert}@{'gpu' + gpus[r.expert] if gpus[r.expert] else 'cpu'}") for r in runs]
+    runs, notes = settle(runs, optional=request.resume_optional)
+    return TrainPlan(request, tuple(runs), _chains(runs, node=0), notes=tuple(notes))
+
+
+def _chains(runs: Sequence[TrainRun], *, node: int) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """(label, indices into ``runs``) of each device chain on ``node``, in the runs' order."""
+    chains: Dict[str, List[int]] = {}
+    for i, run in enumerate(runs):
+        if run.node == node:
+            chains.setdefault(run.chain, []).append(i)
+    return tuple((label, tuple(idx)) for label, idx in chains.items())
 
 
 def _plan_parallel(request: TrainRequest, experts: Tuple[str, ...],
@@ -184,7 +164,6 @@ def _plan_parallel(request: TrainRequest, experts: Tuple[str, ...],
                             transform=transform)
     here = par.node_rank if par.node_rank is not None else 0
     runs: List[TrainRun] = []
-    chains: Dict[str, List[int]] = {}
     for p in planned.runs:
         pl = p.placement
         run = _stateful(request, p.expert, p.command)
@@ -194,12 +173,15 @@ def _plan_parallel(request: TrainRequest, experts: Tuple[str, ...],
                                       "accelerate_config": str(p.config or par.accelerate_config)}),
                    ("batch_maths", p.maths.to_record()))
         files = ((p.config, config_text(pl)),) if p.config is not None else ()
-        runs.append(replace(run, details=details, accelerate_config=files, record=p.node == pl.node_ranks[0]))
-        if p.node == here:
-            label = f"{pl.chain}@gpu{','.join(pl.gpus)}" if pl.chain != "all" else "train"
-            chains.setdefault(label, []).append(len(runs) - 1)
-    return TrainPlan(request, tuple(runs), tuple((k, tuple(v)) for k, v in chains.items()),
-                     lines=tuple(describe(planned)), problems=planned.problems, notes=planned.notes)
+        label = f"{pl.chain}@gpu{','.join(pl.gpus)}" if pl.chain != "all" else "train"
+        runs.append(replace(run, details=details, accelerate_config=files, record=p.node == pl.node_ranks[0],
+                            node=p.node, chain=label))
+    runs, notes = settle(runs, optional=request.resume_optional)
+    # the printed commands are the ones that run: --save_state, --resume and the resume folder included
+    shown = replace(planned, runs=tuple(replace(p, command=r.command) for r in runs for p in planned.runs
+                                        if (p.expert, p.node) == (r.expert, r.node)))
+    return TrainPlan(request, tuple(runs), _chains(runs, node=here), lines=tuple(describe(shown)),
+                     problems=planned.problems, notes=planned.notes + tuple(notes))
 
 
 def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str, object],
@@ -215,6 +197,14 @@ def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str
         "resumed_from": str(run.resumed_from) if run.resumed_from else None, "epoch_offset": run.epoch_offset,
         "outputs": outputs, **dict(run.details), **extra,
     })
+
+
+def _final_in_place(run: TrainRun) -> Path:
+    """Move a resumed run's final LoRA up to the first run's folder (one rename, same file system)."""
+    written = run.output_dir / f"{run.output_name}.safetensors"
+    if run.resumed_from is not None and written.is_file():
+        os.replace(written, run.final_lora)
+    return run.final_lora
 
 
 def _dataset_identity(run: TrainRun) -> Dict[str, object]:
@@ -239,7 +229,12 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
     """
     plan = plan_training(request, transform=transform, for_run=not dry_run)
     here = [plan.runs[i] for _, idx in plan.chains for i in idx]
-    targets = [TrainTarget(r.expert, r.command) for r in (here or plan.runs)]
+    # a dry run checks every node's inputs (each expert once); a run, what this node runs
+    checked = plan.runs if dry_run or not here else here
+    first: Dict[str, TrainRun] = {}
+    for r in checked:
+        first.setdefault(r.expert, r)
+    targets = [TrainTarget(r.expert, r.command) for r in first.values()]
     report = preflight(targets, for_run=not dry_run, force=request.force, resume=request.resume)
     if plan.problems or plan.notes:
         report = replace(report, problems=tuple(plan.problems) + report.problems, notes=plan.notes + report.notes)
@@ -256,7 +251,7 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
                 echo(f"[{label}] {plan.runs[i].command.shell()}" if len(plan.chains) > 1
                      else plan.runs[i].command.shell())
     report.raise_for_errors()
-    if dry_run:
+    if dry_run or not plan.runs:
         return TrainResult(plan, report)
     for run in here:
         for path, text in run.accelerate_config:
@@ -278,7 +273,11 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
                 if status == "failed":
                     failed.append((label, codes[k], plan.runs[i].output_dir / "run.json"))
                 continue
-            path = _record(plan.runs[i], request, status, datasets[i], {**extra, "finished_at": time.time()})
+            done = {**extra, "finished_at": time.time()}
+            if status == "finished":
+                done["final_lora"] = str(_final_in_place(plan.runs[i]))
+                echo(f"{plan.runs[i].expert}: final LoRA {done['final_lora']}")
+            path = _record(plan.runs[i], request, status, datasets[i], done)
             records.append(path)
             if status == "failed":
                 failed.append((label, codes[k], path))

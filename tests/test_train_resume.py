@@ -1,0 +1,186 @@
+"""``train --resume``: only complete accelerate states, finished runs, one expert resumed and one fresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.musubi.recipe_reader import option_values
+from circle_rotate.musubi.train import TrainRequest, plan_training, train
+from circle_rotate.musubi.train_state import resume_status, state_faults
+from test_preflight import clips, tiny_task, ws  # noqa: F401  (fixtures)
+
+# A LoRA-sized stand-in trained one step and saved by accelerate's own save_state, as musubi saves
+# its states; then the same state cut short, and whether accelerate's load_state takes each.
+_SAVE = r"""
+import json, shutil, sys, torch
+from pathlib import Path
+from accelerate import Accelerator
+root = Path(sys.argv[1])
+acc = Accelerator(cpu=True)
+net = torch.nn.Linear(4, 4)
+opt = torch.optim.AdamW(net.parameters())
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+net, opt, sched = acc.prepare(net, opt, sched)
+net(torch.ones(1, 4)).sum().backward()
+opt.step()
+acc.save_state(str(root / "whole"))
+shutil.copytree(root / "whole", root / "cut")
+data = (root / "cut" / "optimizer.bin").read_bytes()
+(root / "cut" / "optimizer.bin").write_bytes(data[: len(data) // 2])
+shutil.copytree(root / "whole", root / "no_weights")
+(root / "no_weights" / "model.safetensors").unlink()
+loads = {}
+for name in ("whole", "cut", "no_weights"):
+    try:
+        acc.load_state(str(root / name))
+        loads[name] = True
+    except Exception:
+        loads[name] = False
+print(json.dumps(loads))
+"""
+
+
+@pytest.fixture(scope="session")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accelerate_state")
+    done = subprocess.run([sys.executable, "-c", _SAVE, str(root)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return root, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _state(saved, folder: Path, kind: str = "whole") -> Path:
+    shutil.copytree(saved[0] / kind, folder)
+    return folder
+
+
+def _touch(path: Path, when: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_bytes(b"x")
+    os.utime(path, (when, when))
+    return path
+
+
+def test_complete_means_what_accelerate_can_load(saved):
+    root, loads = saved
+    assert loads == {"whole": True, "cut": False, "no_weights": False}
+    assert state_faults(root / "whole") == ()
+    assert state_faults(root / "cut") == ("optimizer.bin cut short",)
+    assert state_faults(root / "no_weights") == ("no LoRA weights (model.safetensors)",)
+    empty = root / "empty"
+    empty.mkdir()
+    assert "no optimizer.bin" in state_faults(empty)
+
+
+def test_resume_takes_the_newest_complete_state_and_names_the_ones_passed_over(saved, tmp_path):
+    out = tmp_path / "low"
+    env = (("OUTPUT_DIR_LOW", str(out)),)
+    _state(saved, out / "circle_rotate_l-000012-state")
+    _state(saved, out / "circle_rotate_l-000037-state")
+    _state(saved, out / "circle_rotate_l-000038-state", "cut")
+    (out / "circle_rotate_l-000039-state").mkdir()  # killed as the save began
+    plan = plan_training(TrainRequest(("low",), env=env, resume=True))
+    (run,) = plan.runs
+    values = option_values(run.command.args)
+    assert values["--resume"] == [str(out / "circle_rotate_l-000037-state")] and run.epoch_offset == 37
+    assert values["--max_train_epochs"] == ["63"] and "--save_state" in values
+    assert values["--output_dir"] == [str(out / "resume-from-epoch-000037")]
+    notes = "\n".join(plan.notes)
+    assert "circle_rotate_l-000038-state (optimizer.bin cut short)" in notes
+    assert "circle_rotate_l-000039-state (no LoRA weights" in notes
+    assert f"the final LoRA goes to {out / 'circle_rotate_l.safetensors'}" in notes
+    # a resumed run's own states count from its offset
+    _state(saved, out / "resume-from-epoch-000037" / "circle_rotate_l-000010-state")
+    (again,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
+    assert again.epoch_offset == 47 and option_values(again.command.args)["--max_train_epochs"] == ["53"]
+
+
+def test_no_complete_state_is_refused_naming_the_incomplete_ones(saved, tmp_path):
+    out = tmp_path / "low"
+    (out / "circle_rotate_l-000005-state").mkdir(parents=True)
+    _state(saved, out / "circle_rotate_l-000006-state", "cut")
+    with pytest.raises(UserError, match=r"no complete saved state.*000006-state \(optimizer.bin cut short\)"):
+        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(out)),), resume=True))
+    with pytest.raises(UserError, match="--save-state"):
+        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(tmp_path / "empty")),), resume=True))
+
+
+def test_resume_after_a_finished_run_says_it_finished(saved, tmp_path):
+    out = tmp_path / "low"
+    env = (("OUTPUT_DIR_LOW", str(out)),)
+    for f in _state(saved, out / "circle_rotate_l-000099-state").iterdir():
+        _touch(f, 1000)
+    _touch(out / "circle_rotate_l-000099.safetensors", 1000)
+    _touch(out / "circle_rotate_l.safetensors", 2000)  # musubi's last write (epoch 100 has no numbered state)
+    with pytest.raises(UserError, match=r"circle_rotate_l.safetensors: training already finished"):
+        plan_training(TrainRequest(("low",), env=env, resume=True))
+    # the final file of an earlier run, then a --force run interrupted: its newer state is resumed
+    _touch(out / "circle_rotate_l.safetensors", 500)
+    (run,) = plan_training(TrainRequest(("low",), env=env, resume=True)).runs
+    assert run.epoch_offset == 99
+    assert resume_status(out, "circle_rotate_l").finished is None
+
+
+def test_both_resumes_the_interrupted_expert_and_starts_the_one_that_never_ran(saved, tmp_path):
+    low, high = tmp_path / "low", tmp_path / "high"
+    _state(saved, high / "circle_rotate_h-000020-state")
+    env = (("OUTPUT_DIR_LOW", str(low)), ("OUTPUT_DIR_HIGH", str(high)))
+    plan = plan_training(TrainRequest(("low", "high"), env=env, resume=True))
+    fresh, resumed = plan.runs
+    assert fresh.expert == "low" and fresh.resumed_from is None and "--save_state" in option_values(fresh.command.args)
+    assert "--resume" not in option_values(fresh.command.args) and fresh.output_dir == low
+    assert resumed.resumed_from == high / "circle_rotate_h-000020-state"
+    assert any(n.startswith(f"low: nothing saved in {low} yet") and "from epoch 1" in n for n in plan.notes)
+    # one expert finished: only the other runs
+    _touch(low / "circle_rotate_l.safetensors", 3000)
+    plan = plan_training(TrainRequest(("low", "high"), env=env, resume=True))
+    assert [r.expert for r in plan.runs] == ["high"] and plan.chains == (("train", (0,)),)
+    assert any(n.startswith("low: training already finished") for n in plan.notes)
+
+
+def test_a_resumed_runs_final_lora_lands_where_a_fresh_one_would(saved, ws):
+    out = Path(ws["OUTPUT_DIR_LOW"])
+    _state(saved, out / "circle_rotate_l-000004-state")
+    lines = []
+
+    def finishing(command):  # stands in for musubi: writes the final LoRA into the run's --output_dir
+        target = Path(option_values(command.args)["--output_dir"][0]) / "circle_rotate_l.safetensors"
+        code = f"import pathlib; pathlib.Path({str(target)!r}).write_bytes(b'lora')"
+        return replace(tiny_task(command), launcher=(sys.executable, "-c", code))
+
+    train(TrainRequest(("low",), env=tuple(ws.items()), resume=True), dry_run=False, echo=lines.append,
+          transform=finishing)
+    assert (out / "circle_rotate_l.safetensors").read_bytes() == b"lora"
+    assert not (out / "resume-from-epoch-000004" / "circle_rotate_l.safetensors").exists()
+    assert f"low: final LoRA {out / 'circle_rotate_l.safetensors'}" in lines
+    record = json.loads((out / "resume-from-epoch-000004" / "run.json").read_text())
+    assert record["final_lora"] == str(out / "circle_rotate_l.safetensors") and record["status"] == "finished"
+    with pytest.raises(UserError, match="training already finished"):
+        plan_training(TrainRequest(("low",), env=tuple(ws.items()), resume=True))
+
+
+def test_resume_if_saved_starts_what_never_ran_and_runs_nothing_once_all_finished(saved, tmp_path):
+    low = tmp_path / "low"
+    env = (("OUTPUT_DIR_LOW", str(low)),)
+    with pytest.raises(UserError, match="no saved training state"):
+        plan_training(TrainRequest(("low",), env=env, resume=True))
+    plan = plan_training(TrainRequest(("low",), env=env, resume=True, resume_optional=True))
+    assert plan.runs[0].resumed_from is None and "--save_state" in option_values(plan.runs[0].command.args)
+    _state(saved, low / "circle_rotate_l-000003-state")
+    (run,) = plan_training(TrainRequest(("low",), env=env, resume=True, resume_optional=True)).runs
+    assert run.epoch_offset == 3
+    _touch(low / "circle_rotate_l.safetensors", 4e9)
+    done = plan_training(TrainRequest(("low",), env=env, resume=True, resume_optional=True))
+    assert done.runs == () and done.chains == () and "low: training already finished" in done.notes[0]
+    result = train(TrainRequest(("low",), env=env, resume=True, resume_optional=True), dry_run=False,
+                   echo=lambda line: None)
+    assert result.chains == () and result.records == ()
