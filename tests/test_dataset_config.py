@@ -106,7 +106,7 @@ def test_a_prepared_folder_copied_by_a_mac_still_configures_and_checks(prepared,
     assert report.datasets[0].videos == report.datasets[0].items == len(clips) >= 2
 
 
-def test_jsonl_and_relative_configs_are_accepted_too(prepared, tmp_path, musubi):
+def test_jsonl_and_relative_configs_are_accepted_too(prepared, tmp_path, musubi, monkeypatch):
     jsonl_toml = tmp_path / "jsonl.toml"
     assert main(["-q", "config", str(prepared), "-o", str(jsonl_toml), "--jsonl", str(prepared / "dataset.jsonl"),
                  "--cache", str(tmp_path / "cache"), "--repeats", "3"]) == 0
@@ -120,6 +120,10 @@ def test_jsonl_and_relative_configs_are_accepted_too(prepared, tmp_path, musubi)
     assert toml.load(rel_toml)["datasets"][0]["video_directory"] == "prepared/videos"
     assert check_config(rel_toml, base_dir=prepared.parent).ok
     assert not check_config(rel_toml, base_dir=tmp_path, use_musubi=False).ok  # from elsewhere: folder missing
+    # the TOML named relative to where the user is, its paths relative to --base: musubi gets both right
+    monkeypatch.chdir(prepared.parent.parent)
+    relative = check_config(Path(prepared.parent.name) / "rel.toml", base_dir=prepared.parent)
+    assert relative.ok and relative.musubi_verdict.startswith("accepted by musubi-tuner"), relative.musubi_verdict
 
 
 def _layout(base: Path, folder: str, count: int, size=(480, 832)) -> None:

@@ -270,9 +270,10 @@ def musubi_verdict(path: Path, *, base_dir: Path) -> Tuple[str, Optional[str]]:
         (verdict line, error message or None).
     """
     cu = import_musubi("dataset.config_utils")
+    toml = path.absolute()  # before the folder changes: the path is the user's, relative to where they are
     try:
         with _quiet("musubi_tuner"), _in_folder(base_dir):
-            user_config = cu.load_user_config(str(path.absolute()))
+            user_config = cu.load_user_config(str(toml))
             blueprint = cu.BlueprintGenerator(cu.ConfigSanitizer()).generate(
                 user_config, argparse.Namespace(debug_dataset=False), architecture="wan")
             group = cu.generate_dataset_group_by_blueprint(blueprint.dataset_group, training=False)
