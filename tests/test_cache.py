@@ -114,6 +114,18 @@ def test_a_frame_folder_counts_the_frames_musubi_reads(musubi, tmp_path):
     assert ours == theirs and len(ours) == 1
 
 
+def test_a_caption_musubi_cannot_read_stops_the_plan_naming_the_file(musubi, tmp_path):
+    video = clip(tmp_path, "orbit", frames=9, fps=16.0)
+    video.with_suffix(".txt").write_bytes("caf\xe9 orbit".encode("latin-1"))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
+                      f'video_directory = "{video.parent.as_posix()}"\ncache_directory = "{(tmp_path / "c").as_posix()}"\n'
+                      'target_frames = [9]\n')
+    with pytest.raises(UserError, match="musubi cannot read this caption: not UTF-8") as caught:
+        plan_cache(config)
+    assert str(caught.value.path) == str(video.with_suffix(".txt")) and "save it as UTF-8" in caught.value.fix
+
+
 def test_frames_after_fps_is_musubis_frame_dropping(musubi, tmp_path):
     from musubi_tuner.dataset.media_utils import load_video
 
@@ -129,6 +141,7 @@ def test_frame_windows_follow_the_documented_extraction_modes():
     assert frame_windows(20, extraction="chunk", target_frames=(9,)) == [(0, 9), (9, 9)]
     assert frame_windows(12, extraction="slide", target_frames=(9,), stride=2) == [(0, 9), (2, 9)]
     assert frame_windows(21, extraction="uniform", target_frames=(9,), sample=3) == [(0, 9), (6, 9), (12, 9)]
+    assert frame_windows(10, extraction="uniform", target_frames=(9,), sample=3) == [(0, 9), (1, 9)]  # 0, 0, 1
     assert frame_windows(20, extraction="full", target_frames=(), max_frames=129) == [(0, 17)]
 
 

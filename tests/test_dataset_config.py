@@ -402,3 +402,71 @@ def test_a_file_that_does_not_parse_does_not_claim_musubi_is_missing(tmp_path, m
     out = capsys.readouterr().out
     assert "not valid TOML" in out and "not installed" not in out
     assert "musubi-tuner's own validator not run: it cannot read the file until the errors above are fixed" in out
+
+
+def test_uniform_windows_that_coincide_count_once_as_musubi_caches_them(tmp_path, musubi):
+    """frame_sample 3 over a 9-frame clip with target 9: musubi places three windows at frame 0, and
+    their cache files share one name; check-config counts the distinct windows musubi's caching writes."""
+    (tmp_path / "v").mkdir()
+    for name, n in (("short", 9), ("long", 21)):
+        write_video(tmp_path / "v" / f"{name}.mp4", [np.full((32, 32, 3), 10 * t, np.uint8) for t in range(n)], fps=16,
+                    preset="ultrafast")
+        (tmp_path / "v" / f"{name}.txt").write_text("an orbit")
+    cfg = tmp_path / "u.toml"
+    cfg.write_text('[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
+                   f'video_directory = "{tmp_path / "v"}"\ncache_directory = "{tmp_path / "c"}"\n'
+                   'target_frames = [9]\nframe_extraction = "uniform"\nframe_sample = 3\n')
+    group = _musubi_group(cfg, tmp_path)
+    keys = set()
+    for ds in group.datasets:
+        for _, batch in ds.retrieve_latent_cache_batches(1):
+            keys.update(item.item_key for item in batch)
+    assert len(keys) == 1 + 3  # short: one window at 0 (three times); long: 0, 6, 12
+    assert check_config(cfg, use_musubi=False).datasets[0].items == len(keys)
+
+
+def test_caption_files_musubi_cannot_read_or_reads_wrongly_are_named(tmp_path, musubi):
+    from circle_rotate.dataset.items import read_caption
+    from musubi_tuner.dataset.datasources import VideoDirectoryDatasource
+
+    (tmp_path / "v").mkdir()
+    captions = {"utf16": "an orbit".encode("utf-16"), "latin1": "caf\xe9 orbit".encode("latin-1"),
+                "empty": b"  \n", "bom": b"\xef\xbb\xbfan orbit", "good": b"an orbit"}
+    for name, data in captions.items():
+        write_video(tmp_path / "v" / f"{name}.mp4", [np.full((32, 32, 3), 10 * t, np.uint8) for t in range(9)], fps=16,
+                    preset="ultrafast")
+        (tmp_path / "v" / f"{name}.txt").write_bytes(data)
+    source = VideoDirectoryDatasource(str(tmp_path / "v"), caption_extension=".txt")  # the premise, from musubi
+    read = {}
+    for i, video in enumerate(source.video_paths):
+        try:
+            read[Path(video).stem] = source.get_caption(i)[1]
+        except UnicodeDecodeError:
+            read[Path(video).stem] = None
+    assert read == {"bom": "\ufeffan orbit", "empty": "", "good": "an orbit", "latin1": None, "utf16": None}
+    assert {n: read_caption(tmp_path / "v" / f"{n}.txt")[0] for n in read} == read  # ours reads as musubi does
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
+                   f'video_directory = "{tmp_path / "v"}"\ncache_directory = "{tmp_path / "c"}"\ntarget_frames = [9]\n')
+    problems = {p.message.split(":")[0]: p for p in check_config(cfg, use_musubi=False).problems}
+    unreadable = problems["2 caption file(s) musubi cannot read"]
+    assert unreadable.severity == "error" and "latin1.txt (not UTF-8 (byte 3)" in unreadable.message
+    assert "utf16.txt (UTF-16" in unreadable.message and "save them as UTF-8" in unreadable.fix
+    assert problems["1 caption file(s) start with a byte-order mark, which musubi passes to the text encoder as part "
+                    "of the caption"].severity == "warning"
+    assert "1 video(s) have no caption" in problems and "empty.mp4" in problems["1 video(s) have no caption"].message
+
+
+def test_a_jsonl_problem_names_the_jsonl_line_not_the_tomls(tmp_path, musubi):
+    write_video(tmp_path / "a.mp4", [np.full((32, 32, 3), 10 * t, np.uint8) for t in range(9)], fps=16, preset="ultrafast")
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"video_path": "a.mp4", "caption": "x"}\n\n{"video_path": "gone.mp4", "caption": "y"}\n')
+    cfg = tmp_path / "j.toml"
+    cfg.write_text('# a comment\n\n[general]\nresolution = [32, 32]\n\n[[datasets]]\n'
+                   f'video_jsonl_file = "{jsonl}"\ncache_directory = "{tmp_path / "c"}"\ntarget_frames = [9]\n')
+    (gone,) = [p for p in check_config(cfg, base_dir=tmp_path, use_musubi=False).problems if "do not exist" in p.message]
+    assert (gone.file, gone.line) == (str(jsonl), 3)
+    jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes())
+    (bom,) = [p for p in check_config(cfg, base_dir=tmp_path, use_musubi=False).problems if "byte-order mark" in p.message]
+    assert (bom.file, bom.line) == (str(jsonl), 1)

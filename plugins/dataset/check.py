@@ -15,6 +15,7 @@ musubi-tuner resolves them against the folder it runs in.
 from __future__ import annotations
 
 import argparse
+import re
 import contextlib
 import json
 import logging
@@ -96,9 +97,17 @@ class _Problems:
         self.file, self.lines, self.items = file, lines, []
 
     def add(self, severity: str, where: tuple, key: Optional[str], message: str, fix: str, *,
-            file: Optional[str] = None) -> None:
-        line = (self.lines.get((*where, key)) or self.lines.get(where)) if key else self.lines.get(where)
+            file: Optional[str] = None, line: Optional[int] = None) -> None:
+        """A problem at ``where``/``key`` of the TOML, or in another ``file`` (a jsonl) at its own ``line``."""
+        if file is None:
+            line = (self.lines.get((*where, key)) or self.lines.get(where)) if key else self.lines.get(where)
         self.items.append(ConfigProblem(severity, file or self.file, line, key, message, fix))
+
+
+def _first_line(entries: List[str]) -> Optional[int]:
+    """The jsonl line number of the first of ``entries`` ("line 7" or "line 7: clip.mp4")."""
+    m = re.match(r"line (\d+)\b", entries[0]) if entries else None
+    return int(m.group(1)) if m else None
 
 
 def _names(items: List[str]) -> str:
@@ -144,21 +153,31 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
                   jsonl: Optional[str], captions_checked: bool = True) -> None:
     if items.bad_lines:
         out.add("error", where, src_key, f"{len(items.bad_lines)} line(s) of the jsonl are not objects with "
-                f"video_path: {_names(items.bad_lines)}", 'one {"video_path": ..., "caption": ...} per line', file=jsonl)
+                f"video_path: {_names(items.bad_lines)}", 'one {"video_path": ..., "caption": ...} per line', file=jsonl,
+                line=_first_line(items.bad_lines))
     if items.missing_files:
         out.add("error", where, src_key, f"{len(items.missing_files)} video_path(s) do not exist: "
                 f"{_names(items.missing_files)}", "fix the paths (relative ones resolve against the training folder)",
-                file=jsonl)
+                file=jsonl, line=_first_line(items.missing_files))
     if items.videos == 0 and not items.missing_files:
         out.add("error", where, src_key, "no videos found (musubi would train on nothing)",
                 "point it at the clips folder (circle-rotate prepare writes OUT_DIR/videos)")
     if items.unreadable:
         out.add("error", where, src_key, f"{len(items.unreadable)} video(s) cannot be read: {_names(items.unreadable)}",
                 "re-export them or remove them")
+    if items.unreadable_captions and captions_checked:
+        out.add("error", where, "caption_extension", f"{len(items.unreadable_captions)} caption file(s) musubi cannot "
+                f"read: {_names(items.unreadable_captions)} (it stops at text-encoder caching)",
+                "save them as UTF-8 (or run circle-rotate caption --force to write them again)")
+    if items.bom_captions and captions_checked:
+        out.add("warning", where, "caption_extension", f"{len(items.bom_captions)} caption file(s) start with a "
+                f"byte-order mark, which musubi passes to the text encoder as part of the caption: "
+                f"{_names(items.bom_captions)}", "save them as UTF-8 without BOM")
     if items.missing_captions and captions_checked:
         out.add("error", where, "caption_extension" if not jsonl else src_key,
                 f"{len(items.missing_captions)} video(s) have no caption: {_names(items.missing_captions)} "
-                "(musubi fails at text-encoder caching)", "run circle-rotate caption, or write the captions")
+                "(missing or empty: musubi fails at text-encoder caching, or trains on an empty prompt)",
+                "run circle-rotate caption, or write the captions")
     if items.too_short:
         severity = "error" if items.usable == 0 and items.videos else "warning"
         targets = sorted({round_4n1(t) for t in params["target_frames"]})

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from circle_rotate.kernel.buckets import nearest_bucket
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
@@ -104,7 +106,9 @@ def items_for(frames: int, *, targets: Sequence[int], extraction: str, stride: i
         elif extraction == "slide":
             n += (frames - t) // max(1, stride) + 1
         elif extraction == "uniform":
-            n += sample
+            # np.linspace(..., dtype=int) as musubi places them; starts that coincide make one
+            # cache file (its name is the start), so a short video holds fewer than ``sample``
+            n += len(set(np.linspace(0, frames - t, sample, dtype=int).tolist()))
     return n
 
 
@@ -123,6 +127,8 @@ class DatasetItems:
     rotated: List[str] = field(default_factory=list)  # rotation, mirror, pixel aspect, streams musubi's decoder ignores
     misordered: List[str] = field(default_factory=list)  # frame folders musubi's name sort plays out of order
     hdr: List[str] = field(default_factory=list)  # HLG/PQ videos musubi decodes as if they were SDR
+    unreadable_captions: List[str] = field(default_factory=list)  # "name.txt (why)": musubi stops at caching
+    bom_captions: List[str] = field(default_factory=list)  # caption files starting with a byte-order mark
     items: int = 0
     stems: List[str] = field(default_factory=list)  # cache keys (file stems), for collision checks
 
@@ -145,6 +151,22 @@ def _image_size(path: Path) -> Tuple[int, int]:
             return im.size
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError(f"cannot be read as an image ({exc})", path=path, fix="re-export the frame") from None
+
+
+def read_caption(path: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(the caption musubi reads from a caption file, why it cannot) as its ``get_caption`` reads
+    it (``datasources.py``: ``open(..., encoding="utf-8")``, ``.strip()``): a file saved as UTF-16
+    (Notepad's "Unicode") or Latin-1 stops text-encoder caching with a UnicodeDecodeError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None, "UTF-16 (Notepad's 'Unicode'); musubi reads UTF-8"
+    try:
+        return data.decode("utf-8").strip(), None
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start}); musubi reads UTF-8"
 
 
 def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:
@@ -195,7 +217,14 @@ def directory_items(directory: Path, *, caption_extension: Optional[str], params
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix in exts and not p.name.startswith("."):
             cap = p.with_suffix(caption_extension) if caption_extension else None
-            count_video(result, p, caption_ok=bool(cap and cap.is_file()), params=params)
+            text, why = read_caption(cap) if cap and cap.is_file() else (None, None)
+            if why:
+                result.unreadable_captions.append(f"{cap.name} ({why})")
+            elif text is not None and text.startswith("\ufeff"):
+                result.bom_captions.append(cap.name)
+            # an empty caption trains unconditioned, as a missing one would fail: neither is a caption
+            count_video(result, p, caption_ok=bool(text and text.lstrip("\ufeff").strip()) or why is not None,
+                        params=params)
     return result
 
 
@@ -204,6 +233,9 @@ def jsonl_items(jsonl: Path, *, base: Path, params: dict) -> DatasetItems:
     result = DatasetItems()
     for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
+            continue
+        if n == 1 and line.startswith("\ufeff"):  # musubi's json.loads of the line fails on it
+            result.bad_lines.append("line 1 (starts with a byte-order mark: save the file as UTF-8 without BOM)")
             continue
         try:
             entry = json.loads(line)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 # musubi's fps frame dropping, counted; a frame folder's frames, as musubi lists them
-from circle_rotate.dataset.items import frames_after_fps, musubi_frame_names
+from circle_rotate.dataset.items import frames_after_fps, musubi_frame_names, read_caption
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi
 from circle_rotate.kernel.video_io import is_frame_folder, probe_video
@@ -106,7 +106,7 @@ def frame_windows(frames: int, *, extraction: str, target_frames: Sequence[int],
     if extraction == "full":
         n = min(frames, max_frames or frames)
         out.append((0, (n - 1) // VAE_STRIDE[0] * VAE_STRIDE[0] + 1))
-    return out
+    return list(dict.fromkeys(out))  # uniform windows that coincide are one cache file (named by its start)
 
 
 def latent_cache_bytes(width: int, height: int, frames: int, *, itemsize: int = 2) -> int:
@@ -162,7 +162,10 @@ def _sources(ds) -> List[Tuple[Path, Optional[str]]]:
         for video in src.video_paths:
             # musubi: os.path.splitext(video)[0] + caption_extension (datasources.py get_caption)
             caption_file = Path(os.path.splitext(video)[0] + ds.caption_extension) if ds.caption_extension else None
-            caption = caption_file.read_text(encoding="utf-8").strip() if caption_file and caption_file.is_file() else None
+            caption, why = read_caption(caption_file) if caption_file and caption_file.is_file() else (None, None)
+            if why:
+                raise UserError(f"musubi cannot read this caption: {why}", path=caption_file,
+                                fix="save it as UTF-8 (or run circle-rotate caption --force to write it again)")
             out.append((Path(video), caption))
         return out
     return [(Path(d["video_path"]), d.get("caption")) for d in src.data]
