@@ -470,3 +470,15 @@ def test_a_jsonl_problem_names_the_jsonl_line_not_the_tomls(tmp_path, musubi):
     jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes())
     (bom,) = [p for p in check_config(cfg, base_dir=tmp_path, use_musubi=False).problems if "byte-order mark" in p.message]
     assert (bom.file, bom.line) == (str(jsonl), 1)
+
+
+def test_a_resolution_off_the_16_grid_names_musubis_own_bucket(tmp_path, musubi):
+    from musubi_tuner.dataset.image_video_dataset import BucketSelector
+
+    cfg = tmp_path / "r.toml"
+    (tmp_path / "v").mkdir()
+    cfg.write_text(f'[general]\nresolution = [170, 100]\n\n[[datasets]]\nvideo_directory = "{tmp_path / "v"}"\n'
+                   f'cache_directory = "{tmp_path / "c"}"\ntarget_frames = [9]\n')
+    (warning,) = [p for p in check_config(cfg, use_musubi=False).problems if p.key == "resolution"]
+    bucket = list(BucketSelector((170, 100), architecture="wan").get_bucket_resolution((170, 100)))
+    assert bucket == [176, 96] and warning.fix == f"use {bucket}"  # its area kept: not [160, 96]

@@ -29,6 +29,7 @@ import tomlkit.exceptions
 
 from circle_rotate.dataset.items import FRAME_EXTRACTIONS, DatasetItems, directory_items, jsonl_items, round_4n1
 from circle_rotate.dataset.schema import check_keys, dataset_kind, general_section, key_lines, resolved_params
+from circle_rotate.kernel.buckets import nearest_bucket
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.input_files import read_text_file
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available, musubi_version
@@ -137,8 +138,9 @@ def _check_params(params: dict, where: tuple, out: _Problems) -> None:
                 f"{', '.join(FRAME_EXTRACTIONS)} (musubi fails only when caching)", 'use "head" for prepared clips')
     res = params["resolution"]
     if any(v % 16 for v in res):
-        out.add("warning", where, "resolution", f"{list(res)} is not a multiple of 16; buckets round it down",
-                f"use {[v // 16 * 16 for v in res]}")
+        # musubi's buckets keep the area, not each side: 170x100 trains at 176x96, not 160x96
+        out.add("warning", where, "resolution", f"{list(res)} is not a multiple of 16; musubi's bucket of this shape "
+                f"is {list(nearest_bucket(tuple(res), tuple(res)))}", f"use {list(nearest_bucket(tuple(res), tuple(res)))}")
     for key in ("batch_size", "num_repeats"):
         if params[key] < 1:
             out.add("error", where, key, f"must be at least 1, got {params[key]}", f"{key} = 1")
