@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import write_video
-from circle_rotate.prepare.caption import CaptionOptions, caption_dataset, caption_for, lookup, read_subject_map
+from circle_rotate.prepare.caption import (CaptionOptions, caption_dataset, caption_for, folder_subject, lookup,
+                                           read_subject_map)
 from circle_rotate.prepare.caption_templates import TRAJECTORY, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
@@ -118,7 +120,9 @@ def test_caption_files_are_written_and_user_edits_kept(prepared):
     r = caption_dataset(prepared, options=CaptionOptions(context=("Studio",)))
     assert (r.written, r.unchanged, r.kept) == (0, 1, (str(b),))
     assert b.read_text() == "my own words\n"
-    assert [c["caption"] for c in read_manifest(prepared / MANIFEST_NAME) if c.get("clip")][1] == "my own words"
+    # musubi reads the user's text; what the tool wrote is kept beside it, so the edit stays the user's
+    clip = [c for c in read_manifest(prepared / MANIFEST_NAME) if c.get("clip")][1]
+    assert (clip["caption"], clip["generated_caption"]) == ("my own words", "red car, Studio, Circle Right->Left")
     r = caption_dataset(prepared, options=CaptionOptions(context=("Studio",), overwrite=True))
     assert r.written == 1 and b.read_text() == "red car, Studio, Circle Right->Left\n"
 
@@ -166,3 +170,127 @@ def test_musubi_reads_the_captions(prepared, musubi):
     ds = VideoDirectoryDatasource(str(prepared / "videos"), caption_extension=".txt")
     assert len(ds) == 2
     assert ds.get_caption(0)[1] == "red car, Circle Left->Right"
+
+
+def _state(prepared: Path) -> dict:
+    """Every file of a prepared folder, byte for byte."""
+    return {p: p.read_bytes() for p in sorted(prepared.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("data", ["my words, café".encode("utf-16"),  # Notepad's "Unicode": a BOM, then UTF-16-LE
+                                  "my words, café".encode("latin-1"),  # a Western code page
+                                  "my words".encode("utf-16-le")],  # UTF-16 without a BOM: UTF-8 with NULs
+                         ids=["utf16", "latin1", "utf16-no-bom"])
+def test_a_caption_file_musubi_cannot_decode_is_refused_before_anything_is_written(prepared, data, capsys):
+    assert main(["caption", str(prepared), "--subject", "a toy"]) == 0
+    b = prepared / "videos/a_001_x.txt"
+    b.write_bytes(data)
+    before = _state(prepared)
+    # a_000's caption would change (another subject) and comes first: nothing may be half-done
+    assert main(["caption", str(prepared), "--subject", "a car"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(b) in err and "not in UTF-8" in err
+    assert "save them as UTF-8, or pass --force" in err
+    assert _state(prepared) == before
+    assert main(["caption", str(prepared), "--subject", "a car", "--force"]) == 0
+    assert b.read_bytes() == "a car, Circle Right->Left\n".encode()
+    assert (prepared / "videos/a_000_x.txt").read_text(encoding="utf-8") == "a car, Circle Left->Right\n"
+    assert [c["caption"] for c in read_manifest(prepared / MANIFEST_NAME) if c.get("clip")][:2] == \
+        ["a car, Circle Left->Right", "a car, Circle Right->Left"]
+
+
+def test_the_tools_own_captions_follow_new_inputs_and_hand_edits_stay_for_good(prepared, tmp_path):
+    m1 = tmp_path / "m1.csv"
+    m1.write_text("match,subject\nred_car,a red hatchback\n", encoding="utf-8")
+    m2 = tmp_path / "m2.csv"
+    m2.write_text("match,subject\nred_car,a red sports car\n", encoding="utf-8")
+    a, b = prepared / "videos/a_000_x.txt", prepared / "videos/a_001_x.txt"
+    assert caption_dataset(prepared, subject_map=m1).written == 2
+    r = caption_dataset(prepared, subject_map=m2)  # the subject changed: both files are still the tool's
+    assert (r.written, r.kept) == (2, ())
+    assert a.read_text() == "a red sports car, Circle Left->Right\n"
+    b.write_text("my own words\n")
+    for options in (CaptionOptions(style="sentence"), CaptionOptions(lang="zh"), CaptionOptions()):
+        r = caption_dataset(prepared, subject_map=m1, options=options)
+        assert (r.written, r.kept) == (1, (str(b),))  # the edit survives every change of inputs
+        assert b.read_text() == "my own words\n"
+    assert a.read_text() == "a red hatchback, Circle Left->Right\n"
+    assert caption_dataset(prepared, subject_map=m1).unchanged == 1
+
+
+def test_a_blank_caption_file_is_no_caption_and_gets_written(prepared, caplog):
+    a, b = prepared / "videos/a_000_x.txt", prepared / "videos/a_001_x.txt"
+    a.write_bytes(b"")
+    b.write_bytes(b" \r\n\t\n")
+    r = caption_dataset(prepared)
+    assert (r.written, r.kept, r.filled) == (2, (), (str(a), str(b)))
+    assert a.read_text() == "red car, Circle Left->Right\n" and b.read_text() == "red car, Circle Right->Left\n"
+    assert "2 caption file(s) were empty" in caplog.text
+
+
+def test_a_byte_order_mark_is_dropped_from_our_captions_and_named_on_hand_edits(prepared, caplog):
+    a, b = prepared / "videos/a_000_x.txt", prepared / "videos/a_001_x.txt"
+    caption_dataset(prepared)
+    a.write_bytes(b"\xef\xbb\xbfred car, Circle Left->Right\r\n")  # ours, re-saved by Notepad
+    b.write_bytes(b"\xef\xbb\xbfmy own words\r\n")
+    r = caption_dataset(prepared)
+    assert (r.written, r.kept, r.bom) == (1, (str(b),), (str(b),))
+    assert a.read_bytes() == b"red car, Circle Left->Right\n"
+    assert b.read_bytes() == b"\xef\xbb\xbfmy own words\r\n"
+    assert "byte-order mark" in caplog.text and str(b) in caplog.text and "without BOM" in caplog.text
+    assert caption_dataset(prepared, options=CaptionOptions(overwrite=True)).written == 1
+    assert b.read_bytes() == b"red car, Circle Right->Left\n"
+
+
+_MAP = "match,subject,context\nred_car,a red car,Street;Night\n"
+
+
+@pytest.mark.parametrize("data", [b"match;subject;context\r\nred_car;a red car;\"Street;Night\"\r\n;;\r\n",  # Excel (de)
+                                  b"match\tsubject\tcontext\nred_car\ta red car\tStreet;Night\n\t\t\n",  # tab
+                                  b"\xef\xbb\xbf Match , SUBJECT ,Context\r\n,,\r\nred_car , a red car ,Street;Night\r\n",
+                                  _MAP.encode("utf-16"), b"\xfe\xff" + _MAP.encode("utf-16-be")],
+                         ids=["semicolon", "tab", "case-spaces-blank-rows", "utf16-le", "utf16-be"])
+def test_subject_maps_as_spreadsheets_save_them_read(tmp_path, data):
+    path = tmp_path / "subjects.csv"
+    path.write_bytes(data)
+    rows = read_subject_map(path)
+    assert [(r.match, r.values) for r in rows] == [("red_car", {"subject": "a red car", "context": "Street;Night"})]
+
+
+def test_a_map_in_another_code_page_or_unknown_layout_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "subjects.csv"
+    path.write_bytes("match,subject\nred_car,un café\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"not UTF-8 text \(line 2.*save it as UTF-8"):
+        read_subject_map(path)
+    path.write_bytes(b"match|subject\nred_car|a car\n")
+    with pytest.raises(UserError, match=r"missing column\(s\) match, subject \(the header line reads 'match\|subject'"):
+        read_subject_map(path)
+
+
+def test_map_matches_and_folder_names_compare_in_nfc(tmp_path):
+    nfd = unicodedata.normalize("NFD", "Café 雕像")  # how macOS names the folder
+    assert nfd != "Café 雕像"
+    path = tmp_path / "subjects.csv"
+    path.write_bytes(f"match,subject\n{nfd}/take1.mp4,a statue\nCafé 雕像,a café\n".encode())
+    rows = read_subject_map(path)
+    assert lookup(rows, "Café 雕像/take1.mp4") == {"subject": "a statue"}  # NFD row, NFC source
+    assert lookup(rows, f"{nfd}/take2.mp4") == {"subject": "a café"}  # NFC row, NFD source
+    assert folder_subject(f"{nfd}/take2.mp4") == "Café 雕像"
+
+
+def test_a_hand_edit_the_manifest_of_an_earlier_version_records_as_the_caption_is_never_overwritten(prepared, tmp_path):
+    """Before generated_caption, a kept edit was recorded as the clip's caption: such a file cannot be
+    told from the tool's own text, so only the new caption counts as ours there."""
+    b = prepared / "videos/a_001_x.txt"
+    caption_dataset(prepared)
+    b.write_text("my own words\n")
+    records = read_manifest(prepared / MANIFEST_NAME)
+    for rec in records:  # as the earlier version left it: the edit recorded, no generated_caption
+        if rec.get("clip"):
+            rec.pop("generated_caption")
+            rec["caption"] = b.read_text().strip() if rec["clip"].endswith("a_001_x.mp4") else rec["caption"]
+    write_manifest(prepared / MANIFEST_NAME, records)
+    m = tmp_path / "m.csv"
+    m.write_text("match,subject\nred_car,a red sports car\n", encoding="utf-8")
+    r = caption_dataset(prepared, subject_map=m)  # both kept, as that version would have: none is lost
+    assert str(b) in r.kept and b.read_text() == "my own words\n"

@@ -52,13 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"written": r.written, "unchanged": r.unchanged, "kept": [str(p) for p in r.kept],
                     "jsonl": str(r.jsonl) if r.jsonl else None,
-                    "unmatched_map_rows": [{"line": n, "match": m} for n, m in r.unmatched]})
+                    "unmatched_map_rows": [{"line": n, "match": m} for n, m in r.unmatched],
+                    "filled_empty": list(r.filled), "kept_with_bom": list(r.bom)})
         return 0
     where = f"in {r.jsonl}" if r.jsonl else "as caption files"
     print(f"{r.written} caption(s) written {where}, {r.unchanged} unchanged, {len(r.kept)} kept (yours differ; "
           f"--force replaces them)")
     for path in r.kept:
-        print(f"kept {path}")
+        print(f"kept {path}" + (" (it starts with a UTF-8 byte-order mark, which musubi passes to the text encoder: "
+                                "save it without BOM)" if path in r.bom else ""))
+    if r.filled:
+        print(f"{len(r.filled)} caption file(s) were empty (no caption at all) and now hold the generated one")
     if r.unmatched:
         rows = ", ".join(f"line {n} {m!r}" for n, m in r.unmatched[:5]) + (" ..." if len(r.unmatched) > 5 else "")
         print(f"warning: {len(r.unmatched)} row(s) of {args.map} caption no clip (they match none, or a more specific "

@@ -1,33 +1,42 @@
 """Captions for prepared clips: fields from a subject map, trajectory from the measured orbit.
 
-The subject map is a CSV (UTF-8, header row) with a ``match`` column and a ``subject``
-column, and optionally ``viewpoint``, ``shot_scale``, ``context`` (tags separated by
-``;``) and ``subject_zh``, ``viewpoint_zh``, ``shot_scale_zh``, ``context_zh``. A row
-applies to a clip whose source (path relative to the raw folder) equals ``match``, has
-``match`` as its file name or stem, lies in a folder named ``match`` (per-folder map), or
-matches it as a glob. The most specific row wins (exact path, then name, then glob, then
-the nearest folder). Without a row, the subject is ``--subject`` when given, else the
-source's folder name ("red_car/take1.mp4" -> "red car").
+The subject map is a CSV with a ``match`` column and a ``subject`` column, and optionally
+``viewpoint``, ``shot_scale``, ``context`` (tags separated by ``;``) and ``subject_zh``,
+``viewpoint_zh``, ``shot_scale_zh``, ``context_zh``; read as spreadsheets save it (UTF-8 or
+BOM-marked UTF-16, ``,`` or ``;`` or tab between fields, header names in any case, blank rows
+skipped). A row applies to a clip whose source (path relative to the raw folder) equals
+``match``, has ``match`` as its file name or stem, lies in a folder named ``match`` (per-folder
+map), or matches it as a glob, compared in Unicode NFC (macOS names files in NFD). The most
+specific row wins (exact path, then name, then glob, then the nearest folder). Without a row,
+the subject is ``--subject`` when given, else the source's folder name ("red_car/take1.mp4" ->
+"red car").
 
 Captions go where musubi-tuner reads them: ``<clip><caption_extension>`` next to each
-clip, or one ``video_jsonl_file``. A caption file that differs from what we would write
-is the user's and is kept unless ``overwrite``.
+clip, or one ``video_jsonl_file``. The manifest's ``caption`` is what musubi will read (a kept
+hand edit included) and its ``generated_caption`` what this tool last wrote: a caption file holding
+that (or the new caption) is ours and follows the inputs; any other text is a hand edit, kept
+unless ``overwrite``. A manifest from before ``generated_caption`` was recorded cannot tell an
+edit from our text, so there only the new caption counts as ours. A blank caption file is no
+caption and is written. Files musubi cannot read (not UTF-8) are refused before anything is written.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import fnmatch
 import io
 import json
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
 from circle_rotate.kernel.atomic import check_output_path, write_text
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.input_files import read_text_file
+from circle_rotate.kernel.input_files import require_file
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
 from circle_rotate.prepare.caption_templates import LANGS, STYLES, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, accepted_clips, clip_path, write_manifest
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 MAP_COLUMNS = ("match", "subject", "viewpoint", "shot_scale", "context", "subject_zh", "viewpoint_zh", "shot_scale_zh",
                "context_zh")
+MAP_DELIMITERS = (",", ";", "\t")  # Excel saves ";" where "," is the decimal mark (most of Europe)
 STEADY_CV = 0.35  # speed_cv below this earns "smoothly"
 
 
@@ -76,13 +86,17 @@ class MapRow:
 
 
 def read_subject_map(path: Path) -> List[MapRow]:
-    """Rows of a subject-map CSV.
+    """Rows of a subject-map CSV, as spreadsheets save it.
+
+    The delimiter is taken from the header line (``,``, or ``;`` from a European Excel, or a
+    tab); header names match case-insensitively; blank rows are skipped; UTF-8 (with or without
+    a BOM) and BOM-marked UTF-16 are read; text is NFC-normalised, as sources are when matched.
 
     Raises:
-        UserError: missing file, no ``match``/``subject`` column, unknown columns, or an
-            empty ``match`` (all problems at once, naming the lines).
+        UserError: missing file, another encoding, no ``match``/``subject`` column, unknown
+            columns, or an empty ``match`` (all problems at once, naming the lines).
     """
-    text = read_text_file(path, what="subject map", fix="pass an existing CSV with match,subject columns")
+    text = _map_text(path)
     try:
         return _parse_subject_map(path, text)
     except csv.Error as exc:  # strict: an unterminated quote would swallow every row after it
@@ -90,26 +104,63 @@ def read_subject_map(path: Path) -> List[MapRow]:
                         fix='close the quote, or write a literal quote as ""') from None
 
 
+def _map_text(path: Path) -> str:
+    p = require_file(path, what="subject map", fix="pass an existing CSV with match,subject columns")
+    data = p.read_bytes()
+    # Excel's "Unicode Text" and Notepad's "Unicode" are UTF-16 with a BOM: readable without guessing
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not data.startswith(codecs.BOM_UTF32_LE)
+    encoding = "utf-16" if utf16 else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:  # Latin-1 / Windows-1252: Excel's plain "CSV" saves in the local code page
+        where = f"(line {data[:exc.start].decode(encoding, errors='replace').count(chr(10)) + 1}, byte {exc.start})"
+        raise UserError(f"is UTF-16 with a broken character {where}" if utf16 else
+                        f"is not UTF-8 text {where}; Excel's plain 'CSV' saves in the local code page", path=p,
+                        fix="save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+    if "\x00" in text:
+        raise UserError("holds NUL bytes: not a text CSV (UTF-32, or a spreadsheet file?)", path=p,
+                        fix="save it as UTF-8 (Excel: 'CSV UTF-8')")
+    return unicodedata.normalize("NFC", text)
+
+
+def _column(name: str) -> str:
+    return re.sub(r"[\s-]+", "_", name.strip().lower())  # "Shot Scale" -> shot_scale
+
+
+def _delimiter(header: str) -> str:
+    """The one of , ; tab that splits the header line into the most known column names (ties: ``,``)."""
+    def known(delimiter: str) -> int:
+        return sum(_column(c) in MAP_COLUMNS for c in next(csv.reader([header], delimiter=delimiter), []))
+    return max(MAP_DELIMITERS, key=known)
+
+
 def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
+    header_line = next((line for line in text.splitlines() if line.strip()), "")
     with io.StringIO(text, newline="") as fh:
-        reader = csv.DictReader(fh, strict=True)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
+        reader = csv.reader(fh, delimiter=_delimiter(header_line), strict=True)
+        cols = [_column(c) for c in next((f for f in reader if any(x.strip() for x in f)), [])]
         problems = []
         missing = [c for c in ("match", "subject") if c not in cols]
         unknown = [c for c in cols if c and c not in MAP_COLUMNS]  # (empty ones: Excel's trailing commas)
+        twice = sorted({c for c in cols if c and cols.count(c) > 1})
         if missing:
-            problems.append(f"missing column(s) {', '.join(missing)}")
+            problems.append(f"missing column(s) {', '.join(missing)} (the header line reads {header_line[:80]!r}; "
+                            f"columns are separated by ',', ';' or tabs)")
         if unknown:
             problems.append(f"unknown column(s) {', '.join(unknown)}")
+        if twice:
+            problems.append(f"column(s) {', '.join(twice)} given twice")
         rows: List[MapRow] = []
         first: Dict[str, MapRow] = {}
-        for raw in reader:
+        for fields in reader:
             n = reader.line_num
-            if None in raw:  # csv's restkey: more fields than the header, which would shift every column after
-                problems.append(f"line {n}: {len(cols) + len(raw[None])} fields, the header has {len(cols)} "
+            if not any(f.strip() for f in fields):  # a blank line, or a spreadsheet's empty row ",,,,"
+                continue
+            if any(f.strip() for f in fields[len(cols):]):  # more fields than the header: every column after shifts
+                problems.append(f"line {n}: {len(fields)} fields, the header has {len(cols)} "
                                 f"(quote a value holding a comma: \"a red car, with roof rack\")")
                 continue
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+            row = {c: f.strip() for c, f in zip(cols, fields) if c}
             if not missing and not row.get("match"):
                 problems.append(f"line {n}: empty match")
                 continue
@@ -128,7 +179,7 @@ def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
 
 def _specificity(row: MapRow, source: str) -> Optional[tuple]:
     p = PurePosixPath(source)
-    m = row.match.strip("/")
+    m = row.match.strip("/").removeprefix("./")
     if m == source:
         return (4, 0)
     if m in (p.name, p.stem):
@@ -145,6 +196,7 @@ def _specificity(row: MapRow, source: str) -> Optional[tuple]:
 
 def top_rows(rows: Sequence[MapRow], source: str) -> List[MapRow]:
     """The rows that match ``source`` (relative posix path) most specifically, in file order."""
+    source = unicodedata.normalize("NFC", source)  # macOS names files in NFD; the map's text is NFC
     scored = [(score, row) for row in rows for score in [_specificity(row, source)] if score is not None]
     top = max((score for score, _ in scored), default=None)
     return [row for score, row in scored if score == top]
@@ -168,7 +220,7 @@ def _tags(text: Optional[str]) -> tuple:
 
 def folder_subject(source: str) -> Optional[str]:
     """The subject a source's folder names ("red_car/take1.mp4" -> "red car")."""
-    parent = PurePosixPath(source).parent.name
+    parent = unicodedata.normalize("NFC", PurePosixPath(source).parent.name)  # one spelling whatever the OS
     return parent.replace("_", " ").replace("-", " ").strip() or None
 
 
@@ -203,11 +255,89 @@ class CaptionReport:
     kept: tuple  # caption files that differ and were left alone (no --force)
     jsonl: Optional[Path]
     unmatched: tuple = ()  # (line, match) of subject-map rows no captioned clip used
+    filled: tuple = ()  # caption files that were empty (no caption at all) and got the generated one
+    bom: tuple = ()  # kept caption files that start with a UTF-8 byte-order mark
+
+
+@dataclass(frozen=True)
+class CaptionFile:
+    """A clip's caption file as musubi reads it (UTF-8, stripped)."""
+
+    exists: bool
+    text: Optional[str] = None  # without a BOM; None when missing, blank or unreadable
+    bom: bool = False  # musubi reads "utf-8", not "utf-8-sig": the mark reaches the text encoder
+    not_utf8: Optional[str] = None  # why musubi could not decode it ("UTF-16", "byte 7")
+
+
+def read_caption_file(path: Path) -> CaptionFile:
+    """What ``path`` holds as a caption.
+
+    Raises:
+        UserError: it exists but cannot be read (a folder, no permission).
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return CaptionFile(exists=False)
+    except OSError as exc:
+        raise UserError(f"cannot read the caption file ({exc.strerror})", path=path,
+                        fix="make it a readable file, or move it away") from None
+    bom = data.startswith(codecs.BOM_UTF8)
+    try:
+        text = data[len(codecs.BOM_UTF8) if bom else 0:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # Notepad's "Unicode"
+        why = "UTF-16" if utf16 else f"byte {exc.start}, Latin-1 or another code page?"
+        return CaptionFile(exists=True, not_utf8=why)
+    if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL beside every ASCII letter
+        return CaptionFile(exists=True, not_utf8="NUL bytes, UTF-16?")
+    return CaptionFile(exists=True, text=text.strip() or None, bom=bom)
+
+
+WRITE, UNCHANGED, KEEP, UNREADABLE = "write", "unchanged", "keep", "unreadable"
+#: The manifest field holding the caption this tool last wrote for a clip (``caption`` is what musubi reads).
+GENERATED = "generated_caption"
+
+
+def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool) -> str:
+    """What to do with a clip's caption file: WRITE, UNCHANGED, KEEP (a hand edit) or UNREADABLE.
+
+    ``recorded`` is the manifest's ``generated_caption``: what this tool last wrote. A file still holding it
+    is ours to replace when the inputs (map, style, language) change; only text that is neither
+    ours nor the new caption is a hand edit, kept unless ``overwrite``. A missing or blank file is
+    no caption (musubi would train on ""), so it is written.
+    """
+    if found.not_utf8 is not None:
+        return WRITE if overwrite else UNREADABLE
+    if found.text is None:
+        return WRITE
+    if found.text == new and not found.bom:
+        return UNCHANGED
+    if overwrite or found.text in (new, recorded):  # ours, perhaps re-saved with a BOM: rewritten without it
+        return WRITE
+    return KEEP
+
+
+def _names(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _refuse_unreadable(bad: Sequence[tuple]) -> None:
+    """One error for every caption file musubi could not decode, raised before anything is written."""
+    if not bad:
+        return
+    which = _names([f"{path} ({why})" for path, why in bad])
+    raise UserError(f"{len(bad)} caption file(s) not in UTF-8, the encoding musubi reads captions in (training "
+                    f"would fail on them): {which}", path=bad[0][0] if len(bad) == 1 else None,
+                    fix="save them as UTF-8, or pass --force to replace them with the generated captions")
 
 
 def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions(),
                     subject_map: Optional[Path] = None) -> CaptionReport:
     """Caption every accepted clip of a prepared folder and record the captions in its manifest.
+
+    Every existing caption file is read and judged before the first one is written, so a
+    refusal leaves the folder as it was.
 
     Args:
         out_dir: the folder ``prepare`` wrote (with ``manifest.jsonl``).
@@ -218,7 +348,8 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         What was written or left alone.
 
     Raises:
-        UserError: no manifest, a bad map or options, or an existing jsonl without overwrite.
+        UserError: no manifest, a bad map or options, an existing jsonl without overwrite, or
+            caption files that are not UTF-8 without overwrite.
         ManifestMismatchError: clips on disk and manifest lines disagree (``prepare --repair``).
     """
     options.validate()
@@ -239,35 +370,56 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         check_output_path(options.jsonl, inputs=inputs, force=True)
         if Path(options.jsonl).exists() and not options.overwrite:
             raise UserError("jsonl already exists", path=options.jsonl, fix="pass --force to replace it")
-    written = unchanged = 0
-    kept, lines = [], []
-    for rec in accepted_clips(records):
-        clip = clip_path(out_dir, rec)
-        text = caption_for(rec, rows=rows, options=options)
-        rec["caption"] = text
-        if options.jsonl is not None:
-            lines.append(json.dumps({"video_path": clip.resolve().as_posix(), "caption": text}, ensure_ascii=False))
-            continue
-        target = clip.with_suffix(options.extension)
-        if target.exists():
-            old = target.read_text(encoding="utf-8").strip()
-            if old == text:
-                unchanged += 1
-                continue
-            if not options.overwrite:
-                kept.append(str(target))
-                rec["caption"] = old  # musubi will read the user's caption
-                continue
-        write_text(target, text + "\n")
-        written += 1
-    if options.jsonl is not None:
-        write_text(options.jsonl, "".join(line + "\n" for line in lines))
-        written = len(lines)
-    write_manifest(manifest, records)
-    if kept:
-        logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
     unmatched = tuple((row.line, row.match) for row in rows if id(row) not in used)
     if unmatched:
         logger.warning("%d subject-map row(s) used by no clip", len(unmatched))
-    return CaptionReport(written, unchanged, tuple(kept), options.jsonl, unmatched)
+    if options.jsonl is not None:
+        lines = []
+        for rec in accepted_clips(records):
+            rec["caption"] = rec[GENERATED] = caption_for(rec, rows=rows, options=options)
+            lines.append(json.dumps({"video_path": clip_path(out_dir, rec).resolve().as_posix(),
+                                     "caption": rec["caption"]}, ensure_ascii=False))
+        write_text(options.jsonl, "".join(line + "\n" for line in lines))
+        write_manifest(manifest, records)
+        return CaptionReport(len(lines), 0, (), options.jsonl, unmatched)
+    return _caption_files(out_dir, records, rows=rows, options=options, manifest=manifest, unmatched=unmatched)
 
+
+def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow], options: CaptionOptions,
+                   manifest: Path, unmatched: tuple) -> CaptionReport:
+    plans = []  # (record, caption file, new text, what it holds, action): all judged before any write
+    for rec in accepted_clips(records):
+        target = clip_path(out_dir, rec).with_suffix(options.extension)
+        new = caption_for(rec, rows=rows, options=options)
+        found = read_caption_file(target)
+        plans.append((rec, target, new, found, caption_action(found, new=new, recorded=rec.get(GENERATED),
+                                                              overwrite=options.overwrite)))
+    _refuse_unreadable([(str(t), f.not_utf8) for _, t, _, f, action in plans if action == UNREADABLE])
+    written = unchanged = 0
+    kept, filled, bom = [], [], []
+    for rec, target, new, found, action in plans:
+        if action == KEEP:  # musubi reads the user's; generated_caption still says what we wrote
+            kept.append(str(target))
+            rec["caption"] = found.text
+            if found.bom:
+                bom.append(str(target))
+            continue
+        rec["caption"] = rec[GENERATED] = new
+        if action == UNCHANGED:
+            unchanged += 1
+            continue
+        write_text(target, new + "\n")
+        written += 1
+        if found.exists and found.text is None and found.not_utf8 is None:
+            filled.append(str(target))
+    write_manifest(manifest, records)
+    if kept:
+        logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
+    if filled:
+        logger.warning("%d caption file(s) were empty (musubi would train on no caption); wrote the generated "
+                       "caption into them: %s", len(filled), _names(filled))
+    if bom:
+        logger.warning("%d kept caption file(s) start with a UTF-8 byte-order mark, which musubi passes to the text "
+                       "encoder as a character: %s; fix: save them as UTF-8 without BOM, or pass --force to replace "
+                       "them", len(bom), _names(bom))
+    return CaptionReport(written, unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom))
