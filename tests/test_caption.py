@@ -11,8 +11,8 @@ import pytest
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import write_video
-from circle_rotate.prepare.caption import (CaptionOptions, caption_dataset, caption_for, folder_subject, lookup,
-                                           read_subject_map)
+from circle_rotate.prepare.caption import CaptionOptions, caption_dataset, caption_for, folder_subject
+from circle_rotate.prepare.subject_map import lookup, read_subject_map
 from circle_rotate.prepare.caption_templates import TRAJECTORY, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest, write_manifest
 

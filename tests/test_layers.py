@@ -77,6 +77,7 @@ PLACES: Dict[str, str] = {
     "plugins/prepare/plot.py": "prepare",
     "plugins/prepare/caption.py": "prepare",
     "plugins/prepare/caption_templates.py": "prepare",
+    "plugins/prepare/subject_map.py": "prepare",
     "plugins/dataset/items.py": "dataset",
     "plugins/dataset/toml_writer.py": "dataset",
     "plugins/dataset/schema.py": "dataset",
