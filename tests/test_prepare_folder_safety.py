@@ -212,13 +212,19 @@ def test_an_animated_webp_is_footage_and_a_still_png_is_not(raw, tmp_path):
     assert clip.shape[0] == 9
 
 
+def _boxed_and_plain(raw: Path, folder: Path, pad: tuple, crf: int) -> Path:
+    """``folder`` holding take0 (160x96) as it is (plain.mp4) and padded with black by ``pad``
+    ((top, bottom), (left, right)) (boxed.mp4)."""
+    folder.mkdir()
+    frames = read_video(raw / "take0.mp4")
+    write_video(folder / "boxed.mp4", [np.pad(f, (*pad, (0, 0))) for f in frames], fps=24, crf=crf)
+    write_video(folder / "plain.mp4", frames, fps=24, crf=crf)
+    return folder
+
+
 def test_letterboxed_footage_gets_a_note_with_the_crop_that_removes_the_bars(raw, tmp_path, capsys):
     """The clips keep what the source shows; the note gives FFmpeg's crop of the source, exactly."""
-    mine = tmp_path / "raw"
-    mine.mkdir()
-    frames = read_video(raw / "take0.mp4")  # 160x96
-    write_video(mine / "boxed.mp4", [np.pad(f, ((20, 20), (0, 0), (0, 0))) for f in frames], fps=24, crf=16)
-    write_video(mine / "plain.mp4", frames, fps=24, crf=16)
+    mine = _boxed_and_plain(raw, tmp_path / "raw", ((20, 20), (0, 0)), crf=16)
     assert _prepare(mine, tmp_path / "P") == 0
     heads = {r["source"]: r for r in read_manifest(tmp_path / "P" / MANIFEST_NAME) if r["type"] == "source"}
     note = next(n for n in heads["boxed.mp4"]["notes"] if n.startswith("black bars"))
@@ -232,11 +238,7 @@ def test_crop_bars_trains_on_the_picture_the_bars_frame(raw, tmp_path, capsys):
     from circle_rotate.media.borders import find_bars
     import cv2
 
-    mine = tmp_path / "raw"
-    mine.mkdir()
-    frames = read_video(raw / "take0.mp4")  # 160x96
-    write_video(mine / "boxed.mp4", [np.pad(f, ((10, 30), (24, 16), (0, 0))) for f in frames], fps=24, crf=12)
-    write_video(mine / "plain.mp4", frames, fps=24, crf=12)
+    mine = _boxed_and_plain(raw, tmp_path / "raw", ((10, 30), (24, 16)), crf=12)
     assert _prepare(mine, tmp_path / "P", "--crop-bars") == 0
     assert "keep black bars" not in capsys.readouterr().out
     records = read_manifest(tmp_path / "P" / MANIFEST_NAME)
@@ -244,15 +246,11 @@ def test_crop_bars_trains_on_the_picture_the_bars_frame(raw, tmp_path, capsys):
     assert "black bars cropped off (10 rows at the top, 30 rows at the bottom, 24 columns at the left, 16 columns " \
            "at the right of the source: crop=160:96:24:10)" in heads["boxed.mp4"]["notes"]
     assert not any("black bars" in n for n in heads["plain.mp4"]["notes"])
-    clips = {r["source"]: read_video(tmp_path / "P" / r["clip"]) for r in records if r["type"] == "clip" and r["index"] == 0} \
-        if records and "index" in records[-1] else {}
-    if not clips:
-        firsts = {}
-        for r in records:
-            if r["type"] == "clip" and r["source"] not in firsts:
-                firsts[r["source"]] = read_video(tmp_path / "P" / r["clip"])
-        clips = firsts
-    boxed, plain = clips["boxed.mp4"], clips["plain.mp4"]
+    first = {}  # each source's first clip
+    for r in records:
+        if r["type"] == "clip":
+            first.setdefault(r["source"], tmp_path / "P" / r["clip"])
+    boxed, plain = read_video(first["boxed.mp4"]), read_video(first["plain.mp4"])
     assert boxed.shape == plain.shape == (9, 96, 160, 3)
     assert np.abs(boxed.astype(int) - plain).mean() < 3  # the same picture, two encodes apart
     assert not find_bars(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in boxed]))
