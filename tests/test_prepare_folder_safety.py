@@ -522,3 +522,14 @@ def test_footage_that_turns_back_is_rejected_by_strict_qc_and_kept_by_lenient(tm
         (clip,) = [r for r in read_manifest(out / MANIFEST_NAME) if r["type"] == "clip"]
         assert clip["verdict"] == verdict and clip["orbit"]["reversal"] > 0.2
         assert any("the camera turns back" in r for r in clip["reasons"]), clip["reasons"]
+
+
+def test_a_run_killed_before_its_first_clip_is_no_prepared_folder_yet(raw, tmp_path, capsys):
+    from circle_rotate.prepare.prepared_folder import JOURNAL_NAME
+
+    out = tmp_path / "P"
+    (out / "videos").mkdir(parents=True)
+    (out / JOURNAL_NAME).write_text("")  # a first run killed while decoding its first source
+    assert main(["-q", "caption", str(out)]) == 2
+    assert "stopped before it finished a source" in capsys.readouterr().err
+    assert _prepare(raw, out) == 0 and check_prepared(out) and not (out / JOURNAL_NAME).exists()

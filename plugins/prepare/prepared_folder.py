@@ -117,10 +117,14 @@ def check_prepared(folder: Path) -> List[dict]:
         UserError: no manifest, a run killed before it finished, a broken manifest line.
     """
     manifest = Path(folder) / MANIFEST_NAME
-    if not manifest.exists() and not (Path(folder) / JOURNAL_NAME).exists():
+    journal = (Path(folder) / JOURNAL_NAME).exists()
+    if not manifest.exists() and not journal:
         raise UserError("no manifest.jsonl here", path=folder, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     records = read_manifest(manifest)
     diff = folder_diff(Path(folder), records)
+    if not diff and not manifest.exists():
+        raise UserError("no manifest.jsonl here: a prepare run writing here was stopped before it finished a source",
+                        path=folder, fix="run the same prepare command again")
     if diff:
         killed = left_by_killed_run(Path(folder), diff)
         if killed and not diff.missing and len(killed) == len(diff.unlisted):
