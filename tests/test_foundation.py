@@ -289,3 +289,16 @@ def test_a_gif_cut_off_part_way_says_so(tmp_path):
         else:  # one frame left: the error says why, not "a still image"
             with pytest.raises(UserError, match="the GIF is cut off"):
                 load_clip(cut)
+
+
+def test_spread_frames_reach_across_a_video_of_one_group_of_pictures(tmp_path):
+    """x264's default keyframe interval (250) makes this 120-frame file one group of pictures: every
+    seek lands on frame 0, so the frames are decoded on to each target."""
+    from circle_rotate.kernel.video_io import spread_frames, write_video
+
+    path = tmp_path / "ramp.mp4"
+    write_video(path, [np.full((32, 48, 3), 2 * i, np.uint8) for i in range(120)], fps=24, crf=0, preset="ultrafast")
+    levels = [int(f[..., 0].mean().round()) for f in spread_frames(path, 6, (48, 32))]
+    frames = [level / 2 for level in levels]
+    assert len(frames) == 6 and frames == sorted(frames)
+    assert frames[0] < 20 and frames[-1] > 100  # spread over the whole file, not the first frames

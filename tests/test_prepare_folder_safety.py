@@ -533,3 +533,40 @@ def test_a_run_killed_before_its_first_clip_is_no_prepared_folder_yet(raw, tmp_p
     assert main(["-q", "caption", str(out)]) == 2
     assert "stopped before it finished a source" in capsys.readouterr().err
     assert _prepare(raw, out) == 0 and check_prepared(out) and not (out / JOURNAL_NAME).exists()
+
+
+def _title_card(frames):
+    import cv2
+
+    card = []
+    for _ in range(30):  # over a second of white text on black before the footage
+        c = np.zeros_like(frames[0])
+        cv2.putText(c, "MY CAR", (30, 50), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+        card.append(c)
+    return card + list(frames)
+
+
+def _bars_first_half(frames):
+    out = [f.copy() for f in frames]
+    for f in out[:len(out) // 2]:
+        f[:12], f[-12:] = 0, 0
+    return out
+
+
+def _dark_sky(frames):
+    return [np.concatenate([(f[:30] * 0.08), (f[30:] * 0.6)]).astype(np.uint8) for f in frames]
+
+
+@pytest.mark.parametrize("make", [_title_card, _bars_first_half, _dark_sky], ids=["title-card", "bars-first-half",
+                                                                                  "dark-sky"])
+def test_crop_bars_never_crops_what_is_no_letterbox_of_the_whole_video(raw, tmp_path, make):
+    """Black that is not bars around the whole video: a title card, bars only at the start, a dark
+    sky above the scene. The picture is kept whole, and no note offers a crop of the source."""
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    write_video(mine / "odd.mp4", make(read_video(raw / "take0.mp4")), fps=24, crf=16)
+    assert main(["-q", "prepare", str(mine), "-o", str(tmp_path / "P"), *ARGS, "--crop-bars", "--qc", "off"]) == 0
+    records = read_manifest(tmp_path / "P" / MANIFEST_NAME)
+    (head,) = [r for r in records if r["type"] == "source"]
+    assert not any("cropped off" in n or "crop=" in n for n in head["notes"]), head["notes"]
+    assert {(r["width"], r["height"]) for r in records if r["type"] == "clip"} == {(160, 96)}

@@ -9,6 +9,7 @@ Encoding goes through PyAV because the OpenCV wheels cannot write H.264. Every w
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -662,6 +663,61 @@ def _animation_frames(p: Path) -> Iterator[ArrayFrame]:
     period = 1.0 / animation.fps if animation.fps else 0.0
     for index, rgb in enumerate(animation.frames):  # held frames are already spread out on the period
         yield ArrayFrame(index, index * period, rgb)
+
+
+#: :func:`spread_frames` seeks only past this much video it would otherwise decode through.
+SEEK_GAP_S = 2.0
+
+
+def _reaches(frame, target: float, clock: dict) -> bool:
+    """Whether a decoded ``frame`` is at or past ``target`` seconds since the video's first frame;
+    ``clock`` keeps that first frame's time ("start") and the last frame's ("reached")."""
+    if frame.time is None:  # no timestamps: every frame will do
+        return True
+    clock.setdefault("start", float(frame.time))
+    clock["reached"] = float(frame.time) - clock["start"]
+    return clock["reached"] >= target
+
+
+def spread_frames(path: PathLike, count: int, size: Optional[tuple[int, int]] = None) -> List[np.ndarray]:
+    """About ``count`` frames spread over the whole of a video, as a player shows them (RGB, at
+    ``size``). A seek lands on the keyframe before its target, so frames are decoded on from there
+    up to the target (one sample per keyframe would be the first frame again and again in a file
+    of one long group of pictures); a seek is made only when the target lies :data:`SEEK_GAP_S`
+    beyond what was decoded. Fewer frames where the file is shorter or will not seek.
+
+    Raises:
+        UserError: the file cannot be opened.
+    """
+    p = Path(path)
+    if _is_animated_file(p):
+        frames = read_animation(p).frames
+        return [ArrayFrame(0, 0.0, frames[i]).to_rgb(size) for i in np.linspace(0, len(frames) - 1, count, dtype=int)]
+    container = _open(p)
+    out: List[np.ndarray] = []
+    try:
+        stream = pick_video_stream(container)
+        aspect, signal = pixel_aspect(stream), hdr_signal(stream)
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else \
+            (container.duration / av.time_base if container.duration else 0.0)
+        display, decoded, clock = None, container.decode(stream), {}
+        reached = -math.inf  # seconds since the first frame, of the last frame decoded
+        for k in range(count):
+            target = duration * (k + 0.5) / count if duration > 0 else 0.0
+            if stream.time_base and "start" in clock and target - reached > SEEK_GAP_S:
+                container.seek(int((target + clock["start"]) / stream.time_base), stream=stream)
+                decoded = container.decode(stream)
+            frame = next((f for f in decoded if _reaches(f, target, clock)), None)
+            if frame is None:  # the end of the file before the target
+                break
+            reached = clock.get("reached", reached)
+            display = display or _display_or_error(p, frame, aspect)
+            out.append(DecodedFrame(k, 0.0, frame, display, signal).to_rgb(size))
+    except av.error.FFmpegError:  # a file that will not seek: what was read so far
+        pass
+    finally:
+        container.close()
+    return out
 
 
 def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:

@@ -69,3 +69,45 @@ def find_bars(grey: np.ndarray) -> Bars:
         return n if n >= max(2, LEAST * side) else 0
 
     return Bars(kept(top, h), kept(bottom, h), kept(left, w), kept(right, w))
+
+
+#: Grey levels the lines just inside a bar must be above the bar's last lines, in most frames.
+EDGE_STEP = 12.0
+#: The least share of each side a letterbox leaves as picture.
+LEAST_PICTURE = 0.5
+#: Spread (grey levels, median over frames) a bar's lines may have, away from the picture's edge:
+#: an encoded bar is flat (0.0-0.3), a dark sky or floor keeps its texture (3 and more).
+BAR_FLAT = 1.5
+
+
+def _flat(grey: np.ndarray, side: str, n: int) -> bool:
+    """Whether the band's lines away from the picture (whose edge rings in the encode) are one level."""
+    away = max(1, n - 2)
+    band = {"top": grey[:, :away], "bottom": grey[:, grey.shape[1] - away:], "left": grey[:, :, :away],
+            "right": grey[:, :, grey.shape[2] - away:]}[side].astype(np.float32)
+    return float(np.median(band.std(axis=(1, 2)))) <= BAR_FLAT
+
+
+def _edge_step(grey: np.ndarray, side: str, n: int) -> float:
+    """Median over frames of (mean of the 2 lines inside the band) - (mean of its last 2 lines)."""
+    lines = {"top": lambda a, b: grey[:, a:b], "bottom": lambda a, b: grey[:, grey.shape[1] - b:grey.shape[1] - a],
+             "left": lambda a, b: grey[:, :, a:b], "right": lambda a, b: grey[:, :, grey.shape[2] - b:grey.shape[2] - a]}
+    take = lines[side]
+    band, inside = take(max(0, n - 2), n).astype(np.float32), take(n, n + 2).astype(np.float32)
+    return float(np.median(inside.mean(axis=(1, 2)) - band.mean(axis=(1, 2))))
+
+
+def letterbox(grey: np.ndarray) -> Bars:
+    """The bars of :func:`find_bars` that frame a picture, for cropping them off: each band must
+    be flat (one level, as an encoded bar is; a dark sky keeps its texture) and stop at an edge
+    (the picture just inside is clearly brighter, in most frames; a night floor fades into its
+    shadows), and the picture
+    left must hold at least :data:`LEAST_PICTURE` of each side. ``grey``: frames spread over the
+    whole video (a dark title card, or bars only in the opening seconds, are then not bars)."""
+    found = find_bars(grey)
+    _, h, w = grey.shape
+    kept = {side: n if n and _flat(grey, side, n) and _edge_step(grey, side, n) >= EDGE_STEP else 0
+            for side, n in (("top", found.top), ("bottom", found.bottom), ("left", found.left), ("right", found.right))}
+    if kept["top"] + kept["bottom"] > (1 - LEAST_PICTURE) * h or kept["left"] + kept["right"] > (1 - LEAST_PICTURE) * w:
+        return Bars()
+    return Bars(kept["top"], kept["bottom"], kept["left"], kept["right"])

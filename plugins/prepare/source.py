@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import cut_short, iter_decoded_frames, probe_video, shown_notes, write_video
-from circle_rotate.media.borders import Bars, find_bars
+from circle_rotate.kernel.video_io import (cut_short, iter_decoded_frames, probe_video, shown_notes, spread_frames,
+                                          write_video)
+from circle_rotate.media.borders import Bars, letterbox
 from circle_rotate.media.orbit import STATIC_DEG_S, classify_pairs
 from circle_rotate.media.orbit_flow import FlowEstimator, PairStats, analysis_grey, analysis_size, pair_stats, shrink
 from circle_rotate.media.orbit_qc import qc_verdict
@@ -35,9 +36,9 @@ from circle_rotate.prepare.prepared_folder import note_clip
 logger = logging.getLogger(__name__)
 
 PAUSE_S = 0.5  # stillness this long ends a segment (with still trimming)
-#: ``--crop-bars`` looks for bars on this many first frames, at most this long a side: bars are
-#: the source's own (an export's letterbox), there from its first frame.
-BARS_LOOK_FRAMES, BARS_LOOK_SIDE = 48, 640
+#: ``--crop-bars`` looks for bars on this many frames spread over the source, at most this long a
+#: side: bars are the whole source's (an export's letterbox), not a title card's or an intro's.
+BARS_LOOK_FRAMES, BARS_LOOK_SIDE = 24, 640
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def _finish_window(st: _State, window: Window) -> None:
         "start_time": round(seq[0].time, 4), "end_time": round(seq[-1].time, 4), "frames": len(seq), "fps": opts.fps,
         "width": w, "height": h, "orbit": m.to_dict(), "verdict": verdict, "reasons": list(reasons), "caption": None,
     }
-    bars = find_bars(np.stack([cv2.cvtColor(x.rgb, cv2.COLOR_RGB2GRAY) for x in seq]))
+    bars = letterbox(np.stack([cv2.cvtColor(x.rgb, cv2.COLOR_RGB2GRAY) for x in seq]))
     if bars:  # the LoRA would learn them: said, with the source's crop (source_bars_note)
         record["bars"] = dataclasses.asdict(bars)
     record["caption"] = caption_for(record)
@@ -177,6 +178,9 @@ def source_bars_note(clips: List[dict], geometry: FrameGeometry, display: tuple)
     left = even_up((x + common.left) / sx) if common.left else 0
     right = even_up(width - (x + w - common.right) / sx) if common.right else 0
     crop = Bars(top, bottom, left, right)
+    if len(barred) < len(clips):  # a crop of the whole source would cut picture off the others
+        return [f"{BARS_NOTE}{len(barred)} of {len(clips)} clip(s) ({common.describe()} of the clip), which the LoRA "
+                f"would learn; the source's other clips have none"]
     if not crop or top + bottom >= height or left + right >= width:
         return [f"{BARS_NOTE}{len(barred)} of {len(clips)} clip(s), which the LoRA would learn"]
     return [f"{BARS_NOTE}{len(barred)} of {len(clips)} clip(s) ({common.describe()} of the clip), which the LoRA "
@@ -246,23 +250,20 @@ def _process(job: SourceJob) -> List[dict]:
 
 
 def source_bars(path: str, display: tuple) -> Bars:
-    """The black bars of the source at ``path`` on its first :data:`BARS_LOOK_FRAMES` frames, in its
-    display pixels, each widened to an even count (a thin black line left is worse than two
-    pixels of picture lost); none where they cannot be read (the main pass says why)."""
+    """The black bars framing the source at ``path`` (:func:`~circle_rotate.media.borders.letterbox`
+    on :data:`BARS_LOOK_FRAMES` frames spread over it), in its display pixels, each widened to an
+    even count (a thin black line left is worse than two pixels of picture lost); none where they
+    cannot be read (the main pass says why)."""
     width, height = display
     s = min(1.0, BARS_LOOK_SIDE / max(width, height))
     size = (max(16, round(width * s)), max(16, round(height * s)))
-    grey = []
     try:
-        for frame in iter_decoded_frames(path):
-            grey.append(cv2.cvtColor(frame.to_rgb(size), cv2.COLOR_RGB2GRAY))
-            if len(grey) >= BARS_LOOK_FRAMES:
-                break
+        grey = [cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) for rgb in spread_frames(path, BARS_LOOK_FRAMES, size)]
     except UserError:
         return Bars()
-    if not grey:
+    if len(grey) < 2:
         return Bars()
-    found = find_bars(np.stack(grey))
+    found = letterbox(np.stack(grey))
 
     def to_source(n: int, scale: float) -> int:
         return int(math.ceil(n / scale / 2)) * 2 if n else 0
