@@ -117,7 +117,8 @@ def foreign_files(folder: os.PathLike | str) -> List[Path]:
         return []
     if not root.is_dir():
         return [root]
-    return sorted(p for p in root.iterdir() if not _is_mask_png(p))
+    # hidden files (the .DS_Store a Mac's Finder leaves in any folder it shows) hold no one's work
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and not _is_mask_png(p))
 
 
 def write_masks(folder: os.PathLike | str, clip: Clip, masks: SubjectMasks, *, name: Optional[str] = None) -> List[Path]:

@@ -431,6 +431,7 @@ def test_caption_files_musubi_cannot_read_or_reads_wrongly_are_named(tmp_path, m
 
     (tmp_path / "v").mkdir()
     captions = {"utf16": "an orbit".encode("utf-16"), "latin1": "caf\xe9 orbit".encode("latin-1"),
+                "utf16nobom": "an orbit".encode("utf-16-le"),
                 "empty": b"  \n", "bom": b"\xef\xbb\xbfan orbit", "good": b"an orbit"}
     for name, data in captions.items():
         write_video(tmp_path / "v" / f"{name}.mp4", [np.full((32, 32, 3), 10 * t, np.uint8) for t in range(9)], fps=16,
@@ -443,14 +444,17 @@ def test_caption_files_musubi_cannot_read_or_reads_wrongly_are_named(tmp_path, m
             read[Path(video).stem] = source.get_caption(i)[1]
         except UnicodeDecodeError:
             read[Path(video).stem] = None
-    assert read == {"bom": "\ufeffan orbit", "empty": "", "good": "an orbit", "latin1": None, "utf16": None}
-    assert {n: read_caption(tmp_path / "v" / f"{n}.txt")[0] for n in read} == read  # ours reads as musubi does
+    assert read == {"bom": "\ufeffan orbit", "empty": "", "good": "an orbit", "latin1": None, "utf16": None,
+                    "utf16nobom": "a\x00n\x00 \x00o\x00r\x00b\x00i\x00t\x00"}  # musubi takes the NULs as the prompt
+    read["utf16nobom"] = None  # which we refuse, as the others it cannot read
+    assert {n: read_caption(tmp_path / "v" / f"{n}.txt")[0] for n in read} == read
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\n\n[[datasets]]\n'
                    f'video_directory = "{tmp_path / "v"}"\ncache_directory = "{tmp_path / "c"}"\ntarget_frames = [9]\n')
     problems = {p.message.split(":")[0]: p for p in check_config(cfg, use_musubi=False).problems}
-    unreadable = problems["2 caption file(s) musubi cannot read"]
+    unreadable = problems["3 caption file(s) musubi cannot read"]
+    assert "utf16nobom.txt (NUL bytes (UTF-16 without a byte-order mark?)" in unreadable.message
     assert unreadable.severity == "error" and "latin1.txt (not UTF-8 (byte 3)" in unreadable.message
     assert "utf16.txt (UTF-16" in unreadable.message and "save them as UTF-8" in unreadable.fix
     assert problems["1 caption file(s) start with a byte-order mark, which musubi passes to the text encoder as part "

@@ -170,6 +170,11 @@ def test_frame_folders_are_videos(tmp_path):
     assert row["status"] == "error" and "2 numbered sequences of frames" in row["error"]
     (d / "b_0000.png").unlink()
 
+    shutil.copy(d / "0000.png", d / "thumbnail.png")  # a poster beside the frames: no frame of the video
+    row = evaluate([d], metrics=["dynamic_degree"]).rows[0]
+    assert row["status"] == "error" and "1 image(s) that are not numbered frames (first: thumbnail.png)" in row["error"]
+    (d / "thumbnail.png").unlink()
+
     cv2.imwrite(str(d / "0006.png"), np.zeros((50, 60, 3), np.uint8))  # another size: the frame is named
     row = evaluate([d], metrics=["dynamic_degree"]).rows[0]
     assert row["status"] == "error" and "first: 0006.png is 60x50" in row["error"]

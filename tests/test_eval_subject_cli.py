@@ -174,6 +174,7 @@ def test_save_masks_into_an_earlier_runs_folder_needs_force_and_leaves_no_stale_
     assert main(args) == 0
     stale = masks / "orbit" / "frame_9999.png"  # as a run sampling other frames would have left
     stale.write_bytes(sorted((masks / "orbit").glob("frame_*.png"))[0].read_bytes())
+    (masks / "orbit" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # Finder's, in any folder it shows
     assert main(args) == 2
     assert "already holds the contact sheets and masks of an earlier run" in _error_line(capsys)
     assert main([*args, "--force"]) == 0

@@ -164,9 +164,12 @@ def read_caption(path: Path) -> Tuple[Optional[str], Optional[str]]:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None, "UTF-16 (Notepad's 'Unicode'); musubi reads UTF-8"
     try:
-        return data.decode("utf-8").strip(), None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8 (byte {exc.start}); musubi reads UTF-8"
+    if "\x00" in text:  # UTF-16 without a byte-order mark decodes, a NUL beside every letter, into the prompt
+        return None, "NUL bytes (UTF-16 without a byte-order mark?); musubi reads UTF-8"
+    return text.strip(), None
 
 
 def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:

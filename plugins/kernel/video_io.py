@@ -159,6 +159,11 @@ def frame_sequence_notes(files: Sequence[Path]) -> List[str]:
         shown = ", ".join(p.replace("#", "N") for p in patterns[:3])
         raise UserError(f"folder holds {len(patterns)} numbered sequences of frames ({shown}), which would play as one "
                         f"video", path=files[0].parent, fix="put each sequence in a folder of its own")
+    loose = [f.name for f, (_, n) in zip(files, parsed) if n is None]
+    if patterns and loose:  # a thumbnail or poster beside the frames would play as one more frame
+        raise UserError(f"folder holds {len(loose)} image(s) that are not numbered frames (first: {loose[0]}) beside "
+                        f"its numbered ones, which would play as frames", path=files[0].parent,
+                        fix="move them out of the frame folder")
     numbers = [n for _, n in parsed if n is not None]
     gaps = [(a, b) for a, b in zip(numbers, numbers[1:]) if b - a > 1]
     if not gaps:
