@@ -130,6 +130,20 @@ def test_resume_after_a_finished_run_says_it_finished(saved, tmp_path):
     assert resume_status(out, "circle_rotate_l").finished is None
 
 
+def test_stopped_between_the_last_state_and_the_final_lora_says_where_the_weights_are(saved, tmp_path):
+    """musubi saves <name>-state after the last epoch, then the final LoRA: killed between the two,
+    every epoch trained, a resume from epoch 99 would train epoch 100 a second time."""
+    out = tmp_path / "low"
+    _state(saved, out / "circle_rotate_l-000099-state")
+    _state(saved, out / "circle_rotate_l-state")
+    with pytest.raises(UserError, match=r"training ran every epoch but was stopped before it wrote its final LoRA; "
+                                        r"the trained weights are in .*circle_rotate_l-state/model.safetensors"):
+        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(out)),), resume=True))
+    _touch(out / "circle_rotate_l.safetensors", 4e9)  # written after all: finished
+    with pytest.raises(UserError, match="training already finished"):
+        plan_training(TrainRequest(("low",), env=(("OUTPUT_DIR_LOW", str(out)),), resume=True))
+
+
 def test_both_resumes_the_interrupted_expert_and_starts_the_one_that_never_ran(saved, tmp_path):
     low, high = tmp_path / "low", tmp_path / "high"
     _state(saved, high / "circle_rotate_h-000020-state")

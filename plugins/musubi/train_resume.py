@@ -93,6 +93,13 @@ def settle(runs: Sequence[TrainRun], *, optional: bool = False) -> Tuple[List[Tr
         s = run.status
         if s is None:
             kept.append(run)
+        elif s.last_state is not None and not s.finished:
+            # musubi saves <name>-state after the last epoch, then the LoRA: stopped between the two, every
+            # epoch is trained and a resume would have none left to run
+            raise UserError(f"{run.expert}: training ran every epoch but was stopped before it wrote its final LoRA; "
+                            f"the trained weights are in {s.last_state / 'model.safetensors'}", path=s.last_state,
+                            fix="use the last epoch checkpoint beside it, or drop --resume and pass --force to train "
+                                "again")
         elif s.finished:
             _note(notes, f"{run.expert}: training already finished ({s.finished}); it is left out")
         elif s.latest is not None:

@@ -53,6 +53,7 @@ class ResumeStatus:
     passed_over: Tuple[SavedState, ...]  # incomplete states newer than ``latest``
     finished: Optional[Path]  # the final LoRA, when written after every epoch checkpoint and state
     started: bool  # anything of a run there: a state, an epoch checkpoint or the final LoRA
+    last_state: Optional[Path] = None  # a complete end-of-training <name>-state (musubi writes it just before the LoRA)
 
     def passed_over_line(self) -> Optional[str]:
         if not self.passed_over:
@@ -145,4 +146,5 @@ def resume_status(output_dir: Path, name: str) -> ResumeStatus:
             finished = newest
     started = bool(states or finals) or any(_EPOCH_FILE.match(p.name) and p.name.startswith(f"{name}-")
                                             for f in folders if f.is_dir() for p in f.iterdir())
-    return ResumeStatus(output_dir, name, latest, passed, finished, started)
+    last = [f / f"{name}-state" for f in folders if (f / f"{name}-state").is_dir() and not state_faults(f / f"{name}-state")]
+    return ResumeStatus(output_dir, name, latest, passed, finished, started or bool(last), last[-1] if last else None)
