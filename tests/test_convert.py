@@ -314,3 +314,19 @@ def test_an_alpha_of_0_is_refused_where_the_scale_must_be_chosen_unless_told(tmp
             name, key = wan_arch.musubi_lora_name(module), module + ".weight"
             want = scale * tensors[name + ".lora_up.weight"].double() @ tensors[name + ".lora_down.weight"].double()
             assert torch.allclose(m[key].double() - b[key].double(), want, rtol=1e-5, atol=1e-7), key
+
+
+@pytest.mark.parametrize("told, scale", [("rank", 1.0), (2.0, 0.5)])
+def test_resizing_an_alpha_of_0_keeps_the_scale_it_was_told(tmp_path, told, scale):
+    """resize --alpha-if-missing on an alpha-0 LoRA: the resized file holds that scale as its alpha,
+    which ComfyUI, musubi and merge all read alike (it wrote the 0 back: no change in ComfyUI)."""
+    src = write_random_lora(tmp_path / "a.safetensors", CFG, rank=4, alpha=1.0, dtype=torch.float32)
+    tensors = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in load_file(str(src)).items()}
+    zero = tmp_path / "zero.safetensors"
+    save_file(tensors, str(zero))
+    out = tmp_path / "r.safetensors"
+    resize_lora(zero, out, rank=4, alpha_if_missing=told)  # the same rank: only the alphas speak
+    with safe_open(str(out), framework="pt") as f:
+        assert {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")} == {4.0 * scale}
+    for m, delta in deltas(out).items():
+        assert torch.allclose(delta, scale * deltas(zero, alpha_if_missing="rank")[m], rtol=1e-6, atol=1e-9), m

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow  # the demo end to end (minutes on 2 cores)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "demo", "--out", str(out)], capture_output=True,
-                          text=True, timeout=1200)
+    # as the README runs it: a folder relative to where you are (the smoke step's musubi runs elsewhere)
+    proc = subprocess.run([sys.executable, "-m", "circle_rotate", "demo", "--out", out.name], capture_output=True,
+                          text=True, timeout=1200, cwd=out.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 

@@ -221,3 +221,18 @@ def test_training_records_that_disagree_with_the_tensors_are_said(tmp_path, caps
     assert main(["inspect", str(tmp_path / "lies.safetensors")]) == 0
     assert "ss_network_dim says 32, the tensors hold 4; ss_network_alpha says 16, the tensors hold 1: the tensors are " \
            "what loaders use" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("parts", [(".lora_A.weight", ".lora_B.weight"), (".lora_A.default.weight", ".lora_B.default.weight")])
+def test_musubi_names_with_peft_parts_read_as_comfyui_loads_them(tmp_path, parts):
+    """lora_unet_<module> + lora_A/lora_B (+ .alpha): ComfyUI tries every pair name under each key it maps."""
+    sd = {}
+    for m, mod in MODS.items():
+        stem = "lora_unet_" + m.replace(".", "_")
+        sd.update({stem + parts[0]: mod.down, stem + parts[1]: mod.up, stem + ".alpha": torch.tensor(4.0)})
+    src = tmp_path / "mp.safetensors"
+    save_file(sd, str(src))
+    r = inspect_file(src)
+    assert (r.format, r.modules, r.unknown_keys, r.comfyui_not_loaded) == ("musubi", 20, [], [])
+    assert comfy_load(set(sd), comfy_key_map(DIT_KEYS))[0] == set(sd)  # ComfyUI's rule: all of them
+    assert_deltas(merged_deltas(tmp_path, src), truth(1.0))

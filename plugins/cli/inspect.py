@@ -82,8 +82,10 @@ def _dora_line(r: LoraReport) -> str:
     if not r.dora:
         return "none"
     if _peft_dora(r):
-        return (f"PEFT's magnitude (lora_magnitude_vector) on {r.dora} modules: ComfyUI does not load it (it would apply "
-                "the pairs as a plain LoRA); merge, convert, combine and resize refuse the file")
+        pairs = ("it would apply the pairs as a plain LoRA" if r.format in ("musubi", "comfy") else
+                 f"nor, in the {r.format} layout, its pairs")
+        return (f"PEFT's magnitude (lora_magnitude_vector) on {r.dora} modules: ComfyUI does not load it ({pairs}); "
+                "merge, convert, combine and resize refuse the file")
     return (f"a magnitude (dora_scale) on {r.dora} modules: ComfyUI applies it when it loads the LoRA; merge, "
             "convert, combine and resize refuse the file")
 

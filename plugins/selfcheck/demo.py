@@ -155,7 +155,7 @@ def run_demo(out: Path, *, run_command: Callable[[Sequence[str]], int], smoke: O
     from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
 
     start = time.perf_counter()
-    out = check_output_dir(out, flag="--out")
+    out = check_output_dir(Path(out).absolute(), flag="--out")  # the paths it prints work from anywhere
     if out.exists() and any(out.iterdir()):
         raise UserError("demo folder is not empty", path=out, fix="pass --out NEW_DIR, or delete it")
     out.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,10 @@ def run_smoke(request: SmokeRequest, *, run_command: Callable[[Sequence[str]], i
     if not musubi_available():
         raise UserError("musubi-tuner is not installed; the smoke run uses its scripts", fix=INSTALL_HINT)
     report = SmokeReport()
+    # musubi's scripts run from the tiny models' folder (their tokenizer path is relative to it):
+    # a relative folder of the user's would be read from there
+    request = replace(request, work_dir=Path(request.work_dir).absolute() if request.work_dir else None,
+                      models_dir=Path(request.models_dir).absolute() if request.models_dir else None)
     if request.work_dir:
         check_output_dir(request.work_dir, flag="-o/--out")
     if request.models_dir:

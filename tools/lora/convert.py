@@ -126,8 +126,10 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
         alpha = "folded into the weights" + (f" (rounded to {', '.join(rounded)}: the scale is not a power of two)"
                                              if rounded else " (exactly: each scale is a power of two)")
     else:
-        alpha = "copied" if all(i.alpha_key for i in index.modules.values()) else "written (alpha = scale * rank)"
         zeros = sum(1 for i in index.modules.values() if i.alpha == 0)
+        copied = sum(1 for i in index.modules.values() if i.alpha_key and not (to == "comfy" and i.alpha == 0))
+        alpha = ("copied" if copied == len(index.modules) else "written (alpha = scale * rank)" if not copied else
+                 f"{copied} copied, {len(index.modules) - copied} written (alpha = scale * rank)")
         if to == "comfy" and zeros:
             alpha += (f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi-tuner reads them; ComfyUI "
                       "reads 0 as no change)" if alpha_if_missing in (None, "rank") else

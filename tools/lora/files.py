@@ -582,12 +582,13 @@ def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
 
 def resolved_modules(index: LoraIndex, scales: Mapping[str, float], *, modules: Optional[Iterable[str]] = None
                      ) -> Dict[str, LoraModule]:
-    """Load modules with every alpha filled in (``alpha = scale * rank``). LoRAs are small
+    """Load modules with every missing or zero alpha filled in (``alpha = scale * rank``). LoRAs are small
     next to a base (hundreds of MB at most), so converting tools hold one whole."""
     out = {}
     with open(index.path, "rb") as fh:
         for name in (modules if modules is not None else index.modules):
             mod = load_module(index, name, fh=fh)
-            alpha = mod.alpha if mod.alpha is not None else scales[name] * mod.rank
+            # an alpha of 0 means what the caller resolved (module_scales): ComfyUI reads 0 as no change
+            alpha = mod.alpha if mod.alpha else scales[name] * mod.rank
             out[name] = LoraModule(name, mod.down, mod.up, alpha)
     return out

@@ -99,9 +99,8 @@ _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BLOCK_UNDERSCORED = re.compile(r"blocks_(\d+)_(.+)")
 
 # Suffix -> part, per layout family. Order matters only for readability.
-_SD_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-_PEFT_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
-               ".lora_down.weight": "down", ".lora_up.weight": "up"}
+_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
+          ".lora_down.weight": "down", ".lora_up.weight": "up"}
 # A PEFT model's own state dict keeps the adapter's name between the part and ".weight"
 # (peft/tuners/lora/layer.py: lora_A is a ModuleDict keyed by adapter); DiffSynth-Studio's trainer
 # saves it so: "blocks.0.self_attn.q.lora_A.default.weight". Any one-segment name is an adapter.
@@ -161,15 +160,13 @@ def wan_param_from_diffusers(key: str) -> Optional[str]:
     return _FROM_DIFFUSERS_OTHER_TOP.get(key)
 
 
-def _split_suffix(key: str, table: Dict[str, str]) -> Optional[Tuple[str, str]]:
-    for suffix, part in table.items():
+def _split_suffix(key: str) -> Optional[Tuple[str, str]]:
+    """(stem, part) of a LoRA tensor name in sd-scripts' or PEFT's spelling, adapter name included."""
+    for suffix, part in _PARTS.items():
         if key.endswith(suffix):
             return key[: -len(suffix)], part
-    if table is _PEFT_PARTS:
-        m = _PEFT_ADAPTER.fullmatch(key)
-        if m:
-            return m.group(1), "down" if m.group(2) == "A" else "up"
-    return None
+    m = _PEFT_ADAPTER.fullmatch(key)
+    return (m.group(1), "down" if m.group(2) == "A" else "up") if m else None
 
 
 def peft_adapter(key: str) -> Optional[str]:
@@ -202,7 +199,9 @@ def parse_lora_key(key: str) -> Optional[LoraKey]:
         >>> parse_lora_key("lora_unet_blocks_0_cross_attn_k_img.lora_up.weight")
         LoraKey(module='blocks.0.cross_attn.k_img', part='up', fmt='musubi')
     """
-    split = _split_suffix(key, _SD_PARTS if key.startswith(MUSUBI_LORA_PREFIX) else _PEFT_PARTS)
+    # every prefix with either family of parts: ComfyUI loads lora_unet_* with lora_A/lora_B too (its
+    # loader tries each pair name under every key it maps, comfy/weight_adapter/lora.py)
+    split = _split_suffix(key)
     if split is None:
         return None
     stem, part = split
