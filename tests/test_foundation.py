@@ -249,10 +249,11 @@ def test_cli_user_error_is_one_line_exit_2(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("delays_ms, fps", [([60, 70] * 6, 12 / 0.78), ([10] * 8, 10.0), ([0] * 8, 10.0),
-                                            ([20, 40] * 4, 1 / 0.03)])
+                                            ([20, 40] * 4, 1 / 0.03), ([500] + [50] * 9, 20.0)])
 def test_a_gif_plays_at_the_rate_its_frame_delays_give_as_a_browser_shows_them(tmp_path, delays_ms, fps):
     """The study's GIFs mix 60 and 70 ms delays (15 fps, not FFmpeg's 16.67); a delay of 10 ms or
-    less is shown for 100 ms by browsers, so such a GIF plays at 10 fps, not 100."""
+    less is shown for 100 ms by browsers, so such a GIF plays at 10 fps, not 100; a first frame
+    held for half a second lasts that long but moves nothing (the motion runs at 20 fps)."""
     from PIL import Image
 
     from circle_rotate.kernel.video_io import decode_all, probe_video
@@ -262,7 +263,8 @@ def test_a_gif_plays_at_the_rate_its_frame_delays_give_as_a_browser_shows_them(t
     images[0].save(path, save_all=True, append_images=images[1:], duration=delays_ms, loop=0)
     info = probe_video(path)
     assert info.fps == pytest.approx(fps, rel=1e-6) and info.frame_count == len(delays_ms)
-    assert info.duration == pytest.approx(len(delays_ms) / fps)
+    shown = sum(10 * max(1, round(d / 10)) if d > 10 else 100 for d in delays_ms) / 1000  # centiseconds, clamped
+    assert info.duration == pytest.approx(shown)
     frames, rate, notes = decode_all(path)
     assert len(frames) == len(delays_ms) and rate == pytest.approx(fps) and not notes  # not "cut short"
 

@@ -287,7 +287,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         rate = nominal_rate(stream)
         shown = gif_timing(container, stream) if stream.codec_context.name == "gif" else None
         if shown is not None:
-            rate = shown[0] / shown[1] if shown[1] else rate
+            rate = shown[2] or rate
         fps = float(rate) if rate else 0.0
         frames = shown[0] if shown is not None else int(stream.frames or 0)
         if shown is None and (count_frames or frames <= 0):
@@ -381,7 +381,8 @@ def decode_all(path: PathLike) -> tuple[List[np.ndarray], float, List[str]]:
         notes += frame_sequence_notes(frame_files(p))
     elif info.codec == "gif" and not gif_complete(p):
         notes.append(f"{GIF_CUT_NOTE} (no end marker): {len(frames)} frame(s) decoded")
-    if info.fps and cut_short(len(frames) / info.fps, info.duration, info.fps):
+    # a GIF's time shown holds its held frames, which its rate leaves out: its end marker says if it was cut
+    if info.fps and info.codec != "gif" and cut_short(len(frames) / info.fps, info.duration, info.fps):
         notes.append(f"decoded {len(frames) / info.fps:.2f} s ({len(frames)} frames) of the {info.duration:.2f} s the "
                      f"file declares: cut short (an interrupted download or copy?); its last frame is not the video's")
     return frames, info.fps, notes
@@ -423,21 +424,23 @@ def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
 #: browsers do (Chromium's and Firefox's GIF decoders; FFmpeg raises only a delay of 0), and so
 #: what the person who judges a generated GIF saw.
 GIF_SHORT_DELAY_S, GIF_SHORT_DELAY_SHOWN = Fraction(1, 100), Fraction(1, 10)
+GIF_HELD = 3  # a delay over this many times the median holds a frame still
 
 
 def gif_timing(container, stream) -> tuple:
-    """(frames, seconds shown) of a GIF from its frame delays, as a browser plays it. FFmpeg's
-    stated rate is a guess from the first delays: a GIF of 60 and 70 ms delays reads 16.67 fps
-    where it plays at 15, and one of 10 ms delays 100 fps where it plays at 10. Demuxes the stream."""
-    count, total = 0, Fraction(0)
+    """(frames, seconds shown, frame rate) of a GIF from its frame delays, as a browser plays it.
+    FFmpeg's stated rate is a guess from the first delays: a GIF of 60 and 70 ms delays reads
+    16.67 fps where it plays at 15, and one of 10 ms delays 100 fps where it plays at 10. The rate
+    is that of its moving frames: a frame held over three times the median delay (a title held
+    for half a second) counts in the time shown, not in the rate. Demuxes the stream."""
     base = stream.time_base or Fraction(1, 100)
-    for packet in container.demux(stream):
-        if not packet.size:
-            continue
-        count += 1
-        delay = Fraction(packet.duration or 0) * base
-        total += GIF_SHORT_DELAY_SHOWN if delay <= GIF_SHORT_DELAY_S else delay
-    return count, total
+    delays = [Fraction(p.duration or 0) * base for p in container.demux(stream) if p.size]
+    delays = [GIF_SHORT_DELAY_SHOWN if d <= GIF_SHORT_DELAY_S else d for d in delays]
+    if not delays:
+        return 0, Fraction(0), None
+    middle = sorted(delays)[len(delays) // 2]
+    moving = [d for d in delays if d <= GIF_HELD * middle]
+    return len(delays), sum(delays, Fraction(0)), len(moving) / sum(moving, Fraction(0))
 
 
 #: How :func:`decode_all`'s note on a GIF cut off part way begins.
