@@ -21,6 +21,7 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
 from circle_rotate.kernel.video_io import frame_order, probe_video
 from circle_rotate.kernel.wan_arch import NATIVE_FPS
+from circle_rotate.prepare.caption import read_caption_file
 
 #: musubi-tuner 0.3.4's video extensions (``media_utils.VIDEO_EXTENSIONS``): case matters.
 _VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
@@ -154,22 +155,14 @@ def _image_size(path: Path) -> Tuple[int, int]:
 
 
 def read_caption(path: Path) -> Tuple[Optional[str], Optional[str]]:
-    """(the caption musubi reads from a caption file, why it cannot) as its ``get_caption`` reads
-    it (``datasources.py``: ``open(..., encoding="utf-8")``, ``.strip()``): a file saved as UTF-16
-    (Notepad's "Unicode") or Latin-1 stops text-encoder caching with a UnicodeDecodeError."""
+    """(the caption musubi reads from a caption file, why it cannot), from
+    :func:`~circle_rotate.prepare.caption.read_caption_file`: a file saved as UTF-16 (Notepad's
+    "Unicode") or Latin-1 stops text-encoder caching with a UnicodeDecodeError."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return None, "UTF-16 (Notepad's 'Unicode'); musubi reads UTF-8"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start}); musubi reads UTF-8"
-    if "\x00" in text:  # UTF-16 without a byte-order mark decodes, a NUL beside every letter, into the prompt
-        return None, "NUL bytes (UTF-16 without a byte-order mark?); musubi reads UTF-8"
-    return text.strip(), None
+        found = read_caption_file(path)
+    except UserError as exc:  # a folder, no permission
+        return None, exc.problem.removeprefix(f"{exc.path}: ")
+    return found.as_musubi_reads, found.not_utf8
 
 
 def count_video(result: DatasetItems, path: Path, *, caption_ok: bool, params: dict) -> None:

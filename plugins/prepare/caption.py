@@ -116,7 +116,15 @@ class CaptionFile:
     exists: bool
     text: Optional[str] = None  # without a BOM; None when missing, blank or unreadable
     bom: bool = False  # musubi reads "utf-8", not "utf-8-sig": the mark reaches the text encoder
-    not_utf8: Optional[str] = None  # why musubi could not decode it ("UTF-16", "byte 7")
+    not_utf8: Optional[str] = None  # why musubi could not decode it ("UTF-16 (Notepad's 'Unicode')", ...)
+
+    @property
+    def as_musubi_reads(self) -> Optional[str]:
+        """The caption musubi's ``get_caption`` gets (``datasources.py``: UTF-8, stripped): the BOM
+        kept as a character, "" for a blank file; None when missing or not UTF-8."""
+        if not self.exists or self.not_utf8 is not None:
+            return None
+        return ("\ufeff" if self.bom else "") + (self.text or "")
 
 
 def read_caption_file(path: Path) -> CaptionFile:
@@ -136,11 +144,11 @@ def read_caption_file(path: Path) -> CaptionFile:
     try:
         text = data[len(codecs.BOM_UTF8) if bom else 0:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # Notepad's "Unicode"
-        why = "UTF-16" if utf16 else f"byte {exc.start}, Latin-1 or another code page?"
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        why = "UTF-16 (Notepad's 'Unicode')" if utf16 else f"not UTF-8 (byte {exc.start}), Latin-1 or another code page?"
         return CaptionFile(exists=True, not_utf8=why)
     if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL beside every ASCII letter
-        return CaptionFile(exists=True, not_utf8="NUL bytes, UTF-16?")
+        return CaptionFile(exists=True, not_utf8="NUL bytes (UTF-16 without a byte-order mark?)")
     return CaptionFile(exists=True, text=text.strip() or None, bom=bom)
 
 
