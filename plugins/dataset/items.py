@@ -20,7 +20,7 @@ from circle_rotate.kernel.buckets import nearest_bucket
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available
 from circle_rotate.kernel.video_io import frame_order, probe_video
-from circle_rotate.kernel.wan_arch import NATIVE_FPS
+from circle_rotate.kernel.wan_arch import NATIVE_FPS, VAE_STRIDE
 from circle_rotate.prepare.caption import read_caption_file
 
 #: musubi-tuner 0.3.4's video extensions (``media_utils.VIDEO_EXTENSIONS``): case matters.
@@ -90,27 +90,34 @@ def frames_after_fps(count: int, *, source_fps: Optional[float], target_fps: flo
 
 
 def items_for(frames: int, *, targets: Sequence[int], extraction: str, stride: int = 1, sample: int = 1) -> int:
-    """Training items musubi makes from a video of ``frames`` frames (after fps dropping)."""
-    targets = sorted({round_4n1(t) for t in targets if t >= 1})
-    if extraction == "uniform" and sample == 1:
-        extraction = "head"  # musubi switches, with a warning
+    """Training items musubi makes from a video of ``frames`` frames (after fps dropping): its
+    distinct windows (:func:`frame_windows`; targets rounded down to 4n+1 as musubi does)."""
     if extraction == "full":
         return 1 if frames >= 1 else 0
-    n = 0
-    for t in targets:
-        if frames < t:
-            continue
-        if extraction == "head":
-            n += 1
+    targets = sorted({round_4n1(t) for t in targets if t >= 1})
+    return len(frame_windows(frames, extraction=extraction, target_frames=targets, stride=stride, sample=sample))
+
+
+def frame_windows(frames: int, *, extraction: str, target_frames: Sequence[int], stride: int = 1, sample: int = 1,
+                  max_frames: Optional[int] = None) -> List[Tuple[int, int]]:
+    """(start, length) of every window musubi cuts from a clip of ``frames`` frames.
+
+    Semantics of ``frame_extraction`` as documented in musubi's docs/dataset_config.md.
+    """
+    out: List[Tuple[int, int]] = []
+    for target in target_frames:
+        if extraction == "head" and frames >= target:
+            out.append((0, target))
         elif extraction == "chunk":
-            n += frames // t
-        elif extraction == "slide":
-            n += (frames - t) // max(1, stride) + 1
-        elif extraction == "uniform":
-            # np.linspace(..., dtype=int) as musubi places them; starts that coincide make one
-            # cache file (its name is the start), so a short video holds fewer than ``sample``
-            n += len(set(np.linspace(0, frames - t, sample, dtype=int).tolist()))
-    return n
+            out += [(i, target) for i in range(0, frames, target) if i + target <= frames]
+        elif extraction == "slide" and frames >= target:
+            out += [(i, target) for i in range(0, frames - target + 1, max(1, stride))]
+        elif extraction == "uniform" and frames >= target:
+            out += [(int(i), target) for i in np.linspace(0, frames - target, sample, dtype=int)]
+    if extraction == "full":
+        n = min(frames, max_frames or frames)
+        out.append((0, (n - 1) // VAE_STRIDE[0] * VAE_STRIDE[0] + 1))
+    return list(dict.fromkeys(out))  # uniform windows that coincide are one cache file (named by its start)
 
 
 @dataclass

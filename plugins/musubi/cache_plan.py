@@ -32,10 +32,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 # musubi's fps frame dropping, counted; a frame folder's frames, as musubi lists them
-from circle_rotate.dataset.items import frames_after_fps, musubi_frame_names, read_caption
+from circle_rotate.dataset.items import frame_windows, frames_after_fps, musubi_frame_names, read_caption
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.musubi_env import import_musubi
 from circle_rotate.kernel.video_io import is_frame_folder, probe_video
@@ -83,30 +83,6 @@ class CachePlan:
     @property
     def total_bytes(self) -> int:
         return sum(i.latent_bytes + i.te_bytes for i in self.items)
-
-
-def frame_windows(frames: int, *, extraction: str, target_frames: Sequence[int], stride: int = 1, sample: int = 1,
-                  max_frames: Optional[int] = None) -> List[Tuple[int, int]]:
-    """(start, length) of every window musubi cuts from a clip of ``frames`` frames.
-
-    Semantics of ``frame_extraction`` as documented in musubi's docs/dataset_config.md.
-    """
-    import numpy as np
-
-    out: List[Tuple[int, int]] = []
-    for target in target_frames:
-        if extraction == "head" and frames >= target:
-            out.append((0, target))
-        elif extraction == "chunk":
-            out += [(i, target) for i in range(0, frames, target) if i + target <= frames]
-        elif extraction == "slide" and frames >= target:
-            out += [(i, target) for i in range(0, frames - target + 1, stride)]
-        elif extraction == "uniform" and frames >= target:
-            out += [(int(i), target) for i in np.linspace(0, frames - target, sample, dtype=int)]
-    if extraction == "full":
-        n = min(frames, max_frames or frames)
-        out.append((0, (n - 1) // VAE_STRIDE[0] * VAE_STRIDE[0] + 1))
-    return list(dict.fromkeys(out))  # uniform windows that coincide are one cache file (named by its start)
 
 
 def latent_cache_bytes(width: int, height: int, frames: int, *, itemsize: int = 2) -> int:
