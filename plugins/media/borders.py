@@ -80,20 +80,22 @@ LEAST_PICTURE = 0.5
 BAR_FLAT = 1.5
 
 
+def _lines(grey: np.ndarray, side: str, start: int, stop: int) -> np.ndarray:
+    """Lines ``start``..``stop`` (exclusive) counted inward from ``side``'s edge, in every frame (float)."""
+    h, w = grey.shape[1:]
+    cut = {"top": (slice(start, stop), slice(None)), "bottom": (slice(h - stop, h - start), slice(None)),
+           "left": (slice(None), slice(start, stop)), "right": (slice(None), slice(w - stop, w - start))}[side]
+    return grey[:, cut[0], cut[1]].astype(np.float32)
+
+
 def _flat(grey: np.ndarray, side: str, n: int) -> bool:
     """Whether the band's lines away from the picture (whose edge rings in the encode) are one level."""
-    away = max(1, n - 2)
-    band = {"top": grey[:, :away], "bottom": grey[:, grey.shape[1] - away:], "left": grey[:, :, :away],
-            "right": grey[:, :, grey.shape[2] - away:]}[side].astype(np.float32)
-    return float(np.median(band.std(axis=(1, 2)))) <= BAR_FLAT
+    return float(np.median(_lines(grey, side, 0, max(1, n - 2)).std(axis=(1, 2)))) <= BAR_FLAT
 
 
 def _edge_step(grey: np.ndarray, side: str, n: int) -> float:
     """Median over frames of (mean of the 2 lines inside the band) - (mean of its last 2 lines)."""
-    lines = {"top": lambda a, b: grey[:, a:b], "bottom": lambda a, b: grey[:, grey.shape[1] - b:grey.shape[1] - a],
-             "left": lambda a, b: grey[:, :, a:b], "right": lambda a, b: grey[:, :, grey.shape[2] - b:grey.shape[2] - a]}
-    take = lines[side]
-    band, inside = take(max(0, n - 2), n).astype(np.float32), take(n, n + 2).astype(np.float32)
+    band, inside = _lines(grey, side, max(0, n - 2), n), _lines(grey, side, n, n + 2)
     return float(np.median(inside.mean(axis=(1, 2)) - band.mean(axis=(1, 2))))
 
 
@@ -101,9 +103,9 @@ def letterbox(grey: np.ndarray) -> Bars:
     """The bars of :func:`find_bars` that frame a picture, for cropping them off: each band must
     be flat (one level, as an encoded bar is; a dark sky keeps its texture) and stop at an edge
     (the picture just inside is clearly brighter, in most frames; a night floor fades into its
-    shadows), and the picture
-    left must hold at least :data:`LEAST_PICTURE` of each side. ``grey``: frames spread over the
-    whole video (a dark title card, or bars only in the opening seconds, are then not bars)."""
+    shadows), and the picture left must hold at least :data:`LEAST_PICTURE` of each side. ``grey``:
+    frames spread over the whole video (a dark title card, or bars only in the opening seconds,
+    are then not bars)."""
     found = find_bars(grey)
     _, h, w = grey.shape
     kept = {side: n if n and _flat(grey, side, n) and _edge_step(grey, side, n) >= EDGE_STEP else 0
