@@ -11,7 +11,9 @@
 # without it fail in training with KeyError 'latents_image'. --skip_existing makes a re-run resume
 # where an interrupted one stopped; --keep_cache stops a run from deleting cache files of clips it
 # was not given (so shard runs that share one cache directory keep each other's files).
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # `sh recipe.sh`: dash has no arrays or pipefail
 set -euo pipefail
+: "${VAE_CACHE_CPU:=0}"  # caching fits a 24 GB card without it (common.sh's 1 is the training default)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 : "${DEVICE:=cuda}"        # cuda or cpu

@@ -30,10 +30,13 @@
 : "${NUM_PROCESSES:=1}"
 
 # --- memory and speed only: none of these changes what is learned ---------------------------
-: "${BLOCKS_TO_SWAP:=0}"                      # DiT blocks streamed from CPU RAM (0-39), ~0.36 GB VRAM each with fp8_base
-: "${GRADIENT_CHECKPOINTING:=0}"              # 1: recompute block activations in backward (~30% slower, far less VRAM)
-: "${GRADIENT_CHECKPOINTING_CPU_OFFLOAD:=0}"  # 1: also park the checkpointed block inputs in CPU RAM
-: "${VAE_CACHE_CPU:=0}"                       # 1: the VAE's feature cache in CPU RAM (latent caching, samples)
+# The defaults are the published command's (they fit a 24 GB card); `circle-rotate train --dry-run`
+# prints what each card size needs, e.g. BLOCKS_TO_SWAP=0 GRADIENT_CHECKPOINTING_CPU_OFFLOAD=0 on 80 GB,
+# which trains faster.
+: "${BLOCKS_TO_SWAP:=30}"                     # DiT blocks streamed from CPU RAM (0-39), ~0.36 GB VRAM each with fp8_base
+: "${GRADIENT_CHECKPOINTING:=1}"              # 1: recompute block activations in backward (~30% slower, far less VRAM)
+: "${GRADIENT_CHECKPOINTING_CPU_OFFLOAD:=1}"  # 1: also park the checkpointed block inputs in CPU RAM (needs the above)
+: "${VAE_CACHE_CPU:=1}"                       # 1: the VAE's feature cache in CPU RAM (latent caching, samples)
 # Disk only: keep just the last N epoch files (each rank-32 LoRA is ~0.6 GB in fp32; 100 epochs ~61 GB).
 : "${SAVE_LAST_N_EPOCHS:=}"
 # Data parallel only: minutes a process waits for the others at a collective before NCCL gives up
@@ -41,20 +44,28 @@
 # shared storage or sample generation keep the other ranks waiting.
 : "${DDP_TIMEOUT:=}"
 # Samples during training (saved and restored RNG state around them, so training is unchanged).
-# I2V prompts need a first frame: "prompt text --i first.png" (musubi's prompt-file syntax).
+# I2V prompts need a first frame: "prompt text --i first.png" (musubi's prompt-file syntax). The
+# published command samples its prompts.txt every epoch and before the first step; the study does not
+# publish that file, so sampling is off until SAMPLE_PROMPTS names one.
 : "${SAMPLE_PROMPTS:=}"
-: "${SAMPLE_EVERY_N_EPOCHS:=10}"
+: "${SAMPLE_EVERY_N_EPOCHS:=1}"
+: "${SAMPLE_AT_FIRST:=1}"   # 1: also sample before the first step (the untrained model, to compare)
 
-OPTIONAL_ARGS=()
-if [[ "$BLOCKS_TO_SWAP" != 0 ]]; then OPTIONAL_ARGS+=(--blocks_to_swap "$BLOCKS_TO_SWAP"); fi
-if [[ "$GRADIENT_CHECKPOINTING" == 1 ]]; then OPTIONAL_ARGS+=(--gradient_checkpointing); fi
-if [[ "$GRADIENT_CHECKPOINTING_CPU_OFFLOAD" == 1 ]]; then OPTIONAL_ARGS+=(--gradient_checkpointing_cpu_offload); fi
-if [[ "$VAE_CACHE_CPU" == 1 ]]; then OPTIONAL_ARGS+=(--vae_cache_cpu); fi
-if [[ -n "$DDP_TIMEOUT" ]]; then OPTIONAL_ARGS+=(--ddp_timeout "$DDP_TIMEOUT"); fi
-if [[ -n "$SAVE_LAST_N_EPOCHS" ]]; then OPTIONAL_ARGS+=(--save_last_n_epochs "$SAVE_LAST_N_EPOCHS"); fi
+# Each group goes where the published command has it.
+CHECKPOINT_ARGS=()
+if [[ "$GRADIENT_CHECKPOINTING" == 1 ]]; then CHECKPOINT_ARGS+=(--gradient_checkpointing); fi
+if [[ "$GRADIENT_CHECKPOINTING_CPU_OFFLOAD" == 1 ]]; then CHECKPOINT_ARGS+=(--gradient_checkpointing_cpu_offload); fi
+SWAP_ARGS=()
+if [[ "$BLOCKS_TO_SWAP" != 0 ]]; then SWAP_ARGS+=(--blocks_to_swap "$BLOCKS_TO_SWAP"); fi
+if [[ "$VAE_CACHE_CPU" == 1 ]]; then SWAP_ARGS+=(--vae_cache_cpu); fi
+SAMPLE_ARGS=()
 if [[ -n "$SAMPLE_PROMPTS" ]]; then
-    OPTIONAL_ARGS+=(--sample_prompts "$SAMPLE_PROMPTS" --sample_every_n_epochs "$SAMPLE_EVERY_N_EPOCHS" --t5 "$T5")
+    SAMPLE_ARGS+=(--t5 "$T5" --sample_prompts "$SAMPLE_PROMPTS" --sample_every_n_epochs "$SAMPLE_EVERY_N_EPOCHS")
+    if [[ "$SAMPLE_AT_FIRST" == 1 ]]; then SAMPLE_ARGS+=(--sample_at_first); fi
 fi
+EXTRA_ARGS=()
+if [[ -n "$DDP_TIMEOUT" ]]; then EXTRA_ARGS+=(--ddp_timeout "$DDP_TIMEOUT"); fi
+if [[ -n "$SAVE_LAST_N_EPOCHS" ]]; then EXTRA_ARGS+=(--save_last_n_epochs "$SAVE_LAST_N_EPOCHS"); fi
 
 # --- the Wan2.2 I2V expert split (recommended_*.sh) ---------------------------------------------
 # Where the high-noise expert hands over to the low-noise one, as a fraction of the 1000 training

@@ -9,6 +9,7 @@
 # by `circle-rotate cache`), musubi-tuner 0.3.4, accelerate, bitsandbytes, a CUDA GPU.
 # Run:  bash recipes/recommended_high.sh       (or: circle-rotate train high --recipe recommended)
 # The boundary is $BOUNDARY (0.9) in common.sh, converted once to $BOUNDARY_T (900) for musubi.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # `sh recipe.sh`: dash has no arrays or pipefail
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -24,6 +25,9 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --sdpa --fp8_base \
     --optimizer_type adamw8bit \
     --learning_rate 2e-4 \
+    ${CHECKPOINT_ARGS[@]+"${CHECKPOINT_ARGS[@]}"} \
+    --max_data_loader_n_workers 1 \
+    --persistent_data_loader_workers \
     --network_module networks.lora_wan \
     --network_dim 32 \
     --network_alpha "$NETWORK_ALPHA" \
@@ -38,4 +42,6 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --output_dir "$OUTPUT_DIR_HIGH" \
     --output_name "$OUTPUT_NAME_HIGH" \
     --mixed_precision fp16 \
-    ${OPTIONAL_ARGS[@]+"${OPTIONAL_ARGS[@]}"}
+    ${SWAP_ARGS[@]+"${SWAP_ARGS[@]}"} \
+    ${SAMPLE_ARGS[@]+"${SAMPLE_ARGS[@]}"} \
+    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reproduce_high.sh: train circle_rotate_h.safetensors, the LoRA of the Wan2.2 I2V-A14B high-noise
-# expert: the published low-noise command with the high-noise expert, its own output folder and
-# name, and nothing else changed (the publication shows only the low-noise command).
+# expert, with the published command flag for flag (Jklaity/Circle-Rotate README, "Training"): the
+# low-noise command with the high-noise expert, its own output folder and name.
 #
 # Needs: the high-noise expert in fp16 ($DIT_HIGH), the Wan2.1 VAE ($VAE), the dataset config
 # ($DATASET_CONFIG) and the same caches as reproduce_low.sh (one `circle-rotate cache` serves both),
@@ -14,6 +14,11 @@
 #   the ones it denoises at inference (t >= 900); recommended_high.sh restricts them;
 #   --lr_scheduler constant, no warmup; --gradient_accumulation_steps 1; the batch size and
 #   resolution come from $DATASET_CONFIG; LoRA weights saved in fp32 (--save_precision unset).
+# The published command also samples from its prompts.txt (--t5 ... --sample_prompts prompts.txt
+# --sample_every_n_epochs 1 --sample_at_first), a file the study does not publish: those flags are
+# added when SAMPLE_PROMPTS names one. Samples are previews only: musubi saves and restores the RNG
+# state around them, so the LoRA learned is the same with or without.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # `sh recipe.sh`: dash has no arrays or pipefail
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -29,6 +34,9 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --sdpa --fp8_base \
     --optimizer_type adamw8bit \
     --learning_rate 2e-4 \
+    ${CHECKPOINT_ARGS[@]+"${CHECKPOINT_ARGS[@]}"} \
+    --max_data_loader_n_workers 1 \
+    --persistent_data_loader_workers \
     --network_module networks.lora_wan \
     --network_dim 32 \
     --timestep_sampling shift \
@@ -39,4 +47,6 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --output_dir "$OUTPUT_DIR_HIGH" \
     --output_name "$OUTPUT_NAME_HIGH" \
     --mixed_precision fp16 \
-    ${OPTIONAL_ARGS[@]+"${OPTIONAL_ARGS[@]}"}
+    ${SWAP_ARGS[@]+"${SWAP_ARGS[@]}"} \
+    ${SAMPLE_ARGS[@]+"${SAMPLE_ARGS[@]}"} \
+    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

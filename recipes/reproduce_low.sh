@@ -13,6 +13,11 @@
 #   the ones it denoises at inference (t < 900); recommended_low.sh restricts them;
 #   --lr_scheduler constant, no warmup; --gradient_accumulation_steps 1; the batch size and
 #   resolution come from $DATASET_CONFIG; LoRA weights saved in fp32 (--save_precision unset).
+# The published command also samples from its prompts.txt (--t5 ... --sample_prompts prompts.txt
+# --sample_every_n_epochs 1 --sample_at_first), a file the study does not publish: those flags are
+# added when SAMPLE_PROMPTS names one. Samples are previews only: musubi saves and restores the RNG
+# state around them, so the LoRA learned is the same with or without.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # `sh recipe.sh`: dash has no arrays or pipefail
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -28,6 +33,9 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --sdpa --fp8_base \
     --optimizer_type adamw8bit \
     --learning_rate 2e-4 \
+    ${CHECKPOINT_ARGS[@]+"${CHECKPOINT_ARGS[@]}"} \
+    --max_data_loader_n_workers 1 \
+    --persistent_data_loader_workers \
     --network_module networks.lora_wan \
     --network_dim 32 \
     --timestep_sampling shift \
@@ -38,4 +46,6 @@ musubi env CUDA_VISIBLE_DEVICES="$GPU" "$ACCELERATE" launch --num_processes "$NU
     --output_dir "$OUTPUT_DIR_LOW" \
     --output_name "$OUTPUT_NAME_LOW" \
     --mixed_precision fp16 \
-    ${OPTIONAL_ARGS[@]+"${OPTIONAL_ARGS[@]}"}
+    ${SWAP_ARGS[@]+"${SWAP_ARGS[@]}"} \
+    ${SAMPLE_ARGS[@]+"${SAMPLE_ARGS[@]}"} \
+    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

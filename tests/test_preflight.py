@@ -94,6 +94,21 @@ def test_a_good_workspace_passes_with_vram_advice(ws):
     assert "VRAM estimate" in notes and "checkpoints need about" in notes
 
 
+def test_vram_advice_is_the_least_each_card_needs_whatever_the_command_sets(ws):
+    import re
+
+    notes = "\n".join(run_preflight(ws).notes)  # the published settings: checkpointing, offload, 30 blocks swapped
+    assert re.search(r"VRAM estimate .* with fp8_base, gradient checkpointing \+ CPU offload, 30 blocks swapped", notes)
+    eighty = next(line for line in notes.splitlines() if line.strip().startswith("80 GB"))
+    assert "BLOCKS_TO_SWAP=0" in eighty and "GRADIENT_CHECKPOINTING_CPU_OFFLOAD=0" in eighty, eighty
+
+
+def test_cpu_offload_without_checkpointing_is_named(ws):
+    report = run_preflight({**ws, "GRADIENT_CHECKPOINTING": "0", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "1"})
+    (line,) = [p.one_line() for p in report.problems if "cpu_offload" in p.one_line()]
+    assert "does nothing without --gradient_checkpointing" in line and "GRADIENT_CHECKPOINTING=1" in line
+
+
 def test_swapped_experts(ws):
     report = run_preflight({**ws, "DIT_LOW": ws["DIT_HIGH"], "DIT_HIGH": ws["DIT_LOW"]})
     lines = [p.one_line() for p in report.errors if "swapped" in p.message]
@@ -225,7 +240,7 @@ def test_cli_prints_each_problem_on_one_line_and_exits_2(ws):
                            "--dataset-config", ws["DATASET_CONFIG"], "-o", str(Path(ws["OUTPUT_DIR_LOW"]).parent)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
-    swapped = [line for line in proc.stdout.splitlines() if "swapped" in line]
+    swapped = [line for line in proc.stdout.splitlines() if "swapped" in line and "blocks swapped" not in line]
     assert len(swapped) == 2 and all(line.startswith("error: ") and "fix: swap" in line for line in swapped)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("circle-rotate train: error:") and "fix:" in last

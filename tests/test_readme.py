@@ -34,7 +34,7 @@ NOT_RUN_HERE: Dict[str, str] = {
     "circle-rotate cache --dataset-config datasets/circle/circle.toml --dry-run": "needs the real VAE; test_cache.py",
     "circle-rotate cache --dataset-config data/prepared/dataset.toml": "GPU; dry run: test_cache.py",
     "circle-rotate train both --recipe reproduce --dry-run": "14B experts + caches; test_train_cli.py",
-    "circle-rotate train both --recipe reproduce --gpus 0,1 --gradient-checkpointing --save-state": "GPU",
+    "circle-rotate train both --recipe reproduce --gpus 0,1 --save-state": "GPU",
     "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml -o outputs --dry-run":
         "14B experts + caches; test_train_cli.py",
     "circle-rotate train both --recipe recommended --dataset-config data/prepared/dataset.toml -o outputs": "GPU",

@@ -16,8 +16,8 @@ from circle_rotate.musubi.recipe_reader import (CACHE_RECIPE, TRAIN_RECIPES, dif
 ROOT = Path(__file__).resolve().parents[1]
 SEED_README = ROOT.parent / "shared" / "seed" / "circle-rotate-readme.md"
 
-# The "Training" block of the study's README (Jklaity/Circle-Rotate), verbatim. When the copy in
-# ../shared/seed is present the test also checks this text against it.
+# The low-noise "Training" block of the study's README (Jklaity/Circle-Rotate), verbatim, as of
+# 769b73c ("Update training commands with full parameters", 2026-02-05; unchanged at 32282c3).
 PUBLISHED = r"""
 CUDA_VISIBLE_DEVICES=0 accelerate launch --num_processes 1 \
     src/musubi_tuner/wan_train_network.py \
@@ -28,6 +28,10 @@ CUDA_VISIBLE_DEVICES=0 accelerate launch --num_processes 1 \
     --sdpa --fp8_base \
     --optimizer_type adamw8bit \
     --learning_rate 2e-4 \
+    --gradient_checkpointing \
+    --gradient_checkpointing_cpu_offload \
+    --max_data_loader_n_workers 1 \
+    --persistent_data_loader_workers \
     --network_module networks.lora_wan \
     --network_dim 32 \
     --timestep_sampling shift \
@@ -37,26 +41,50 @@ CUDA_VISIBLE_DEVICES=0 accelerate launch --num_processes 1 \
     --seed 42 \
     --output_dir ./outputs/low \
     --output_name circle_rotate_l \
-    --mixed_precision fp16
+    --mixed_precision fp16 \
+    --blocks_to_swap 30 \
+    --vae_cache_cpu \
+    --t5 models/models_t5_umt5-xxl-enc-bf16.pth \
+    --sample_prompts prompts.txt \
+    --sample_every_n_epochs 1 \
+    --sample_at_first
 """
+# The flags the README added in 769b73c to the command the study first published (../shared/seed):
+# memory, data loading and preview samples, none of which changes what is learned.
+ADDED_IN_769B73C = {"--gradient_checkpointing": [], "--gradient_checkpointing_cpu_offload": [],
+                    "--max_data_loader_n_workers": ["1"], "--persistent_data_loader_workers": [],
+                    "--blocks_to_swap": ["30"], "--vae_cache_cpu": [], "--t5": ["models/models_t5_umt5-xxl-enc-bf16.pth"],
+                    "--sample_prompts": ["prompts.txt"], "--sample_every_n_epochs": ["1"], "--sample_at_first": []}
 # The published command's paths, given to the recipe as its variables.
 PUBLISHED_PATHS = {"DIT_LOW": "models/wan2.2_i2v_low_noise_14B_fp16.safetensors", "VAE": "models/Wan2.1_VAE.pth",
                    "DATASET_CONFIG": "datasets/circle/circle.toml", "MUSUBI_SCRIPTS": "src/musubi_tuner",
-                   "ACCELERATE": "accelerate", "GPU": "0", "OUTPUT_DIR_LOW": "./outputs/low"}
+                   "ACCELERATE": "accelerate", "GPU": "0", "OUTPUT_DIR_LOW": "./outputs/low",
+                   "T5": "models/models_t5_umt5-xxl-enc-bf16.pth", "SAMPLE_PROMPTS": "prompts.txt"}
 MEMORY_KNOBS = {"GRADIENT_CHECKPOINTING": "1", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "1", "BLOCKS_TO_SWAP": "20",
                 "VAE_CACHE_CPU": "1", "SAVE_LAST_N_EPOCHS": "5"}
+MEMORY_OFF = {"GRADIENT_CHECKPOINTING": "0", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "0", "BLOCKS_TO_SWAP": "0",
+              "VAE_CACHE_CPU": "0"}
 
 
 def _published_tokens(text: str) -> list:
     return shlex.split(text.replace("\\\n", " "))
 
 
-def test_embedded_published_command_is_the_studys():
+def _options(tokens: list) -> dict:
+    at = next(i for i, t in enumerate(tokens) if t.endswith("wan_train_network.py"))
+    return dict(split_options(tokens[at + 1:]))
+
+
+def test_the_first_published_command_is_this_one_less_memory_loader_and_sample_flags():
     if not SEED_README.is_file():
         pytest.skip(f"{SEED_README} not present (the embedded copy is still checked by the other tests)")
     block = re.search(r"```bash\n# Train low-noise LoRA\n(.*?)```", SEED_README.read_text(encoding="utf-8"), re.S)
     assert block is not None
-    assert _published_tokens(block.group(1)) == _published_tokens(PUBLISHED)
+    first, now = _published_tokens(block.group(1)), _published_tokens(PUBLISHED)
+    assert now[:now.index("src/musubi_tuner/wan_train_network.py")] == first[:first.index(
+        "src/musubi_tuner/wan_train_network.py")]  # the same launch
+    assert {k: v for k, v in _options(now).items() if k not in ADDED_IN_769B73C} == _options(first)
+    assert {k: v for k, v in _options(now).items() if k in ADDED_IN_769B73C} == ADDED_IN_769B73C
 
 
 def test_reproduce_low_is_the_published_command_token_for_token():
@@ -102,11 +130,28 @@ def test_boundary_is_written_once_and_converted(musubi):
 
 
 def test_memory_knobs_add_only_memory_flags():
-    plain = train_command("reproduce", "low")
+    plain = train_command("reproduce", "low", env=MEMORY_OFF)
     knobs = train_command("reproduce", "low", env=MEMORY_KNOBS)
     diff = {d.option: d.after for d in diff_options(plain.args, knobs.args)}
     assert diff == {"--gradient_checkpointing": (), "--gradient_checkpointing_cpu_offload": (),
                     "--blocks_to_swap": ("20",), "--vae_cache_cpu": (), "--save_last_n_epochs": ("5",)}
+
+
+def test_the_published_memory_settings_are_the_default_and_sampling_waits_for_a_prompt_file():
+    values = option_values(train_command("reproduce", "low").args)
+    assert values["--blocks_to_swap"] == ["30"] and {"--gradient_checkpointing", "--vae_cache_cpu"} <= set(values)
+    assert not {"--sample_prompts", "--t5", "--sample_at_first"} & set(values)  # the study's prompts.txt is unpublished
+
+
+def test_recipes_run_under_sh_as_under_bash(tmp_path):
+    import subprocess
+
+    for shell in ("sh", "bash"):
+        out = subprocess.run([shell, str(recipe_path("reproduce_low.sh"))], capture_output=True,
+                             env={"PATH": "/usr/bin:/bin", "CIRCLE_ROTATE_PRINT": "1", "PYTHON": "false"})
+        assert out.returncode == 0, (shell, out.stderr)
+        (cmd,) = parse_printed(out.stdout.decode(), source=shell)
+        assert option_values(cmd.args)["--seed"] == ["42"]
 
 
 @pytest.mark.parametrize("recipe", sorted({f for r in TRAIN_RECIPES.values() for f in r.values()} | {CACHE_RECIPE}))

@@ -50,6 +50,22 @@ def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch)
     assert "error" not in out and "80 GB" in out and "--gradient_checkpointing" in out
 
 
+def test_cpu_offload_without_checkpointing_is_named(real_ws, capsys, monkeypatch):
+    import circle_rotate.kernel.disk_space as disk_space
+    from circle_rotate.cli.main import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
+    code = main(["train", "low", "--dry-run", "--dit-low", str(real_ws["low"]), "--vae", str(real_ws["vae"]),
+                 "--dataset-config", str(real_ws["config"]), "-o", str(real_ws["out"]), "--set",
+                 "GRADIENT_CHECKPOINTING=0", "--cpu-offload"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if "wan_train_network.py" in x)
+    assert "--gradient_checkpointing_cpu_offload" in line and "--gradient_checkpointing " not in line  # --set wins
+    assert "does nothing without --gradient_checkpointing" in out  # musubi offloads only inside it
+
+
 def test_both_experts_one_per_gpu_or_one_after_the_other():
     parallel = plan_training(TrainRequest(("low", "high"), gpus=("0", "1")))
     assert [label for label, _ in parallel.chains] == ["low@gpu0", "high@gpu1"]

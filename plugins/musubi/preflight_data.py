@@ -186,12 +186,17 @@ def vram_notes(f: Findings, ns: argparse.Namespace, plan: Optional[CachePlan]) -
     batch = max(int(dict(d.section).get("batch_size", 1)) for d in plan.datasets)
     settings = VramSettings(fp8_base=bool(ns.fp8_base), gradient_checkpointing=bool(ns.gradient_checkpointing),
                             cpu_offload=bool(ns.gradient_checkpointing_cpu_offload), blocks_to_swap=ns.blocks_to_swap or 0)
+    if settings.cpu_offload and not settings.gradient_checkpointing:  # musubi offloads only inside checkpointing
+        f.warning("--gradient_checkpointing_cpu_offload", "does nothing without --gradient_checkpointing (musubi "
+                  "offloads the checkpointed activations only)", "set GRADIENT_CHECKPOINTING=1 too (train: --cpu-offload "
+                  "sets both)")
     kw = dict(tokens=tokens, batch=batch, rank=ns.network_dim or 4, optimizer=ns.optimizer_type or "adamw")
     est = estimate_vram(cfg, settings=settings, **kw)
     f.notes.append(f"VRAM estimate (rough, +-30%): {est.total_gb:.1f} GiB with {settings.describe()} "
                    f"({tokens} tokens x batch {batch})")
     for budget in BUDGETS_GB:
-        fit = fitting_settings(cfg, budget, base=settings, **kw)
+        # from the bare command, so that the advice is the least a card needs, not more on top of the settings given
+        fit = fitting_settings(cfg, budget, base=VramSettings(fp8_base=settings.fp8_base), **kw)
         if fit is None:
             f.notes.append(f"  {budget} GB: does not fit even with every memory setting; lower the resolution or frames")
         else:

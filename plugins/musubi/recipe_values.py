@@ -18,7 +18,8 @@ from circle_rotate.kernel.wan_arch import I2V_A14B, MAX_BLOCKS_TO_SWAP
 
 _REFERENCE = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)")
 #: What the recipes themselves set for the commands they print, not read from the caller.
-_INTERNAL = frozenset({"BASH_SOURCE", "CIRCLE_ROTATE_PRINT", "OPTIONAL_ARGS", "TE_ARGS", "LATENT_ARGS", "BOUNDARY_T"})
+_INTERNAL = frozenset({"BASH_SOURCE", "BASH_VERSION", "CIRCLE_ROTATE_PRINT", "CHECKPOINT_ARGS",
+                       "SWAP_ARGS", "SAMPLE_ARGS", "EXTRA_ARGS", "TE_ARGS", "LATENT_ARGS", "BOUNDARY_T"})
 
 #: Variable -> (kind, lowest, highest, what it is): the numbers a recipe variable may hold.
 RULES: Dict[str, Tuple[str, float, float, str]] = {
@@ -32,6 +33,7 @@ RULES: Dict[str, Tuple[str, float, float, str]] = {
     "GRADIENT_CHECKPOINTING": ("switch", 0, 1, "gradient checkpointing"),
     "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": ("switch", 0, 1, "checkpointed activations in CPU RAM"),
     "VAE_CACHE_CPU": ("switch", 0, 1, "the VAE cache in CPU RAM"),
+    "SAMPLE_AT_FIRST": ("switch", 0, 1, "a sample before the first step"),
     "FP8_T5": ("switch", 0, 1, "T5 in fp8"),
     "NETWORK_ALPHA": ("float", 1e-6, 1e6, "LoRA alpha"),
     "BOUNDARY": ("float", 0.01, 0.99, "the high/low expert boundary as a fraction of the timesteps (0.9)"),
