@@ -294,3 +294,37 @@ def test_a_hand_edit_the_manifest_of_an_earlier_version_records_as_the_caption_i
     m.write_text("match,subject\nred_car,a red sports car\n", encoding="utf-8")
     r = caption_dataset(prepared, subject_map=m)  # both kept, as that version would have: none is lost
     assert str(b) in r.kept and b.read_text() == "my own words\n"
+
+
+def _carried(prepared: Path, text: str = "The camera orbits right around a car.") -> None:
+    """As prepare leaves a clip whose source video had its own caption file: a_000 carries it."""
+    records = read_manifest(prepared / MANIFEST_NAME)
+    for rec in records:
+        if rec.get("clip", "") and rec["clip"].endswith("a_000_x.mp4"):
+            rec.update(source_caption="red_car/a.txt", carried_caption=text, caption=text)
+    write_manifest(prepared / MANIFEST_NAME, records)
+    (prepared / "videos/a_000_x.txt").write_text(text + "\n", encoding="utf-8")
+
+
+def test_a_caption_carried_from_the_source_is_kept_like_a_hand_edit_until_force(prepared, tmp_path, capsys):
+    a, b = prepared / "videos/a_000_x.txt", prepared / "videos/a_001_x.txt"
+    _carried(prepared)
+    r = caption_dataset(prepared)
+    assert (r.written, r.kept, r.carried) == (1, (), (str(a),))
+    assert a.read_text() == "The camera orbits right around a car.\n" and b.read_text() == "red car, Circle Right->Left\n"
+    a.unlink()  # lost: the source's caption is written back, not the generated one
+    assert caption_dataset(prepared).carried == (str(a),) and a.read_text() == "The camera orbits right around a car.\n"
+    jsonl = tmp_path / "ds.jsonl"
+    assert main(["caption", str(prepared), "--jsonl", str(jsonl)]) == 0
+    assert json.loads(jsonl.read_text().splitlines()[0])["caption"] == "The camera orbits right around a car."
+    assert main(["caption", str(prepared)]) == 0
+    assert "kept 1 caption(s) carried from the source videos (--force replaces them)" in capsys.readouterr().out
+    a.write_text("my own words\n")  # an edit of the carried text is the user's
+    assert caption_dataset(prepared).kept == (str(a),) and a.read_text() == "my own words\n"
+    assert main(["caption", str(prepared), "--force"]) == 0
+    assert a.read_text() == "red car, Circle Left->Right\n"
+    # from then on the generated caption is ours and follows new inputs; the source's does not come back
+    r = caption_dataset(prepared, options=CaptionOptions(subject="a car"))
+    assert (r.written, r.carried) == (2, ()) and a.read_text() == "a car, Circle Left->Right\n"
+    clip = [c for c in read_manifest(prepared / MANIFEST_NAME) if c.get("clip")][0]
+    assert (clip["caption"], clip["source_caption"]) == ("a car, Circle Left->Right", "red_car/a.txt")

@@ -78,6 +78,7 @@ PLACES: Dict[str, str] = {
     "plugins/prepare/caption.py": "prepare",
     "plugins/prepare/caption_templates.py": "prepare",
     "plugins/prepare/subject_map.py": "prepare",
+    "plugins/prepare/source_caption.py": "prepare",
     "plugins/dataset/items.py": "dataset",
     "plugins/dataset/toml_writer.py": "dataset",
     "plugins/dataset/schema.py": "dataset",

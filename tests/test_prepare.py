@@ -255,3 +255,87 @@ def test_hdr_phone_videos_are_tone_mapped_to_sdr_clips(tmp_path, capsys):
     assert src["short_hlg.mov"]["status"] == "too_short"
     assert "HDR tone-mapped to SDR (BT.709): android_pq.mp4 (PQ), iphone_hlg.mov (HLG)\n" in printed
     assert {p.name: _sha(p) for p in raw.iterdir()} == before  # the sources are untouched
+
+
+# musubi-tuner's dataset layout: each video's caption in a same-stem .txt beside it
+OWN_CAPTION = "The camera orbits right around a red car, café lights behind it.\n"
+LONG = TurntableSpec(width=160, height=96, frames=90, fps=24.0, total_angle_deg=80, subject="car", seed=11)
+
+
+def _musubi_layout(raw: Path, caption: bytes = OWN_CAPTION.encode()) -> None:
+    _write(raw, "takes/clip_0001.mp4", LONG)
+    (raw / "takes" / "clip_0001.txt").write_bytes(caption)
+    _write(raw, "takes/clip_0002.mp4", TurntableSpec(**{**LONG.__dict__, "direction": "left", "seed": 12}))
+    (raw / "notes.txt").write_text("lens: 35 mm\n")  # no video of that stem: not a caption
+
+
+def _prep(raw: Path, out: Path, *extra: str) -> int:
+    return main(["prepare", str(raw), "-o", str(out), "--frames", str(FRAMES), "--resolution", "160x96", "--jobs", "1",
+                 "--preset", "ultrafast", *extra])
+
+
+def _txt(out: Path, clip: dict) -> Path:
+    return (out / clip["clip"]).with_suffix(".txt")
+
+
+def test_a_source_videos_own_caption_is_carried_to_every_clip_and_caption_keeps_it(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _musubi_layout(raw)
+    hashes = {p: _sha(p) for p in raw.rglob("*") if p.is_file()}
+    assert _prep(raw, out) == 0
+    printed = capsys.readouterr().out
+    assert "passed over 1 file(s) not named as videos (.txt; first: notes.txt)" in printed
+    records = read_manifest(out / MANIFEST_NAME)
+    own = [c for c in _clips(records, "takes/clip_0001.mp4") if c["verdict"] == "accept"]
+    other = [c for c in _clips(records, "takes/clip_0002.mp4") if c["verdict"] == "accept"]
+    assert len(own) >= 2 and other
+    for c in own:  # every clip cut from the video gets its text, byte for byte
+        assert _txt(out, c).read_bytes() == OWN_CAPTION.encode()
+        assert (c["caption"], c["source_caption"], c["carried_caption"]) == \
+            (OWN_CAPTION.strip(), "takes/clip_0001.txt", OWN_CAPTION.strip())
+    for c in other:  # no caption file of its own: the generated caption, as before
+        assert "source_caption" not in c and c["caption"] == "takes, Circle Right->Left"
+        assert not _txt(out, c).exists()
+    assert f"{len(own)} clip(s) took their caption from their source video's own caption file" in printed
+    assert main(["caption", str(out)]) == 0
+    assert f"kept {len(own)} caption(s) carried from the source videos (--force replaces them)" in capsys.readouterr().out
+    assert all(_txt(out, c).read_bytes() == OWN_CAPTION.encode() for c in own)
+    assert all(_txt(out, c).read_text() == "takes, Circle Right->Left\n" for c in other)
+    assert main(["caption", str(out), "--force"]) == 0
+    assert all(_txt(out, c).read_text() == "takes, Circle Left->Right\n" for c in own)
+    assert {p: _sha(p) for p in raw.rglob("*") if p.is_file()} == hashes  # sources never modified
+
+
+def test_a_source_caption_edited_or_added_between_runs_reaches_the_clips_and_hand_edits_stay(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _musubi_layout(raw)
+    assert _prep(raw, out) == 0 and main(["caption", str(out)]) == 0
+    records = read_manifest(out / MANIFEST_NAME)
+    own = [c for c in _clips(records, "takes/clip_0001.mp4") if c["verdict"] == "accept"]
+    other = [c for c in _clips(records, "takes/clip_0002.mp4") if c["verdict"] == "accept"]
+    (raw / "takes" / "clip_0001.txt").write_text("A slow orbit around the car.\n")
+    (raw / "takes" / "clip_0002.txt").write_text("The camera circles left around a car.\n")  # after caption wrote ours
+    _txt(out, own[0]).write_text("my own words\n")
+    assert _prep(raw, out) == 0  # nothing to re-cut: the captions alone follow
+    assert _txt(out, own[0]).read_text() == "my own words\n"
+    assert all(_txt(out, c).read_text() == "A slow orbit around the car.\n" for c in own[1:])
+    assert all(_txt(out, c).read_text() == "The camera circles left around a car.\n" for c in other)
+    assert "kept 1 clip caption(s) that differ from their source's" in capsys.readouterr().out
+    assert _prep(raw, out, "--qc", "lenient") == 0  # re-made clips get the source's caption again
+    clips = {c["clip"]: c for c in read_manifest(out / MANIFEST_NAME) if c.get("type") == "clip"}
+    assert clips[own[0]["clip"]]["caption"] == "my own words"
+    assert clips[own[1]["clip"]]["caption"] == "A slow orbit around the car."
+    assert _txt(out, own[1]).read_text() == "A slow orbit around the car.\n"
+    assert main(["caption", str(out)]) == 0
+    assert _txt(out, own[0]).read_text() == "my own words\n"
+    assert all(_txt(out, c).read_text() == "The camera circles left around a car.\n" for c in other)
+
+
+def test_a_source_caption_musubi_cannot_read_is_refused_before_any_clip_is_written(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _musubi_layout(raw, caption=OWN_CAPTION.encode("utf-16"))  # Notepad's "Unicode"
+    assert _prep(raw, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(raw / "takes" / "clip_0001.txt") in err
+    assert "UTF-16" in err and "save them as UTF-8" in err
+    assert not out.exists()

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                     "direction (right = 'Circle Left->Right'); the subject from --map (CSV with match,subject,... "
                     "columns, per folder or per file), else --subject, else the source's folder name. Writes "
                     "<clip>.txt next to each clip (musubi's caption_extension) or one --jsonl file "
-                    "(video_jsonl_file); a caption you edited is kept unless --force.",
+                    "(video_jsonl_file); a caption you edited, and one prepare carried from a source video's own "
+                    "caption file (clip.mp4 + clip.txt), is kept unless --force.",
         examples="  circle-rotate caption data/prepared\n"
                  "  circle-rotate caption data/prepared --map subjects.csv --style sentence --lang zh\n"
                  "  circle-rotate caption data/prepared --subject 'a silver sedan' --context 'Urban Night View' "
@@ -53,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
         print_json({"written": r.written, "unchanged": r.unchanged, "kept": [str(p) for p in r.kept],
                     "jsonl": str(r.jsonl) if r.jsonl else None,
                     "unmatched_map_rows": [{"line": n, "match": m} for n, m in r.unmatched],
-                    "filled_empty": list(r.filled), "kept_with_bom": list(r.bom)})
+                    "filled_empty": list(r.filled), "kept_with_bom": list(r.bom), "carried": list(r.carried)})
         return 0
     where = f"in {r.jsonl}" if r.jsonl else "as caption files"
     print(f"{r.written} caption(s) written {where}, {r.unchanged} unchanged, {len(r.kept)} kept (yours differ; "
           f"--force replaces them)")
+    if r.carried:
+        print(f"kept {len(r.carried)} caption(s) carried from the source videos (--force replaces them)")
     for path in r.kept:
         print(f"kept {path}" + (" (it starts with a UTF-8 byte-order mark, which musubi passes to the text encoder: "
                                 "save it without BOM)" if path in r.bom else ""))

@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
         description="Probe every video under RAW_DIR, cut it into clips of 4n+1 frames resampled to --fps by "
                     "timestamp (never across a scene cut; still heads, tails and pauses left out), measure each "
                     "clip's orbit from the pixels, keep what --qc accepts in OUT_DIR/videos and describe every "
-                    "source and clip in OUT_DIR/manifest.jsonl. Re-running skips finished sources. Sources are "
-                    "never modified. Exit status 1 when a source could not be used, unless --keep-going.",
+                    "source and clip in OUT_DIR/manifest.jsonl. A video's own caption file beside it (clip.mp4 + "
+                    "clip.txt, as musubi pairs them) is carried to each of its clips' .txt. Re-running skips finished "
+                    "sources. Sources are never modified. Exit status 1 when a source could not be used, unless --keep-going.",
         examples="  circle-rotate prepare raw/ -o data/prepared\n"
                  "  circle-rotate prepare raw/ -o data/prepared --frames 81 --fps 16 --resolution 832x480 --qc strict\n"
                  "  circle-rotate prepare phone/ -o data/tiny --frames 9 --resolution 64x64 --size-mode exact --upscale\n"
@@ -131,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
     if report.set_aside:
         print(f"moved {len(report.set_aside)} file(s) no manifest line names to {report.out_dir / 'set_aside'} "
               f"(first: {report.set_aside[0]})")
+    if report.carried:
+        print(f"{report.carried} clip(s) took their caption from their source video's own caption file "
+              f"({len(report.source_captions)} same-stem .txt file(s) beside the videos, first: "
+              f"{report.source_captions[0]}); `circle-rotate caption` keeps them")
+    if report.caption_edits:
+        print(f"kept {len(report.caption_edits)} clip caption(s) that differ from their source's (edited, or "
+              f"replaced by caption --force; first: {report.caption_edits[0]})")
     if report.not_video:
         kinds = sorted({Path(f).suffix.lower() or "(no suffix)" for f in report.not_video})
         print(f"passed over {len(report.not_video)} file(s) not named as videos ({', '.join(kinds[:8])}; first: "

@@ -11,6 +11,11 @@ that (or the new caption) is ours and follows the inputs; any other text is a ha
 unless ``overwrite``. A manifest from before ``generated_caption`` was recorded cannot tell an
 edit from our text, so there only the new caption counts as ours. A blank caption file is no
 caption and is written. Files musubi cannot read (not UTF-8) are refused before anything is written.
+
+A clip whose source video had its own caption file (``prepare`` carries it, see
+:mod:`circle_rotate.prepare.source_caption`; the manifest's ``carried_caption``) keeps that text
+like a hand edit, and gets it back where its file is missing or blank; ``overwrite`` replaces it
+with the generated caption, which from then on is ours and follows the inputs.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class CaptionReport:
     unmatched: tuple = ()  # (line, match) of subject-map rows no captioned clip used
     filled: tuple = ()  # caption files that were empty (no caption at all) and got the generated one
     bom: tuple = ()  # kept caption files that start with a UTF-8 byte-order mark
+    carried: tuple = ()  # caption files holding the caption carried from the source video (kept, or restored)
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,21 @@ def read_caption_file(path: Path) -> CaptionFile:
 WRITE, UNCHANGED, KEEP, UNREADABLE = "write", "unchanged", "keep", "unreadable"
 #: The manifest field holding the caption this tool last wrote for a clip (``caption`` is what musubi reads).
 GENERATED = "generated_caption"
+#: The manifest fields of a clip whose source video had its own caption file: the file (relative to
+#: the raw folder, as ``source``) and its text, which ``prepare`` carried to the clip.
+SOURCE_CAPTION, CARRIED = "source_caption", "carried_caption"
+
+
+def carried_text(record: dict, found: CaptionFile, *, overwrite: bool) -> Optional[str]:
+    """The source's caption when it is a clip's caption still (None: the generated one is): it came
+    from the source, no ``overwrite``, and the file does not hold what this tool wrote since (a
+    ``--force`` that replaced it)."""
+    carried = record.get(CARRIED)
+    if carried is None or overwrite:
+        return None
+    if found.text is not None and found.text != carried and found.text == record.get(GENERATED):
+        return None
+    return carried
 
 
 def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool) -> str:
@@ -232,14 +253,19 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
     if unmatched:
         logger.warning("%d subject-map row(s) used by no clip", len(unmatched))
     if options.jsonl is not None:
-        lines = []
+        lines, from_source = [], []
         for rec in accepted_clips(records):
-            rec["caption"] = rec[GENERATED] = caption_for(rec, rows=rows, options=options)
+            carried = carried_text(rec, CaptionFile(exists=False), overwrite=options.overwrite)
+            if carried is not None:  # the source's own caption (--force replaces it)
+                rec["caption"] = carried
+                from_source.append(rec["clip"])
+            else:
+                rec["caption"] = rec[GENERATED] = caption_for(rec, rows=rows, options=options)
             lines.append(json.dumps({"video_path": clip_path(out_dir, rec).resolve().as_posix(),
                                      "caption": rec["caption"]}, ensure_ascii=False))
         write_text(options.jsonl, "".join(line + "\n" for line in lines))
         write_manifest(manifest, records)
-        return CaptionReport(len(lines), 0, (), options.jsonl, unmatched)
+        return CaptionReport(len(lines), 0, (), options.jsonl, unmatched, carried=tuple(from_source))
     return _caption_files(out_dir, records, rows=rows, options=options, manifest=manifest, unmatched=unmatched)
 
 
@@ -248,19 +274,28 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
     plans = []  # (record, caption file, new text, what it holds, action): all judged before any write
     for rec in accepted_clips(records):
         target = clip_path(out_dir, rec).with_suffix(options.extension)
-        new = caption_for(rec, rows=rows, options=options)
         found = read_caption_file(target)
-        plans.append((rec, target, new, found, caption_action(found, new=new, recorded=rec.get(GENERATED),
-                                                              overwrite=options.overwrite)))
-    _refuse_unreadable([(str(t), f.not_utf8) for _, t, _, f, action in plans if action == UNREADABLE])
+        carried = carried_text(rec, found, overwrite=options.overwrite)
+        new = caption_for(rec, rows=rows, options=options) if carried is None else carried
+        recorded = rec.get(GENERATED) if carried is None else carried
+        plans.append((rec, target, new, found, carried is not None,
+                      caption_action(found, new=new, recorded=recorded, overwrite=options.overwrite)))
+    _refuse_unreadable([(str(t), f.not_utf8) for _, t, _, f, _, action in plans if action == UNREADABLE])
     written = unchanged = 0
-    kept, filled, bom = [], [], []
-    for rec, target, new, found, action in plans:
+    kept, filled, bom, from_source = [], [], [], []
+    for rec, target, new, found, is_carried, action in plans:
         if action == KEEP:  # musubi reads the user's; generated_caption still says what we wrote
             kept.append(str(target))
             rec["caption"] = found.text
             if found.bom:
                 bom.append(str(target))
+            continue
+        if is_carried:  # the source's own caption: kept, or written back where the file lost it
+            rec["caption"] = new
+            from_source.append(str(target))
+            if action == WRITE:
+                write_text(target, new + "\n")
+                written += 1
             continue
         rec["caption"] = rec[GENERATED] = new
         if action == UNCHANGED:
@@ -280,4 +315,6 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
         logger.warning("%d kept caption file(s) start with a UTF-8 byte-order mark, which musubi passes to the text "
                        "encoder as a character: %s; fix: save them as UTF-8 without BOM, or pass --force to replace "
                        "them", len(bom), _names(bom))
-    return CaptionReport(written, unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom))
+    if from_source:
+        logger.info("kept %d caption(s) carried from the source videos", len(from_source))
+    return CaptionReport(written, unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom), tuple(from_source))

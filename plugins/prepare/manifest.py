@@ -9,7 +9,10 @@ Lines are JSON objects with a ``type``:
 - ``"clip"``: ``clip`` (path relative to the output folder, None when rejected and not
   kept), ``id`` (content hash), ``source``, ``start_time``, ``end_time``, ``frames``,
   ``fps``, ``width``, ``height``, ``orbit`` (:meth:`OrbitMeasurement.to_dict`),
-  ``verdict`` ("accept" | "reject"), ``reasons``, ``caption``.
+  ``verdict`` ("accept" | "reject"), ``reasons``, ``caption`` (what musubi will read); where the
+  source video has its own caption file (``clip_0001.mp4`` + ``clip_0001.txt``), ``source_caption``
+  (that file, relative to the raw folder) and ``carried_caption`` (its text, which the clip's
+  ``.txt`` gets); ``caption`` adds ``generated_caption`` (what it last wrote).
 
 The file is rewritten atomically after every source, so an interrupted run keeps what it
 finished and a re-run resumes from there.

@@ -28,12 +28,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.kernel.atomic import exclusive_folder, write_json
 from circle_rotate.kernel.errors import ManifestMismatchError, UserError
-from circle_rotate.prepare.manifest import (MANIFEST_NAME, by_source, clip_path, fingerprint, read_manifest, relative_posix,
-                                    write_manifest)
+from circle_rotate.prepare.caption import CARRIED, SOURCE_CAPTION
+from circle_rotate.prepare.manifest import (MANIFEST_NAME, accepted_clips, by_source, clip_path, fingerprint, read_manifest,
+                                    relative_posix, write_manifest)
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
@@ -43,6 +44,8 @@ from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import (FolderDiff, clear_journal, clip_files, folder_diff, left_by_killed_run,
                                                   note_clip)
 from circle_rotate.prepare.source import BARS_NOTE, SourceJob, process_source
+from circle_rotate.prepare.source_caption import (SOURCE_CAPTION_EXT, SourceCaption, apply_caption_writes, carry,
+                                                 caption_file_of, judge_clip_captions, read_source_captions)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,9 @@ class PrepareReport:
     all_smaller: bool = False  # every accepted clip is (config then trains them at their own size)
     barred: Tuple[Tuple[str, str], ...] = ()  # (source, note) whose clips keep black bars, with the source's crop
     unfinished: Tuple[str, ...] = ()  # clips a killed earlier run left unlisted, removed before this run
+    source_captions: Tuple[str, ...] = ()  # the sources' own caption files (relative to RAW) carried to their clips
+    carried: int = 0  # accepted clips whose caption is their source's
+    caption_edits: Tuple[str, ...] = ()  # clip captions (relative to OUT_DIR) left as edited, not the source's text
 
     @property
     def ok(self) -> bool:
@@ -103,6 +109,7 @@ class RawFiles:
     sources: Tuple[Path, ...]  # the footage
     earlier_output: Tuple[Path, ...]  # videos inside a folder holding a prepare manifest: clips of clips
     not_video: Tuple[Path, ...]  # files whose suffix is no video container's, not read
+    captions: Tuple[Tuple[Path, Path], ...] = ()  # (source, its caption file beside it, as musubi pairs them)
 
 
 def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
@@ -110,7 +117,8 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
     output (which would count each take twice), and files that are not videos by name (so that a
     run can name them); ``exclude`` (the output folder) and hidden files are passed over."""
     if raw.is_file():
-        return RawFiles((raw,), (), ())
+        beside = caption_file_of(raw)
+        return RawFiles((raw,), (), (), ((raw, beside),) if beside.is_file() else ())
     outputs = {m.parent for m in raw.rglob(MANIFEST_NAME)}  # an earlier prepare's folders, its set_aside/ too
     sources: List[Path] = []
     earlier: List[Path] = []
@@ -123,7 +131,11 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
             (earlier if inside else sources).append(p)
         elif not inside:
             other.append(p)
-    return RawFiles(tuple(sources), tuple(earlier), tuple(other))
+    # a video's own caption (clip_0001.mp4 + clip_0001.txt): carried to its clips, not passed over
+    paired = {caption_file_of(s): s for s in sources}
+    captions = tuple((paired[p], p) for p in other if p.suffix == SOURCE_CAPTION_EXT and p in paired)
+    taken = {c for _, c in captions}
+    return RawFiles(tuple(sources), tuple(earlier), tuple(p for p in other if p not in taken), captions)
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
@@ -131,8 +143,10 @@ def _clips_present(out_dir: Path, records: List[dict]) -> bool:
 
 
 def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, List[dict]],
-               options: PrepareOptions, redo: frozenset = frozenset()) -> Tuple[List[SourceJob], Dict[str, List[dict]]]:
-    """Jobs for sources that need work; records kept as they are for the rest."""
+               options: PrepareOptions, redo: frozenset = frozenset(),
+               captions: Optional[Dict[Path, SourceCaption]] = None) -> Tuple[List[SourceJob], Dict[str, List[dict]]]:
+    """Jobs for sources that need work; records kept for the rest, with their source's caption now."""
+    captions = captions or {}
     jobs, kept = [], {}
     key = options.settings_key()
     named = {path: path.name if raw.is_file() else relative_posix(path, raw) for path in sources}
@@ -154,7 +168,7 @@ def _plan_jobs(raw: Path, out_dir: Path, sources: List[Path], old: Dict[str, Lis
         head = next((r for r in prev if r.get("type") == "source"), {})
         if (head.get("fingerprint") == fp and head.get("settings") == key and head.get("status") not in FAILED
                 and _clips_present(out_dir, prev) and rel not in redo):
-            kept[rel] = prev
+            kept[rel] = carry(prev, captions.get(path))  # a caption file added or edited since: taken up
             continue
         reuse = frozenset(r["id"] for r in prev if r.get("type") == "clip" and r.get("clip")
                           and clip_path(out_dir, r).exists() and r.get("id"))
@@ -221,15 +235,16 @@ def plan_prepare(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = Prep
                  prune: bool = False) -> PreparePlan:
     """Every check :func:`prepare_dataset` makes, and what it would do; nothing is written."""
     with exclusive_folder(Path(out_dir), command="prepare"):  # a running one's half-written folder is no plan
-        raw, out, files, records, diff, killed = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+        raw, out, files, records, diff, killed, captions = _checked_run(raw_dir, out_dir, options, repair=repair,
+                                                                        prune=prune)
     redo = frozenset(diff.sources(records)) if diff else frozenset()
-    jobs, kept = _plan_jobs(raw, out, list(files.sources), by_source(records), options, redo)
+    jobs, kept = _plan_jobs(raw, out, list(files.sources), by_source(records), options, redo, captions)
     return PreparePlan(tuple(j.rel for j in jobs), tuple(kept), killed)
 
 
 def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repair: bool, prune: bool):
-    """(raw, out, what raw holds, manifest records, folder diff, clips a killed run left), once every
-    input is fit to run on; the diff leaves out the killed run's clips."""
+    """(raw, out, what raw holds, manifest records, folder diff, clips a killed run left, the sources'
+    own captions), once every input is fit to run on; the diff leaves out the killed run's clips."""
     options.validate()
     raw, out = Path(raw_dir).absolute(), Path(out_dir).absolute()
     if prune and raw.is_file():
@@ -251,6 +266,7 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
                             f"{relative_posix(earlier[0], raw)}), which is not footage", path=raw,
                             fix="pass the folder of the original videos")
         raise UserError("no video files found", path=raw, fix=f"put {'/'.join(sorted(VIDEO_SUFFIXES))} files (or animated .webp/.png) in it")
+    captions = read_source_captions(files.captions, raw=raw)  # a bad one is refused before anything is written
     check_output_dir(out, flag="OUT_DIR")
     manifest = out / MANIFEST_NAME
     records = read_manifest(manifest)
@@ -264,7 +280,7 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
                         fix=f"choose an empty OUT_DIR, or pass --repair to move them to {out / SET_ASIDE}")
     if diff and not repair:
         raise ManifestMismatchError(manifest, unlisted=diff.unlisted, missing=diff.missing)
-    return raw, out, files, records, diff, killed
+    return raw, out, files, records, diff, killed, captions
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = PrepareOptions(),
@@ -296,13 +312,14 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
     # held from reading the manifest to its last write: two runs would each write their own lines
     with exclusive_folder(out_p, command="prepare"):
         try:
-            raw, out, files, records, diff, killed = _checked_run(raw_dir, out_dir, options, repair=repair, prune=prune)
+            raw, out, files, records, diff, killed, captions = _checked_run(raw_dir, out_dir, options, repair=repair,
+                                                                            prune=prune)
             redo = frozenset(diff.sources(records)) if diff else frozenset()
             out.mkdir(parents=True, exist_ok=True)
             for rel in killed:
                 (out / rel).unlink(missing_ok=True)
             clear_journal(out)
-            report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune)
+            report = _prepare(raw, out, list(files.sources), records, redo, options, repair, prune, captions)
         except BaseException:
             if made:  # a first run that failed before writing anything leaves no empty folders behind
                 for d in (out_p / "videos", out_p / "rejected", *made):
@@ -314,12 +331,19 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
 
 
 def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,
-             repair: bool, prune: bool) -> PrepareReport:
+             repair: bool, prune: bool, captions: Dict[Path, SourceCaption]) -> PrepareReport:
     manifest = out / MANIFEST_NAME
     old = by_source(records)
     before = {relative_posix(p, out) for p in clip_files(out)}
-    jobs, state = _plan_jobs(raw, out, sources, old, options, redo)
+    jobs, state = _plan_jobs(raw, out, sources, old, options, redo, captions)
     redone = {j.rel for j in jobs}
+    # the kept sources' clip captions, judged now (their lines take what musubi will read), written
+    # once the manifest says where they came from
+    caption_writes, caption_edits = [], []
+    for rel, recs in state.items():
+        writes, edits = judge_clip_captions(out, recs, old.get(rel, []))
+        caption_writes += writes
+        caption_edits += edits
     absent = [k for k in old if k not in state and k not in redone]
     # a source being re-made keeps its old lines (and clips) until its new ones replace them,
     # so an interrupted run loses nothing it had; sources not in this run keep theirs
@@ -341,10 +365,14 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
         # the old clips they drop are journaled first, as a kill before their removal leaves them unlisted
         for rel in _dropped(old.get(job.rel, []), records):
             note_clip(out, rel)
+        records = carry(records, captions.get(Path(job.path)))
+        writes, edits = judge_clip_captions(out, records, old.get(job.rel, []))
         write_manifest(manifest, _lines({**state, job.rel: records}))
         state[job.rel] = records
         finished.append(job.rel)
         _remove_stale(out, old.get(job.rel, []), records)
+        apply_caption_writes(writes)
+        caption_edits.extend(edits)
 
     kept_absent = [k for k in absent if k not in pruned]
     try:
@@ -352,6 +380,7 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
             write_manifest(manifest, _lines(state))
         _run_jobs(jobs, options, on_done)
         write_manifest(manifest, _lines(state))
+        apply_caption_writes(caption_writes)
         clear_journal(out)
         moved: Tuple[str, ...] = ()
         if repair:  # files no source claims: musubi would train on them, and a user may have put them there
@@ -375,8 +404,11 @@ def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], red
                 getattr(exc, "signum", signal.SIGINT)) from None
         raise
     absent_clips = sum(1 for k in kept_absent for r in state[k] if r.get("type") == "clip" and r.get("verdict") == "accept")
+    carried = [r for recs in state.values() for r in accepted_clips(recs) if r.get(CARRIED) is not None]
     return dataclasses.replace(report, absent=tuple(kept_absent), absent_clips=absent_clips, pruned=pruned,
-                               set_aside=tuple(pruned_sidecars) + moved)
+                               set_aside=tuple(pruned_sidecars) + moved,
+                               source_captions=tuple(sorted({r[SOURCE_CAPTION] for r in carried})),
+                               carried=len(carried), caption_edits=tuple(sorted(set(caption_edits))))
 
 
 def _lines(state: Dict[str, List[dict]]) -> List[dict]:
