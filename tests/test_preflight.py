@@ -103,6 +103,20 @@ def test_vram_advice_is_the_least_each_card_needs_whatever_the_command_sets(ws):
     assert "BLOCKS_TO_SWAP=0" in eighty and "GRADIENT_CHECKPOINTING_CPU_OFFLOAD=0" in eighty, eighty
 
 
+def test_the_step_count_is_not_guessed_without_clips(ws, tmp_path):
+    import re
+
+    empty = tmp_path / "no_clips"
+    empty.mkdir()
+    config = tmp_path / "no_clips.toml"
+    config.write_text(f'[general]\nresolution = [32, 32]\ncaption_extension = ".txt"\nbatch_size = 1\n\n[[datasets]]\n'
+                      f'video_directory = "{empty.as_posix()}"\ncache_directory = "{(tmp_path / "c").as_posix()}"\n'
+                      f'target_frames = [5]\nframe_extraction = "head"\n', encoding="utf-8")
+    notes = "\n".join(run_preflight({**ws, "DATASET_CONFIG": str(config)}).notes)
+    assert "steps unknown until the config finds clips" in notes and "step(s)" not in notes
+    assert re.search(r"low: \d+ epoch\(s\), \d+ step\(s\)", "\n".join(run_preflight(ws).notes))
+
+
 def test_cpu_offload_without_checkpointing_is_named(ws):
     report = run_preflight({**ws, "GRADIENT_CHECKPOINTING": "0", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "1"})
     (line,) = [p.one_line() for p in report.problems if "cpu_offload" in p.one_line()]

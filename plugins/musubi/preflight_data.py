@@ -169,7 +169,9 @@ def check_outputs_and_disk(f: Findings, parsed: Sequence[Tuple[TrainTarget, argp
     for target, ns in parsed:
         _output_problems(f, ns, force=force, resume=resume)
         size, epochs, steps = checkpoint_bytes(ns, plan, processes=launcher_processes(target.command.launcher))
-        f.notes.append(f"{target.expert}: {epochs} epoch(s), {steps} step(s); checkpoints need about {size / GB:.1f} GB "
+        # without clips the step count is a guess of one per epoch: say so rather than print it
+        counted = f"{steps} step(s)" if plan is not None and plan.items else "steps unknown until the config finds clips"
+        f.notes.append(f"{target.expert}: {epochs} epoch(s), {counted}; checkpoints need about {size / GB:.1f} GB "
                        f"in {ns.output_dir}")
         needs.append((Path(ns.output_dir or "."), size))
     for probe, total, free in short_disks(needs):
