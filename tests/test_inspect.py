@@ -114,3 +114,36 @@ def test_a_lora_for_another_model_is_an_error_not_an_empty_report(tmp_path, caps
     assert main(["inspect", str(tmp_path / "flux.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "no tensor names a Wan DiT LoRA module" in err and "lora_unet_double_blocks_0_img_attn_qkv" in err
+
+
+def _new_comfy_layouts(legacy: dict) -> dict:
+    """The legacy scaled-fp8 tensors in newer ComfyUI's two fp8 layouts: per-layer ``.comfy_quant``
+    tensors, or the same layers listed in the header's ``_quantization_metadata``."""
+    conf = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    tensors, layers = {}, {}
+    for k, v in legacy.items():
+        if k.endswith(".scale_weight"):
+            layer = k[: -len(".scale_weight")]
+            tensors[layer + ".weight_scale"], tensors[layer + ".input_scale"] = v, torch.ones(())
+            tensors[layer + ".comfy_quant"], layers[layer] = conf.clone(), {"format": "float8_e4m3fn"}
+        elif k != "scaled_fp8" and not k.endswith(".scale_input"):
+            tensors[k] = v
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    return {"tensors": (tensors, None),
+            "metadata": ({k: v for k, v in tensors.items() if not k.endswith((".comfy_quant", ".input_scale"))}, meta)}
+
+
+def test_parameters_count_weights_and_biases_not_fp8_side_tensors(tmp_path):
+    """Scales, input scales, the ``scaled_fp8`` marker and ``.comfy_quant`` JSON bytes are no parameters:
+    every fp8 layout of one model reports the parameters of its fp32 form."""
+    fp32 = write_tiny_wan(tmp_path / "fp32.safetensors", dtype="fp32", seed=3)
+    want = sum(v.numel() for v in load_file(str(fp32)).values())
+    legacy = write_tiny_wan(tmp_path / "legacy.safetensors", dtype="fp8_scaled", seed=3)
+    assert {k for k in load_file(str(legacy)) if not k.endswith((".weight", ".bias"))} > {"scaled_fp8"}
+    paths = {"legacy": legacy}
+    for name, (tensors, meta) in _new_comfy_layouts(load_file(str(legacy))).items():
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(paths[name]), metadata=meta)
+    got = {name: inspect_file(path) for name, path in {"fp32": fp32, **paths}.items()}
+    assert {name: r.params for name, r in got.items()} == {name: want for name in got}
+    assert got["tensors"].fp8_layout == got["metadata"].fp8_layout == "comfy_quant"

@@ -255,7 +255,8 @@ def inspect_model(path: Union[str, Path]) -> ModelReport:
         path=str(header.path), family=ident.family, task=ident.task, expert=ident.expert,
         expert_evidence=ident.expert_evidence, dtype=ident.dtype, fp8_layout=kind, key_prefix=ident.key_prefix,
         dim=ident.dim, num_layers=ident.num_layers, in_dim=ident.in_dim, tensors=len(header.tensors),
-        params=sum(t.numel for t in header.tensors.values()), file_bytes=header.file_size,
+        # weights and biases only: fp8 scales, input scales, comfy_quant JSON and the scaled_fp8 marker describe them
+        params=sum(t.numel for k, t in header.tensors.items() if k not in layout.side_keys), file_bytes=header.file_size,
         metadata_keys=sorted(header.metadata), shards=len(header.shards), layout=ident.layout,
     )
 
