@@ -38,6 +38,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.prepare.prepared_folder import locked_prepared
+
+    with locked_prepared(args.prepared_dir, command="config"):  # a prepare or caption still writing is no input
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from circle_rotate.dataset.check import check_config
     from circle_rotate.dataset.toml_writer import config_from_prepared, write_dataset_config
     from circle_rotate.prepare.prepared_folder import prepared_inputs
@@ -46,12 +55,22 @@ def run(args: argparse.Namespace) -> int:
                                resolution=args.resolution, num_repeats=args.repeats, batch_size=args.batch_size,
                                caption_extension=args.ext, relative_to=args.relative_to)
     inputs = prepared_inputs(args.prepared_dir) + ([args.jsonl] if args.jsonl else [])
-    out = write_dataset_config(args.out or args.prepared_dir / "dataset.toml", cfg, force=args.force, inputs=inputs)
-    report = check_config(out, base_dir=args.relative_to)
+    target = args.out or args.prepared_dir / "dataset.toml"
+    checked = []
+
+    def accept(tmp):  # checked before it is published: a config check-config rejects is not written
+        report = check_config(tmp, base_dir=args.relative_to)
+        named = lambda text: text.replace(str(tmp), str(target)) if text else text  # noqa: E731
+        checked.append(replace(report, path=str(target), musubi_verdict=named(report.musubi_verdict),
+                               problems=tuple(replace(p, file=named(p.file)) for p in report.problems)))
+        return report.ok
+
+    out = write_dataset_config(target, cfg, force=args.force, inputs=inputs, accept=accept)
+    report = checked[-1]
     if args.json:
-        print_json({"wrote": str(out), **report.to_dict()})
+        print_json({"wrote": str(out) if out else None, **report.to_dict()})
         return 0 if report.ok else 2
-    print(f"wrote {out}")
+    print(f"wrote {out}" if out else f"not written: {target} (check-config found the error(s) below)")
     for problem in report.problems:
         print(problem.one_line())
     if report.musubi_verdict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circle_rotate.cli._common import add_alias, add_out, new_parser, print_json
-from circle_rotate.musubi.downloads import GB, GROUPS, VARIANTS, check_disk, fetch, plan
+from circle_rotate.cli._common import add_alias, add_force, add_out, new_parser, print_json
+from circle_rotate.musubi.downloads import GB, GROUPS, VARIANTS, check_disk, check_link_targets, fetch, plan
 
 ORDER = 5
 
@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
                         "Fun-InP experts and ComfyUI's umT5, as the study's ComfyUI workflow uses)")
     add_out(p, metavar="DIR", help="also link the files into this folder under their own names")
     add_alias(p, "--to", dest="out", new="-o/--out", type=Path)
+    add_force(p)
     p.add_argument("--cache-dir", type=Path, help="huggingface_hub cache (default: HF_HUB_CACHE / HF_HOME)")
     p.add_argument("--dry-run", action="store_true", help="show what would be fetched and stop")
     p.add_argument("--json", action="store_true", help="the plan (and the fetched paths) as JSON")
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         from circle_rotate.kernel.errors import UserError
 
         raise UserError(f"--variant applies to 'download models', not '{args.group}'", fix="drop --variant")
+    if args.out is not None:  # before any work: never replace the user's own same-named file
+        check_link_targets(args.group, to=args.out, cache_dir=args.cache_dir, variant=args.variant, force=args.force)
     planned = plan(args.group, cache_dir=args.cache_dir, variant=args.variant)
     files = [{"file": f"{item.file.repo_id}/{item.file.filename}", "bytes": item.size, "cached": item.cached,
               "note": item.file.note} for item in planned]
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({**report, "dry_run": True})
         return 0
-    paths = fetch(args.group, to=args.out, cache_dir=args.cache_dir, variant=args.variant)
+    paths = fetch(args.group, to=args.out, cache_dir=args.cache_dir, variant=args.variant, force=args.force)
     if args.json:
         print_json({**report, "variables": {k: str(v) for k, v in paths.items()}})
         return 0

@@ -11,11 +11,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import tomlkit
 
-from circle_rotate.kernel.atomic import check_output_path, write_text
+from circle_rotate.kernel.atomic import atomic_path, check_output_path, write_text
 from circle_rotate.kernel.errors import ConfigValueError, UserError
 from circle_rotate.kernel.input_files import require_file
 from circle_rotate.kernel.wan_arch import NATIVE_FPS
@@ -101,18 +101,37 @@ def render_dataset_config(cfg: DatasetConfig) -> str:
     return tomlkit.dumps(doc)
 
 
-def write_dataset_config(path: Path, cfg: DatasetConfig, *, force: bool = False, inputs: Sequence[Path] = ()) -> Path:
+def write_dataset_config(path: Path, cfg: DatasetConfig, *, force: bool = False, inputs: Sequence[Path] = (),
+                         accept: Optional[Callable[[Path], bool]] = None) -> Optional[Path]:
     """Write ``cfg`` to ``path`` atomically.
 
     Args:
         inputs: the files the config was made from (never replaced, ``force`` or not).
+        accept: called with the written temporary file (next to ``path``) before it is published;
+            when it returns False nothing is published (a config check-config rejects is no output).
+
+    Returns:
+        ``path``, or None when ``accept`` refused it.
 
     Raises:
         UserError: ``path`` exists and ``force`` is off, or is one of ``inputs``.
     """
     out = check_output_path(path, inputs=inputs, force=force)
-    write_text(out, render_dataset_config(cfg))
+    if accept is None:
+        write_text(out, render_dataset_config(cfg))
+        return out
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(render_dataset_config(cfg).encode("utf-8"))
+            if not accept(tmp):
+                raise _Rejected
+    except _Rejected:
+        return None
     return out
+
+
+class _Rejected(Exception):
+    """``accept`` refused the written config: atomic_path removes the temporary file."""
 
 
 def toml_path(path: Path, relative_to: Optional[Path]) -> str:
@@ -153,7 +172,8 @@ def _prepared_facts(folder: Path) -> Tuple[Tuple[int, ...], float, Tuple[int, in
 
 
 def _check_settings(*, num_repeats: int, batch_size: int, caption_extension: str,
-                    resolution: Optional[Sequence[int]], relative_to: Optional[Path]) -> None:
+                    resolution: Optional[Sequence[int]], relative_to: Optional[Path],
+                    cache_directory: Optional[Path] = None) -> None:
     """Every option checked before anything is read or written (a config is written last)."""
     if num_repeats < 1:
         raise ConfigValueError("--repeats", num_repeats, "must be 1 or more (musubi's num_repeats)", fix="e.g. --repeats 1")
@@ -165,6 +185,9 @@ def _check_settings(*, num_repeats: int, batch_size: int, caption_extension: str
     if resolution is not None and min(resolution) < 16:
         raise ConfigValueError("--resolution", "x".join(map(str, resolution)), "has a side under 16 pixels",
                                fix="e.g. --resolution 832x480")
+    if cache_directory is not None and os.path.lexists(cache_directory) and not Path(cache_directory).is_dir():
+        raise ConfigValueError("--cache", str(cache_directory), "is a file; musubi's cache_directory is a folder",
+                               fix="give a folder (made if missing), e.g. --cache PREPARED_DIR/cache")
     if relative_to is not None and not Path(relative_to).is_dir():
         raise ConfigValueError("--relative-to", str(relative_to), "is not an existing folder",
                                fix="give the folder training will run from, e.g. --relative-to .")
@@ -189,7 +212,7 @@ def config_from_prepared(folder: Path, *, jsonl: Optional[Path] = None, cache_di
     """
     folder = Path(folder)
     _check_settings(num_repeats=num_repeats, batch_size=batch_size, caption_extension=caption_extension,
-                    resolution=resolution, relative_to=relative_to)
+                    resolution=resolution, relative_to=relative_to, cache_directory=cache_directory)
     frames, fps, res, count = _prepared_facts(folder)
     if jsonl is not None:
         require_file(jsonl, what="video_jsonl_file", fix="write it with circle-rotate caption --jsonl FILE")

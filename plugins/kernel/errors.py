@@ -42,6 +42,20 @@ class UserError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):
+        # Exception pickles as cls(*self.args), which breaks every subclass with keyword-only
+        # arguments; a worker process's error would then kill the pool (BrokenProcessPool).
+        # Rebuild from the finished fields instead, without calling __init__ again.
+        return (_rebuild_user_error, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild_user_error(cls: type, message: str, state: dict) -> "UserError":
+    """Unpickle any :class:`UserError` subclass with its message, path, fix and own fields."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
 
 # Typed user errors: tests and callers match on the type and its fields, never on message text.
 

@@ -204,36 +204,93 @@ def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = No
     return need
 
 
+def _ours(dst: Path, cache: Path) -> bool:
+    """Whether ``dst`` is a link this command made earlier (a symlink into the cache)."""
+    if not dst.is_symlink():
+        return False
+    target = Path(os.path.realpath(dst))
+    root = Path(os.path.realpath(cache))
+    return target == root or root in target.parents
+
+
+def link_targets(group: str, to: Path, variant: str = "i2v") -> List[Path]:
+    """The paths ``fetch(group, to=to)`` links, one per file (one folder link for the dataset)."""
+    if group == "dataset":
+        return [Path(to) / "circle-rotate-dataset"]
+    return [Path(to) / f.basename for f in group_files(group, variant)]
+
+
+def check_link_targets(group: str, *, to: Path, cache_dir: Optional[Path] = None, variant: str = "i2v",
+                       force: bool = False) -> None:
+    """Refuse before any work when a link would replace something that is not ours.
+
+    A same-named file in ``to`` may be the user's own (a LoRA they trained); only a link
+    into the cache, left by an earlier download, is replaced without ``--force``, and a
+    real folder never is.
+    """
+    cache = _cache_dir(cache_dir)
+    to = Path(to)
+    if to.exists() and not to.is_dir():
+        raise UserError("is not a folder", path=to, fix="give -o a folder to link the files into")
+    for dst in link_targets(group, to, variant):
+        if _ours(dst, cache) or not (dst.exists() or dst.is_symlink()):
+            continue
+        if dst.is_dir() and not dst.is_symlink():
+            raise UserError("is a folder that download did not make; it is never replaced", path=dst,
+                            fix="move it away, or choose another -o folder")
+        if not force:
+            raise UserError("already exists and is not a link into the download cache", path=dst,
+                            fix="move it away, choose another -o folder, or pass --force to replace it")
+
+
 def _link(src: Path, dst: Path) -> None:
-    """``dst`` -> ``src`` as a symlink, replaced atomically; a copy where links are not allowed."""
+    """``dst`` -> ``src`` as a symlink, replaced atomically; a copy where links are not allowed.
+
+    ``check_link_targets`` has already refused destinations that are not ours.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.link")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     try:
-        os.symlink(src.resolve(), tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.symlink(src.resolve(), tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _not_cached(what: str, cache: Path) -> UserError:
+    from huggingface_hub import constants
+
+    fix = ("unset HF_HUB_OFFLINE so it can be fetched, or pre-populate the cache" if constants.HF_HUB_OFFLINE
+           else "connect to the internet, or pre-populate the cache")
+    return UserError(f"{what} is not in the local cache and the hub cannot be reached", path=cache, fix=fix)
 
 
 def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = None,
-          variant: str = "i2v") -> Dict[str, Path]:
+          variant: str = "i2v", force: bool = False) -> Dict[str, Path]:
     """Download (or find in the cache) every file of ``group``; returns ``{ENV_VAR: path}``.
 
     Files go into the Hugging Face cache (resumable); with ``to`` they are also linked
-    there under their own names, which is what the printed variables then point at.
+    there under their own names, which is what the printed variables then point at; a
+    same-named file there that is not such a link needs ``force`` (checked before any download).
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     cache = _cache_dir(cache_dir)
+    if to is not None:
+        check_link_targets(group, to=to, cache_dir=cache, variant=variant, force=force)
     if group == "dataset":
         try:
             root = Path(snapshot_download(DATASET_REPO, repo_type="dataset", cache_dir=str(cache)))
         except LocalEntryNotFoundError:
-            raise UserError(f"{DATASET_REPO} is not in the local cache and the hub cannot be reached", path=cache,
-                            fix="connect to the internet (unset HF_HUB_OFFLINE) or pre-populate the cache") from None
+            raise _not_cached(DATASET_REPO, cache) from None
         target = root
         if to is not None:
             _link(root, Path(to) / "circle-rotate-dataset")
@@ -244,8 +301,7 @@ def fetch(group: str, *, to: Optional[Path] = None, cache_dir: Optional[Path] = 
         try:
             path = Path(hf_hub_download(f.repo_id, f.filename, repo_type=f.repo_type, cache_dir=str(cache)))
         except LocalEntryNotFoundError:
-            raise UserError(f"{f.repo_id}/{f.filename} is not in the local cache and the hub cannot be reached", path=cache,
-                            fix="connect to the internet (unset HF_HUB_OFFLINE) or pre-populate the cache") from None
+            raise _not_cached(f"{f.repo_id}/{f.filename}", cache) from None
         if to is not None:
             _link(path, Path(to) / f.basename)
             path = Path(to) / f.basename

@@ -24,7 +24,7 @@ import codecs
 import json
 import logging
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence
 
@@ -33,7 +33,7 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
 from circle_rotate.prepare.caption_templates import LANGS, STYLES, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, accepted_clips, clip_path, write_manifest
-from circle_rotate.prepare.prepared_folder import check_prepared, clip_files
+from circle_rotate.prepare.prepared_folder import check_prepared, clip_files, locked_prepared
 from circle_rotate.prepare.subject_map import MapRow, lookup, read_subject_map, top_rows
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,15 @@ GENERATED = "generated_caption"
 #: The manifest fields of a clip whose source video had its own caption file: the file (relative to
 #: the raw folder, as ``source``) and its text, which ``prepare`` carried to the clip.
 SOURCE_CAPTION, CARRIED = "source_caption", "carried_caption"
+#: The caption a run is about to write into a clip's file, recorded before the first file is
+#: written: a run stopped in between (a full disk, Ctrl-C, SIGKILL) leaves files holding either
+#: ``generated_caption`` or this, and both are ours, never taken for a hand edit.
+PENDING = "pending_caption"
+
+
+def _ours(record: dict) -> tuple:
+    """The texts this tool wrote, or may have written, into a clip's caption file."""
+    return tuple(t for t in (record.get(GENERATED), record.get(PENDING)) if t is not None)
 
 
 def carried_text(record: dict, found: CaptionFile, *, overwrite: bool) -> Optional[str]:
@@ -173,18 +182,20 @@ def carried_text(record: dict, found: CaptionFile, *, overwrite: bool) -> Option
     carried = record.get(CARRIED)
     if carried is None or overwrite:
         return None
-    if found.text is not None and found.text != carried and found.text == record.get(GENERATED):
+    if found.text is not None and found.text != carried and found.text in _ours(record):
         return None
     return carried
 
 
-def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool) -> str:
+def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool,
+                   pending: Optional[str] = None) -> str:
     """What to do with a clip's caption file: WRITE, UNCHANGED, KEEP (a hand edit) or UNREADABLE.
 
     ``recorded`` is the manifest's ``generated_caption``: what this tool last wrote. A file still holding it
     is ours to replace when the inputs (map, style, language) change; only text that is neither
     ours nor the new caption is a hand edit, kept unless ``overwrite``. A missing or blank file is
-    no caption (musubi would train on ""), so it is written.
+    no caption (musubi would train on ""), so it is written. ``pending`` is what a stopped run was
+    about to write (:data:`PENDING`), ours too.
     """
     if found.not_utf8 is not None:
         return WRITE if overwrite else UNREADABLE
@@ -192,7 +203,7 @@ def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], ove
         return WRITE
     if found.text == new and not found.bom:
         return UNCHANGED
-    if overwrite or found.text in (new, recorded):  # ours, perhaps re-saved with a BOM: rewritten without it
+    if overwrite or found.text in (new, recorded, pending):  # ours, perhaps re-saved with a BOM: rewritten without it
         return WRITE
     return KEEP
 
@@ -232,6 +243,11 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
         ManifestMismatchError: clips on disk and manifest lines disagree (``prepare --repair``).
     """
     options.validate()
+    with locked_prepared(Path(out_dir), command="caption"):  # a second caption, or a prepare still running
+        return _caption_locked(Path(out_dir), options=options, subject_map=subject_map)
+
+
+def _caption_locked(out_dir: Path, *, options: CaptionOptions, subject_map: Optional[Path]) -> CaptionReport:
     manifest = Path(out_dir) / MANIFEST_NAME
     records = check_prepared(Path(out_dir))
     rows = read_subject_map(subject_map) if subject_map else []
@@ -244,7 +260,8 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
                             fix="keep one of them, or make one more specific (a path beats a file name, a file name a "
                                 "glob, a glob a folder)")
         used.update(id(r) for r in top[:1])
-    inputs = [manifest, *clip_files(Path(out_dir))]  # caption files are this command's outputs
+    # caption files are this command's outputs; the map is read, never replaced
+    inputs = [manifest, *clip_files(Path(out_dir)), *([subject_map] if subject_map else [])]
     if options.jsonl is not None:
         check_output_path(options.jsonl, inputs=inputs, force=True)
         if Path(options.jsonl).exists() and not options.overwrite:
@@ -264,9 +281,57 @@ def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions()
             lines.append(json.dumps({"video_path": clip_path(out_dir, rec).resolve().as_posix(),
                                      "caption": rec["caption"]}, ensure_ascii=False))
         write_text(options.jsonl, "".join(line + "\n" for line in lines))
-        write_manifest(manifest, records)
+        try:
+            write_manifest(manifest, records)
+        except KeyboardInterrupt as exc:
+            exc.kept = (f"{options.jsonl} was written but the manifest not updated; run the same caption command "
+                        "again with --force")
+            raise
         return CaptionReport(len(lines), 0, (), options.jsonl, unmatched, carried=tuple(from_source))
     return _caption_files(out_dir, records, rows=rows, options=options, manifest=manifest, unmatched=unmatched)
+
+
+@dataclass
+class _Progress:
+    """How far the writes got (read after an error too)."""
+
+    written: int = 0
+    unchanged: int = 0
+    kept: list = field(default_factory=list)
+    filled: list = field(default_factory=list)
+    bom: list = field(default_factory=list)
+    from_source: list = field(default_factory=list)
+    done: set = field(default_factory=set)  # ids of the records whose file now holds the new caption
+    current: Optional[dict] = None  # the record whose file was being written
+
+
+def _write_captions(plans: list, got: _Progress) -> None:
+    """Carry out the judged ``plans``, noting each step in ``got``."""
+    for rec, target, new, found, is_carried, action in plans:
+        if action == KEEP:  # musubi reads the user's; generated_caption still says what we wrote
+            got.kept.append(str(target))
+            rec["caption"] = found.text
+            if found.bom:
+                got.bom.append(str(target))
+            continue
+        if is_carried:  # the source's own caption: kept, or written back where the file lost it
+            rec["caption"] = new
+            got.from_source.append(str(target))
+            if action == WRITE:
+                write_text(target, new + "\n")
+                got.written += 1
+            continue
+        if action == UNCHANGED:
+            rec["caption"] = rec[GENERATED] = new
+            got.unchanged += 1
+            continue
+        got.current = rec
+        write_text(target, new + "\n")
+        got.done.add(id(rec))
+        got.current = None
+        got.written += 1
+        if found.exists and found.text is None and found.not_utf8 is None:
+            got.filled.append(str(target))
 
 
 def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow], options: CaptionOptions,
@@ -279,33 +344,41 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
         new = caption_for(rec, rows=rows, options=options) if carried is None else carried
         recorded = rec.get(GENERATED) if carried is None else carried
         plans.append((rec, target, new, found, carried is not None,
-                      caption_action(found, new=new, recorded=recorded, overwrite=options.overwrite)))
+                      caption_action(found, new=new, recorded=recorded, overwrite=options.overwrite,
+                                     pending=rec.get(PENDING) if carried is None else None)))
     _refuse_unreadable([(str(t), f.not_utf8) for _, t, _, f, _, action in plans if action == UNREADABLE])
-    written = unchanged = 0
-    kept, filled, bom, from_source = [], [], [], []
-    for rec, target, new, found, is_carried, action in plans:
-        if action == KEEP:  # musubi reads the user's; generated_caption still says what we wrote
-            kept.append(str(target))
-            rec["caption"] = found.text
-            if found.bom:
-                bom.append(str(target))
-            continue
-        if is_carried:  # the source's own caption: kept, or written back where the file lost it
-            rec["caption"] = new
-            from_source.append(str(target))
-            if action == WRITE:
-                write_text(target, new + "\n")
-                written += 1
-            continue
-        rec["caption"] = rec[GENERATED] = new
-        if action == UNCHANGED:
-            unchanged += 1
-            continue
-        write_text(target, new + "\n")
-        written += 1
-        if found.exists and found.text is None and found.not_utf8 is None:
-            filled.append(str(target))
-    write_manifest(manifest, records)
+    pending = [rec for rec, _, _, _, is_carried, action in plans if action == WRITE and not is_carried]
+    for rec, _, new, _, is_carried, action in plans:
+        rec.pop(PENDING, None)  # a stopped run's: judged above, what the file holds is settled now
+        if action == WRITE and not is_carried:
+            rec[PENDING] = new
+    if pending:  # before the first file: however the run ends (SIGKILL too), what the files hold is ours
+        write_manifest(manifest, records)
+    got, finished = _Progress(), False
+    try:
+        _write_captions(plans, got)
+        finished = True
+    except KeyboardInterrupt as exc:
+        if got.written and not getattr(exc, "kept", None):
+            exc.kept = (f"the {got.written} caption file(s) written before it stopped are recorded in "
+                        f"{manifest}; run the same caption command again to finish")
+        raise
+    finally:
+        for rec in pending:
+            if id(rec) in got.done:  # written: now what this tool last wrote
+                rec["caption"] = rec[GENERATED] = rec.pop(PENDING)
+            elif rec is not got.current:  # never reached: the file holds what it held
+                rec.pop(PENDING, None)
+            # (the one being written when it stopped keeps both: the file holds one of them)
+        try:
+            write_manifest(manifest, records)
+        except BaseException:
+            if finished:
+                raise
+            # the first error is the one to report; the manifest written before the files already
+            # names what each of them may hold
+            logger.debug("could not record the captions written before the error", exc_info=True)
+    kept, filled, bom, from_source = got.kept, got.filled, got.bom, got.from_source
     if kept:
         logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
     if filled:
@@ -317,4 +390,4 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
                        "them", len(bom), _names(bom))
     if from_source:
         logger.info("kept %d caption(s) carried from the source videos", len(from_source))
-    return CaptionReport(written, unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom), tuple(from_source))
+    return CaptionReport(got.written, got.unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom), tuple(from_source))

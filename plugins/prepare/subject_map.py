@@ -124,7 +124,9 @@ def _parse_subject_map(path: Path, text: str) -> List[MapRow]:
             rows.append(MapRow(row.get("match", ""), values, n))
             first.setdefault(rows[-1].match, rows[-1])
     if problems:
-        raise UserError("; ".join(problems), path=path, fix=f"columns are {', '.join(MAP_COLUMNS)} (match and subject "
+        # the first few and a count: a spreadsheet with hundreds of bad rows makes a line no one reads
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more problem(s)" if len(problems) > 3 else "")
+        raise UserError(shown, path=path, fix=f"columns are {', '.join(MAP_COLUMNS)} (match and subject "
                                                           "required), one row per match, values with commas quoted")
     return rows
 

@@ -143,7 +143,7 @@ def report(readings: Sequence[Reading], s: Score, title: str) -> str:
     lines += [f"  median |error|          {s.median_error:.2f} px",
               f"  within max(3 px, 15%)   {s.within} of {s.count}",
               f"  Spearman                {s.spearman:.3f}",
-              f"  static camera reads     " + ("-" if s.static_max is None else f"at most {s.static_max:.2f} px (truth 0)")]
+              "  static camera reads     " + ("-" if s.static_max is None else f"at most {s.static_max:.2f} px (truth 0)")]
     if s.unreliable:
         lines.append(f"  marked unreliable       {s.unreliable}; within or marked {s.within_or_marked} of {s.count}")
     return "\n".join(lines)
@@ -207,6 +207,10 @@ def map_jobs(fn, items: Sequence, jobs: int) -> list:
 def set_folder(folder: Optional[Path]) -> Iterator[Path]:
     """``folder`` (made if missing; a rendered set is kept there for the next run), or a
     temporary one removed afterwards."""
+    if folder is not None:  # a read-only or file --folder: one line, not a traceback
+        from circle_rotate.kernel.write_checks import check_output_dir
+
+        check_output_dir(folder, flag="--folder")
     with tempfile.TemporaryDirectory() as tmp:
         out = folder or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -275,6 +275,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go (default: the system temp)")
     parser.add_argument("--repeat", type=whole_number(1), default=3, help="rounds of copy + fp16 merge (medians are reported)")
     args = parser.parse_args(argv)
+    if args.dir is not None:  # a missing, read-only or file --dir: one line, not a traceback
+        from circle_rotate.kernel.write_checks import check_output_dir
+
+        check_output_dir(args.dir, flag="--dir").mkdir(parents=True, exist_ok=True)
     bench(args.layers, args.dir, args.repeat)
     return 0
 

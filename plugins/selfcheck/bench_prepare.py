@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List
 
 from circle_rotate.kernel.arg_types import frame_size, whole_number
+from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.progress import set_quiet
 from circle_rotate.kernel.video_io import iter_decoded_frames, probe_video, write_video
 from circle_rotate.prepare.clip_plan import SizePolicy, frame_geometry
@@ -55,6 +56,29 @@ def floor_seconds(sources: List[Path], out: Path, options: PrepareOptions) -> fl
     return time.perf_counter() - start
 
 
+#: Left in a ``--workdir`` this benchmark made: only such a folder's raw/, floor/ and out/ are ever deleted.
+MARKER = ".circle-rotate-bench-prepare"
+
+
+def claim_workdir(work: Path) -> Path:
+    """``work`` made (or reused) as this benchmark's own folder, marked so a later run may clear it.
+
+    Raises:
+        UserError: ``work`` is a file, cannot take files, or is a non-empty folder the benchmark did
+            not make (its raw/, floor/ and out/ are deleted between rounds: never the user's own).
+    """
+    from circle_rotate.kernel.write_checks import check_output_dir
+
+    work = check_output_dir(work, flag="--workdir")
+    marker = work / MARKER
+    if work.is_dir() and not marker.is_file() and any(work.iterdir()):
+        raise UserError("is a folder that bench prepare did not make; it deletes raw/, floor/ and out/ in its "
+                        "--workdir", path=work, fix="give --workdir a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by circle-rotate bench prepare; raw/, floor/ and out/ here are deleted on each run\n")
+    return work
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process, its threads and its finished children."""
     try:
@@ -71,11 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=whole_number(1), default=81)
     ap.add_argument("--size", type=frame_size, default=(832, 480), metavar="WxH", help="source and clip size (default 832x480)")
     ap.add_argument("--repeat", type=whole_number(1), default=3, help="rounds of floor then prepare (medians are reported)")
-    ap.add_argument("--workdir", type=Path, help="keep sources here (reused when present)")
+    ap.add_argument("--workdir", type=Path, help="keep sources here (reused when present); a new or empty folder, "
+                                                 "or one an earlier bench prepare made")
     args = ap.parse_args(argv)
     set_quiet(True)
     width, height = args.size
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    work = claim_workdir(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         sources = sorted((work / "raw").glob("*.mp4"))
         if len(sources) != args.sources:

@@ -33,11 +33,13 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 
 from circle_rotate.kernel.atomic import check_output_path
+from circle_rotate.kernel.disk_space import short_disks
 from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY, identify_checkpoint
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.safetensors_io import FileSpan, SafetensorsWriter, tensor_bytes
 from circle_rotate.kernel.shards import AnyHeader, read_checkpoint
+from circle_rotate.kernel.write_checks import device_of
 from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_module, load_product, module_scales,
                                          read_lora_index, require_wan_lora)
 from circle_rotate.tools.lora.lycoris import factors
@@ -248,7 +250,18 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
         check_experts_agree(info.identity, indexes, Path(info.header.path).name)
     plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
     _check_strengths_fit(plan, strength_flags)
+    _check_free_space(plan, out_p)
     return PreparedMerge(plan, out_p)
+
+
+def _check_free_space(plan: MergePlan, out: Path) -> None:
+    """Refuse before writing when ``out``'s disk cannot take the merged file (an old output
+    replaced with --force stays until the new one is complete, so the whole file is needed);
+    the error names the shortfall, as a disk that filled up while writing would."""
+    short = short_disks([(out.parent, plan.output_bytes)])
+    if short:
+        _, need, free = short[0]
+        raise DiskFullError(out, device=device_of(out.parent), need_gb=(need - free) / 1e9)
 
 
 def _check_strengths_fit(plan: MergePlan, flags: Optional[Sequence[str]] = None) -> None:
