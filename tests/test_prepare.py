@@ -112,13 +112,14 @@ def test_every_source_is_reported_and_bad_files_do_not_stop_the_batch(prepared):
     assert src["bad/text.mp4"]["status"] == "error" and "cannot be opened" in src["bad/text.mp4"]["reason"]
     assert src["bad/one_frame.mp4"]["status"] == "too_short"
     assert src["bad/short.mp4"]["status"] == "too_short" and "need" in src["bad/short.mp4"]["reason"]
+    assert src["bad/short.mp4"]["reason"].endswith("fix: a shorter --frames, or a longer take")
     # an MP4 cut off before its index cannot be opened; a cut-off MKV plays up to the cut
     assert src["bad/truncated.mp4"]["status"] == "error"
     cut_off = src["bad/cut_off.mkv"]
     assert cut_off["status"] == "truncated" and cut_off["clips"] == 1 and "of the 2.00 s" in cut_off["reason"]
     cut_fast = src["bad/cut_faststart.mp4"]  # the same thing, though its decoder ends on an error
     assert cut_fast["status"] == "truncated" and cut_fast["clips"] == 1, cut_fast
-    assert "of the 2.21 s the file declares (decoding failed at frame" in cut_fast["reason"]
+    assert cut_fast["reason"].startswith("cut short at frame ") and "of the 2.21 s the file declares;" in cut_fast["reason"]
     assert src["pan30.mp4"]["status"] == "rejected"
     assert all("not an orbit: pan" in r["reasons"][0] for r in _clips(prepared["records"], "pan30.mp4"))
     assert prepared["rc"] == 1  # something failed and --keep-going was not given

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from circle_rotate.cli._common import add_legacy_out, add_out, new_parser, out_path, print_json
@@ -85,6 +86,35 @@ def _dry_run(args: argparse.Namespace, out: Path, options) -> int:
     return 0
 
 
+def _first_rejection(manifest: Path) -> str:
+    """`` (first: SOURCE clip N: REASON)`` for the first clip QC rejected in ``manifest``, or ""."""
+    from circle_rotate.prepare.manifest import read_manifest
+
+    try:
+        records = read_manifest(manifest)
+    except (OSError, UserError):
+        return ""
+    rejected = next((r for r in records if r.get("type") == "clip" and r.get("verdict") != "accept"
+                     and r.get("reasons")), None)
+    if rejected is None:
+        return ""
+    return f" (first: {rejected['source']} at {rejected.get('start_time', 0):g} s: {'; '.join(rejected['reasons'])})"
+
+
+def _print_passed_over(raw: Path, not_video) -> None:
+    """Name the files passed over: links that lead nowhere apart from files not named as videos."""
+    base = raw if raw.is_dir() else raw.parent
+    dangling = [f for f in not_video if (base / f).is_symlink() and not (base / f).exists()]
+    others = [f for f in not_video if f not in dangling]
+    if dangling:
+        print(f"passed over {len(dangling)} link(s) that lead nowhere (first: {dangling[0]} -> "
+              f"{os.readlink(base / dangling[0])}); fix the link or copy the video in")
+    if others:
+        kinds = sorted({Path(f).suffix.lower() or "(no suffix)" for f in others})
+        print(f"passed over {len(others)} file(s) not named as videos ({', '.join(kinds[:8])}; first: "
+              f"{others[0]}); rename a video whose suffix is not a container's")
+
+
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.prepare.options import PrepareOptions
     from circle_rotate.prepare.run import prepare_dataset
@@ -107,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report.ok or args.keep_going else 1
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
     print(f"{report.sources} source(s) ({report.processed} processed, {report.unchanged} unchanged): {statuses or 'none'}")
-    print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC")
+    print(f"{report.clips} clip(s) kept in {report.out_dir / 'videos'}, {report.rejected} rejected by QC"
+          f"{_first_rejection(report.manifest) if report.rejected else ''}")
     print(f"manifest: {report.manifest}\nsummary: {report.summary} (+ {report.plot.name})")
     if report.hdr:
         print(f"HDR tone-mapped to SDR (BT.709): {', '.join(f'{s} ({t})' for s, t in report.hdr)}")
@@ -139,13 +170,11 @@ def run(args: argparse.Namespace) -> int:
     if report.caption_edits:
         print(f"kept {len(report.caption_edits)} clip caption(s) that differ from their source's (edited, or "
               f"replaced by caption --force; first: {report.caption_edits[0]})")
-    if report.not_video:
-        kinds = sorted({Path(f).suffix.lower() or "(no suffix)" for f in report.not_video})
-        print(f"passed over {len(report.not_video)} file(s) not named as videos ({', '.join(kinds[:8])}; first: "
-              f"{report.not_video[0]}); rename a video whose suffix is not a container's")
+    _print_passed_over(args.raw_dir, report.not_video)
     if report.passed_over:
         print(f"passed over {len(report.passed_over)} clip(s) of an earlier prepare's output under {args.raw_dir} "
               f"(first: {report.passed_over[0]})")
     for source, status, reason in report.failed:
-        print(f"FAILED {source}: {status}: {reason}")
+        # a file cut short that still gave clips is no failure of the run's making: said as what happened
+        print(f"{'CUT SHORT' if status == 'truncated' else 'FAILED'} {source}: {status}: {reason}")
     return 0 if report.ok or args.keep_going else 1

@@ -205,7 +205,8 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
     if items.resized:
         out.add("warning", where, "resolution", f"musubi's latent caching will rescale {len(items.resized)} video(s) to "
                 f"its bucket for {list(params['resolution'])}: {_names(items.resized)}",
-                "prepare clips with the same --resolution (bucket mode), or set resolution to match them")
+                "prepare them again with --upscale (a source smaller than the bucket keeps its own size without it) "
+                "and the same --resolution, or set resolution to match them")
     dupes = sorted({s for s in items.stems if items.stems.count(s) > 1})
     if dupes:
         out.add("error", where, src_key, f"{len(dupes)} file name(s) repeat ({_names(dupes)}): their caches in one "

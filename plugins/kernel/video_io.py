@@ -8,6 +8,7 @@ Encoding goes through PyAV because the OpenCV wheels cannot write H.264. Every w
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -35,9 +36,17 @@ PathLike = Union[str, os.PathLike]
 #: Containers FFmpeg (PyAV) reads that footage comes in: phones and editors (.mp4 .mov .m4v .mkv
 #: .webm .avi), camcorders (AVCHD .mts/.m2ts, HDV .m2t, MPEG-TS .ts, MPEG-PS .mpg/.mpeg/.vob and
 #: JVC's .mod/.tod, DV .dv, MXF .mxf), old phones (.3gp .3g2), Windows and Flash (.wmv .flv), Ogg
-#: (.ogv), and GIF animations.
+#: (.ogv), GIF animations, and raw H.264/HEVC streams as Raspberry Pi cameras record them
+#: (:data:`RAW_STREAM_SUFFIXES`).
+RAW_STREAM_SUFFIXES = (".h264", ".264", ".hevc", ".265")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mts", ".m2ts", ".m2t", ".ts", ".mpg", ".mpeg",
-                  ".vob", ".mod", ".tod", ".dv", ".mxf", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".gif")
+                  ".vob", ".mod", ".tod", ".dv", ".mxf", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".gif",
+                  *RAW_STREAM_SUFFIXES)
+#: FFmpeg's demuxers of raw elementary streams: no container, so no timestamps, and an average
+#: rate that is the demuxer's default of 25 fps, not the stream's.
+RAW_STREAM_FORMATS = frozenset({"h264", "hevc"})
+#: FFmpeg's bwdif, one frame out per frame in (``send_frame``): the rate stays, as ``ffmpeg -vf bwdif`` keeps it.
+DEINTERLACE = ("bwdif", "mode=send_frame:parity=auto:deint=all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Transfer characteristics (ITU-T H.273, as FFmpeg numbers them) that mark a stream as HDR.
@@ -70,6 +79,7 @@ class VideoInfo:
     pixel_aspect: str = "1"  # stored pixel width : height (the sample aspect ratio), as "4/3"
     video_streams: int = 1  # video streams in the file (cover art not counted)
     stream: int = 0  # the container's index of the stream read (pick_video_stream)
+    interlaced: bool = False  # its frames say they hold two fields: deinterlaced when decoded
 
     @property
     def display(self) -> Display:
@@ -110,9 +120,33 @@ def visible_files_under(folder: PathLike) -> List[Path]:
     """The files under ``folder``, at any depth, sorted; hidden files and folders passed over
     (the ``._clip.mp4`` a Mac leaves beside each file on a USB drive is no video, and musubi's
     glob skips it too)."""
+    return walk_visible(folder)[0]
+
+
+def walk_visible(folder: PathLike) -> tuple[List[Path], List[Path]]:
+    """(the files of :func:`visible_files_under`, the links under ``folder`` that lead nowhere),
+    each sorted. Links to folders are followed (footage linked in from another drive), each real
+    folder once, so a link to a folder above it does not loop."""
     root = Path(folder)
-    return [p for p in sorted(root.rglob("*")) if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    files: List[Path] = []
+    dangling: List[Path] = []
+    seen = set()
+    for top, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # reached again through a link: its files are listed already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if name.startswith("."):
+                continue
+            p = Path(top) / name
+            if p.is_file():
+                files.append(p)
+            elif p.is_symlink() and not p.exists():  # os.walk lists a link to a lost folder among files
+                dangling.append(p)
+    return sorted(files), sorted(dangling)
 
 
 def video_files_under(folder: PathLike) -> List[Path]:
@@ -213,9 +247,10 @@ def _real_video_streams(container) -> int:
     return max(1, sum(1 for s in container.streams.video if not _is_picture(s)))
 
 
-def _first_frame_display(p: Path, index: int, pixel_aspect) -> Display:
-    """The display of a file's stream ``index``, from its first decoded frame (the matrix is frame
-    side data); identity when no frame decodes (decoding says why, later)."""
+def _first_frame_display(p: Path, index: int, pixel_aspect) -> tuple[Display, bool]:
+    """(the display of a file's stream ``index``, whether its frames are interlaced), from its first
+    decoded frame (the matrix is frame side data); identity when no frame decodes (decoding says
+    why, later)."""
     try:
         with av.open(str(p)) as container:
             stream = container.streams[index]
@@ -225,10 +260,10 @@ def _first_frame_display(p: Path, index: int, pixel_aspect) -> Display:
             stream.codec_context.thread_count = 1
             for packet in container.demux(stream):
                 for frame in packet.decode():
-                    return _display_or_error(p, frame, pixel_aspect)
+                    return _display_or_error(p, frame, pixel_aspect), bool(frame.interlaced_frame)
     except av.error.FFmpegError:
         pass
-    return Display(pixel_aspect=pixel_aspect or Fraction(1))
+    return Display(pixel_aspect=pixel_aspect or Fraction(1)), False
 
 
 def _display_or_error(p: Path, frame, pixel_aspect) -> Display:
@@ -247,7 +282,9 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot be opened as a video ({exc.__class__.__name__}: {exc})", path=path,
+        # FFmpeg's text repeats the errno and the path: its own words only, after the path
+        why = exc.strerror if isinstance(exc, av.error.FFmpegError) and exc.strerror else str(exc)
+        raise UserError(f"{path}: cannot be opened as a video ({why})", path=path,
                         fix="check that it is a complete, playable video file") from None
     if not container.streams.video:
         container.close()
@@ -301,7 +338,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
         else:
             duration = frames / fps if fps else 0.0
         signal = hdr_signal(stream)
-        display = _first_frame_display(p, stream.index, pixel_aspect(stream))
+        display, interlaced = _first_frame_display(p, stream.index, pixel_aspect(stream))
         info = VideoInfo(
             path=str(p),
             container=container.format.name,
@@ -317,6 +354,7 @@ def probe_video(path: PathLike, *, count_frames: bool = False) -> VideoInfo:
             pixel_aspect=str(display.pixel_aspect),
             video_streams=_real_video_streams(container),
             stream=stream.index,
+            interlaced=interlaced,
         )
     finally:
         container.close()
@@ -405,10 +443,32 @@ def shown_notes(info: VideoInfo) -> List[str]:
                      f"the one a player shows")
     if not info.display.is_identity:
         w, h = info.display_size
-        notes.append(f"shown {', '.join(info.display.changes())} as its container says ({w}x{h})")
+        changes = [turn_words(info.rotation) if c.startswith("turned ") else c for c in info.display.changes()]
+        notes.append(f"shown {', '.join(changes)} as its container says ({w}x{h})")
     if info.hdr:  # decoded as SDR, HDR comes out flat and washed out
         notes.append(f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do")
+    if info.interlaced:
+        notes.append(f"{INTERLACED_NOTE} ({DEINTERLACE[0]})")
+    if info.container in RAW_STREAM_FORMATS and info.fps:
+        rate = f"{info.fps:.3f}".rstrip("0").rstrip(".")
+        notes.append(f"raw stream: rate {rate} fps from its header; remux with `ffmpeg -framerate {rate} -i IN -c copy "
+                     f"OUT.mp4` if wrong")
     return notes
+
+
+#: How :func:`shown_notes`'s note on an interlaced source begins.
+INTERLACED_NOTE = "interlaced: deinterlaced"
+
+
+def turn_words(rotation: int) -> str:
+    """A clockwise display rotation in words, with the angle ``ffprobe`` prints for its display
+    matrix (counter-clockwise, so a phone's portrait 90 deg clockwise is its "rotation of -90")."""
+    rotation %= 360
+    if rotation == 180:
+        return "turned 180 deg (display matrix 180)"
+    if rotation == 270:
+        return "turned 90 deg counter-clockwise (display matrix 90)"
+    return f"turned {rotation} deg clockwise (display matrix -{rotation})"
 
 
 def hdr_signal(stream: "av.video.stream.VideoStream") -> Optional[Signal]:
@@ -458,18 +518,50 @@ def gif_complete(path: Path) -> bool:
         return True  # unreadable is said elsewhere
 
 
+def is_raw_stream(stream: "av.video.stream.VideoStream") -> bool:
+    """Is ``stream`` a raw H.264/HEVC elementary stream (a ``.h264`` file), which has no timestamps?"""
+    return stream.container.format.name in RAW_STREAM_FORMATS
+
+
 def nominal_rate(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
     """The stream's frame rate: its average, unless the demuxer put its time base there (DV
-    reports 60000 fps for 29.97 fps video), then the rate it guesses from the frames."""
+    reports 60000 fps for 29.97 fps video), then the rate it guesses from the frames. A raw
+    stream's average is the demuxer's default (25 fps): its header's rate (the SPS timing) then."""
     average, guessed = stream.average_rate, stream.guessed_rate
+    if is_raw_stream(stream):
+        return stream.codec_context.framerate or guessed or average
     if average and guessed and stream.time_base and average == 1 / stream.time_base and guessed != average:
         return guessed
     return average or guessed or stream.base_rate
 
 
+#: Frames decoded before an FFmpeg error that make the error the end of a file's readable part
+#: (a download cut off inside a faststart MP4's data), which :func:`cut_short` then notes.
+READABLE_FRAMES = 2
+
+
+def _deinterlaced(stream, frames: Iterable) -> Iterator:
+    """``frames`` through FFmpeg's bwdif (:data:`DEINTERLACE`): an interlaced camcorder's frames
+    hold two fields taken 1/50 s apart, which show as combs on anything moving."""
+    graph = av.filter.Graph()
+    source, bwdif, sink = graph.add_buffer(template=stream), graph.add(*DEINTERLACE), graph.add("buffersink")
+    source.link_to(bwdif)
+    bwdif.link_to(sink)
+    graph.configure()
+    for frame in [*frames, None]:  # None flushes the frame bwdif holds back
+        graph.push(frame)
+        while True:
+            try:
+                yield graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+
+
 def _decode(p: Path, threads: int) -> Iterator[tuple]:
-    """(PyAV frame, nominal rate, HDR :class:`Signal` or None, stream SAR) for every frame of a video file;
-    failures become UserErrors."""
+    """(PyAV frame, nominal rate, HDR :class:`Signal` or None, stream SAR, whether its timestamps
+    hold) for every frame of a video file, deinterlaced where its frames say they are interlaced.
+    An FFmpeg error after :data:`READABLE_FRAMES` frames ends the stream (the rest of a file cut
+    off; :func:`cut_short` says so); one before, a UserError."""
     container = _open(p)
     index = 0
     try:
@@ -480,14 +572,41 @@ def _decode(p: Path, threads: int) -> Iterator[tuple]:
         rate = nominal_rate(stream)
         signal = hdr_signal(stream)
         aspect = pixel_aspect(stream)
-        for frame in container.decode(stream):
-            yield frame, rate, signal, aspect
+        timed = not is_raw_stream(stream)  # a raw stream's frames are given the demuxer's 25 fps, if any time
+        frames = _readable(p, container.decode(stream))
+        first = next(frames, None)
+        if first is None:
+            return
+        frames = itertools.chain([first], frames)
+        if first.interlaced_frame:
+            frames = _deinterlaced(stream, frames)
+        for frame in frames:
+            yield frame, rate, signal, aspect, timed
             index += 1
-    except av.error.FFmpegError as exc:
-        raise UserError(f"decoding failed at frame {index} ({exc})", path=p,
+    except av.error.FFmpegError as exc:  # the filter graph's
+        raise UserError(f"decoding failed at frame {index} ({exc.strerror or exc})", path=p,
                         fix="the file is corrupt or truncated; re-export or re-download it") from None
     finally:
         container.close()
+
+
+def _readable(p: Path, frames: Iterator) -> Iterator:
+    """``frames`` up to an FFmpeg error: the end of the readable part after :data:`READABLE_FRAMES`
+    frames, a UserError before."""
+    index = 0
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            if index >= READABLE_FRAMES:
+                logger.info("%s: decoding stopped at frame %d (%s): the end of its readable part", p, index, exc)
+                return
+            raise UserError(f"decoding failed at frame {index} ({exc.strerror or exc})", path=p,
+                            fix="the file is corrupt or truncated; re-export or re-download it") from None
+        yield frame
+        index += 1
 
 
 def read_video(path: PathLike, *, indices: Optional[Sequence[int]] = None, max_side: Optional[int] = None,
@@ -746,9 +865,9 @@ def iter_decoded_frames(path: PathLike, *, apply_rotation: bool = True, threads:
         yield from _animation_frames(p)
         return
     start, display = None, Display()
-    for index, (frame, rate, signal, aspect) in enumerate(_decode(p, threads)):
-        t = frame.time
-        if t is None:  # no timestamps (raw streams): fall back to the nominal rate
+    for index, (frame, rate, signal, aspect, timed) in enumerate(_decode(p, threads)):
+        t = frame.time if timed else None
+        if t is None:  # no timestamps (raw streams): the nominal rate's
             t = index / float(rate) if rate else float(index)
         if start is None:
             start = t

@@ -21,9 +21,16 @@ import time
 
 #: Seconds a stopped worker has to unwind its job before it ends for certain.
 UNWIND_S = 5.0
+#: The same once its parent has died (killed outright): nothing waits for the job's result, and
+#: the worker's one cleanup, removing a half-written clip, takes milliseconds.
+ORPHAN_UNWIND_S = 0.5
 
 
 _stopping = False
+_parent = None  # the pool's process, as the worker started
+#: The signal the kernel sends a worker when its parent dies (Linux's PR_SET_PDEATHSIG): one of its
+#: own, as ``getppid()`` still names the dying parent when a SIGTERM would arrive.
+PARENT_DIED = getattr(signal, "SIGUSR2", None)
 
 
 def _stop(signum, frame) -> None:
@@ -34,10 +41,12 @@ def _stop(signum, frame) -> None:
     # ``concurrent.futures`` catches the SystemExit of a job and sends it back as its result, and
     # the worker then waits for its next job: for ever, if its parent was killed. So once the job
     # has unwound (its temporary files removed on the way), the process ends.
-    timer = threading.Timer(UNWIND_S, os._exit, args=(128 + signum,))
+    orphaned = signum == PARENT_DIED or (_parent is not None and os.getppid() != _parent)
+    code = 128 + (signal.SIGTERM if signum == PARENT_DIED else signum)
+    timer = threading.Timer(ORPHAN_UNWIND_S if orphaned else UNWIND_S, os._exit, args=(code,))
     timer.daemon = True
     timer.start()
-    raise SystemExit(128 + signum)
+    raise SystemExit(code)
 
 
 def quiet_stop() -> None:
@@ -51,11 +60,16 @@ def quiet_stop() -> None:
 
 
 def _die_with_parent() -> None:
+    """Have the kernel send :data:`PARENT_DIED` when the parent dies (killed outright, it cannot stop
+    its workers): the job unwinds and the worker ends within :data:`ORPHAN_UNWIND_S`, rather than
+    taking the next job already queued and writing clips no manifest will list."""
+    global _parent
+    _parent = parent = os.getppid()
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    signal.signal(PARENT_DIED, _stop)
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(PARENT_DIED))  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before the request took
         raise SystemExit(128 + signal.SIGTERM)
 

@@ -48,11 +48,26 @@ class Bars:
         return ", ".join(sides)
 
 
+#: Lines next to the picture's edge that may ring above :data:`DARK` (an encoder's ringing lifts
+#: the last rows of a dark grey bar at level 20 to 29-31), and the brightest they may be.
+RING_LINES, RING_DARK = 3, DARK + 16
+
+
 def _black_run(lines: np.ndarray) -> int:
     """How many of ``lines`` (n, length: each pixel's brightest over the clip), from the first
-    on, are black throughout."""
-    black = lines.max(axis=1) <= DARK
-    return int(np.argmin(black)) if not black.all() else len(black)
+    on, are black throughout, with up to :data:`RING_LINES` ringing ones after at least two
+    black ones, where the picture starts right after them."""
+    brightest = lines.max(axis=1)
+    black = brightest <= DARK
+    n = int(np.argmin(black)) if not black.all() else len(black)
+    if n < 2:  # no bar (a grey 25-30 edge is a backdrop, as cropdetect's limit of 24 has it)
+        return n
+    for k in range(1, RING_LINES + 1):
+        if n + k >= len(brightest) or brightest[n + k - 1] > RING_DARK:
+            break
+        if brightest[n + k] > RING_DARK:  # the picture's edge: the lines before it were the bar's ringing
+            return n + k
+    return n
 
 
 def find_bars(grey: np.ndarray) -> Bars:

@@ -37,7 +37,7 @@ from circle_rotate.prepare.manifest import (MANIFEST_NAME, accepted_clips, by_so
                                     relative_posix, write_manifest)
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, visible_files_under
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, walk_visible
 from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
@@ -119,11 +119,12 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
     if raw.is_file():
         beside = caption_file_of(raw)
         return RawFiles((raw,), (), (), ((raw, beside),) if beside.is_file() else ())
-    outputs = {m.parent for m in raw.rglob(MANIFEST_NAME)}  # an earlier prepare's folders, its set_aside/ too
+    files, dangling = walk_visible(raw)  # linked folders followed; links to nothing passed over, and named
+    outputs = {m.parent for m in files if m.name == MANIFEST_NAME}  # an earlier prepare's folders, its set_aside/ too
     sources: List[Path] = []
     earlier: List[Path] = []
-    other: List[Path] = []
-    for p in visible_files_under(raw):
+    other: List[Path] = [p for p in dangling if not (exclude == p or exclude in p.parents)]
+    for p in files:
         if exclude == p or exclude in p.parents:
             continue
         inside = not outputs.isdisjoint(p.parents)
@@ -135,7 +136,7 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
     paired = {caption_file_of(s): s for s in sources}
     captions = tuple((paired[p], p) for p in other if p.suffix == SOURCE_CAPTION_EXT and p in paired)
     taken = {c for _, c in captions}
-    return RawFiles(tuple(sources), tuple(earlier), tuple(p for p in other if p not in taken), captions)
+    return RawFiles(tuple(sources), tuple(earlier), tuple(sorted(p for p in other if p not in taken)), captions)
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:

@@ -73,6 +73,7 @@ class _State:
     records: List[dict] = field(default_factory=list)
     last_src: int = -1
     notes: List[str] = field(default_factory=list)  # the source's, from before decoding (a crop made)
+    vfr: bool = False  # the frames' timestamps so far are irregular: a variable-frame-rate source
 
 
 def _moving(pair: PairStats, width: int, fps: float, hfov_deg: float) -> bool:
@@ -118,7 +119,9 @@ def _measure(st: _State, window: Window):
     seq = [st.samples[k] for k in range(window.start, window.stop)]
     pairs = [s.pair for s in seq[1:] if s.pair is not None and not s.repeated]
     repeats = sum(s.repeated for s in seq[1:])
-    notes = [f"{repeats} of {len(seq)} frames repeat the previous one (source slower than {opts.fps:g} fps)"] if repeats else []
+    why = (f"gaps over 1/{opts.fps:g} s in a variable-frame-rate source" if st.vfr else
+           f"source slower than {opts.fps:g} fps")
+    notes = [f"{repeats} of {len(seq)} frames repeat the previous one ({why})"] if repeats else []
     if len(pairs) < 2:
         pairs = [s.pair for s in seq[1:] if s.pair is not None] or [pair_stats(seq[0].grey, seq[0].grey,
                                                                              np.zeros((*seq[0].grey.shape, 2), np.float32))]
@@ -188,6 +191,13 @@ def source_bars_note(clips: List[dict], geometry: FrameGeometry, display: tuple)
             f"OUT.mp4) and prepare that"]
 
 
+#: What to do about a source too short for one clip.
+TOO_SHORT_FIX = "a shorter --frames, or a longer take"
+#: How far a frame's gap may stray from the nominal period (as a share of it) in a constant-rate
+#: source: timestamps rounded to a coarse time base (Matroska's milliseconds) stray a few percent.
+VFR_STRAY = 0.5
+
+
 def _source_record(job: SourceJob, **fields) -> dict:
     rec = {"type": "source", "source": job.rel, "fingerprint": job.fingerprint, "settings": job.options.settings_key(),
            "status": "ok", "reason": None, "probe": None, "clips": 0, "rejected": 0, "notes": []}
@@ -227,11 +237,12 @@ def _process(job: SourceJob) -> List[dict]:
                                "fix: re-export it as a normal video file")]
     if info.frame_count <= 1:
         return [_source_record(job, status="too_short", probe=probe,
-                               reason=f"{info.frame_count} frame(s); a clip needs {opts.frames} at {opts.fps:g} fps")]
+                               reason=f"{info.frame_count} frame(s); a clip needs {opts.frames} at {opts.fps:g} fps; "
+                                      f"fix: {TOO_SHORT_FIX}")]
     if info.duration + 1.0 / info.fps < _needed_seconds(opts) - 1e-6:
         return [_source_record(job, status="too_short", probe=probe,
                                reason=f"{info.duration:.2f} s long; {opts.frames} frames at {opts.fps:g} fps need "
-                                      f"{_needed_seconds(opts):.2f} s")]
+                                      f"{_needed_seconds(opts):.2f} s; fix: {TOO_SHORT_FIX}")]
     width, height = info.display_size
     bars = source_bars(job.path, (width, height)) if opts.crop_bars else Bars()
     try:
@@ -283,6 +294,8 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
     try:
         for frame in iter_decoded_frames(job.path):
             decoded += 1
+            if prev is not None and abs((frame.time - prev.time) * info.fps - 1) > VFR_STRAY:
+                st.vfr = True  # a phone dropping frames in low light, or a screen recording
             last_time = frame.time
             for k, src in rs.push(frame.index, frame.time):
                 _add_sample(st, k, frame if src == frame.index else prev, src)
@@ -311,15 +324,18 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
         # a cut-off file either ends early (MKV) or ends in bad data (a faststart MP4): the same thing to the user
         status = "truncated"
         why = f" ({error.problem.removeprefix(f'{error.path}: ')})" if error else ""
-        reason = (f"decoded {last_time + 1.0 / info.fps:.2f} s of the {declared:.2f} s the file declares{why}; "
-                  f"{len(clips)} clip(s) made from the readable part")
+        reason = (f"cut short at frame {decoded}: decoded {last_time + 1.0 / info.fps:.2f} s of the {declared:.2f} s "
+                  f"the file declares{why}; {len(clips)} clip(s) made from the readable part")
     elif not st.records:
         samples = p.samples
         status = "too_short" if samples < opts.frames else "no_motion"
-        reason = (f"{samples} frames at {opts.fps:g} fps; a clip needs {opts.frames}" if status == "too_short" else
+        reason = (f"{samples} frames at {opts.fps:g} fps; a clip needs {opts.frames}; fix: {TOO_SHORT_FIX}"
+                  if status == "too_short" else
                   "no stretch of camera motion is a whole clip long (still or cut up); --keep-still keeps still footage")
     elif not clips:
-        status, reason = "rejected", "QC rejected every clip"
+        first = next((r for r in st.records if r.get("reasons")), None)
+        status, reason = "rejected", "QC rejected every clip" + (f" (first: {'; '.join(first['reasons'])})"
+                                                                 if first else "")
     head = _source_record(job, status=status, reason=reason, probe=probe, clips=len(clips),
                           rejected=len(st.records) - len(clips), notes=notes)
     return [head] + st.records
