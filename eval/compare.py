@@ -3,7 +3,9 @@ bootstrap interval (scipy.stats), and report the relative change (e.g. "drift -8
 
 Pairing: identical file stems first; when none match, the stems are compared after
 removing what all names on one side share at the start or end (``demo2_base.gif`` pairs
-with ``demo2_ours.gif``).
+with ``demo2_ours.gif``); videos still unpaired then pair by their names without a generator's
+counter or timestamp (:func:`circle_rotate.eval.pairing.name_key`). A pair whose first frames
+differ (:func:`circle_rotate.eval.pairing.different_start`) is left out of every statistic.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+from circle_rotate.eval.pairing import SIDE_MARK, different_start, name_key, start_psnr
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.kernel.errors import UserError
 
@@ -95,6 +97,12 @@ def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]],
     if twins:
         return (f"{row['video']}: {twins[0]} on its side has its name too, so only a namesake with the same file name "
                 f"pairs with it, and the other side has none; name the videos apart")
+    key = name_key(stem)
+    alike = [r["video"] for r in (*own_side, *other_side) if r is not row and r.get("status") == "ok"
+             and name_key(Path(r["video"]).stem) == key] if key else []
+    if len(alike) > 1 or any(r is not row and r["video"] in alike for r in own_side):
+        return (f"{row['video']}: no namesake on the other side, and its name without the counter or timestamp "
+                f"({key!r}) is shared by {', '.join(alike[:3])}, so it is not paired by it; name the videos apart")
     return f"{row['video']}: no namesake on the other side"
 
 
@@ -132,14 +140,33 @@ def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str,
     b = _by_unmarked([r for r in base_ok if id(r) not in taken])
     l = _by_unmarked([r for r in lora_ok if id(r) not in taken])
     pairs += [Pair(k, b[k], l[k]) for k in b if k in l and k not in {p.name for p in pairs}]
+    pairs += _by_key(base_ok, lora_ok, pairs)
     if not pairs:
         raise UserError("no video of the baseline has a namesake among the LoRA videos",
-                        fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora)")
+                        fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora); a "
+                            "counter (ComfyUI's _00001_, VideoHelperSuite's _00001), Wan generate.py's timestamp "
+                            "and musubi's time prefix are passed over, so the rest of the names must agree")
     return pairs
 
 
+def _by_key(base_ok: Sequence[Mapping[str, Any]], lora_ok: Sequence[Mapping[str, Any]],
+            pairs: Sequence[Pair]) -> List[Pair]:
+    """Pairs of the rows still unpaired by their names without a counter or timestamp
+    (:func:`~circle_rotate.eval.pairing.name_key`): ComfyUI counts its outputs on, so a baseline's
+    demo2_00001_ is a LoRA's demo2_00003_. A key two videos of one side share pairs nothing."""
+    taken = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
+    names = {p.name for p in pairs}
+
+    def unique(rows):
+        keys = [name_key(Path(r["video"]).stem) for r in rows]
+        return {k: r for k, r in zip(keys, rows) if k is not None and keys.count(k) == 1 and id(r) not in taken}
+
+    b, l = unique(base_ok), unique(lora_ok)
+    return [Pair(k, b[k], l[k]) for k in b if k in l and k not in names]
+
+
 #: A side's mark at the end of a video's name: demo1_base, demo1-lora, demo1_ours.
-_SIDE_MARK = re.compile(r"[_\-. ](base|baseline|orig|original|lora|ours|others|theirs)$", re.IGNORECASE)
+_SIDE_MARK = SIDE_MARK
 
 
 def _by_unmarked(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:
@@ -251,16 +278,56 @@ def measured_unlike(pairs: Sequence[Pair]) -> List[str]:
     return notes
 
 
+def _first_frame(row: Mapping[str, Any]) -> Optional[np.ndarray]:
+    """The first frame of the row's video, or None where it cannot be read any more (a results
+    file whose videos moved)."""
+    from circle_rotate.kernel.video_io import iter_frames
+
+    path = row.get("path")
+    if not path or not Path(path).exists():
+        return None
+    frames = iter_frames(path, max_side=512)
+    try:
+        return next(frames, None)
+    except UserError:
+        return None
+    finally:
+        frames.close()
+
+
+def different_starts(pairs: Sequence[Pair], *, first_frame: Callable[[Mapping[str, Any]], Optional[np.ndarray]]
+                     = _first_frame) -> Tuple[List[Tuple[Pair, str]], List[str]]:
+    """Pairs whose two videos do not start at the same conditioning image
+    (:func:`~circle_rotate.eval.pairing.different_start`), with why; and the pairs whose first
+    frames could not be read to check it.
+
+    Returns:
+        ``([(pair, reason)], [pair name])``.
+    """
+    differ, unchecked = [], []
+    for p in pairs:
+        a, b = first_frame(p.baseline), first_frame(p.lora)
+        if a is None or b is None:
+            unchecked.append(p.name)
+            continue
+        why = different_start(start_psnr(a, b))
+        if why:
+            differ.append((p, why))
+    return differ, unchecked
+
+
 #: ``subject_found_by`` values of a subject the user gave (:data:`circle_rotate.eval.subject_find.BASES`).
 GIVEN_BASES = ("user_mask", "user_box")
 
 
-def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0) -> List[Comparison]:
+def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0,
+                  left_out: Sequence[Pair] = ()) -> List[Comparison]:
     """:func:`compare_column` for every numeric metric column present, in registry order, over the
-    pairs generated alike (:func:`mismatched_pairs`); the mask columns over those whose drift is
-    reliable on both sides."""
+    pairs generated alike (:func:`mismatched_pairs`) and not in ``left_out`` (pairs of different
+    scenes: :func:`different_starts`); the mask columns over those whose drift is reliable on both
+    sides."""
     out = []
-    unlike = {id(p) for p, _ in mismatched_pairs(pairs)}
+    unlike = {id(p) for p, _ in mismatched_pairs(pairs)} | {id(p) for p in left_out}
     alike = [p for p in pairs if id(p) not in unlike]
     doubtful = {id(p) for p, _ in unreliable_pairs(alike)}
     reliable = [p for p in alike if id(p) not in doubtful]
@@ -282,6 +349,7 @@ class CompareOutcome:
     written: Tuple[Path, ...]
     notes: Tuple[str, ...]
     failed: int  # videos that could not be evaluated, both sides
+    left_out: Tuple[str, ...] = ()  # pairs left out of every statistic (other scenes, not generated alike)
 
 
 def _load_side(path: Path, *, metrics: Sequence[str], jobs: int, options: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -349,15 +417,28 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     read = [*sides, *(Path(r["path"]) for rows in listed for r in rows if r.get("path"))]
     for p in compare_outputs(out):
         check_output_path(p, inputs=read, force=force)
+    from circle_rotate.eval.runner import box_key_notes, unmatched_box_keys
+
+    # one boxes file for both sides (a labelled set names both demo2_base and demo2_ours): each
+    # side is given the keys of its own videos, and only a key neither side has is named
+    boxes = (options or {}).get("subject_boxes") or {}
+    videos = [[Path(r["path"]) for r in rows if r.get("path")] for rows in listed]
+    run_notes = box_key_notes(videos[0] + videos[1], boxes)
+    side_boxes = {side: {k: v for k, v in boxes.items() if k not in unmatched_box_keys(vs, boxes)}
+                  for side, vs in zip(("baseline", "lora"), videos)}
+
     def side_options(sheets: str, side: str) -> Dict[str, Any]:
         opts = {**(options or {}), "sheet_dir": str(out / sheets)}
+        if boxes:
+            opts["subject_boxes"] = side_boxes[side]
         if opts.get("mask_dir"):  # both sides may hold a demo1.mp4: one folder each
             opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
         return opts
 
     started, standing = time.time(), folders_under(out / "sheets", (options or {}).get("mask_dir"))
     try:
-        return _compare(sides, out, metrics=metrics, jobs=jobs, options=side_options, resamples=resamples)
+        return _compare(sides, out, metrics=metrics, jobs=jobs, options=side_options, resamples=resamples,
+                        run_notes=run_notes)
     except BaseException:
         # what this run wrote is no comparison yet: gone, so that the same command can run again
         remove_written_since(out / "sheets", (options or {}).get("mask_dir"), since=started, keep=standing)
@@ -369,7 +450,8 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
 
 
 def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
-             options: Callable[[str, str], Dict[str, Any]], resamples: int) -> CompareOutcome:
+             options: Callable[[str, str], Dict[str, Any]], resamples: int,
+             run_notes: Sequence[str] = ()) -> CompareOutcome:
     from circle_rotate.eval.plots import compare_figures
     from circle_rotate.eval.report import render_report
     from circle_rotate.kernel.atomic import write_bytes, write_json, write_text
@@ -377,19 +459,27 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
     base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options(d, n))
                             for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
-    comparisons = compare_pairs(pairs, resamples=resamples)
-    left_out = unreliable_pairs(pairs)
+    differ, unchecked = different_starts(pairs)
+    other_scene = {id(p) for p, _ in differ}
+    comparisons = compare_pairs(pairs, resamples=resamples, left_out=[p for p, _ in differ])
+    left_out = [(p, why) for p, why in unreliable_pairs(pairs) if id(p) not in other_scene]
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
-    notes = [f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok"]
+    notes = [*run_notes, *(f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok")]
+    unpaired = [r for r in base_rows + lora_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [_unpaired(r, lora_rows, base_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [_unpaired(r, base_rows, lora_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
-    unlike = mismatched_pairs(pairs)
+    notes += [f"{p.name}: left out of every statistic: {why}" + (f" ({p.baseline['video']} beside {p.lora['video']})"
+              if p.baseline["video"] != p.lora["video"] else "") for p, why in differ]
+    if unchecked:
+        notes.append(f"{', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}: the first frames were not "
+                     "compared (the videos cannot be read where the results say), so the pairing is not checked")
+    unlike = [(p, why) for p, why in mismatched_pairs(pairs) if id(p) not in other_scene]
     notes += [f"{p.name}: left out of every statistic: the two videos were not generated alike ({why}); generate "
               f"both at the same size, length and frame rate" for p, why in unlike]
     notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out
               if all(p is not q for q, _ in unlike)]
     notes += measured_unlike(pairs)
-    figures = compare_figures(pairs, comparisons)
+    figures = compare_figures([p for p in pairs if id(p) not in other_scene], comparisons)
     written = []
     for name, data in figures.items():
         written.append(write_bytes(out / name, data))
@@ -397,14 +487,17 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
                "metrics": [c.to_dict() for c in comparisons], "headline": [c.headline() for c in comparisons],
                "drift_left_out": {p.name: why for p, why in left_out},
                "left_out_not_alike": {p.name: why for p, why in unlike},
+               "left_out_first_frames": {p.name: why for p, why in differ},
                "notes": notes, "baseline_videos": base_rows, "lora_videos": lora_rows}
     json_path, html_path = compare_outputs(out)[:2]
     written.append(write_json(json_path, summary))
     written.append(write_text(html_path, render_report(title="circle-rotate: baseline vs LoRA", baseline=str(sides[0]),
                                                         lora=str(sides[1]), pairs=pairs, comparisons=comparisons,
                                                         figures=figures, notes=notes, left_out=left_out,
+                                                        left_out_all=[*differ, *unlike], unpaired=unpaired,
                                                         base_dir=out)))
     written += [Path(r["contact_sheet"]) for r in base_rows + lora_rows if r.get("contact_sheet")
                 and Path(r["contact_sheet"]).is_relative_to(out)]
     failed = sum(r.get("status") != "ok" for r in base_rows + lora_rows)
-    return CompareOutcome(pairs, comparisons, tuple(written), tuple(notes), failed)
+    return CompareOutcome(pairs, comparisons, tuple(written), tuple(notes), failed,
+                          tuple(p.name for p, _ in [*differ, *unlike]))

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from circle_rotate.eval.fades import Levels, frame_levels, is_blank
+from circle_rotate.eval.pingpong import pingpong_length
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import GIF_CUT_NOTE, animations_in, decode_all, frame_files
 
@@ -144,4 +145,10 @@ def load_clip(path: PathLike, *, default_fps: float = 16.0) -> Clip:
     if rate <= 0:
         notes = [*notes, f"no frame rate stated (a folder of frames): read at {default_fps:g} fps, which speeds in "
                          f"deg/s scale with"]
-    return dataclasses.replace(clip_from_frames(np.stack(frames), fps=fps, path=str(p)), notes=tuple(notes))
+    clip = clip_from_frames(np.stack(frames), fps=fps, path=str(p))
+    forward = pingpong_length(clip.grey)
+    if forward is not None:  # VideoHelperSuite's pingpong: the camera's turn back is the editing's
+        notes = [*notes, f"a ping-pong video (played forward then back): measured on its first half "
+                         f"({forward} of {clip.count} frames)"]
+        clip = dataclasses.replace(clip, frames=clip.frames[:forward], grey=clip.grey[:forward])
+    return dataclasses.replace(clip, notes=tuple(notes))

@@ -48,6 +48,7 @@ def _confidence(row: Mapping[str, Any]) -> str:
 
 def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any], comparisons: Sequence[Any],
                   figures: Mapping[str, bytes], notes: Sequence[str] = (), left_out: Sequence[Tuple[Any, str]] = (),
+                  left_out_all: Sequence[Tuple[Any, str]] = (), unpaired: Sequence[Mapping[str, Any]] = (),
                   base_dir: Optional[os.PathLike | str] = None) -> str:
     """The report's HTML text.
 
@@ -59,6 +60,9 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
         figures: PNG bytes by file name (embedded in that order).
         notes: extra lines (unpaired videos, failures).
         left_out: (pair, reason) of the pairs left out of the drift statistics.
+        left_out_all: (pair, reason) of the pairs left out of every statistic (different first
+            frames, not generated alike).
+        unpaired: rows of the videos evaluated without a pair (their contact sheets are linked).
         base_dir: the report's folder (contact sheet links are made relative to it).
     """
     base = Path(base_dir) if base_dir is not None else None
@@ -85,6 +89,15 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
     dropped_html = (f"<h2>Left out of the drift statistics</h2><p class=note>A drift reading below the confidence "
                     f"threshold (eval/METRICS.md) on either side leaves its pair out of the drift and subject-flow "
                     f"rows above.</p><ul>{dropped}</ul>") if left_out else ""
+    dropped_all = "".join(f"<li>{html.escape(p.name)}: {html.escape(why)}</li>" for p, why in left_out_all)
+    if dropped_all:
+        dropped_html = (f"<h2>Left out of every statistic</h2><ul>{dropped_all}</ul>") + dropped_html
+    alone = "".join(f"<li>{html.escape(r['video'])}{_sheet_link(r, base, 'contact sheet')}</li>" for r in unpaired)
+    alone_html = (f"<h2>Unpaired videos</h2><p class=note>Evaluated, but with no video of the other side to compare "
+                  f"with (the notes below say why).</p><ul>{alone}</ul>") if alone else ""
+    counted = len(pairs) - len(left_out_all)
+    paired_text = f"{len(pairs)} paired videos" + (f", {counted} in the statistics ({len(left_out_all)} left out of "
+                                                   f"every statistic, below)" if left_out_all else "")
     images = "".join(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,"
                      f"{base64.b64encode(data).decode('ascii')}'>" for name, data in figures.items())
     headline = "".join(f"<li>{html.escape(c.headline())} <b>{html.escape(c.verdict)}</b></li>"
@@ -92,11 +105,11 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
     note_html = "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"
             f"</head><body><h1>{html.escape(title)}</h1><p>baseline: <code>{html.escape(baseline)}</code><br>"
-            f"LoRA: <code>{html.escape(lora)}</code><br>{len(pairs)} paired videos</p><ul>{headline}</ul>"
+            f"LoRA: <code>{html.escape(lora)}</code><br>{html.escape(paired_text)}</p><ul>{headline}</ul>"
             f"<h2>Metrics</h2><table>{head}{''.join(body)}</table>"
             "<p class=note>change: LoRA mean relative to baseline mean. CI: percentile bootstrap of the mean paired "
             "difference (LoRA - baseline). Subject drift and subject flow: lower is better.</p>"
             f"<h2>Per video</h2><table>{''.join(per_video)}</table>"
             "<p class=note>Contact sheets: the 16 sampled frames with the subject mask's outline and the centroid path."
-            f"</p>{dropped_html}<h2>Figures</h2>{images}"
+            f"</p>{dropped_html}{alone_html}<h2>Figures</h2>{images}"
             f"<ul>{note_html}</ul></body></html>\n")

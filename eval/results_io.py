@@ -1,4 +1,5 @@
-"""Results on disk: the JSON (rows + aggregates), an optional CSV, and a PNG next to them."""
+"""Results on disk: the JSON (rows + aggregates), an optional CSV (UTF-8 with a byte-order mark,
+for Excel), and a PNG next to them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 from circle_rotate.eval.registry import COLUMNS
 from circle_rotate.eval.runner import EvalResults
-from circle_rotate.kernel.atomic import check_output_path, write_json, write_text
+from circle_rotate.kernel.atomic import check_output_path, write_bytes, write_json
 from circle_rotate.kernel.errors import UserError
 
 _FIXED = ("video", "path", "status", "error", "frames", "fps", "width", "height")  # path: a/x.mp4 and b/x.mp4 apart
@@ -74,7 +75,10 @@ def write_results(results: EvalResults, out: os.PathLike | str, *, csv_too: bool
     if plot_results(results.rows, png_path):
         written.append(png_path)
     if rest:
-        write_text(rest[0], csv_text(results.rows))
+        # with a byte-order mark: Excel reads a CSV without one in the machine's code page, and
+        # garbles every name that is not ASCII (动画.mp4); Python's csv and pandas read it with
+        # encoding="utf-8-sig"
+        write_bytes(rest[0], csv_text(results.rows).encode("utf-8-sig"))
         written.append(rest[0])
     return tuple(written)
 

@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,6 +48,7 @@ class EvalResults:
     metrics: List[str]
     aggregate: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    notes: List[str] = field(default_factory=list)  # about the run, not one video (unused --subject-boxes keys)
 
     @property
     def failed(self) -> List[Dict[str, Any]]:
@@ -55,7 +57,8 @@ class EvalResults:
     def to_dict(self) -> Dict[str, Any]:
         return {"tool": "circle-rotate eval", "version": circle_rotate.__version__, "metrics": self.metrics,
                 "definitions": DEFINITIONS, "seconds": round(self.seconds, 2),
-                "failed": len(self.failed), "aggregate": self.aggregate, "videos": self.rows}
+                "failed": len(self.failed), "aggregate": self.aggregate, **({"notes": self.notes} if self.notes else {}),
+                "videos": self.rows}
 
 
 def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
@@ -72,10 +75,17 @@ def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
             subfolders (the error names them).
     """
     out: List[Path] = []
+    # a path that is not there is a typo, not a video that failed: said before any work, all at once
+    missing = [Path(raw) for raw in paths if not os.path.lexists(raw)]
+    if missing:
+        raise UserError("not found" if len(missing) == 1 else
+                        f"{len(missing)} paths not found: {', '.join(map(str, missing[:5]))}",
+                        path=missing[0] if len(missing) == 1 else None,
+                        fix="check the path" + ("s" if len(missing) > 1 else ""))
     for raw in paths:
         p = Path(raw)
         if not p.is_dir():
-            out.append(p)  # missing or odd files become error rows, not a stop
+            out.append(p)  # odd or unreadable files become error rows, not a stop
             continue
         if is_masks_folder(p) or is_masks_folder(p.resolve().parent):  # the sheets, or one video's masks
             raise UserError("folder holds the contact sheets and masks eval --save-masks wrote, not a video's frames",
@@ -111,6 +121,24 @@ def unmatched_box_keys(videos: Sequence[Path], boxes: Mapping[str, Any]) -> List
     """Keys of a ``--subject-boxes`` file that name none of ``videos`` (by file name or stem)."""
     names = {v.name for v in videos} | {v.stem for v in videos}
     return [k for k in boxes if k not in names]
+
+
+def box_key_notes(videos: Sequence[Path], boxes: Mapping[str, Any]) -> List[str]:
+    """A note naming the keys of a ``--subject-boxes`` file that name none of ``videos`` (a
+    labelled set's file names many videos; a comparison gives each side the whole file).
+
+    Raises:
+        UserError: no key names any of ``videos`` (a typo, or the wrong file or folder).
+    """
+    unmatched = unmatched_box_keys(videos, boxes)
+    if not boxes or not unmatched:
+        return []
+    if len(unmatched) == len(boxes):
+        raise UserError(f"no --subject-boxes key names a video given ({len(unmatched)} key(s): "
+                        + ", ".join(repr(k) for k in unmatched[:5]) + ")",
+                        fix=f"key each box by a video's file name or stem (here: {', '.join(v.name for v in videos[:3])})")
+    return [f"--subject-boxes: {len(unmatched)} key(s) name no video given, so their boxes are not used: "
+            + ", ".join(repr(k) for k in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")]
 
 
 def _videos_in(folder: Path) -> List[Path]:
@@ -161,7 +189,7 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
     except DiskFullError:
         raise  # the output's disk, not this video: every later video would fail the same way
     except UserError as exc:
-        row.update(status="error", error=str(exc))
+        row.update(status="error", error=error_text(exc, p))
     except MemoryError:
         # the whole clip is decoded and its flows kept, so the clip's size is what to cut
         size = f" ({row['frames']} frames of {row['width']}x{row['height']})" if "frames" in row else ""
@@ -172,6 +200,23 @@ def evaluate_video(path: os.PathLike | str, metric_names: Sequence[str], *,
         row.update(status="error", error=f"{p}: internal error {exc.__class__.__name__}: {exc}; "
                                         "fix: rerun with -v and report it")
     return row
+
+
+#: FFmpeg's error number and the path it repeats, as PyAV words them: ``[Errno 1094995529] Invalid
+#: data found when processing input: '/x/cut.mp4'``.
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")
+
+
+def error_text(exc: UserError, path: Path) -> str:
+    """An error row's text, the video's path first: a decoder's message that names the path at its
+    end (a truncated MP4 whose index was never written) is reworded with it at the start, without
+    FFmpeg's error number."""
+    text = str(exc)
+    if text.startswith(str(path)):
+        return text
+    for quoted in (f": '{path}'", f": \"{path}\"", f" '{path}'"):
+        text = text.replace(quoted, "")
+    return f"{path}: {_ERRNO.sub('', text)}"
 
 
 def _write_mask_outputs(ctx: EvalContext, row: Mapping[str, Any], options: Mapping[str, Any]) -> Dict[str, Any]:
@@ -269,11 +314,7 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     names = [m.name for m in resolve(metrics)]
     videos = find_videos(paths)
     boxes = (options or {}).get("subject_boxes") or {}
-    unmatched = unmatched_box_keys(videos, boxes)
-    if unmatched:  # a box given for a video that is not here is a typo, or the wrong file or folder
-        raise UserError(f"{len(unmatched)} --subject-boxes key(s) name no video given: "
-                        + ", ".join(repr(k) for k in unmatched[:5]),
-                        fix=f"key each box by a video's file name or stem (here: {', '.join(v.name for v in videos[:3])})")
+    box_notes = box_key_notes(videos, boxes)
     for key in boxes:  # one box for two videos of one name (a/x.mp4, b/x.mp4): their subjects differ
         named = [v for v in videos if key in (v.name, v.stem)]
         if len(named) > 1:
@@ -336,4 +377,4 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     finally:
         bar.close()
     done = [r for r in rows if r is not None]
-    return EvalResults(done, names, aggregate(done), time.perf_counter() - start)
+    return EvalResults(done, names, aggregate(done), time.perf_counter() - start, box_notes)

@@ -446,7 +446,7 @@ CASES = [
     Case("prepare --dry-run on an empty folder", lambda w: ["prepare", w.empty, "-o", w.root / "out" / "prep", "--dry-run"],
          names=lambda w: [w.empty]),
     Case("eval: an empty folder", lambda w: ["eval", w.empty], names=lambda w: [w.empty]),
-    Case("eval: a missing video (exit 1: an error row)", lambda w: ["eval", w.root / "gone.mp4"], code=1,
+    Case("eval: a missing video (a usage error, as a missing folder is)", lambda w: ["eval", w.root / "gone.mp4"],
          names=lambda w: ["gone.mp4"]),
     Case("eval: --out exists, no --force", lambda w: ["eval", w.ev / "a", "--out", w.existing_json],
          names=lambda w: [w.existing_json, "--force"]),

@@ -68,7 +68,7 @@ def test_exit_status_says_something_failed_unless_keep_going(folder, tmp_path, c
     assert "could not be evaluated" in capsys.readouterr().err
     assert main(["-q", "eval", str(folder / "orbit_b.mp4"), str(folder / "empty.mp4"), "--metrics", "psnr",
                  "--keep-going"]) == 0
-    assert main(["-q", "eval", str(tmp_path / "missing.mp4")]) == 1  # an error row, like any unreadable video
+    assert main(["-q", "eval", str(tmp_path / "missing.mp4")]) == 2  # a path that is not there: a usage error
     (tmp_path / "empty_folder").mkdir()
     assert main(["-q", "eval", str(tmp_path / "empty_folder")]) == 2  # a folder without videos is a usage error
     assert main(["-q", "eval", str(folder / "orbit_b.mp4"), "--metrics", "nonsense"]) == 2
@@ -87,7 +87,7 @@ def test_outputs_json_csv_png_and_force(folder, tmp_path, capsys):
         assert col in row
     assert len(row["series"]["subject_drift"]["centroids"]) == 16
     assert data["aggregate"]["drift"]["n"] == 2
-    with open(out.with_suffix(".csv")) as fh:
+    with open(out.with_suffix(".csv"), encoding="utf-8-sig") as fh:  # with a BOM, for Excel
         table = list(csv.DictReader(fh))
     assert [t["video"] for t in table] == ["orbit_a.mp4", "orbit_b.mp4"]
     assert float(table[1]["psnr"]) == pytest.approx(data["videos"][1]["psnr"])
@@ -310,7 +310,7 @@ def test_a_cjk_file_name_gives_no_glyph_warnings_and_the_csv_names_each_path(fol
         warnings.simplefilter("always")
         assert main(["-q", "eval", str(a), str(b), "--metrics", "motion", "-o", str(out), "--csv"]) == 0
     assert not [w for w in caught if "Glyph" in str(w.message)]
-    lines = out.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
+    lines = out.with_suffix(".csv").read_text(encoding="utf-8-sig").splitlines()
     assert lines[0].startswith("video,path,") and {line.split(",")[1] for line in lines[1:]} == {
         str(a / "动画.mp4"), str(b / "动画.mp4")}
 

@@ -221,10 +221,12 @@ def run_compare(args: argparse.Namespace) -> int:
     outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
                       options={**_options(args.weights), **subject}, force=args.force)
     if args.json:
-        print_json({"pairs": len(outcome.pairs), "comparisons": [c.to_dict() for c in outcome.comparisons],
+        print_json({"pairs": len(outcome.pairs), "left_out": list(outcome.left_out), "comparisons": [c.to_dict() for c in outcome.comparisons],
                     "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
     else:
-        print(f"{len(outcome.pairs)} paired videos")
+        kept = len(outcome.pairs) - len(outcome.left_out)
+        print(f"{len(outcome.pairs)} paired videos" + (f", {kept} in the statistics ({len(outcome.left_out)} left out "
+                                                       "of every statistic: see the notes)" if outcome.left_out else ""))
         for c in outcome.comparisons:
             print(f"  {c.headline()}  [{c.verdict}]")
         for n in outcome.notes:
@@ -256,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(results.to_dict())
     else:
         _print_table(results.rows, results.aggregate)
+        for n in results.notes:
+            print(f"note: {n}", file=sys.stderr)
         if args.out is not None:
             print("wrote " + ", ".join(str(p) for p in written))
     if results.failed:

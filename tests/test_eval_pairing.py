@@ -1,0 +1,258 @@
+"""``circle-rotate eval`` and ``eval compare`` on what generators write: ComfyUI's counters,
+VideoHelperSuite's ping-pong, Wan's and musubi's file names, short clips, a labelled set's boxes
+file, a missing or cut-off video. The videos are the study's real Wan2.2 GIFs in
+``../shared/eval-real`` (skipped where that folder is not there), as they are or re-encoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from circle_rotate.cli.main import main
+from circle_rotate.eval.compare import Pair, pair_rows, run_compare
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.video_io import decode_all, write_video
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval-real"
+SCENES = ("cat", "demo1", "demo13", "demo2", "demo3", "demo4", "demo5")
+
+
+def _gif(name: str) -> Path:
+    path = REAL / f"{name}.gif"
+    if not path.is_file():
+        pytest.skip(f"the real GIFs are not here ({REAL}); they sit next to the repository in the shared folder")
+    return path
+
+
+def _frames(name: str) -> np.ndarray:
+    return np.stack(decode_all(_gif(name))[0])
+
+
+def _lora(scene: str) -> str:
+    return f"{scene}_others" if scene == "cat" else f"{scene}_ours"
+
+
+def _base(scene: str) -> str:
+    return f"{scene}_ours" if scene == "cat" else f"{scene}_base"
+
+
+def _rows(*names: str):
+    return [{"video": n, "status": "ok"} for n in names]
+
+
+# -- 1. a pair of two scenes (a missing video shifts ComfyUI's counters) ------------------------------------
+
+
+def test_first_frames_part_the_real_pairs_from_every_wrong_pair_with_margin():
+    from circle_rotate.eval.pairing import SAME_START_DB, start_psnr
+
+    first = {n: _frames(n)[0] for s in SCENES for n in (_base(s), _lora(s))}
+    right = [start_psnr(first[_base(s)], first[_lora(s)]) for s in SCENES]
+    wrong = [start_psnr(first[_base(a)], first[_lora(b)]) for a, b in permutations(SCENES, 2)]
+    assert min(right) > SAME_START_DB + 15 and max(wrong) < SAME_START_DB - 4, (min(right), max(wrong))
+
+
+def test_a_missing_video_that_shifts_comfyui_counters_leaves_the_wrong_pairs_out(tmp_path, capsys):
+    """Failed before: demo3 was compared with demo4 and every statistic counted it, with no note."""
+    for i, scene in enumerate(("demo2", "demo3", "demo4"), 1):
+        shutil.copy(_gif(_base(scene)), (tmp_path / "base").mkdir(exist_ok=True) or tmp_path / "base" / f"Wan_0000{i}_.gif")
+    for i, scene in enumerate(("demo2", "demo4"), 1):  # demo3's LoRA video is missing
+        shutil.copy(_gif(_lora(scene)), (tmp_path / "lora").mkdir(exist_ok=True) or tmp_path / "lora" / f"Wan_0000{i}_.gif")
+    out = tmp_path / "report"
+    assert main(["-q", "eval", "compare", str(tmp_path / "base"), str(tmp_path / "lora"), "-o", str(out),
+                 "--metrics", "subject_drift", "psnr", "--jobs", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "2 paired videos, 1 in the statistics (1 left out of every statistic" in captured.out
+    assert "Wan_00002_: left out of every statistic: first frames differ (" in captured.err
+    assert "not the same conditioning image; check the pairing (a missing video shifts ComfyUI's counters)" in captured.err
+    data = json.loads((out / "compare.json").read_text())
+    assert list(data["left_out_first_frames"]) == ["Wan_00002_"]
+    assert {m["column"]: m["n"] for m in data["metrics"]}["psnr"] == 1
+    # 6. the header counts what the statistics hold, and the unpaired video's sheet is linked
+    html = (out / "report.html").read_text()
+    assert "2 paired videos, 1 in the statistics" in html and "Left out of every statistic" in html
+    assert "Unpaired videos" in html and "sheets/baseline/Wan_00003_.drift.png" in html
+    assert (out / "sheets" / "baseline" / "Wan_00003_.drift.png").is_file()
+
+
+# -- 2. counters and time stamps in the names -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem, key", [
+    ("demo2_00001_", "demo2"), ("demo2_00003", "demo2"), ("demo2_base_00007_", "demo2"),
+    ("i2v-A14B_832*480_1_a_car_on_a_road_20250801_101500", "i2v-A14B_832*480_1_a_car_on_a_road"),
+    ("20250801-101500-123_42", "42"), ("20250801-101500-123_42_car", "42_car"),
+    ("demo2", None), ("clip_2024", None)])
+def test_name_key_removes_counters_and_timestamps(stem, key):
+    from circle_rotate.eval.pairing import name_key
+
+    assert name_key(stem) == key
+
+
+def test_counters_and_timestamps_do_not_stop_the_pairing():
+    """Failed before: "no video of the baseline has a namesake among the LoRA videos"."""
+    pairs = pair_rows(_rows("demo2_00001_.mp4", "demo4_00002_.mp4"), _rows("demo2_00003_.mp4", "demo4_00004_.mp4"))
+    assert sorted((p.baseline["video"], p.lora["video"]) for p in pairs) == [
+        ("demo2_00001_.mp4", "demo2_00003_.mp4"), ("demo4_00002_.mp4", "demo4_00004_.mp4")]
+    wan = pair_rows(_rows("i2v-A14B_832*480_1_a_cat_20250801_101500.mp4", "i2v-A14B_832*480_1_a_car_20250801_101900.mp4"),
+                    _rows("i2v-A14B_832*480_1_a_car_20250802_090000.mp4", "i2v-A14B_832*480_1_a_cat_20250802_090400.mp4"))
+    assert len(wan) == 2 and all(p.baseline["video"][19:24] == p.lora["video"][19:24] for p in wan)
+    musubi = pair_rows(_rows("20250801-101500-123_42.mp4", "20250801-101900-456_43.mp4"),
+                       _rows("20250802-090000-001_43.mp4", "20250802-090400-002_42.mp4"))
+    assert sorted((p.baseline["video"][-6:], p.lora["video"][-6:]) for p in musubi) == [("42.mp4", "42.mp4"),
+                                                                                       ("43.mp4", "43.mp4")]
+
+
+def test_a_key_two_videos_of_a_side_share_pairs_nothing_and_is_named(tmp_path):
+    with pytest.raises(UserError, match="counter"):
+        pair_rows(_rows("cat_00001_.mp4", "cat_00002_.mp4"), _rows("cat_00003_.mp4"))
+    for name, side in (("cat_00001_.gif", "base"), ("cat_00002_.gif", "base"), ("demo2_00003_.gif", "base"),
+                       ("cat_00004_.gif", "lora"), ("demo2_00005_.gif", "lora")):
+        (tmp_path / side).mkdir(exist_ok=True)
+        scene = "demo2" if name.startswith("demo2") else "cat"
+        shutil.copy(_gif(_base(scene) if side == "base" else _lora(scene)), tmp_path / side / name)
+    outcome = run_compare(tmp_path / "base", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["psnr"], resamples=99)
+    assert [(p.baseline["video"], p.lora["video"]) for p in outcome.pairs] == [("demo2_00003_.gif", "demo2_00005_.gif")]
+    assert any(n.startswith("cat_00001_.gif: no namesake") and "('cat') is shared by" in n for n in outcome.notes)
+    assert not outcome.left_out
+
+
+# -- 3. a boxes file that names more videos than are given -----------------------------------------------------
+
+
+def test_a_boxes_file_naming_other_videos_too_is_used_and_its_unused_keys_noted(tmp_path, capsys):
+    """Failed before: both commands exited 2, "key(s) name no video given"."""
+    labels = json.loads((_gif("demo2_base").parent / "boxes.json").read_text())["videos"]
+    for side, name in (("base", "demo2_base"), ("lora", "demo2_ours")):
+        (tmp_path / side).mkdir()
+        shutil.copy(_gif(name), tmp_path / side)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({f"{k}.gif": labels[k]["boxes"]["0"] for k in ("demo2_base", "demo2_ours", "demo3_base")}))
+    assert main(["-q", "eval", "compare", str(tmp_path / "base"), str(tmp_path / "lora"), "--subject-boxes", str(boxes),
+                 "-o", str(tmp_path / "r"), "--metrics", "subject_drift", "--jobs", "1"]) == 0
+    data = json.loads((tmp_path / "r" / "compare.json").read_text())
+    assert [r["subject_found_by"] for r in data["baseline_videos"] + data["lora_videos"]] == ["user_box", "user_box"]
+    assert any("1 key(s) name no video given" in n and "'demo3_base.gif'" in n for n in data["notes"])
+    capsys.readouterr()
+    out = tmp_path / "one.json"
+    assert main(["-q", "eval", str(tmp_path / "base" / "demo2_base.gif"), "--subject-boxes", str(REAL / "boxes.json"),
+                 "-o", str(out), "--metrics", "subject_drift"]) == 0
+    assert "key(s) name no video given, so their boxes are not used" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["videos"][0]["subject_found_by"] == "user_box" and "demo3_ours" in result["notes"][0]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"nothing.gif": [1, 1, 50, 50]}))
+    assert main(["-q", "eval", str(tmp_path / "base"), "--subject-boxes", str(other)]) == 2
+    assert "no --subject-boxes key names a video given" in capsys.readouterr().err
+
+
+# -- 4. ping-pong --------------------------------------------------------------------------------------------------
+
+
+def test_a_ping_pong_video_is_measured_on_its_first_half(tmp_path):
+    """Failed before: the whole clip was read (102 frames, no note); its PSNR compared the first
+    frame with itself."""
+    from circle_rotate.eval.runner import evaluate
+
+    frames = _frames("demo1_base")
+    write_video(tmp_path / "forward.mp4", frames, fps=16)
+    write_video(tmp_path / "pingpong.mp4", np.concatenate([frames, frames[::-1]]), fps=16)  # FFmpeg reverse + concat
+    write_video(tmp_path / "vhs.mp4", np.concatenate([frames, frames[-2:0:-1]]), fps=16)  # VideoHelperSuite
+    rows = {r["video"]: r for r in evaluate([tmp_path], metrics=["psnr", "orbit"]).rows}
+    note = "a ping-pong video (played forward then back): measured on its first half"
+    assert not any(note in n for n in rows["forward.mp4"]["notes"])
+    for name in ("pingpong.mp4", "vhs.mp4"):
+        assert rows[name]["frames"] == len(frames) and any(note in n for n in rows[name]["notes"])
+        assert rows[name]["psnr"] == pytest.approx(rows["forward.mp4"]["psnr"], abs=0.5)
+        assert rows[name]["orbit_direction"] == rows["forward.mp4"]["orbit_direction"]
+
+
+@pytest.mark.parametrize("scene", SCENES)
+def test_no_real_video_reads_as_ping_pong(scene):
+    from circle_rotate.eval.pingpong import pingpong_length
+
+    for name in (_base(scene), _lora(scene)):
+        grey = _frames(name).mean(axis=3).astype(np.uint8)
+        assert pingpong_length(grey) is None
+        assert pingpong_length(np.concatenate([grey, grey[::-1]])) == len(grey)
+    assert pingpong_length(np.repeat(grey[:1], 12, axis=0)) is None  # a still clip mirrors itself trivially
+
+
+# -- 5. too few frames, or frames too far apart ----------------------------------------------------------------
+
+
+def test_an_orbit_read_from_few_or_far_apart_frames_is_not_trusted(tmp_path):
+    """Failed before: confidence 1.0 on 3 frames."""
+    from circle_rotate.eval.runner import evaluate
+
+    frames = _frames("demo1_base")
+    write_video(tmp_path / "three.mp4", frames[[0, 12, 24]], fps=16)
+    write_video(tmp_path / "whole.mp4", frames, fps=16)
+    rows = {r["video"]: r for r in evaluate([tmp_path], metrics=["orbit"]).rows}
+    assert rows["three.mp4"]["orbit_confidence"] <= 0.25
+    assert any("only 3 distinct frame(s)" in n for n in rows["three.mp4"]["notes"])
+    assert rows["whole.mp4"]["orbit_confidence"] > 0.5 and not any("capped" in n for n in rows["whole.mp4"]["notes"])
+
+
+def test_the_cap_holds_for_implausible_motion_per_frame():
+    from circle_rotate.eval.orbit_metrics import distinct_frames, doubt
+
+    still = np.zeros((6, 32, 32), np.uint8)
+    still[1::2] = 40  # two frames alternating: six frames, all new
+    assert distinct_frames(still) == 6 and distinct_frames(np.repeat(still[:3], 2, axis=0)) == 3
+    assert doubt(6, 1.0) is None and "degrees a frame" in doubt(6, 13.2) and "distinct" in doubt(3, 1.0)
+
+
+# -- 7. the CSV opens in Excel ----------------------------------------------------------------------------------
+
+
+def test_the_csv_starts_with_a_byte_order_mark_and_reads_back(tmp_path):
+    """Failed before: no BOM, so Excel read 动画.gif in the machine's code page."""
+    shutil.copy(_gif("demo2_base"), tmp_path / "动画.gif")
+    out = tmp_path / "r.json"
+    assert main(["-q", "eval", str(tmp_path / "动画.gif"), "-o", str(out), "--csv", "--metrics", "psnr"]) == 0
+    raw = out.with_suffix(".csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    with open(out.with_suffix(".csv"), encoding="utf-8-sig", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["video"] == "动画.gif" and float(row["psnr"]) == pytest.approx(json.loads(out.read_text())["videos"][0]["psnr"])
+
+
+# -- 8. a path that is not there, an MP4 cut off before its index ----------------------------------------------
+
+
+def test_a_missing_path_is_a_usage_error_naming_it(tmp_path, capsys):
+    """Failed before: exit 1, "1 of 1 videos could not be evaluated"."""
+    missing = tmp_path / "nope.mp4"
+    assert main(["-q", "eval", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0] and "not found" in err[0]
+
+
+def test_a_cut_off_mp4_error_names_the_path_first_without_errno(tmp_path):
+    """Failed before: "cannot be opened as a video (InvalidDataError: [Errno 1094995529] ...: '<path>')"."""
+    from circle_rotate.eval.runner import evaluate
+
+    write_video(tmp_path / "full.mp4", _frames("demo2_base"), fps=16)
+    data = (tmp_path / "full.mp4").read_bytes()
+    assert data.find(b"moov") > data.find(b"mdat")  # not faststart: the index is at the end
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    (row,) = evaluate([cut], metrics=["psnr"]).rows
+    assert row["status"] == "error" and row["error"].startswith(f"{cut}: ") and "Errno" not in row["error"]
+    assert row["error"].count(str(cut)) == 1
+
+
+def test_left_out_pairs_are_not_in_the_figures_or_the_statistics():
+    from circle_rotate.eval.compare import compare_pairs
+
+    pairs = [Pair(f"v{i}", {"psnr": 30.0 + i}, {"psnr": 31.0 + i}) for i in range(4)]
+    got = {c.column: c for c in compare_pairs(pairs, resamples=99, left_out=pairs[:1])}
+    assert got["psnr"].n == 3
