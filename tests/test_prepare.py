@@ -340,3 +340,28 @@ def test_a_source_caption_musubi_cannot_read_is_refused_before_any_clip_is_writt
     assert len(err.splitlines()) == 1 and str(raw / "takes" / "clip_0001.txt") in err
     assert "UTF-16" in err and "save them as UTF-8" in err
     assert not out.exists()
+
+
+def test_a_disk_that_fills_up_stops_the_run_and_does_not_blame_the_footage(tmp_path, capsys, monkeypatch):
+    import circle_rotate.prepare.source as source
+    from circle_rotate.kernel.errors import DiskFullError
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _musubi_layout(raw)
+    real, written = source.write_video, []
+
+    def fills_up(path, *args, **kw):  # the second clip meets a full disk, as a tmpfs of 1.5 MB did
+        if written:
+            raise DiskFullError(path, device="tmpfs", need_gb=0.001)
+        written.append(path)
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(source, "write_video", fills_up)
+    assert _prep(raw, out) == 2
+    captured = capsys.readouterr()
+    assert "no space left on tmpfs" in captured.err and "truncated" not in captured.out + captured.err
+    assert not (out / MANIFEST_NAME).exists() or all(s.get("status") != "truncated"
+                                                     for s in _sources(read_manifest(out / MANIFEST_NAME)).values())
+    monkeypatch.setattr(source, "write_video", real)
+    assert _prep(raw, out) == 0  # space again: the same command finishes, the first clip's orphan removed first
+    assert all(s["status"] == "ok" for s in _sources(read_manifest(out / MANIFEST_NAME)).values())

@@ -570,3 +570,18 @@ def test_crop_bars_never_crops_what_is_no_letterbox_of_the_whole_video(raw, tmp_
     (head,) = [r for r in records if r["type"] == "source"]
     assert not any("cropped off" in n or "crop=" in n for n in head["notes"]), head["notes"]
     assert {(r["width"], r["height"]) for r in records if r["type"] == "clip"} == {(160, 96)}
+
+
+def test_an_output_that_is_raw_through_a_link_or_dotdot_is_refused(raw, tmp_path, capsys):
+    link = tmp_path / "link_to_raw"
+    link.symlink_to(raw, target_is_directory=True)
+    before = sorted(p.name for p in raw.iterdir())
+    for out in (link, raw / ".." / raw.name, link / "sub" / ".."):
+        assert _prepare(raw, out) == 2, out
+        assert "raw folder itself" in capsys.readouterr().err
+    inside = tmp_path / "holder"
+    (inside / "raw_inside").mkdir(parents=True)
+    (tmp_path / "holder_link").symlink_to(inside, target_is_directory=True)
+    assert _prepare(inside / "raw_inside", tmp_path / "holder_link") == 2  # RAW inside OUT, through a link
+    assert "inside the output folder" in capsys.readouterr().err
+    assert sorted(p.name for p in raw.iterdir()) == before  # nothing written into RAW

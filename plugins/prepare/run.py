@@ -253,10 +253,12 @@ def _checked_run(raw_dir: Path, out_dir: Path, options: PrepareOptions, *, repai
                         fix="give the folder of all the footage with --prune")
     if not raw.exists():
         raise UserError("raw footage folder not found", path=raw, fix="check the path")
-    if out == raw or (raw.is_file() and out == raw.parent):
+    # through links and ``..`` as the file system sees them: `-o link_to_raw` is RAW itself
+    real_raw, real_out = raw.resolve(), out.resolve()
+    if real_out == real_raw or (raw.is_file() and real_out == real_raw.parent):
         raise UserError("output folder is the raw folder itself; sources are never written to", path=out,
                         fix="choose a separate OUT_DIR")
-    if out in raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
+    if real_out in real_raw.parents:  # prepare writes (and deletes stale) clips under OUT: never where sources are
         raise UserError(f"the raw footage {raw} is inside the output folder", path=out,
                         fix="choose an OUT_DIR that does not hold the sources")
     files = scan_raw(raw, exclude=out)

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import DiskFullError, UnwritableOutputError, UserError
 from circle_rotate.kernel.video_io import (cut_short, iter_decoded_frames, probe_video, shown_notes, spread_frames,
                                           write_video)
 from circle_rotate.media.borders import Bars, letterbox
@@ -214,12 +214,15 @@ def process_source(job: SourceJob) -> List[dict]:
 
     Never raises for a bad source: the problem becomes the source record's status
     ("error", "truncated", "too_short", "no_motion", "rejected") and reason. Even an
-    unexpected failure (a codec PyAV cannot convert, a full disk) is recorded, not
+    unexpected failure (a codec PyAV cannot convert) is recorded, not
     raised, so one file never stops the batch; clips are written atomically, so none is
-    left half-written.
+    left half-written. A full disk or an output folder that takes no files is raised: it is no
+    fault of the footage, and every later source would meet it too.
     """
     try:
         return _process(job)
+    except (DiskFullError, UnwritableOutputError):  # the output's fault: every later source would fail alike
+        raise
     except Exception as exc:  # noqa: BLE001 - reported in the manifest, traceback in the log
         logger.warning("%s: unexpected failure", job.rel, exc_info=True)
         return [_source_record(job, status="error", reason=f"unexpected {exc.__class__.__name__}: {exc}")]
@@ -307,6 +310,10 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
                 for k, src in rs.finish(1.0 / info.fps):
                     _add_sample(st, k, prev, src)
     except UserError as exc:
+        # the source's own fault (cut off, corrupt) ends it early; a full disk or an output that
+        # cannot be written is this run's, and no reason to blame the footage or keep going
+        if isinstance(exc, (DiskFullError, UnwritableOutputError)) or (exc.path and Path(exc.path) != Path(job.path)):
+            raise
         error = exc
     notes = shown_notes(info) + st.notes
     # the container's duration, not the packet count: an edit list (a trim saved without
