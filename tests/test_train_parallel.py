@@ -225,3 +225,17 @@ def test_gpu_ids_of_the_users_config_must_agree_with_gpus(tmp_path):
     assert "fix: set gpu_ids: all" in line
     same = check_config(read_config(config), config, ParallelRequest(gpus=("3", "2", "1", "0"), nodes=2))
     assert not [p for p in same if "gpu_ids" in p.message]
+
+
+def test_swapped_blocks_of_every_process_are_weighed_against_the_hosts_ram():
+    from circle_rotate.musubi.recipe_reader import train_command
+    from circle_rotate.musubi.train_parallel import swap_ram_problems
+    from circle_rotate.musubi.vram import GB
+
+    published = [train_command("reproduce", "low")]  # 30 blocks swapped, as published
+    (warning,) = swap_ram_problems(published, 8, ram=64 * GB)
+    assert "8 processes per node each keep 30 swapped blocks" in warning.message and "~79 GiB" in warning.message
+    assert "--blocks-to-swap 0" in warning.fix
+    assert swap_ram_problems(published, 8, ram=1024 * GB) == []  # room enough
+    assert swap_ram_problems(published, 1, ram=8 * GB) == []  # one process: the recipe's own setting
+    assert swap_ram_problems([train_command("reproduce", "low", env={"BLOCKS_TO_SWAP": "0"})], 8, ram=8 * GB) == []

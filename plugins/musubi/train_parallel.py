@@ -9,6 +9,7 @@ accelerate config and the storage come back as preflight problems, one line each
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -146,6 +147,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
             runs.append(ParallelRun(pl.expert, node, pl, transform(c) if transform else c,
                                     None if user_config else config, maths))
     problems += check_shared_paths(shared, request.nodes)
+    problems += swap_ram_problems([r.command for r in runs], len(request.gpus))
     notes = [line for line in [shared_paths_note(shared) if request.nodes > 1 else None] if line]
     return ParallelPlan(tuple(runs), tuple(problems), tuple(notes))
 
@@ -167,3 +169,43 @@ def describe(plan: ParallelPlan) -> List[str]:
             lines.append(f"# node {node} (--node-rank {node}):")
         lines += [run.command.shell() for run in plan.runs if run.node == node]
     return lines
+
+
+#: Share of this machine's RAM the swapped blocks of all its processes may take before a warning:
+#: each process also peaks while it loads the 28.6 GB expert, and the OS needs its page cache.
+SWAP_RAM_SHARE = 0.6
+
+
+def machine_ram_bytes() -> Optional[int]:
+    """This machine's physical memory, where the OS says (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def swap_ram_problems(commands: Sequence[MusubiCommand], processes_per_node: int, *,
+                      ram: Optional[int] = None) -> List[Problem]:
+    """Host RAM the swapped blocks take on one node: each data-parallel process keeps its own copy
+    (the frozen DiT is outside DDP), so 30 blocks (the published setting) on 8 GPUs hold ~84 GB.
+    A warning when that passes :data:`SWAP_RAM_SHARE` of this machine's RAM (``ram``; the OS's when
+    None), read on the node that runs it."""
+    from circle_rotate.kernel.wan_arch import I2V_A14B
+    from circle_rotate.musubi.vram import GB, block_weight_bytes
+
+    worst = None
+    for command in commands:
+        values = option_values(command.args)
+        blocks = int((values.get("--blocks_to_swap") or ["0"])[0])
+        if blocks and (values.get("--task") or [""])[0] == "i2v-A14B":
+            need = processes_per_node * blocks * block_weight_bytes(I2V_A14B, fp8_base="--fp8_base" in values)
+            worst = max(worst or (0, 0), (need, blocks))
+    if worst is None or processes_per_node < 2:
+        return []
+    need, blocks = worst
+    ram = machine_ram_bytes() if ram is None else ram
+    if ram is None or need <= SWAP_RAM_SHARE * ram:
+        return []
+    return [Problem("warning", "BLOCKS_TO_SWAP", f"{processes_per_node} processes per node each keep {blocks} "
+                    f"swapped blocks in host RAM: ~{need / GB:.0f} GiB of this machine's {ram / GB:.0f} GiB",
+                    "on 48-80 GB cards swap no blocks: --blocks-to-swap 0 (memory only, the same maths)")]

@@ -87,15 +87,21 @@ def lora_parameters(cfg: WanDiTConfig, rank: int) -> int:
     return sum(rank * sum(shapes[f"{m}.weight"]) for m in lora_target_modules(cfg))
 
 
+def block_weight_bytes(cfg: WanDiTConfig, *, fp8_base: bool = True) -> int:
+    """Bytes of one DiT block's frozen weights: its Linear weights in 1 byte with ``--fp8_base``
+    (else 2), the rest in 2. What ``--blocks_to_swap`` keeps in host RAM per block."""
+    block = block_shapes(cfg, 0)
+    linear = sum(_numel(s) for k, s in block.items() if k.endswith(".weight") and len(s) == 2)
+    rest = sum(_numel(s) for s in block.values()) - linear
+    return linear * (1 if fp8_base else 2) + rest * 2
+
+
 def estimate_vram(cfg: WanDiTConfig, *, tokens: int, batch: int = 1, settings: VramSettings = VramSettings(),
                   rank: int = 32, optimizer: str = "adamw8bit") -> VramEstimate:
     """Estimated peak VRAM of one training step (see the module docstring for the terms)."""
-    block = block_shapes(cfg, 0)
-    block_linear = sum(_numel(s) for k, s in block.items() if k.endswith(".weight") and len(s) == 2)
-    block_rest = sum(_numel(s) for s in block.values()) - block_linear
+    block_bytes = block_weight_bytes(cfg, fp8_base=settings.fp8_base)
     total = sum(_numel(s) for s in dit_shapes(cfg).values())
-    other = total - cfg.num_layers * (block_linear + block_rest)
-    block_bytes = block_linear * (1 if settings.fp8_base else 2) + block_rest * 2
+    other = total - cfg.num_layers * sum(_numel(s) for s in block_shapes(cfg, 0).values())
     resident = cfg.num_layers - settings.blocks_to_swap + (1 if settings.blocks_to_swap else 0)
     per_token_block = 44 * cfg.dim + 4 * cfg.ffn_dim
     full_block = tokens * batch * per_token_block
