@@ -53,8 +53,11 @@
 
 # Each group goes where the published command has it.
 CHECKPOINT_ARGS=()
-if [[ "$GRADIENT_CHECKPOINTING" == 1 ]]; then CHECKPOINT_ARGS+=(--gradient_checkpointing); fi
-if [[ "$GRADIENT_CHECKPOINTING_CPU_OFFLOAD" == 1 ]]; then CHECKPOINT_ARGS+=(--gradient_checkpointing_cpu_offload); fi
+if [[ "$GRADIENT_CHECKPOINTING" == 1 ]]; then
+    CHECKPOINT_ARGS+=(--gradient_checkpointing)
+    # musubi offloads only checkpointed activations: without checkpointing the flag would do nothing
+    if [[ "$GRADIENT_CHECKPOINTING_CPU_OFFLOAD" == 1 ]]; then CHECKPOINT_ARGS+=(--gradient_checkpointing_cpu_offload); fi
+fi
 SWAP_ARGS=()
 if [[ "$BLOCKS_TO_SWAP" != 0 ]]; then SWAP_ARGS+=(--blocks_to_swap "$BLOCKS_TO_SWAP"); fi
 if [[ "$VAE_CACHE_CPU" == 1 ]]; then SWAP_ARGS+=(--vae_cache_cpu); fi

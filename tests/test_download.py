@@ -81,3 +81,22 @@ def test_dry_run_shows_sizes_and_refuses_when_disk_is_short(tmp_path, monkeypatc
     monkeypatch.setattr(downloads.shutil, "disk_usage", lambda p: type("U", (), {"free": 10e9})())
     with pytest.raises(UserError, match="needs .* GB but only 10.0 GB"):
         downloads.check_disk(planned, cache_dir=tmp_path)
+
+
+def test_copies_made_where_links_are_not_allowed_are_known_as_ours_on_a_rerun(cache, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.musubi import downloads
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(downloads.os, "symlink", lambda *a, **k: (_ for _ in ()).throw(OSError("no links on exFAT")))
+    to = tmp_path / "loras"
+    for _ in range(2):  # the second run replaces its own copies without --force
+        downloads.check_link_targets("lora", to=to, cache_dir=cache)
+        paths = downloads.fetch("lora", to=to, cache_dir=cache)
+    lora = Path(paths["LORA_HIGH"])
+    assert lora.is_file() and not lora.is_symlink()
+    lora.write_bytes(b"the user's own training run")  # no longer the copy it made: refused again
+    with pytest.raises(UserError, match="not a link into the download cache"):
+        downloads.check_link_targets("lora", to=to, cache_dir=cache)

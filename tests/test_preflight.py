@@ -118,9 +118,21 @@ def test_the_step_count_is_not_guessed_without_clips(ws, tmp_path):
 
 
 def test_cpu_offload_without_checkpointing_is_named(ws):
-    report = run_preflight({**ws, "GRADIENT_CHECKPOINTING": "0", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "1"})
+    from circle_rotate.musubi.preflight import preflight
+    from circle_rotate.musubi.preflight_findings import TrainTarget
+    from circle_rotate.musubi.train import TrainRequest, plan_training
+
+    def offload_alone(command):  # as a hand-edited recipe might pass it (ours add it only with checkpointing)
+        command = tiny_task(command)
+        return command.with_args(edit_options(command.args, {"--gradient_checkpointing": None,
+                                                             "--gradient_checkpointing_cpu_offload": []}))
+
+    plan = plan_training(TrainRequest(("low",), env=tuple(ws.items())), transform=offload_alone)
+    report = preflight([TrainTarget(r.expert, r.command) for r in plan.runs], for_run=False)
     (line,) = [p.one_line() for p in report.problems if "cpu_offload" in p.one_line()]
-    assert "does nothing without --gradient_checkpointing" in line and "GRADIENT_CHECKPOINTING=1" in line
+    assert "does nothing without --gradient_checkpointing" in line and "GRADIENT_CHECKPOINTING_CPU_OFFLOAD=0" in line
+    plain = run_preflight({**ws, "GRADIENT_CHECKPOINTING": "0", "GRADIENT_CHECKPOINTING_CPU_OFFLOAD": "1"}, experts=("low",))
+    assert not [p for p in plain.problems if "cpu_offload" in p.one_line()]  # the recipe drops it with checkpointing
 
 
 def test_swapped_experts(ws):

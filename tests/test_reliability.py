@@ -335,3 +335,13 @@ def test_merge_refuses_up_front_when_the_disk_is_short_and_names_the_shortfall(t
     assert "no space left on" in err and str(out) in err and err.count("\n") == 1
     assert "free 0.001 GB" in err  # the shortfall (a few kB here), not the whole file
     assert not out.exists() and not list(tmp_path.glob(".m*"))
+
+
+def test_two_caption_runs_killed_in_a_row_leave_no_caption_taken_for_a_hand_edit(pc, capsys):
+    first = _KILL_AT_THIRD.replace("len(seen) == 3", "len(seen) == int(os.environ['KILL_AT'])")
+    for subject, kill_at in (("bus", "3"), ("van", "1")):  # the second dies before it writes any caption
+        run = subprocess.run([sys.executable, "-c", first, "caption", str(pc), "--subject", subject],
+                             capture_output=True, text=True, env={**os.environ, "KILL_AT": kill_at})
+        assert run.returncode == -9, run.stderr
+    assert sum("bus" in t for t in _captions(pc)) == 2  # what the first wrote, now named by no run but its own
+    _rerun_takes_the_new_subject(pc, capsys)

@@ -50,7 +50,7 @@ def test_dry_run_prints_the_recipes_exact_commands(real_ws, capsys, monkeypatch)
     assert "error" not in out and "80 GB" in out and "--gradient_checkpointing" in out
 
 
-def test_cpu_offload_without_checkpointing_is_named(real_ws, capsys, monkeypatch):
+def test_checkpointing_turned_off_takes_its_offload_along(real_ws, capsys, monkeypatch):
     import circle_rotate.kernel.disk_space as disk_space
     from circle_rotate.cli.main import main
 
@@ -58,12 +58,30 @@ def test_cpu_offload_without_checkpointing_is_named(real_ws, capsys, monkeypatch
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10**13, 0, 10**13))
     code = main(["train", "low", "--dry-run", "--dit-low", str(real_ws["low"]), "--vae", str(real_ws["vae"]),
                  "--dataset-config", str(real_ws["config"]), "-o", str(real_ws["out"]), "--set",
-                 "GRADIENT_CHECKPOINTING=0", "--cpu-offload"])
+                 "GRADIENT_CHECKPOINTING=0"])
     out = capsys.readouterr().out
     assert code == 0, out
     line = next(x for x in out.splitlines() if "wan_train_network.py" in x)
-    assert "--gradient_checkpointing_cpu_offload" in line and "--gradient_checkpointing " not in line  # --set wins
-    assert "does nothing without --gradient_checkpointing" in out  # musubi offloads only inside it
+    assert "--gradient_checkpointing" not in line  # the offload default goes with it: musubi offloads only inside it
+
+
+def test_an_estimate_above_every_card_is_a_warning(musubi):
+    import argparse
+    from types import SimpleNamespace
+
+    from circle_rotate.musubi.preflight_data import vram_notes
+    from circle_rotate.musubi.preflight_findings import Findings
+
+    clip = SimpleNamespace(bucket=(832, 480), windows=[(0, 81)])  # the published config's 81 frames at 480x832
+    plan = SimpleNamespace(items=[clip], datasets=[SimpleNamespace(section=())])
+    for checkpointing, warned in ((False, True), (True, False)):
+        f = Findings()
+        vram_notes(f, argparse.Namespace(task="i2v-A14B", fp8_base=True, gradient_checkpointing=checkpointing,
+                                         gradient_checkpointing_cpu_offload=False, blocks_to_swap=0, network_dim=32,
+                                         optimizer_type="adamw8bit"), plan)
+        lines = [p.one_line() for p in f.problems]
+        assert bool([x for x in lines if "fits no card up to 80 GB" in x]) == warned, lines
+        assert any(n.strip().startswith("80 GB: 50.0 GiB") for n in f.notes), f.notes  # the advice all the same
 
 
 def test_both_experts_one_per_gpu_or_one_after_the_other():

@@ -7,6 +7,7 @@ from the cache. ``--to DIR`` then links each file under the name the recipes exp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from circle_rotate.kernel.atomic import write_text
 from circle_rotate.kernel.disk_space import short_disks
 from circle_rotate.kernel.errors import UserError
 
@@ -204,10 +206,25 @@ def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = No
     return need
 
 
+#: Beside the files ``-o`` received as copies (where links are not allowed: exFAT, some SMB shares,
+#: Windows without developer mode): their names and sizes, so that a rerun knows them for its own.
+COPIES_RECORD = ".circle-rotate-copies.json"
+
+
+def _copies(folder: Path) -> Dict[str, int]:
+    try:
+        data = json.loads((folder / COPIES_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def _ours(dst: Path, cache: Path) -> bool:
-    """Whether ``dst`` is a link this command made earlier (a symlink into the cache)."""
+    """Whether ``dst`` is what this command made earlier: a symlink into the cache, or a copy it
+    recorded (still of the size it had)."""
     if not dst.is_symlink():
-        return False
+        size = _copies(dst.parent).get(dst.name)
+        return size is not None and dst.is_file() and dst.stat().st_size == size
     target = Path(os.path.realpath(dst))
     root = Path(os.path.realpath(cache))
     return target == root or root in target.parents
@@ -255,9 +272,18 @@ def _link(src: Path, dst: Path) -> None:
     try:
         try:
             os.symlink(src.resolve(), tmp)
+            copied = None
         except OSError:
             shutil.copyfile(src, tmp)
+            copied = tmp.stat().st_size
         os.replace(tmp, dst)
+        record = _copies(dst.parent)
+        if copied is not None or dst.name in record:  # a copy is ours only while the record says so
+            if copied is None:
+                record.pop(dst.name)
+            else:
+                record[dst.name] = copied
+            write_text(dst.parent / COPIES_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
     except BaseException:
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()

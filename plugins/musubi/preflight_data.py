@@ -190,12 +190,16 @@ def vram_notes(f: Findings, ns: argparse.Namespace, plan: Optional[CachePlan]) -
                             cpu_offload=bool(ns.gradient_checkpointing_cpu_offload), blocks_to_swap=ns.blocks_to_swap or 0)
     if settings.cpu_offload and not settings.gradient_checkpointing:  # musubi offloads only inside checkpointing
         f.warning("--gradient_checkpointing_cpu_offload", "does nothing without --gradient_checkpointing (musubi "
-                  "offloads the checkpointed activations only)", "set GRADIENT_CHECKPOINTING=1 too (train: --cpu-offload "
-                  "sets both)")
+                  "offloads the checkpointed activations only)", "set GRADIENT_CHECKPOINTING=1 too, or "
+                  "GRADIENT_CHECKPOINTING_CPU_OFFLOAD=0")
     kw = dict(tokens=tokens, batch=batch, rank=ns.network_dim or 4, optimizer=ns.optimizer_type or "adamw")
     est = estimate_vram(cfg, settings=settings, **kw)
     f.notes.append(f"VRAM estimate (rough, +-30%): {est.total_gb:.1f} GiB with {settings.describe()} "
                    f"({tokens} tokens x batch {batch})")
+    if est.total_gb > max(BUDGETS_GB):
+        f.warning("--gradient_checkpointing", f"the estimate, {est.total_gb:.0f} GiB with {settings.describe()}, fits "
+                  f"no card up to {max(BUDGETS_GB)} GB", "keep the recipes' memory settings (GRADIENT_CHECKPOINTING=1, "
+                  "the default), or take the settings below for your card")
     for budget in BUDGETS_GB:
         # from the bare command, so that the advice is the least a card needs, not more on top of the settings given
         fit = fitting_settings(cfg, budget, base=VramSettings(fp8_base=settings.fp8_base), **kw)

@@ -340,6 +340,10 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
     for rec in accepted_clips(records):
         target = clip_path(out_dir, rec).with_suffix(options.extension)
         found = read_caption_file(target)
+        if found.text is not None and found.text == rec.get(PENDING):
+            # a stopped run wrote it: the record says so before this run's own pending text replaces
+            # it, or a second stop in a row would leave this text named by nothing, a "hand edit"
+            rec[GENERATED] = found.text
         carried = carried_text(rec, found, overwrite=options.overwrite)
         new = caption_for(rec, rows=rows, options=options) if carried is None else carried
         recorded = rec.get(GENERATED) if carried is None else carried
