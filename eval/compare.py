@@ -10,10 +10,8 @@ differ (:func:`circle_rotate.eval.pairing.different_start`) is left out of every
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -356,9 +354,9 @@ def _load_side(path: Path, *, metrics: Sequence[str], jobs: int, options: Option
     from circle_rotate.eval.results_io import read_results
     from circle_rotate.eval.runner import evaluate
 
-    if path.is_file() and path.suffix.lower() == ".json":
+    if _is_results(path):
         return list(read_results(path))
-    return evaluate([path], metrics=metrics, jobs=jobs, options=options).rows
+    return evaluate([path], metrics=metrics, jobs=jobs, options=options, staged_by_caller=True).rows
 
 
 def _side_names(path: Path) -> List[Dict[str, Any]]:
@@ -385,7 +383,7 @@ def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
 
 def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir: os.PathLike | str,
                 metrics: Sequence[str] = ("default",), jobs: int = 1, options: Optional[Mapping[str, Any]] = None,
-                force: bool = False, resamples: int = 9999) -> CompareOutcome:
+                force: bool = False, resamples: int = 9999, inputs: Sequence[os.PathLike | str] = ()) -> CompareOutcome:
     """Evaluate (or read) both sides, pair, compare, and write compare.json, PNGs and report.html.
 
     Args:
@@ -396,11 +394,18 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
         options: learned-backend settings.
         force: replace existing outputs.
         resamples: bootstrap resamples.
+        inputs: the other files the run reads (a subject mask or boxes file, weights): no
+            output may replace one, ``force`` or not, as none may replace a video.
+
+    Everything is written into a staging folder beside ``out_dir`` (and ``options["mask_dir"]``)
+    and moved into place once the comparison is done: an interrupted or failed run leaves an
+    earlier run's report, sheets and masks as they were.
 
     Raises:
         UserError: a missing side, existing outputs without ``force``, or no common names.
     """
-    from circle_rotate.eval.mask_outputs import folders_under, remove_written_since  # OpenCV: only when run
+    from circle_rotate.eval.mask_outputs import check_inputs_kept, files_read, foreign_files, output_names
+    from circle_rotate.eval.staging import Staging, deferred_stop
     from circle_rotate.kernel.atomic import check_output_path
 
     sides = [Path(baseline), Path(lora)]
@@ -414,49 +419,59 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     if same[0] and same[0] == same[1]:  # a results file against its copy, or against the folder it came from
         raise UserError("both sides are the same videos (their paths agree): every difference would read 0",
                         path=sides[1], fix="pass the baseline videos (or their results) and the LoRA's")
-    read = [*sides, *(Path(r["path"]) for rows in listed for r in rows if r.get("path"))]
+    videos = [[Path(r["path"]) for r in rows if r.get("path")] for rows in listed]
+    read = [*sides, *files_read([*videos[0], *videos[1], *inputs])]
     for p in compare_outputs(out):
         check_output_path(p, inputs=read, force=force)
+    mask_dir = (options or {}).get("mask_dir")
+    evaluated = [output_names(vs) if not _is_results(s) else [] for s, vs in zip(sides, videos)]
+    for sheets, side, names in zip(SHEETS, ("baseline", "lora"), evaluated):
+        check_inputs_kept(out / sheets, names, read, masks=False)
+        if mask_dir:
+            check_inputs_kept(Path(mask_dir) / side, names, read)
+            foreign = [f for n in names for f in foreign_files(Path(mask_dir) / side / n)]
+            if foreign:  # before any work: a user's files there are never overwritten
+                raise UserError(f"--save-masks would write into {foreign[0].parent}, which holds files eval did not "
+                                f"write (first: {foreign[0].name})", path=mask_dir, fix="name another --save-masks folder")
     from circle_rotate.eval.runner import box_key_notes, unmatched_box_keys
 
     # one boxes file for both sides (a labelled set names both demo2_base and demo2_ours): each
     # side is given the keys of its own videos, and only a key neither side has is named
     boxes = (options or {}).get("subject_boxes") or {}
-    videos = [[Path(r["path"]) for r in rows if r.get("path")] for rows in listed]
     run_notes = box_key_notes(videos[0] + videos[1], boxes)
     side_boxes = {side: {k: v for k, v in boxes.items() if k not in unmatched_box_keys(vs, boxes)}
                   for side, vs in zip(("baseline", "lora"), videos)}
+    # what this run writes is no comparison until it is done: staged, so that an interrupted run
+    # leaves the earlier report as it was and the same command can run again
+    with Staging([out, *([mask_dir] if mask_dir else [])]) as stage:
 
-    def side_options(sheets: str, side: str) -> Dict[str, Any]:
-        opts = {**(options or {}), "sheet_dir": str(out / sheets)}
-        if boxes:
-            opts["subject_boxes"] = side_boxes[side]
-        if opts.get("mask_dir"):  # both sides may hold a demo1.mp4: one folder each
-            opts["mask_dir"] = str(Path(opts["mask_dir"]) / side)
-        return opts
+        def side_options(sheets: str, side: str) -> Dict[str, Any]:
+            opts = {**(options or {}), "sheet_dir": str(stage.here(out) / sheets)}
+            if boxes:
+                opts["subject_boxes"] = side_boxes[side]
+            if mask_dir:  # both sides may hold a demo1.mp4: one folder each
+                opts["mask_dir"] = str(stage.here(mask_dir) / side)
+            return opts
 
-    started, standing = time.time(), folders_under(out / "sheets", (options or {}).get("mask_dir"))
-    try:
-        return _compare(sides, out, metrics=metrics, jobs=jobs, options=side_options, resamples=resamples,
-                        run_notes=run_notes)
-    except BaseException:
-        # what this run wrote is no comparison yet: gone, so that the same command can run again
-        remove_written_since(out / "sheets", (options or {}).get("mask_dir"), since=started, keep=standing)
-        for p in compare_outputs(out):
-            with contextlib.suppress(OSError):
-                if p.stat().st_mtime >= started:
-                    p.unlink()
-        raise
+        outcome = _compare(sides, out, stage=stage, metrics=metrics, jobs=jobs, options=side_options,
+                           resamples=resamples, run_notes=run_notes)
+        with deferred_stop():
+            stage.commit()
+    return outcome
 
 
-def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
+def _is_results(side: Path) -> bool:
+    return side.is_file() and side.suffix.lower() == ".json"
+
+
+def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], jobs: int,
              options: Callable[[str, str], Dict[str, Any]], resamples: int,
              run_notes: Sequence[str] = ()) -> CompareOutcome:
     from circle_rotate.eval.plots import compare_figures
     from circle_rotate.eval.report import render_report
     from circle_rotate.kernel.atomic import write_bytes, write_json, write_text
 
-    base_rows, lora_rows = (_load_side(s, metrics=metrics, jobs=jobs, options=options(d, n))
+    base_rows, lora_rows = (stage.final_rows(_load_side(s, metrics=metrics, jobs=jobs, options=options(d, n)))
                             for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
     differ, unchecked = different_starts(pairs)
@@ -480,9 +495,11 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
               if all(p is not q for q, _ in unlike)]
     notes += measured_unlike(pairs)
     figures = compare_figures([p for p in pairs if id(p) not in other_scene], comparisons)
+    here = stage.here(out)  # written there, named as they will be once moved into place
     written = []
     for name, data in figures.items():
-        written.append(write_bytes(out / name, data))
+        write_bytes(here / name, data)
+        written.append(out / name)
     summary = {"baseline": str(sides[0]), "lora": str(sides[1]), "pairs": [p.name for p in pairs],
                "metrics": [c.to_dict() for c in comparisons], "headline": [c.headline() for c in comparisons],
                "drift_left_out": {p.name: why for p, why in left_out},
@@ -490,12 +507,13 @@ def _compare(sides: List[Path], out: Path, *, metrics: Sequence[str], jobs: int,
                "left_out_first_frames": {p.name: why for p, why in differ},
                "notes": notes, "baseline_videos": base_rows, "lora_videos": lora_rows}
     json_path, html_path = compare_outputs(out)[:2]
-    written.append(write_json(json_path, summary))
-    written.append(write_text(html_path, render_report(title="circle-rotate: baseline vs LoRA", baseline=str(sides[0]),
-                                                        lora=str(sides[1]), pairs=pairs, comparisons=comparisons,
-                                                        figures=figures, notes=notes, left_out=left_out,
-                                                        left_out_all=[*differ, *unlike], unpaired=unpaired,
-                                                        base_dir=out)))
+    write_json(here / json_path.name, summary)
+    write_text(here / html_path.name, render_report(title="circle-rotate: baseline vs LoRA", baseline=str(sides[0]),
+                                                    lora=str(sides[1]), pairs=pairs, comparisons=comparisons,
+                                                    figures=figures, notes=notes, left_out=left_out,
+                                                    left_out_all=[*differ, *unlike], unpaired=unpaired,
+                                                    base_dir=out))
+    written += [json_path, html_path]
     written += [Path(r["contact_sheet"]) for r in base_rows + lora_rows if r.get("contact_sheet")
                 and Path(r["contact_sheet"]).is_relative_to(out)]
     failed = sum(r.get("status") != "ok" for r in base_rows + lora_rows)

@@ -6,7 +6,6 @@ written atomically, so an interrupted run leaves no half-written PNG.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections import Counter
@@ -20,7 +19,7 @@ from circle_rotate.eval.contact_sheet import contact_sheet, png_bytes
 from circle_rotate.eval.frames import Clip
 from circle_rotate.eval.subject_mask import SubjectMasks
 from circle_rotate.kernel.atomic import write_bytes
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import InputOverwriteError, UserError
 
 
 def output_names(videos: Sequence[os.PathLike | str]) -> List[str]:
@@ -151,35 +150,29 @@ def holds_outputs(folder: os.PathLike | str) -> bool:
     return root.is_dir() and (is_masks_folder(root) or any(is_masks_folder(d) for d in root.iterdir() if d.is_dir()))
 
 
-def folders_under(*folders: Optional[os.PathLike | str]) -> set:
-    """Every folder under ``folders`` (and they themselves) that exists now: what
-    :func:`remove_written_since` leaves standing."""
-    found = set()
-    for folder in filter(None, folders):
-        root = Path(folder)
-        if root.is_dir():
-            found |= {root, *(d for d in root.rglob("*") if d.is_dir())}
-    return found
+def files_read(paths: Sequence[os.PathLike | str]) -> List[Path]:
+    """``paths`` with every file under those that are folders (a folder of frames, of weights)."""
+    out: List[Path] = []
+    for p in map(Path, paths):
+        out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    return out
 
 
-def remove_written_since(*folders: Optional[os.PathLike | str], since: float, keep: set) -> None:
-    """Delete the contact sheets and masks under ``folders`` written at or after ``since``
-    (``time.time()``), and the empty folders not in ``keep`` (:func:`folders_under`, taken
-    before): an interrupted run's, which no results file names. An earlier run's files and the
-    user's own folders stay."""
-    for folder in filter(None, folders):
-        root = Path(folder)
-        if not root.is_dir():
-            continue
-        for f in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their folders
-            try:
-                ours = f.name.endswith(SHEET_SUFFIX) or _is_mask_png(f)
-                if f.is_file() and ours and f.stat().st_mtime >= since:
-                    f.unlink()
-                elif f.is_dir() and f not in keep and not any(f.iterdir()):
-                    f.rmdir()
-            except OSError:  # gone already, or not ours to remove
-                continue
-        if root not in keep:
-            with contextlib.suppress(OSError):
-                root.rmdir()
+def check_inputs_kept(folder: os.PathLike | str, names: Sequence[str], inputs: Sequence[os.PathLike | str], *,
+                      masks: bool = True) -> None:
+    """Refuse, ``--force`` or not, to write contact sheets (``FOLDER/<name>.drift.png``) or masks
+    (``FOLDER/<name>/``, where an earlier run's frames are removed too) where a file the run
+    reads is (:func:`files_read`): a ``--subject-mask`` taken from an earlier run's masks, say.
+
+    Raises:
+        InputOverwriteError: naming the output and the input.
+    """
+    root = Path(folder)
+    read = [(Path(p).absolute(), Path(p).resolve()) for p in inputs]
+    for name in names:
+        sheet, own = root / f"{name}{SHEET_SUFFIX}", root / name
+        for given, real in read:
+            if given == sheet.absolute() or real == sheet.resolve():
+                raise InputOverwriteError(sheet, source=given)
+            if masks and (own.absolute() in given.parents or own.resolve() in real.parents):
+                raise InputOverwriteError(own / given.name, source=given)

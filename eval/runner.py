@@ -18,7 +18,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -26,9 +26,10 @@ import numpy as np
 import circle_rotate
 from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
-from circle_rotate.eval.mask_outputs import (folders_under, foreign_files, is_masks_folder, is_report_folder, output_names,
-                                             remove_written_since, write_contact_sheet, write_masks)
+from circle_rotate.eval.mask_outputs import (foreign_files, is_masks_folder, is_report_folder, output_names,
+                                             write_contact_sheet, write_masks)
 from circle_rotate.eval.registry import COLUMNS, resolve
+from circle_rotate.eval.staging import deferred_stop, staged
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
 from circle_rotate.kernel.progress import progress
@@ -294,7 +295,8 @@ def usable_cores() -> int:
 
 
 def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("default",), jobs: int = 1,
-             options: Optional[Mapping[str, Any]] = None, threads: Optional[int] = None) -> EvalResults:
+             options: Optional[Mapping[str, Any]] = None, threads: Optional[int] = None,
+             finish: Optional[Callable[[EvalResults], Any]] = None, staged_by_caller: bool = False) -> EvalResults:
     """Evaluate every video under ``paths``.
 
     Args:
@@ -304,6 +306,13 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
         options: backend settings for learned metrics (e.g. ``{"weights": {"clip": DIR}}``).
         threads: flows each video computes at once; by default the cores are shared out
             between the videos evaluated at once (one video alone gets them all).
+        finish: called with the results (their contact sheets and masks named where they will
+            be) before those are moved into place, e.g. to write the results file; if it
+            raises, nothing is moved.
+        staged_by_caller: ``options``' ``sheet_dir`` and ``mask_dir`` are a staging area the
+            caller moves into place (:mod:`~circle_rotate.eval.staging`); otherwise this run's
+            sheets and masks are written into one of its own, and moved into place only once
+            every video is done: an interrupted or failed run leaves an earlier run's as they were.
 
     Returns:
         :class:`EvalResults` with one row per video in input order.
@@ -328,9 +337,31 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
             raise UserError(f"--save-masks would write the masks of {name} into {Path(mask_dir) / name}, which holds "
                             f"files eval did not write (first: {foreign[0].name})", path=mask_dir,
                             fix="name another --save-masks folder")
-    start, started = time.perf_counter(), time.time()
-    output_folders = ((options or {}).get("sheet_dir"), (options or {}).get("mask_dir"))
-    standing = folders_under(*output_folders)
+    start = time.perf_counter()
+    if staged_by_caller:
+        rows = _evaluate_all(videos, names, jobs=jobs, options=options, threads=threads, written_as=written_as)
+        results = EvalResults(rows, names, aggregate(rows), time.perf_counter() - start, box_notes)
+        if finish is not None:
+            finish(results)
+        return results
+    with staged(options) as (stage_options, stage):
+        rows = _evaluate_all(videos, names, jobs=jobs, options=stage_options, threads=threads, written_as=written_as)
+        if stage is not None:
+            rows = stage.final_rows(rows)
+        results = EvalResults(rows, names, aggregate(rows), time.perf_counter() - start, box_notes)
+        if stage is not None:
+            stage.check()  # before the results file is written: it must not name masks never moved
+        with deferred_stop():  # the results file and the files it names: all of them, or none
+            if finish is not None:
+                finish(results)
+            if stage is not None:
+                stage.commit()
+    return results
+
+
+def _evaluate_all(videos: Sequence[Path], names: Sequence[str], *, jobs: int, options: Optional[Mapping[str, Any]],
+                  threads: Optional[int], written_as: Sequence[str]) -> List[Dict[str, Any]]:
+    """One row per video, in their order, ``jobs`` videos at once."""
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
     workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
     # a video's flows are most of its cost, and OpenCV computes each on one core: a video
@@ -369,12 +400,6 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
                 stop_workers(pool)
                 raise
             pool.shutdown()
-    except BaseException:
-        # no results file will name them: sheets and masks without their numbers would only make
-        # the rerun ask for --force
-        remove_written_since(*output_folders, since=started, keep=standing)
-        raise
     finally:
         bar.close()
-    done = [r for r in rows if r is not None]
-    return EvalResults(done, names, aggregate(done), time.perf_counter() - start, box_notes)
+    return [r for r in rows if r is not None]

@@ -57,7 +57,9 @@ def test_ctrl_c_to_eval_compare_alone_stops_its_workers_and_keeps_nothing(sides,
             "--jobs", "2"]
     run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list((out / "sheets").rglob("*.drift.png")) and run.poll() is None and time.time() < deadline:
+    # the sheets are staged beside the report folder until the whole comparison is done
+    while not list(tmp_path.glob(".cmp.circle-rotate-partial-*/sheets/*/*.drift.png")) and run.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.05)
     workers = _children(run.pid)
     os.kill(run.pid, signal.SIGINT)
@@ -70,6 +72,7 @@ def test_ctrl_c_to_eval_compare_alone_stops_its_workers_and_keeps_nothing(sides,
     time.sleep(1.0)
     assert workers and not [p for p in workers if _alive(p)]
     assert not [p for p in out.rglob("*") if p.is_file()]  # the first side's sheets went too
+    assert not list(tmp_path.glob(".cmp.*"))  # and the staging folder they were in
 
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -84,7 +87,8 @@ def test_ctrl_c_to_eval_removes_only_what_the_run_wrote(sides, tmp_path):
             "--save-masks", str(masks), "--jobs", "2"]
     run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(masks.glob("*.drift.png")) and run.poll() is None and time.time() < deadline:
+    while not list(tmp_path.glob(".masks.circle-rotate-partial-*/*.drift.png")) and run.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.05)
     os.kill(run.pid, signal.SIGINT)
     run.communicate(timeout=60)
@@ -93,4 +97,38 @@ def test_ctrl_c_to_eval_removes_only_what_the_run_wrote(sides, tmp_path):
     assert run.returncode == 130
     left = sorted(p.relative_to(masks).as_posix() for p in masks.rglob("*"))
     assert left == ["mine", "mine/empty", "notes.txt"]
-    assert not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "r.json").exists() and not list(tmp_path.glob(".masks.*"))
+
+
+def _digests(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ctrl_c_to_a_force_rerun_keeps_the_earlier_runs_masks_and_sheets(sides, tmp_path):
+    """``--save-masks DIR --force`` replaces an earlier run's files only once the rerun is done:
+    stopped after its first sheets, every earlier file is there as it was, and the results file
+    that names them too."""
+    masks = tmp_path / "masks"
+    argv = [sys.executable, "-m", "circle_rotate", "-q", "eval", str(sides[0]), "-o", str(tmp_path / "r.json"),
+            "--csv", "--save-masks", str(masks), "--jobs", "2"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _digests(tmp_path)
+    assert len([p for p in before if p.name.endswith(".drift.png")]) == 6
+
+    done = max(p.stat().st_mtime for p in before)
+    run = subprocess.Popen([*argv, "--force", "--subject-box", "30,20,130,80"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while run.poll() is None and time.time() < deadline:  # a sheet of the rerun's, staged or (were it) in place
+        sheets = [*tmp_path.glob(".masks.circle-rotate-partial-*/*.drift.png"), *masks.glob("*.drift.png")]
+        if [p for p in sheets if p.exists() and p.stat().st_mtime > done]:
+            break
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("the evaluation finished before the signal arrived (a fast machine): nothing to see")
+    assert run.returncode == 130
+    assert err.strip().splitlines()[-1] == "circle-rotate eval: interrupted; no partial output was kept", err[-2000:]
+    assert _digests(tmp_path) == before  # byte for byte, and nothing else

@@ -219,7 +219,8 @@ def run_compare(args: argparse.Namespace) -> int:
                         fix="give compare first-frame boxes only, or evaluate each side with eval run --subject-boxes "
                             "(-o base.json, -o lora.json) and compare the two results files")
     outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
-                      options={**_options(args.weights), **subject}, force=args.force)
+                      options={**_options(args.weights), **subject}, force=args.force,
+                      inputs=_files_given(args))
     if args.json:
         print_json({"pairs": len(outcome.pairs), "left_out": list(outcome.left_out), "comparisons": [c.to_dict() for c in outcome.comparisons],
                     "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
@@ -239,21 +240,36 @@ def _paths(args: argparse.Namespace) -> List[str]:
     return list(args.paths) + list(args.more_paths)
 
 
+def _files_given(args: argparse.Namespace) -> List[Path]:
+    """The files besides the videos that the run reads: the subject's mask or boxes, the weights."""
+    given = [p for p in (args.subject_mask, args.subject_boxes) if p is not None]
+    return given + [Path(item.partition("=")[2].strip()) for item in args.weights]
+
+
 def run(args: argparse.Namespace) -> int:
+    from circle_rotate.eval.mask_outputs import check_inputs_kept, files_read, output_names
     from circle_rotate.eval.results_io import check_outputs, write_results
-    from circle_rotate.eval.runner import evaluate
+    from circle_rotate.eval.runner import evaluate, find_videos
 
     paths = _paths(args) + list(args.input_dir)
     if not paths:
         raise UserError("no videos given", fix="circle-rotate eval VIDEO_OR_FOLDER... (see --help)")
-    if args.out is not None:
-        check_outputs(args.out, csv_too=args.csv, force=args.force, inputs=paths)
-    elif args.csv:
+    if args.out is None and args.csv:
         raise UserError("--csv needs -o results.json", fix="add -o results.json")
     options = {**_options(args.weights), **_subject_options(args)}
-    results = evaluate(paths, metrics=_metrics(args), jobs=_jobs(args.jobs), options=options)
+    videos = find_videos(paths)
+    read = files_read([*videos, *_files_given(args)])  # no output may replace one, --force or not
     if args.out is not None:
-        written = write_results(results, args.out, csv_too=args.csv)
+        check_outputs(args.out, csv_too=args.csv, force=args.force, inputs=read)
+    if args.save_masks is not None:
+        check_inputs_kept(args.save_masks, output_names(videos), read)
+    written: List[Path] = []
+
+    def finish(results) -> None:  # before the masks are moved into place: both, or neither
+        written.extend(write_results(results, args.out, csv_too=args.csv))
+
+    results = evaluate(paths, metrics=_metrics(args), jobs=_jobs(args.jobs), options=options,
+                       finish=finish if args.out is not None else None)
     if args.json:
         print_json(results.to_dict())
     else:
