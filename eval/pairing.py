@@ -1,5 +1,10 @@
-"""What makes a baseline video and a LoRA video one pair: their names without the counters and
+"""What makes a baseline video and a LoRA video one pair: their names, without the counters and
 timestamps generators add, and the first frame they share.
+
+By name: identical file stems first; when none match, the stems are compared after removing
+what all names on one side share at the start or end (``demo2_base.gif`` pairs with
+``demo2_ours.gif``); videos still unpaired then pair by their names without a generator's
+counter or timestamp (:func:`name_key`).
 
 An image-to-video model starts every video of one scene at the same conditioning image, so a
 baseline video and its LoRA video agree on their first frame (the study's 7 real pairs: 36.8 dB
@@ -11,11 +16,17 @@ each side, and one video missing on one side shifts every later number by one.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Optional
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from circle_rotate.kernel.errors import UserError
 
 #: First-frame PSNR (dB, grey, 64 px short side) below which two videos do not start at the same
 #: conditioning image. Real pairs read 25.8 dB and up, different scenes 13.7 dB and down: 18 dB
@@ -85,3 +96,152 @@ def different_start(psnr_db: float) -> Optional[str]:
         return None
     return (f"first frames differ ({psnr_db:.1f} dB): not the same conditioning image; check the pairing "
             "(a missing video shifts ComfyUI's counters)")
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    baseline: Mapping[str, Any]
+    lora: Mapping[str, Any]
+
+
+def _affix(stems: Sequence[str]) -> Tuple[int, int]:
+    """Lengths of the prefix and suffix that every stem shares (none for a single stem)."""
+    if len(stems) < 2:
+        return 0, 0
+    pre = len(os.path.commonprefix(list(stems)))
+    suf = len(os.path.commonprefix([s[::-1] for s in stems]))
+    shortest = min(len(s) for s in stems)
+    pre = min(pre, shortest - 1)
+    return pre, min(suf, shortest - pre - 1)
+
+
+def _keys(rows: Sequence[Mapping[str, Any]], *, prefix: bool, suffix: bool) -> Dict[str, Mapping[str, Any]]:
+    stems = [Path(r["video"]).stem for r in rows]
+    pre, suf = _affix(stems)
+    pre, suf = (pre if prefix else 0), (suf if suffix else 0)
+    return {s[pre:len(s) - suf]: r for s, r in zip(stems, rows)}
+
+
+def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]],
+              own_side: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Why an evaluated video has no pair: its namesake failed (a black video, a corrupt file),
+    another video of its side has its name, or there is none."""
+    stem = Path(row["video"]).stem
+    failed = [r["video"] for r in other_side if r.get("status") != "ok" and Path(r["video"]).stem == stem]
+    if failed:
+        return f"{row['video']}: its namesake {failed[0]} could not be evaluated, so the pair is left out"
+    twins = [r["video"] for r in own_side if r is not row and r.get("status") == "ok" and Path(r["video"]).stem == stem]
+    if twins:
+        return (f"{row['video']}: {twins[0]} on its side has its name too, so only a namesake with the same file name "
+                f"pairs with it, and the other side has none; name the videos apart")
+    key = name_key(stem)
+    alike = [r["video"] for r in (*own_side, *other_side) if r is not row and r.get("status") == "ok"
+             and name_key(Path(r["video"]).stem) == key] if key else []
+    if len(alike) > 1 or any(r is not row and r["video"] in alike for r in own_side):
+        return (f"{row['video']}: no namesake on the other side, and its name without the counter or timestamp "
+                f"({key!r}) is shared by {', '.join(alike[:3])}, so it is not paired by it; name the videos apart")
+    return f"{row['video']}: no namesake on the other side"
+
+
+def _twin_stems(rows: Sequence[Mapping[str, Any]]) -> set:
+    """Stems two or more of ``rows`` share (``demo1.gif`` beside ``demo1.mp4``)."""
+    stems = Counter(Path(r["video"]).stem for r in rows)
+    return {s for s, n in stems.items() if n > 1}
+
+
+def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> List[Pair]:
+    """Pair ok rows by video name (see the module docstring).
+
+    Raises:
+        UserError: no video name in common.
+    """
+    base_ok = [r for r in baseline if r.get("status") == "ok"]
+    lora_ok = [r for r in lora if r.get("status") == "ok"]
+    # Where one side holds two videos of one stem (demo1.gif beside demo1.mp4), a stem names no
+    # single video: those pair by their whole file name only, and the rest by stem as usual.
+    twins = _twin_stems(base_ok) | _twin_stems(lora_ok)
+    by_name = {r["video"]: r for r in lora_ok if Path(r["video"]).stem in twins}
+    pairs = [Pair(r["video"], r, by_name[r["video"]]) for r in base_ok
+             if Path(r["video"]).stem in twins and r["video"] in by_name]
+    base_ok = [r for r in base_ok if Path(r["video"]).stem not in twins]
+    lora_ok = [r for r in lora_ok if Path(r["video"]).stem not in twins]
+    found = len(pairs)
+    for prefix, suffix in ((False, False), (False, True), (True, True)):
+        b, l = _keys(base_ok, prefix=prefix, suffix=suffix), _keys(lora_ok, prefix=prefix, suffix=suffix)
+        common = [k for k in b if k in l]
+        if common:
+            pairs = pairs[:found] + [Pair(k, b[k], l[k]) for k in common]
+            break
+    # names marked by side on only some videos (demo1_base / demo1_ours beside demo2 / demo2)
+    taken = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
+    b = _by_unmarked([r for r in base_ok if id(r) not in taken])
+    l = _by_unmarked([r for r in lora_ok if id(r) not in taken])
+    pairs += [Pair(k, b[k], l[k]) for k in b if k in l and k not in {p.name for p in pairs}]
+    pairs += _by_key(base_ok, lora_ok, pairs)
+    if not pairs:
+        raise UserError("no video of the baseline has a namesake among the LoRA videos",
+                        fix="name each pair alike (demo1.mp4 in both folders, or demo1_base / demo1_lora); a "
+                            "counter (ComfyUI's _00001_, VideoHelperSuite's _00001), Wan generate.py's timestamp "
+                            "and musubi's time prefix are passed over, so the rest of the names must agree")
+    return pairs
+
+
+def _by_key(base_ok: Sequence[Mapping[str, Any]], lora_ok: Sequence[Mapping[str, Any]],
+            pairs: Sequence[Pair]) -> List[Pair]:
+    """Pairs of the rows still unpaired by their names without a counter or timestamp
+    (:func:`~circle_rotate.eval.pairing.name_key`): ComfyUI counts its outputs on, so a baseline's
+    demo2_00001_ is a LoRA's demo2_00003_. A key two videos of one side share pairs nothing."""
+    taken = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
+    names = {p.name for p in pairs}
+
+    def unique(rows):
+        keys = [name_key(Path(r["video"]).stem) for r in rows]
+        return {k: r for k, r in zip(keys, rows) if k is not None and keys.count(k) == 1 and id(r) not in taken}
+
+    b, l = unique(base_ok), unique(lora_ok)
+    return [Pair(k, b[k], l[k]) for k in b if k in l and k not in names]
+
+
+def _by_unmarked(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:
+    """Rows by their stem without a side mark, where that leaves the names apart."""
+    keys = [SIDE_MARK.sub("", Path(r["video"]).stem) for r in rows]
+    return {k: r for k, r in zip(keys, rows) if keys.count(k) == 1}
+
+
+def _first_frame(row: Mapping[str, Any]) -> Optional[np.ndarray]:
+    """The first frame of the row's video, or None where it cannot be read any more (a results
+    file whose videos moved)."""
+    from circle_rotate.kernel.video_io import iter_frames
+
+    path = row.get("path")
+    if not path or not Path(path).exists():
+        return None
+    frames = iter_frames(path, max_side=512)
+    try:
+        return next(frames, None)
+    except UserError:
+        return None
+    finally:
+        frames.close()
+
+
+def different_starts(pairs: Sequence[Pair], *, first_frame: Callable[[Mapping[str, Any]], Optional[np.ndarray]]
+                     = _first_frame) -> Tuple[List[Tuple[Pair, str]], List[str]]:
+    """Pairs whose two videos do not start at the same conditioning image
+    (:func:`~circle_rotate.eval.pairing.different_start`), with why; and the pairs whose first
+    frames could not be read to check it.
+
+    Returns:
+        ``([(pair, reason)], [pair name])``.
+    """
+    differ, unchecked = [], []
+    for p in pairs:
+        a, b = first_frame(p.baseline), first_frame(p.lora)
+        if a is None or b is None:
+            unchecked.append(p.name)
+            continue
+        why = different_start(start_psnr(a, b))
+        if why:
+            differ.append((p, why))
+    return differ, unchecked

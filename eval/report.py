@@ -55,7 +55,7 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
     Args:
         title: page heading.
         baseline, lora: where each side came from (shown as given).
-        pairs: :class:`circle_rotate.eval.compare.Pair` list.
+        pairs: :class:`circle_rotate.eval.pairing.Pair` list.
         comparisons: :class:`circle_rotate.eval.compare.Comparison` list.
         figures: PNG bytes by file name (embedded in that order).
         notes: extra lines (unpaired videos, failures).

@@ -233,7 +233,7 @@ def test_a_report_written_inside_a_side_is_not_read_as_a_video_on_the_next_run(s
 
 
 def test_two_videos_of_one_name_on_a_side_pair_by_their_whole_file_name_only():
-    from circle_rotate.eval.compare import _unpaired
+    from circle_rotate.eval.pairing import _unpaired
 
     rows = lambda *names: [{"video": n, "status": "ok"} for n in names]  # noqa: E731
     base, lora = rows("demo1.gif", "demo1.mp4", "demo2.mp4"), rows("demo1.gif", "demo2.mp4")

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.eval.compare import Pair, pair_rows, run_compare
+from circle_rotate.eval.compare import run_compare
+from circle_rotate.eval.pairing import Pair, pair_rows
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import decode_all, write_video
 
