@@ -318,6 +318,11 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     pairs = pair_rows(base_rows, lora_rows)
     differ, unchecked = different_starts(pairs)
     other_scene = {id(p) for p, _ in differ}
+    # a pair of another size, length or rate is named for that, which the user can check at a
+    # glance, and not for its first frames (one side's first frames dropped, or another scene)
+    unlike = mismatched_pairs(pairs)
+    first_why = {id(p): why for p, why in differ}
+    differ = [(p, why) for p, why in differ if all(p is not q for q, _ in unlike)]
     comparisons = compare_pairs(pairs, resamples=resamples, left_out=[p for p, _ in differ])
     left_out = [(p, why) for p, why in unreliable_pairs(pairs) if id(p) not in other_scene]
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
@@ -330,9 +335,9 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     if unchecked:
         notes.append(f"{', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}: the first frames were not "
                      "compared (the videos cannot be read where the results say), so the pairing is not checked")
-    unlike = [(p, why) for p, why in mismatched_pairs(pairs) if id(p) not in other_scene]
     notes += [f"{p.name}: left out of every statistic: the two videos were not generated alike ({why}); generate "
-              f"both at the same size, length and frame rate" for p, why in unlike]
+              f"both at the same size, length and frame rate"
+              + (f"; also, its {first_why[id(p)]}" if id(p) in first_why else "") for p, why in unlike]
     notes += [f"{p.name}: left out of the drift and subject-flow statistics ({why})" for p, why in left_out
               if all(p is not q for q, _ in unlike)]
     notes += measured_unlike(pairs)

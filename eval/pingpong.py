@@ -25,8 +25,9 @@ SHARE = 0.9
 DISTINCT = 1.0
 #: Frames a neighbour is looked for away from its frame.
 NEAR = 3
-#: Grey levels (mean absolute difference) the turn frame must lie from the first: a still clip
-#: mirrors itself trivially.
+#: Grey levels (mean absolute difference) some frame of the forward half must lie from the first:
+#: a still clip mirrors itself trivially. The largest change counts, not the turn frame's: a
+#: 360-degree orbit turns back at the view it started from.
 MIN_CHANGE = 2.0
 
 
@@ -79,6 +80,6 @@ def pingpong_length(grey: np.ndarray) -> Optional[int]:
             j = s - i
             near = [mad(i, k) for k in _neighbours(j, turn, mad)]
             closer += bool(near) and mad(i, j) < CLOSER * min(near)
-        if closer >= SHARE * len(second) and mad(0, turn) >= MIN_CHANGE:
+        if closer >= SHARE * len(second) and max(mad(0, j) for j in range(1, turn + 1)) >= MIN_CHANGE:
             return turn + 1
     return None
