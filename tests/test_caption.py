@@ -11,7 +11,7 @@ import pytest
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.video_io import write_video
-from circle_rotate.prepare.caption import CaptionOptions, caption_dataset, caption_for, folder_subject
+from circle_rotate.prepare.caption import CaptionOptions, caption_dataset, caption_for, folder_subject, read_caption_file
 from circle_rotate.prepare.subject_map import lookup, read_subject_map
 from circle_rotate.prepare.caption_templates import TRAJECTORY, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest, write_manifest
@@ -328,3 +328,13 @@ def test_a_caption_carried_from_the_source_is_kept_like_a_hand_edit_until_force(
     assert (r.written, r.carried) == (2, ()) and a.read_text() == "a car, Circle Left->Right\n"
     clip = [c for c in read_manifest(prepared / MANIFEST_NAME) if c.get("clip")][0]
     assert (clip["caption"], clip["source_caption"]) == ("a car, Circle Left->Right", "red_car/a.txt")
+
+
+@pytest.mark.parametrize("data", [b"A car.\r\nSecond line.\r\n", b"A car.\rSecond line.", b"A car.\nSecond line.\n"])
+def test_a_caption_file_reads_as_musubi_opens_it_with_universal_newlines(tmp_path, data):
+    path = tmp_path / "clip.txt"
+    path.write_bytes(data)
+    with open(path, "r", encoding="utf-8") as f:  # musubi's get_caption (datasources.py)
+        musubi = f.read().strip()
+    found = read_caption_file(path)
+    assert found.text == musubi == "A car.\nSecond line."  # before: "A car.\r\nSecond line."

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace as dataclasses_replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import pytest
 from circle_rotate.cli.main import main
 from circle_rotate.cli.prepare import _print_passed_over
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.video_io import (decode_all, iter_decoded_frames, probe_video, read_video, shown_notes,
-                                          spread_frames, walk_visible, write_video)
+from circle_rotate.kernel.video_io import (decode_all, iter_decoded_frames, iter_frames, probe_video, read_video,
+                                          shown_notes, spread_frames, walk_visible, write_video)
 from circle_rotate.media.borders import letterbox
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
 from circle_rotate.prepare.run import scan_raw
@@ -74,6 +75,51 @@ def test_an_interlaced_source_is_deinterlaced_and_noted(tmp_path):
     assert len(list(iter_decoded_frames(raw / "cam50i.mp4"))) == 50  # one frame per frame: the rate stays
 
 
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_progressive_footage_coded_interlaced_is_left_alone_and_true_interlace_still_deinterlaced(tmp_path):
+    ff = _ffmpeg()
+    spec = dict(width=320, height=192, frames=60, subject="car")
+    write_turntable(TurntableSpec(fps=25.0, total_angle_deg=60, name="prog", **spec), tmp_path)
+    write_turntable(TurntableSpec(fps=50.0, total_angle_deg=30, name="p50", **spec), tmp_path)  # a slow turntable
+    run = lambda *a: subprocess.run([ff, "-v", "error", "-y", *a], check=True)  # noqa: E731
+    # x264 -flags +ildct (MBAFF) and MPEG-2 field coding flag progressive pictures interlaced
+    run("-i", str(tmp_path / "prog.mp4"), "-c:v", "libx264", "-flags", "+ildct", "-crf", "14", "-pix_fmt", "yuv420p",
+        str(tmp_path / "ildct.mp4"))
+    run("-i", str(tmp_path / "prog.mp4"), "-c:v", "mpeg2video", "-flags", "+ilme+ildct", "-q:v", "2",
+        str(tmp_path / "field_coded.mpg"))
+    run("-i", str(tmp_path / "p50.mp4"), "-vf", "tinterlace=interleave_top,fieldorder=tff", "-c:v", "mpeg2video",
+        "-flags", "+ilme+ildct", "-q:v", "2", str(tmp_path / "camcorder.mpg"))
+    for name in ("ildct.mp4", "field_coded.mpg"):
+        info = probe_video(tmp_path / name)
+        assert not info.interlaced and not shown_notes(info), name  # before: "interlaced: deinterlaced (bwdif)"
+        with av.open(str(tmp_path / name)) as c:
+            plain = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        ours = list(iter_frames(tmp_path / name))
+        assert len(ours) == len(plain)
+        # before: bwdif blurred every other row (x264 +ildct: 29.5 dB where the plain decode is 39.5)
+        assert min(_psnr(a, b) for a, b in zip(ours, plain)) > 60, name
+    info = probe_video(tmp_path / "camcorder.mpg")
+    assert info.interlaced and "interlaced: deinterlaced (bwdif)" in shown_notes(info)
+    assert _comb(read_video(tmp_path / "camcorder.mpg")) < 0.5 * _comb(np.stack(
+        [f.to_ndarray(format="rgb24") for f in av.open(str(tmp_path / "camcorder.mpg")).decode(video=0)]))
+
+
+def test_a_raw_stream_without_a_rate_in_its_header_says_so(tmp_path):
+    write_video(tmp_path / "take.mp4", _numbered_frames(30), fps=30)
+    # OpenH264, as some cameras' encoders, writes no timing into its SPS
+    subprocess.run([_ffmpeg(), "-v", "error", "-i", str(tmp_path / "take.mp4"), "-c:v", "libopenh264", "-f", "h264",
+                    str(tmp_path / "cam.h264")], check=True)
+    info = probe_video(tmp_path / "cam.h264")
+    assert info.fps == 25 and info.rate_guessed
+    # before: "raw stream: rate 25 fps from its header; ..."
+    assert shown_notes(info) == ["no frame rate in the stream: read at FFmpeg's default 25 fps; if the camera "
+                                 "recorded another, remux with `ffmpeg -framerate N -i IN -c copy OUT.mp4`"]
+
+
 def _numbered_frames(count: int):
     """Frame i is grey level 10 + 4 i on its left half: a clip frame's level says which source frame it is."""
     for i in range(count):
@@ -120,6 +166,26 @@ def test_linked_folders_are_followed_once_and_dangling_links_named(tmp_path, cap
     _print_passed_over(raw, ("gone.mp4",))
     assert f"passed over 1 link(s) that lead nowhere (first: gone.mp4 -> {tmp_path / 'nowhere.mp4'})" in \
         capsys.readouterr().out
+
+
+def test_a_video_reached_by_two_names_is_one_source(tmp_path, capsys):
+    raw, elsewhere = tmp_path / "raw", tmp_path / "drive"
+    (raw / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    spec = TurntableSpec(width=160, height=96, frames=40, fps=24.0, total_angle_deg=40, subject="car")
+    write_turntable(dataclasses_replace(spec, name="a"), raw)
+    write_turntable(dataclasses_replace(spec, name="e", seed=5), elsewhere)
+    (raw / "sub" / "a_again.mp4").symlink_to("../a.mp4")  # a file link
+    (raw / "e.mp4").symlink_to(elsewhere / "e.mp4")  # a file link and a folder link reaching one file
+    (raw / "linked").symlink_to(elsewhere)
+    for extra in [*raw.glob("*.npz"), *raw.glob("*.json"), *elsewhere.glob("*.npz"), *elsewhere.glob("*.json")]:
+        extra.unlink()
+    found = scan_raw(raw, exclude=tmp_path / "out")
+    assert found.sources == (raw / "a.mp4", raw / "e.mp4")  # before: four sources, two of them twice
+    assert found.linked_again == (raw / "linked" / "e.mp4", raw / "sub" / "a_again.mp4")
+    records = _prepare(raw, tmp_path / "out", "--resolution", "160x96", "--qc", "off")
+    assert sorted(r["source"] for r in records if r["type"] == "source") == ["a.mp4", "e.mp4"]
+    assert "passed over 2 link(s) to a video already listed (first: linked/e.mp4)" in capsys.readouterr().out
 
 
 def _letterboxed(level: int, count: int = 24):

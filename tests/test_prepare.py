@@ -285,7 +285,7 @@ def test_a_source_videos_own_caption_is_carried_to_every_clip_and_caption_keeps_
     hashes = {p: _sha(p) for p in raw.rglob("*") if p.is_file()}
     assert _prep(raw, out) == 0
     printed = capsys.readouterr().out
-    assert "passed over 1 file(s) not named as videos (.txt; first: notes.txt)" in printed
+    assert "passed over 1 text file(s) that are no video's caption as musubi pairs them (first: notes.txt)" in printed
     records = read_manifest(out / MANIFEST_NAME)
     own = [c for c in _clips(records, "takes/clip_0001.mp4") if c["verdict"] == "accept"]
     other = [c for c in _clips(records, "takes/clip_0002.mp4") if c["verdict"] == "accept"]
@@ -365,3 +365,23 @@ def test_a_disk_that_fills_up_stops_the_run_and_does_not_blame_the_footage(tmp_p
     monkeypatch.setattr(source, "write_video", real)
     assert _prep(raw, out) == 0  # space again: the same command finishes, the first clip's orphan removed first
     assert all(s["status"] == "ok" for s in _sources(read_manifest(out / MANIFEST_NAME)).values())
+
+
+def test_one_caption_file_captions_every_video_of_its_stem_and_stray_text_files_are_named_as_text(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write(raw, "car/twin.mp4", LONG)
+    _write(tmp_path / "made", "twin.mp4", TurntableSpec(**{**LONG.__dict__, "seed": 13})).rename(raw / "car" / "twin.mov")
+    (raw / "car" / "twin.txt").write_bytes(b"A red car, orbit.\r\nSecond line.\r\n")  # saved on Windows
+    (raw / "car" / "twin.mp4.txt").write_text("not read by musubi\n")
+    (raw / "car" / "twin.TXT").write_text("nor this\n")
+    assert _prep(raw, out, "--qc", "off") == 0
+    printed = capsys.readouterr().out
+    records = read_manifest(out / MANIFEST_NAME)
+    for source in ("car/twin.mp4", "car/twin.mov"):  # before: only twin.mp4's clips carried it
+        clips = [c for c in _clips(records, source) if c["verdict"] == "accept"]
+        assert clips and all(c["source_caption"] == "car/twin.txt" for c in clips), source
+        # what musubi reads (text mode: universal newlines); before: "A red car, orbit.\r\nSecond line."
+        assert all(c["caption"] == "A red car, orbit.\nSecond line." for c in clips)
+    # before: "... not named as videos (.txt; first: ...); rename a video whose suffix is not a container's"
+    assert "passed over 2 text file(s) that are no video's caption as musubi pairs them (first: car/twin.TXT)" in printed
+    assert "not named as videos" not in printed

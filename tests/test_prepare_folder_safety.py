@@ -178,7 +178,7 @@ def test_an_earlier_output_folder_inside_raw_is_not_footage(raw, tmp_path, capsy
     n = len(clip_files(mine / "prepared"))
     assert "1 source(s) (1 processed, 0 unchanged)" in printed  # not clips of clips
     assert f"passed over {n} clip(s) of an earlier prepare's output" in printed
-    assert "passed over 1 file(s) not named as videos (.txt; first: notes.txt)" in printed
+    assert "passed over 1 text file(s) that are no video's caption as musubi pairs them (first: notes.txt)" in printed
     assert {r["source"] for r in read_manifest(tmp_path / "again" / MANIFEST_NAME)} == {"take0.mp4"}
 
 

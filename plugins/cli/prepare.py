@@ -102,13 +102,19 @@ def _first_rejection(manifest: Path) -> str:
 
 
 def _print_passed_over(raw: Path, not_video) -> None:
-    """Name the files passed over: links that lead nowhere apart from files not named as videos."""
+    """Name the files passed over: links that lead nowhere, text files that caption no video, and
+    files not named as videos."""
     base = raw if raw.is_dir() else raw.parent
     dangling = [f for f in not_video if (base / f).is_symlink() and not (base / f).exists()]
-    others = [f for f in not_video if f not in dangling]
+    texts = [f for f in not_video if f not in dangling and Path(f).suffix.lower() == ".txt"]
+    others = [f for f in not_video if f not in dangling and f not in texts]
     if dangling:
         print(f"passed over {len(dangling)} link(s) that lead nowhere (first: {dangling[0]} -> "
               f"{os.readlink(base / dangling[0])}); fix the link or copy the video in")
+    if texts:  # upper.TXT, clip.mp4.txt, a caption whose video is gone: musubi would not read them either
+        print(f"passed over {len(texts)} text file(s) that are no video's caption as musubi pairs them (first: "
+              f"{texts[0]}): it reads <video name without its suffix>.txt, lower case, beside the video; rename "
+              f"one to carry it to that video's clips")
     if others:
         kinds = sorted({Path(f).suffix.lower() or "(no suffix)" for f in others})
         print(f"passed over {len(others)} file(s) not named as videos ({', '.join(kinds[:8])}; first: "
@@ -171,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"kept {len(report.caption_edits)} clip caption(s) that differ from their source's (edited, or "
               f"replaced by caption --force; first: {report.caption_edits[0]})")
     _print_passed_over(args.raw_dir, report.not_video)
+    if report.linked_again:
+        print(f"passed over {len(report.linked_again)} link(s) to a video already listed (first: "
+              f"{report.linked_again[0]}): each video is a source once")
     if report.passed_over:
         print(f"passed over {len(report.passed_over)} clip(s) of an earlier prepare's output under {args.raw_dir} "
               f"(first: {report.passed_over[0]})")

@@ -155,6 +155,8 @@ def read_caption_file(path: Path) -> CaptionFile:
         return CaptionFile(exists=True, not_utf8=why)
     if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL beside every ASCII letter
         return CaptionFile(exists=True, not_utf8="NUL bytes (UTF-16 without a byte-order mark?)")
+    # musubi opens captions in text mode: universal newlines turn "\r\n" and a lone "\r" into "\n"
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     return CaptionFile(exists=True, text=text.strip() or None, bom=bom)
 
 

@@ -37,7 +37,7 @@ from circle_rotate.prepare.manifest import (MANIFEST_NAME, accepted_clips, by_so
                                     relative_posix, write_manifest)
 from circle_rotate.kernel.progress import progress
 from circle_rotate.kernel.animated_image import ANIMATED_SUFFIXES, is_animation
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, walk_visible
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, first_of_each, walk_visible
 from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 from circle_rotate.kernel.write_checks import check_output_dir
 from circle_rotate.prepare.options import PrepareOptions
@@ -89,6 +89,7 @@ class PrepareReport:
     set_aside: Tuple[str, ...] = ()  # files --repair (or --prune: captions) moved out of the clip folders, relative to OUT_DIR
     passed_over: Tuple[str, ...] = ()  # clips under the raw folder in an earlier prepare's output, not taken as footage
     not_video: Tuple[str, ...] = ()  # files under the raw folder not named as videos (not read)
+    linked_again: Tuple[str, ...] = ()  # names under the raw folder of a video listed already (a link to it): not read twice
     smaller: int = 0  # accepted clips under the size asked for (their sources are; no --upscale)
     all_smaller: bool = False  # every accepted clip is (config then trains them at their own size)
     barred: Tuple[Tuple[str, str], ...] = ()  # (source, note) whose clips keep black bars, with the source's crop
@@ -110,6 +111,7 @@ class RawFiles:
     earlier_output: Tuple[Path, ...]  # videos inside a folder holding a prepare manifest: clips of clips
     not_video: Tuple[Path, ...]  # files whose suffix is no video container's, not read
     captions: Tuple[Tuple[Path, Path], ...] = ()  # (source, its caption file beside it, as musubi pairs them)
+    linked_again: Tuple[Path, ...] = ()  # links to a source listed already (the first name in sorted order kept)
 
 
 def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
@@ -132,11 +134,16 @@ def scan_raw(raw: Path, *, exclude: Path) -> RawFiles:
             (earlier if inside else sources).append(p)
         elif not inside:
             other.append(p)
-    # a video's own caption (clip_0001.mp4 + clip_0001.txt): carried to its clips, not passed over
-    paired = {caption_file_of(s): s for s in sources}
-    captions = tuple((paired[p], p) for p in other if p.suffix == SOURCE_CAPTION_EXT and p in paired)
+    sources, again = first_of_each(sources)
+    # a video's own caption (clip_0001.mp4 + clip_0001.txt): carried to its clips, not passed over;
+    # musubi pairs it with every video of that stem in the folder (clip.mp4 and clip.mov alike)
+    paired: Dict[Path, List[Path]] = {}
+    for s in sources:
+        paired.setdefault(caption_file_of(s), []).append(s)
+    captions = tuple((s, p) for p in other if p.suffix == SOURCE_CAPTION_EXT for s in paired.get(p, ()))
     taken = {c for _, c in captions}
-    return RawFiles(tuple(sources), tuple(earlier), tuple(sorted(p for p in other if p not in taken)), captions)
+    return RawFiles(tuple(sources), tuple(earlier), tuple(sorted(p for p in other if p not in taken)), captions,
+                    tuple(again))
 
 
 def _clips_present(out_dir: Path, records: List[dict]) -> bool:
@@ -330,7 +337,8 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, options: PrepareOptions = P
                         d.rmdir()
             raise
     return dataclasses.replace(report, passed_over=tuple(relative_posix(p, raw) for p in files.earlier_output),
-                               not_video=tuple(relative_posix(p, raw) for p in files.not_video), unfinished=killed)
+                               not_video=tuple(relative_posix(p, raw) for p in files.not_video), unfinished=killed,
+                               linked_again=tuple(relative_posix(p, raw) for p in files.linked_again))
 
 
 def _prepare(raw: Path, out: Path, sources: List[Path], records: List[dict], redo: frozenset, options: PrepareOptions,

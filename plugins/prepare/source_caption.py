@@ -58,12 +58,16 @@ def read_source_captions(pairs: Sequence[Tuple[Path, Path]], *, raw: Path) -> Di
     """
     found: Dict[Path, SourceCaption] = {}
     bad: List[Tuple[str, str]] = []
+    read: Dict[Path, CaptionFile] = {}  # one file may caption several videos (clip.mp4 and clip.mov)
     for video, path in pairs:
         name = path.name if raw.is_file() else relative_posix(path, raw)
-        caption: CaptionFile = read_caption_file(path)
-        if caption.not_utf8 is not None:
-            bad.append((str(path), caption.not_utf8))
-        elif caption.text is not None:
+        if path in read:
+            caption = read[path]
+        else:
+            caption = read[path] = read_caption_file(path)
+            if caption.not_utf8 is not None:
+                bad.append((str(path), caption.not_utf8))
+        if caption.not_utf8 is None and caption.text is not None:
             found[video] = SourceCaption(name, caption.text)
     if bad:
         which = ", ".join(f"{p} ({why})" for p, why in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
