@@ -47,8 +47,7 @@ SCALED_DOWN: Dict[str, Tuple[Optional[List[str]], str]] = {
     "--mixed_precision": (["no"], "CPU autocast cannot run musubi's fp32 time-embedding region; fp32 DiT"),
     "--max_data_loader_n_workers": (["0"], "no worker processes on a 2-core CPU"),
     "--persistent_data_loader_workers": (None, "no worker processes to keep (torch refuses it with 0 workers)"),
-    "--blocks_to_swap": (None, "the tiny model has 2 blocks; block swap moves them between CPU and GPU (memory only)"),
-    "--gradient_checkpointing_cpu_offload": (None, "no GPU memory to offload from (memory only)"),
+    "--blocks_to_swap": (None, "block swap sets a CUDA device (musubi's offloader), which a CPU has not (memory only)"),
 }
 PATH_WHY = "tiny model / smoke work folder"
 #: What the cache pass changes: where it runs and, on a CPU, the VAE's dtype. Measured with one
