@@ -168,13 +168,9 @@ GENERATED = "generated_caption"
 SOURCE_CAPTION, CARRIED = "source_caption", "carried_caption"
 #: The caption a run is about to write into a clip's file, recorded before the first file is
 #: written: a run stopped in between (a full disk, Ctrl-C, SIGKILL) leaves files holding either
-#: ``generated_caption`` or this, and both are ours, never taken for a hand edit.
+#: ``generated_caption`` or this, and both are ours, never taken for a hand edit (the next run
+#: makes a file holding this its ``generated_caption`` before it judges the file).
 PENDING = "pending_caption"
-
-
-def _ours(record: dict) -> tuple:
-    """The texts this tool wrote, or may have written, into a clip's caption file."""
-    return tuple(t for t in (record.get(GENERATED), record.get(PENDING)) if t is not None)
 
 
 def carried_text(record: dict, found: CaptionFile, *, overwrite: bool) -> Optional[str]:
@@ -184,20 +180,18 @@ def carried_text(record: dict, found: CaptionFile, *, overwrite: bool) -> Option
     carried = record.get(CARRIED)
     if carried is None or overwrite:
         return None
-    if found.text is not None and found.text != carried and found.text in _ours(record):
+    if found.text is not None and found.text != carried and found.text == record.get(GENERATED):
         return None
     return carried
 
 
-def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool,
-                   pending: Optional[str] = None) -> str:
+def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], overwrite: bool) -> str:
     """What to do with a clip's caption file: WRITE, UNCHANGED, KEEP (a hand edit) or UNREADABLE.
 
     ``recorded`` is the manifest's ``generated_caption``: what this tool last wrote. A file still holding it
     is ours to replace when the inputs (map, style, language) change; only text that is neither
     ours nor the new caption is a hand edit, kept unless ``overwrite``. A missing or blank file is
-    no caption (musubi would train on ""), so it is written. ``pending`` is what a stopped run was
-    about to write (:data:`PENDING`), ours too.
+    no caption (musubi would train on ""), so it is written.
     """
     if found.not_utf8 is not None:
         return WRITE if overwrite else UNREADABLE
@@ -205,7 +199,7 @@ def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], ove
         return WRITE
     if found.text == new and not found.bom:
         return UNCHANGED
-    if overwrite or found.text in (new, recorded, pending):  # ours, perhaps re-saved with a BOM: rewritten without it
+    if overwrite or found.text in (new, recorded):  # ours, perhaps re-saved with a BOM: rewritten without it
         return WRITE
     return KEEP
 
@@ -350,14 +344,14 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
         new = caption_for(rec, rows=rows, options=options) if carried is None else carried
         recorded = rec.get(GENERATED) if carried is None else carried
         plans.append((rec, target, new, found, carried is not None,
-                      caption_action(found, new=new, recorded=recorded, overwrite=options.overwrite,
-                                     pending=rec.get(PENDING) if carried is None else None)))
+                      caption_action(found, new=new, recorded=recorded, overwrite=options.overwrite)))
     _refuse_unreadable([(str(t), f.not_utf8) for _, t, _, f, _, action in plans if action == UNREADABLE])
-    pending = [rec for rec, _, _, _, is_carried, action in plans if action == WRITE and not is_carried]
+    pending = []
     for rec, _, new, _, is_carried, action in plans:
         rec.pop(PENDING, None)  # a stopped run's: judged above, what the file holds is settled now
         if action == WRITE and not is_carried:
             rec[PENDING] = new
+            pending.append(rec)
     if pending:  # before the first file: however the run ends (SIGKILL too), what the files hold is ours
         write_manifest(manifest, records)
     got, finished = _Progress(), False
