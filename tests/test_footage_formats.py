@@ -52,13 +52,19 @@ def _stripes(count: int, speed: float, width: int = 320, height: int = 192):
         yield np.repeat(frame[:, :, None], 3, axis=2).clip(0, 255).astype(np.uint8)
 
 
-def test_an_interlaced_source_is_deinterlaced_and_noted(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
+def _interlaced_camera(tmp_path: Path, dest: Path) -> Path:
+    """50 fps stripes woven into 25 fps interlaced frames (top field first), as a 1080i camcorder records."""
     write_video(tmp_path / "p50.mp4", _stripes(100, 6.0), fps=50, crf=12, preset="veryfast")
     subprocess.run([_ffmpeg(), "-v", "error", "-i", str(tmp_path / "p50.mp4"), "-vf",
                     "tinterlace=interleave_top,fieldorder=tff", "-c:v", "libx264", "-flags", "+ilme+ildct",
-                    "-x264opts", "tff=1", "-crf", "12", "-pix_fmt", "yuv420p", str(raw / "cam50i.mp4")], check=True)
+                    "-x264opts", "tff=1", "-crf", "12", "-pix_fmt", "yuv420p", str(dest)], check=True)
+    return dest
+
+
+def test_an_interlaced_source_is_deinterlaced_and_noted(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _interlaced_camera(tmp_path, raw / "cam50i.mp4")
     write_video(raw / "p25.mp4", list(_stripes(100, 6.0))[::2], fps=25, crf=12, preset="veryfast")
     info = probe_video(raw / "cam50i.mp4")
     assert info.interlaced and not probe_video(raw / "p25.mp4").interlaced
@@ -73,6 +79,24 @@ def test_an_interlaced_source_is_deinterlaced_and_noted(tmp_path):
     # before: the fields, 6 px apart, combed it: 50.6 grey levels decoded (0.05 deinterlaced, 0.001 progressive)
     assert interlaced < 2.0 and progressive < 2.0, (interlaced, progressive)
     assert len(list(iter_decoded_frames(raw / "cam50i.mp4"))) == 50  # one frame per frame: the rate stays
+
+
+def test_deinterlacing_takes_the_frames_as_they_are_decoded(tmp_path, monkeypatch):
+    import circle_rotate.kernel.video_io as video_io
+
+    video = _interlaced_camera(tmp_path, tmp_path / "cam50i.mp4")
+    real, decoded = video_io._readable, []
+
+    def counted(p, frames):
+        for frame in real(p, frames):
+            decoded.append(frame)
+            yield frame
+
+    monkeypatch.setattr(video_io, "_readable", counted)
+    first = next(iter_decoded_frames(video))
+    assert first.index == 0
+    # the comb check's frames and the one bwdif holds back, not the whole video held in memory first
+    assert len(decoded) <= video_io.COMB_CHECK_FRAMES + 2, len(decoded)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -311,16 +311,20 @@ def _idet_counts(stream, frames: Sequence, intl_thres: Optional[float] = None) -
         sinks.append(sink)
     graph.configure()
     counts = dict.fromkeys(_IDET_KINDS, 0)
-    for frame in [*frames, None]:  # None flushes the frames idet holds back
+    for frame in itertools.chain(frames, [None]):  # None flushes the frames idet holds back
         source.push(frame)
         for kind, sink in zip(_IDET_KINDS, sinks):
-            while True:
-                try:
-                    sink.pull()
-                except (av.error.BlockingIOError, av.error.EOFError):
-                    break
-                counts[kind] += 1
+            counts[kind] += sum(1 for _ in _pulled(sink))
     return counts
+
+
+def _pulled(sink) -> Iterator:
+    """The frames a filter graph's ``sink`` holds now, until it waits for more input or ends."""
+    while True:
+        try:
+            yield sink.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return
 
 
 def combed(stream, frames: Sequence) -> bool:
@@ -639,13 +643,11 @@ def _deinterlaced(stream, frames: Iterable) -> Iterator:
     source.link_to(bwdif)
     bwdif.link_to(sink)
     graph.configure()
-    for frame in [*frames, None]:  # None flushes the frame bwdif holds back
-        graph.push(frame)
-        while True:
-            try:
-                yield graph.pull()
-            except (av.error.BlockingIOError, av.error.EOFError):
-                break
+    # frame by frame as decoded (a whole video listed first would sit in memory); None flushes the
+    # frame bwdif holds back
+    for frame in itertools.chain(frames, [None]):
+        source.push(frame)
+        yield from _pulled(sink)
 
 
 def _decode(p: Path, threads: int) -> Iterator[tuple]:
