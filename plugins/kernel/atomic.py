@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Union
 
 try:
     import fcntl
@@ -260,9 +260,9 @@ def atomic_path(final: PathLike, *, suffix: Optional[str] = None, size: int = 0)
         os.close(fd)
 
 
-#: The folder locks this process holds (file descriptors), closed in every child it forks: a pool
-#: worker holding one would keep the folder locked after its parent was killed.
-_FOLDER_LOCKS: set = set()
+#: The folder locks this process holds (file descriptor -> the folder's real path), closed in every
+#: child it forks: a pool worker holding one would keep the folder locked after its parent was killed.
+_FOLDER_LOCKS: Dict[int, str] = {}
 
 
 def _close_folder_locks_in_child() -> None:
@@ -277,11 +277,17 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def exclusive_folder(folder: PathLike, *, command: str) -> Iterator[None]:
+def exclusive_folder(folder: PathLike, *, command: str,
+                     busy: Optional[Callable[[], UserError]] = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``folder`` while ``command`` writes into it, so that a second
     run into the same folder is refused rather than interleaving its files and lines with this
     one's. The lock goes with the process, however it ends. (No lock where there is no flock,
-    or where ``folder`` is not a folder: the command's own checks say what is wrong then.)"""
+    or where ``folder`` is not a folder: the command's own checks say what is wrong then.)
+
+    Args:
+        busy: the error to refuse with when another run holds the lock (where other commands than
+            ``command`` share the folder); by default "another ``command`` is writing".
+    """
     path = Path(folder)
     if fcntl is None or not path.is_dir():
         yield
@@ -291,13 +297,29 @@ def exclusive_folder(folder: PathLike, *, command: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another {command} is writing into this folder", path=path,
-                            fix="let it finish (or stop it), then run this one again") from None
-        _FOLDER_LOCKS.add(fd)
+            raise (busy() if busy else UserError(f"another {command} is writing into this folder", path=path,
+                                                 fix="let it finish (or stop it), then run this one again")) from None
+        _FOLDER_LOCKS[fd] = os.path.realpath(path)
         yield
     finally:
-        _FOLDER_LOCKS.discard(fd)
+        _FOLDER_LOCKS.pop(fd, None)
         os.close(fd)
+
+
+def held_elsewhere(folder: PathLike) -> bool:
+    """Whether another process holds ``folder``'s :func:`exclusive_folder` lock right now (this
+    process's own lock is no sign of another run)."""
+    path = Path(folder)
+    if fcntl is None or not path.is_dir() or os.path.realpath(path) in _FOLDER_LOCKS.values():
+        return False
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:

@@ -16,13 +16,12 @@ without ``--repair``, and files a user put there are still never touched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import ContextManager, Dict, List, Tuple
 
-from circle_rotate.kernel.atomic import exclusive_folder
+from circle_rotate.kernel.atomic import exclusive_folder, held_elsewhere
 from circle_rotate.kernel.errors import ManifestMismatchError, UserError
 from circle_rotate.kernel.video_io import video_files_under
 from circle_rotate.prepare.manifest import MANIFEST_NAME, clip_path, clip_stem, read_manifest, relative_posix
@@ -111,47 +110,15 @@ def left_by_killed_run(folder: Path, diff: FolderDiff) -> Tuple[str, ...]:
     return tuple(c for c in diff.unlisted if c in named)
 
 
-#: Prepared folders this process holds the lock of (through :func:`locked_prepared`): our own lock
-#: is no sign of another run.
-_HELD: Set[str] = set()
-
-
-def folder_busy(folder: Path) -> bool:
-    """Whether another run (``prepare``, ``caption``, ``config``) holds ``folder``'s lock right now."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no lock to see
-        return False
-    if os.path.realpath(folder) in _HELD or not Path(folder).is_dir():
-        return False
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's own lock
-    return False
-
-
 def _still_running(folder: Path, command: str) -> UserError:
     return UserError("another run (prepare, caption or config) is still writing into this folder", path=folder,
                      fix=f"let it finish (or stop it), then run {command} again")
 
 
-@contextlib.contextmanager
-def locked_prepared(folder: Path, *, command: str) -> Iterator[None]:
+def locked_prepared(folder: Path, *, command: str) -> ContextManager[None]:
     """Hold ``folder``'s lock while ``command`` reads and writes it, so that a prepare still running,
     or a second caption or config, is refused in one line rather than mixed with this run."""
-    if folder_busy(folder):
-        raise _still_running(folder, command)
-    key = os.path.realpath(folder)
-    with exclusive_folder(folder, command=command):
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
+    return exclusive_folder(folder, command=command, busy=lambda: _still_running(folder, command))
 
 
 def check_prepared(folder: Path) -> List[dict]:
@@ -163,13 +130,13 @@ def check_prepared(folder: Path) -> List[dict]:
     """
     manifest = Path(folder) / MANIFEST_NAME
     journal = (Path(folder) / JOURNAL_NAME).exists()
-    if not manifest.exists() and folder_busy(Path(folder)):  # a prepare still at work, not one that was stopped
+    if not manifest.exists() and held_elsewhere(Path(folder)):  # a prepare still at work, not one that was stopped
         raise _still_running(Path(folder), "this")
     if not manifest.exists() and not journal:
         raise UserError("no manifest.jsonl here", path=folder, fix="run circle-rotate prepare RAW_DIR -o OUT_DIR first")
     records = read_manifest(manifest)
     diff = folder_diff(Path(folder), records)
-    if diff and journal and folder_busy(Path(folder)):  # not stopped: still at work
+    if diff and journal and held_elsewhere(Path(folder)):  # not stopped: still at work
         raise _still_running(Path(folder), "this")
     if not diff and not manifest.exists():
         raise UserError("no manifest.jsonl here: a prepare run writing here was stopped before it finished a source",
