@@ -19,7 +19,7 @@ from circle_rotate.dataset.check import check_config
 from circle_rotate.dataset.items import frames_after_fps, items_for
 from circle_rotate.kernel.video_io import write_video
 from circle_rotate.prepare.manifest import MANIFEST_NAME, accepted_clips, read_manifest
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_footage
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 
@@ -29,10 +29,8 @@ def prepared(tmp_path_factory) -> Path:
     """The training smoke test's path: prepare 9-frame clips at 64x64, caption them."""
     root = tmp_path_factory.mktemp("cfg")
     for i, (fps, direction) in enumerate([(24.0, "right"), (30.0, "left")]):
-        files = write_turntable(TurntableSpec(name=f"take{i}", width=160, height=96, frames=40, fps=fps,
-                                              direction=direction, total_angle_deg=30, seed=i), root / "raw" / "mug")
-        files.truth.unlink()
-        files.masks.unlink()
+        write_footage(TurntableSpec(name=f"take{i}", width=160, height=96, frames=40, fps=fps, direction=direction,
+                                    total_angle_deg=30, seed=i), root / "raw" / "mug")
     out = root / "prepared"
     assert main(["-q", "prepare", str(root / "raw"), str(out), "--frames", "9", "--resolution", "64x64"]) == 0
     assert main(["-q", "caption", str(out)]) == 0

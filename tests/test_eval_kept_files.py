@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from circle_rotate.cli.main import main
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_footage
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,7 @@ def videos(tmp_path_factory) -> Path:
         for i in range(3):
             spec = TurntableSpec(name=f"orbit_{i}", width=128, height=96, frames=17, fps=16.0, total_angle_deg=30,
                                  subject="car", seed=seed + i)
-            files = write_turntable(spec, root / side)
-            files.truth.unlink()
-            files.masks.unlink()
+            write_footage(spec, root / side)
     return root
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_footage
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from Linux's /proc")
 
@@ -43,9 +43,7 @@ def sides(tmp_path_factory) -> tuple:
         for i in range(6):
             spec = TurntableSpec(name=f"orbit_{i}", width=160, height=96, frames=33, fps=16.0, total_angle_deg=40,
                                  subject="car", seed=70 + i)
-            files = write_turntable(spec, root / side)
-            files.truth.unlink()
-            files.masks.unlink()
+            write_footage(spec, root / side)
     return root / "baseline", root / "lora"
 
 

@@ -18,7 +18,7 @@ from circle_rotate.kernel.atomic import write_text
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
 from circle_rotate.selfcheck.synthetic.tiny_wan import write_tiny_wan
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_footage
 
 
 @pytest.fixture
@@ -36,9 +36,7 @@ def mode(path: Path) -> int:
 
 def test_every_kind_of_output_is_0644_under_umask_022(tmp_path, umask_022):
     raw = tmp_path / "raw" / "mug"
-    files = write_turntable(TurntableSpec(name="take", width=160, height=96, frames=30, total_angle_deg=30, seed=3), raw)
-    files.truth.unlink()
-    files.masks.unlink()
+    video = write_footage(TurntableSpec(name="take", width=160, height=96, frames=30, total_angle_deg=30, seed=3), raw)
     prepared = tmp_path / "prepared"
     assert main(["-q", "prepare", str(raw.parent), "-o", str(prepared), "--frames", "9", "--resolution", "64x64"]) == 0
     assert main(["-q", "caption", str(prepared)]) == 0
@@ -47,7 +45,7 @@ def test_every_kind_of_output_is_0644_under_umask_022(tmp_path, umask_022):
     lora = write_random_lora(tmp_path / "lora.safetensors", tiny_config(), rank=4, alpha=1.0, seed=7)
     assert main(["-q", "merge", str(base), "--lora", str(lora), "-o", str(tmp_path / "merged.safetensors")]) == 0
     assert main(["-q", "convert", str(lora), "-o", str(tmp_path / "comfy.safetensors"), "--format", "comfy"]) == 0
-    assert main(["-q", "eval", str(files.video), "--metrics", "drift", "--out", str(tmp_path / "r.json"),
+    assert main(["-q", "eval", str(video), "--metrics", "drift", "--out", str(tmp_path / "r.json"),
                  "--csv"]) == 0
 
     clips = sorted(prepared.rglob("*.mp4"))

@@ -16,7 +16,7 @@ from hdr_video import write_hevc
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.video_io import probe_video, write_video
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, render_frames, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, render_frames, write_footage
 
 FRAMES = 17  # 4n+1, about a second at 16 fps: small clips keep the test fast
 
@@ -39,10 +39,7 @@ PAN = TurntableSpec(width=256, height=144, frames=40, fps=30.0, camera="pan", to
 def _write(raw: Path, rel: str, spec: TurntableSpec) -> Path:
     path = raw / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    files = write_turntable(TurntableSpec(**{**spec.__dict__, "name": path.stem}), path.parent)
-    files.truth.unlink()  # the raw folder holds only what a user would put there
-    files.masks.unlink()
-    return files.video
+    return write_footage(TurntableSpec(**{**spec.__dict__, "name": path.stem}), path.parent)
 
 
 def _write_phone(path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ from circle_rotate.prepare import run as prepare_run
 from circle_rotate.prepare.manifest import MANIFEST_NAME, read_manifest
 from circle_rotate.prepare.options import PrepareOptions
 from circle_rotate.prepare.prepared_folder import check_prepared, clip_files
-from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_footage, write_turntable
 
 ARGS = ["--frames", "9", "--fps", "16", "--resolution", "160x96", "--jobs", "1", "--preset", "ultrafast"]
 OPTIONS = dict(frames=9, fps=16.0, jobs=1, preset="ultrafast")
@@ -28,10 +28,7 @@ OPTIONS = dict(frames=9, fps=16.0, jobs=1, preset="ultrafast")
 def _orbit(folder: Path, name: str, seed: int, direction: str = "right") -> Path:
     spec = TurntableSpec(name=name, width=160, height=96, frames=30, fps=24.0, total_angle_deg=40, subject="car",
                          direction=direction, seed=seed)
-    files = write_turntable(spec, folder)
-    files.truth.unlink()
-    files.masks.unlink()
-    return files.video
+    return write_footage(spec, folder)
 
 
 @pytest.fixture(scope="module")

@@ -393,6 +393,15 @@ def write_turntable(spec: TurntableSpec, out_dir: Path, *, suffix: str = ".mp4",
     return TurntableFiles(video, truth_path, masks_path)
 
 
+def write_footage(spec: TurntableSpec, out_dir: Path, **kw) -> Path:
+    """Render ``spec`` to ``out_dir/<name>.mp4`` alone, as footage a user has: no truth or masks
+    beside it, which a prepare of the folder would pass over and name. ``kw`` as :func:`write_turntable`."""
+    files = write_turntable(spec, out_dir, **kw)
+    files.truth.unlink()
+    files.masks.unlink()
+    return files.video
+
+
 def load_masks(path: Path) -> np.ndarray:
     """The exact subject masks (T, H, W) bool written by :func:`write_turntable`."""
     with np.load(path) as data:
