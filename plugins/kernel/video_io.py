@@ -538,12 +538,11 @@ def shown_notes(info: VideoInfo) -> List[str]:
         notes.append(f"{info.hdr} HDR tone-mapped to SDR (BT.709), as FFmpeg's zscale and tonemap=hable do")
     if info.interlaced:
         notes.append(f"{INTERLACED_NOTE} ({DEINTERLACE[0]})")
+    rate = f"{info.fps:.3f}".rstrip("0").rstrip(".")
     if info.rate_guessed:
-        rate = f"{info.fps:.3f}".rstrip("0").rstrip(".")
         notes.append(f"{NO_RATE_NOTE}: read at FFmpeg's default {rate} fps; if the camera recorded another, remux "
                      f"with `ffmpeg -framerate N -i IN -c copy OUT.mp4`")
     elif info.container in RAW_STREAM_FORMATS and info.fps:
-        rate = f"{info.fps:.3f}".rstrip("0").rstrip(".")
         notes.append(f"raw stream: rate {rate} fps from its header; remux with `ffmpeg -framerate {rate} -i IN -c copy "
                      f"OUT.mp4` if wrong")
     return notes
