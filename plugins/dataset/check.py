@@ -30,7 +30,7 @@ import tomlkit.exceptions
 from circle_rotate.dataset.items import FRAME_EXTRACTIONS, DatasetItems, directory_items, jsonl_items, round_4n1
 from circle_rotate.dataset.schema import check_keys, dataset_kind, general_section, key_lines, resolved_params
 from circle_rotate.kernel.buckets import nearest_bucket
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import UserError, listed
 from circle_rotate.kernel.input_files import read_text_file
 from circle_rotate.kernel.musubi_env import import_musubi, musubi_available, musubi_version
 from circle_rotate.kernel.video_io import TO_SDR
@@ -111,11 +111,6 @@ def _first_line(entries: List[str]) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _names(items: List[str]) -> str:
-    more = f" and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
-    return ", ".join(items[:_SHOW]) + more
-
-
 def _path_value(value: str, where: tuple, key: str, out: _Problems, base: Path) -> Optional[Path]:
     if "\\" in value:
         out.add("error", where, key, f"path {value!r} has backslashes", "use forward slashes (C:/data/clips works on Windows too)")
@@ -155,29 +150,29 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
                   jsonl: Optional[str], captions_checked: bool = True) -> None:
     if items.bad_lines:
         out.add("error", where, src_key, f"{len(items.bad_lines)} line(s) of the jsonl are not objects with "
-                f"video_path: {_names(items.bad_lines)}", 'one {"video_path": ..., "caption": ...} per line', file=jsonl,
+                f"video_path: {listed(items.bad_lines, _SHOW)}", 'one {"video_path": ..., "caption": ...} per line', file=jsonl,
                 line=_first_line(items.bad_lines))
     if items.missing_files:
         out.add("error", where, src_key, f"{len(items.missing_files)} video_path(s) do not exist: "
-                f"{_names(items.missing_files)}", "fix the paths (relative ones resolve against the training folder)",
+                f"{listed(items.missing_files, _SHOW)}", "fix the paths (relative ones resolve against the training folder)",
                 file=jsonl, line=_first_line(items.missing_files))
     if items.videos == 0 and not items.missing_files:
         out.add("error", where, src_key, "no videos found (musubi would train on nothing)",
                 "point it at the clips folder (circle-rotate prepare writes OUT_DIR/videos)")
     if items.unreadable:
-        out.add("error", where, src_key, f"{len(items.unreadable)} video(s) cannot be read: {_names(items.unreadable)}",
+        out.add("error", where, src_key, f"{len(items.unreadable)} video(s) cannot be read: {listed(items.unreadable, _SHOW)}",
                 "re-export them or remove them")
     if items.unreadable_captions and captions_checked:
         out.add("error", where, "caption_extension", f"{len(items.unreadable_captions)} caption file(s) musubi cannot "
-                f"read: {_names(items.unreadable_captions)} (it stops at text-encoder caching)",
+                f"read: {listed(items.unreadable_captions, _SHOW)} (it stops at text-encoder caching)",
                 "save them as UTF-8 (or run circle-rotate caption --force to write them again)")
     if items.bom_captions and captions_checked:
         out.add("warning", where, "caption_extension", f"{len(items.bom_captions)} caption file(s) start with a "
                 f"byte-order mark, which musubi passes to the text encoder as part of the caption: "
-                f"{_names(items.bom_captions)}", "save them as UTF-8 without BOM")
+                f"{listed(items.bom_captions, _SHOW)}", "save them as UTF-8 without BOM")
     if items.missing_captions and captions_checked:
         out.add("error", where, "caption_extension" if not jsonl else src_key,
-                f"{len(items.missing_captions)} video(s) have no caption: {_names(items.missing_captions)} "
+                f"{len(items.missing_captions)} video(s) have no caption: {listed(items.missing_captions, _SHOW)} "
                 "(missing or empty: musubi fails at text-encoder caching, or trains on an empty prompt)",
                 "run circle-rotate caption, or write the captions")
     if items.too_short:
@@ -186,30 +181,30 @@ def _report_items(items: DatasetItems, where: tuple, src_key: str, params: dict,
         fps = (f"after source_fps {params['source_fps']:g} -> {NATIVE_FPS} fps frame dropping"
                if params["source_fps"] else "(no source_fps: every frame used)")
         out.add(severity, where, "target_frames", f"{len(items.too_short)} of {items.videos} video(s) are shorter than "
-                f"{targets} frames {fps}; musubi skips them silently: {_names(items.too_short)}",
+                f"{targets} frames {fps}; musubi skips them silently: {listed(items.too_short, _SHOW)}",
                 "prepare longer clips, or lower target_frames")
     if items.rotated:
         out.add("warning", where, src_key, f"{len(items.rotated)} video(s) are shown turned, mirrored or with "
                 f"non-square pixels, or hold several video streams, which musubi's decoder ignores (they would train "
-                f"sideways, squeezed or on the wrong stream): {_names(items.rotated)}",
+                f"sideways, squeezed or on the wrong stream): {listed(items.rotated, _SHOW)}",
                 "run them through circle-rotate prepare, which writes what a player shows")
     if items.hdr:
         out.add("warning", where, src_key, f"{len(items.hdr)} video(s) are HDR, which musubi decodes as SDR "
-                f"(flat, washed-out colours the LoRA would learn): {_names(items.hdr)}",
+                f"(flat, washed-out colours the LoRA would learn): {listed(items.hdr, _SHOW)}",
                 f"run them through circle-rotate prepare, which tone-maps them to SDR, or convert them: {TO_SDR}")
     if items.misordered:
         out.add("error", where, src_key, f"{len(items.misordered)} frame folder(s) number their frames without "
                 "leading zeros; musubi reads a folder's frames in name order, "
-                f"so it would train on them shuffled: {_names(items.misordered)}",
+                f"so it would train on them shuffled: {listed(items.misordered, _SHOW)}",
                 "rename the frames with zero-padded numbers (frame_0001.png, ...)")
     if items.resized:
         out.add("warning", where, "resolution", f"musubi's latent caching will rescale {len(items.resized)} video(s) to "
-                f"its bucket for {list(params['resolution'])}: {_names(items.resized)}",
+                f"its bucket for {list(params['resolution'])}: {listed(items.resized, _SHOW)}",
                 "prepare them again with --upscale (a source smaller than the bucket keeps its own size without it) "
                 "and the same --resolution, or set resolution to match them")
     dupes = sorted({s for s in items.stems if items.stems.count(s) > 1})
     if dupes:
-        out.add("error", where, src_key, f"{len(dupes)} file name(s) repeat ({_names(dupes)}): their caches in one "
+        out.add("error", where, src_key, f"{len(dupes)} file name(s) repeat ({listed(dupes, _SHOW)}): their caches in one "
                 "cache_directory would overwrite each other", "rename them, or split them into datasets with their own "
                 "cache_directory")
 

@@ -7,7 +7,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class UserError(Exception):
@@ -55,6 +55,11 @@ def _rebuild_user_error(cls: type, message: str, state: dict) -> "UserError":
     Exception.__init__(err, message)
     err.__dict__.update(state)
     return err
+
+
+def listed(items: Sequence[str], show: int = 5) -> str:
+    """The first ``show`` of ``items`` for a one-line message, then how many more there are."""
+    return ", ".join(items[:show]) + (f" and {len(items) - show} more" if len(items) > show else "")
 
 
 # Typed user errors: tests and callers match on the type and its fields, never on message text.

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence
 
 from circle_rotate.kernel.atomic import check_output_path, write_text
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import UserError, listed
 from circle_rotate.kernel.video_io import VIDEO_SUFFIXES
 from circle_rotate.prepare.caption_templates import LANGS, STYLES, CaptionFields, render_caption
 from circle_rotate.prepare.manifest import MANIFEST_NAME, accepted_clips, clip_path, write_manifest
@@ -204,15 +204,11 @@ def caption_action(found: CaptionFile, *, new: str, recorded: Optional[str], ove
     return KEEP
 
 
-def _names(paths: Sequence[str]) -> str:
-    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-
-
 def _refuse_unreadable(bad: Sequence[tuple]) -> None:
     """One error for every caption file musubi could not decode, raised before anything is written."""
     if not bad:
         return
-    which = _names([f"{path} ({why})" for path, why in bad])
+    which = listed([f"{path} ({why})" for path, why in bad])
     raise UserError(f"{len(bad)} caption file(s) not in UTF-8, the encoding musubi reads captions in (training "
                     f"would fail on them): {which}", path=bad[0][0] if len(bad) == 1 else None,
                     fix="save them as UTF-8, or pass --force to replace them with the generated captions")
@@ -383,11 +379,11 @@ def _caption_files(out_dir: Path, records: List[dict], *, rows: Sequence[MapRow]
         logger.warning("kept %d existing caption file(s) that differ (pass --force to replace them)", len(kept))
     if filled:
         logger.warning("%d caption file(s) were empty (musubi would train on no caption); wrote the generated "
-                       "caption into them: %s", len(filled), _names(filled))
+                       "caption into them: %s", len(filled), listed(filled))
     if bom:
         logger.warning("%d kept caption file(s) start with a UTF-8 byte-order mark, which musubi passes to the text "
                        "encoder as a character: %s; fix: save them as UTF-8 without BOM, or pass --force to replace "
-                       "them", len(bom), _names(bom))
+                       "them", len(bom), listed(bom))
     if from_source:
         logger.info("kept %d caption(s) carried from the source videos", len(from_source))
     return CaptionReport(got.written, got.unchanged, tuple(kept), None, unmatched, tuple(filled), tuple(bom), tuple(from_source))

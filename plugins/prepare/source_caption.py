@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.kernel.atomic import write_text
-from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.errors import UserError, listed
 from circle_rotate.prepare.caption import (CARRIED, GENERATED, SOURCE_CAPTION, CaptionFile, caption_for,
                                            read_caption_file)
 from circle_rotate.prepare.manifest import accepted_clips, clip_path, relative_posix
@@ -70,7 +70,7 @@ def read_source_captions(pairs: Sequence[Tuple[Path, Path]], *, raw: Path) -> Di
         if caption.not_utf8 is None and caption.text is not None:
             found[video] = SourceCaption(name, caption.text)
     if bad:
-        which = ", ".join(f"{p} ({why})" for p, why in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        which = listed([f"{p} ({why})" for p, why in bad])
         raise UserError(f"{len(bad)} source caption file(s) not in UTF-8, the encoding musubi reads captions in: "
                         f"{which}", path=bad[0][0] if len(bad) == 1 else None,
                         fix="save them as UTF-8 (prepare carries each to the clips of the video beside it); "
