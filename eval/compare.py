@@ -225,7 +225,8 @@ def compare_outputs(out_dir: os.PathLike | str) -> Tuple[Path, ...]:
 
 def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir: os.PathLike | str,
                 metrics: Sequence[str] = ("default",), jobs: int = 1, options: Optional[Mapping[str, Any]] = None,
-                force: bool = False, resamples: int = 9999, inputs: Sequence[os.PathLike | str] = ()) -> CompareOutcome:
+                force: bool = False, resamples: int = 9999, inputs: Sequence[os.PathLike | str] = (),
+                start_check: bool = True) -> CompareOutcome:
     """Evaluate (or read) both sides, pair, compare, and write compare.json, PNGs and report.html.
 
     Args:
@@ -238,6 +239,9 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
         resamples: bootstrap resamples.
         inputs: the other files the run reads (a subject mask or boxes file, weights): no
             output may replace one, ``force`` or not, as none may replace a video.
+        start_check: hold each pair's first frames against each other and leave out pairs that
+            do not start at the same conditioning image; off for a LoRA that changes the whole
+            first frame (then the pairing rests on the names alone, and a note says so).
 
     Everything is written into a staging folder beside ``out_dir`` (and ``options["mask_dir"]``)
     and moved into place once the comparison is done: an interrupted or failed run leaves an
@@ -296,7 +300,7 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
             return opts
 
         outcome = _compare(sides, out, stage=stage, metrics=metrics, jobs=jobs, options=side_options,
-                           resamples=resamples, run_notes=run_notes)
+                           resamples=resamples, run_notes=run_notes, start_check=start_check)
         with deferred_stop():
             stage.commit()
     return outcome
@@ -308,7 +312,7 @@ def _is_results(side: Path) -> bool:
 
 def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], jobs: int,
              options: Callable[[str, str], Dict[str, Any]], resamples: int,
-             run_notes: Sequence[str] = ()) -> CompareOutcome:
+             run_notes: Sequence[str] = (), start_check: bool = True) -> CompareOutcome:
     from circle_rotate.eval.plots import compare_figures
     from circle_rotate.eval.report import render_report
     from circle_rotate.kernel.atomic import write_bytes, write_json, write_text
@@ -316,7 +320,7 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     base_rows, lora_rows = (stage.final_rows(_load_side(s, metrics=metrics, jobs=jobs, options=options(d, n)))
                             for s, d, n in zip(sides, SHEETS, ("baseline", "lora")))
     pairs = pair_rows(base_rows, lora_rows)
-    differ, unchecked = different_starts(pairs)
+    differ, unchecked = different_starts(pairs) if start_check else ([], [])
     other_scene = {id(p) for p, _ in differ}
     # a pair of another size, length or rate is named for that, which the user can check at a
     # glance, and not for its first frames (one side's first frames dropped, or another scene)
@@ -332,6 +336,11 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     notes += [_unpaired(r, base_rows, lora_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [f"{p.name}: left out of every statistic: {why}" + (f" ({p.baseline['video']} beside {p.lora['video']})"
               if p.baseline["video"] != p.lora["video"] else "") for p, why in differ]
+    if differ:
+        notes.append("a LoRA that changes the whole first frame reads as another scene: if the pairs above are "
+                     "right, run again with --no-start-check")
+    if not start_check and pairs:
+        notes.append("the first frames were not compared (--no-start-check): the pairs rest on their names alone")
     if unchecked:
         notes.append(f"{', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}: the first frames were not "
                      "compared (the videos cannot be read where the results say), so the pairing is not checked")

@@ -115,6 +115,26 @@ def test_a_missing_video_that_shifts_comfyui_counters_leaves_the_wrong_pairs_out
     assert (out / "sheets" / "baseline" / "Wan_00003_.drift.png").is_file()
 
 
+def test_no_start_check_keeps_a_pair_whose_lora_changes_the_first_frame(tmp_path, capsys):
+    """A LoRA that recolours the whole video, first frame included, reads as another scene; the
+    user who knows the pairs are right can say so. Failed before: no such option."""
+    for side in ("base", "lora"):
+        (tmp_path / side).mkdir()
+    frames = _frames(_base("demo2"))
+    write_video(tmp_path / "base" / "demo2.mp4", frames, fps=15)
+    write_video(tmp_path / "lora" / "demo2.mp4", 255 - frames, fps=15)  # a negative: nothing like the first frame
+    common = [str(tmp_path / "base"), str(tmp_path / "lora"), "--metrics", "psnr", "--jobs", "1"]
+    assert main(["-q", "eval", "compare", *common, "-o", str(tmp_path / "checked")]) == 0
+    err = capsys.readouterr().err
+    assert "demo2: left out of every statistic: first frames differ (" in err and "--no-start-check" in err
+    assert main(["-q", "eval", "compare", *common, "-o", str(tmp_path / "names"), "--no-start-check"]) == 0
+    captured = capsys.readouterr()
+    assert "1 paired videos" in captured.out and "left out" not in captured.out
+    assert "the first frames were not compared (--no-start-check)" in captured.err
+    data = json.loads((tmp_path / "names" / "compare.json").read_text())
+    assert data["left_out_first_frames"] == {} and {m["column"]: m["n"] for m in data["metrics"]}["psnr"] == 1
+
+
 # -- 2. counters and time stamps in the names -----------------------------------------------------------------
 
 

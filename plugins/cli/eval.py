@@ -102,6 +102,9 @@ def add_parser(sub) -> None:
     c.add_argument("paths", nargs="*", metavar="BASELINE LORA", help="the two sides")
     add_out(c, metavar="DIR", default=Path("compare-report"), help="the report folder (default: compare-report)")
     add_alias(c, "--output", dest="out", new="-o/--out", type=Path)
+    c.add_argument("--no-start-check", dest="start_check", action="store_false",
+                   help="pair by name alone: do not leave out pairs whose first frames differ (for a LoRA that "
+                        "changes the whole first frame; a wrong pairing then goes unnoticed)")
     _add_shared(c)
     c.set_defaults(func=run_compare)
 
@@ -220,7 +223,7 @@ def run_compare(args: argparse.Namespace) -> int:
                             "(-o base.json, -o lora.json) and compare the two results files")
     outcome = compare(Path(sides[0]), Path(sides[1]), out_dir=args.out, metrics=_metrics(args), jobs=_jobs(args.jobs),
                       options={**_options(args.weights), **subject}, force=args.force,
-                      inputs=_files_given(args))
+                      inputs=_files_given(args), start_check=args.start_check)
     if args.json:
         print_json({"pairs": len(outcome.pairs), "left_out": list(outcome.left_out), "comparisons": [c.to_dict() for c in outcome.comparisons],
                     "failed": outcome.failed, "notes": list(outcome.notes), "written": [str(p) for p in outcome.written]})
