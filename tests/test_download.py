@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,14 @@ def test_copies_made_where_links_are_not_allowed_are_known_as_ours_on_a_rerun(ca
         paths = downloads.fetch("lora", to=to, cache_dir=cache)
     lora = Path(paths["LORA_HIGH"])
     assert lora.is_file() and not lora.is_symlink()
-    lora.write_bytes(b"the user's own training run")  # no longer the copy it made: refused again
+    high = lora.read_bytes()
+    # the user's own run saved over it, the same size as the released file (same rank, same keys):
+    # no longer the copy it made, refused again. Failed before, when the record held the size alone.
+    time.sleep(0.01)
+    lora.write_bytes(bytes(b ^ 1 for b in high))
+    assert lora.stat().st_size == len(high)
+    with pytest.raises(UserError, match="not a link into the download cache"):
+        downloads.check_link_targets("lora", to=to, cache_dir=cache)
+    lora.write_bytes(b"the user's own training run")
     with pytest.raises(UserError, match="not a link into the download cache"):
         downloads.check_link_targets("lora", to=to, cache_dir=cache)

@@ -207,24 +207,35 @@ def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = No
 
 
 #: Beside the files ``-o`` received as copies (where links are not allowed: exFAT, some SMB shares,
-#: Windows without developer mode): their names and sizes, so that a rerun knows them for its own.
+#: Windows without developer mode): their sizes and modification times, so that a rerun knows them
+#: for its own. The time matters: a user's own LoRA saved over a copy has the same size as the
+#: released one (same rank, same keys).
 COPIES_RECORD = ".circle-rotate-copies.json"
 
 
-def _copies(folder: Path) -> Dict[str, int]:
+def _copies(folder: Path) -> Dict[str, Dict[str, int]]:
     try:
         data = json.loads((folder / COPIES_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    # an older record held the size alone: without a time, no copy of it counts as ours
+    return {str(k): {"size": int(v["size"]), "mtime_ns": int(v["mtime_ns"])} for k, v in data.items()
+            if isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int)}
+
+
+def _stamp(path: Path) -> Dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _ours(dst: Path, cache: Path) -> bool:
     """Whether ``dst`` is what this command made earlier: a symlink into the cache, or a copy it
-    recorded (still of the size it had)."""
+    recorded (unchanged since: the same size and modification time)."""
     if not dst.is_symlink():
-        size = _copies(dst.parent).get(dst.name)
-        return size is not None and dst.is_file() and dst.stat().st_size == size
+        stamp = _copies(dst.parent).get(dst.name)
+        return stamp is not None and dst.is_file() and _stamp(dst) == stamp
     target = Path(os.path.realpath(dst))
     root = Path(os.path.realpath(cache))
     return target == root or root in target.parents
@@ -275,7 +286,7 @@ def _link(src: Path, dst: Path) -> None:
             copied = None
         except OSError:
             shutil.copyfile(src, tmp)
-            copied = tmp.stat().st_size
+            copied = _stamp(tmp)  # os.replace keeps the file's times
         os.replace(tmp, dst)
         record = _copies(dst.parent)
         if copied is not None or dst.name in record:  # a copy is ours only while the record says so
