@@ -83,6 +83,129 @@ def test_command_passes_musubis_parser_with_each_lora_on_its_expert(files, dits)
     assert (fast.infer_steps, fast.guidance_scale, fast.sample_solver) == (4, 1.6, "vanilla")
 
 
+EXPERT_FLAGS = {"--lazy_loading", "--offload_inactive_dit"}
+
+
+def test_experts_load_lazily_unless_both_are_kept_loaded(files, dits):
+    from circle_rotate.musubi.args import check_command
+
+    default = build_command(_request(files, dits), files["prompts"])
+    assert EXPERT_FLAGS & set(default.args) == {"--lazy_loading"}
+    ns = check_command(default)
+    assert ns.lazy_loading and not ns.offload_inactive_dit
+    swapped = check_command(build_command(_request(files, dits, blocks_to_swap=20), files["prompts"]))
+    assert swapped.lazy_loading and swapped.blocks_to_swap == 20  # what musubi's docs/wan.md gives with block swap
+    both = build_command(_request(files, dits, keep_both_loaded=True), files["prompts"])
+    assert not EXPERT_FLAGS & set(both.args)
+    ns = check_command(both)
+    assert not ns.lazy_loading and not ns.offload_inactive_dit
+
+
+class _Places:
+    """Where musubi last meant each expert's weights to be, and the place of each forward pass.
+
+    On this CPU musubi's device is ``torch.device("cpu")``, so the two kinds of move are told apart
+    by their argument, as wan_generate_video.py writes them: an offload is ``.to("cpu")`` (a str),
+    a move to the sampling device ``.to(device)`` / ``move_to_device_except_swap_blocks(device)``
+    (a ``torch.device``)."""
+
+    def __init__(self):
+        import weakref
+
+        self.place = weakref.WeakKeyDictionary()
+        self.expert = weakref.WeakKeyDictionary()
+        self.forwards = []  # (expert, place) per forward pass
+
+    def moved(self, model, device):
+        if isinstance(device, str) and device == "cpu":
+            self.place[model] = "offloaded"
+        elif isinstance(device, torch.device):
+            self.place[model] = "on the device"
+
+    def runs(self):
+        """The forward passes with repeats collapsed: [(expert, place), ...]."""
+        return [f for i, f in enumerate(self.forwards) if i == 0 or f != self.forwards[i - 1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory", [{}, {"keep_both_loaded": True}], ids=["default", "keep_both_loaded"])
+def test_no_expert_runs_offloaded_in_musubis_batch_mode(tiny_musubi_models, tiny_loras, tmp_path, monkeypatch, memory):
+    """musubi's real wan_generate_video.main() on tiny models on this CPU, with the arguments build_command gives
+    and two prompt lines: no forward pass may run on an expert whose last move was an offload to CPU. On a GPU
+    that is CPU weights fed CUDA inputs, a crash (--offload_inactive_dit in musubi 0.3.4: the low expert at the
+    first switch without block swap, the high expert from the second video with it)."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    import musubi_tuner.wan_generate_video as G
+    from circle_rotate.selfcheck import tiny_task
+    from musubi_tuner.wan.modules.model import WanModel
+
+    m = tiny_musubi_models
+    tiny_task.register()
+    first = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (90, 120, 150)).save(first)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a car, camera orbits --i {first} --d 1\na cup, camera orbits --i {first} --d 2\n")
+    request = GenerateRequest(prompts=prompts, out_dir=tmp_path / "videos",
+                              models=Models(m.dit_low, m.dit_high, m.vae, m.t5), lora_low=tiny_loras["low"],
+                              lora_high=tiny_loras["high"], frames=5, size=(32, 32), steps=4, **memory)
+    args = list(build_command(request, prompts).args)
+    # the tiny task on this CPU, latents instead of videos (no decode); everything else as generate runs it
+    args[args.index("--task") + 1] = tiny_task.TINY_TASK
+    args[args.index("--output_type") + 1] = "latent"
+    args += ["--device", "cpu"]
+    assert high_noise_steps("unipc", 4, 8.0) == 2  # so each video switches experts after step 2
+
+    places = _Places()
+    to, move = WanModel.to, WanModel.move_to_device_except_swap_blocks
+
+    def tracked_to(self, *a, **k):
+        places.moved(self, a[0] if a else k.get("device"))
+        return to(self, *a, **k)
+
+    def tracked_move(self, device):
+        places.moved(self, device)
+        return move(self, device)
+
+    load = G.load_dit_model
+
+    def traced_load(args, dit_path, *a, **k):
+        model = load(args, dit_path, *a, **k)
+        places.expert[model] = "high" if Path(dit_path) == m.dit_high else "low"
+
+        def before_forward(module, inputs, kwargs):
+            places.forwards.append((places.expert[module], places.place.get(module, "never moved")))
+            # bf16 inputs (the tiny T5's, the VAE's) meet fp32 tiny experts, which CUDA autocast mixes and
+            # CPU autocast does not: one dtype here, never a device change
+            f = lambda v: (v.float() if torch.is_tensor(v) and v.is_floating_point()  # noqa: E731
+                           else [f(x) for x in v] if isinstance(v, list) else v)
+            return tuple(f(x) for x in inputs), {key: f(v) for key, v in kwargs.items()}
+
+        model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(WanModel, "to", tracked_to)
+    monkeypatch.setattr(WanModel, "move_to_device_except_swap_blocks", tracked_move)
+    monkeypatch.setattr(G, "load_dit_model", traced_load)
+    # torchvision is a stand-in on a CPU-only torch: its to_tensor (PIL RGB -> float CHW in [0, 1])
+    monkeypatch.setattr(G, "TF", types.SimpleNamespace(to_tensor=lambda img: torch.from_numpy(
+        np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()))
+    monkeypatch.setitem(G.SUPPORTED_SIZES, tiny_task.TINY_TASK, G.SUPPORTED_SIZES["i2v-A14B"])
+    for key, value in tiny_task.TINY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(m.tokenizer_root)  # musubi finds the tokenizer relative to the working directory
+    monkeypatch.setattr(sys, "argv", ["wan_generate_video.py", *args])
+    G.main()
+
+    runs = places.runs()
+    assert [expert for expert, _ in runs] == ["high", "low", "high", "low"], runs  # both videos, both experts
+    assert all(place == "on the device" for _, place in runs), runs
+    assert len(list((request.out_dir / ".musubi-output").glob("*.safetensors"))) == 2
+
+
 def test_the_paper_hands_over_after_two_of_four_steps(musubi):
     assert high_noise_steps("vanilla", 4, 8.0) == 2
     assert 0 < high_noise_steps("unipc", 40, 8.0) < 40
@@ -132,17 +255,31 @@ def test_videos_are_renamed_by_prompt_for_eval_pairing(files, dits, monkeypatch)
         generate(request, dry_run=True, echo=lambda s: None)
 
 
+def _cli_args(files, dits):
+    return ["generate", str(files["prompts"]), "-o", str(files["tmp"] / "videos"),
+            "--dit-low", str(dits["low"]), "--dit-high", str(dits["high"]), "--vae", str(files["vae"]),
+            "--t5", str(files["t5"]), "--lora-low", str(files["lora"]["low"]), "--lora-high", str(files["lora"]["high"])]
+
+
 def test_cli_dry_run(files, dits, capsys):
     from circle_rotate.cli.main import main
 
-    code = main(["generate", str(files["prompts"]), "-o", str(files["tmp"] / "videos"),
-                 "--dit-low", str(dits["low"]), "--dit-high", str(dits["high"]), "--vae", str(files["vae"]),
-                 "--t5", str(files["t5"]), "--lora-low", str(files["lora"]["low"]),
-                 "--lora-high", str(files["lora"]["high"]), "--dry-run"])
+    code = main([*_cli_args(files, dits), "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "wan_generate_video.py" in out and "2 videos, 81 frames at 1280x720, shift 8" in out
     assert "differs from the paper" in out and not (files["tmp"] / "videos").exists()
+
+
+@pytest.mark.parametrize("extra, flags", [([], {"--lazy_loading"}), (["--keep-both-loaded"], set())])
+def test_cli_keep_both_loaded_reaches_the_command_and_record(files, dits, capsys, extra, flags):
+    from circle_rotate.cli.main import main
+
+    assert main([*_cli_args(files, dits), *extra, "--dry-run", "--json"]) == 0
+    out = capsys.readouterr()
+    record = json.loads(out.out)
+    assert EXPERT_FLAGS & set(record["command"]) == flags
+    assert ("--lazy_loading" in out.err) == bool(flags)  # the printed command line
 
 
 @pytest.mark.parametrize("change, says", [(dict(size=(500, 1000)), "1000x500 is not in multiples of 16"),

@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
     add_alias(p, "--gpu", dest="gpus", new="--gpus")
     p.add_argument("--fp8", action="store_true", help="quantize the experts to fp8 on load (memory; musubi --fp8_scaled)")
     p.add_argument("--blocks-to-swap", type=int, default=0, help="DiT blocks kept in CPU RAM (memory)")
+    p.add_argument("--keep-both-loaded", action="store_true",
+                   help="keep both experts on the GPU for the whole run (big GPUs): needs memory for both at once "
+                        "(with --fp8 about 2 x 14 GB of weights, without about 2 x 28 GB) and saves reloading both "
+                        "experts, LoRAs merged, for every video (default: each is loaded when its steps start)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the command, run nothing")
     p.add_argument("--json", action="store_true", help="print the run record (generate.json) as JSON")
     add_force(p)
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         prompts=Path(args.prompts), out_dir=args.out, models=models, lora_low=args.lora_low, lora_high=args.lora_high,
         strength=args.strength, accel_lora_low=args.accel_lora_low, accel_lora_high=args.accel_lora_high,
         frames=args.frames, size=size_hw, flow_shift=args.flow_shift, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, gpu=args.gpus, fp8=args.fp8, blocks_to_swap=args.blocks_to_swap, force=args.force)
+        seed=args.seed, gpu=args.gpus, fp8=args.fp8, blocks_to_swap=args.blocks_to_swap,
+        keep_both_loaded=args.keep_both_loaded, force=args.force)
     if not args.dry_run:
         from circle_rotate.kernel.musubi_env import require_cuda
 

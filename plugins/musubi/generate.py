@@ -1,7 +1,8 @@
 """``circle-rotate generate``: two-expert Wan2.2 I2V videos through musubi's ``wan_generate_video.py``.
 
-One musubi process loads both experts once and works through a prompt file (its batch
-mode, ``--from_file``); each line is musubi's prompt syntax with a first frame
+One musubi process works through a prompt file (its batch mode, ``--from_file``), loading
+each expert when its steps start (``--lazy_loading``; ``keep_both_loaded`` keeps both on the
+GPU instead); each line is musubi's prompt syntax with a first frame
 (``a silver sedan, camera orbits left --i first.png --ei last.png --d 7``). musubi names
 videos by time and seed, so every line gets its own seed and the videos are renamed to
 ``<NNN>_<first-frame stem>.mp4``: the same prompt file gives the same names with and
@@ -71,6 +72,7 @@ class GenerateRequest:
     gpu: str = "0"
     fp8: bool = False
     blocks_to_swap: int = 0
+    keep_both_loaded: bool = False  # both experts resident for the whole run (no reloading per video)
     force: bool = False
 
     def check(self) -> None:
@@ -177,8 +179,14 @@ def build_command(request: GenerateRequest, prompt_file: Path) -> MusubiCommand:
     scripts = musubi_scripts_dir()
     script = str(scripts / "wan_generate_video.py") if scripts else "wan_generate_video.py"
     m = request.models
+    # Not --offload_inactive_dit: musubi 0.3.4 moves an offloaded expert back to the GPU only at the
+    # high->low switch and only with block swap, and in --from_file mode never brings the high expert
+    # back for the next prompt, so an expert runs with its weights in CPU RAM and CUDA inputs (a crash
+    # at the first switch, or from the second video with block swap). --lazy_loading, which musubi's
+    # docs/wan.md gives for this, loads each expert (LoRAs merged) when its steps start, every video.
+    experts = [] if request.keep_both_loaded else ["--lazy_loading"]
     args = ["--task", "i2v-A14B", "--dit", str(m.dit_low), "--dit_high_noise", str(m.dit_high), "--vae", str(m.vae),
-            "--t5", str(m.t5), "--offload_inactive_dit", "--attn_mode", "sdpa",
+            "--t5", str(m.t5), *experts, "--attn_mode", "sdpa",
             "--video_size", str(request.size[0]), str(request.size[1]), "--video_length", str(request.frames),
             "--fps", str(NATIVE_FPS), "--flow_shift", f"{request.flow_shift:g}", "--seed", str(request.seed),
             "--save_path", str(request.out_dir / STAGING), "--output_type", "video", "--from_file", str(prompt_file)]
