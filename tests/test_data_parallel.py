@@ -91,6 +91,8 @@ def test_two_ranks_step_on_different_samples_and_one_lora_is_saved(runs):
     folder, result = runs["ddp"]
     command = result.plan.runs[0].command
     assert "accelerate.commands.launch" in command.argv and "--num_processes" in command.argv
+    # the launch line's --gpu_ids all keeps its CUDA_VISIBLE_DEVICES over a config's gpu_ids; accelerate runs it
+    assert command.argv[command.argv.index("--gpu_ids") + 1] == "all"
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["circle_rotate_l.safetensors"]
     rank0, rank1 = _trace(folder, 0), _trace(folder, 1)
     assert len(rank0) == len(rank1) == 2  # 2 optimizer steps, one micro-batch per rank each

@@ -13,7 +13,7 @@ from circle_rotate.cli._recipe_args import gpu_list
 from circle_rotate.musubi.accelerate_launch import check_config, config_text, read_config
 from circle_rotate.musubi.parallel_plan import BatchMaths, ParallelRequest, place_experts
 from circle_rotate.musubi.recipe_reader import recipe_path
-from test_train_cli import real_ws  # noqa: F401  (fixture)
+from test_train_cli import _MULTI_GPU_DEFAULT, _accelerate_sees, real_ws  # noqa: F401  (fixture)
 
 RECIPES = Path(recipe_path("common.sh")).parent
 
@@ -61,9 +61,16 @@ def test_template_and_written_configs_load_in_accelerate(tmp_path):
     template = RECIPES / "accelerate_multi_node.yaml"
     assert ClusterConfig.from_yaml_file(str(template)).num_processes == 16
     eight = tuple(str(i) for i in range(8))
-    assert check_config(read_config(template), template, ParallelRequest(gpus=eight, nodes=2)) == []
-    (wrong,) = check_config(read_config(template), template, ParallelRequest(gpus=eight[:4], nodes=2))
-    assert "num_processes is 16 but nodes x GPUs is 2 x 4 = 8" in wrong.one_line() and "fix:" in wrong.one_line()
+    for gpus in (eight, eight[:4]):
+        request = ParallelRequest(gpus=gpus, nodes=2, main_address="n0:29500")
+        problems = check_config(read_config(template), template, request, place_experts(("low",), request))
+        if gpus == eight:
+            assert problems == []
+        else:
+            (wrong,) = problems
+            assert ("num_processes is 16 but the launch line of low passes --num_processes 8 (2 node(s) x 4 GPU(s))"
+                    in wrong.one_line() and "fix: set num_processes: 8, or --gpus with 8 GPUs per node" in
+                    wrong.one_line())
     (pl,) = place_experts(("low",), ParallelRequest(gpus=eight, nodes=2, main_address="n0:29500"))
     written = tmp_path / "a.yaml"
     written.write_text(config_text(pl))
@@ -130,7 +137,8 @@ def test_two_node_dry_run_prints_each_nodes_exact_command(real_ws, capsys, roomy
     (("--node-rank", "2"), "error: --node-rank 2 is out of range for --nodes 2; fix: use 0 to 1"),
     (("--main-address", "node0:70000"), "error: --main-address: port '70000' of 'node0:70000' is not a port number"),
     (("--accelerate-config", "template"),
-     "num_processes is 16 but nodes x GPUs is 2 x 4 = 8; fix: set num_processes: 8"),
+     "num_processes is 16 but the launch line of low passes --num_processes 8 (2 node(s) x 4 GPU(s)), which "
+     "accelerate uses over the config; fix: set num_processes: 8"),
 ])
 def test_each_bad_request_is_one_line_with_its_fix_and_exit_2(real_ws, capsys, roomy, monkeypatch, extra, expected):
     monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
@@ -215,16 +223,143 @@ def test_json_dry_run_keeps_every_nodes_command(real_ws, capfd, roomy, monkeypat
     assert ["--machine_rank 0" in commands["low"][0], "--machine_rank 1" in commands["low"][1]] == [True, True]
 
 
-def test_gpu_ids_of_the_users_config_must_agree_with_gpus(tmp_path):
+def test_gpu_ids_of_the_users_config_other_than_gpus_is_a_warning_as_gpus_decide(tmp_path):
     config = tmp_path / "acc.yaml"
     config.write_text((RECIPES / "accelerate_multi_node.yaml").read_text().replace("gpu_ids: all", "gpu_ids: 0,1,2,3"))
     eight = tuple(str(i) for i in range(8))
-    (problem,) = check_config(read_config(config), config, ParallelRequest(gpus=eight, nodes=2))
+    request = ParallelRequest(gpus=eight, nodes=2, main_address="n0:29500")
+    (problem,) = check_config(read_config(config), config, request, place_experts(("low",), request))
     line = problem.one_line()
-    assert "gpu_ids 0,1,2,3 disagrees with --gpus 0,1,2,3,4,5,6,7: accelerate would run on gpu_ids" in line
+    assert line.startswith(f"warning: {config}: gpu_ids 0,1,2,3 differs from --gpus 0,1,2,3,4,5,6,7; the launch "
+                           "lines pass --gpu_ids all, so --gpus decides (low on 0,1,2,3,4,5,6,7)")
     assert "fix: set gpu_ids: all" in line
-    same = check_config(read_config(config), config, ParallelRequest(gpus=("3", "2", "1", "0"), nodes=2))
+    request = ParallelRequest(gpus=("3", "2", "1", "0"), nodes=2, main_address="n0:29500")
+    same = check_config(read_config(config), config, request, place_experts(("low",), request))
     assert not [p for p in same if "gpu_ids" in p.message]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _plan(tmp_path, experts, gpus, *, nodes=1, config=None, env=()):
+    from circle_rotate.musubi.train import TrainRequest, plan_training
+
+    outputs = (("OUTPUT_DIR_LOW", str(tmp_path / "low")), ("OUTPUT_DIR_HIGH", str(tmp_path / "high")))
+    address = f"127.0.0.1:{_free_port()}" if nodes == 1 else "node0:29500"  # accelerate checks the port is free
+    return plan_training(TrainRequest(experts, env=outputs + tuple(env), gpus=gpus, parallel=ParallelRequest(
+        gpus=gpus, nodes=nodes, main_address=address, accelerate_config=config)))
+
+
+@pytest.mark.parametrize("gpu_ids", [None, "all", "0,1,2,3,4,5,6,7"])  # None: the config train writes
+def test_each_experts_processes_see_only_its_own_gpus_whatever_the_configs_gpu_ids(tmp_path, monkeypatch, gpu_ids):
+    """accelerate's own parser, validation and child environment, as ``accelerate launch`` computes them:
+    before ``--gpu_ids all`` on the line, ``gpu_ids: 0,...,7`` set CUDA_VISIBLE_DEVICES 0-7 for both experts."""
+    import copy
+
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    default = tmp_path / "default_config.yaml"  # the user's default config names gpu_ids too: never read
+    default.write_text(_MULTI_GPU_DEFAULT)
+    config = None
+    if gpu_ids is not None:
+        config = tmp_path / "acc.yaml"
+        config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\ngpu_ids: {gpu_ids}\n"
+                          "machine_rank: 0\nmain_training_function: main\nmixed_precision: 'no'\nuse_cpu: false\n")
+    eight = tuple(str(i) for i in range(8))
+    for experts, want in ((("low", "high"), {"low": "0,1,2,3", "high": "4,5,6,7"}), (("low",), {"low": "0,1,2,3,4,5,6,7"})):
+        plan = _plan(tmp_path, experts, eight, config=config)
+        assert not [p.one_line() for p in plan.problems if p.severity == "error"]
+        seen = {}
+        for run in plan.runs:
+            for path, text in run.accelerate_config:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            args = _accelerate_sees(run.command.launcher, monkeypatch, default)
+            assert args.multi_gpu and args.num_processes == len(want[run.expert].split(","))
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", run.command.env_dict["CUDA_VISIBLE_DEVICES"])  # the line's env
+            seen[run.expert] = prepare_multi_gpu_env(copy.copy(args))["CUDA_VISIBLE_DEVICES"]
+        assert seen == want
+
+
+def test_a_users_config_is_judged_against_each_launch_line_not_all_gpus(tmp_path, monkeypatch):
+    """Split plans: each launch line passes its expert's own --num_processes / --num_machines, and accelerate
+    uses those over the config's; a config saying what runs is accepted, one saying nodes x all GPUs refused."""
+    eight = tuple(str(i) for i in range(8))
+    default = tmp_path / "default_config.yaml"
+    default.write_text(_MULTI_GPU_DEFAULT)
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
+    base = "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\ngpu_ids: all\nmachine_rank: 0\n"
+    cases = [  # (nodes, num_machines, num_processes, the error or None)
+        (1, 1, 4, None),
+        (1, 1, 8, "num_processes is 8 but the launch line of low passes --num_processes 4 (1 node(s) x 4 GPU(s), "
+                  "the experts splitting the hardware), which accelerate uses over the config; fix: set "
+                  "num_processes: 4 (each launch line passes its own)"),
+        (2, 1, 8, None),
+        (2, 2, 8, "num_machines is 2 but the launch line of low passes --num_machines 1 (1 node(s) x 8 GPU(s), "
+                  "the experts splitting the hardware), which accelerate uses over the config; fix: set "
+                  "num_machines: 1 (each launch line passes its own)"),
+        (2, 1, 16, "num_processes is 16 but the launch line of low passes --num_processes 8"),
+    ]
+    for k, (nodes, machines, processes, error) in enumerate(cases):
+        config = tmp_path / f"acc{k}.yaml"
+        config.write_text(f"{base}num_machines: {machines}\nnum_processes: {processes}\n")
+        plan = _plan(tmp_path, ("low", "high"), eight, nodes=nodes, config=config)
+        errors = [p.one_line() for p in plan.problems if p.path == str(config)]  # (not the recipe's relative paths)
+        if error is None:
+            assert errors == [], (k, errors)
+        else:
+            (line,) = errors
+            assert line.startswith(f"error: {config}: {error}"), line
+        for run in plan.runs:  # what runs: the launch line's values, whatever the config says
+            args = _accelerate_sees(run.command.launcher, monkeypatch, default)
+            placed = dict(run.details)["data_parallel"]
+            assert (args.num_processes, args.num_machines) == (placed["processes"], placed["nodes"])
+
+
+def test_musubi_applies_ddp_timeout_only_when_a_process_sees_several_gpus(musubi, monkeypatch):
+    """The premise of the DDP_TIMEOUT warning, on musubi's own prepare_accelerator."""
+    from types import SimpleNamespace
+
+    import musubi_tuner.training.accelerator_setup as setup
+    import torch
+
+    from circle_rotate.musubi.args import parse_musubi_args
+    from circle_rotate.musubi.recipe_reader import train_command
+
+    args = parse_musubi_args("wan_train_network", train_command("reproduce", "low", env={"DDP_TIMEOUT": "60"}).args)
+    assert args.ddp_timeout == 60
+    handed = {}
+    monkeypatch.setattr(setup, "Accelerator", lambda **kw: handed.update(kw) or SimpleNamespace(device="stub"))
+    for count, timeout in ((1, None), (2, 60 * 60.0)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        setup.prepare_accelerator(args)
+        groups = [h for h in handed["kwargs_handlers"] if isinstance(h, setup.InitProcessGroupKwargs)]
+        assert [g.timeout.total_seconds() for g in groups] == ([] if timeout is None else [timeout])
+
+
+def test_ddp_timeout_is_a_warning_where_each_process_sees_one_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("circle_rotate.musubi.accelerate_launch.NODE_LOCAL", ())
+    timeout = (("DDP_TIMEOUT", "60"),)
+
+    def warnings(experts, gpus, nodes=1, env=timeout):
+        return [p.one_line() for p in _plan(tmp_path, experts, gpus, nodes=nodes, env=env).problems
+                if p.path == "DDP_TIMEOUT"]
+
+    (line,) = warnings(("low",), ("0",), nodes=2)  # one GPU per node, two processes
+    assert line.startswith("warning: DDP_TIMEOUT: --ddp_timeout 60 of low is ignored: musubi applies it only when a "
+                           "process sees more than one GPU (torch.cuda.device_count() > 1), and each of its 2 "
+                           "process(es) sees one (GPU 0); fix: give each node 2+ GPUs (--gpus)")
+    side_by_side = warnings(("low", "high"), ("0", "1"))  # one process per expert
+    assert [line.split(" is ignored")[0] for line in side_by_side] == [
+        "warning: DDP_TIMEOUT: --ddp_timeout 60 of low", "warning: DDP_TIMEOUT: --ddp_timeout 60 of high"]
+    assert all("fix: leave DDP_TIMEOUT unset" in line for line in side_by_side)
+    assert warnings(("low",), ("0", "1")) == [] and warnings(("low", "high"), ("0", "1", "2", "3")) == []
+    assert warnings(("low",), ("0",), nodes=2, env=()) == []  # not set: nothing to warn about
 
 
 def test_swapped_blocks_of_every_process_are_weighed_against_the_hosts_ram():

@@ -1,7 +1,8 @@
 """accelerate configs and ``accelerate launch`` lines for data-parallel musubi runs, and their checks.
 
-A run's launcher always spells out the process count, machine count, this machine's rank and
-the rendezvous address, so a printed per-node command is complete on its own; the config file
+A run's launcher always spells out the process count, machine count, this machine's rank, the
+rendezvous address and ``--gpu_ids all`` (its ``CUDA_VISIBLE_DEVICES`` picks the GPUs), so a printed
+per-node command is complete on its own and a config's values for these never apply; the config file
 (written beside the LoRAs, or the user's own) carries the rest (``distributed_type``,
 ``rdzv_backend``). Every check returns :class:`~circle_rotate.musubi.preflight.Problem` lines that
 name the fix; nothing here runs anything.
@@ -47,11 +48,18 @@ def config_text(placement: Placement, *, source: str = "circle-rotate train --da
 
 
 def launcher(accelerate: str, placement: Placement, *, node_rank: int, config: Path) -> Tuple[str, ...]:
-    """``accelerate launch`` with every per-node value explicit."""
+    """``accelerate launch`` with every per-node value explicit.
+
+    ``--gpu_ids all``: without it accelerate copies ``gpu_ids`` from the config file and sets the
+    processes' ``CUDA_VISIBLE_DEVICES`` from it (``commands/launch.py``: ``_validate_launch_command``;
+    ``utils/launch.py``: ``prepare_multi_gpu_env``), over the one this line sets for its placement,
+    so a user's ``gpu_ids: 0,...,7`` put both experts of a split plan on the same cards. With
+    ``all`` accelerate leaves ``CUDA_VISIBLE_DEVICES`` as the line sets it: the placement's GPUs.
+    """
     machine_rank = placement.node_ranks.index(node_rank)
     return (accelerate, "launch", "--config_file", str(config), "--num_processes", str(placement.processes),
             "--num_machines", str(placement.machines), "--machine_rank", str(machine_rank),
-            "--main_process_ip", placement.host, "--main_process_port", str(placement.port))
+            "--main_process_ip", placement.host, "--main_process_port", str(placement.port), "--gpu_ids", "all")
 
 
 def one_gpu_config() -> Path:
@@ -95,34 +103,49 @@ def read_config(path: Path) -> Dict[str, object]:
     return data
 
 
-def check_config(config: Mapping[str, object], path: Path, request: ParallelRequest) -> List[Problem]:
-    """The user's accelerate config against the request: type, processes = nodes x GPUs, rank, port."""
+def check_config(config: Mapping[str, object], path: Path, request: ParallelRequest,
+                 placements: Sequence[Placement]) -> List[Problem]:
+    """The user's accelerate config against what the launch lines of ``placements`` pass: type, processes,
+    machines, rank, GPUs, port.
+
+    Each launch line passes its own ``--num_processes``, ``--num_machines`` and ``--gpu_ids all``
+    (:func:`launcher`), which accelerate uses over the config's values; a config value that differs
+    from them says the user expects another run than the one planned (e.g. ``num_processes: 16``
+    with ``--gpus 0-3 --nodes 2``), so it is refused, judged against each launch line: on a split
+    plan (both experts side by side, or one per node) that is the expert's share, not nodes x all GPUs.
+    """
     p, out = str(path), []
     kind = str(config.get("distributed_type", "NO"))
     if kind not in SUPPORTED_TYPES:
         out.append(Problem("error", p, f"distributed_type {kind}: musubi-tuner 0.3.4 trains with DDP only",
                            "set distributed_type: MULTI_GPU"))
     machines = int(config.get("num_machines", 1) or 1)
-    if machines != request.nodes:
-        out.append(Problem("error", p, f"num_machines is {machines} but --nodes is {request.nodes}",
-                           f"set num_machines: {request.nodes} (or pass --nodes {machines})"))
-    expected = request.nodes * len(request.gpus)
-    processes = config.get("num_processes")
-    if processes is not None and int(processes) != expected:
-        out.append(Problem("error", p, f"num_processes is {processes} but nodes x GPUs is {request.nodes} x "
-                                       f"{len(request.gpus)} = {expected}",
-                           f"set num_processes: {expected}, or --gpus to {int(processes) // max(1, request.nodes)} "
-                           "GPUs per node"))
+    for key, value, passed in (("num_machines", config.get("num_machines"), lambda pl: pl.machines),
+                               ("num_processes", config.get("num_processes"), lambda pl: pl.processes)):
+        wrong = [pl for pl in placements if value is not None and passed(pl) != int(value)]
+        if not wrong:
+            continue
+        pl, want = wrong[0], sorted({passed(x) for x in placements})
+        fix = f"set {key}: {want[0]}" if len(want) == 1 else f"leave {key} out"
+        spans = pl.gpus == tuple(request.gpus) and pl.machines == request.nodes
+        if key == "num_processes" and spans and int(value) % pl.machines == 0:
+            fix += f", or --gpus with {int(value) // pl.machines} GPUs per node"
+        side = "" if spans else ", the experts splitting the hardware"
+        out.append(Problem("error", p, f"{key} is {value} but the launch line of {pl.expert} passes --{key} "
+                                       f"{passed(pl)} ({pl.machines} node(s) x {len(pl.gpus)} GPU(s){side}), which "
+                                       "accelerate uses over the config",
+                           f"{fix} (each launch line passes its own)"))
     rank = config.get("machine_rank")
     if rank is not None and not 0 <= int(rank) < machines:
         out.append(Problem("error", p, f"machine_rank {rank} is out of range for {machines} machine(s)",
                            f"use 0 to {machines - 1}"))
     ids = str(config.get("gpu_ids", "all") or "all").replace(" ", "")
     if ids != "all" and sorted(ids.split(","), key=str) != sorted(request.gpus, key=str):
-        # accelerate sets CUDA_VISIBLE_DEVICES from gpu_ids over the run's own (from --gpus)
-        out.append(Problem("error", p, f"gpu_ids {ids} disagrees with --gpus {','.join(request.gpus)}: accelerate "
-                                       "would run on gpu_ids", f"set gpu_ids: all (--gpus picks the GPUs), or pass "
-                                                               f"--gpus {ids}"))
+        # the launch lines pass --gpu_ids all (see launcher): --gpus decides, this value does nothing
+        where = "; ".join(f"{pl.expert} on {','.join(pl.gpus)}" for pl in placements)
+        out.append(Problem("warning", p, f"gpu_ids {ids} differs from --gpus {','.join(request.gpus)}; the launch "
+                                         f"lines pass --gpu_ids all, so --gpus decides ({where})",
+                           f"set gpu_ids: all, or pass --gpus {ids} to train on those"))
     port = config.get("main_process_port")
     if port is not None and not (str(port).isdigit() and 1 <= int(port) <= 65535):
         out.append(Problem("error", p, f"main_process_port {port} is not a port number",

@@ -111,7 +111,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
     user_config = request.accelerate_config
     if user_config is not None:
         try:
-            problems += check_config(read_config(user_config), user_config, request)
+            problems += check_config(read_config(user_config), user_config, request, placements)
         except ValueError as exc:
             problems.append(Problem("error", str(user_config), str(exc), "give an accelerate config written by "
                                     "`accelerate config` or recipes/accelerate_multi_node.yaml"))
@@ -148,6 +148,7 @@ def plan_parallel(recipe: str, experts: Sequence[str], env: Dict[str, str], requ
                                     None if user_config else config, maths))
     problems += check_shared_paths(shared, request.nodes)
     problems += swap_ram_problems([r.command for r in runs], len(request.gpus))
+    problems += ddp_timeout_problems(runs)
     notes = [line for line in [shared_paths_note(shared) if request.nodes > 1 else None] if line]
     return ParallelPlan(tuple(runs), tuple(problems), tuple(notes))
 
@@ -169,6 +170,32 @@ def describe(plan: ParallelPlan) -> List[str]:
             lines.append(f"# node {node} (--node-rank {node}):")
         lines += [run.command.shell() for run in plan.runs if run.node == node]
     return lines
+
+
+def ddp_timeout_problems(runs: Sequence[ParallelRun]) -> List[Problem]:
+    """A warning per expert whose ``--ddp_timeout`` (``DDP_TIMEOUT``) musubi would drop.
+
+    musubi 0.3.4 builds its ``InitProcessGroupKwargs(timeout=...)`` only ``if
+    torch.cuda.device_count() > 1`` (``training/accelerator_setup.py``: ``prepare_accelerator``);
+    every process of a placement sees the placement's GPUs on its node (the launch line's
+    ``CUDA_VISIBLE_DEVICES``, kept by ``--gpu_ids all``), so with one GPU per node the process
+    group keeps torch's default timeout and the setting meant to outlast rank 0's saves does nothing.
+    """
+    out, seen = [], set()
+    for run in runs:
+        pl, value = run.placement, (option_values(run.command.args).get("--ddp_timeout") or [""])[0]
+        if not value or pl is None or len(pl.gpus) > 1 or run.expert in seen:
+            continue
+        seen.add(run.expert)
+        if pl.processes > 1:
+            fix = ("give each node 2+ GPUs (--gpus) for it to apply, or keep rank 0's saves under torch's default "
+                   "of 10 minutes (faster storage, fewer saved epochs)")
+        else:
+            fix = "leave DDP_TIMEOUT unset: a single process has no other rank to wait for"
+        out.append(Problem("warning", "DDP_TIMEOUT", f"--ddp_timeout {value} of {pl.expert} is ignored: musubi "
+                           "applies it only when a process sees more than one GPU (torch.cuda.device_count() > 1), "
+                           f"and each of its {pl.processes} process(es) sees one (GPU {pl.gpus[0] or 'none'})", fix))
+    return out
 
 
 #: Share of this machine's RAM the swapped blocks of all its processes may take before a warning:
