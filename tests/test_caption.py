@@ -338,3 +338,19 @@ def test_a_caption_file_reads_as_musubi_opens_it_with_universal_newlines(tmp_pat
         musubi = f.read().strip()
     found = read_caption_file(path)
     assert found.text == musubi == "A car.\nSecond line."  # before: "A car.\r\nSecond line."
+
+
+def test_jsonl_paths_relative_to_the_training_folder(prepared, tmp_path, capsys):
+    """musubi opens a JSONL's video_path as written, from its working folder: --relative-to DIR (the
+    folder training runs from, as config's) writes them relative to it, forward slashes; caption
+    files hold no paths, so --relative-to without --jsonl is refused before anything is written."""
+    jsonl = tmp_path / "ds.jsonl"
+    assert main(["caption", str(prepared), "--jsonl", str(jsonl), "--relative-to", str(prepared.parent)]) == 0
+    paths = [json.loads(line)["video_path"] for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    assert paths == [f"{prepared.name}/videos/a_000_x.mp4", f"{prepared.name}/videos/a_001_x.mp4"]
+    assert all((prepared.parent / p).is_file() for p in paths)
+    capsys.readouterr()
+    assert main(["caption", str(prepared), "--relative-to", str(prepared.parent)]) == 2
+    err = capsys.readouterr().err
+    assert "--relative-to is for --jsonl" in err and len(err.strip().splitlines()) == 1
+    assert not list(prepared.glob("videos/*.txt"))

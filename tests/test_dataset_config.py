@@ -484,3 +484,122 @@ def test_a_resolution_off_the_16_grid_names_musubis_own_bucket(tmp_path, musubi)
     (warning,) = [p for p in check_config(cfg, use_musubi=False).problems if p.key == "resolution"]
     bucket = list(BucketSelector((170, 100), architecture="wan").get_bucket_resolution((170, 100)))
     assert bucket == [176, 96] and warning.fix == f"use {bucket}"  # its area kept: not [160, 96]
+
+
+def _prepare_at(root: Path, fps: int, frames: int) -> Path:
+    """Two 1.3 s orbits prepared at ``fps`` (every setting but the rate as the training smoke test's),
+    --qc off, captioned."""
+    for i, direction in enumerate(("right", "left")):
+        write_footage(TurntableSpec(name=f"take{i}", width=160, height=96, frames=40, fps=30.0, direction=direction,
+                                    total_angle_deg=30, seed=i), root / "raw" / "mug")
+    out = root / f"prep{fps}"
+    assert main(["-q", "prepare", str(root / "raw"), "-o", str(out), "--frames", str(frames), "--fps", str(fps),
+                 "--resolution", "64x64", "--qc", "off", "--keep-still", "--jobs", "1"]) == 0
+    assert main(["-q", "caption", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared24(tmp_path_factory) -> Path:
+    """25-frame clips at 24 fps, prepare --qc off: musubi drops them to 16 frames at 16 fps."""
+    return _prepare_at(tmp_path_factory.mktemp("cfg24"), 24, 25)
+
+
+def _musubi_frames(group, cwd: Path):
+    """The frame count of every item musubi's latent caching would encode (its own loader, no VAE)."""
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return [item.content.shape[0] for ds in group.datasets for _, batch in ds.retrieve_latent_cache_batches(1)
+                for item in batch]
+    finally:
+        os.chdir(old)
+
+
+def test_clips_prepared_at_another_fps_get_the_target_frames_musubi_leaves_after_dropping_frames(
+        prepared24, tmp_path, musubi):
+    """prepare --fps 24 makes 25-frame clips; musubi drops frames to 16 fps before it compares their
+    length with target_frames (media_utils.load_video: 16 of them, its float index losing one), so
+    target_frames = [25] takes none. config writes the longest 4n+1 musubi has, 13, and musubi's own
+    loader then takes every clip, 13 frames from its first; 17 (the next 4n+1) would take none."""
+    clips = accepted_clips(read_manifest(prepared24 / MANIFEST_NAME))
+    assert len(clips) == 2 and {(c["frames"], c["fps"]) for c in clips} == {(25, 24.0)}  # the premise
+    out = tmp_path / "ds.toml"
+    assert main(["-q", "config", str(prepared24), "-o", str(out)]) == 0
+    text = out.read_text()
+    ds = toml.loads(text)["datasets"][0]
+    assert (ds["target_frames"], ds["frame_extraction"], ds["source_fps"]) == ([13], "head", 24.0)
+    seen = _musubi_frames(_musubi_group(out, tmp_path), tmp_path)
+    assert seen == [13, 13] and all((n - 1) % 4 == 0 for n in seen)
+    longer = tmp_path / "longer.toml"
+    longer.write_text(text.replace("target_frames = [13]", "target_frames = [17]"))
+    assert _musubi_frames(_musubi_group(longer, tmp_path), tmp_path) == []  # 13 is the longest musubi gives
+    # the comments say what happens at 24 fps, not what would at 16
+    assert "drops no frames" not in text and "Clips are exactly this long" not in text
+    said = " ".join(text.replace("\n# ", " ").split())  # the comments as one text, unwrapped
+    assert "The clips hold 25 frames at 24 fps; musubi drops frames to bring them to 16 fps" in said
+    assert "16 of every 24 frames" in said and "2 clip(s) of 25 frames at 24 fps (musubi takes 13 at 16 fps)" in text
+
+
+def test_clips_under_16_fps_are_refused_with_the_fix_musubi_would_take_none(tmp_path, musubi, capsys):
+    """musubi's source_fps only drops frames; under 16 fps its 'head' read stops at the target's
+    index, which a slower clip reaches with fewer frames than the target: no clip gives an item."""
+    prep = _prepare_at(tmp_path, 12, 9)
+    (tmp_path / "hand.toml").write_text(f'[general]\nresolution = [64, 64]\ncaption_extension = ".txt"\n[[datasets]]\n'
+                                        f'video_directory = "{(prep / "videos").as_posix()}"\n'
+                                        f'cache_directory = "{(tmp_path / "c").as_posix()}"\n'
+                                        f'target_frames = [9]\nframe_extraction = "head"\nsource_fps = 12.0\n')
+    assert _musubi_frames(_musubi_group(tmp_path / "hand.toml", tmp_path), tmp_path) == []  # the premise
+    capsys.readouterr()
+    assert main(["-q", "config", str(prep), "-o", str(tmp_path / "ds.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "at 12 fps, under Wan2.2's 16" in err and "fix: prepare them again with --fps 16" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ds.toml").exists()
+
+
+def test_config_comments_follow_the_values_written(prepared, prepared24, tmp_path):
+    """Batch size, rescaling and QC are said as they are, not as the defaults would have them."""
+    plain = tmp_path / "plain.toml"
+    assert main(["-q", "config", str(prepared), "-o", str(plain)]) == 0
+    text = plain.read_text()
+    assert "# One clip per step" in text and "checked to orbit by `circle-rotate prepare` (--qc strict)" in text
+    said = " ".join(text.replace("\n# ", " ").split())  # the comments as one text, unwrapped
+    assert "prepare cut the clips to exactly those sizes, so nothing is resampled twice" in said
+    other = tmp_path / "other.toml"
+    assert main(["-q", "config", str(prepared24), "-o", str(other), "--batch-size", "2", "--resolution", "128x128"]) == 0
+    text = other.read_text()
+    assert toml.loads(text)["general"]["batch_size"] == 2
+    assert "One clip per step" not in text and "# 2 clips per step" in text
+    said = " ".join(text.replace("\n# ", " ").split())  # the comments as one text, unwrapped
+    assert "nothing is" not in said and "2 clip(s) are not at their bucket, so musubi rescales them (first: " in said
+    assert " 80x48 -> 160x96)" in said and "`circle-rotate prepare --resolution 128x128` would cut them" in said
+    assert "checked to orbit" not in text and "kept by `circle-rotate prepare --qc off` (no orbit check)" in text
+
+
+def test_a_jsonl_config_relative_to_the_training_folder_moves_with_it(prepared, tmp_path, musubi, capsys):
+    """musubi opens each video_path of a JSONL as written, from its working folder. A config written
+    --relative-to over a JSONL of absolute paths would break once the folder moves: config refuses it
+    and names the fix, caption --jsonl --relative-to writes paths that move with it."""
+    project = tmp_path / "project"
+    shutil.copytree(prepared, project / "prepared", ignore=shutil.ignore_patterns("dataset.jsonl", "*.toml", "cache"))
+    copy = project / "prepared"
+    absolute = copy / "absolute.jsonl"
+    assert main(["-q", "caption", str(copy), "--jsonl", str(absolute)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "config", str(copy), "-o", str(copy / "ds.toml"), "--jsonl", str(absolute),
+                 "--relative-to", str(project)]) == 2
+    err = capsys.readouterr().err
+    assert "video_path value(s) in it are absolute" in err and len(err.strip().splitlines()) == 1
+    assert f"--jsonl {absolute} --relative-to {project}" in err and not (copy / "ds.toml").exists()
+    relative = copy / "relative.jsonl"
+    assert main(["-q", "caption", str(copy), "--jsonl", str(relative), "--relative-to", str(project)]) == 0
+    paths = [json.loads(line)["video_path"] for line in relative.read_text().splitlines()]
+    assert paths and all(p.startswith("prepared/videos/") for p in paths)
+    assert main(["-q", "config", str(copy), "-o", str(copy / "ds.toml"), "--jsonl", str(relative),
+                 "--relative-to", str(project)]) == 0
+    assert "relative to the folder training runs from" in (copy / "ds.toml").read_text()
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(project), str(moved))
+    report = check_config(moved / "prepared" / "ds.toml", base_dir=moved, use_musubi=False)
+    assert report.ok and report.datasets[0].videos == len(paths), [p.one_line() for p in report.problems]
+    assert _musubi_frames(_musubi_group(moved / "prepared" / "ds.toml", moved), moved) == [9] * len(paths)

@@ -382,3 +382,26 @@ def test_one_caption_file_captions_every_video_of_its_stem_and_stray_text_files_
     # before: "... not named as videos (.txt; first: ...); rename a video whose suffix is not a container's"
     assert "passed over 2 text file(s) that are no video's caption as musubi pairs them (first: car/twin.TXT)" in printed
     assert "not named as videos" not in printed
+
+
+def test_a_video_that_starts_still_gives_no_clip_says_so_and_keep_still_keeps_it_from_frame_0(tmp_path, capsys):
+    """A clip-long video holding still for half a second before it turns: still trimming (on by
+    default, --qc off or not) leaves no whole clip, which exits 0 like a success, so the CLI names
+    the source and --keep-still; with --keep-still the clip starts at the video's first frame, the
+    one musubi's 'head' extraction conditions I2V on."""
+    # a slow turn: on a 160x96 frame a fast one starting after a still head reads as a scene cut
+    orbit = [f.image for f in render_frames(TurntableSpec(width=160, height=96, frames=9, fps=16.0,
+                                                          total_angle_deg=6, seed=11))]
+    raw = tmp_path / "raw"
+    write_video(raw / "still_head.mp4", [orbit[0]] * 8 + orbit, fps=16, preset="ultrafast")  # 17 frames, 8 still
+    args = ["--frames", "17", "--fps", "16", "--resolution", "160x96", "--qc", "off", "--jobs", "1"]
+    assert main(["prepare", str(raw), "-o", str(tmp_path / "trimmed"), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "0 clip(s) kept" in printed
+    assert ("1 source(s) gave no clip (first: still_head.mp4: no stretch of camera motion is a whole clip long once "
+            "still or barely moving heads, tails and pauses are left out (or scene cuts split it); --keep-still keeps "
+            "them)") in printed
+    assert main(["prepare", str(raw), "-o", str(tmp_path / "kept"), *args, "--keep-still"]) == 0
+    assert "gave no clip" not in capsys.readouterr().out
+    (clip,) = _clips(read_manifest(tmp_path / "kept" / MANIFEST_NAME))
+    assert clip["verdict"] == "accept" and clip["start_time"] == 0.0 and clip["frames"] == 17

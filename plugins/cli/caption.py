@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         examples="  circle-rotate caption data/prepared\n"
                  "  circle-rotate caption data/prepared --map subjects.csv --style sentence --lang zh\n"
                  "  circle-rotate caption data/prepared --subject 'a silver sedan' --context 'Urban Night View' "
-                 "--jsonl data/prepared/dataset.jsonl\n")
+                 "--jsonl data/prepared/dataset.jsonl\n"
+                 "  circle-rotate caption data/prepared --jsonl data/prepared/dataset.jsonl --relative-to .\n")
     p.add_argument("prepared_dir", type=Path, metavar="PREPARED_DIR", help="folder written by circle-rotate prepare "
                                                                          "(the captions are written into it)")
     p.add_argument("--map", type=Path, help="subject map CSV (columns: match, subject, viewpoint, shot_scale, "
@@ -37,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--style", choices=STYLES, default="tags", help="tags (default) or one sentence")
     p.add_argument("--ext", default=".txt", help="caption file extension (musubi's caption_extension)")
     p.add_argument("--jsonl", type=Path, help="write this video_jsonl_file instead of caption files")
+    p.add_argument("--relative-to", type=Path, metavar="DIR",
+                   help="with --jsonl: write each video_path relative to DIR, the folder training runs from (musubi "
+                        "opens them from its working folder, not the JSONL's); default absolute. Pair it with "
+                        "config --relative-to DIR")
     p.add_argument("--force", action="store_true", help="replace caption files (and the jsonl) that exist")
     add_alias(p, "--overwrite", dest="force", new="--force", switch=True)
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = CaptionOptions(lang=args.lang, style=args.style, subject=args.subject, viewpoint=args.viewpoint,
                              shot_scale=args.shot_scale, context=tuple(args.context), extension=args.ext,
-                             jsonl=args.jsonl, overwrite=args.force)
+                             jsonl=args.jsonl, overwrite=args.force, relative_to=args.relative_to)
     r = caption_dataset(args.prepared_dir, options=options, subject_map=args.map)
     if args.json:
         print_json({"written": r.written, "unchanged": r.unchanged, "kept": [str(p) for p in r.kept],

@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("prepared_dir", type=Path, help="folder written by circle-rotate prepare")
     add_out(p, metavar="TOML", help="TOML to write (default PREPARED_DIR/dataset.toml)")
     add_alias(p, "--output", dest="out", new="-o/--out", type=Path)
-    p.add_argument("--jsonl", type=Path, help="use this video_jsonl_file (from caption --jsonl) instead of videos/")
+    p.add_argument("--jsonl", type=Path, help="use this video_jsonl_file (from caption --jsonl) instead of videos/; with "
+                                              "--relative-to DIR, write it with caption --relative-to DIR as well")
     p.add_argument("--cache", type=Path, help="cache_directory (default PREPARED_DIR/cache)")
     p.add_argument("--resolution", type=frame_size, metavar="WxH", help="bucket area (default: prepare's)")
     p.add_argument("--repeats", type=int, default=1, help="num_repeats (default 1)")

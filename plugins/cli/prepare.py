@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     if report.passed_over:
         print(f"passed over {len(report.passed_over)} clip(s) of an earlier prepare's output under {args.raw_dir} "
               f"(first: {report.passed_over[0]})")
+    if report.no_motion:  # not a failure (exit 0), yet a source the user may expect clips from
+        source, reason = report.no_motion[0]
+        print(f"{len(report.no_motion)} source(s) gave no clip (first: {source}: {reason})")
     for source, status, reason in report.failed:
         # a file cut short that still gave clips is no failure of the run's making: said as what happened
         print(f"{'CUT SHORT' if status == 'truncated' else 'FAILED'} {source}: {status}: {reason}")

@@ -142,4 +142,4 @@ class ManifestMismatchError(UserError):
         if self.missing:
             parts.append(f"{len(self.missing)} manifest clip(s) missing on disk (first: {self.missing[0]})")
         super().__init__("manifest and videos/ disagree: " + ", ".join(parts), path=path,
-                         fix="run circle-rotate prepare RAW OUT --repair")
+                         fix="run circle-rotate prepare RAW -o OUT --repair")

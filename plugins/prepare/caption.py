@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -54,6 +55,9 @@ class CaptionOptions:
     extension: str = ".txt"
     jsonl: Optional[Path] = None  # write one video_jsonl_file instead of caption files
     overwrite: bool = False
+    #: write the jsonl's video_path values relative to this folder, the one training runs from
+    #: (musubi opens each video_path as written, from its working folder); None: absolute
+    relative_to: Optional[Path] = None
 
     def validate(self) -> None:
         bad = []
@@ -65,6 +69,11 @@ class CaptionOptions:
             bad.append(f"--ext {self.extension!r} must start with '.' (e.g. .txt)")
         elif self.extension.lower() in VIDEO_SUFFIXES:  # the caption would replace its own clip
             bad.append(f"--ext {self.extension!r} is a video extension")
+        if self.relative_to is not None and self.jsonl is None:
+            bad.append("--relative-to is for --jsonl (caption files beside the clips hold no paths)")
+        elif self.relative_to is not None and not Path(self.relative_to).is_dir():
+            bad.append(f"--relative-to {self.relative_to} is not an existing folder (give the one training will run "
+                       "from, e.g. --relative-to .)")
         if bad:
             raise UserError("; ".join(bad), fix="see circle-rotate caption --help")
 
@@ -214,6 +223,16 @@ def _refuse_unreadable(bad: Sequence[tuple]) -> None:
                     fix="save them as UTF-8, or pass --force to replace them with the generated captions")
 
 
+def _jsonl_path(clip: Path, relative_to: Optional[Path]) -> str:
+    """A clip's video_path as musubi opens it: absolute, or relative to the folder training runs
+    from (musubi passes it to its decoder as written, so it resolves against the working folder,
+    not the JSONL's); forward slashes on every OS."""
+    path = clip.resolve()
+    if relative_to is None:
+        return path.as_posix()
+    return Path(os.path.relpath(path, Path(relative_to).resolve())).as_posix()
+
+
 def caption_dataset(out_dir: Path, *, options: CaptionOptions = CaptionOptions(),
                     subject_map: Optional[Path] = None) -> CaptionReport:
     """Caption every accepted clip of a prepared folder and record the captions in its manifest.
@@ -270,7 +289,7 @@ def _caption_locked(out_dir: Path, *, options: CaptionOptions, subject_map: Opti
                 from_source.append(rec["clip"])
             else:
                 rec["caption"] = rec[GENERATED] = caption_for(rec, rows=rows, options=options)
-            lines.append(json.dumps({"video_path": clip_path(out_dir, rec).resolve().as_posix(),
+            lines.append(json.dumps({"video_path": _jsonl_path(clip_path(out_dir, rec), options.relative_to),
                                      "caption": rec["caption"]}, ensure_ascii=False))
         write_text(options.jsonl, "".join(line + "\n" for line in lines))
         try:

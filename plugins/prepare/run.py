@@ -97,6 +97,7 @@ class PrepareReport:
     source_captions: Tuple[str, ...] = ()  # the sources' own caption files (relative to RAW) carried to their clips
     carried: int = 0  # accepted clips whose caption is their source's
     caption_edits: Tuple[str, ...] = ()  # clip captions (relative to OUT_DIR) left as edited, not the source's text
+    no_motion: Tuple[Tuple[str, str], ...] = ()  # (source, reason) of this run's sources that gave no clip: no motion found
 
     @property
     def ok(self) -> bool:
@@ -484,6 +485,8 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     clips = [r for r in records if r.get("type") == "clip"]
     accepted = sum(r["verdict"] == "accept" for r in clips)
     failed = tuple((h["source"], h["status"], h.get("reason") or "") for h in current if h["status"] in FAILED)
+    # not failures (exit 0: a still or cut-up video is no broken file), yet no clip: the CLI names them
+    no_motion = tuple((h["source"], h.get("reason") or "") for h in current if h["status"] == "no_motion")
     hdr = tuple((h["source"], h["probe"]["hdr"]) for h in heads
                 if h["status"] not in FAILED and (h.get("probe") or {}).get("hdr"))  # decoded, so tone-mapped
     barred = tuple((h["source"], n) for h in current for n in h.get("notes") or () if n.startswith(BARS_NOTE))
@@ -501,4 +504,4 @@ def _summarise(out: Path, manifest: Path, sources: List[Path], state: Dict[str, 
     all_smaller = bool(smaller) and smaller == accepted
     return PrepareReport(out, manifest, len(sources), processed, len(sources) - processed, accepted,
                          len(clips) - accepted, statuses, failed, summary_path, plot_path, hdr, smaller=smaller,
-                         all_smaller=all_smaller, barred=barred)
+                         all_smaller=all_smaller, barred=barred, no_motion=no_motion)

@@ -338,7 +338,10 @@ def _run(st: _State, info, probe: dict) -> List[dict]:
         status = "too_short" if samples < opts.frames else "no_motion"
         reason = (f"{samples} frames at {opts.fps:g} fps; a clip needs {opts.frames}; fix: {TOO_SHORT_FIX}"
                   if status == "too_short" else
-                  "no stretch of camera motion is a whole clip long (still or cut up); --keep-still keeps still footage")
+                  ("no stretch of camera motion is a whole clip long once still or barely moving heads, tails and "
+                   "pauses are left out (or scene cuts split it); --keep-still keeps them" if opts.trim_still else
+                   # --keep-still is on: only scene cuts end a stretch, and naming the flag again would not help
+                   "no stretch between scene cuts is a whole clip long"))
     elif not clips:
         first = next((r for r in st.records if r.get("reasons")), None)
         status, reason = "rejected", "QC rejected every clip" + (f" (first: {'; '.join(first['reasons'])})"
