@@ -50,8 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
     p.add_argument("--preset", default="medium", help="x264 preset (default medium)")
     p.add_argument("--crop-bars", action="store_true",
-                   help="crop black bars (letterbox, pillarbox) off each source before scaling (found on its first "
-                        "frames); without it they are kept and named with the crop that removes them")
+                   help="crop black bars (letterbox, pillarbox) off each source before scaling (found on 24 frames "
+                        "spread over the whole source); without it they are kept and named with the crop that removes them")
     p.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view in degrees, for speeds")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--dry-run", action="store_true", help="list the sources that would be prepared, write nothing")

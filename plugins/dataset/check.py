@@ -246,7 +246,7 @@ def _check_dataset(i: int, ds: dict, general: dict, out: _Problems, base: Path) 
         try:  # a folder prepare wrote: its clips must be the ones its manifest lists
             check_prepared(src.parent)
         except UserError as exc:
-            out.add("error", where, src_key, exc.problem, exc.fix or "run circle-rotate prepare RAW OUT --repair")
+            out.add("error", where, src_key, exc.problem, exc.fix or "run circle-rotate prepare RAW -o OUT --repair")
     if src_key == "video_directory" and not params["caption_extension"] and not _given(ds, general, "caption_extension"):
         out.add("error", where, None, "no caption_extension: musubi cannot find captions for a video_directory",
                 'add caption_extension = ".txt" (here or in [general])')

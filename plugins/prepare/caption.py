@@ -277,9 +277,8 @@ def _caption_locked(out_dir: Path, *, options: CaptionOptions, subject_map: Opti
         check_output_path(options.jsonl, inputs=inputs, force=True)
         if Path(options.jsonl).exists() and not options.overwrite:
             raise UserError("jsonl already exists", path=options.jsonl, fix="pass --force to replace it")
+    # returned, not logged: the CLI names each row with its line (a log line too said it twice)
     unmatched = tuple((row.line, row.match) for row in rows if id(row) not in used)
-    if unmatched:
-        logger.warning("%d subject-map row(s) used by no clip", len(unmatched))
     if options.jsonl is not None:
         lines, from_source = [], []
         for rec in accepted_clips(records):

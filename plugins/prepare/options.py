@@ -35,8 +35,8 @@ class PrepareOptions:
         encode_threads: x264 threads per clip (0: FFmpeg decides).
         keep_rejected: also write rejected clips (to ``rejected/``) for inspection.
         hfov_deg: assumed horizontal field of view (scales the measured speeds only).
-        crop_bars: crop the black bars (letterbox, pillarbox) found on a source's first frames
-            off all of it before scaling, so the LoRA does not learn them.
+        crop_bars: crop the black bars (letterbox, pillarbox) found on frames spread over a
+            source off all of it before scaling, so the LoRA does not learn them.
     """
 
     frames: int = 81
