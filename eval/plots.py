@@ -74,7 +74,8 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: os.PathLike | str) -> 
 
 
 def trajectories_figure(pairs: Sequence[Any]) -> Optional[bytes]:
-    """One small panel per paired video: baseline and LoRA centroid paths on common axes."""
+    """One small panel per paired video: baseline and LoRA centroid paths on common axes (the
+    caller passes the pairs the drift statistics hold; the title counts those drawn)."""
     pairs = [p for p in pairs if _centroids(p.baseline) is not None and _centroids(p.lora) is not None]
     if not pairs:
         return None
@@ -91,13 +92,18 @@ def trajectories_figure(pairs: Sequence[Any]) -> Optional[bytes]:
         ax.tick_params(labelsize=6)
     for ax in axes.ravel()[len(pairs):]:
         ax.axis("off")
-    fig.suptitle("subject centroid around its mean (px, y down)")
+    fig.suptitle(f"subject centroid around its mean (px, y down), n={len(pairs)}")
     return png_bytes(fig)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
 def paired_bars_figure(pairs: Sequence[Any], column: str, label: str) -> Optional[bytes]:
-    """Baseline and LoRA values of one column side by side for each paired video."""
-    pairs = [p for p in pairs if p.baseline.get(column) is not None and p.lora.get(column) is not None]
+    """Baseline and LoRA values of one column side by side for each paired video with a number
+    on both sides (the title counts them)."""
+    pairs = [p for p in pairs if _number(p.baseline.get(column)) and _number(p.lora.get(column))]
     if not pairs:
         return None
     x = np.arange(len(pairs))
@@ -106,13 +112,14 @@ def paired_bars_figure(pairs: Sequence[Any], column: str, label: str) -> Optiona
     ax.bar(x + 0.2, [p.lora[column] for p in pairs], 0.4, color=LORA_COLOUR, label="LoRA")
     ax.set_xticks(x, [p.name for p in pairs], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(label)
-    ax.set_title(f"{label} per video")
+    ax.set_title(f"{label} per video, n={len(pairs)}")
     ax.legend()
     return png_bytes(fig)
 
 
-def distributions_figure(comparisons: Sequence[Any], pairs: Sequence[Any]) -> Optional[bytes]:
-    """Per numeric column, the baseline and LoRA distributions (box + points)."""
+def distributions_figure(comparisons: Sequence[Any], held: Mapping[str, Sequence[Any]]) -> Optional[bytes]:
+    """Per numeric column, the baseline and LoRA distributions (box + points) over ``held[column]``,
+    the pairs its statistics hold (the panel's title gives their n)."""
     comps = [c for c in comparisons if c.n >= 1]
     if not comps:
         return None
@@ -121,24 +128,32 @@ def distributions_figure(comparisons: Sequence[Any], pairs: Sequence[Any]) -> Op
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.2 * rows_n), squeeze=False)
     rng = np.random.default_rng(0)
     for ax, c in zip(axes.ravel(), comps):
-        data = [[p.baseline[c.column] for p in pairs if p.baseline.get(c.column) is not None and p.lora.get(c.column) is not None],
-                [p.lora[c.column] for p in pairs if p.baseline.get(c.column) is not None and p.lora.get(c.column) is not None]]
+        pairs = [p for p in held.get(c.column, ()) if _number(p.baseline.get(c.column)) and _number(p.lora.get(c.column))]
+        data = [[p.baseline[c.column] for p in pairs], [p.lora[c.column] for p in pairs]]
         ax.boxplot(data, showfliers=False)
         ax.set_xticks([1, 2], ["baseline", "LoRA"])
         for i, (vals, colour) in enumerate(zip(data, (BASE_COLOUR, LORA_COLOUR)), start=1):
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=10, color=colour, zorder=3)
-        ax.set_title(c.label, fontsize=9)
+        ax.set_title(f"{c.label}, n={len(pairs)}", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(comps):]:
         ax.axis("off")
     return png_bytes(fig)
 
 
-def compare_figures(pairs: Sequence[Any], comparisons: Sequence[Any]) -> Dict[str, bytes]:
-    """All comparison figures by file name (only those with something to show)."""
+def compare_figures(comparisons: Sequence[Any], held: Mapping[str, Sequence[Any]]) -> Dict[str, bytes]:
+    """All comparison figures by file name (only those with something to show).
+
+    Args:
+        comparisons: :class:`circle_rotate.eval.compare.Comparison` list.
+        held: per column, the pairs its statistics hold (:func:`circle_rotate.eval.compare.held_pairs`):
+            a figure draws those and no others (the drift panels the pairs whose drift is reliable
+            on both sides), so the n in its title is the table's.
+    """
+    drift = held.get("drift", ())
     figs: Dict[str, Optional[bytes]] = {
-        "trajectories.png": trajectories_figure(pairs),
-        "drift_per_video.png": paired_bars_figure(pairs, "drift", "subject drift (px)"),
-        "distributions.png": distributions_figure(comparisons, pairs),
+        "trajectories.png": trajectories_figure(drift),
+        "drift_per_video.png": paired_bars_figure(drift, "drift", "subject drift (px)"),
+        "distributions.png": distributions_figure(comparisons, held),
     }
     return {k: v for k, v in figs.items() if v is not None}

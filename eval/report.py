@@ -39,6 +39,11 @@ def _sheet_link(row: Mapping[str, Any], base_dir: Optional[Path], label: str) ->
     return f" <a href='{html.escape(quote(Path(href).as_posix()))}'>{label}</a>"
 
 
+def _interval(low: Any, high: Any) -> str:
+    """``[low, high]``; "-" where there is none (under 3 pairs, or no spread in the differences)."""
+    return "-" if low is None or high is None else f"[{_fmt(low)}, {_fmt(high)}]"
+
+
 def _confidence(row: Mapping[str, Any]) -> str:
     c = row.get("drift_confidence")
     text = _fmt(c, 2)
@@ -65,6 +70,8 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
         unpaired: rows of the videos evaluated without a pair (their contact sheets are linked).
         base_dir: the report's folder (contact sheet links are made relative to it).
     """
+    from circle_rotate.eval.compare import relative_change
+
     base = Path(base_dir) if base_dir is not None else None
     head = ("<tr><th class=l>metric</th><th>n</th><th>baseline mean ± std</th><th>LoRA mean ± std</th><th>change</th>"
             "<th>95% CI of difference</th><th>paired t p</th><th>Wilcoxon p</th><th>Cohen's d</th><th>verdict</th></tr>")
@@ -74,13 +81,15 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
         body.append(
             f"<tr><td class=l>{html.escape(c.label)}</td><td>{c.n}</td>"
             f"<td>{_fmt(c.baseline_mean)} ± {_fmt(c.baseline_std, 3)}</td><td>{_fmt(c.lora_mean)} ± {_fmt(c.lora_std, 3)}</td>"
-            f"<td>{_pct(c.relative_change)}</td><td>[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]</td><td>{_fmt(c.p_value, 3)}</td>"
+            f"<td>{_pct(c.relative_change)}</td><td>{_interval(c.ci_low, c.ci_high)}</td><td>{_fmt(c.p_value, 3)}</td>"
             f"<td>{_fmt(c.wilcoxon_p, 3)}</td><td>{_fmt(c.cohens_d, 3)}</td><td class='{cls}'>{html.escape(c.verdict)}</td></tr>")
     per_video = ["<tr><th class=l>video</th><th>baseline drift</th><th>confidence</th><th>LoRA drift</th>"
                  "<th>confidence</th><th>change</th><th class=l>what was measured</th></tr>"]
     for p in pairs:
         b, l_ = p.baseline.get("drift"), p.lora.get("drift")
-        change = (l_ - b) / b if isinstance(b, (int, float)) and isinstance(l_, (int, float)) and b else None
+        # as the table's: none from a baseline near 0 (a static camera's drift), where any change reads thousands of %
+        change = relative_change(b, l_, max(abs(b), abs(l_))) \
+            if isinstance(b, (int, float)) and isinstance(l_, (int, float)) else None
         links = _sheet_link(p.baseline, base, "baseline") + _sheet_link(p.lora, base, "LoRA")
         per_video.append(f"<tr><td class=l>{html.escape(p.name)}</td><td>{_fmt(b)}</td><td>{_confidence(p.baseline)}</td>"
                          f"<td>{_fmt(l_)}</td><td>{_confidence(p.lora)}</td><td>{_pct(change)}</td>"
@@ -107,8 +116,13 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
             f"</head><body><h1>{html.escape(title)}</h1><p>baseline: <code>{html.escape(baseline)}</code><br>"
             f"LoRA: <code>{html.escape(lora)}</code><br>{html.escape(paired_text)}</p><ul>{headline}</ul>"
             f"<h2>Metrics</h2><table>{head}{''.join(body)}</table>"
-            "<p class=note>change: LoRA mean relative to baseline mean. CI: percentile bootstrap of the mean paired "
-            "difference (LoRA - baseline). Subject drift and subject flow: lower is better.</p>"
+            "<p class=note>change: LoRA mean relative to baseline mean (- where the baseline mean is under 1% of the "
+            "largest reading: from about 0, any change would read thousands of %). CI: the t interval of the mean "
+            "paired difference (LoRA - baseline), the paired t-test's own; - under 3 pairs, where no column is called "
+            "better or worse. Each video counts as an independent pair: several seeds of one prompt are not "
+            "independent (average them per prompt first), and each of these columns is tested at 0.05 on its own, "
+            "so one better/worse among many can be chance. Subject drift and subject flow: lower is better. "
+            "The figures draw the pairs in the statistics only (n in their titles).</p>"
             f"<h2>Per video</h2><table>{''.join(per_video)}</table>"
             "<p class=note>Contact sheets: the 16 sampled frames with the subject mask's outline and the centroid path."
             f"</p>{dropped_html}{alone_html}<h2>Figures</h2>{images}"
