@@ -34,6 +34,22 @@ def _skipping(name: str, fn: Callable[[EvalContext], MetricResult]) -> Callable[
     return run
 
 
+def hub_download_command(repo: str) -> str:
+    """The command that fetches ``repo`` into the Hugging Face cache with the huggingface_hub installed
+    here: ``hf download`` from 0.34 on (1.0 removed ``huggingface-cli``, which older ones only have)."""
+    import importlib.metadata
+    import re
+
+    try:
+        version = importlib.metadata.version("huggingface_hub")
+    except importlib.metadata.PackageNotFoundError:  # installing it now gets a version with `hf`
+        return f"hf download {repo}"
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match and (int(match.group(1)), int(match.group(2))) < (0, 34):
+        return f"huggingface-cli download {repo}"
+    return f"hf download {repo}"
+
+
 def _load_clip(ctx: EvalContext):
     _need("transformers", "transformers")
     source = _weights(ctx, "clip") or CLIP_MODEL
@@ -46,8 +62,8 @@ def _load_clip(ctx: EvalContext):
             model = CLIPModel.from_pretrained(source, local_files_only=True).eval()
             processor = CLIPImageProcessor.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError):  # ValueError: a path that does not exist reads as a bad repo id
-            raise Unavailable(f"CLIP weights '{source}' are not on this machine (run `huggingface-cli download "
-                              f"{CLIP_MODEL}` once, or pass --weights clip=FOLDER)") from None
+            raise Unavailable(f"CLIP weights '{source}' are not on this machine (run `{hub_download_command(CLIP_MODEL)}` "
+                              f"once, or pass --weights clip=FOLDER)") from None
         return model.to(_device()), processor
 
     return ctx.shared(key, build)

@@ -20,7 +20,8 @@ import pytest
 
 from circle_rotate.kernel.musubi_env import musubi_available, prepare_cpu_import
 
-MUSUBI_HINT = "musubi-tuner not installed (pip install --no-deps ../shared/musubi-tuner, or circle-rotate[train])"
+MUSUBI_HINT = ("musubi-tuner not installed (pip install -e '.[train]', or pip install --no-deps ../shared/musubi-tuner "
+               "and pip install -r .ci/musubi-requirements.txt)")
 
 
 def _require_musubi() -> None:

@@ -157,3 +157,50 @@ def test_a_wrong_extension_or_strength_names_the_right_option(tmp_path, pair, ca
     assert main(["merge-pair", "--high", str(high), str(lh), "--low", str(low), str(ll), "-o", str(tmp_path / "p"),
                  "--strength-high", "1e30", "--dtype", "fp16"]) == 2
     assert "--strength-high" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_dry_run_checks_both_merges_says_what_each_would_be_and_writes_nothing(tmp_path, pair, capsys, monkeypatch):
+    """As ``merge --dry-run``: the same checks (experts, outputs, free disk for both), the plan of each
+    merged expert with its size, both together against the free space; no file, no folder."""
+    import json
+    import shutil
+    from collections import namedtuple
+
+    from circle_rotate.kernel import disk_space
+
+    high, lh, low, ll = pair
+    out = tmp_path / "merged"
+    args = ["merge-pair", "--high", str(high), str(lh), "--low", str(low), str(ll), "--out", str(out),
+            "--dtype", "fp8_scaled", "--workflow", "--dry-run"]
+    assert main(args + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists()
+    names = {e: f"wan2.2_i2v_{e}_noise_circle_rotate_{e[0]}_fp8_scaled.safetensors" for e in ("high", "low")}
+    for expert in ("high", "low"):
+        assert plan[expert]["out"] == str(out / names[expert]) and plan[expert]["expert"] == expert
+        assert plan[expert]["merged"] > 0 and plan[expert]["dtypes"]["fp8_e4m3fn"] > 0
+    assert plan["bytes"] == plan["high"]["bytes"] + plan["low"]["bytes"]
+    assert plan["disk"] == str(tmp_path) and plan["free_bytes"] > 0  # measured where the folder will be made
+    assert plan["evidence"]["low LoRA"] == "low (filename)" and plan["workflow"] == str(out / "circle_rotate_workflow.json")
+
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("would write ") == 3 and "GiB free at" in text and text.rstrip().endswith("_api.json")
+    assert "both: " in text and "nothing written" in text and not out.exists()
+
+    # the checks are the merge's own: a swapped pair and a disk that takes one expert but not two are refused
+    assert main(["merge-pair", "--high", str(low), str(lh), "--low", str(high), str(ll), "--out", str(out),
+                 "--dry-run"]) == 2
+    assert "is the low-noise one" in capsys.readouterr().err
+    one, real = plan["high"]["bytes"], shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(10 * one, 9 * one, int(1.5 * one)))
+    assert main(args) == 2 and "the two merged experts need" in capsys.readouterr().err
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", real)
+    assert not out.exists()
+
+    # the sizes are what the merge then writes (plus each file's header)
+    report = merge_pair((high, lh), (low, ll), out, dtype="fp8_scaled")
+    for expert, merged in (("high", report.high), ("low", report.low)):
+        size = os.path.getsize(merged.out)
+        assert merged.out == plan[expert]["out"] and 0 <= size - plan[expert]["bytes"] < 64 * 1024

@@ -15,23 +15,35 @@ pytestmark = pytest.mark.slow  # builds and installs a wheel
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _tracked() -> list:
+    """The checkout's files as git sees them (tracked, and new ones not ignored)."""
+    return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+def built(tmp_path_factory):
+    """(wheel, sdist, the build's output): both built by setuptools' own hooks, as `python -m build
+    --no-isolation` and pip call them, from a copy of the tracked tree (no build/ in the checkout)."""
+    out = tmp_path_factory.mktemp("dist")
     build = tmp_path_factory.mktemp("src")
-    # Build from a copy of the tracked tree so the test never writes build/ into the checkout.
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for rel in files:
+    for rel in _tracked():
         src = ROOT / rel
         if src.is_file():
             dst = build / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(src.read_bytes())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(build)],
-                   check=True, capture_output=True)
+    code = f"import setuptools.build_meta as b; b.build_sdist({str(out)!r}); b.build_wheel({str(out)!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=build, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (whl,) = out.glob("circle_rotate-*.whl")
-    return whl
+    (sdist,) = out.glob("circle_rotate-*.tar.gz")
+    return whl, sdist, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built) -> Path:
+    return built[0]
 
 
 def test_wheel_maps_folders_and_ships_recipes_and_datasets(wheel):
@@ -43,6 +55,9 @@ def test_wheel_maps_folders_and_ships_recipes_and_datasets(wheel):
     for data in shipped:
         rel = data.relative_to(ROOT)
         assert f"circle_rotate/{rel.as_posix()}" in names, f"{rel} missing from the wheel"
+    # datasets/: exactly its tracked files (configs, the subject map), nothing a run left beside them
+    assert {n for n in names if n.startswith("circle_rotate/datasets/")} == {
+        f"circle_rotate/{rel}" for rel in _tracked() if rel.startswith("datasets/")}
     assert not any(n.startswith(("plugins/", "tools/", "eval/", "tests/")) for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 
@@ -61,3 +76,31 @@ def test_installed_wheel_runs_from_another_directory(wheel, tmp_path):
     helped = subprocess.run([sys.executable, "-m", "circle_rotate", "--help"], cwd=tmp_path, env=env, capture_output=True,
                             text=True)
     assert helped.returncode == 0 and "doctor" in helped.stdout
+
+
+def test_the_build_leaves_no_folder_out_of_the_packages(built):
+    """setuptools warns for a folder with files that is importable but not listed in `packages`
+    (datasets/circle, datasets/custom were), and will stop shipping such folders."""
+    assert "absent from the `packages` configuration" not in built[2]
+    assert "absent from setuptools' `packages` configuration" not in built[2]
+
+
+def test_the_sdist_runs_its_own_tests(built, tmp_path):
+    """The unpacked sdist holds what its tests import and read: conftest.py, the helper modules,
+    tests/data/, and .ci/ (musubi-tuner's requirements, which the install hints name); no caches."""
+    import tarfile
+
+    with tarfile.open(built[1]) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    tests = {rel for rel in _tracked() if rel.startswith(("tests/", ".ci/"))}
+    assert {"tests/conftest.py", "tests/model_files.py", "tests/hub_cache.py", ".ci/musubi-requirements.txt"} <= tests
+    assert tests <= names, sorted(tests - names)
+    assert any(n.startswith("tests/data/") for n in names)
+    assert not [n for n in names if "__pycache__" in n or ".pytest_cache" in n]
+    with tarfile.open(built[1]) as tar:
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    (root,) = tmp_path.iterdir()
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                               cwd=root, capture_output=True, text=True)
+    # pytest exits 2 on a collection error ("ERROR tests/...: ModuleNotFoundError: No module named 'model_files'")
+    assert collected.returncode == 0 and "tests collected" in collected.stdout, collected.stdout[-2000:]

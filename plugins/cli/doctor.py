@@ -24,6 +24,16 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _musubi(r) -> str:
+    from circle_rotate.kernel.musubi_env import INSTALL_HINT
+
+    if not r.musubi_tuner:
+        return f"not installed ({INSTALL_HINT})"
+    if r.musubi_import:  # installed, but its scripts do not import: the version alone would read as fine
+        return f"{r.musubi_tuner}, but it does not import: {r.musubi_import}"
+    return r.musubi_tuner
+
+
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.musubi.doctor import collect
 
@@ -37,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         ("python", f"{r.python} ({r.platform})"),
         ("torch", f"{r.torch}, CUDA {_yes(r.cuda)}"),
         ("GPUs", gpus),
-        ("musubi-tuner", r.musubi_tuner or "not installed (pip install 'circle-rotate[train]')"),
+        ("musubi-tuner", _musubi(r)),
         ("accelerate", r.accelerate or "not installed"),
         ("bitsandbytes", r.bitsandbytes or "not installed (needed for adamw8bit)"),
         ("PyAV encoders", ", ".join(f"{k} {_yes(v)}" for k, v in r.encoders.items())),

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="trust the --high/--low order for files whose expert nothing tells")
     p.add_argument("--ignore-expert-evidence", action="store_true",
                    help="merge even if a file's metadata or name says it is the other expert")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything (experts, LoRAs, outputs, free disk for both) and say what would be written "
+                        "(sizes, dtypes, layers touched, free space); write nothing")
     p.add_argument("--workflow", nargs="?", const="circle_rotate_workflow.json", default=None, metavar="NAME",
                    help="also write a ComfyUI workflow for the two merged files into --out (default name "
                         "circle_rotate_workflow.json, plus its _api.json); see `circle-rotate workflow --help`")
@@ -43,7 +46,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circle_rotate.tools.merge.pair import merge_pair
+    from circle_rotate.tools.merge.pair import prepare_pair, run_pair
 
     workflow = None
     if args.workflow is not None:  # checked before the long merge, written after it
@@ -57,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(workflow, force=args.force)
         check_output_path(api_path(workflow), force=args.force)
 
-    report = merge_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
-                        strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
-                        ignore_expert_evidence=args.ignore_expert_evidence,
-                        alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
-                        skip_absent=args.skip_absent)
+    # every check, both plans and the disk for both, before anything is written: a dry run stops here
+    prepared = prepare_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
+                            strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
+                            ignore_expert_evidence=args.ignore_expert_evidence,
+                            alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
+                            skip_absent=args.skip_absent)
+    if args.dry_run:
+        return _dry_run(args, prepared, workflow)
+    report = run_pair(prepared)
     if workflow is not None:
         from circle_rotate.cli.workflow import describe as describe_workflow, spec_from_args
         from circle_rotate.tools.comfy.workflow import write_workflows
@@ -77,4 +84,23 @@ def run(args: argparse.Namespace) -> int:
     print(describe(report.low))
     if workflow is not None:
         print(describe_workflow(spec, workflow))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, prepared, workflow) -> int:
+    """As ``merge --dry-run``: what each merged expert would be, plus both together against the free space."""
+    summary = prepared.summary()
+    workflows = None
+    if workflow is not None:
+        from circle_rotate.tools.comfy.workflow import api_path
+
+        workflows = [str(workflow), str(api_path(workflow))]
+    if args.json:
+        print_json({**summary.to_dict(), "workflow": workflows[0] if workflows else None, "dry_run": True})
+        return 0
+    for role, how in summary.evidence.items():
+        print(f"{role}: {how}")
+    print("\n".join(summary.lines()))
+    if workflows:
+        print(f"would write the ComfyUI workflow {workflows[0]} and {Path(workflows[1]).name}")
     return 0

@@ -24,14 +24,24 @@ import importlib.util
 import logging
 import sys
 import types
-from typing import Optional
+from typing import Optional, Tuple
 
 from circle_rotate.kernel.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'circle-rotate[train]' (musubi-tuner v0.3.4 from GitHub), or pip install --no-deps <musubi-tuner checkout>"
+# circle-rotate is not on PyPI (a package with a git-URL requirement cannot be uploaded there), so
+# its train extra is installed from the clone; pip install --no-deps leaves out musubi-tuner's own
+# requirements (voluptuous, easydict, accelerate...), which the second route must install itself.
+REQUIREMENTS_HINT = ("in the circle-rotate clone: pip install -r .ci/musubi-requirements.txt "
+                     "(musubi-tuner's requirements, which pip install --no-deps leaves out)")
+INSTALL_HINT = ('in the circle-rotate clone: pip install -e ".[train]" (musubi-tuner v0.3.4 from GitHub, with its '
+                "requirements), or pip install --no-deps <musubi-tuner checkout> and then "
+                "pip install -r .ci/musubi-requirements.txt")
 SUPPORTED_VERSION = "0.3.4"
+#: The musubi-tuner scripts the kit parses, checks and runs: importing them imports every module the
+#: kit uses, so every requirement of musubi's that the kit needs (see :func:`musubi_import_problem`).
+SCRIPTS = ("wan_train_network", "wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_generate_video")
 
 _prepared = False
 
@@ -97,11 +107,49 @@ def import_musubi(module: str) -> types.ModuleType:
     if not musubi_available():
         raise UserError(f"musubi-tuner is not installed (needed for musubi_tuner.{module})", fix=INSTALL_HINT)
     prepare_cpu_import()
-    # musubi's modules print on import ("Trying to import sageattention", "Failed to import ..."):
-    # an optional attention backend's probe, nothing a user acts on; kept off a command's stdout
-    # (--json) and its one-line stderr
-    with contextlib.redirect_stdout(io.StringIO()):
-        return importlib.import_module(f"musubi_tuner.{module}")
+    try:
+        # musubi's modules print on import ("Trying to import sageattention", "Failed to import ..."):
+        # an optional attention backend's probe, nothing a user acts on; kept off a command's stdout
+        # (--json) and its one-line stderr
+        with contextlib.redirect_stdout(io.StringIO()):
+            return importlib.import_module(f"musubi_tuner.{module}")
+    except ImportError as exc:
+        # find_spec() above only sees the musubi_tuner package: installed with pip install --no-deps,
+        # its own requirements are missing and the import fails inside musubi, a traceback otherwise
+        raise import_error(exc, f"musubi_tuner.{module}") from None
+
+
+def import_error(exc: ImportError, needed_for: str) -> UserError:
+    """The one-line error for an import of musubi-tuner (or of one of its requirements, such as
+    accelerate) that failed with ``exc``; ``needed_for`` names what was being imported."""
+    missing = (exc.name or "").split(".")[0]
+    if isinstance(exc, ModuleNotFoundError) and missing == "musubi_tuner":
+        return UserError(f"musubi-tuner {musubi_version()} has no module {exc.name} (needed for {needed_for}; "
+                         f"circle-rotate is built for musubi-tuner {SUPPORTED_VERSION})", fix=INSTALL_HINT)
+    if isinstance(exc, ModuleNotFoundError) and missing:
+        return UserError(f"musubi-tuner's requirement '{missing}' is not installed ({needed_for} imports it)",
+                         fix=REQUIREMENTS_HINT)
+    return UserError(f"{needed_for} fails to import: {' '.join(str(exc).split()) or type(exc).__name__}",
+                     fix=REQUIREMENTS_HINT)
+
+
+def musubi_import_problem(scripts: Tuple[str, ...] = SCRIPTS) -> Optional[str]:
+    """Why musubi-tuner's ``scripts`` cannot be imported here (one line, with the fix), or None when
+    they can or musubi-tuner is not installed at all (see :func:`musubi_version`).
+
+    The package alone being there says nothing about its requirements: ``pip install --no-deps``
+    installs musubi-tuner without voluptuous, easydict or accelerate, and only a real import tells.
+    """
+    if not musubi_available():
+        return None
+    try:
+        for script in scripts:
+            import_musubi(script)
+    except UserError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure on import is what this reports
+        return f"musubi-tuner fails to import: {' '.join(str(exc).split()) or type(exc).__name__}"
+    return None
 
 
 def require_cuda(what: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Sequence
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.musubi_env import import_musubi
+from circle_rotate.kernel.musubi_env import import_error, import_musubi
 from circle_rotate.kernel.wan_arch import WanDiTConfig
 from circle_rotate.musubi.recipe_reader import MusubiCommand
 from circle_rotate.musubi.tasks import register_named
@@ -125,8 +125,10 @@ def check_launcher(command: MusubiCommand) -> None:
     launcher = list(command.launcher)
     if len(launcher) < 2 or Path(launcher[0]).name != "accelerate" or launcher[1] != "launch":
         return
-    from accelerate.commands.launch import launch_command_parser
-
+    try:
+        from accelerate.commands.launch import launch_command_parser
+    except ImportError as exc:  # musubi-tuner installed with --no-deps leaves accelerate out: one line, not a traceback
+        raise import_error(exc, "the `accelerate launch` that runs musubi's scripts") from None
     try:
         with _raising_argparse():
             ns = launch_command_parser().parse_args([*launcher[2:], command.script_path or command.script, *command.args])

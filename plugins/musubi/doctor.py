@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 import circle_rotate
-from circle_rotate.kernel.musubi_env import musubi_version
+from circle_rotate.kernel.musubi_env import INSTALL_HINT, musubi_import_problem, musubi_version
 
 #: VRAM the reproduce recipes need with fp8_base and block swap (see recipes/README.md).
 MIN_TRAIN_VRAM_GB = 24
@@ -38,6 +38,7 @@ class DoctorReport:
     cuda: bool
     gpus: List[Dict[str, object]]
     musubi_tuner: Optional[str]
+    musubi_import: Optional[str]  # why musubi-tuner's scripts do not import (its requirements), or None
     accelerate: Optional[str]
     bitsandbytes: Optional[str]
     pyav: str
@@ -114,13 +115,24 @@ def _roundtrip(tmp: Path) -> Dict[str, bool]:
 def _jobs(r: DoctorReport) -> List[JobStatus]:
     video_ok = r.encoders.get("libx264", False) and r.decode_roundtrip.get("pyav", False)
     vram = max((g.get("vram_gb", 0) for g in r.gpus), default=0)
-    train_missing = [n for n, v in (("musubi-tuner", r.musubi_tuner), ("accelerate", r.accelerate),
-                                    ("bitsandbytes", r.bitsandbytes)) if not v]
-    if not r.cuda:
+    train_missing = [n for n, v in (("accelerate", r.accelerate), ("bitsandbytes", r.bitsandbytes)) if not v]
+    no_gpu = "" if r.cuda else "no CUDA GPU, and "
+    # musubi first: without it (or its requirements) train --dry-run, preflight and smoke stop too,
+    # so the no-GPU line below, which says they work here, would send the user to a refusal
+    if not r.musubi_tuner:
+        train = JobStatus("reproduce / retrain (GPU training)", False,
+                          f"{no_gpu}musubi-tuner is not installed (`train --dry-run`, preflight and `smoke` need it "
+                          f"too): {INSTALL_HINT}")
+    elif r.musubi_import:
+        train = JobStatus("reproduce / retrain (GPU training)", False,
+                          f"{no_gpu}musubi-tuner {r.musubi_tuner} does not import (`train --dry-run`, preflight and "
+                          f"`smoke` stop too): {r.musubi_import}")
+    elif not r.cuda:
         train = JobStatus("reproduce / retrain (GPU training)", False,
                           "no CUDA GPU; `circle-rotate train --dry-run` and preflight still work here")
     elif train_missing:
-        train = JobStatus("reproduce / retrain (GPU training)", False, f"missing {', '.join(train_missing)}: pip install 'circle-rotate[train]'")
+        train = JobStatus("reproduce / retrain (GPU training)", False,
+                          f"missing {', '.join(train_missing)}: in the circle-rotate clone, pip install -e \".[train]\"")
     elif vram < MIN_TRAIN_VRAM_GB:
         train = JobStatus("reproduce / retrain (GPU training)", False, f"largest GPU has {vram:.0f} GB; {MIN_TRAIN_VRAM_GB} GB is the minimum")
     else:
@@ -159,6 +171,8 @@ def collect(*, disk_path: Path = Path(".")) -> DoctorReport:
         cuda=torch.cuda.is_available(),
         gpus=gpus,
         musubi_tuner=musubi_version(),
+        # the real import: the package can be there without its requirements (pip install --no-deps)
+        musubi_import=musubi_import_problem(),
         accelerate=_version("accelerate"),
         bitsandbytes=_version("bitsandbytes") if importlib.util.find_spec("bitsandbytes") else None,
         pyav=av.__version__,

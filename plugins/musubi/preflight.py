@@ -13,14 +13,16 @@ Every problem is one line naming the file and the fix; all are collected before 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from circle_rotate.kernel.checkpoint_identity import DIFFUSERS_FIX, DIFFUSERS_LAYOUT, CheckpointIdentity, identify_checkpoint
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.kernel.musubi_env import SUPPORTED_VERSION, import_musubi, musubi_available, musubi_version
+from circle_rotate.kernel.musubi_env import (INSTALL_HINT, SUPPORTED_VERSION, import_musubi, musubi_available,
+                                             musubi_version)
 from circle_rotate.kernel.safetensors_io import read_header
 from circle_rotate.kernel.shard_names import INDEX_SUFFIX
 from circle_rotate.kernel.shards import AnyHeader, read_checkpoint
@@ -117,13 +119,35 @@ def vae_shapes() -> Dict[str, Tuple[int, ...]]:
     from safetensors.torch import save_file
 
     vae_module = import_musubi("wan.modules.vae")
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, _without_root_info():
         empty = Path(d) / "empty.safetensors"
         save_file({}, str(empty))
         # musubi loads a .safetensors VAE with strict=False into a meta-device model: an empty
         # file leaves every parameter on meta, which is exactly the shape table we want.
         model = vae_module._video_vae(pretrained_path=str(empty), z_dim=16)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def _without_root_info() -> Iterator[None]:
+    """Drop INFO and DEBUG records logged on the root logger itself while this runs.
+
+    musubi's ``_video_vae`` says ``logging.info(f"loading {path}")`` on the root logger: for the
+    probe above that is our temporary empty file, a stray line on every dry run's stderr. A
+    filter on the root logger sees only records logged on it directly (records propagated from
+    named loggers, the kit's own included, go to its handlers without passing its filters), so
+    nothing else is hidden; it is removed afterwards, whatever happens.
+    """
+    root = logging.getLogger()
+
+    def warnings_and_up(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    root.addFilter(warnings_and_up)
+    try:
+        yield
+    finally:
+        root.removeFilter(warnings_and_up)
 
 
 def check_vae(f: Findings, path: Optional[str]) -> None:
@@ -186,13 +210,20 @@ def check_runtime(f: Findings, ns: argparse.Namespace, *, for_run: bool) -> None
             "run on a GPU machine (here: --dry-run, or `circle-rotate smoke` for the CPU chain)")
     if (ns.optimizer_type or "").lower().endswith("8bit") and importlib.util.find_spec("bitsandbytes") is None:
         add("", f"--optimizer_type {ns.optimizer_type} needs bitsandbytes, which is not installed",
-            "pip install bitsandbytes (or circle-rotate[train])")
+            'pip install bitsandbytes (or, in the circle-rotate clone, pip install -e ".[train]")')
 
 
 def check_musubi(f: Findings) -> Optional[str]:
     if not musubi_available():
-        f.error("", "musubi-tuner is not installed; nothing can be checked against it or run",
-                "pip install 'circle-rotate[train]' (musubi-tuner v0.3.4), or pip install --no-deps <checkout>")
+        f.error("", "musubi-tuner is not installed; nothing can be checked against it or run", INSTALL_HINT)
+        return None
+    try:
+        # the package alone may be there without its requirements (pip install --no-deps): one error
+        # naming the missing module, not the same one for every command and check that imports it
+        import_musubi("wan_train_network")
+    except UserError as exc:
+        message, fix = user_error_parts(exc)
+        f.error("", message, fix)
         return None
     version = musubi_version()
     if version != SUPPORTED_VERSION:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from circle_rotate.kernel.disk_space import short_disks
+from circle_rotate.kernel.disk_space import existing_parent, short_disks
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.tools.lora.files import AlphaIfMissing, read_lora_index
 from circle_rotate.tools.lora.inspect import lora_expert
-from circle_rotate.tools.merge.run import MergeReport, prepare_merge, read_base, run_merge
+from circle_rotate.tools.merge.run import MergeReport, PreparedMerge, prepare_merge, read_base, run_merge
+from circle_rotate.tools.merge.summary import PlanSummary, summarize
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -63,6 +65,43 @@ def output_name(task: str, expert: str, lora: Path, dtype: str, variant: Optiona
     return f"wan2.2_{model}_{expert}_noise_{lora.stem}_{dtype}.safetensors"
 
 
+@dataclass(frozen=True)
+class PreparedPair:
+    """Both merges checked and planned, the disk included; nothing written (see :func:`prepare_pair`)."""
+
+    high: PreparedMerge
+    low: PreparedMerge
+    evidence: Dict[str, str]
+    out_dir: Path
+
+    def summary(self) -> PairSummary:
+        """What :func:`run_pair` would write: each expert's plan, their total and the free space (``--dry-run``)."""
+        disk = existing_parent(self.out_dir)
+        plans = {e: summarize(p.plan, str(p.out)) for e, p in (("high", self.high), ("low", self.low))}
+        return PairSummary(plans["high"], plans["low"], dict(self.evidence), str(self.out_dir),
+                           self.high.plan.output_bytes + self.low.plan.output_bytes, str(disk),
+                           shutil.disk_usage(disk).free)
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    high: PlanSummary
+    low: PlanSummary
+    evidence: Dict[str, str]
+    out_dir: str
+    bytes: int  # both merged experts together
+    disk: str  # where the free space was measured (out_dir, or its nearest existing folder)
+    free_bytes: int
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+    def lines(self) -> List[str]:
+        return [*self.high.lines(), *self.low.lines(),
+                f"both: {self.bytes / 2**30:.2f} GiB ({self.bytes:,} bytes) into {self.out_dir}; "
+                f"{self.free_bytes / 2**30:.2f} GiB free at {self.disk}; nothing written"]
+
+
 def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], out_dir: PathLike, *,
                dtype: str = "same", strengths: Tuple[float, float] = (1.0, 1.0), assume_experts: bool = False,
                ignore_expert_evidence: bool = False, alpha_if_missing: AlphaIfMissing = None, force: bool = False,
@@ -81,6 +120,24 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
     Raises:
         UserError: a wrong or unidentifiable expert (naming the file and the evidence), or any
             merge error; nothing is kept then (a finished high-noise expert is removed, Ctrl-C too).
+    """
+    prepared = prepare_pair(high, low, out_dir, dtype=dtype, strengths=strengths, assume_experts=assume_experts,
+                            ignore_expert_evidence=ignore_expert_evidence, alpha_if_missing=alpha_if_missing,
+                            force=force, skip_absent=skip_absent)
+    return run_pair(prepared, workers=workers)
+
+
+def prepare_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], out_dir: PathLike, *,
+                 dtype: str = "same", strengths: Tuple[float, float] = (1.0, 1.0), assume_experts: bool = False,
+                 ignore_expert_evidence: bool = False, alpha_if_missing: AlphaIfMissing = None, force: bool = False,
+                 skip_absent: bool = False) -> PreparedPair:
+    """Every check of :func:`merge_pair` (experts, LoRAs, outputs, free disk for both), and both
+    plans; nothing is written and ``out_dir`` is not created (``merge-pair --dry-run`` stops here).
+
+    Args: as :func:`merge_pair`.
+
+    Raises:
+        UserError: as :func:`merge_pair`, before anything is written.
     """
     problems: List[str] = []
     evidence: Dict[str, str] = {}
@@ -112,6 +169,13 @@ def merge_pair(high: Tuple[PathLike, PathLike], low: Tuple[PathLike, PathLike], 
         raise UserError(f"the two merged experts need {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free",
                         path=Path(out_dir), fix="free space there, choose another -o folder, or a smaller --dtype "
                                                "(fp8_scaled halves fp16)")
+    return PreparedPair(prepared["high"], prepared["low"], evidence, Path(out_dir))
+
+
+def run_pair(pair: PreparedPair, *, workers: Optional[int] = None) -> PairReport:
+    """Write both merged experts of ``pair`` (high first); on any error or Ctrl-C neither is kept."""
+    prepared = {"high": pair.high, "low": pair.low}
+    evidence = pair.evidence
     reports = {}
     try:
         for expert in EXPERTS:
