@@ -70,7 +70,7 @@ def render_report(*, title: str, baseline: str, lora: str, pairs: Sequence[Any],
         unpaired: rows of the videos evaluated without a pair (their contact sheets are linked).
         base_dir: the report's folder (contact sheet links are made relative to it).
     """
-    from circle_rotate.eval.compare import relative_change
+    from circle_rotate.eval.paired_stats import relative_change
 
     base = Path(base_dir) if base_dir is not None else None
     head = ("<tr><th class=l>metric</th><th>n</th><th>baseline mean ± std</th><th>LoRA mean ± std</th><th>change</th>"

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from circle_rotate.eval.compare import Pair, compare_column, run_compare
+from circle_rotate.eval.compare import run_compare
+from circle_rotate.eval.paired_stats import compare_column
+from circle_rotate.eval.pairing import Pair
 from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
 
 

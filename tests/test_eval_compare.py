@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from circle_rotate.cli.main import main
-from circle_rotate.eval.compare import compare_column, pair_rows, run_compare
+from circle_rotate.eval.compare import pair_rows, run_compare
+from circle_rotate.eval.paired_stats import compare_column
 from circle_rotate.eval.results_io import write_results
 from circle_rotate.eval.runner import evaluate
 from circle_rotate.kernel.errors import UserError
@@ -56,7 +57,7 @@ def test_compare_folders_writes_json_pngs_and_a_self_contained_report(sides, tmp
     assert drift["relative_change"] == pytest.approx((np.mean(lora) - np.mean(base)) / np.mean(base))
     if sum(kept) >= 2:  # the paired test needs two (the statistics themselves: the test below)
         assert drift["p_value"] == pytest.approx(stats.ttest_rel(lora, base).pvalue)
-    if sum(kept) >= 3:  # the interval needs three (compare.MIN_PAIRS); under that, none and no verdict
+    if sum(kept) >= 3:  # the interval needs three (paired_stats.MIN_PAIRS); under that, none and no verdict
         assert drift["ci_low"] <= np.mean(np.subtract(lora, base)) <= drift["ci_high"]
     else:
         assert drift["ci_low"] is None and drift["verdict"] == "too few pairs (under 3)"
