@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from circle_rotate.eval.paired_stats import Comparison, compare_column, paired_values
 from circle_rotate.eval.pairing import Pair, _unpaired, different_starts, pair_rows
-from circle_rotate.eval.registry import COLUMNS
+from circle_rotate.eval.registry import COLUMNS, MASK_COLUMNS
 from circle_rotate.kernel.errors import UserError
 
 
-#: Columns measured on the subject mask: a pair with an unreliable drift reading on either
-#: side is left out of their statistics.
-MASK_COLUMNS = ("drift", "subject_flow")
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)  # as pairing compares names: one spelling, whatever the OS
 
 
 def unreliable_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
@@ -224,7 +224,10 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
     out = Path(out_dir)
     listed = [_side_names(s) for s in sides]
     pair_rows(*listed)  # names pair up before any video is evaluated
-    same = [set(os.path.realpath(r["path"]) for r in rows if r.get("path")) for rows in listed]
+    # a path an older results file held relative, found only in the current folder, is a guess
+    # (results_io.resolve_paths): two such files may name one video that is neither's
+    same = [set(os.path.realpath(r["path"]) for r in rows if r.get("path") and not r.get("path_guessed"))
+            for rows in listed]
     if same[0] and same[0] == same[1]:  # a results file against its copy, or against the folder it came from
         raise UserError("both sides are the same videos (their paths agree): every difference would read 0",
                         path=sides[1], fix="pass the baseline videos (or their results) and the LoRA's")
@@ -311,7 +314,7 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     notes += [_unpaired(r, lora_rows, base_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [_unpaired(r, base_rows, lora_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [f"{p.name}: left out of every statistic: {why}" + (f" ({p.baseline['video']} beside {p.lora['video']})"
-              if p.baseline["video"] != p.lora["video"] else "") for p, why in differ]
+              if _nfc(p.baseline["video"]) != _nfc(p.lora["video"]) else "") for p, why in differ]
     if differ:
         notes.append("a LoRA that changes the whole first frame reads as another scene: if the pairs above are "
                      "right, run again with --no-start-check")

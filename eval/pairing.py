@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,18 @@ _MUSUBI_TIME = re.compile(r"^\d{8}-\d{6}-\d{3}_(?=.)")
 SIDE_MARK = re.compile(r"[_\-. ](base|baseline|orig|original|lora|ours|others|theirs)$", re.IGNORECASE)
 
 
+def _name(row: Mapping[str, Any]) -> str:
+    """A row's file name in Unicode's composed form (NFC): macOS writes names decomposed (NFD: ``u``
+    and a combining diaeresis for ``ü``), Linux and Windows keep them as typed, so one side's
+    ``Müller_café.mp4`` and the other's look alike and differ in their code points."""
+    return unicodedata.normalize("NFC", row["video"])
+
+
+def _stem(row: Mapping[str, Any]) -> str:
+    """:func:`_name` without its extension."""
+    return Path(_name(row)).stem
+
+
 def _strip_marks(stem: str) -> Tuple[str, Tuple[str, ...]]:
     """``stem`` without a generator's counter and timestamp, and which of them it had
     (``"comfyui"``, ``"vhs"``, ``"timestamp"``)."""
@@ -86,7 +99,7 @@ def name_key(stem: str) -> Optional[str]:
         >>> name_key("demo2_00003_"), name_key("20250801-101500-123_42"), name_key("demo_12345")
         ('demo2', '42', None)
     """
-    key, found = _strip_marks(stem)
+    key, found = _strip_marks(unicodedata.normalize("NFC", stem))
     if not found or not key:
         return None
     return SIDE_MARK.sub("", key) or key
@@ -148,7 +161,7 @@ def pairing_cause(pair: "Pair") -> Optional[str]:
     """What may have paired two videos of different scenes: a counter in their names (one video
     missing on one side shifts every later number), or names that agree only without their
     counter or timestamp; None for names that agree as they are."""
-    stems = (Path(pair.baseline["video"]).stem, Path(pair.lora["video"]).stem)
+    stems = (_stem(pair.baseline), _stem(pair.lora))
     kinds = {k for s in stems for k in _strip_marks(s)[1]}
     if "comfyui" in kinds:
         return "a missing video shifts ComfyUI's counters"
@@ -178,7 +191,7 @@ def _affix(stems: Sequence[str]) -> Tuple[int, int]:
 
 
 def _keys(rows: Sequence[Mapping[str, Any]], *, prefix: bool, suffix: bool) -> Dict[str, Mapping[str, Any]]:
-    stems = [Path(r["video"]).stem for r in rows]
+    stems = [_stem(r) for r in rows]
     pre, suf = _affix(stems)
     pre, suf = (pre if prefix else 0), (suf if suffix else 0)
     return {s[pre:len(s) - suf]: r for s, r in zip(stems, rows)}
@@ -188,17 +201,17 @@ def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]],
               own_side: Sequence[Mapping[str, Any]] = ()) -> str:
     """Why an evaluated video has no pair: its namesake failed (a black video, a corrupt file),
     another video of its side has its name, or there is none."""
-    stem = Path(row["video"]).stem
-    failed = [r["video"] for r in other_side if r.get("status") != "ok" and Path(r["video"]).stem == stem]
+    stem = _stem(row)
+    failed = [r["video"] for r in other_side if r.get("status") != "ok" and _stem(r) == stem]
     if failed:
         return f"{row['video']}: its namesake {failed[0]} could not be evaluated, so the pair is left out"
-    twins = [r["video"] for r in own_side if r is not row and r.get("status") == "ok" and Path(r["video"]).stem == stem]
+    twins = [r["video"] for r in own_side if r is not row and r.get("status") == "ok" and _stem(r) == stem]
     if twins:
         return (f"{row['video']}: {twins[0]} on its side has its name too, so only a namesake with the same file name "
                 f"pairs with it, and the other side has none; name the videos apart")
     key = name_key(stem)
     alike = [r["video"] for r in (*own_side, *other_side) if r is not row and r.get("status") == "ok"
-             and name_key(Path(r["video"]).stem) == key] if key else []
+             and name_key(_stem(r)) == key] if key else []
     if len(alike) > 1 or any(r is not row and r["video"] in alike for r in own_side):
         return (f"{row['video']}: no namesake on the other side, and its name without the counter or timestamp "
                 f"({key!r}) is shared by {', '.join(alike[:3])}, so it is not paired by it; name the videos apart")
@@ -207,7 +220,7 @@ def _unpaired(row: Mapping[str, Any], other_side: Sequence[Mapping[str, Any]],
 
 def _twin_stems(rows: Sequence[Mapping[str, Any]]) -> set:
     """Stems two or more of ``rows`` share (``demo1.gif`` beside ``demo1.mp4``)."""
-    stems = Counter(Path(r["video"]).stem for r in rows)
+    stems = Counter(_stem(r) for r in rows)
     return {s for s, n in stems.items() if n > 1}
 
 
@@ -222,11 +235,11 @@ def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str,
     # Where one side holds two videos of one stem (demo1.gif beside demo1.mp4), a stem names no
     # single video: those pair by their whole file name only, and the rest by stem as usual.
     twins = _twin_stems(base_ok) | _twin_stems(lora_ok)
-    by_name = {r["video"]: r for r in lora_ok if Path(r["video"]).stem in twins}
-    pairs = [Pair(r["video"], r, by_name[r["video"]]) for r in base_ok
-             if Path(r["video"]).stem in twins and r["video"] in by_name]
-    base_ok = [r for r in base_ok if Path(r["video"]).stem not in twins]
-    lora_ok = [r for r in lora_ok if Path(r["video"]).stem not in twins]
+    by_name = {_name(r): r for r in lora_ok if _stem(r) in twins}
+    pairs = [Pair(_name(r), r, by_name[_name(r)]) for r in base_ok
+             if _stem(r) in twins and _name(r) in by_name]
+    base_ok = [r for r in base_ok if _stem(r) not in twins]
+    lora_ok = [r for r in lora_ok if _stem(r) not in twins]
     found = len(pairs)
     for prefix, suffix in ((False, False), (False, True), (True, True)):
         b, l = _keys(base_ok, prefix=prefix, suffix=suffix), _keys(lora_ok, prefix=prefix, suffix=suffix)
@@ -257,7 +270,7 @@ def _by_key(base_ok: Sequence[Mapping[str, Any]], lora_ok: Sequence[Mapping[str,
     names = {p.name for p in pairs}
 
     def unique(rows):
-        keys = [name_key(Path(r["video"]).stem) for r in rows]
+        keys = [name_key(_stem(r)) for r in rows]
         return {k: r for k, r in zip(keys, rows) if k is not None and keys.count(k) == 1 and id(r) not in taken}
 
     b, l = unique(base_ok), unique(lora_ok)
@@ -266,7 +279,7 @@ def _by_key(base_ok: Sequence[Mapping[str, Any]], lora_ok: Sequence[Mapping[str,
 
 def _by_unmarked(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:
     """Rows by their stem without a side mark, where that leaves the names apart."""
-    keys = [SIDE_MARK.sub("", Path(r["video"]).stem) for r in rows]
+    keys = [SIDE_MARK.sub("", _stem(r)) for r in rows]
     return {k: r for k, r in zip(keys, rows) if keys.count(k) == 1}
 
 

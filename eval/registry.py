@@ -93,6 +93,10 @@ METRICS: Tuple[Metric, ...] = (
 
 BY_NAME: Dict[str, Metric] = {m.name: m for m in METRICS}
 COLUMNS: Dict[str, Column] = {c.name: c for m in METRICS for c in m.columns}
+#: Columns measured on the subject mask: a reading whose drift is marked unreliable
+#: (``drift_unreliable``) counts in neither ``eval``'s aggregate nor ``eval compare``'s statistics
+#: of these: a mask that lost the subject reads hundreds of pixels, and would be most of a mean.
+MASK_COLUMNS = ("drift", "subject_flow")
 #: Names the reference's ``--metric`` accepts, mapped onto ours.
 ALIASES = {"motion": ("motion_magnitude", "dynamic_degree"), "fidelity": ("psnr", "ssim", "lpips"),
            "drift": ("subject_drift",), "vbench": ("vbench_sc",), "clip": ("clip_i",)}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from circle_rotate.eval.registry import COLUMNS
-from circle_rotate.eval.runner import EvalResults
+from circle_rotate.eval.runner import EvalResults, stored_row
 from circle_rotate.kernel.atomic import check_output_path, write_bytes, write_json
 from circle_rotate.kernel.errors import UserError
 
@@ -78,13 +78,40 @@ def write_results(results: EvalResults, out: os.PathLike | str, *, csv_too: bool
         # with a byte-order mark: Excel reads a CSV without one in the machine's code page, and
         # garbles every name that is not ASCII (动画.mp4); Python's csv and pandas read it with
         # encoding="utf-8-sig"
-        write_bytes(rest[0], csv_text(results.rows).encode("utf-8-sig"))
+        write_bytes(rest[0], csv_text([stored_row(r) for r in results.rows]).encode("utf-8-sig"))
         written.append(rest[0])
+    _remove_stale(out, written)
     return tuple(written)
 
 
+def _remove_stale(out: os.PathLike | str, written: List[Path]) -> None:
+    """Remove an earlier run's PNG and CSV beside ``out`` that this run did not write (nothing to
+    plot, no ``--csv``): beside the new JSON they would pass for its figure and its rows. The PNG
+    is an output :func:`check_outputs` let this run replace; a CSV is removed only where it starts
+    as ours does (it was not checked without ``--csv``, and may be the user's own)."""
+    png_path, csv_path = Path(out).with_suffix(".png"), Path(out).with_suffix(".csv")
+    stale = [png_path] if png_path not in written else []
+    if csv_path not in written:
+        try:
+            with open(csv_path, "rb") as fh:
+                if fh.read(len(_CSV_START)) == _CSV_START:
+                    stale.append(csv_path)
+        except OSError:
+            pass
+    for path in stale:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+#: How a CSV :func:`write_results` wrote begins: its byte-order mark and its first columns.
+_CSV_START = ("\ufeff" + ",".join(_FIXED[:3]) + ",").encode("utf-8")
+
+
 def read_results(path: os.PathLike | str) -> List[Dict[str, Any]]:
-    """The rows of a results JSON written by ``circle-rotate eval``.
+    """The rows of a results JSON written by ``circle-rotate eval``, their paths absolute
+    (:func:`resolve_paths`).
 
     Raises:
         UserError: not such a file.
@@ -98,4 +125,34 @@ def read_results(path: os.PathLike | str) -> List[Dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError("not a results file written by `circle-rotate eval`", path=p,
                         fix="pass the JSON from `circle-rotate eval ... --out results.json`, or a folder of videos") from None
-    return rows
+    return [resolve_paths(r, p.parent) if isinstance(r, dict) else r for r in rows]
+
+
+#: The fields of a row that name files: the video, and what ``--save-masks`` wrote of it.
+PATH_FIELDS = ("path", "contact_sheet", "masks_dir")
+
+
+def resolve_paths(row: Dict[str, Any], results_dir: os.PathLike | str) -> Dict[str, Any]:
+    """``row`` with its file paths absolute. Results written before paths were stored absolute
+    hold them relative to the folder that run was started in, which the file does not say: read
+    from another folder, two files' ``outputs/demo1.gif`` would name one video (and ``eval
+    compare`` would call both sides the same videos). So a relative path is taken where it
+    exists: beside the results file (written there, or moved with it), else in the current folder
+    (marked ``path_guessed``: two files read so may name one video that is neither's). A
+    ``path`` found in neither is None, the text as written kept in ``path_unresolved``:
+    nothing is read from it, and it names no video to be the same as another."""
+    out = dict(row)
+    for name in PATH_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            continue
+        beside = os.path.join(results_dir, value)
+        if os.path.lexists(beside):
+            out[name] = os.path.abspath(beside)
+        elif os.path.lexists(value):
+            out[name] = os.path.abspath(value)
+            if name == "path":
+                out["path_guessed"] = True
+        elif name == "path":
+            out["path"], out["path_unresolved"] = None, value
+    return out

@@ -8,14 +8,18 @@ still run.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import multiprocessing
 import os
 import re
+import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -28,12 +32,13 @@ from circle_rotate.eval.context import EvalContext
 from circle_rotate.eval.frames import load_clip
 from circle_rotate.eval.mask_outputs import (foreign_files, is_masks_folder, is_report_folder, output_names,
                                              write_contact_sheet, write_masks)
-from circle_rotate.eval.registry import COLUMNS, resolve
+from circle_rotate.eval.registry import COLUMNS, MASK_COLUMNS, resolve
 from circle_rotate.eval.staging import deferred_stop, staged
 from circle_rotate.eval.subject_hints import only_for
 from circle_rotate.kernel.errors import DiskFullError, UserError
+from circle_rotate.kernel.memory import available_memory
 from circle_rotate.kernel.progress import progress
-from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, animations_in, is_frame_folder
+from circle_rotate.kernel.video_io import VIDEO_SUFFIXES, animations_in, is_frame_folder, probe_video
 from circle_rotate.kernel.worker_signals import quiet_stop, stop_workers
 
 logger = logging.getLogger(__name__)
@@ -59,7 +64,15 @@ class EvalResults:
         return {"tool": "circle-rotate eval", "version": circle_rotate.__version__, "metrics": self.metrics,
                 "definitions": DEFINITIONS, "seconds": round(self.seconds, 2),
                 "failed": len(self.failed), "aggregate": self.aggregate, **({"notes": self.notes} if self.notes else {}),
-                "videos": self.rows}
+                "videos": [stored_row(r) for r in self.rows]}
+
+
+def stored_row(row: Mapping[str, Any]) -> Dict[str, Any]:
+    """``row`` as a results file stores it: its ``path`` absolute. A results file is read from other
+    folders (``eval compare``), where a path relative to the folder this run started in would
+    name another video, or none. (In memory the path stays as given: callers look rows up by it.)"""
+    path = row.get("path")
+    return {**row, "path": os.path.abspath(path)} if isinstance(path, str) and path else dict(row)
 
 
 def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:
@@ -252,17 +265,24 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Per numeric column n/mean/std/median/min/max over the ok rows; counts for text columns."""
+    """Per numeric column n/mean/std/median/min/max over the ok rows; counts for text columns.
+    The :data:`MASK_COLUMNS` leave out the rows whose drift is unreliable, and say how many
+    (``left_out_unreliable``)."""
     ok = [r for r in rows if r["status"] == "ok"]
     out: Dict[str, Any] = {"videos": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
     for name in COLUMNS:
-        values = [r.get(name) for r in ok if r.get(name) is not None]
+        doubtful = sum(r.get(name) is not None for r in ok if r.get("drift_unreliable")) if name in MASK_COLUMNS else 0
+        values = [r.get(name) for r in ok if r.get(name) is not None
+                  and not (name in MASK_COLUMNS and r.get("drift_unreliable"))]
+        left_out = {"left_out_unreliable": doubtful} if name in MASK_COLUMNS else {}
         if not values:
+            if doubtful:  # every reading unreliable: no mean, and the count says why
+                out[name] = {"n": 0, **left_out}
             continue
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             a = np.asarray(values, np.float64)
             out[name] = {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
-                         "min": float(a.min()), "max": float(a.max())}
+                         "min": float(a.min()), "max": float(a.max()), **left_out}
         else:
             counts: Dict[str, int] = {}
             for v in values:
@@ -302,7 +322,9 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     Args:
         paths: files and folders (see :func:`find_videos`).
         metrics: metric names ("default", "all", names, comma lists).
-        jobs: worker processes (1 runs in this process).
+        jobs: worker processes (1 runs in this process); 0: one per core, fewer where the
+            memory available would not hold that many of these videos at once
+            (:func:`memory_workers`).
         options: backend settings for learned metrics (e.g. ``{"weights": {"clip": DIR}}``).
         threads: flows each video computes at once; by default the cores are shared out
             between the videos evaluated at once (one video alone gets them all).
@@ -359,47 +381,186 @@ def evaluate(paths: Iterable[os.PathLike | str], *, metrics: Sequence[str] = ("d
     return results
 
 
+#: Bytes a video's evaluation holds at its peak per pixel of its frames (the whole clip is decoded
+#: and its flows kept): 481 frames of 1280x720 peaked at 6.06 GB RSS (13.7 bytes a pixel, the
+#: process's own memory included), 81 frames of 832x480 at 0.61 GB (14.3), default metrics.
+BYTES_PER_PIXEL = 14
+#: A worker's own memory before its video (Python, numpy, OpenCV, PyAV): 0.15 GB measured.
+WORKER_BYTES = 200 * 2 ** 20
+
+
+def video_bytes(path: Path) -> int:
+    """The memory evaluating ``path`` takes at its peak, estimated from its header (frames, size);
+    0 for a file that cannot be probed (it fails at once, as an error row)."""
+    try:
+        info = probe_video(path)
+    except Exception:  # noqa: BLE001 - a bad file is the worker's to name, not the estimate's
+        return 0
+    return max(0, info.frame_count) * info.width * info.height * BYTES_PER_PIXEL
+
+
+def memory_workers(videos: Sequence[Path], workers: int, estimates: Optional[Dict[Path, int]] = None) -> int:
+    """How many of ``workers`` fit in the memory available when the largest of ``videos`` are
+    evaluated at once (at least 1); logged when fewer. A worker the kernel kills for memory (the
+    OOM killer) costs a rerun of every video unfinished, its own alone (:func:`_in_pools`).
+
+    Args:
+        estimates: filled with each video's :func:`video_bytes`, for the error of a video whose
+            worker is killed.
+    """
+    free = available_memory()
+    if free is None or workers <= 1:
+        return workers
+    estimates = {} if estimates is None else estimates
+    estimates.update((v, video_bytes(v)) for v in videos)
+    need = sorted((estimates[v] + WORKER_BYTES for v in videos), reverse=True)[:workers]
+    fit = next((k for k in range(len(need), 1, -1) if sum(need[:k]) <= free), 1)
+    if fit < workers:
+        logger.info("evaluating %d video%s at once, not %d: %.1f GB of memory is available, and the %d largest "
+                    "would need about %.1f GB together (the largest alone %.1f GB); --jobs N sets the number", fit,
+                    "s" if fit > 1 else "", workers, free / 1e9, workers, sum(need) / 1e9, need[0] / 1e9)
+    return fit
+
+
+def _marked(marker: str, evaluate: Callable[..., Dict[str, Any]], *args, **kwargs) -> Dict[str, Any]:
+    """``evaluate(*args, **kwargs)`` in a worker, a file at ``marker`` while it runs: a worker
+    killed outright (SIGKILL: the OOM killer) leaves it, a worker the broken pool then stops
+    unwinds and leaves ``<marker>.stopped`` (busy at the death, not its cause), and a finished
+    video leaves nothing (:func:`_in_pools`)."""
+    with contextlib.suppress(OSError):  # unmarked, a video is only not suspected when its worker dies
+        os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        row = evaluate(*args, **kwargs)
+    except Exception:
+        with contextlib.suppress(OSError):
+            os.remove(marker)
+        raise
+    except BaseException:  # SystemExit: stopped by a signal (worker_signals), the pool's after a death
+        with contextlib.suppress(OSError):
+            os.replace(marker, marker + ".stopped")
+        raise
+    with contextlib.suppress(OSError):
+        os.remove(marker)
+    return row
+
+
+def _killed_row(video: Path, need: int = 0) -> Dict[str, Any]:
+    """The row of a video whose worker process died under it alone (the OOM killer, most likely),
+    with ``need`` (:func:`video_bytes`) where it was estimated: not probed now, in this process,
+    as a file that crashed a codec in its worker would crash it here too."""
+    size = f"; it needs about {need / 1e9:.1f} GB" if need >= 0.1e9 else ""
+    return {"video": video.name, "path": str(video), "status": "error",
+            "error": f"{video}: the worker process evaluating it was killed, most likely for want of memory{size}; "
+                     "fix: evaluate it alone (--jobs 1) with other programs closed, or trim it to the generated clip"}
+
+
 def _evaluate_all(videos: Sequence[Path], names: Sequence[str], *, jobs: int, options: Optional[Mapping[str, Any]],
                   threads: Optional[int], written_as: Sequence[str]) -> List[Dict[str, Any]]:
-    """One row per video, in their order, ``jobs`` videos at once."""
+    """One row per video, in their order, ``jobs`` videos at once (0: :func:`memory_workers`)."""
     rows: List[Optional[Dict[str, Any]]] = [None] * len(videos)
-    workers = 1 if jobs <= 1 or len(videos) <= 1 else min(jobs, len(videos))
+    wanted = 1 if len(videos) <= 1 or jobs == 1 or jobs < 0 else min(jobs or usable_cores(), len(videos))
+    # one per core unless the user said how many: as many as the memory holds
+    estimates: Dict[Path, int] = {}
+    workers = memory_workers(videos, wanted, estimates) if jobs == 0 else wanted
     # a video's flows are most of its cost, and OpenCV computes each on one core: a video
     # evaluated alone (or two on many cores) would otherwise leave the other cores idle
     per_video = threads if threads is not None else max(1, usable_cores() // workers)
     bar = progress(total=len(videos), desc="eval", unit="video")
     try:
-        if workers == 1:
+        # memory tight enough to cap the workers, one alone still runs in a worker: killed for
+        # memory, it is named and the others still run, where this process would die with them all
+        if wanted == 1:
             for i, v in enumerate(videos):
                 bar.set_postfix_str(v.name)
                 rows[i] = evaluate_video(v, names, options=options_for(v, options, output_name=written_as[i]),
                                          threads=per_video)
                 bar.update()
         else:
-            pool = worker_pool(workers)
-            try:
-                futures = {pool.submit(evaluate_video, v, names,
-                                       options=options_for(v, options, output_name=written_as[i]),
-                                       threads=per_video): i
-                           for i, v in enumerate(videos)}
-                for fut in as_completed(futures):
-                    try:
-                        rows[futures[fut]] = fut.result()
-                    except DiskFullError:
-                        raise
-                    except SystemExit:  # a worker stopped by a signal (worker_signals): the run is interrupted
-                        raise KeyboardInterrupt from None
-                    except Exception as exc:  # the worker died (killed for memory, a crash in a codec)
-                        v = videos[futures[fut]]
-                        rows[futures[fut]] = {"video": v.name, "path": str(v), "status": "error",
-                                              "error": f"{v}: the worker process evaluating it died ({exc.__class__.__name__}); "
-                                                       "fix: rerun with --jobs 1 (less memory)"}
-                    bar.set_postfix_str(videos[futures[fut]].name)
-                    bar.update()
-            except BaseException:
-                stop_workers(pool)
-                raise
-            pool.shutdown()
+            _in_pools(videos, names, rows, workers=workers, threads=per_video,
+                      alone_threads=threads if threads is not None else usable_cores(),
+                      options=options, written_as=written_as, bar=bar, estimates=estimates)
     finally:
         bar.close()
     return [r for r in rows if r is not None]
+
+
+def _in_pools(videos: Sequence[Path], names: Sequence[str], rows: List[Optional[Dict[str, Any]]], *, workers: int,
+              threads: int, alone_threads: int, options: Optional[Mapping[str, Any]], written_as: Sequence[str],
+              bar, estimates: Mapping[Path, int]) -> None:
+    """Fill ``rows`` from worker pools. A worker killed (the OOM killer, a crash in a codec) breaks
+    its whole pool, and every video not yet finished would read as its victim: so a fresh pool
+    takes the unfinished videos on again. The video of the worker killed (:func:`_marked`) runs
+    again alone, with all the memory, and is named only when its worker dies with it alone in
+    flight (then, or at the first death)."""
+    todo = list(range(len(videos)))  # run ``workers`` at once
+    alone: List[int] = []  # killed beside other videos in flight: each runs again by itself
+    fruitless = 0  # deaths in a row that no video's worker marked (a worker that cannot start)
+    with tempfile.TemporaryDirectory(prefix="circle-rotate-eval-") as marks:
+        for round_no in itertools.count():
+            if not (todo or alone):
+                break
+            batch, size, t = (todo, min(workers, len(todo)), threads) if todo else (alone, 1, alone_threads)
+            unfinished = _one_pool(videos, names, rows, batch, size=size, threads=t, options=options,
+                                   written_as=written_as, bar=bar, marks=Path(marks, str(round_no)))
+            if unfinished is None:
+                todo, alone = ([], alone) if batch is todo else (todo, [])
+                continue
+            killed = [i for i in unfinished if Path(marks, f"{round_no}.{i}").exists()]
+            busy = killed + [i for i in unfinished if Path(marks, f"{round_no}.{i}.stopped").exists()]
+            named = killed if len(busy) == 1 else []  # alone in flight: its worker died of it
+            for i in named:
+                rows[i] = _killed_row(videos[i], estimates.get(videos[i], 0))
+                bar.update()
+            rest = [i for i in unfinished if i not in killed]
+            if batch is todo:
+                todo, alone = rest, alone + [i for i in killed if i not in named]
+            else:
+                alone = rest
+            fruitless = 0 if killed else fruitless + 1
+            if fruitless >= 2:  # no video to blame, and no progress: said, not tried for ever
+                for i in todo + alone:
+                    rows[i] = {"video": videos[i].name, "path": str(videos[i]), "status": "error",
+                               "error": f"{videos[i]}: not evaluated: worker processes died twice with no video "
+                                        "to blame; fix: rerun with --jobs 1"}
+                    bar.update()
+                break
+
+
+def _one_pool(videos: Sequence[Path], names: Sequence[str], rows: List[Optional[Dict[str, Any]]],
+              batch: Sequence[int], *, size: int, threads: int, options: Optional[Mapping[str, Any]],
+              written_as: Sequence[str], bar, marks: Path) -> Optional[List[int]]:
+    """Evaluate the videos ``batch`` indexes in a pool of ``size`` workers, each marking its start
+    as ``<marks>.<index>``; the indexes left unfinished when a worker died (None when none died)."""
+    pool = worker_pool(size)
+    broken: List[int] = []
+    try:
+        futures = {}
+        for n, i in enumerate(batch):
+            try:
+                futures[pool.submit(_marked, f"{marks}.{i}", evaluate_video, videos[i], names, threads=threads,
+                                    options=options_for(videos[i], options, output_name=written_as[i]))] = i
+            except BrokenProcessPool:  # a worker died while the rest were being handed out
+                broken += batch[n:]
+                break
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                rows[i] = fut.result()
+            except DiskFullError:
+                raise
+            except SystemExit:  # a worker stopped by a signal (worker_signals): the run is interrupted
+                raise KeyboardInterrupt from None
+            except BrokenProcessPool:  # a worker died: this video's or another's
+                broken.append(i)
+                continue
+            except Exception as exc:  # its row could not be sent back: a bug
+                rows[i] = {"video": videos[i].name, "path": str(videos[i]), "status": "error",
+                           "error": f"{videos[i]}: internal error {exc.__class__.__name__}: {exc}; "
+                                    "fix: rerun with -v and report it"}
+            bar.set_postfix_str(videos[i].name)
+            bar.update()
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown()
+    return sorted(broken, key=list(batch).index) if broken else None

@@ -349,3 +349,83 @@ def test_left_out_pairs_are_not_in_the_figures_or_the_statistics():
     pairs = [Pair(f"v{i}", {"psnr": 30.0 + i}, {"psnr": 31.0 + i}) for i in range(4)]
     got = {c.column: c for c in compare_pairs(pairs, resamples=99, left_out=pairs[:1])}
     assert got["psnr"].n == 3
+
+
+# -- 9. names alike in other Unicode forms, results read from another folder -----------------------------------
+
+
+def test_names_that_differ_only_in_their_unicode_form_pair():
+    """Failed before: macOS writes names decomposed (NFD), so "Müller_café.mp4: no namesake on the
+    other side", twice."""
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(form, "Müller_café") for form in ("NFC", "NFD"))
+    assert nfc != nfd
+    pairs = pair_rows(_rows(f"{nfc}.mp4", "b.mp4"), _rows(f"{nfd}.mp4", "b.mp4"))
+    assert sorted((p.name, p.lora["video"]) for p in pairs) == [(nfc, f"{nfd}.mp4"), ("b", "b.mp4")]
+    # a stem twice on a side pairs by the whole file name, and a counter is passed over, in either form
+    pairs = pair_rows(_rows(f"{nfc}.mp4", f"{nfc}.gif"), _rows(f"{nfd}.gif", f"{nfd}.mp4"))
+    assert sorted((p.baseline["video"], p.lora["video"]) for p in pairs) == [(f"{nfc}.gif", f"{nfd}.gif"),
+                                                                              (f"{nfc}.mp4", f"{nfd}.mp4")]
+    pairs = pair_rows(_rows(f"{nfc}_00001_.mp4"), _rows(f"{nfd}_00003_.mp4"))
+    assert [p.name for p in pairs] == [nfc]
+
+
+def _two_runs_in_two_folders(tmp_path: Path, monkeypatch) -> Path:
+    """``cd X && eval outputs -o ../x.json``, and the same in Y: the probe's two runs, each on a
+    folder named outputs of its own."""
+    from circle_rotate.selfcheck.synthetic.turntable import TurntableSpec, write_turntable
+
+    video = write_turntable(TurntableSpec(name="v", width=64, height=48, frames=9), tmp_path).video
+    for side in ("X", "Y"):
+        (tmp_path / side / "outputs").mkdir(parents=True)
+        shutil.copy(video, tmp_path / side / "outputs" / "demo1.mp4")
+        monkeypatch.chdir(tmp_path / side)
+        assert main(["-q", "eval", "outputs", "--metrics", "psnr", "-o", f"../{side.lower()}.json"]) == 0
+    return tmp_path
+
+
+def test_results_made_in_two_folders_on_same_named_subfolders_compare(tmp_path, monkeypatch, capsys):
+    """Failed before: both stored outputs/demo1.mp4, and compare, reading both against its own
+    folder, refused: "both sides are the same videos (their paths agree)"."""
+    root = _two_runs_in_two_folders(tmp_path, monkeypatch)
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert main(["-q", "eval", "compare", "x.json", "y.json", "-o", "rep"]) == 0
+    summary = json.loads((root / "rep" / "compare.json").read_text())
+    assert summary["pairs"] == ["demo1"]
+    assert [Path(r["path"]) for r in summary["baseline_videos"] + summary["lora_videos"]] == [
+        root / "X" / "outputs" / "demo1.mp4", root / "Y" / "outputs" / "demo1.mp4"]
+    assert not any("first frames were not compared" in n for n in summary["notes"])  # each side's own files
+
+
+def test_relative_paths_of_older_results_files_are_read_beside_them_then_here(tmp_path, monkeypatch, capsys):
+    """Older results files hold paths relative to the folder their run started in. Found beside the
+    file (or here, marked as a guess) they are read there; found nowhere, they name no video, and
+    two such files are not "the same videos". Failed before: compare refused them as the same."""
+    from circle_rotate.eval.results_io import read_results
+
+    (tmp_path / "res" / "outputs").mkdir(parents=True)
+    (tmp_path / "res" / "outputs" / "beside.gif").write_bytes(b"x")
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "here.gif").write_bytes(b"x")
+    rows = [{"video": n, "path": f"outputs/{n}", "status": "ok"} for n in ("beside.gif", "here.gif", "gone.gif")]
+    rows.append({"video": "abs.gif", "path": "/elsewhere/abs.gif", "status": "ok"})
+    (tmp_path / "res" / "r.json").write_text(json.dumps({"videos": rows}))
+    monkeypatch.chdir(tmp_path)
+    beside, here, gone, absolute = read_results("res/r.json")
+    assert beside["path"] == str(tmp_path / "res" / "outputs" / "beside.gif") and "path_guessed" not in beside
+    assert here["path"] == str(tmp_path / "outputs" / "here.gif") and here["path_guessed"] is True
+    assert gone["path"] is None and gone["path_unresolved"] == "outputs/gone.gif"
+    assert absolute["path"] == "/elsewhere/abs.gif"  # as written, there or not
+
+    # two older files whose outputs/demo1.gif are found nowhere: compared, the first frames unchecked
+    for side, psnr in (("x", 30.0), ("y", 32.0)):
+        (tmp_path / "rj").mkdir(exist_ok=True)
+        (tmp_path / "rj" / f"{side}.json").write_text(json.dumps({"videos": [
+            {"video": "demo1.gif", "path": "outputs/demo1.gif", "status": "ok", "psnr": psnr}]}))
+    capsys.readouterr()
+    assert main(["-q", "eval", "compare", "rj/x.json", "rj/y.json", "-o", "rep"]) == 0, capsys.readouterr().err
+    notes = json.loads((tmp_path / "rep" / "compare.json").read_text())["notes"]
+    assert any("the first frames were not compared (the videos cannot be read where the results say)" in n
+               for n in notes), notes

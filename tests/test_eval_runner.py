@@ -86,7 +86,8 @@ def test_outputs_json_csv_png_and_force(folder, tmp_path, capsys):
                 "orbit_direction", "angular_speed_deg_s"):
         assert col in row
     assert len(row["series"]["subject_drift"]["centroids"]) == 16
-    assert data["aggregate"]["drift"]["n"] == 2
+    doubtful = sum(bool(r.get("drift_unreliable")) for r in data["videos"])  # orbit_b's mask: left out of the mean
+    assert (data["aggregate"]["drift"]["n"], data["aggregate"]["drift"]["left_out_unreliable"]) == (2 - doubtful, doubtful)
     with open(out.with_suffix(".csv"), encoding="utf-8-sig") as fh:  # with a BOM, for Excel
         table = list(csv.DictReader(fh))
     assert [t["video"] for t in table] == ["orbit_a.mp4", "orbit_b.mp4"]
@@ -323,3 +324,53 @@ def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_text():
     line = next(csv.reader(csv_text(rows).splitlines()[1:]))
     assert line[0] == "'=HYPERLINK(\"http://x\").gif" and line[1] == "/v/=1+1.gif"
     assert "-1.5" in line and line[-1] == "'-- a note"  # numbers stay numbers
+
+
+def test_results_name_each_video_by_its_absolute_path(folder, tmp_path, monkeypatch):
+    """Failed before: outputs/demo1.mp4, as given, which names another video (or none) read from
+    any other folder (eval compare)."""
+    (tmp_path / "outputs").mkdir()
+    shutil.copy(folder / "orbit_b.mp4", tmp_path / "outputs" / "demo1.mp4")
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "eval", "outputs", "--metrics", "psnr", "-o", "r.json", "--csv"]) == 0
+    (row,) = json.loads((tmp_path / "r.json").read_text())["videos"]
+    assert row["video"] == "demo1.mp4" and Path(row["path"]).is_absolute()
+    assert Path(row["path"]).samefile(tmp_path / "outputs" / "demo1.mp4")
+    (line,) = list(csv.DictReader((tmp_path / "r.csv").read_text(encoding="utf-8-sig").splitlines()))
+    assert line["path"] == row["path"]
+
+
+def test_a_force_rerun_leaves_no_earlier_figure_or_csv_it_did_not_write(folder, tmp_path):
+    """Failed before: r.png and r.csv of the earlier run stayed beside the new r.json."""
+    out, video = tmp_path / "r.json", str(folder / "orbit_a.mp4")
+    assert main(["-q", "eval", video, "--metrics", "subject_drift", "-o", str(out), "--csv", "--jobs", "1"]) == 0
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".csv").is_file()
+    argv = ["-q", "eval", video, "--metrics", "psnr", "-o", str(out), "--force", "--jobs", "1"]
+    assert main(argv) == 0  # no drift to plot, no --csv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    out.with_suffix(".csv").write_text("video,my own notes\n")  # a CSV eval did not write is the user's
+    assert main(argv) == 0
+    assert out.with_suffix(".csv").read_text() == "video,my own notes\n"
+
+
+def test_the_mean_drift_leaves_out_readings_marked_unreliable_as_compare_does(capsys):
+    """Failed before: a mask that lost the subject (223.7 px) was most of the mean drift, which
+    eval compare leaves out of its statistics."""
+    from circle_rotate.cli.eval import _print_table
+    from circle_rotate.eval.runner import aggregate
+    rows = [{"video": "a.mp4", "status": "ok", "drift": 2.0, "subject_flow": 1.0, "motion_magnitude": 3.0},
+            {"video": "b.mp4", "status": "ok", "drift": 4.0, "subject_flow": 3.0, "motion_magnitude": 5.0},
+            {"video": "lost.mp4", "status": "ok", "drift": 223.7, "subject_flow": 40.0, "motion_magnitude": 7.0,
+             "drift_unreliable": "the mask lost the subject"}]
+    agg = aggregate(rows)
+    assert (agg["drift"]["n"], agg["drift"]["mean"], agg["drift"]["max"], agg["drift"]["left_out_unreliable"]) == \
+        (2, 3.0, 4.0, 1)
+    assert (agg["subject_flow"]["mean"], agg["subject_flow"]["left_out_unreliable"]) == (2.0, 1)
+    assert agg["motion_magnitude"]["n"] == 3 and "left_out_unreliable" not in agg["motion_magnitude"]
+    assert aggregate(rows[:2])["drift"]["left_out_unreliable"] == 0
+    assert aggregate(rows[2:])["drift"] == {"n": 0, "left_out_unreliable": 1}  # no mean at all, and why
+    _print_table(rows, agg)
+    table = capsys.readouterr().out.splitlines()
+    mean = next(line for line in table if line.startswith("mean"))
+    assert mean.split()[1:3] == ["3", "2"]
+    assert "(the mean drift px and subj.flow leave out 1 unreliable reading: lost.mp4)" in table[-1]

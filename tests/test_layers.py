@@ -58,6 +58,7 @@ PLACES: Dict[str, str] = {
     "plugins/kernel/checkpoint_identity.py": "kernel",
     "plugins/kernel/progress.py": "kernel",
     "plugins/kernel/disk_space.py": "kernel",
+    "plugins/kernel/memory.py": "kernel",
     "plugins/kernel/video_io.py": "kernel",
     "plugins/kernel/mp4_rotation.py": "kernel",
     "plugins/kernel/display.py": "kernel",

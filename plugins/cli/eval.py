@@ -39,7 +39,8 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
                    help="metric names, 'default' or 'all', comma-separated (default: default)")
     p.set_defaults(more_paths=[])
     p.add_argument("--jobs", type=int, default=0, metavar="N",
-                   help="videos evaluated at once (default: all cores; the cores left over compute each video's flows)")
+                   help="videos evaluated at once (default: all cores, fewer where the memory available would not "
+                        "hold that many; the cores left over compute each video's flows)")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when some videos could not be evaluated")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
@@ -162,9 +163,11 @@ def _options(pairs: List[str]) -> Dict[str, Dict[str, str]]:
 
 
 def _jobs(n: int) -> int:
+    """``--jobs`` for the runner: 0 stays 0, which it reads as one per core within the memory
+    available (runner.memory_workers); a count the user gave is used as given."""
     if n < 0:  # as prepare: 0 means one per core, a negative count is a typo
         raise ConfigValueError("--jobs", n, "must be 0 (one per core) or more", fix="e.g. --jobs 2")
-    return n if n > 0 else max(1, os.cpu_count() or 1)
+    return n
 
 
 def _cell(v) -> str:
@@ -184,6 +187,13 @@ def _print_table(rows, aggregate) -> None:
         print(f"{r['video']:<{width}}  " + "  ".join(f"{_cell(r.get(k)):>9}" for k, _ in cols))
     means = [aggregate.get(k, {}).get("mean") for k, _ in cols]
     print(f"{'mean':<{width}}  " + "  ".join(f"{_cell(m):>9}" for m in means))
+    # as eval compare does, the means of what the subject mask measures leave its unreliable readings out
+    left = [(h, aggregate[k]["left_out_unreliable"]) for k, h in cols if aggregate.get(k, {}).get("left_out_unreliable")]
+    if left:
+        doubtful = [r["video"] for r in rows if r["status"] == "ok" and r.get("drift_unreliable")]
+        print(f"{'':<{width}}  (the mean {' and '.join(h for h, _ in left)} leave out {max(n for _, n in left)} "
+              f"unreliable reading{'s' if max(n for _, n in left) > 1 else ''}: {', '.join(doubtful[:3])}"
+              f"{' ...' if len(doubtful) > 3 else ''})")
     notes = [f"{r['video']}: {n}" for r in rows for n in r.get("notes", []) + r.get("skipped", [])]
     for n in dict.fromkeys(notes):
         print(f"note: {n}", file=sys.stderr)

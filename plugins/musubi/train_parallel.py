@@ -9,7 +9,6 @@ accelerate config and the storage come back as preflight problems, one line each
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -17,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from circle_rotate.musubi.accelerate_launch import (check_config, check_request, check_shared_paths, launcher, read_config,
                                              shared_paths_note)
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.memory import machine_ram_bytes
 from circle_rotate.musubi.parallel_plan import (BatchMaths, ParallelRequest, Placement, dataset_batches, parse_address,
                                         place_experts)
 from circle_rotate.musubi.preflight_findings import Problem
@@ -201,14 +201,6 @@ def ddp_timeout_problems(runs: Sequence[ParallelRun]) -> List[Problem]:
 #: Share of this machine's RAM the swapped blocks of all its processes may take before a warning:
 #: each process also peaks while it loads the 28.6 GB expert, and the OS needs its page cache.
 SWAP_RAM_SHARE = 0.6
-
-
-def machine_ram_bytes() -> Optional[int]:
-    """This machine's physical memory, where the OS says (Linux, macOS)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def swap_ram_problems(commands: Sequence[MusubiCommand], processes_per_node: int, *,
