@@ -85,14 +85,13 @@ def statistics_pairs(pairs: Sequence[Pair], left_out: Sequence[Pair] = ()) -> Tu
     return alike, [p for p in alike if id(p) not in doubtful]
 
 
-def compare_pairs(pairs: Sequence[Pair], *, resamples: int = 9999, seed: int = 0,
-                  left_out: Sequence[Pair] = ()) -> List[Comparison]:
+def compare_pairs(pairs: Sequence[Pair], *, left_out: Sequence[Pair] = ()) -> List[Comparison]:
     """:func:`compare_column` for every numeric metric column present, in registry order, over the
     pairs of :func:`statistics_pairs` (the mask columns over the reliable ones)."""
     out = []
     alike, reliable = statistics_pairs(pairs, left_out)
     for column in COLUMNS:
-        c = compare_column(reliable if column in MASK_COLUMNS else alike, column, resamples=resamples, seed=seed)
+        c = compare_column(reliable if column in MASK_COLUMNS else alike, column)
         if c is not None:
             out.append(c)
     return out
@@ -188,7 +187,7 @@ def stale_outputs(out: Path, staged: Path, *, keep: Sequence[os.PathLike | str] 
 
 def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir: os.PathLike | str,
                 metrics: Sequence[str] = ("default",), jobs: int = 1, options: Optional[Mapping[str, Any]] = None,
-                force: bool = False, resamples: int = 9999, inputs: Sequence[os.PathLike | str] = (),
+                force: bool = False, inputs: Sequence[os.PathLike | str] = (),
                 start_check: bool = True) -> CompareOutcome:
     """Evaluate (or read) both sides, pair, compare, and write compare.json, PNGs and report.html.
 
@@ -199,7 +198,6 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
         jobs: worker processes for evaluating.
         options: learned-backend settings.
         force: replace existing outputs.
-        resamples: unused (the interval is the t interval; kept for callers of the bootstrap it replaced).
         inputs: the other files the run reads (a subject mask or boxes file, weights): no
             output may replace one, ``force`` or not, as none may replace a video.
         start_check: hold each pair's first frames against each other and leave out pairs that
@@ -266,7 +264,7 @@ def run_compare(baseline: os.PathLike | str, lora: os.PathLike | str, *, out_dir
             return opts
 
         outcome = _compare(sides, out, stage=stage, metrics=metrics, jobs=jobs, options=side_options,
-                           resamples=resamples, run_notes=run_notes, start_check=start_check)
+                           run_notes=run_notes, start_check=start_check)
         # the earlier report's files this run does not write go when this run's take their place,
         # and not before: an interrupted run leaves the earlier report whole (staging.py)
         stale = stale_outputs(out, stage.here(out), keep=[*read, *outcome.linked])
@@ -286,7 +284,7 @@ def _is_results(side: Path) -> bool:
 
 
 def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], jobs: int,
-             options: Callable[[str, str], Dict[str, Any]], resamples: int,
+             options: Callable[[str, str], Dict[str, Any]],
              run_notes: Sequence[str] = (), start_check: bool = True) -> CompareOutcome:
     from circle_rotate.eval.plots import compare_figures
     from circle_rotate.eval.report import render_report
@@ -306,7 +304,7 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     first_why = {id(p): why for p, why in differ}
     differ = [(p, why) for p, why in differ if all(p is not q for q, _ in unlike)]
     every = [p for p, _ in [*differ, *one_file]]  # left out of every statistic (and unlike, below)
-    comparisons = compare_pairs(pairs, resamples=resamples, left_out=every)
+    comparisons = compare_pairs(pairs, left_out=every)
     left_out = [(p, why) for p, why in unreliable_pairs(pairs_kept) if id(p) not in other_scene]
     paired = {id(p.baseline) for p in pairs} | {id(p.lora) for p in pairs}
     notes = [*run_notes, *(f"{r['video']}: {r['error']}" for r in base_rows + lora_rows if r.get("status") != "ok")]

@@ -130,11 +130,8 @@ def paired_values(pairs: Sequence[Pair], column: str) -> Tuple[List[Pair], np.nd
             np.array([p.lora[column] for p in kept], np.float64))
 
 
-def compare_column(pairs: Sequence[Pair], column: str, *, resamples: int = 9999, seed: int = 0) -> Optional[Comparison]:
-    """Paired statistics of ``column``; None when fewer than one pair has numbers for it.
-
-    ``resamples`` and ``seed`` are kept for callers of the bootstrap this replaced; the t
-    interval (:func:`t_interval`) needs neither."""
+def compare_column(pairs: Sequence[Pair], column: str) -> Optional[Comparison]:
+    """Paired statistics of ``column``; None when fewer than one pair has numbers for it."""
     _, base, lora = paired_values(pairs, column)
     if not base.size:
         return None

@@ -86,7 +86,7 @@ def test_compare_reads_results_json_and_pairs_names_with_side_suffixes(sides, tm
         r["video"] = r["video"].replace(".mp4", "_ours.mp4")
     write_results(base, tmp_path / "base.json")
     write_results(lora, tmp_path / "lora.json")
-    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp", resamples=999)
+    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp")
     assert [p.name for p in outcome.pairs] == ["demo0", "demo1", "demo2", "demo3"]
     ssim = next(c for c in outcome.comparisons if c.column == "ssim")
     b = [r["ssim"] for r in base.rows]
@@ -108,10 +108,10 @@ def test_verdict_needs_significance_and_an_interval_that_excludes_zero():
     rng = np.random.default_rng(1)
     base = rng.uniform(15, 25, 12)
     pairs = [Pair(str(i), {"drift": float(b)}, {"drift": float(b * 0.2 + rng.normal(0, 0.5))}) for i, b in enumerate(base)]
-    c = compare_column(pairs, "drift", resamples=1999)
+    c = compare_column(pairs, "drift")
     assert c.verdict == "better" and c.relative_change == pytest.approx(-0.8, abs=0.05) and c.ci_high < 0
     same = [Pair(str(i), {"drift": float(b)}, {"drift": float(b + rng.normal(0, 0.5))}) for i, b in enumerate(base)]
-    assert compare_column(same, "drift", resamples=1999).verdict == "no significant difference"
+    assert compare_column(same, "drift").verdict == "no significant difference"
 
 
 def test_pairs_with_an_unreliable_drift_are_left_out_of_the_drift_statistics_only():
@@ -124,7 +124,7 @@ def test_pairs_with_an_unreliable_drift_are_left_out_of_the_drift_statistics_onl
     pairs = [Pair(f"v{i}", b, l_) for i, (b, l_) in enumerate(rows)]
     left = unreliable_pairs(pairs)
     assert [p.name for p, _ in left] == ["v1", "v3"] and "LoRA: the mask's area" in left[0][1]
-    got = {c.column: c for c in compare_pairs(pairs, resamples=199)}
+    got = {c.column: c for c in compare_pairs(pairs)}
     kept = [0, 2, 4]
     assert got["drift"].n == 3 and got["drift"].baseline_mean == pytest.approx(np.mean([10.0 + i for i in kept]))
     assert got["psnr"].n == 5  # the other metrics keep every pair
@@ -145,14 +145,13 @@ def test_pairs_not_generated_alike_are_left_out_of_every_statistic_and_named(tmp
     unlike = mismatched_pairs(pairs)
     assert [p.name for p, _ in unlike] == ["v4", "v5"]
     assert unlike[0][1] == "baseline 320x180, 17 frames at 16 fps, LoRA 640x360, 17 frames at 16 fps"
-    got = {c.column: c for c in compare_pairs(pairs, resamples=199)}
+    got = {c.column: c for c in compare_pairs(pairs)}
     assert got["drift"].n == got["psnr"].n == 5
 
     for side, sizes in (("baseline", ((128, 80), (128, 80))), ("lora", ((128, 80), (256, 160)))):
         for i, (w, h) in enumerate(sizes):
             write_turntable(TurntableSpec(name=f"d{i}", width=w, height=h, frames=9, seed=i), tmp_path / side)
-    outcome = run_compare(tmp_path / "baseline", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["motion"],
-                          resamples=199)
+    outcome = run_compare(tmp_path / "baseline", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["motion"])
     notes = [n for n in outcome.notes if "not generated alike" in n]
     assert notes == ["d1: left out of every statistic: the two videos were not generated alike (baseline 128x80, 9 frames "
                      "at 16 fps, LoRA 256x160, 9 frames at 16 fps); generate both at the same size, length and frame rate"]
@@ -183,7 +182,7 @@ def test_a_pair_whose_lora_video_failed_says_so(sides, tmp_path):
     black.update(status="error", error="every frame is one flat colour: there is no picture to measure")
     write_results(base, tmp_path / "base.json")
     write_results(lora, tmp_path / "lora.json")
-    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp", resamples=99)
+    outcome = run_compare(tmp_path / "base.json", tmp_path / "lora.json", out_dir=tmp_path / "cmp")
     assert [p.name for p in outcome.pairs] == ["demo0", "demo1", "demo2"]
     assert "demo3.mp4: its namesake demo3.mp4 could not be evaluated, so the pair is left out" in outcome.notes
     assert not any("no namesake" in n for n in outcome.notes)
@@ -277,7 +276,7 @@ def test_the_same_videos_twice_differ_by_nothing_not_by_round_off():
 
     values = [3.1, 7.4, 5.2, 9.9]
     pairs = [Pair(str(i), {"global_flow": v}, {"global_flow": v * (1 + (-1) ** i * 3e-13)}) for i, v in enumerate(values)]
-    c = compare_column(pairs, "global_flow", resamples=999)
+    c = compare_column(pairs, "global_flow")
     assert c.mean_diff == 0.0 and c.p_value is None and c.cohens_d is None and c.relative_change == 0.0
     assert c.ci_low is None and c.ci_high is None  # differences with no spread: no interval of width 0
     assert c.verdict == "no clear change"  # global flow has no better side

@@ -82,7 +82,7 @@ def test_a_pair_with_a_dropped_first_frame_is_kept_and_a_shape_is_named_before_t
     """Failed before: demo4 and demo5 were left out ("first frames differ (15.x dB)"), and the pair
     of two lengths was named for its first frames, not for its lengths."""
     _offset_and_mismatched_sides(tmp_path)
-    outcome = run_compare(tmp_path / "base", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["psnr"], resamples=99)
+    outcome = run_compare(tmp_path / "base", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["psnr"])
     assert outcome.left_out == ("other",)
     (note,) = [n for n in outcome.notes if n.startswith("other:")]
     assert "not generated alike (baseline 180x320, 32 frames" in note and "LoRA 180x320, 20 frames" in note
@@ -195,7 +195,7 @@ def test_a_key_two_videos_of_a_side_share_pairs_nothing_and_is_named(tmp_path):
         (tmp_path / side).mkdir(exist_ok=True)
         scene = "demo2" if name.startswith("demo2") else "cat"
         shutil.copy(_gif(_base(scene) if side == "base" else _lora(scene)), tmp_path / side / name)
-    outcome = run_compare(tmp_path / "base", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["psnr"], resamples=99)
+    outcome = run_compare(tmp_path / "base", tmp_path / "lora", out_dir=tmp_path / "out", metrics=["psnr"])
     assert [(p.baseline["video"], p.lora["video"]) for p in outcome.pairs] == [("demo2_00003_.gif", "demo2_00005_.gif")]
     assert any(n.startswith("cat_00001_.gif: no namesake") and "('cat') is shared by" in n for n in outcome.notes)
     assert not outcome.left_out
@@ -347,7 +347,7 @@ def test_left_out_pairs_are_not_in_the_figures_or_the_statistics():
     from circle_rotate.eval.compare import compare_pairs
 
     pairs = [Pair(f"v{i}", {"psnr": 30.0 + i}, {"psnr": 31.0 + i}) for i in range(4)]
-    got = {c.column: c for c in compare_pairs(pairs, resamples=99, left_out=pairs[:1])}
+    got = {c.column: c for c in compare_pairs(pairs, left_out=pairs[:1])}
     assert got["psnr"].n == 3
 
 
