@@ -9,11 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.musubi.generate import GenerateRequest, Models, build_command, generate, high_noise_steps, read_prompts
 from model_files import sparse_expert
+
+
+def _lora(path: Path, *, fmt: str = "musubi", seed: int = 0, diffs=None) -> Path:
+    """A small LoRA over two tiny-Wan modules in layout ``fmt`` (generate checks names, not shapes)."""
+    from circle_rotate.kernel.wan_arch import tiny_config
+    from circle_rotate.selfcheck.synthetic.lora import random_lora_modules
+    from circle_rotate.tools.lora.files import write_lora
+
+    modules = random_lora_modules(tiny_config(), rank=4, seed=seed, modules=["blocks.0.self_attn.q", "blocks.0.ffn.0"])
+    return write_lora(path, modules, fmt=fmt, diffs=diffs)
 
 
 @pytest.fixture
@@ -24,9 +33,8 @@ def files(musubi, tmp_path):
     for p in (first, last):
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
     lora = {}
-    for expert in ("low", "high"):
-        lora[expert] = tmp_path / f"circle_rotate_{expert[0]}.safetensors"
-        save_file({"lora_unet_blocks_0_ffn_0.lora_down.weight": torch.zeros(4, 8)}, str(lora[expert]))
+    for seed, expert in enumerate(("low", "high")):  # whole LoRAs: the CLI reads their layout (musubi's, here)
+        lora[expert] = _lora(tmp_path / f"circle_rotate_{expert[0]}.safetensors", seed=seed)
     vae = tmp_path / "Wan2.1_VAE.pth"
     vae.write_bytes(b"\0")
     t5 = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
@@ -299,3 +307,66 @@ def test_without_cuda_generate_and_cache_refuse_in_one_line_not_musubis_tracebac
     assert code == 2
     assert capsys.readouterr().err.strip().endswith("`circle-rotate smoke` runs the whole chain on tiny models)")
     assert not (files["tmp"] / "videos").exists()
+
+
+def _musubi_changes(base: Path, lora: Path) -> int:
+    """How many weights of ``base`` musubi-tuner's own inference LoRA merge (the one wan_generate_video.py's
+    load_dit_model runs for --lora_weight) changes with ``lora`` at strength 1."""
+    from safetensors.torch import load_file
+
+    from musubi_tuner.utils.lora_utils import load_safetensors_with_lora_and_fp8
+
+    before = load_file(str(base))
+    after = load_safetensors_with_lora_and_fp8(str(base), [load_file(str(lora))], [1.0], False, torch.device("cpu"))
+    return sum(not torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("fmt", ["comfy", "diffusers"])
+def test_cli_refuses_a_lora_layout_musubi_would_silently_skip(files, dits, tiny_wan_dir, capsys, fmt):
+    """musubi's --lora_weight finds a LoRA only under its lora_unet_* names: a ComfyUI- or Diffusers-layout
+    LoRA (what `convert --format comfy` writes for ComfyUI users) applies not at all, with only a log line.
+    The dry run refuses it in one line naming the file and the convert that fixes it; the fix works."""
+    from circle_rotate.cli.main import main
+
+    other = _lora(files["tmp"] / f"circle_rotate_l_{fmt}.safetensors", fmt=fmt)
+    base = tiny_wan_dir / "wan2.2_i2v_low_noise_14B_fp32.safetensors"
+    assert _musubi_changes(base, files["lora"]["low"]) == 2 and _musubi_changes(base, other) == 0  # the defect
+    capsys.readouterr()  # musubi's progress bars
+    args = _cli_args(files, dits)
+    args[args.index("--lora-low") + 1] = str(other)
+    assert main([*args, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    fixed = other.with_name(f"{other.stem}_musubi.safetensors")
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and f"{other}: a {fmt}-layout LoRA" in err
+    assert "would silently apply none of its modules" in err
+    assert f"fix: circle-rotate convert {other} -o {fixed} --format musubi" in err
+    assert "wan_generate_video.py" not in captured.out and not (files["tmp"] / "videos").exists()
+
+    assert main(["-q", "convert", str(other), "-o", str(fixed), "--format", "musubi"]) == 0
+    assert _musubi_changes(base, fixed) == 2
+    args[args.index("--lora-low") + 1] = str(fixed)
+    assert main([*args, "--dry-run"]) == 0, capsys.readouterr()
+
+
+def test_dry_run_warns_of_differences_musubi_skips(files, dits, capsys):
+    """Whole-tensor differences (.diff/.diff_b, as the lightx2v LoRAs carry) beside musubi-named pairs: musubi
+    applies the pairs and skips the differences, so the dry run goes on and says so, as inspect words it."""
+    from circle_rotate.cli.main import main
+    from circle_rotate.kernel.wan_arch import dit_shapes, tiny_config
+    from circle_rotate.tools.lora.files import write_lora
+
+    shapes = dit_shapes(tiny_config())
+    diffs = {p: torch.full(tuple(shapes[p]), 0.01) for p in ("blocks.0.norm3.weight", "blocks.0.ffn.0.bias")}
+    accel = _lora(files["tmp"] / "lightx2v_4step_low.safetensors", diffs=diffs)
+    assert main([*_cli_args(files, dits), "--accel-lora-low", str(accel), "--accel-lora-high", str(accel),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {accel}: 2 whole-tensor difference(s)" in out and "--lora_weight skips them" in out
+    assert "wan_generate_video.py" in out
+
+    only = files["tmp"] / "only_diffs.safetensors"
+    write_lora(only, {}, fmt="musubi", diffs=diffs)
+    assert main([*_cli_args(files, dits), "--accel-lora-low", str(only), "--accel-lora-high", str(accel),
+                 "--dry-run"]) == 2
+    assert "holds only whole-tensor differences" in capsys.readouterr().err

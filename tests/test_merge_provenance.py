@@ -11,13 +11,19 @@ from safetensors import safe_open
 from circle_rotate.cli.main import main
 from circle_rotate.kernel.wan_arch import tiny_config
 from circle_rotate.selfcheck.synthetic.lora import write_random_lora
+from circle_rotate.tools.merge.delta_sketch import FIELD, PROBES
 
 HIGH, LOW = "wan2.2_i2v_high_noise_14B_fp16.safetensors", "wan2.2_i2v_low_noise_14B_fp16.safetensors"
 
 
-def _record(path):
+def _record(path, *, sketches=False):
+    """The merged-LoRA record; without ``sketches``, each entry's delta sketch checked for shape and left out."""
     with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["circle_rotate.merged_loras"])
+        record = json.loads(f.metadata()["circle_rotate.merged_loras"])
+    if not sketches:
+        for entry in record:
+            assert len(entry.pop(FIELD)) == PROBES
+    return record
 
 
 def test_a_lora_named_or_marked_for_the_other_expert_is_refused(tiny_wan_dir, tiny_loras, tmp_path, capsys):
@@ -60,6 +66,57 @@ def test_a_lora_already_merged_is_refused_and_the_record_is_a_history(tiny_wan_d
     write_random_lora(renamed, tiny_config(), rank=8, alpha=1.0, seed=12)
     assert renamed.stat().st_size != size
     assert main(["-q", "merge", str(once), "--lora", str(renamed), "-o", str(tmp_path / "z.safetensors")]) == 0
+
+
+@pytest.mark.parametrize("fmt, alpha, strength", [("comfy", 1.0, "1"), ("comfy", 1.0, "0.3"), ("diffusers", 1.0, "-1"),
+                                                  ("diffusers", 3.0, "1")])
+def test_a_converted_copy_of_a_merged_lora_is_refused(tiny_wan_dir, tmp_path, capsys, fmt, alpha, strength):
+    """`convert --format comfy` (what ComfyUI users make) gives a LoRA another name and size, the diffusers layout
+    folds alpha into the factors (in bf16 rounding when alpha/rank is no power of two): the same delta, found by
+    its sketch. At another strength, or a negative one, it is the same LoRA again too (the sketch leaves the
+    strength out): the remedy is the original expert at the strength wanted."""
+    lora = write_random_lora(tmp_path / "circle_rotate_h.safetensors", tiny_config(), rank=4, alpha=alpha, seed=3)
+    once, twice = tmp_path / "high_once.safetensors", tmp_path / "high_twice.safetensors"
+    assert main(["-q", "merge", str(tiny_wan_dir / HIGH), "--lora", f"{lora}:0.8", "-o", str(once)]) == 0
+    copy = tmp_path / f"circle_rotate_h_{fmt}.safetensors"
+    assert main(["-q", "convert", str(lora), "-o", str(copy), "--format", fmt]) == 0
+    assert copy.stat().st_size != lora.stat().st_size
+    capsys.readouterr()
+    assert main(["merge", str(once), "--lora", f"{copy}:{strength}", "-o", str(twice)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{copy.name}' holds the same delta as 'circle_rotate_h.safetensors', which is already merged into " \
+           "high_once.safetensors (its metadata lists it at strength 0.8); merging it again would double it" in err
+    assert "rename the LoRA file" not in err and not twice.exists()
+
+
+def test_another_lora_of_the_same_name_and_size_still_merges(tiny_wan_dir, tiny_loras, tmp_path):
+    """A retrained LoRA keeps its name and, with the same settings, its size: the sketch tells it apart (the
+    name-and-size rule refused it)."""
+    once = tmp_path / "high_once.safetensors"
+    assert main(["-q", "merge", str(tiny_wan_dir / HIGH), "--lora", str(tiny_loras["high"]), "-o", str(once)]) == 0
+    retrained = tmp_path / "v2" / tiny_loras["high"].name
+    retrained.parent.mkdir()
+    write_random_lora(retrained, tiny_config(), rank=4, alpha=1.0, seed=99, metadata={"ss_network_dim": "4"})
+    assert retrained.stat().st_size == tiny_loras["high"].stat().st_size
+    twice = tmp_path / "high_twice.safetensors"
+    assert main(["-q", "merge", str(once), "--lora", str(retrained), "-o", str(twice)]) == 0
+    assert [e["file"] for e in _record(twice)] == [retrained.name] * 2
+
+
+def test_a_record_without_a_sketch_is_matched_by_name_and_size(tiny_loras):
+    """Experts merged before sketches: their records hold file name and size only, matched as before."""
+    from circle_rotate.kernel.errors import UserError
+    from circle_rotate.tools.lora.files import module_scales, read_lora_index
+    from circle_rotate.tools.merge.delta_sketch import delta_sketch
+    from circle_rotate.tools.merge.provenance import MERGED_LORAS_KEY, check_not_merged_again
+
+    index = read_lora_index(tiny_loras["high"])
+    sketch = delta_sketch(index, module_scales(index))
+    old = {MERGED_LORAS_KEY: json.dumps([{"file": index.path.name, "bytes": index.header.file_size, "strength": 1.0}])}
+    with pytest.raises(UserError, match="already merged into old.safetensors .*rename the LoRA file"):
+        check_not_merged_again(old, [index], "old.safetensors", [sketch])
+    other = {MERGED_LORAS_KEY: json.dumps([{"file": "another.safetensors", "bytes": index.header.file_size}])}
+    check_not_merged_again(other, [index], "old.safetensors", [sketch])
 
 
 @pytest.mark.parametrize("strength", ["1", "-1"])

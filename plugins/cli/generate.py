@@ -21,7 +21,9 @@ def add_parser(sub) -> None:
                                "<NNN>_<first-frame>.mp4, so runs with and without LoRAs pair up in `circle-rotate eval "
                                "compare`. Defaults follow the paper: 81 frames, 16 fps, 1280x720, shift 8; with the 4-step "
                                "distillation LoRAs also 4 Euler steps at CFG 1.6. Model paths default to the recipe "
-                               "variables (DIT_LOW, DIT_HIGH, VAE, T5).",
+                               "variables (DIT_LOW, DIT_HIGH, VAE, T5). LoRAs go in musubi-tuner's own key layout, the "
+                               "only one its --lora_weight applies: a ComfyUI or Diffusers one is refused, naming the "
+                               "`circle-rotate convert ... --format musubi` that fixes it.",
                    examples="  circle-rotate generate prompts.txt -o videos/lora "
                             "--lora-low circle_rotate_l.safetensors --lora-high circle_rotate_h.safetensors\n"
                             "  circle-rotate generate prompts.txt -o videos/baseline --resolution 832x480 --dry-run\n")
@@ -84,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         require_cuda("video generation")
     # with --json the progress lines go to stderr, so stdout is only the record
     echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    record = generate(request, dry_run=args.dry_run, echo=echo)
+    from circle_rotate.tools.lora.musubi_load import musubi_lora_problems
+
+    record = generate(request, dry_run=args.dry_run, echo=echo, lora_check=musubi_lora_problems)
     if args.json:
         print_json(record)
         return 0
@@ -94,3 +98,4 @@ def run(args: argparse.Namespace) -> int:
     for note in record["differences_from_paper"]:
         print(f"differs from the paper: {note}")
     return 0
+

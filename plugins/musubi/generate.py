@@ -26,7 +26,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from circle_rotate.kernel.atomic import write_json, write_text
 from circle_rotate.kernel.errors import UserError
@@ -41,6 +41,10 @@ PAPER_SIZE = (720, 1280)  # height, width
 PAPER_ACCEL = {"steps": 4, "guidance": 1.6, "solver": "vanilla"}
 STAGING = ".musubi-output"
 RECORD = "generate.json"
+#: What musubi's ``--lora_weight`` would silently not apply of one LoRA file: ``(severity, message, fix)``
+#: findings ("error" or "warning"). The LoRA readers live in ``circle_rotate.tools``, which this layer may
+#: not import, so the caller passes the check (the CLI: ``circle_rotate.tools.lora.musubi_load.musubi_lora_problems``).
+LoraCheck = Callable[[Path], List[Tuple[str, str, str]]]
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,7 @@ def high_noise_steps(solver: str, steps: int, shift: float, boundary: float = BO
     return int((torch.as_tensor(sched.timesteps) / 1000.0 >= boundary).sum())
 
 
-def _check_models(request: GenerateRequest, echo) -> None:
+def _check_models(request: GenerateRequest, echo, lora_check: Optional[LoraCheck] = None) -> None:
     from circle_rotate.kernel.safetensors_io import read_header
     from circle_rotate.musubi.preflight import check_dit, check_vae
     from circle_rotate.musubi.preflight_findings import Findings, user_error_parts
@@ -241,8 +245,9 @@ def _check_models(request: GenerateRequest, echo) -> None:
             f.error(path, f"has ComfyUI's '{ident.key_prefix}' key prefix; musubi would silently skip the LoRA on it",
                     "use the un-prefixed expert, or merge with `circle-rotate merge` and generate without --lora")
     check_vae(f, str(request.models.vae))
-    for path in (request.models.t5, *(p for p in (request.lora_low, request.lora_high, request.accel_lora_low,
-                                                  request.accel_lora_high) if p is not None)):
+    loras = [p for p in (request.lora_low, request.lora_high, request.accel_lora_low, request.accel_lora_high)
+             if p is not None]
+    for path in (request.models.t5, *loras):
         if not Path(path).is_file():
             f.error(path, "file not found", "check the path")
         elif Path(path).suffix == ".safetensors":
@@ -251,6 +256,12 @@ def _check_models(request: GenerateRequest, echo) -> None:
             except UserError as exc:
                 message, fix = user_error_parts(exc)
                 f.error(path, message, fix)
+                continue
+            if path in loras and lora_check is not None:
+                # musubi applies a LoRA only under its own key names and merely logs "not all LoRA keys
+                # are used" for the rest: a ComfyUI- or Diffusers-layout LoRA would make videos without it
+                for severity, message, fix in lora_check(Path(path)):
+                    (f.error if severity == "error" else f.warning)(path, message, fix)
     for p in f.problems:
         echo(p.one_line())
     errors = [p for p in f.problems if p.severity == "error"]
@@ -277,8 +288,13 @@ def _record(request: GenerateRequest, lines: List[PromptLine], command: MusubiCo
     }
 
 
-def generate(request: GenerateRequest, *, dry_run: bool, echo=print) -> Dict[str, object]:
+def generate(request: GenerateRequest, *, dry_run: bool, echo=print,
+             lora_check: Optional[LoraCheck] = None) -> Dict[str, object]:
     """Check, print and (unless ``dry_run``) run one musubi generation pass; return the record.
+
+    ``lora_check`` finds, in each LoRA file, what musubi would silently not apply (see :data:`LoraCheck`);
+    its errors refuse the run before anything runs, its warnings are printed. Without one the LoRA
+    files are only checked to exist and be readable.
 
     Raises:
         UserError: a bad prompt line, model file or existing output; musubi's parser rejects
@@ -290,7 +306,7 @@ def generate(request: GenerateRequest, *, dry_run: bool, echo=print) -> Dict[str
     existing = [f for f in finals if f.exists()]
     if existing and not request.force:
         raise UserError(f"{len(existing)} video(s) already exist", path=existing[0], fix="pass --force, or another --out")
-    _check_models(request, echo)
+    _check_models(request, echo, lora_check)
     staging = request.out_dir / STAGING
     prompt_file = staging / "prompts.txt"
     command = build_command(request, prompt_file)

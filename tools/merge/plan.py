@@ -59,11 +59,13 @@ class BaseInfo:
 
 @dataclass(frozen=True)
 class LoraSource:
-    """One LoRA to merge: its index, the user's strength and each module's ``alpha / rank``."""
+    """One LoRA to merge: its index, the user's strength, each module's ``alpha / rank`` and the sketch of
+    its delta that the output's record keeps (:mod:`circle_rotate.tools.merge.delta_sketch`; None: none kept)."""
 
     index: LoraIndex
     strength: float
     scales: Dict[str, float]
+    sketch: Optional[List[float]] = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,8 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     metadata = dict(header.metadata)
     if not scaled_out:
         metadata.pop("_quantization_metadata", None)
-    metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, [(s.index, s.strength) for s in loras], dtype)
+    metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, [(s.index, s.strength) for s in loras], dtype,
+                                                [s.sketch for s in loras])
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert

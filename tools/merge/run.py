@@ -44,6 +44,7 @@ from circle_rotate.tools.lora.files import (AlphaIfMissing, load_diff, load_modu
                                          read_lora_index, require_wan_lora)
 from circle_rotate.tools.lora.lycoris import factors
 from circle_rotate.tools.merge.chunks import JOB_ELEMS, Chunks, Pooled, Source, as_2d, row_ranges
+from circle_rotate.tools.merge.delta_sketch import delta_sketch
 from circle_rotate.tools.merge.fp8 import fp8_layout, scale_from_max
 from circle_rotate.tools.merge.ordered_pipeline import pipelined, torch_threads
 from circle_rotate.tools.merge.plan import BaseInfo, LoraSource, MergePlan, OutTensor, plan_merge
@@ -186,12 +187,14 @@ def execute_plan(plan: MergePlan, out: Path, *, workers: Optional[int] = None) -
 
 
 def load_sources(loras: Sequence[Tuple[PathLike, float]], *, alpha_if_missing: AlphaIfMissing = None) -> List[LoraSource]:
-    """Read and check each ``(path, strength)`` LoRA (headers and alphas only)."""
+    """Read and check each ``(path, strength)`` LoRA, and sketch its delta for the output's record
+    (:mod:`circle_rotate.tools.merge.delta_sketch`: module by module, small beside the merge)."""
     sources = []
     for path, strength in loras:
         index = read_lora_index(path)
         require_wan_lora(index)
-        sources.append(LoraSource(index, float(strength), module_scales(index, alpha_if_missing=alpha_if_missing)))
+        scales = module_scales(index, alpha_if_missing=alpha_if_missing)
+        sources.append(LoraSource(index, float(strength), scales, delta_sketch(index, scales)))
     return sources
 
 
@@ -245,7 +248,7 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
                                                    "to convert the expert")
     sources = load_sources(loras, alpha_if_missing=alpha_if_missing)
     indexes = [s.index for s in sources]
-    check_not_merged_again(info.header.metadata, indexes, Path(info.header.path).name)
+    check_not_merged_again(info.header.metadata, indexes, Path(info.header.path).name, [s.sketch for s in sources])
     if not ignore_expert_evidence:
         check_experts_agree(info.identity, indexes, Path(info.header.path).name)
     plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
