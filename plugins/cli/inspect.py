@@ -36,7 +36,9 @@ def _lora_lines(r: LoraReport) -> list:
         ("kind", f"{' + '.join(kinds)}, {r.format} layout"),
         ("modules", f"{r.modules} ({r.params:,} parameters, {r.file_bytes / 2**20:.1f} MiB, {', '.join(r.dtypes)})"),
         ("rank", ", ".join(f"{k} x{v}" for k, v in r.ranks.items())),
-        ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())),
+        ("alpha", ", ".join(f"{k} x{v}" for k, v in r.alphas.items())
+         + (f" ({r.alpha_from_metadata} from lora_adapter_metadata, as Diffusers reads it)"
+            if r.alpha_from_metadata else "")),
         ("scale alpha/rank", ", ".join(f"{k} x{v}" for k, v in r.scales.items())),
         ("targets", f"{r.targets_covered}/{r.targets_total} {r.target_model} LoRA targets" + (f"; missing {missing}" if missing else "")
          if r.targets_total else r.target_model),

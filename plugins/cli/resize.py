@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(f"{report.out}: {report.resized} of {report.modules} modules resized to rank {report.rank} ({report.format})")
+    if set(report.ranks) != {report.rank}:  # kept below it, or at a module's min(out, in)
+        print("  ranks written: " + ", ".join(f"{k} x{v}" for k, v in report.ranks.items()))
     if report.rel_error:
         e = report.rel_error
         print(f"  relative error ||delta - delta_r|| / ||delta||: min {e['min']:.4f}, mean {e['mean']:.4f}, max {e['max']:.4f}")

@@ -1,19 +1,25 @@
 """Combine several LoRAs with strengths into one, exactly, by concatenating ranks.
 
 ``sum_i s_i * (alpha_i / r_i) * up_i @ down_i  ==  [s_1 a_1/r_1 up_1, ...] @ [down_1; ...]``,
-so the combined module has rank ``sum r_i`` and scale 1 (``alpha = rank``). The only rounding
-is storing the scaled ``up`` blocks; in fp32 (the default) that is one fp32 rounding of a
-product, and none at all when each ``s_i * alpha_i / r_i`` is a power of two. The report says
-whether the stored factors are exactly the fp32 ones.
+so the combined module has rank ``sum r_i`` and scale 1 (``alpha = rank``). Each factor
+``s_i a_i / r_i`` is split between ``up_i`` and ``down_i`` (a power of two on ``up``, see
+:func:`circle_rotate.tools.lora.files.fold_factors`), so that the stored blocks keep magnitudes
+alike: all of a musubi LoRA's 1/32 on ``up`` (about 2e-3 trained) would put fp16's into its
+subnormals. The only rounding is storing the scaled blocks: in fp32 (the default) one fp32
+rounding of the ``down`` blocks, none at all when each factor is a power of two. The report
+gives the measured relative error of each stored delta against the exact sum (the largest),
+from the factors (``rank x rank`` products, never the ``out x in`` delta); ``exact`` is an
+error of 0.
 
 Whole-tensor differences (:mod:`circle_rotate.tools.lora.diffs`) combine as ``sum_i s_i * diff_i``,
-summed in fp32; ``exact`` then also says whether storing those sums rounded them.
+summed in fp32; the error and ``exact`` then also count storing those sums.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +32,9 @@ from circle_rotate.kernel.checkpoint_identity import EXPERT_METADATA_KEY
 from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import DTYPES
 from circle_rotate.tools.lora.inspect import lora_expert
-from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, load_diffs, module_scales, read_lora_index,
-                                         require_layout, require_lora_only, require_wan_lora, resolved_modules, write_lora)
+from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraModule, fold_factors, load_diffs, module_scales,
+                                         read_lora_index, require_layout, require_lora_only, require_wan_lora,
+                                         resolved_modules, write_lora)
 from circle_rotate.tools.lora.keys import FORMATS, module_sort_key
 from circle_rotate.tools.option_values import COMBINE_DTYPE_NAMES, FLOAT_DTYPES, check_scale_fits
 
@@ -44,26 +51,77 @@ class CombineReport:
     inputs: List[Dict[str, object]]
     modules: int
     ranks: Dict[int, int]
-    exact: bool
+    exact: bool  # every stored delta is the exact strength-weighted sum (max_rel_error 0)
     diffs: int = 0  # whole-tensor differences written
+    max_rel_error: float = 0.0  # largest ||stored - exact|| / ||exact|| over modules and differences
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
 
 
-def concat_modules(parts: Sequence[Tuple[float, LoraModule]], dtype: torch.dtype) -> Tuple[LoraModule, bool]:
+def _rms(t: torch.Tensor) -> float:
+    return float(t.double().pow(2).mean().sqrt()) if t.numel() else 0.0
+
+
+def _split(factor: float, mod: LoraModule) -> Tuple[float, float]:
+    """(down factor, up factor) whose product is ``factor``, balancing the scaled blocks' magnitudes."""
+    ru, rd = _rms(mod.up), _rms(mod.down)
+    f_down, f_up = fold_factors(abs(factor), rd / ru if ru > 0 and rd > 0 else 1.0)
+    return f_down, math.copysign(f_up, factor)  # (a sign is exact too)
+
+
+def stored_error(up: torch.Tensor, down: torch.Tensor, up_c: torch.Tensor, down_c: torch.Tensor) -> float:
+    """``||up_c @ down_c - up @ down|| / ||up @ down||`` (2-D; ``up``/``down`` exact, float64) from the factors.
+
+    The difference is taken as ``du @ down + up_c @ dd`` (``du = up - up_c``, ``dd = down - down_c``), whose
+    terms are all as small as the rounding, rather than ``||a||^2 + ||b||^2 - 2<a, b>``, which would cancel to
+    float64's noise (about 1e-8 relative) at fp32's error. ``||x @ y||^2 = sum((x^T x) * (y y^T))``: rank x rank
+    products only, in fp32 (the error needs a few digits), and none for a factor stored exactly (``up`` in fp32:
+    its share of the scale is a power of two).
+    """
+    du, dd = up - up_c.double(), down - down_c.double()
+    if not (du.any() or dd.any()):
+        return 0.0
+    uc, d = up_c.float(), down.float()
+    gram_c, gram_d = uc.T @ uc, d @ d.T
+    gram_u = gram_c  # (up^T up)
+    err2 = 0.0
+    if du.any():
+        du = du.float()
+        cross = du.T @ uc
+        gram_dudu = du.T @ du
+        gram_u = gram_c + cross + cross.T + gram_dudu
+        err2 += float((gram_dudu * gram_d).sum())
+        if dd.any():
+            err2 += 2 * float((cross * (d @ dd.float().T)).sum())
+    if dd.any():
+        dd = dd.float()
+        err2 += float((gram_c * (dd @ dd.T)).sum())
+    total2 = float((gram_u * gram_d).sum())
+    if total2 <= 0:  # the parts cancel: nothing to measure against
+        return math.inf
+    return (max(err2, 0.0) / total2) ** 0.5
+
+
+def concat_modules(parts: Sequence[Tuple[float, LoraModule]], dtype: torch.dtype) -> Tuple[LoraModule, float]:
     """One module from ``(factor, module)`` parts (factor = strength * alpha / rank).
 
     Returns:
-        The combined module (alpha = its rank) and whether storing it in ``dtype`` was exact.
+        The combined module (alpha = its rank) and the relative error of storing it in ``dtype``
+        (:func:`stored_error`).
     """
-    ups = [(f * m.up.float()).reshape(m.up.shape[0], m.rank, *m.up.shape[2:]) for f, m in parts]
-    downs = [m.down.float() for _, m in parts]
+    ups, downs = [], []
+    for f, m in parts:
+        f_down, f_up = _split(f, m)
+        ups.append(f_up * m.up.double().reshape(m.up.shape[0], m.rank, *m.up.shape[2:]))
+        downs.append(f_down * m.down.double())
     up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-    up_c, down_c = up.to(dtype), down.to(dtype)
-    exact = torch.equal(up_c.float(), up) and torch.equal(down_c.float(), down)
+    up_c, down_c = up.to(dtype), down.to(dtype)  # (one rounding, from float64)
+    rank = down.shape[0]
+    err = stored_error(up.reshape(up.shape[0], rank), down.reshape(rank, -1),
+                       up_c.reshape(up.shape[0], rank), down_c.reshape(rank, -1))
     name = parts[0][1].module
-    return LoraModule(name, down_c.contiguous(), up_c.contiguous(), float(down.shape[0])), exact
+    return LoraModule(name, down_c.contiguous(), up_c.contiguous(), float(rank)), err
 
 
 def _check_shapes(name: str, parts: Sequence[Tuple[Path, LoraModule]]) -> None:
@@ -129,17 +187,20 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
                              limit=torch.finfo(COMBINE_DTYPES[dtype]).max, dtype=dtype)
             grouped.setdefault(name, []).append((float(strength) * scales[name], mod, index.path))
     combined: Dict[str, LoraModule] = {}
-    exact = True
+    worst = 0.0
     for name in sorted(grouped, key=module_sort_key):
         _check_shapes(name, [(p, m) for _, m, p in grouped[name]])
-        combined[name], ok = concat_modules([(f, m) for f, m, _ in grouped[name]], COMBINE_DTYPES[dtype])
-        exact &= ok
+        combined[name], err = concat_modules([(f, m) for f, m, _ in grouped[name]], COMBINE_DTYPES[dtype])
+        worst = max(worst, err)
     diffs: Dict[str, torch.Tensor] = {}
     for param, parts in diff_parts.items():
         _check_diff_shapes(param, parts)
         total = sum(s * d.float() for s, d, _ in parts)
         diffs[param] = total.to(COMBINE_DTYPES[dtype])
-        exact &= torch.equal(diffs[param].float(), total)
+        if not torch.equal(diffs[param].float(), total):
+            norm = float(torch.linalg.vector_norm(total.double()))
+            err = float(torch.linalg.vector_norm(diffs[param].double() - total.double()))
+            worst = max(worst, err / norm if norm > 0 else math.inf)
     overflowed = [n for n, m in combined.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all())]
     overflowed += [p for p, d in diffs.items() if not torch.isfinite(d).all()]
     if overflowed:
@@ -154,4 +215,5 @@ def combine_loras(loras: Sequence[Tuple[PathLike, float]], out: PathLike, *, to:
     for mod in combined.values():
         ranks[mod.rank] = ranks.get(mod.rank, 0) + 1
     logger.info("combined %d LoRAs into %s (%d modules)", len(loras), out_p, len(combined))
-    return CombineReport(str(out_p), to, dtype, inputs, len(combined), dict(sorted(ranks.items())), exact, len(diffs))
+    return CombineReport(str(out_p), to, dtype, inputs, len(combined), dict(sorted(ranks.items())), worst == 0.0,
+                         len(diffs), worst)

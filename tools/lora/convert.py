@@ -4,7 +4,11 @@ musubi <-> comfy only renames: the ``down``/``up``/``alpha`` bytes are copied as
 round trip gives back the same tensors. diffusers has no alpha, so ``alpha / rank`` is folded
 into the weights (exact when it is a power of two, as musubi's default 1/32 is; see
 :func:`circle_rotate.tools.lora.files.fold_factors`); reading a diffusers file back gives
-``alpha = rank``. Metadata (``ss_*`` training records included) is kept verbatim.
+``alpha = rank``. Metadata (``ss_*`` training records included) is kept, but for the records a
+scale is read from, which follow what is written (:func:`circle_rotate.tools.lora.peft_metadata.output_metadata`):
+``ss_network_alpha`` becomes the alpha written (none in the diffusers layout), and diffusers'
+``lora_adapter_metadata`` is rewritten for the folded diffusers file or dropped, as it would
+otherwise scale the written weights again, or contradict the alpha tensors.
 
 Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``, :mod:`circle_rotate.tools.lora.diffs`) are
 copied byte for byte under the name ComfyUI applies in the target layout: ``comfy`` holds every one
@@ -34,6 +38,7 @@ from circle_rotate.tools.lora.files import (AlphaIfMissing, LoraIndex, check_fol
                                          read_lora_index, require_layout, require_wan_lora)
 from circle_rotate.tools.lora.keys import FORMATS, FORMATS_WITH_ALPHA, lora_key
 from circle_rotate.tools.lora.lycoris import product_key
+from circle_rotate.tools.lora.peft_metadata import output_metadata
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -98,7 +103,14 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
     # ComfyUI gets the scale musubi-tuner reads (the report says so); folded (diffusers) it needs asking.
     scales = module_scales(index, alpha_if_missing=alpha_if_missing, zero_alpha_as_rank=to in FORMATS_WITH_ALPHA)
     header = index.header
-    with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=index.metadata) as writer:
+    written = {}  # module -> the alpha its file holds (layouts with alpha)
+    for name, info in index.modules.items():
+        if to in FORMATS_WITH_ALPHA:
+            keep = info.alpha_key and not (to == "comfy" and info.alpha == 0)
+            written[name] = float(info.alpha) if keep else scales[name] * info.rank
+    # (a record copied as it was would contradict the tensors: inspect flags it, diffusers applies it)
+    metadata = output_metadata(index.metadata, to, {n: i.rank for n, i in index.modules.items()}, written)
+    with open(header.path, "rb") as fh, SafetensorsWriter(out_p, _specs(index, to), metadata=metadata) as writer:
         for name, info in index.modules.items():
             if to in FORMATS_WITH_ALPHA or scales[name] == 1.0:
                 writer.write_raw(lora_key(name, "down", to), copy_raw(header, info.down_key, fh))
@@ -134,6 +146,9 @@ def convert_lora(src: PathLike, out: PathLike, *, to: str, alpha_if_missing: Alp
             alpha += (f"; {zeros} alpha(s) of 0 written as the rank (scale 1, as musubi-tuner reads them; ComfyUI "
                       "reads 0 as no change)" if alpha_if_missing in (None, "rank") else
                       f"; {zeros} alpha(s) of 0 written as {alpha_if_missing:g}, as asked")
+    from_metadata = sum(1 for i in index.modules.values() if i.alpha_key is None and i.alpha is not None)
+    if from_metadata:  # (where the alpha came from: the input has no alpha tensors)
+        alpha += f"; {from_metadata} alpha(s) read from lora_adapter_metadata, as Diffusers applies them"
     logger.info("converted %s (%s) -> %s (%s)", header.path, index.fmt, out_p, to)
     skips = sum(not comfy_applies(diff_key(param, to)) for param in index.diffs) if to == "comfy" else 0
     return ConvertReport(str(header.path), str(out_p), index.fmt, to, len(index.modules), alpha, len(index.diffs),

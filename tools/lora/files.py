@@ -7,7 +7,8 @@ module's ``down``/``up`` pair when it is needed. Names are understood by
 
 Alpha. A module's delta is ``(alpha / rank) * up @ down``. musubi-tuner always saves ``.alpha``
 (its ``network_alpha`` defaults to 1, so a rank-32 musubi LoRA has scale 1/32). The diffusers
-layout has no alpha by definition (scale 1), and ComfyUI treats a ``lora_A/lora_B`` file without
+layout has no alpha tensors (scale 1, unless its ``lora_adapter_metadata`` says otherwise: see
+PEFT metadata below), and ComfyUI treats a ``lora_A/lora_B`` file without
 alpha the same way. A musubi/sd-scripts file without alpha, or any file where only some modules
 have one, is ambiguous: sd-scripts would take alpha = rank, which makes a musubi LoRA 32x
 stronger than trained. :func:`module_scales` refuses those unless the caller says what to assume
@@ -17,6 +18,13 @@ Whole-tensor differences (``.diff``/``.diff_b``/``.diff_m``) are read beside the
 Wan parameter they change (:class:`DiffInfo`, :mod:`circle_rotate.tools.lora.diffs`); they have no alpha.
 LoHa and LoKr modules (:class:`ProductInfo`, :mod:`circle_rotate.tools.lora.lycoris`) are read beside
 them too, with their alpha.
+
+PEFT metadata. diffusers (>= 0.34) saves a LoRA's PEFT ``LoraConfig`` as JSON in the header entry
+``lora_adapter_metadata`` and, when it is there, builds the adapter from it rather than from the shapes
+(``loaders/lora_base.py`` ``LORA_ADAPTER_METADATA_KEY``, ``utils/peft_utils.py`` ``_create_lora_config``):
+scale ``lora_alpha / r``, per module ``alpha_pattern``/``rank_pattern``. In the diffusers layout that is
+the alpha a module without ``.alpha`` has (:func:`~circle_rotate.tools.lora.peft_metadata.peft_config`); every file written here gets that entry
+rewritten to what its tensors hold, or dropped (:func:`~circle_rotate.tools.lora.peft_metadata.output_metadata`).
 
 DoRA. A module may also carry ``<stem>.dora_scale``, a learned magnitude. ComfyUI loads it
 (``comfy/lora.py`` reads ``{x}.dora_scale`` for every adapter) and rescales the merged weight at load
@@ -33,7 +41,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -43,10 +51,12 @@ from circle_rotate.kernel.errors import NonFiniteError, UserError
 from circle_rotate.kernel.safetensors_io import SafetensorsHeader, SafetensorsWriter, read_header, read_tensor
 from circle_rotate.kernel.wan_arch import COMFY_PREFIX
 from circle_rotate.tools.lora.diffs import diff_key, parse_diff_key
-from circle_rotate.tools.lora.keys import (COMFY_LORA_PREFIX, FORMATS_WITH_ALPHA, is_wan_module, lora_key, module_of_stem,
-                                          module_sort_key, parse_lora_key)
+from circle_rotate.tools.lora.keys import (COMFY_LORA_PREFIX, FORMATS_WITH_ALPHA, is_wan_module, lora_key,
+                                          module_of_stem, module_sort_key, parse_lora_key)
 from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts, parse_product_key, product_key,
                                            product_scale)
+from circle_rotate.tools.lora.peft_metadata import (PEFT_METADATA_KEY, PEFT_METADATA_LAYOUTS, output_metadata,
+                                                   peft_alpha, peft_config, peft_module_name)
 from circle_rotate.tools.option_values import AlphaIfMissing
 
 logger = logging.getLogger(__name__)
@@ -132,6 +142,9 @@ class LoraIndex:
     products: Dict[str, ProductInfo] = field(default_factory=dict)  # Wan module -> its LoHa/LoKr
     dora: Dict[str, str] = field(default_factory=dict)  # Wan module -> its DoRA magnitude's key (dora_scale)
     text_encoder: Tuple[str, ...] = ()  # text-encoder LoRA tensors (lora_te_*, text_encoder.*): not for the DiT
+    # Wan module -> the r its lora_adapter_metadata gives where the tensors hold another rank (diffusers
+    # builds rank-r layers from it and fails to load the file)
+    peft_rank_mismatch: Dict[str, int] = field(default_factory=dict)
 
     @property
     def has_alpha(self) -> bool:
@@ -277,6 +290,29 @@ def _read_products(header: SafetensorsHeader, groups: Dict[str, Dict[str, str]],
     return products
 
 
+def _with_peft_alphas(modules: Dict[str, LoraModuleInfo], metadata: Mapping[str, str], path: PathLike
+                      ) -> Tuple[Dict[str, LoraModuleInfo], Dict[str, int]]:
+    """``modules`` with the alpha diffusers applies (:func:`peft_config`) where the layout reads it and the
+    module has no alpha tensor; and the modules whose config r differs from their rank."""
+    config = peft_config(metadata, path)
+    if config is None:
+        return modules, {}
+    out, mismatch = dict(modules), {}
+    try:
+        for name, info in modules.items():
+            parsed = parse_lora_key(info.down_key)
+            if info.alpha_key is None and parsed is not None and parsed.fmt in PEFT_METADATA_LAYOUTS:
+                alpha, r = peft_alpha(config, peft_module_name(info.down_key), info.rank)
+                out[name] = replace(info, alpha=alpha)
+                if r != info.rank:
+                    mismatch[name] = r
+    except (TypeError, ValueError):
+        logger.warning("%s: its '%s' holds an r or lora_alpha that is not a number; reading the LoRA without it",
+                       path, PEFT_METADATA_KEY)
+        return modules, {}
+    return out, mismatch
+
+
 def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
     """Parse a LoRA's header into modules (reads only the alpha scalars, and with ``finite`` every weight once).
 
@@ -315,8 +351,9 @@ def read_lora_index(path: PathLike, *, finite: bool = True) -> LoraIndex:
                         path=header.path, fix="re-save or re-download the LoRA; was it cut short or edited by hand?")
     fmts = g.fmts
     fmt = fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else "unknown")
+    modules, rank_mismatch = _with_peft_alphas(modules, header.metadata, header.path)
     index = LoraIndex(header.path, header, fmt, modules, tuple(g.unknown), dict(header.metadata), g.diffs, products,
-                      g.dora, tuple(g.text_encoder))
+                      g.dora, tuple(g.text_encoder), rank_mismatch)
     if finite:
         bad_keys = nonfinite_keys(index)
         if bad_keys:
@@ -437,7 +474,8 @@ def module_scales(index: LoraIndex, *, alpha_if_missing: AlphaIfMissing = None,
                             "--alpha-if-missing <number> (e.g. 1 for a musubi default)")
     zeros = sorted((m for m, info in index.modules.items() if info.alpha == 0), key=module_sort_key)
     if zeros and alpha_if_missing is None and not zero_alpha_as_rank:
-        raise UserError(f"an alpha of 0: '{index.modules[zeros[0]].alpha_key}' (and {len(zeros) - 1} more module(s)) "
+        where = index.modules[zeros[0]].alpha_key or f"{PEFT_METADATA_KEY}'s lora_alpha"
+        raise UserError(f"an alpha of 0: '{where}' (and {len(zeros) - 1} more module(s)) "
                         "is 0, which loaders read differently: ComfyUI applies 0 / rank (no change at all), "
                         "musubi-tuner and sd-scripts read it as the rank (scale 1)", path=index.path,
                         fix="pass --alpha-if-missing rank for scale 1 as musubi-tuner reads it (or a number to use as "
@@ -508,13 +546,16 @@ def load_module(index: LoraIndex, module: str, *, fh: Optional[BinaryIO] = None)
                       read_tensor(index.header, info.up_key, fh=fh), info.alpha)
 
 
-def fold_factors(scale: float) -> Tuple[float, float]:
+def fold_factors(scale: float, balance: float = 1.0) -> Tuple[float, float]:
     """Split ``scale`` into (down factor, up factor) with a power-of-two up factor.
 
     Multiplying by a power of two is exact, so a power-of-two scale (musubi's 1/32) folds
     into the weights without rounding; magnitudes stay balanced between the two factors.
+    With ``balance`` = rms(down) / rms(up), the scaled factors get about the same magnitude
+    (trained ``up`` weights are often 10x smaller than ``down``'s), which keeps both from the
+    subnormals of fp16 when a small scale is folded into them.
     """
-    up = 2.0 ** round(math.log2(scale) / 2) if scale > 0 else 1.0
+    up = 2.0 ** round(math.log2(scale * balance) / 2) if scale > 0 and balance > 0 else 1.0
     return scale / up, up
 
 
@@ -561,9 +602,12 @@ def write_lora(path: PathLike, modules: Mapping[str, LoraModule], *, fmt: str,
 
     Every module must have an alpha (the caller resolves missing ones). For ``diffusers``
     the scale ``alpha / rank`` is folded into the weights (see :func:`fold_factors`). The
-    caller checks that ``fmt`` can name every difference (:func:`require_layout`).
+    caller checks that ``fmt`` can name every difference (:func:`require_layout`). The rank and
+    alpha records of ``metadata`` are rewritten to what is written (:func:`output_metadata`).
     """
     diffs = diffs or {}
+    alphas = {n: float(m.alpha) for n, m in modules.items()} if fmt in FORMATS_WITH_ALPHA else {}
+    metadata = output_metadata(metadata, fmt, {n: m.rank for n, m in modules.items()}, alphas)
     with SafetensorsWriter(path, lora_specs(modules, fmt, diffs), metadata=metadata) as writer:
         for name in sorted(modules, key=module_sort_key):
             mod = modules[name]

@@ -25,6 +25,7 @@ from circle_rotate.tools.lora.files import (LoraIndex, is_peft_magnitude, load_m
                                          require_a_wan_module)
 from circle_rotate.tools.lora.keys import NO_ALPHA_IS_SCALE_1, block_index, module_sort_key, parse_lora_key, peft_adapter
 from circle_rotate.tools.lora.lycoris import LABELS, parse_product_key, product_rank
+from circle_rotate.tools.lora.peft_metadata import PEFT_METADATA_KEY
 from circle_rotate.tools.merge.fp8 import fp8_layout
 
 _DTYPE_LABEL = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
@@ -67,6 +68,7 @@ class LoraReport:
     comfyui_not_loaded: List[str] = field(default_factory=list)  # tensors ComfyUI leaves out or never applies
     text_encoder_keys: List[str] = field(default_factory=list)  # not for the DiT: every command leaves them out
     metadata_mismatch: List[str] = field(default_factory=list)  # ss_network_dim/alpha the tensors disagree with
+    alpha_from_metadata: int = 0  # modules whose alpha is diffusers' lora_adapter_metadata's (no alpha tensor)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -169,9 +171,11 @@ def comfy_not_loaded(index: LoraIndex) -> List[str]:
 
 def _metadata_mismatch(index: LoraIndex) -> List[str]:
     """``ss_network_dim``/``ss_network_alpha`` values that the tensors' ranks/alphas contradict
-    (a renamed or resized file whose records were copied unchanged)."""
+    (a renamed or resized file whose records were copied unchanged), and a ``lora_adapter_metadata``
+    whose r is not the tensors' rank (diffusers then builds layers the tensors do not fit)."""
+    # (ss_network_alpha against the alpha tensors: an alpha read from lora_adapter_metadata is no record of it)
     found = {"ss_network_dim": {i.rank for i in index.modules.values()},
-             "ss_network_alpha": {i.alpha for i in index.modules.values() if i.alpha is not None}}
+             "ss_network_alpha": {i.alpha for i in index.modules.values() if i.alpha_key is not None}}
     out = []
     for key, values in found.items():
         try:
@@ -181,6 +185,11 @@ def _metadata_mismatch(index: LoraIndex) -> List[str]:
         if values and values != {said}:
             shown = ", ".join(f"{v:g}" for v in sorted(values))
             out.append(f"{key} says {said:g}, the tensors hold {shown}")
+    if index.peft_rank_mismatch:
+        said = ", ".join(f"{r:g}" for r in sorted(set(index.peft_rank_mismatch.values())))
+        held = ", ".join(f"{r:g}" for r in sorted({index.modules[m].rank for m in index.peft_rank_mismatch}))
+        out.append(f"{PEFT_METADATA_KEY} says r {said} for {len(index.peft_rank_mismatch)} module(s), the tensors hold "
+                   f"{held} (diffusers cannot load it)")
     return out
 
 
@@ -238,6 +247,7 @@ def inspect_lora(index: LoraIndex) -> LoraReport:
         diffs=dict(Counter(_diff_kind(p) for p in index.diffs)), comfyui_skips=skipped,
         products=dict(Counter(LABELS[p.kind] for p in index.products.values())), dora=len(index.dora),
         comfyui_not_loaded=not_loaded, text_encoder_keys=sorted(index.text_encoder), metadata_mismatch=mismatch,
+        alpha_from_metadata=sum(1 for i in infos if i.alpha_key is None and i.alpha is not None),
     )
 
 

@@ -16,7 +16,9 @@ ComfyUI checkpoints. The layouts, with where each rule was read:
   (read in ``comfy/lora.py`` ``load_lora``) scaling by ``alpha / rank``.
 - ``diffusers``: ``transformer.`` + the diffusers module path (``blocks.3.attn1.to_q``) +
   ``.lora_A.weight`` / ``.lora_B.weight``, no alpha (diffusers' Wan loader folds alpha into the
-  weights, ``loaders/lora_conversion_utils.py`` ``_convert_non_diffusers_wan_lora_to_diffusers``).
+  weights, ``loaders/lora_conversion_utils.py`` ``_convert_non_diffusers_wan_lora_to_diffusers``;
+  a file diffusers saved may hold one in its ``lora_adapter_metadata``, which
+  :mod:`circle_rotate.tools.lora.files` reads).
   PEFT's ``base_model.model.`` prefix is read too.
 
 Three more spellings are read, never written (:data:`READ_ONLY_FORMATS`); ComfyUI's loader maps
@@ -167,6 +169,17 @@ def _split_suffix(key: str) -> Optional[Tuple[str, str]]:
             return key[: -len(suffix)], part
     m = _PEFT_ADAPTER.fullmatch(key)
     return (m.group(1), "down" if m.group(2) == "A" else "up") if m else None
+
+
+def key_stem(key: str) -> Optional[str]:
+    """The module part of a LoRA tensor name, its part suffix (and PEFT adapter name) removed.
+
+    Example:
+        >>> key_stem("transformer.blocks.0.attn1.to_q.lora_A.weight")
+        'transformer.blocks.0.attn1.to_q'
+    """
+    split = _split_suffix(key)
+    return split[0] if split else None
 
 
 def peft_adapter(key: str) -> Optional[str]:

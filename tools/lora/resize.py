@@ -4,8 +4,10 @@ For ``delta = up @ down`` (rank r) the best rank-k approximation in the Frobeniu
 the k largest singular values (Eckart-Young). The SVD is taken without forming the
 ``out x in`` delta: with ``up = Qu Ru`` and ``down^T = Qd Rd`` (thin QR), ``delta = Qu (Ru Rd^T) Qd^T``
 and only the r x r middle needs an SVD. The scale ``alpha / rank`` is kept (``alpha`` becomes
-``alpha * k / r``), so the new factors have the magnitudes of the old ones. Whole-tensor
-differences (:mod:`circle_rotate.tools.lora.diffs`) have no rank and are written unchanged.
+``alpha * k / r``), so the new factors have the magnitudes of the old ones. A module's delta has
+rank at most ``min(out, in)`` (Wan2.2's ``head.head`` has 64 rows), so a module is kept at that where
+it is below the rank asked for, exactly. Whole-tensor differences (:mod:`circle_rotate.tools.lora.diffs`)
+have no rank and are written unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Tuple, Union
 
 import torch
@@ -39,6 +41,7 @@ class ResizeReport:
     rel_error: Dict[str, float]  # min / mean / max over resized modules
     worst: List[Tuple[str, float]]
     per_module: Dict[str, float]
+    ranks: Dict[int, int] = field(default_factory=dict)  # rank -> modules, as written (some may be below `rank`)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -57,12 +60,16 @@ def svd_truncate(up: torch.Tensor, down: torch.Tensor, rank: int) -> Tuple[torch
         rank: the new rank (< r).
 
     Returns:
-        (up_k, down_k, relative Frobenius error of the truncation, ``||dropped||/||delta||``).
+        (up_k, down_k, relative Frobenius error of the truncation, ``||dropped||/||delta||``). The factors
+        have ``min(rank, out, in)`` columns/rows: the delta has no more singular values than that.
     """
     u, d = up.double(), down.double()
     qu, ru = torch.linalg.qr(u)
     qd, rd = torch.linalg.qr(d.T)
-    p, s, vh = torch.linalg.svd(ru @ rd.T)
+    # thin: the middle is min(out, r) x min(in, r), which is smaller than ``rank`` when out or in is (a
+    # full_matrices SVD then gives more rows of vh than singular values, and the products do not chain)
+    p, s, vh = torch.linalg.svd(ru @ rd.T, full_matrices=False)
+    rank = min(rank, s.shape[0])
     root = s[:rank].sqrt()
     up_k = (qu @ p[:, :rank]) * root
     down_k = root[:, None] * (vh[:rank] @ qd.T)
@@ -79,12 +86,13 @@ def relative_error(up: torch.Tensor, down: torch.Tensor, up_k: torch.Tensor, dow
 
 
 def resize_module(mod: LoraModule, rank: int) -> Tuple[LoraModule, float]:
-    """``mod`` at ``rank`` (unchanged when already that small) and its measured relative error
-    after casting back to the stored dtype."""
+    """``mod`` at ``rank`` (unchanged when already that small; at ``min(out, in)`` where that is smaller,
+    see :func:`svd_truncate`) and its measured relative error after casting back to the stored dtype."""
     if mod.rank <= rank:
         return mod, 0.0
     up2, down2 = mod.up.reshape(mod.up.shape[0], mod.rank), mod.down.reshape(mod.rank, -1)
     up_k, down_k, _ = svd_truncate(up2.float(), down2.float(), rank)
+    rank = int(down_k.shape[0])  # what was kept; alpha follows it so that the scale alpha / rank stays
     up_k = up_k.to(mod.up.dtype).reshape(mod.up.shape[0], rank, *mod.up.shape[2:])
     down_k = down_k.to(mod.down.dtype).reshape(rank, *mod.down.shape[1:])
     err = relative_error(up2, down2, up_k.reshape(up_k.shape[0], rank), down_k.reshape(rank, -1))
@@ -123,17 +131,19 @@ def resize_lora(src: PathLike, out: PathLike, *, rank: int, to: str = "", alpha_
         resized[name], err = resize_module(mod, rank)
         if mod.rank > rank:
             errors[name] = err
+    # The ranks the file holds, not the one asked for: modules already at or below it are kept as they are, and
+    # a module's rank stops at min(out, in). write_lora fills these records in from what it writes (ranks that
+    # differ get sd-scripts' "Dynamic", networks/resize_lora.py, as no one number is true), and rewrites or
+    # drops diffusers' lora_adapter_metadata, whose r would no longer match the tensors.
     metadata = dict(index.metadata)
-    # The rank the file holds, not the one asked for: modules already at or below it are kept as they are.
-    # Ranks that differ get sd-scripts' "Dynamic" (networks/resize_lora.py), as no one number is true.
-    ranks = {m.rank for m in resized.values()}
-    metadata["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
-    alphas = {m.alpha for m in resized.values()}
-    if len(alphas) == 1:
-        metadata["ss_network_alpha"] = f"{alphas.pop():g}"
+    if resized:  # (present, so filled in)
+        metadata.update(ss_network_dim="", ss_network_alpha="")
     write_lora(out_p, resized, fmt=fmt, metadata=metadata, diffs=load_diffs(index))
     values = list(errors.values())
     summary = {"min": min(values), "mean": statistics.fmean(values), "max": max(values)} if values else {}
+    ranks: Dict[int, int] = {}
+    for mod in resized.values():
+        ranks[mod.rank] = ranks.get(mod.rank, 0) + 1
     logger.info("resized %d of %d modules to rank %d", len(errors), len(modules), rank)
     return ResizeReport(str(index.path), str(out_p), fmt, rank, len(modules), len(errors), summary,
-                        sorted(errors.items(), key=lambda kv: -kv[1])[:3], errors)
+                        sorted(errors.items(), key=lambda kv: -kv[1])[:3], errors, dict(sorted(ranks.items())))
