@@ -3,7 +3,8 @@
 The definitions are test data (``tests/data/comfy_nodes_0.3.64.json``, dumped from ComfyUI's own
 ``INPUT_TYPES``/``RETURN_TYPES``). Checked for both JSON forms: every class exists, every required
 input is present with a value of the right type inside its range or choices, every link joins an
-output to an input of the same type, and the switch step is the README's formula.
+output to an input of the same type, and the switch step is where ComfyUI's own KSampler puts the
+first sigma below 0.9 (``tests/data/comfy_switch_steps_0.3.64.json``, see ``test_comfy_sigmas.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import pytest
 
 from circle_rotate.cli.main import main
 from circle_rotate.tools.comfy.graph import FRONTEND_EXTRA, NODES
-from circle_rotate.tools.comfy.workflow import SAMPLERS, SCHEDULERS, switch_step
+from circle_rotate.kernel.errors import UserError
+from circle_rotate.tools.comfy.graph import to_api
+from circle_rotate.tools.comfy.workflow import SAMPLERS, SCHEDULERS, ExpertChain, WorkflowSpec, build_graph
 
 DEFS = json.loads((Path(__file__).parent / "data" / "comfy_nodes_0.3.64.json").read_text())["classes"]
+#: [scheduler, sampler, steps, shift, first index below sigma 0.9, ...] from ComfyUI 0.3.64's KSampler
+SWITCH_REF = json.loads((Path(__file__).parent / "data" / "comfy_switch_steps_0.3.64.json").read_text())
+COMFY_SWITCH = {(r[0], r[1], r[2], r[3]): r[4] for r in SWITCH_REF["grid"] + SWITCH_REF["held_out"]}
+HIGH, LOW = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
 SOCKETS = {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CLIP_VISION_OUTPUT", "VIDEO", "AUDIO"}
 
 
@@ -100,11 +107,6 @@ def samplers(api: dict):
     return ks[0]["inputs"], ks[1]["inputs"]
 
 
-def readme_switch(steps: int, shift: float) -> int:
-    """README section 3: the first step whose sigma is below 0.9, sigma(t) = s t / (1 + (s - 1) t), t = 1 - i / n."""
-    return next(i for i in range(steps + 1) if i == steps or shift * (1 - i / steps) / (1 + (shift - 1) * (1 - i / steps)) < 0.9)
-
-
 def test_our_node_tables_match_comfyuis_definitions():
     for cls, (inputs, outputs) in NODES.items():
         d = DEFS[cls]
@@ -119,10 +121,29 @@ def test_our_node_tables_match_comfyuis_definitions():
     assert list(SCHEDULERS) == DEFS["KSamplerAdvanced"]["required"]["scheduler"]["choices"]
 
 
-@pytest.mark.parametrize("steps,shift", [(4, 8.0), (20, 8.0), (20, 5.0), (30, 3.0), (8, 1.0), (40, 12.0), (6, 17.0)])
-def test_switch_step_is_the_readme_formula(steps, shift):
-    assert switch_step(steps, shift) == readme_switch(steps, shift)
-    assert switch_step(4, 8.0) == 2 and switch_step(20, 8.0) == 10  # the study's 4-step workflow; README's example
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_the_written_switch_step_is_where_comfyuis_sigmas_fall_below_0_9(scheduler):
+    """Both KSamplerAdvanced hand over at ComfyUI's own first sigma below 0.9, for every scheduler and sampler
+    of the reference (grid and held-out cases); a schedule that starts below 0.9 is refused."""
+    rows = [(k, first) for k, first in COMFY_SWITCH.items() if k[0] == scheduler]
+    assert len(rows) >= 100
+    for (_, sampler, steps, shift), first in rows:
+        spec = WorkflowSpec(ExpertChain(HIGH), ExpertChain(LOW), steps=steps, shift=shift, sampler=sampler,
+                            scheduler=scheduler)
+        if first == 0:  # ddim_uniform with few steps or a small shift: the high-noise expert would get nothing
+            with pytest.raises(UserError, match="starts at sigma 0.[0-8].*high-noise expert would take no step"):
+                spec.check()
+            continue
+        high, low = samplers(to_api(build_graph(spec)))
+        assert high["end_at_step"] == low["start_at_step"] == min(steps, first), (sampler, steps, shift)
+        assert (high["sampler_name"], high["scheduler"]) == (sampler, scheduler)
+
+
+def test_the_readmes_simple_schedule_examples():
+    """README section 3: step 10 of 20 and step 2 of 4 at shift 8 (simple, euler)."""
+    for steps, switch in ((20, 10), (4, 2)):
+        assert COMFY_SWITCH["simple", "euler", steps, 8.0] == switch
+        assert WorkflowSpec(ExpertChain(HIGH), ExpertChain(LOW), steps=steps).switch == switch
 
 
 CASES = {
@@ -147,7 +168,8 @@ def test_written_workflows_validate_against_comfyui(tmp_path, case, capsys):
     validate_ui(ui)
     high, low = samplers(api)
     steps = high["steps"]
-    assert high["end_at_step"] == low["start_at_step"] == readme_switch(steps, report["shift"]) == report["switch_step"]
+    key = (high["scheduler"], high["sampler_name"], steps, report["shift"])
+    assert high["end_at_step"] == low["start_at_step"] == COMFY_SWITCH[key] == report["switch_step"]
     assert low["end_at_step"] == steps and high["add_noise"] == "enable" and low["add_noise"] == "disable"
     assert high["return_with_leftover_noise"] == "enable" and low["return_with_leftover_noise"] == "disable"
     classes = [n["class_type"] for n in api.values()]
@@ -195,3 +217,80 @@ def test_a_strength_without_its_lora_is_refused_not_dropped(tmp_path, capsys):
     assert main(["workflow", "--high", "h.safetensors", "--low", "l.safetensors", "--strength-high", "0.8",
                  "--out", str(out)]) == 2
     assert "no LoRA is given" in capsys.readouterr().err and not out.exists()
+
+
+def test_values_past_comfyuis_maxima_are_refused(tmp_path, capsys):
+    """KSamplerAdvanced takes at most 10000 steps, WanImageToVideo at most 16384 frames (16381 as 4n+1)."""
+    out = tmp_path / "w.json"
+    base = ["workflow", "--high", HIGH, "--low", LOW, "--out", str(out)]
+    assert main(base + ["--steps", "10001", "--frames", "16385"]) == 2
+    err = capsys.readouterr().err
+    assert "steps 10001 (2 to 10000" in err and "frames 16385 (4n+1 from 1 to 16381" in err and not out.exists()
+    assert main(["-q"] + base + ["--steps", "10000", "--frames", "16381"]) == 0
+    high, low = samplers(json.loads((tmp_path / "w_api.json").read_text()))
+    assert high["steps"] == low["end_at_step"] == 10000
+
+
+def test_model_names_comfyui_does_not_list_are_refused(tmp_path, capsys):
+    """ComfyUI lists only its model extensions (folder_paths.supported_pt_extensions, any case) in each folder;
+    a .gguf model is ComfyUI-GGUF's, whose own loader nodes are named."""
+    out = tmp_path / "w.json"
+    assert main(["workflow", "--high", "wan2.2_i2v_high_noise_14B_Q8_0.gguf", "--low", LOW, "--high-lora", "a",
+                 "--low-lora", "b.pt", "--vae", "wan_2.1_vae", "--text-encoder", "umt5_xxl_q8.gguf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("the high-noise expert wan2.2_i2v_high_noise_14B_Q8_0.gguf is a GGUF file, which ComfyUI's own loaders do "
+            "not list (ComfyUI-GGUF's Unet Loader (GGUF) (UnetLoaderGGUF) loads it") in err
+    assert "the text encoder umt5_xxl_q8.gguf is a GGUF file" in err and "CLIPLoaderGGUF" in err
+    assert "the high-noise LoRA a: ComfyUI lists only .safetensors, .sft, .ckpt" in err and "models/loras" in err
+    assert "the VAE wan_2.1_vae: ComfyUI lists only" in err and "b.pt" not in err and not out.exists()
+    assert main(["-q", "workflow", "--high", HIGH.upper(), "--low", LOW, "--high-lora", "a.ckpt", "--low-lora", "b.pt",
+                 "--vae", "wan.pth", "--text-encoder", "umt5.sft", "--out", str(out)]) == 0
+
+
+def test_a_lora_given_to_the_expert_it_is_merged_into_is_refused(tmp_path, capsys, monkeypatch):
+    """merge-pair's outputs hold their LoRA: applied again it counts twice. The expert's own record decides
+    where the file is at hand (the name taken from the working folder), else merge-pair's name for it."""
+    from safetensors.torch import save_file
+    import torch
+
+    out = tmp_path / "w.json"
+    merged = {e: f"wan2.2_i2v_{e}_noise_circle_rotate_{e[0]}_fp8_scaled.safetensors" for e in ("high", "low")}
+    loras = ["--high-lora", "circle_rotate_h.safetensors", "--low-lora", "circle_rotate_l.safetensors"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["workflow", "--high", merged["high"], "--low", merged["low"], *loras, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"the high-noise LoRA circle_rotate_h.safetensors is already merged into {merged['high']} (by its name, "
+            "as merge-pair names the experts it merges): applied again it would count twice") in err
+    assert "the low-noise LoRA circle_rotate_l.safetensors is already merged" in err and not out.exists()
+    assert "fix: leave the LoRAs out for merged experts" in err and "--strength-high/--strength-low 2" in err
+    assert main(["-q", "workflow", "--high", merged["high"], "--low", merged["low"], "--out", str(out)]) == 0
+    out.unlink()
+    (tmp_path / "w_api.json").unlink()
+
+    # here, the files decide: a renamed merge is found by its record, and a name that only looks merged is not
+    record = json.dumps([{"file": "circle_rotate_h.safetensors", "bytes": 1, "strength": 0.8, "dtype": "fp8_scaled"}])
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "my_high_noise.safetensors"),
+              metadata={"circle_rotate.merged_loras": record})
+    save_file({"x": torch.zeros(1)}, str(tmp_path / merged["low"]), metadata={})
+    assert main(["workflow", "--high", "my_high_noise.safetensors", "--low", merged["low"], *loras, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("the high-noise LoRA circle_rotate_h.safetensors is already merged into my_high_noise.safetensors (its "
+            "metadata lists it at strength 0.8)") in err and "low-noise LoRA" not in err and not out.exists()
+    assert main(["-q", "workflow", "--high", HIGH, "--low", merged["low"], *loras, "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("name,variant", [("Wan2.2-Fun-A14B-InP_{e}_noise.safetensors", "fun-inp"),
+                                          ("wan2.2_fun_inpaint_{e}_noise_14B_fp8_scaled.safetensors", "fun-inp"),
+                                          ("wan2.2_fun_input_{e}_noise.safetensors", "i2v")])
+def test_fun_inp_is_told_from_the_names_as_merge_tells_it(tmp_path, capsys, name, variant):
+    """One rule for a name (checkpoint_identity's): VideoX-Fun's Fun-A14B-InP is Fun-InP here as in merge-pair."""
+    from circle_rotate.kernel.checkpoint_identity import variant_of
+
+    high, low = (name.format(e=e) for e in ("high", "low"))
+    assert variant_of({}, Path(high)) == variant
+    out = tmp_path / "w.json"
+    end = ["--end-image", "end.png"] if variant == "fun-inp" else []
+    assert main(["workflow", "--high", high, "--low", low, "--out", str(out), "--json", *end]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] == variant
+    classes = {n["class_type"] for n in json.loads((tmp_path / "w_api.json").read_text()).values()}
+    assert ("WanFunInpaintToVideo" if variant == "fun-inp" else "WanImageToVideo") in classes

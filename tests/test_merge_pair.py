@@ -204,3 +204,41 @@ def test_dry_run_checks_both_merges_says_what_each_would_be_and_writes_nothing(t
     for expert, merged in (("high", report.high), ("low", report.low)):
         size = os.path.getsize(merged.out)
         assert merged.out == plan[expert]["out"] and 0 <= size - plan[expert]["bytes"] < 64 * 1024
+
+
+def test_workflow_from_sharded_experts_loads_the_merged_files(tmp_path, pair, capsys):
+    """merge-pair takes a shard of the official release and writes one whole file per expert, so its
+    --workflow is checked (and written) with the names it writes, not the shard names it reads."""
+    import json
+
+    high, lh, low, ll = pair
+    shards = {e: write_release_shards(base, tmp_path / "Wan2.2-I2V-A14B" / f"{e}_noise_model")
+              for e, base in (("high", high), ("low", low))}
+    out = tmp_path / "merged"
+    args = ["merge-pair", "--high", str(shards["high"]), str(lh), "--low", str(shards["low"]), str(ll), "-o", str(out),
+            "--dtype", "fp16", "--workflow"]
+    assert main(args + ["--dry-run"]) == 0 and not out.exists()
+    assert "would write the ComfyUI workflow" in capsys.readouterr().out
+    assert main(["-q"] + args) == 0
+    api = json.loads((out / "circle_rotate_workflow_api.json").read_text())
+    names = sorted(n["inputs"]["unet_name"] for n in api.values() if n["class_type"] == "UNETLoader")
+    assert names == sorted(os.listdir(out))[2:] == ["wan2.2_i2v_high_noise_circle_rotate_h_fp16.safetensors",
+                                                    "wan2.2_i2v_low_noise_circle_rotate_l_fp16.safetensors"]
+
+
+def test_videox_fun_named_experts_are_fun_inp_for_the_workflow_too(tmp_path, pair, capsys):
+    """Wan2.2-Fun-A14B-InP (VideoX-Fun's name) merges into fun_inpaint files; --end-image is theirs to take."""
+    import json
+    import shutil
+
+    high, lh, low, ll = pair
+    fun = {e: shutil.copy(base, tmp_path / f"Wan2.2-Fun-A14B-InP_{e}_noise.safetensors")
+           for e, base in (("high", high), ("low", low))}
+    out = tmp_path / "merged"
+    assert main(["-q", "merge-pair", "--high", str(fun["high"]), str(lh), "--low", str(fun["low"]), str(ll), "-o", str(out),
+                 "--dtype", "fp16", "--workflow", "--end-image", "end.png"]) == 0, capsys.readouterr().err
+    api = json.loads((out / "circle_rotate_workflow_api.json").read_text())
+    (cond,) = [n for n in api.values() if n["class_type"].startswith("Wan")]
+    assert cond["class_type"] == "WanFunInpaintToVideo" and "end_image" in cond["inputs"]
+    assert sorted(os.listdir(out))[2:] == ["wan2.2_fun_inpaint_high_noise_circle_rotate_h_fp16.safetensors",
+                                           "wan2.2_fun_inpaint_low_noise_circle_rotate_l_fp16.safetensors"]

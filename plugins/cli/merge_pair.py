@@ -48,24 +48,24 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from circle_rotate.tools.merge.pair import prepare_pair, run_pair
 
-    workflow = None
-    if args.workflow is not None:  # checked before the long merge, written after it
-        from circle_rotate.cli.workflow import spec_from_args
-
-        spec_from_args(args, args.high[0].name, args.low[0].name).check()
-        workflow = Path(args.out) / Path(args.workflow).name
-        from circle_rotate.kernel.atomic import check_output_path
-        from circle_rotate.tools.comfy.workflow import api_path
-
-        check_output_path(workflow, force=args.force)
-        check_output_path(api_path(workflow), force=args.force)
-
     # every check, both plans and the disk for both, before anything is written: a dry run stops here
     prepared = prepare_pair(tuple(args.high), tuple(args.low), args.out, dtype=args.dtype,
                             strengths=(args.strength_high, args.strength_low), assume_experts=args.assume_experts,
                             ignore_expert_evidence=args.ignore_expert_evidence,
                             alpha_if_missing=parse_alpha_if_missing(args.alpha_if_missing), force=args.force,
                             skip_absent=args.skip_absent)
+    workflow = None
+    if args.workflow is not None:  # checked before the long merge, written after it
+        from circle_rotate.cli.workflow import spec_from_args
+        from circle_rotate.kernel.atomic import check_output_path
+        from circle_rotate.tools.comfy.workflow import api_path
+
+        # the workflow loads what the merge writes, not what it reads: one whole file (a shard or the
+        # official folder in, one file out), named for its expert and variant as prepare_pair planned it
+        spec_from_args(args, Path(prepared.high.out).name, Path(prepared.low.out).name).check()
+        workflow = Path(args.out) / Path(args.workflow).name
+        check_output_path(workflow, force=args.force)
+        check_output_path(api_path(workflow), force=args.force)
     if args.dry_run:
         return _dry_run(args, prepared, workflow)
     report = run_pair(prepared)

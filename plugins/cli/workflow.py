@@ -39,8 +39,13 @@ def add_workflow_options(p: argparse.ArgumentParser) -> None:
 
 
 def variant_of(*names: str) -> str:
-    """``fun-inp`` when a model is named like Comfy-Org's Fun-InP experts, else ``i2v``."""
-    return "fun-inp" if any("fun_inpaint" in n.lower() or "fun-inp" in n.lower() for n in names) else "i2v"
+    """``fun-inp`` when a model's name says Fun-InP (Comfy-Org's ``fun_inpaint``, VideoX-Fun's ``Fun-A14B-InP``),
+    else ``i2v``: the rule merge and merge-pair apply to a file without metadata, so a name both read alike."""
+    from pathlib import PurePosixPath
+
+    from circle_rotate.kernel.checkpoint_identity import variant_of as variant_by_name  # torch: import on use
+
+    return "fun-inp" if any(variant_by_name({}, PurePosixPath(n.replace("\\", "/"))) == "fun-inp" for n in names) else "i2v"
 
 
 def spec_from_args(args: argparse.Namespace, high: str, low: str,
@@ -62,9 +67,10 @@ def spec_from_args(args: argparse.Namespace, high: str, low: str,
 
 def describe(spec: WorkflowSpec, ui: Path) -> str:
     node = "WanFunInpaintToVideo" if spec.variant == "fun-inp" else "WanImageToVideo"
+    high = "the first step" if spec.switch == 1 else f"the first {spec.switch} steps"
     return (f"{ui} (drag into ComfyUI) and {api_path(ui).name} (POST /prompt): {node}, {spec.width}x{spec.height}, "
             f"{spec.frames} frames, {spec.steps} steps, cfg {spec.cfg:g}, shift {spec.shift:g}; the high-noise expert "
-            f"takes the first {spec.switch} steps, the low-noise one the rest (from sigma < 0.9)")
+            f"takes {high}, the low-noise one the rest (from sigma < 0.9 on the {spec.scheduler} schedule, {spec.sampler})")
 
 
 def add_parser(sub) -> None:
@@ -73,8 +79,9 @@ def add_parser(sub) -> None:
                                "the orbit LoRA (LoraLoaderModelOnly) unless the experts are merged, optionally the 4-step "
                                "lightx2v LoRAs, ModelSamplingSD3, WanImageToVideo or WanFunInpaintToVideo, and two "
                                "KSamplerAdvanced that hand over from the high- to the low-noise expert at the step where "
-                               "sigma falls below 0.9 (computed from --steps and --shift). Names are file names as they "
-                               "appear in ComfyUI's models folders.",
+                               "sigma falls below 0.9 (in the sigma list ComfyUI's KSampler builds from --steps, --shift, "
+                               "--scheduler and --sampler). Names are file names as they appear in ComfyUI's models "
+                               "folders.",
                    examples="  circle-rotate workflow --high wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors "
                             "--low wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors \\\n"
                             "      --high-lora circle_rotate_h.safetensors --low-lora circle_rotate_l.safetensors "
@@ -84,7 +91,9 @@ def add_parser(sub) -> None:
                             "--out merged.json\n")
     p.add_argument("--high", required=True, help="high-noise expert (file name in models/diffusion_models)")
     p.add_argument("--low", required=True, help="low-noise expert (file name in models/diffusion_models)")
-    p.add_argument("--high-lora", default=None, help="orbit LoRA of the high-noise expert (models/loras); omit for merged experts")
+    p.add_argument("--high-lora", default=None,
+                   help="orbit LoRA of the high-noise expert (models/loras); omit for merged experts (refused on an expert "
+                        "that holds it: by the expert's metadata where the file is here, else by merge-pair's name)")
     p.add_argument("--low-lora", default=None, help="orbit LoRA of the low-noise expert (models/loras)")
     # default None, so that a strength given without its LoRA is seen (and refused) rather than dropped
     p.add_argument("--strength-high", type=strength_arg("--strength-high"), default=None, help="strength of the high-noise LoRA (default 1; study 0.8-1)")

@@ -8,16 +8,19 @@ The graph is the one the study ships (``Jklaity/Circle-Rotate`` ``workflow.json`
 hand over at :func:`switch_step`, ``VAEDecode``, ``CreateVideo`` (16 fps) and ``SaveVideo``.
 
 The handover: Wan2.2 I2V runs the high-noise expert while the timestep is at or above 900 of
-1000 (sigma 0.9) and the low-noise one below. ComfyUI's flow sampling maps time ``t`` to
-``sigma = s t / (1 + (s - 1) t)`` (``s`` the shift), and its ``simple`` scheduler takes step
-``i`` of ``n`` at ``t = 1 - i / n``; sigma falls below 0.9 once ``t < 0.9 / (0.1 s + 0.9)``, so the
-switch is the first step past ``n (1 - 0.9 / (0.1 s + 0.9))`` of the way through.
+1000 (sigma 0.9) and the low-noise one below. ``KSamplerAdvanced``'s ``start_at_step`` and
+``end_at_step`` index the sigma list its KSampler builds, and that list depends on the scheduler,
+the sampler and the flow shift (:mod:`circle_rotate.tools.comfy.sigmas` computes it as ComfyUI
+0.3.64 does), so the switch is the first index in that list whose sigma is below 0.9. On the
+``simple`` schedule with shift ``s`` that is the first step past ``1 - 0.9 / (0.1 s + 0.9)`` of the
+way through; ``karras``, ``exponential`` and ``kl_optimal`` take only the ends of the model's
+range and fall below 0.9 after a step or two.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Tuple, Union
@@ -28,6 +31,7 @@ from circle_rotate.kernel.errors import UserError
 from circle_rotate.kernel.shard_names import SHARD_NAME
 from circle_rotate.kernel.wan_arch import BOUNDARY_I2V, NATIVE_FPS, is_4n_plus_1
 from circle_rotate.tools.comfy.graph import Graph, Link, to_api, to_ui
+from circle_rotate.tools.comfy.sigmas import SCHEDULERS as SIGMA_SCHEDULERS, first_below, sampling_sigmas
 
 PathLike = Union[str, os.PathLike]
 VARIANTS = ("i2v", "fun-inp")
@@ -46,14 +50,62 @@ LIGHTX2V = ("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
             "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors")
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE = "wan_2.1_vae.safetensors"
+#: ComfyUI 0.3.64's ``folder_paths.supported_pt_extensions``: a model folder's list holds only these (any case).
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
+#: ``KSamplerAdvanced``'s largest ``steps`` (and start/end step); ``WanImageToVideo``'s largest ``length``
+#: (MAX_RESOLUTION), of which the largest 4n+1 is 16381.
+MAX_STEPS = 10000
+MAX_FRAMES = 16384
+#: ComfyUI-GGUF's loaders, for a .gguf model ComfyUI's own loaders do not list.
+GGUF_LOADERS = {"diffusion_models": "Unet Loader (GGUF) (UnetLoaderGGUF)", "text_encoders": "CLIPLoader (GGUF) (CLIPLoaderGGUF)"}
 NEGATIVE = "static camera, camera shake, blurry, distorted, deformed, low quality, watermark, text"
 
 
-def switch_step(steps: int, shift: float, boundary: float = BOUNDARY_I2V / 1000) -> int:
-    """First step (0-based) whose sigma is below ``boundary`` on ComfyUI's ``simple`` schedule with flow
-    shift ``shift``: the low-noise expert's ``start_at_step``; at least 1 and at most ``steps``."""
-    fraction = 1.0 - boundary / (shift * (1.0 - boundary) + boundary)  # where t falls to the boundary
-    return min(steps, max(1, math.floor(steps * fraction + 1e-9) + 1))
+def switch_step(steps: int, shift: float, sampler: str = "euler", scheduler: str = "simple",
+                boundary: float = BOUNDARY_I2V / 1000) -> int:
+    """First step (0-based) whose sigma is below ``boundary`` in the sigma list ComfyUI's ``KSamplerAdvanced``
+    builds for ``steps``, ``scheduler`` and ``sampler`` at flow shift ``shift``: the low-noise expert's
+    ``start_at_step``, at most ``steps``. 0 when the list starts below the boundary (the high-noise
+    expert would take no step; :meth:`WorkflowSpec.check` refuses that)."""
+    return min(steps, first_below(sampling_sigmas(sampler, scheduler, steps, shift), boundary))
+
+
+def _already_merged(model: str, lora: str) -> Optional[str]:
+    """How we know that ``lora`` is merged into the expert ``model`` already (None: not that we know).
+
+    An expert file found here (the name taken as a path from the working folder) decides by its own
+    record, ``circle_rotate.merged_loras``: merge and merge-pair list each LoRA they merge in. Else the
+    name decides, as merge-pair names what it writes: ``..._high_noise_<LoRA stem>_<dtype>.safetensors``."""
+    lora_name = PurePosixPath(lora.replace("\\", "/")).name
+    local = Path(model)
+    if local.suffix.lower() in (".safetensors", ".sft") and local.is_file():
+        from circle_rotate.kernel.safetensors_io import read_header  # torch: only when a file is read
+        from circle_rotate.tools.merge.provenance import merged_before
+
+        try:
+            metadata = read_header(local).metadata
+        except (UserError, OSError, ValueError):
+            metadata = None  # unreadable here: the name decides, as for a file that is elsewhere
+        if metadata is not None:
+            listed = [e for e in merged_before(metadata) if e["file"] == lora_name]
+            return f"its metadata lists it at strength {listed[0].get('strength', '?')}" if listed else None
+    stem = re.escape(PurePosixPath(lora_name).stem)
+    if re.search(rf"_(?:high|low)_noise_{stem}_", PurePosixPath(model.replace("\\", "/")).name, re.IGNORECASE):
+        return "by its name, as merge-pair names the experts it merges"
+    return None
+
+
+def _file_problems(what: str, name: str, folder: str) -> list:
+    """Why ComfyUI's loader for ``folder`` would not list ``name`` (by its extension), if it would not."""
+    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    if suffix == ".gguf":  # a quantized model for the ComfyUI-GGUF custom node, never in the core loaders' lists
+        loader = GGUF_LOADERS.get(folder)
+        how = (f"ComfyUI-GGUF's {loader} loads it, so load this workflow and swap the loader for it, or give the "
+               "safetensors file" if loader else "give the safetensors file")
+        return [f"{what} {name} is a GGUF file, which ComfyUI's own loaders do not list ({how})"]
+    if suffix not in MODEL_EXTENSIONS:
+        return [f"{what} {name}: ComfyUI lists only {', '.join(MODEL_EXTENSIONS)} files in models/{folder}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -90,11 +142,14 @@ class WorkflowSpec:
 
     @property
     def switch(self) -> int:
-        return switch_step(self.steps, self.shift)
+        return switch_step(self.steps, self.shift, self.sampler, self.scheduler)
 
     def check(self) -> None:
-        """Raise :class:`UserError` naming every value ComfyUI's nodes would refuse."""
+        """Raise :class:`UserError` naming every value ComfyUI's nodes would refuse, and every choice that
+        runs and gives the wrong video (experts or LoRAs swapped, a LoRA applied on top of its own merge,
+        no high-noise step)."""
         bad = []
+        doubled = []  # the experts given a LoRA they hold already
         if self.variant not in VARIANTS:
             bad.append(f"variant {self.variant!r} (use {' or '.join(VARIANTS)})")
         if self.end_image and self.variant != "fun-inp":
@@ -102,18 +157,24 @@ class WorkflowSpec:
         for name, value in (("width", self.width), ("height", self.height)):
             if value < 16 or value > 16384 or value % 16:
                 bad.append(f"{name} {value} (a multiple of 16 from 16 to 16384)")
-        if not is_4n_plus_1(self.frames):
-            bad.append(f"frames {self.frames} (4n+1, e.g. 81)")
-        if self.steps < 2:
-            bad.append(f"steps {self.steps} (two experts need at least 2)")
+        if not is_4n_plus_1(self.frames) or self.frames > MAX_FRAMES:
+            bad.append(f"frames {self.frames} (4n+1 from 1 to {MAX_FRAMES - 3}, e.g. 81)")
+        if not 2 <= self.steps <= MAX_STEPS:
+            bad.append(f"steps {self.steps} (2 to {MAX_STEPS}: two experts need at least 2)")
         if not 0 <= self.cfg <= 100:
             bad.append(f"cfg {self.cfg} (0 to 100)")
         if not 0 < self.shift <= 100:
             bad.append(f"shift {self.shift} (above 0, at most 100)")
         if self.sampler not in SAMPLERS:
             bad.append(f"sampler {self.sampler!r}")
-        if self.scheduler not in SCHEDULERS:
-            bad.append(f"scheduler {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS or self.scheduler not in SIGMA_SCHEDULERS:
+            # the switch step comes from the scheduler's own sigmas: one not reproduced here has none
+            bad.append(f"scheduler {self.scheduler!r} (one of {', '.join(s for s in SCHEDULERS if s in SIGMA_SCHEDULERS)})")
+        elif not bad and self.switch == 0:  # the rest is valid, so the sigmas can be computed
+            first = sampling_sigmas(self.sampler, self.scheduler, self.steps, self.shift)[0]
+            bad.append(f"the {self.scheduler} schedule of {self.steps} steps at shift {self.shift:g} starts at sigma "
+                       f"{first:.3f}, below the experts' boundary 0.9, so the high-noise expert would take no step "
+                       "(more --steps, a larger --shift or another --scheduler)")
         if not 0 <= self.seed < 2**64:
             bad.append(f"seed {self.seed}")
         for expert, chain in (("high", self.high), ("low", self.low)):
@@ -128,13 +189,28 @@ class WorkflowSpec:
                 if path.is_absolute() or name[1:3] in (":/", ":\\"):  # ComfyUI's lists hold names, not paths
                     bad.append(f"{name} is a path: ComfyUI names a file by where it lies inside models/{folder} "
                                f"(e.g. {path.name})")
+                bad += _file_problems(f"the {expert}-noise {what}", name, folder)
             if SHARD_NAME.match(Path(chain.model).name):  # UNETLoader loads one file as the whole model
                 bad.append(f"{chain.model} is one shard of a sharded model (ComfyUI loads one whole file: "
                            "`circle-rotate merge SHARD -o ONE_FILE.safetensors --dtype fp16` writes one, and "
                            "merges a LoRA in with --lora)")
+            for name, _ in chain.loras:
+                # an error, not a warning: it runs, at twice the strength, and nothing in ComfyUI shows why;
+                # twice on purpose has a clean way (below), as `merge` refuses a LoRA merged in already
+                how = _already_merged(chain.model, name)
+                if how:
+                    bad.append(f"the {expert}-noise LoRA {name} is already merged into {chain.model} ({how}): "
+                               "applied again it would count twice")
+                    doubled.append(f"--strength-{expert}")
+        for what, name, folder in (("the text encoder", self.text_encoder, "text_encoders"), ("the VAE", self.vae, "vae")):
+            bad += _file_problems(what, name, folder)
         if bad:
-            raise UserError("the workflow would not run: " + "; ".join(bad),
-                            fix="see `circle-rotate workflow --help` for each flag's range")
+            fix = "see `circle-rotate workflow --help` for each flag's range"
+            if doubled:
+                flags = "/".join(dict.fromkeys(doubled))
+                fix = (f"leave the LoRAs out for merged experts (they carry them); for twice the effect on purpose, give "
+                       f"the original expert with {flags} 2, or merge at {flags} 2; " + fix)
+            raise UserError("the workflow would not run as meant: " + "; ".join(bad), fix=fix)
 
 
 def _chain(g: Graph, chain: ExpertChain, shift: float, row: float, label: str) -> Link:
