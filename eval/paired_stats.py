@@ -99,8 +99,8 @@ def _verdict(better: Optional[str], n: int, diff_mean: float, p: Optional[float]
     return "no significant difference"
 
 
-#: A baseline mean under this share of the column's largest reading (either side) is taken as 0
-#: for the relative change: against a near-zero baseline (a static camera's drift, its flow of
+#: A baseline mean under this share of the column's typical reading (the larger side's median) is
+#: taken as 0 for the relative change: against a near-zero baseline (a static camera's drift, its flow of
 #: compression noise) any change reads as thousands of percent, which says how close to 0 the
 #: baseline was, not what the LoRA did. Below 1% a change would read over +9900%.
 RELATIVE_FLOOR = 0.01
@@ -108,7 +108,7 @@ RELATIVE_FLOOR = 0.01
 
 def relative_change(base_mean: float, lora_mean: float, scale: float) -> Optional[float]:
     """``(lora - base) / |base|``; None where ``|base|`` is at most :data:`RELATIVE_FLOOR` x
-    ``scale`` (the largest absolute reading of the column), 0 included."""
+    ``scale`` (the column's typical absolute reading), 0 included."""
     if not abs(base_mean) > RELATIVE_FLOOR * abs(scale):
         return None
     return float((lora_mean - base_mean) / abs(base_mean))
@@ -148,7 +148,9 @@ def compare_column(pairs: Sequence[Pair], column: str) -> Optional[Comparison]:
             w = float(stats.wilcoxon(lora, base).pvalue)
     ci = t_interval(diff)
     info = COLUMNS.get(column)
-    scale = float(max(np.abs(base).max(), np.abs(lora).max()))
+    # medians, not maxima: one LoRA video that lost its subject (400 px) must not make a 3 px
+    # baseline read as "~0"
+    scale = float(max(np.median(np.abs(base)), np.median(np.abs(lora))))
     rel = relative_change(float(base.mean()), float(lora.mean()), scale)
     better = info.better if info else None
     return Comparison(column, info.label if info else column, better, int(diff.size),

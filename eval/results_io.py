@@ -70,7 +70,7 @@ def write_results(results: EvalResults, out: os.PathLike | str, *, csv_too: bool
     from circle_rotate.eval.plots import plot_results
 
     json_path, png_path, *rest = output_paths(out, csv_too=csv_too)
-    write_json(json_path, results.to_dict())
+    write_json(json_path, results.to_dict(json_path.parent))
     written = [json_path]
     if plot_results(results.rows, png_path):
         written.append(png_path)
@@ -140,8 +140,14 @@ def resolve_paths(row: Dict[str, Any], results_dir: os.PathLike | str) -> Dict[s
     exists: beside the results file (written there, or moved with it), else in the current folder
     (marked ``path_guessed``: two files read so may name one video that is neither's). A
     ``path`` found in neither is None, the text as written kept in ``path_unresolved``:
-    nothing is read from it, and it names no video to be the same as another."""
+    nothing is read from it, and it names no video to be the same as another. An absolute
+    ``path`` that is gone, in a file that also says where the video was from it
+    (``path_from_results``), is looked up there: the results moved with their videos."""
     out = dict(row)
+    moved = row.get("path_from_results")
+    if isinstance(row.get("path"), str) and os.path.isabs(row["path"]) and not os.path.lexists(row["path"]) \
+            and isinstance(moved, str) and moved and os.path.lexists(os.path.join(results_dir, moved)):
+        out["path"] = os.path.abspath(os.path.join(results_dir, moved))
     for name in PATH_FIELDS:
         value = row.get(name)
         if not isinstance(value, str) or not value or os.path.isabs(value):

@@ -60,19 +60,31 @@ class EvalResults:
     def failed(self) -> List[Dict[str, Any]]:
         return [r for r in self.rows if r["status"] != "ok"]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self, results_dir: Optional[os.PathLike | str] = None) -> Dict[str, Any]:
+        """As a results file stores it (:func:`stored_row`; ``results_dir``: the file's folder)."""
         return {"tool": "circle-rotate eval", "version": circle_rotate.__version__, "metrics": self.metrics,
                 "definitions": DEFINITIONS, "seconds": round(self.seconds, 2),
                 "failed": len(self.failed), "aggregate": self.aggregate, **({"notes": self.notes} if self.notes else {}),
-                "videos": [stored_row(r) for r in self.rows]}
+                "videos": [stored_row(r, results_dir) for r in self.rows]}
 
 
-def stored_row(row: Mapping[str, Any]) -> Dict[str, Any]:
-    """``row`` as a results file stores it: its ``path`` absolute. A results file is read from other
-    folders (``eval compare``), where a path relative to the folder this run started in would
-    name another video, or none. (In memory the path stays as given: callers look rows up by it.)"""
+def stored_row(row: Mapping[str, Any], results_dir: Optional[os.PathLike | str] = None) -> Dict[str, Any]:
+    """``row`` as a results file stores it: its ``path`` absolute, and, with ``results_dir`` (the
+    results file's folder), also relative to it (``path_from_results``). A results file is read
+    from other folders (``eval compare``), where a path relative to the folder this run started in
+    would name another video, or none; and it may move with its videos (a project folder copied
+    elsewhere), where only the relative path still finds them (:func:`~circle_rotate.eval.results_io.resolve_paths`).
+    (In memory the path stays as given: callers look rows up by it.)"""
     path = row.get("path")
-    return {**row, "path": os.path.abspath(path)} if isinstance(path, str) and path else dict(row)
+    if not (isinstance(path, str) and path):
+        return dict(row)
+    out = {**row, "path": os.path.abspath(path)}
+    if results_dir is not None:
+        try:
+            out["path_from_results"] = Path(os.path.relpath(out["path"], os.path.abspath(results_dir))).as_posix()
+        except ValueError:  # another drive (Windows): no relative path
+            pass
+    return out
 
 
 def find_videos(paths: Iterable[os.PathLike | str]) -> List[Path]:

@@ -81,6 +81,14 @@ def test_a_baseline_near_zero_gives_no_relative_change():
         .startswith("mask_fallbacks unchanged")
 
 
+def test_one_outlier_does_not_make_the_baseline_read_as_zero():
+    """Failed before: a LoRA video at 400 px put the floor at 4 px, and a 3.37 px baseline read
+    'from ~0' with no relative change."""
+    c = compare_column(_pairs([3.1, 3.5, 3.2, 3.7, 3.4], [2.9, 3.3, 400.0, 3.1, 3.0]), "drift")
+    assert c.relative_change == pytest.approx((np.mean([2.9, 3.3, 400.0, 3.1, 3.0]) - 3.38) / 3.38)
+    assert not c.headline().startswith("drift from")
+
+
 def test_a_still_subjects_drift_is_exactly_zero_not_round_off():
     from circle_rotate.eval.drift import drift_of
 

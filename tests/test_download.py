@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -108,4 +109,8 @@ def test_copies_made_where_links_are_not_allowed_are_known_as_ours_on_a_rerun(ca
         downloads.check_link_targets("lora", to=to, cache_dir=cache)
     lora.write_bytes(b"the user's own training run")
     with pytest.raises(UserError, match="not a link into the download cache"):
+        downloads.check_link_targets("lora", to=to, cache_dir=cache)
+    # a copy an older circle-rotate recorded by its size alone is named as such, with the way out
+    (to / downloads.COPIES_RECORD).write_text(json.dumps({lora.name: lora.stat().st_size}))
+    with pytest.raises(UserError, match="an older version's .*size alone.*pass --force"):
         downloads.check_link_targets("lora", to=to, cache_dir=cache)

@@ -340,6 +340,26 @@ def test_results_name_each_video_by_its_absolute_path(folder, tmp_path, monkeypa
     assert line["path"] == row["path"]
 
 
+def test_results_moved_with_their_videos_still_find_them(folder, tmp_path, monkeypatch):
+    """A project folder (videos and results) copied elsewhere: the absolute paths name the old
+    place, the path from the results file finds the copy. Failed before: the moved results read
+    the videos where they no longer are (or, if still there, the old copies)."""
+    from circle_rotate.eval.results_io import read_results
+
+    project = tmp_path / "project"
+    (project / "outputs").mkdir(parents=True)
+    shutil.copy(folder / "orbit_b.mp4", project / "outputs" / "demo1.mp4")
+    monkeypatch.chdir(project)
+    assert main(["-q", "eval", "outputs", "--metrics", "psnr", "-o", "r.json"]) == 0
+    (stored,) = json.loads((project / "r.json").read_text())["videos"]
+    assert stored["path_from_results"] == "outputs/demo1.mp4"
+    moved = tmp_path / "moved"
+    shutil.move(str(project), moved)
+    monkeypatch.chdir(tmp_path)
+    (row,) = read_results(moved / "r.json")
+    assert Path(row["path"]).samefile(moved / "outputs" / "demo1.mp4")
+
+
 def test_a_force_rerun_leaves_no_earlier_figure_or_csv_it_did_not_write(folder, tmp_path):
     """Failed before: r.png and r.csv of the earlier run stayed beside the new r.json."""
     out, video = tmp_path / "r.json", str(folder / "orbit_a.mp4")

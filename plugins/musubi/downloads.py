@@ -225,6 +225,15 @@ def _copies(folder: Path) -> Dict[str, Dict[str, int]]:
             if isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int)}
 
 
+def _recorded_by_size_alone(dst: Path) -> bool:
+    """Whether the record beside ``dst`` names it the way circle-rotate before modification times did."""
+    try:
+        data = json.loads((dst.parent / COPIES_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get(dst.name), int)
+
+
 def _stamp(path: Path) -> Dict[str, int]:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -267,6 +276,11 @@ def check_link_targets(group: str, *, to: Path, cache_dir: Optional[Path] = None
             raise UserError("is a folder that download did not make; it is never replaced", path=dst,
                             fix="move it away, or choose another -o folder")
         if not force:
+            if _recorded_by_size_alone(dst):  # an older circle-rotate's copy, or a file saved over it since
+                raise UserError("already exists, and download's record of its copy there is an older version's "
+                                "(size alone, no modification time), which cannot tell it from a file saved over it",
+                                path=dst, fix="if it is download's copy, pass --force to replace it; else move it away "
+                                              "or choose another -o folder")
             raise UserError("already exists and is not a link into the download cache", path=dst,
                             fix="move it away, choose another -o folder, or pass --force to replace it")
 
