@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from circle_rotate.kernel.errors import UserError
-from circle_rotate.musubi.recipe_reader import option_values
+from circle_rotate.musubi.recipe_reader import edit_options, option_values
 from circle_rotate.musubi.train import TrainRequest, plan_training, train
 from circle_rotate.musubi.train_state import resume_status, state_faults
 from test_preflight import clips, tiny_task, ws  # noqa: F401  (fixtures)
@@ -198,3 +198,136 @@ def test_resume_if_saved_starts_what_never_ran_and_runs_nothing_once_all_finishe
     result = train(TrainRequest(("low",), env=env, resume=True, resume_optional=True), dry_run=False,
                    echo=lambda line: None)
     assert result.chains == () and result.records == ()
+
+
+def _launcher(code: str):
+    """A transform whose command runs ``code`` instead of musubi, with OUT = the --output_dir it is
+    given when it runs (a resume changes it after the transform)."""
+    def transform(command):
+        head = "import sys\nOUT = sys.argv[sys.argv.index('--output_dir') + 1]\n"
+        return replace(tiny_task(command), launcher=(sys.executable, "-c", head + code))
+    return transform
+
+
+def _killed_at(saved, epoch: int):
+    """Stands in for musubi stopped after saving epoch ``epoch``'s checkpoint and state."""
+    return _launcher(f"import shutil, sys, pathlib\nout = pathlib.Path(OUT)\nout.mkdir(parents=True, exist_ok=True)\n"
+                     f"(out / 'circle_rotate_l-{epoch:06d}.safetensors').write_bytes(b'lora')\n"
+                     f"shutil.copytree({str(saved[0] / 'whole')!r}, out / 'circle_rotate_l-{epoch:06d}-state')\n"
+                     "sys.exit(1)")
+
+
+def test_a_fresh_run_moves_the_earlier_runs_files_aside_so_resume_never_picks_them(saved, ws):
+    """An earlier interrupted run saved states to epoch 226; a --force run killed at epoch 12 is what
+    --resume continues, not the earlier run's epoch 226 (states were picked by epoch number)."""
+    out = Path(ws["OUTPUT_DIR_LOW"])
+    _state(saved, out / "circle_rotate_l-000226-state")
+    _touch(out / "circle_rotate_l-000226.safetensors", 1000)
+    _touch(out / "circle_rotate_l.safetensors", 500)  # an even earlier finished run
+    (out / "run.json").write_text('{"status": "interrupted"}')
+    (out / "notes.txt").write_text("mine")
+    lines = []
+    with pytest.raises(UserError, match="training failed"):
+        train(TrainRequest(("low",), env=tuple(ws.items()), save_state=True, force=True), dry_run=False,
+              echo=lines.append, transform=_killed_at(saved, 12))
+    (aside,) = out.glob("earlier-run-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["circle_rotate_l-000226-state", "circle_rotate_l-000226.safetensors",
+                                                       "circle_rotate_l.safetensors", "run.json"]
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files move
+    assert any(f"moved the earlier run's 4 file(s)/folder(s) to {aside}" in line for line in lines)
+    (run,) = plan_training(TrainRequest(("low",), env=tuple(ws.items()), resume=True)).runs
+    assert run.epoch_offset == 12 and run.resumed_from == out / "circle_rotate_l-000012-state"
+
+
+def test_run_json_says_interrupted_and_the_message_says_what_was_kept(saved, ws, monkeypatch):
+    """Ctrl-C/SIGTERM: the running expert's run.json says interrupted, the queued one's not started
+    (it said waiting, not running, while queued), and the interrupt carries what was kept."""
+    import circle_rotate.musubi.train as train_module
+
+    seen = {}
+
+    def stopped(chains, on_start=None, **kw):
+        ((label, commands),) = chains.items()
+        if on_start is not None:
+            on_start(label, 0)
+        seen["high"] = json.loads((Path(ws["OUTPUT_DIR_HIGH"]) / "run.json").read_text())["status"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "run_chains", stopped)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(TrainRequest(("low", "high"), env=tuple(ws.items()), save_state=True), dry_run=False,
+              echo=lambda line: None, transform=tiny_task)
+    low, high = (json.loads((Path(ws[f"OUTPUT_DIR_{e}"]) / "run.json").read_text()) for e in ("LOW", "HIGH"))
+    assert seen["high"] == "waiting" and low["status"] == "interrupted" and high["status"] == "not started"
+    assert f"kept in {ws['OUTPUT_DIR_LOW']};" in info.value.kept and "--resume continues" in info.value.kept
+
+
+def test_a_finished_resume_updates_the_first_runs_record_beside_the_final_lora(saved, ws):
+    out = Path(ws["OUTPUT_DIR_LOW"])
+    with pytest.raises(UserError, match="training failed"):
+        train(TrainRequest(("low",), env=tuple(ws.items()), save_state=True), dry_run=False,
+              echo=lambda line: None, transform=_killed_at(saved, 4))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    finishing = _launcher("import pathlib\n(pathlib.Path(OUT) / 'circle_rotate_l.safetensors').write_bytes(b'lora')")
+    result = train(TrainRequest(("low",), env=tuple(ws.items()), resume=True), dry_run=False,
+                   echo=lambda line: None, transform=finishing)
+    first = json.loads((out / "run.json").read_text())
+    assert first["status"] == "finished" and first["final_lora"] == str(out / "circle_rotate_l.safetensors")
+    assert first["resumes"] == [{"folder": str(out / "resume-from-epoch-000004"), "status": "finished",
+                                 "resumed_from": str(out / "circle_rotate_l-000004-state"), "epoch_offset": 4}]
+    assert "circle_rotate_l.safetensors" in first["outputs"] and out / "run.json" in result.records
+
+
+def test_a_resume_at_another_learning_rate_is_refused_naming_both(saved, ws):
+    """accelerate's load_state restores the optimizer's rate: the resume's own would be printed, never used."""
+    with pytest.raises(UserError, match="training failed"):
+        train(TrainRequest(("low",), env=tuple(ws.items()), save_state=True), dry_run=False,
+              echo=lambda line: None, transform=_killed_at(saved, 4))
+
+    def other_rate(command):
+        return command.with_args(edit_options(command.args, {"--learning_rate": ["1e-4"]}))
+
+    with pytest.raises(UserError, match=r"learning rate 0.0002, this resume asks for 0.0001.*--force"):
+        plan_training(TrainRequest(("low",), env=tuple(ws.items()), resume=True), transform=other_rate)
+    (run,) = plan_training(TrainRequest(("low",), env=tuple(ws.items()), resume=True)).runs  # the same rate resumes
+    assert run.epoch_offset == 4
+
+
+def test_resume_if_saved_starts_over_when_the_only_save_was_cut_short(saved, ws):
+    """A requeued job preempted during epoch 1's save: --resume-if-saved trains from epoch 1 (the
+    partial files moved aside) rather than failing on every requeue; --resume still refuses."""
+    out = Path(ws["OUTPUT_DIR_LOW"])
+    _state(saved, out / "circle_rotate_l-000001-state", "cut")
+    env = tuple(ws.items())
+    with pytest.raises(UserError, match="no complete saved state"):
+        plan_training(TrainRequest(("low",), env=env, resume=True))
+    plan = plan_training(TrainRequest(("low",), env=env, resume=True, resume_optional=True))
+    assert plan.runs[0].resumed_from is None and any("trains from epoch 1" in n for n in plan.notes)
+    finishing = _launcher("import pathlib\n(pathlib.Path(OUT) / 'circle_rotate_l.safetensors').write_bytes(b'lora')")
+    train(TrainRequest(("low",), env=env, resume=True, resume_optional=True), dry_run=False,
+          echo=lambda line: None, transform=finishing)
+    (aside,) = out.glob("earlier-run-*")
+    assert (aside / "circle_rotate_l-000001-state").is_dir() and not (out / "circle_rotate_l-000001-state").exists()
+
+
+def test_a_resumed_final_loras_metadata_counts_the_epochs_before_the_resume(saved, ws, tmp_path):
+    """musubi restarts its epoch count on resume: its final LoRA said epoch 56 of 56 for a 100-epoch run."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = Path(ws["OUTPUT_DIR_LOW"])
+    _state(saved, out / "circle_rotate_l-000044-state")
+    made = tmp_path / "made.safetensors"
+    weights = {"lora_unet_x.lora_down.weight": torch.arange(12.0).reshape(3, 4)}
+    save_file(weights, str(made), {"ss_epoch": "56", "ss_num_epochs": "56", "ss_steps": "112",
+                                   "ss_max_train_steps": "112", "ss_network_dim": "32"})
+    finishing = _launcher(f"import shutil\nshutil.copy({str(made)!r}, OUT + '/circle_rotate_l.safetensors')")
+    train(TrainRequest(("low",), env=tuple(ws.items()), resume=True), dry_run=False, echo=lambda line: None,
+          transform=finishing)
+    with safe_open(str(out / "circle_rotate_l.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+        assert torch.equal(fh.get_tensor("lora_unet_x.lora_down.weight"), weights["lora_unet_x.lora_down.weight"])
+    assert (meta["ss_epoch"], meta["ss_num_epochs"], meta["ss_steps"], meta["ss_max_train_steps"]) == \
+        ("100", "100", "200", "200")
+    assert meta["ss_network_dim"] == "32" and meta["ss_resumed_at_epoch"] == "44"

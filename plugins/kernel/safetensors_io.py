@@ -363,3 +363,21 @@ def copy_raw(header: SafetensorsHeader, key: str, fh: BinaryIO, *, chunk: int = 
             raise UserError(f"key '{key}' is cut short", path=header.path, fix="re-download the file")
         left -= len(data)
         yield data
+
+
+def rewrite_metadata(path: PathLike, metadata: Mapping[str, str]) -> None:
+    """Replace the ``__metadata__`` of the safetensors file at ``path`` with ``metadata``: the
+    header is written anew (padded with spaces to 8 bytes, as the format does), the tensor bytes
+    copied as they are, and the file replaced atomically (a failure leaves it as it was)."""
+    import shutil
+
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        body = json.dumps(header, separators=(",", ":")).encode()
+        body += b" " * (-len(body) % 8)
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(body)) + body)
+            shutil.copyfileobj(fh, out, 16 << 20)
+

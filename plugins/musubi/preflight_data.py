@@ -154,12 +154,14 @@ def _output_problems(f: Findings, ns: argparse.Namespace, *, force: bool, resume
         return
     final = out / f"{ns.output_name}.safetensors"
     if final.exists() and not (force or resume):
-        f.error(final, "a finished run's LoRA is already there; training again overwrites it",
-                "pass --force to train again, or choose another -o/--out")
+        f.error(final, "a finished run's LoRA is already there",
+                "pass --force to train again (its files are moved aside into earlier-run-<date>/), or choose another "
+                "-o/--out")
     elif not final.exists() and not resume and any(out.glob(f"{ns.output_name}-*.safetensors")):
         states = sorted(out.glob(f"{ns.output_name}-*-state"))
-        f.warning(out, "an interrupted run left epoch checkpoints here; a fresh run overwrites them",
-                  "pass --resume to continue from its last state" if states else "choose another -o/--out to keep them")
+        f.warning(out, "an interrupted run left epoch checkpoints here; a fresh run moves them aside into "
+                       "earlier-run-<date>/", "pass --resume to continue from its last state" if states else
+                  "delete them, or choose another -o/--out, if the copy is not wanted")
 
 
 def check_outputs_and_disk(f: Findings, parsed: Sequence[Tuple[TrainTarget, argparse.Namespace]],

@@ -15,11 +15,23 @@ ends, its final LoRA is moved up to ``<output_dir>/<output_name>.safetensors``, 
 that was never interrupted leaves it. Only complete states are resumed from
 (:mod:`circle_rotate.musubi.train_state`). Dataset shuffling is seeded by seed + epoch there
 too, so a resumed run repeats the first epochs' orders: not bit-identical to an uninterrupted run.
+
+A fresh run (no ``--resume``, or ``--force``) first moves an earlier run's LoRAs, states, resume
+folders and run.json in its output folder aside into ``earlier-run-<date>/`` (one line says so):
+otherwise a later ``--resume`` would pick the earlier run's newer-numbered states.
+
+``run.json`` says ``running`` (``waiting`` for a second expert queued behind the first on one GPU),
+then ``finished``, ``failed``, ``interrupted`` (Ctrl-C, SIGTERM) or ``not started``. When a resume
+finishes, the first run's ``run.json`` (beside the final LoRA) is updated too: ``finished``, the final
+LoRA and the chain of resumes, each with its own ``run.json`` in its ``resume-from-epoch-<E>/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from circle_rotate.kernel.atomic import write_text
 from circle_rotate.kernel.errors import UserError
+from circle_rotate.kernel.safetensors_io import read_header, rewrite_metadata
 from circle_rotate.musubi.accelerate_launch import config_text, pin_config
 from circle_rotate.musubi.parallel_plan import ParallelRequest
 from circle_rotate.musubi.preflight import preflight
@@ -36,7 +49,7 @@ from circle_rotate.musubi.recipe_reader import EXPERTS, MusubiCommand, edit_opti
 from circle_rotate.musubi.run_record import file_identity, write_run_record
 from circle_rotate.musubi.train_parallel import MathsChoice, apply_maths, describe, plan_parallel
 from circle_rotate.musubi.train_resume import settle
-from circle_rotate.musubi.train_state import ResumeStatus, resume_status
+from circle_rotate.musubi.train_state import ResumeStatus, move_aside, resume_status
 
 
 @dataclass(frozen=True)
@@ -199,12 +212,97 @@ def _record(run: TrainRun, request: TrainRequest, status: str, dataset: Dict[str
     })
 
 
+def _finish_first_record(run: TrainRun, final: Path, finished_at: float) -> Optional[Path]:
+    """After a resume finished: the first run's run.json (beside the final LoRA) says so, names the
+    final LoRA and lists every resume (its folder, state, epoch offset and status)."""
+    first_dir = run.final_lora.parent
+    path = first_dir / "run.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}  # the first run was not ours (musubi by hand): start its record here
+    resumes = []
+    for sub in sorted(p for p in first_dir.glob("resume-from-epoch-*") if (p / "run.json").is_file()):
+        try:
+            r = json.loads((sub / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        resumes.append({"folder": str(sub), "resumed_from": r.get("resumed_from"),
+                        "epoch_offset": r.get("epoch_offset"), "status": r.get("status")})
+    outputs = sorted(str(p.relative_to(first_dir)) for f in (first_dir, *(Path(r["folder"]) for r in resumes))
+                     for p in f.glob(f"{run.output_name}*.safetensors"))
+    record = {k: v for k, v in record.items() if k not in ("circle_rotate_version", "musubi_tuner_version",
+                                                           "written_at")}
+    record.update(status="finished", final_lora=str(final), finished_at=finished_at, resumes=resumes, outputs=outputs)
+    return write_run_record(first_dir, record)
+
+
+#: musubi's counts in a LoRA's metadata; a resumed run's count only its own epochs (it restarts at 0)
+_EPOCH_FIELDS, _STEP_FIELDS = ("ss_epoch", "ss_num_epochs"), ("ss_steps", "ss_max_train_steps")
+
+
+def _offset_metadata(path: Path, offset: int) -> None:
+    """Add the epochs (and their steps) trained before the resume to the final LoRA's metadata, so
+    ``ss_epoch`` says 400 of 400, not 56 of 56 (the header rewritten, the tensors as they are); a
+    file without those fields is left alone."""
+    meta = dict(read_header(path).metadata)
+    counts = {}
+    for key in _EPOCH_FIELDS + _STEP_FIELDS:
+        try:
+            counts[key] = int(meta[key])
+        except (KeyError, ValueError):
+            pass
+    if "ss_epoch" not in counts and "ss_num_epochs" not in counts:
+        return
+    for key in _EPOCH_FIELDS:
+        if key in counts:
+            meta[key] = str(counts[key] + offset)
+    epochs, steps = counts.get("ss_num_epochs"), counts.get("ss_max_train_steps")
+    if epochs and steps and steps % epochs == 0:  # steps per epoch are known only from the planned totals
+        for key in _STEP_FIELDS:
+            if key in counts:
+                meta[key] = str(counts[key] + offset * (steps // epochs))
+    meta["ss_resumed_at_epoch"] = str(offset)
+    rewrite_metadata(path, meta)
+
+
 def _final_in_place(run: TrainRun) -> Path:
-    """Move a resumed run's final LoRA up to the first run's folder (one rename, same file system)."""
+    """Move a resumed run's final LoRA up to the first run's folder (one rename, same file system),
+    its metadata counting the epochs before the resume."""
     written = run.output_dir / f"{run.output_name}.safetensors"
     if run.resumed_from is not None and written.is_file():
         os.replace(written, run.final_lora)
+        try:
+            _offset_metadata(run.final_lora, run.epoch_offset)
+        except (OSError, ValueError, struct.error, UserError):  # unreadable, or no room: the LoRA stays as musubi wrote it
+            pass
     return run.final_lora
+
+
+def _interrupted(plan: TrainPlan, request: TrainRequest, started: set, datasets: Dict[int, Dict[str, object]],
+                 extra: Dict[str, object], exc: BaseException) -> None:
+    """Ctrl-C or SIGTERM: each run.json says interrupted (or not started), and the message says
+    what was kept: musubi's epoch checkpoints (and states) stay, resumable with --save-state."""
+    kept = []
+    for i in (i for _, idx in plan.chains for i in idx):  # this node's runs: another node records its own
+        run = plan.runs[i]
+        if i not in started:
+            if run.record:
+                _record(run, request, "not started", datasets[i], extra)
+            continue
+        if run.record:
+            _record(run, request, "interrupted", datasets[i], {**extra, "interrupted_at": time.time()})
+        if run.output_dir not in kept:
+            kept.append(run.output_dir)
+    if not kept:
+        return
+    where = ", ".join(str(d) for d in kept)
+    if request.save_state or request.resume:
+        exc.kept = (f"the epoch checkpoints and saved states so far are kept in {where}; the same `circle-rotate "
+                    "train` command with --resume continues from the last complete one")
+    else:
+        exc.kept = (f"the epoch checkpoints so far are kept in {where} (no --save-state: they cannot be resumed; "
+                    "a new run moves them aside and starts over)")
 
 
 def _dataset_identity(run: TrainRun) -> Dict[str, object]:
@@ -257,13 +355,38 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
         for path, text in run.accelerate_config:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text(path, text)
+    for run in here:
+        # a fresh run over an earlier run's files: move them aside so --resume never picks them up
+        moved = move_aside(run.output_dir, run.output_name) if run.record and run.resumed_from is None else None
+        if moved:
+            echo(f"{run.expert}: moved the earlier run's {moved[1]} file(s)/folder(s) to {moved[0]} (--resume ignores "
+                 "them; delete that folder to free its space)")
     extra = {"preflight_warnings": [p.one_line() for p in report.problems], "started_at": time.time(),
              **(record_extra or {})}
     datasets = {i: _dataset_identity(r) for i, r in enumerate(plan.runs)}
+    position = {i: (label, k) for label, idx in plan.chains for k, i in enumerate(idx)}
     for i, r in enumerate(plan.runs):
-        if r.record:
-            _record(r, request, "running", datasets[i], extra)
-    results = run_chains({label: [plan.runs[i].command for i in idx] for label, idx in plan.chains})
+        if r.record:  # a second expert queued behind the first on one GPU waits
+            _record(r, request, "waiting" if position.get(i, ("", 0))[1] > 0 else "running", datasets[i], extra)
+    started = set()
+    lock = threading.Lock()
+
+    def on_start(label: str, k: int) -> None:
+        i = dict(plan.chains)[label][k]
+        with lock:
+            started.add(i)
+        if k > 0 and plan.runs[i].record:
+            _record(plan.runs[i], request, "running", datasets[i], {**extra, "started_at": time.time()})
+
+    try:
+        results = run_chains({label: [plan.runs[i].command for i in idx] for label, idx in plan.chains},
+                             on_start=on_start)
+    except KeyboardInterrupt as exc:
+        try:
+            _interrupted(plan, request, started, datasets, extra, exc)
+        except OSError:  # a record that cannot be written (full disk) must not hide the interrupt
+            pass
+        raise
     records, failed = [], []
     for (label, idx), result in zip(plan.chains, results):
         for k, i in enumerate(idx):
@@ -279,6 +402,8 @@ def train(request: TrainRequest, *, dry_run: bool, echo: Callable[[str], None] =
                 echo(f"{plan.runs[i].expert}: final LoRA {done['final_lora']}")
             path = _record(plan.runs[i], request, status, datasets[i], done)
             records.append(path)
+            if status == "finished" and plan.runs[i].resumed_from is not None:
+                records.append(_finish_first_record(plan.runs[i], Path(done["final_lora"]), done["finished_at"]))
             if status == "failed":
                 failed.append((label, codes[k], path))
     if failed:

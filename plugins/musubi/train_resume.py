@@ -5,12 +5,19 @@ Under ``--resume`` each :class:`~circle_rotate.musubi.train.TrainRun` carries th
 state continues from the newest one into ``resume-from-epoch-<E>/`` (musubi 0.3.4 restarts its epoch
 count, so only the remaining epochs are asked for); an expert that finished is left out; one that
 never started trains from epoch 1 when another expert has progress (``train both`` after one expert
-was interrupted and the other never ran), or always with ``--resume-if-saved``. Anything else is
+was interrupted and the other never ran), or always with ``--resume-if-saved`` (there also when its
+only saves were cut short: a job requeued after being preempted during epoch 1's save would
+otherwise fail on every requeue; the fresh run moves the partial files aside). Anything else is
 refused with the reason, so a run never silently restarts over its own checkpoints.
+
+A resume keeps the first run's learning rate whatever its command says: accelerate's ``load_state``
+restores the optimizer's param groups and the scheduler's base rates. So a resume whose learning
+rate differs from the first run's ``run.json`` (another GPU count under ``--lr-rule``) is refused.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple, TypeVar
@@ -47,6 +54,7 @@ def _resumed(run: TrainRun, notes: List[str]) -> TrainRun:
     if remaining <= 0:
         raise UserError(f"the saved state is from epoch {state.epoch} of {total[0]}: training already finished",
                         path=state.path, fix="nothing to resume; drop --resume and pass --force to train again")
+    _same_learning_rate(run)
     sub = run.output_dir / RESUME_DIR.format(state.epoch)
     args = edit_options(run.command.args, {"--resume": [str(state.path)], "--max_train_epochs": [str(remaining)],
                                            "--output_dir": [str(sub)]})
@@ -57,6 +65,37 @@ def _resumed(run: TrainRun, notes: List[str]) -> TrainRun:
     if status.passed_over_line():
         _note(notes, f"{run.expert}: {status.passed_over_line()}")
     return resumed
+
+
+def _learning_rate(argv: Sequence[str]) -> Optional[float]:
+    """``--learning_rate`` of a command line (run.json records the whole argv, launcher included)."""
+    argv = [str(a) for a in argv]
+    start = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    try:
+        values = option_values(argv[start:]).get("--learning_rate")
+        return float(values[0]) if values else None
+    except ValueError:
+        return None
+
+
+def _same_learning_rate(run: TrainRun) -> None:
+    """Refuse a resume whose learning rate differs from the first run's: it would be printed and
+    recorded but never used (accelerate's load_state restores the first run's rate)."""
+    try:
+        first = json.loads((run.output_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no record of the first run (musubi run by hand): nothing to compare
+    old, new = _learning_rate(first.get("command") or []), _learning_rate(run.command.args)
+    if old is None or new is None or abs(old - new) <= 1e-12 * max(abs(old), abs(new)):
+        return
+    was = (first.get("batch_maths") or {}).get("global_batch")
+    now = (dict(getattr(run, "details", ()) or ()).get("batch_maths") or {}).get("global_batch")
+    batch = f" (global batch {was} then {now})" if was != now and None not in (was, now) else ""
+    raise UserError(f"{run.expert}: the first run trained at learning rate {old:g}, this resume asks for {new:g}{batch}"
+                    "; a resume keeps the saved optimizer's rate, so "
+                    f"{new:g} would be recorded but never used", path=run.output_dir / "run.json",
+                    fix=f"resume with the first run's GPUs and --lr-rule (learning rate {old:g}), or drop --resume "
+                        f"and pass --force to train from scratch at {new:g}")
 
 
 def _note(notes: List[str], line: str) -> None:
@@ -104,6 +143,12 @@ def settle(runs: Sequence[TrainRun], *, optional: bool = False) -> Tuple[List[Tr
             _note(notes, f"{run.expert}: training already finished ({s.finished}); it is left out")
         elif s.latest is not None:
             kept.append(_resumed(run, notes))
+        elif s.started and optional:
+            # a requeued job preempted before its first complete save: failing would fail every requeue
+            _note(notes, f"{run.expert}: no complete saved state in {s.output_dir}"
+                         + (f" ({s.passed_over_line()})" if s.passed_over else "")
+                         + "; --resume-if-saved: it trains from epoch 1, the partial files moved aside")
+            kept.append(run)
         elif s.started or not progress:
             raise _no_state(s)
         else:

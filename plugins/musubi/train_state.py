@@ -13,14 +13,18 @@ truncated: resuming from it crashes, so it is passed over, never picked by its n
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 RESUME_DIR = "resume-from-epoch-{:06d}"
+#: where a fresh run moves an earlier run's files (:func:`move_aside`); resume never looks inside
+EARLIER_DIR = "earlier-run-{}"
 _EPOCH_STATE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})-state$")
 _EPOCH_FILE = re.compile(r"^(?P<name>.+)-\d{6}\.safetensors$")
 _RESUME_DIR = re.compile(r"^resume-from-epoch-(?P<epoch>\d{6})$")
@@ -148,3 +152,39 @@ def resume_status(output_dir: Path, name: str) -> ResumeStatus:
                                             for f in folders if f.is_dir() for p in f.iterdir())
     last = [f / f"{name}-state" for f in folders if (f / f"{name}-state").is_dir() and not state_faults(f / f"{name}-state")]
     return ResumeStatus(output_dir, name, latest, passed, finished, started or bool(last), last[-1] if last else None)
+
+
+def _earlier_run_files(output_dir: Path, name: str) -> List[Path]:
+    """What an earlier run of ``name`` left in ``output_dir``: its LoRAs (final, epoch and step ones),
+    states, resume folders and run.json; nothing else (samples, the user's own files) is touched."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for entry in output_dir.iterdir():
+        n = entry.name
+        if (n in (f"{name}.safetensors", f"{name}-state", "run.json") or _RESUME_DIR.match(n)
+                or (n.startswith(f"{name}-") and (n.endswith(".safetensors") or n.endswith("-state")))):
+            found.append(entry)
+    return sorted(found)
+
+
+def move_aside(output_dir: Path, name: str) -> Optional[Tuple[Path, int]]:
+    """Move an earlier run's files (:func:`_earlier_run_files`) into ``output_dir/earlier-run-<date>/``
+    before a fresh run starts there; (that folder, how many entries) or None when there was nothing.
+
+    Without this a fresh (or ``--force``) run overwrote the earlier run's files only up to the epoch it
+    reached, and a later ``--resume`` picked the earlier run's newer states by their epoch numbers.
+    Moving them is explicit where file times are not, and never deletes the user's files. A lone
+    run.json (an expert recorded but never started) is left to be overwritten."""
+    files = _earlier_run_files(output_dir, name)
+    if not files or [f.name for f in files] == ["run.json"]:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = output_dir / EARLIER_DIR.format(stamp), 1
+    while target.exists():  # two fresh runs within a second
+        n += 1
+        target = output_dir / EARLIER_DIR.format(f"{stamp}-{n}")
+    target.mkdir()
+    for f in files:
+        os.replace(f, target / f.name)  # same folder's file system: a rename each, nothing copied
+    return target, len(files)
