@@ -370,3 +370,95 @@ def test_dry_run_warns_of_differences_musubi_skips(files, dits, capsys):
     assert main([*_cli_args(files, dits), "--accel-lora-low", str(only), "--accel-lora-high", str(accel),
                  "--dry-run"]) == 2
     assert "holds only whole-tensor differences" in capsys.readouterr().err
+
+
+def _lokr(path: Path, split_w1) -> Path:
+    """A musubi-named LyCORIS LoKr over two tiny-Wan modules, ``w2`` low-rank; the modules in ``split_w1`` store
+    ``w1`` decomposed (``lokr_w1_a @ lokr_w1_b``, as LyCORIS may), the others whole (as musubi-tuner does)."""
+    from safetensors.torch import save_file
+
+    from circle_rotate.kernel.wan_arch import dit_shapes, musubi_lora_name, tiny_config
+
+    shapes, g, tensors = dit_shapes(tiny_config()), torch.Generator().manual_seed(5), {}
+    for m in ("blocks.0.self_attn.q", "blocks.0.ffn.0"):
+        out_f, in_f = shapes[m + ".weight"]
+        stem = musubi_lora_name(m)
+        if m in split_w1:
+            tensors[stem + ".lokr_w1_a"], tensors[stem + ".lokr_w1_b"] = torch.randn(4, 2, generator=g), \
+                torch.randn(2, 4, generator=g)
+        else:
+            tensors[stem + ".lokr_w1"] = torch.randn(4, 4, generator=g)
+        tensors[stem + ".lokr_w2_a"] = torch.randn(out_f // 4, 2, generator=g) * 0.1
+        tensors[stem + ".lokr_w2_b"] = torch.randn(2, in_f // 4, generator=g) * 0.1
+        tensors[stem + ".alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_cli_refuses_a_lokr_whose_w1_musubi_cannot_find(files, dits, tiny_wan_dir, capsys):
+    """musubi-tuner's LoKr merge (networks/lokr.py merge_weights_to_tensor) looks for a whole lokr_w1 and leaves
+    the weight as it is otherwise: a LyCORIS LoKr with w1 decomposed, in musubi's own names, applies none of it.
+    convert only renames, so the fix named is merge, which applies it; a LoKr with w1 whole still passes."""
+    from circle_rotate.cli.main import main
+    from circle_rotate.tools.lora.musubi_load import musubi_lora_problems
+
+    base = tiny_wan_dir / "wan2.2_i2v_low_noise_14B_fp32.safetensors"
+    whole = _lokr(files["tmp"] / "lokr_whole.safetensors", ())
+    split = _lokr(files["tmp"] / "lokr_split.safetensors", ("blocks.0.self_attn.q", "blocks.0.ffn.0"))
+    half = _lokr(files["tmp"] / "lokr_half.safetensors", ("blocks.0.ffn.0",))
+    assert [_musubi_changes(base, p) for p in (whole, split, half)] == [2, 0, 1]  # the defect
+    capsys.readouterr()  # musubi's progress bars
+    assert musubi_lora_problems(whole) == []
+    (severity, message, fix), = musubi_lora_problems(half)
+    assert severity == "error" and "would silently apply 1 of its 2 modules" in message
+    assert "'lora_unet_blocks_0_ffn_0.lokr_w1_a'" in message and fix.startswith("merge it into the expert instead")
+
+    args = _cli_args(files, dits)
+    args[args.index("--lora-low") + 1] = str(split)
+    assert main([*args, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and f"{split}: 2 LoKr module(s) store w1 decomposed" in err
+    assert "would silently apply none of its modules" in err
+    assert f"fix: merge it into the expert instead (circle-rotate merge EXPERT --lora {split} -o" in err
+    assert "wan_generate_video.py" not in captured.out
+
+    merged = files["tmp"] / "merged_low.safetensors"  # the fix: merge applies every module
+    assert main(["-q", "merge", str(base), "--lora", str(split), "-o", str(merged)]) == 0
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(base)), load_file(str(merged))
+    assert sum(not torch.equal(after[k], before[k]) for k in before) == 2
+
+
+def test_cli_refuses_a_dora_lora_musubi_would_apply_without_its_magnitude(files, dits, tiny_wan_dir, capsys):
+    """A DoRA in musubi's names: musubi's hook adds the pairs as a plain LoRA and never reads dora_scale (the
+    result is the same as without it), which merge and convert refuse to do for DoRA; generate refuses it too."""
+    from safetensors.torch import load_file, save_file
+
+    from circle_rotate.cli.main import main
+
+    base = tiny_wan_dir / "wan2.2_i2v_low_noise_14B_fp32.safetensors"
+    plain = files["lora"]["low"]
+    tensors = load_file(str(plain))
+    for key in [k for k in tensors if k.endswith(".lora_down.weight")]:
+        tensors[key.replace(".lora_down.weight", ".dora_scale")] = torch.full((1, tensors[key].shape[1]), 3.0)
+    dora = files["tmp"] / "dora_l.safetensors"
+    save_file(tensors, str(dora))
+
+    from musubi_tuner.utils.lora_utils import load_safetensors_with_lora_and_fp8
+
+    def applied(path):
+        return load_safetensors_with_lora_and_fp8(str(base), [load_file(str(path))], [1.0], False, torch.device("cpu"))
+    with_dora, without = applied(dora), applied(plain)
+    assert all(torch.equal(with_dora[k], without[k]) for k in without)  # the magnitude is never applied
+    capsys.readouterr()
+
+    args = _cli_args(files, dits)
+    args[args.index("--lora-low") + 1] = str(dora)
+    assert main([*args, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and f"{dora}: a DoRA LoRA: 2 module(s) carry a learned magnitude" in err
+    assert "musubi-tuner's --lora_weight never applies" in err and "LoraLoaderModelOnly" in err
+    assert "wan_generate_video.py" not in captured.out

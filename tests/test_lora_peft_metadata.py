@@ -204,3 +204,40 @@ def test_a_mixed_rank_diffusers_output_carries_the_scale_of_each_module(tmp_path
     out = combine_loras([(a, 0.7), (b, -1.5)], tmp_path / "ab.safetensors", to="diffusers").out
     assert {i.rank for i in read_lora_index(out).modules.values()} == {4, 6}
     assert_same(diffusers_applies(out), ours(out))
+
+
+@pytest.mark.parametrize("config", [{"r": 8, "lora_alpha": 8},
+                                    {"r": 8, "lora_alpha": 8, "rank_pattern": {"^blocks.0.attn1.to_q": 4},
+                                     "alpha_pattern": {"^blocks.0.attn1.to_q": 2}}], ids=["uniform", "one_module_fits"])
+def test_a_config_the_tensors_do_not_fit_is_stale_and_read_as_absent(tmp_path, capsys, caplog, config):
+    """What resize --rank 4 wrote before it rewrote the config: rank-4 tensors, their scale folded in (1 for
+    every module: the tools of then read every diffusers file at scale 1), under the input's config copied
+    verbatim (r 8, lora_alpha 8). diffusers cannot load it (it builds rank-8 layers), so the config describes
+    no loader: every command reads the file at its folded scale 1 (before: alpha 8 over rank 4, twice the
+    delta, and the one module whose rank the config's pattern happened to give at 2 / 4), and inspect warns."""
+    stale = tmp_path / "resized_r4.safetensors"
+    truth = write_diffusers_lora(stale, {"r": 4, "lora_alpha": 4})  # scale 1
+    save_file(load_file(str(stale)), str(stale),
+              metadata={"format": "pt", META: json.dumps({f"transformer.{k}": v for k, v in config.items()})})
+    with caplog.at_level(logging.WARNING):
+        assert_same(ours(stale), truth)
+    assert "says r 8 for" in caplog.text and "reading the LoRA without it" in caplog.text
+
+    report = inspect_file(stale)
+    assert report.scales == {"1": 20} and report.alpha_from_metadata == 0
+    assert report.metadata_mismatch == [
+        f"lora_adapter_metadata says r 8 for {20 if len(config) == 2 else 19} module(s), the tensors hold 4 "
+        "(diffusers cannot load it)"]
+    assert main(["inspect", str(stale)]) == 0
+    assert "from lora_adapter_metadata" not in capsys.readouterr().out  # (before: "alpha 8 (... from it)")
+
+    for to in ("musubi", "diffusers"):
+        out = convert_lora(stale, tmp_path / f"fixed_{to}.safetensors", to=to).out
+        assert_same(ours(out), truth)
+        if to == "diffusers":  # the config written is one diffusers loads, at the same delta
+            assert_same(diffusers_applies(out), truth)
+    base = write_tiny_wan(tmp_path / "base.safetensors", config=CFG, dtype="fp32", rest_dtype="fp32")
+    merged = tmp_path / "merged.safetensors"
+    assert main(["-q", "merge", str(base), "--lora", str(stale), "-o", str(merged)]) == 0
+    b, w = load_file(str(base)), load_file(str(merged))
+    assert_same({m: w[m + ".weight"].double() - b[m + ".weight"].double() for m in MODULES}, truth, rtol=1e-5)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from circle_rotate.cli.main import main
@@ -52,8 +54,9 @@ def test_a_lora_already_merged_is_refused_and_the_record_is_a_history(tiny_wan_d
                  "--dtype", "fp8_scaled"]) == 0
     assert main(["merge", str(once), "--lora", str(tiny_loras["high"]), "-o", str(twice)]) == 2
     err = capsys.readouterr().err
-    assert "'circle_rotate_h.safetensors' is already merged into high_once.safetensors (its metadata lists it at " \
-           "strength 0.8); merging it again would double it" in err and not twice.exists()
+    assert "'circle_rotate_h.safetensors' is already merged into " in err and not twice.exists()
+    assert "(its metadata lists it at strength 0.8); merging it again at strength 1 would apply it twice" in err
+    assert "to take it out of this one, merge it at strength -0.8" in err
 
     other = write_random_lora(tmp_path / "detail_high_noise.safetensors", tiny_config(), rank=2, alpha=1.0, seed=11)
     assert main(["-q", "merge", str(once), "--lora", f"{other}:0.5", "-o", str(twice)]) == 0
@@ -68,12 +71,12 @@ def test_a_lora_already_merged_is_refused_and_the_record_is_a_history(tiny_wan_d
     assert main(["-q", "merge", str(once), "--lora", str(renamed), "-o", str(tmp_path / "z.safetensors")]) == 0
 
 
-@pytest.mark.parametrize("fmt, alpha, strength", [("comfy", 1.0, "1"), ("comfy", 1.0, "0.3"), ("diffusers", 1.0, "-1"),
+@pytest.mark.parametrize("fmt, alpha, strength", [("comfy", 1.0, "1"), ("comfy", 1.0, "0.3"), ("diffusers", 1.0, "0.5"),
                                                   ("diffusers", 3.0, "1")])
 def test_a_converted_copy_of_a_merged_lora_is_refused(tiny_wan_dir, tmp_path, capsys, fmt, alpha, strength):
     """`convert --format comfy` (what ComfyUI users make) gives a LoRA another name and size, the diffusers layout
     folds alpha into the factors (in bf16 rounding when alpha/rank is no power of two): the same delta, found by
-    its sketch. At another strength, or a negative one, it is the same LoRA again too (the sketch leaves the
+    its sketch. At another strength of the same sign it is the same LoRA again too (the sketch leaves the
     strength out): the remedy is the original expert at the strength wanted."""
     lora = write_random_lora(tmp_path / "circle_rotate_h.safetensors", tiny_config(), rank=4, alpha=alpha, seed=3)
     once, twice = tmp_path / "high_once.safetensors", tmp_path / "high_twice.safetensors"
@@ -84,8 +87,8 @@ def test_a_converted_copy_of_a_merged_lora_is_refused(tiny_wan_dir, tmp_path, ca
     capsys.readouterr()
     assert main(["merge", str(once), "--lora", f"{copy}:{strength}", "-o", str(twice)]) == 2
     err = capsys.readouterr().err
-    assert f"'{copy.name}' holds the same delta as 'circle_rotate_h.safetensors', which is already merged into " \
-           "high_once.safetensors (its metadata lists it at strength 0.8); merging it again would double it" in err
+    assert f"'{copy.name}' holds the same delta as 'circle_rotate_h.safetensors', which is already merged into " in err
+    assert f"(its metadata lists it at strength 0.8); merging it again at strength {strength} would apply it twice" in err
     assert "rename the LoRA file" not in err and not twice.exists()
 
 
@@ -114,9 +117,10 @@ def test_a_record_without_a_sketch_is_matched_by_name_and_size(tiny_loras):
     sketch = delta_sketch(index, module_scales(index))
     old = {MERGED_LORAS_KEY: json.dumps([{"file": index.path.name, "bytes": index.header.file_size, "strength": 1.0}])}
     with pytest.raises(UserError, match="already merged into old.safetensors .*rename the LoRA file"):
-        check_not_merged_again(old, [index], "old.safetensors", [sketch])
+        check_not_merged_again(old, [index], "old.safetensors", [sketch], strengths=[1.0])
+    check_not_merged_again(old, [index], "old.safetensors", [sketch], strengths=[-1.0])  # undoes it
     other = {MERGED_LORAS_KEY: json.dumps([{"file": "another.safetensors", "bytes": index.header.file_size}])}
-    check_not_merged_again(other, [index], "old.safetensors", [sketch])
+    check_not_merged_again(other, [index], "old.safetensors", [sketch], strengths=[1.0])
 
 
 @pytest.mark.parametrize("strength", ["1", "-1"])
@@ -125,3 +129,40 @@ def test_merge_pair_still_merges_the_right_pair(tiny_wan_dir, tiny_loras, tmp_pa
                  "--low", str(tiny_wan_dir / LOW), str(tiny_loras["low"]), "-o", str(tmp_path / "pair"),
                  "--strength-high", strength]) == 0
     assert len(list((tmp_path / "pair").glob("*.safetensors"))) == 2
+
+
+def test_a_negative_strength_undoes_a_merged_lora_and_the_record_keeps_both(tiny_wan_dir, tiny_loras, tmp_path,
+                                                                            capsys, caplog):
+    """The way out of an expert that holds a LoRA, with no unmerged copy at hand: the LoRA again at the opposite
+    strength. It undoes rather than doubles, so it merges (before: refused as 'would double it'), and the record
+    lists both entries; what they add up to decides the next merge: nothing (it may go in again), or the
+    LoRA at the strength they sum to (the same sign is refused, naming the strength that takes it out)."""
+    from safetensors.torch import load_file
+
+    lora = tiny_loras["high"]
+    base = tiny_wan_dir / "wan2.2_i2v_high_noise_14B_fp32.safetensors"
+    once, undone, again = (tmp_path / f"high_{n}.safetensors" for n in ("once", "undone", "again"))
+    assert main(["-q", "merge", str(base), "--lora", f"{lora}:0.8", "-o", str(once)]) == 0
+    assert main(["-q", "merge", str(once), "--lora", f"{lora}:-0.8", "-o", str(undone)]) == 0
+    assert [(e["file"], e["strength"]) for e in _record(undone)] == [(lora.name, 0.8), (lora.name, -0.8)]
+    b, o, u = (load_file(str(p)) for p in (base, once, undone))
+    changed = [k for k in b if not torch.equal(b[k], o[k])]
+    assert changed and all(torch.allclose(u[k], b[k], atol=1e-6) for k in changed)  # back to the base
+
+    assert main(["-q", "merge", str(undone), "--lora", str(lora), "-o", str(again)]) == 0  # held at 0: merges
+    assert [e["strength"] for e in _record(again)] == [0.8, -0.8, 1.0]
+    capsys.readouterr()
+    assert main(["merge", str(again), "--lora", f"{lora}:0.5", "-o", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "(its metadata lists it at strengths 0.8, -0.8, 1); merging it again at strength 0.5 would apply it " \
+           "twice" in err and "merge it at strength -1" in err
+
+    # a copy with its alpha negated is the same LoRA at the opposite sign: at +0.8 it undoes, at -0.8 it adds
+    negated = write_random_lora(tmp_path / "negated.safetensors", tiny_config(), rank=4, alpha=-1.0, seed=3)
+    assert main(["merge", str(once), "--lora", f"{negated}:-0.8", "-o", str(tmp_path / "y.safetensors")]) == 2
+    assert "holds the same delta as 'circle_rotate_h.safetensors'" in capsys.readouterr().err
+    assert main(["-q", "merge", str(once), "--lora", f"{negated}:0.8", "-o", str(tmp_path / "z.safetensors")]) == 0
+
+    with caplog.at_level(logging.WARNING):  # more than undone: merges, and says what the output holds
+        assert main(["-q", "merge", str(once), "--lora", f"{lora}:-2", "-o", str(tmp_path / "w.safetensors")]) == 0
+    assert "strength -2 more than undoes the 0.8" in caplog.text and "(the output holds it at -1.2)" in caplog.text

@@ -25,6 +25,8 @@ PEFT metadata. diffusers (>= 0.34) saves a LoRA's PEFT ``LoraConfig`` as JSON in
 scale ``lora_alpha / r``, per module ``alpha_pattern``/``rank_pattern``. In the diffusers layout that is
 the alpha a module without ``.alpha`` has (:func:`~circle_rotate.tools.lora.peft_metadata.peft_config`); every file written here gets that entry
 rewritten to what its tensors hold, or dropped (:func:`~circle_rotate.tools.lora.peft_metadata.output_metadata`).
+A config whose r is not the tensors' rank, which diffusers cannot load the file with (what an older ``resize``
+or ``combine`` left, copied onto tensors with their scale folded in), is read as absent and reported.
 
 DoRA. A module may also carry ``<stem>.dora_scale``, a learned magnitude. ComfyUI loads it
 (``comfy/lora.py`` reads ``{x}.dora_scale`` for every adapter) and rescales the merged weight at load
@@ -56,7 +58,7 @@ from circle_rotate.tools.lora.keys import (COMFY_LORA_PREFIX, FORMATS_WITH_ALPHA
 from circle_rotate.tools.lora.lycoris import (LABELS, delta_shape, missing_parts, parse_product_key, product_key,
                                            product_scale)
 from circle_rotate.tools.lora.peft_metadata import (PEFT_METADATA_KEY, PEFT_METADATA_LAYOUTS, output_metadata,
-                                                   peft_alpha, peft_config, peft_module_name)
+                                                   peft_alpha, peft_config, peft_module_name, stale_config_text)
 from circle_rotate.tools.option_values import AlphaIfMissing
 
 logger = logging.getLogger(__name__)
@@ -293,7 +295,13 @@ def _read_products(header: SafetensorsHeader, groups: Dict[str, Dict[str, str]],
 def _with_peft_alphas(modules: Dict[str, LoraModuleInfo], metadata: Mapping[str, str], path: PathLike
                       ) -> Tuple[Dict[str, LoraModuleInfo], Dict[str, int]]:
     """``modules`` with the alpha diffusers applies (:func:`peft_config`) where the layout reads it and the
-    module has no alpha tensor; and the modules whose config r differs from their rank."""
+    module has no alpha tensor; and the modules whose config r differs from their rank.
+
+    A config whose r is not the tensors' rank for some module describes no loader: diffusers builds rank-r
+    layers from it and fails to load the file at all, and the files that carry one (an older ``resize`` or
+    ``combine`` copied the input's config verbatim onto tensors with the scale already folded in) hold their
+    delta at the layout's own scale. Such a config is stale for the whole file and read as absent (scale 1
+    in the diffusers layout); the mismatch is returned for ``inspect`` to report."""
     config = peft_config(metadata, path)
     if config is None:
         return modules, {}
@@ -310,6 +318,10 @@ def _with_peft_alphas(modules: Dict[str, LoraModuleInfo], metadata: Mapping[str,
         logger.warning("%s: its '%s' holds an r or lora_alpha that is not a number; reading the LoRA without it",
                        path, PEFT_METADATA_KEY)
         return modules, {}
+    if mismatch:
+        logger.warning("%s: %s; reading the LoRA without it (the diffusers layout's scale 1)", path,
+                       stale_config_text(mismatch, {m: modules[m].rank for m in mismatch}))
+        return modules, mismatch
     return out, mismatch
 
 

@@ -85,9 +85,18 @@ def peft_alpha(config: Mapping[str, object], name: str, rank: int) -> Tuple[floa
     a = _peft_pattern(config.get("alpha_pattern"), name)
     r = int(config.get("r", _PEFT_DEFAULT_R) if r is None else r)
     a = float(config.get("lora_alpha", _PEFT_DEFAULT_ALPHA) if a is None else a)
-    # (the tensors' rank, not r, where they differ: diffusers loads no such file, and the alpha then scales as in
-    # every other layout)
+    # (where r is not ``rank`` diffusers loads no such file: the caller reads the file without the config,
+    # circle_rotate.tools.lora.files._with_peft_alphas)
     return (a * math.sqrt(rank) if config.get("use_rslora") else a), r
+
+
+def stale_config_text(mismatch: Mapping[str, int], ranks: Mapping[str, int]) -> str:
+    """How a ``lora_adapter_metadata`` whose r is not the tensors' rank is described: ``mismatch`` the r it
+    says by module, ``ranks`` the ranks those modules hold."""
+    said = ", ".join(f"{r:g}" for r in sorted(set(mismatch.values())))
+    held = ", ".join(f"{r:g}" for r in sorted(set(ranks.values())))
+    return (f"{PEFT_METADATA_KEY} says r {said} for {len(mismatch)} module(s), the tensors hold {held} "
+            "(diffusers cannot load it)")
 
 
 def _peft_metadata(ranks: Mapping[str, int], old: Optional[Mapping[str, object]]) -> str:

@@ -16,9 +16,11 @@ It is a random projection of the whole delta: the same delta gives the same sket
 and unrelated deltas give unrelated sketches.
 
 Two sketches are one delta when their directions agree to within 2% (:func:`same_delta`). Direction,
-not length (nor sign): merging the same LoRA at another strength, or a copy whose alpha was rescaled
-or negated, adds the same change again, and the remedy is the same: merge into the original expert at
-the strength wanted (strengths add: 0.8 then 0.5 is 1.3).
+not length (nor sign): the same LoRA at another strength, or a copy whose alpha was rescaled or
+negated, is the same change. How much of it a merged expert holds is then the recorded strengths
+times the sketches' signed ratio, so the record tells a merge that adds it again (refused: merge into
+the original expert at the strength wanted, strengths add: 0.8 then 0.5 is 1.3) from one that undoes
+it (a strength of the other sign; :mod:`circle_rotate.tools.merge.provenance`).
 2% is far above what a layout conversion or a bf16/fp16 copy moves a sketch (rounding of about 0.4%
 per element at most), and far below the difference of two trainings: unrelated deltas give sketches
 about 90 degrees apart, and the chance that 16 independent probes line up within 2% is negligible.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -297,7 +298,7 @@ def plan_merge(base: BaseInfo, loras: Sequence[LoraSource], *, dtype: str = "sam
     if not scaled_out:
         metadata.pop("_quantization_metadata", None)
     metadata[MERGED_LORAS_KEY] = merged_history(header.metadata, [(s.index, s.strength) for s in loras], dtype,
-                                                [s.sketch for s in loras])
+                                                [s.sketch for s in loras], base_name=Path(header.path).name)
     metadata["circle_rotate.merge_dtype"] = dtype
     if expert or identity.expert:
         metadata[EXPERT_METADATA_KEY] = expert or identity.expert

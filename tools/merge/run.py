@@ -248,7 +248,8 @@ def prepare_merge(base: Union[PathLike, BaseInfo], loras: Sequence[Tuple[PathLik
                                                    "to convert the expert")
     sources = load_sources(loras, alpha_if_missing=alpha_if_missing)
     indexes = [s.index for s in sources]
-    check_not_merged_again(info.header.metadata, indexes, Path(info.header.path).name, [s.sketch for s in sources])
+    check_not_merged_again(info.header.metadata, indexes, Path(info.header.path).name, [s.sketch for s in sources],
+                           strengths=[s.strength for s in sources])
     if not ignore_expert_evidence:
         check_experts_agree(info.identity, indexes, Path(info.header.path).name)
     plan = plan_merge(info, sources, dtype=dtype, expert=expert, skip_absent=skip_absent)
