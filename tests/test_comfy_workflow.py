@@ -275,8 +275,18 @@ def test_a_lora_given_to_the_expert_it_is_merged_into_is_refused(tmp_path, capsy
     assert main(["workflow", "--high", "my_high_noise.safetensors", "--low", merged["low"], *loras, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert ("the high-noise LoRA circle_rotate_h.safetensors is already merged into my_high_noise.safetensors (its "
-            "metadata lists it at strength 0.8)") in err and "low-noise LoRA" not in err and not out.exists()
+            "metadata lists it at net strength 0.8)") in err and "low-noise LoRA" not in err and not out.exists()
     assert main(["-q", "workflow", "--high", HIGH, "--low", merged["low"], *loras, "--out", str(out)]) == 0
+    out.unlink()
+    (tmp_path / "w_api.json").unlink()
+
+    # merged and taken out again at the opposite strength (merge's undo): the expert no longer holds it
+    undone = json.dumps([{"file": "circle_rotate_h.safetensors", "bytes": 1, "strength": s, "dtype": "fp8_scaled"}
+                         for s in (0.8, -0.8)])
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "undone_high_noise.safetensors"),
+              metadata={"circle_rotate.merged_loras": undone})
+    assert main(["-q", "workflow", "--high", "undone_high_noise.safetensors", "--low", merged["low"], *loras,
+                 "--out", str(out)]) == 0
 
 
 @pytest.mark.parametrize("name,variant", [("Wan2.2-Fun-A14B-InP_{e}_noise.safetensors", "fun-inp"),

@@ -87,8 +87,13 @@ def _already_merged(model: str, lora: str) -> Optional[str]:
         except (UserError, OSError, ValueError):
             metadata = None  # unreadable here: the name decides, as for a file that is elsewhere
         if metadata is not None:
-            listed = [e for e in merged_before(metadata) if e["file"] == lora_name]
-            return f"its metadata lists it at strength {listed[0].get('strength', '?')}" if listed else None
+            strengths = [float(e.get("strength", 1.0)) for e in merged_before(metadata) if e["file"] == lora_name
+                         and isinstance(e.get("strength", 1.0), (int, float))]
+            net = sum(strengths)
+            # merged and taken out again at the opposite strength (merge's undo): the expert no longer holds it
+            if not strengths or abs(net) <= 0.02 * max(abs(x) for x in strengths):
+                return None
+            return f"its metadata lists it at net strength {net:g}"
     stem = re.escape(PurePosixPath(lora_name).stem)
     if re.search(rf"_(?:high|low)_noise_{stem}_", PurePosixPath(model.replace("\\", "/")).name, re.IGNORECASE):
         return "by its name, as merge-pair names the experts it merges"
