@@ -239,7 +239,8 @@ def test_model_names_comfyui_does_not_list_are_refused(tmp_path, capsys):
                  "--low-lora", "b.pt", "--vae", "wan_2.1_vae", "--text-encoder", "umt5_xxl_q8.gguf", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert ("the high-noise expert wan2.2_i2v_high_noise_14B_Q8_0.gguf is a GGUF file, which ComfyUI's own loaders do "
-            "not list (ComfyUI-GGUF's Unet Loader (GGUF) (UnetLoaderGGUF) loads it") in err
+            "not list (give the .safetensors expert's name here and, in ComfyUI, swap its loader for ComfyUI-GGUF's "
+            "Unet Loader (GGUF) (UnetLoaderGGUF) with this file)") in err
     assert "the text encoder umt5_xxl_q8.gguf is a GGUF file" in err and "CLIPLoaderGGUF" in err
     assert "the high-noise LoRA a: ComfyUI lists only .safetensors, .sft, .ckpt" in err and "models/loras" in err
     assert "the VAE wan_2.1_vae: ComfyUI lists only" in err and "b.pt" not in err and not out.exists()

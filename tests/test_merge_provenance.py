@@ -92,6 +92,22 @@ def test_a_converted_copy_of_a_merged_lora_is_refused(tiny_wan_dir, tmp_path, ca
     assert "rename the LoRA file" not in err and not twice.exists()
 
 
+def test_one_lora_given_twice_in_one_merge_is_refused(tiny_wan_dir, tmp_path, capsys):
+    """Failed before: the guard held each LoRA against the base's record only, so the same file (or its converted
+    copy) given twice in one command was merged twice; the same LoRA and its undo in one command still merge."""
+    lora = write_random_lora(tmp_path / "circle_rotate_h.safetensors", tiny_config(), rank=4, alpha=1.0, seed=3)
+    copy = tmp_path / "circle_rotate_h_comfy.safetensors"
+    assert main(["-q", "convert", str(lora), "-o", str(copy), "--format", "comfy"]) == 0
+    base, out = str(tiny_wan_dir / HIGH), tmp_path / "out.safetensors"
+    for second in (lora, copy):
+        capsys.readouterr()
+        assert main(["merge", base, "--lora", str(lora), "--lora", str(second), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"'{second.name}' is given twice in this merge (the same delta as 'circle_rotate_h.safetensors')" in err
+        assert "fix: give it once, with --lora FILE:2" in err and not out.exists()
+    assert main(["-q", "merge", base, "--lora", str(lora), "--lora", f"{copy}:-1", "-o", str(out)]) == 0
+
+
 def test_another_lora_of_the_same_name_and_size_still_merges(tiny_wan_dir, tiny_loras, tmp_path):
     """A retrained LoRA keeps its name and, with the same settings, its size: the sketch tells it apart (the
     name-and-size rule refused it)."""

@@ -105,8 +105,8 @@ def _file_problems(what: str, name: str, folder: str) -> list:
     suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
     if suffix == ".gguf":  # a quantized model for the ComfyUI-GGUF custom node, never in the core loaders' lists
         loader = GGUF_LOADERS.get(folder)
-        how = (f"ComfyUI-GGUF's {loader} loads it, so load this workflow and swap the loader for it, or give the "
-               "safetensors file" if loader else "give the safetensors file")
+        how = (f"give the .safetensors expert's name here and, in ComfyUI, swap its loader for ComfyUI-GGUF's "
+               f"{loader} with this file" if loader else "give the .safetensors file")
         return [f"{what} {name} is a GGUF file, which ComfyUI's own loaders do not list ({how})"]
     if suffix not in MODEL_EXTENSIONS:
         return [f"{what} {name}: ComfyUI lists only {', '.join(MODEL_EXTENSIONS)} files in models/{folder}"]

@@ -126,8 +126,11 @@ def check_not_merged_again(metadata: Mapping[str, str], loras: Sequence[LoraInde
         return
     sketches = list(sketches) if sketches is not None else [None] * len(loras)
     before = merged_before(metadata)
+    given: List[Dict[str, object]] = []  # this merge's LoRAs so far: one given twice counts twice as well
     for index, sketch, strength in zip(loras, sketches, strengths):
-        matched, held, by_name = _held(before, index, sketch)
+        matched, held, by_name = _held(before + given, index, sketch)
+        given.append({"file": index.path.name, "bytes": index.header.file_size, "strength": strength,
+                      **({FIELD: sketch} if sketch is not None else {})})
         if not matched:
             continue
         name = index.path.name
@@ -140,6 +143,11 @@ def check_not_merged_again(metadata: Mapping[str, str], loras: Sequence[LoraInde
                     logger.warning("%s: strength %g more than undoes the %g %s holds it at (the output holds it "
                                    "at %g)", index.path, strength, held, base_name, held + strength)
                 continue
+        if all(any(e is g for g in given) for e in matched):
+            twins = ", ".join(f"'{f}'" for f in sorted({e["file"] for e in matched}))
+            raise UserError(f"'{name}' is given twice in this merge (the same delta as {twins}): merged together they "
+                            "would apply it twice", path=index.path,
+                            fix="give it once, with --lora FILE:2 for twice the effect")
         others = ", ".join(f"'{f}'" for f in sorted({e["file"] for e in matched} - {name}))
         what = f"'{name}' holds the same delta as {others}, which" if others else f"'{name}'"
         said = ", ".join("?" if _number(e.get("strength")) is None else f"{e['strength']:g}" for e in matched)
