@@ -112,6 +112,12 @@ def test_sigterm_to_circle_rotate_stops_the_trainer_its_launcher_started(tmp_pat
     _stop_and_check(tmp_path, "plain", signal.SIGTERM)
 
 
+def test_sigquit_to_circle_rotate_stops_the_trainer_too(tmp_path):
+    """Ctrl-\\ reaches circle-rotate alone (the trainer has its own group). Failed before: Python's default
+    SIGQUIT ended circle-rotate at once and left the trainer running, orphaned."""
+    _stop_and_check(tmp_path, "plain", signal.SIGQUIT)
+
+
 def test_sigint_to_circle_rotate_alone_stops_every_chains_trainer(tmp_path):
     _stop_and_check(tmp_path, "plain", signal.SIGINT, roots=2)
 
@@ -119,3 +125,44 @@ def test_sigint_to_circle_rotate_alone_stops_every_chains_trainer(tmp_path):
 def test_a_trainer_that_ignores_sigint_and_sigterm_is_killed_after_the_grace(tmp_path):
     took = _stop_and_check(tmp_path, "stubborn", signal.SIGTERM, grace=0.5)
     assert took >= 1.0  # SIGINT's grace, then SIGTERM's, then SIGKILL
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_trainer_with_circle_rotate_and_fg_resumes_both(tmp_path):
+    """In its own process group the trainer does not get the terminal's Ctrl-Z: failed before, training went on
+    on the GPU behind the shell's prompt ("Stopped"), and fg/bg reached circle-rotate alone."""
+    folder = tmp_path / "chain0"
+    folder.mkdir()
+    with open(tmp_path / "driver.log", "wb") as fh:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, _LAUNCHER, "plain", "2.0", str(folder)],
+                                  stdout=fh, stderr=subprocess.STDOUT)
+    pid = None
+    try:
+        _wait_for(folder / "trainer.pid")
+        _wait_for(folder / "beat")
+        pid = int((folder / "trainer.pid").read_text())
+        driver.send_signal(signal.SIGTSTP)  # what the terminal sends circle-rotate on Ctrl-Z
+        deadline = time.monotonic() + 10
+        while not (_state(pid) == "T" and _state(driver.pid) == "T"):
+            assert time.monotonic() < deadline, (_state(pid), _state(driver.pid))
+            time.sleep(0.05)
+        beat = (folder / "beat").read_text()
+        time.sleep(0.3)
+        assert (folder / "beat").read_text() == beat, "the trainer still trains"
+        driver.send_signal(signal.SIGCONT)  # fg
+        deadline = time.monotonic() + 10
+        while (folder / "beat").read_text() == beat:
+            assert time.monotonic() < deadline, "the trainer was not resumed"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=60)
+        assert driver.returncode == 130 and not _alive(pid)
+    finally:
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            driver.kill()
+

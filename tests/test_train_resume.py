@@ -239,18 +239,25 @@ def test_a_fresh_run_moves_the_earlier_runs_files_aside_so_resume_never_picks_th
     assert run.epoch_offset == 12 and run.resumed_from == out / "circle_rotate_l-000012-state"
 
 
-def test_run_json_says_interrupted_and_the_message_says_what_was_kept(saved, ws, monkeypatch):
+@pytest.mark.parametrize("saves", ["state", "checkpoint only", "nothing"])
+def test_run_json_says_interrupted_and_the_message_says_what_was_kept(saved, ws, monkeypatch, saves):
     """Ctrl-C/SIGTERM: the running expert's run.json says interrupted, the queued one's not started
-    (it said waiting, not running, while queued), and the interrupt carries what was kept."""
+    (it said waiting, not running, while queued), and the interrupt carries what was kept: --resume only
+    where a complete state is there to resume from (interrupted in epoch 1, nothing is)."""
     import circle_rotate.musubi.train as train_module
 
     seen = {}
+    low_dir = Path(ws["OUTPUT_DIR_LOW"])
 
     def stopped(chains, on_start=None, **kw):
         ((label, commands),) = chains.items()
         if on_start is not None:
             on_start(label, 0)
         seen["high"] = json.loads((Path(ws["OUTPUT_DIR_HIGH"]) / "run.json").read_text())["status"]
+        if saves != "nothing":
+            (low_dir / "circle_rotate_l-000001.safetensors").write_bytes(b"lora")
+        if saves == "state":
+            _state(saved, low_dir / "circle_rotate_l-000001-state")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "run_chains", stopped)
@@ -259,7 +266,13 @@ def test_run_json_says_interrupted_and_the_message_says_what_was_kept(saved, ws,
               echo=lambda line: None, transform=tiny_task)
     low, high = (json.loads((Path(ws[f"OUTPUT_DIR_{e}"]) / "run.json").read_text()) for e in ("LOW", "HIGH"))
     assert seen["high"] == "waiting" and low["status"] == "interrupted" and high["status"] == "not started"
-    assert f"kept in {ws['OUTPUT_DIR_LOW']};" in info.value.kept and "--resume continues" in info.value.kept
+    kept = info.value.kept
+    if saves == "state":
+        assert f"kept in {low_dir};" in kept and "--resume continues" in kept
+    elif saves == "checkpoint only":  # failed before: it promised a --resume that is refused
+        assert f"kept in {low_dir}, but no saved state is complete yet" in kept and "--resume continues" not in kept
+    else:
+        assert kept.startswith("no epoch was saved yet")
 
 
 def test_a_finished_resume_updates_the_first_runs_record_beside_the_final_lora(saved, ws):
@@ -331,3 +344,20 @@ def test_a_resumed_final_loras_metadata_counts_the_epochs_before_the_resume(save
     assert (meta["ss_epoch"], meta["ss_num_epochs"], meta["ss_steps"], meta["ss_max_train_steps"]) == \
         ("100", "100", "200", "200")
     assert meta["ss_network_dim"] == "32" and meta["ss_resumed_at_epoch"] == "44"
+
+
+def test_moving_an_earlier_run_aside_takes_musubis_own_names_only(tmp_path):
+    """Failed before: every <name>-*.safetensors moved, so `train high --force` beside a low expert named
+    orbit-low took its finished LoRA and states, and a user's orbit-best.safetensors went too."""
+    from circle_rotate.musubi.train_state import move_aside
+
+    ours = ["orbit.safetensors", "orbit-000010.safetensors", "orbit-000010-state", "orbit-step00000500.safetensors",
+            "orbit-step00000500-state", "orbit-state", "resume-from-epoch-000010", "run.json"]
+    others = ["orbit-low.safetensors", "orbit-low-000010.safetensors", "orbit-low-000010-state", "orbit-low-state",
+              "orbit-best.safetensors", "orbit-comfy.safetensors", "sample"]
+    for n in ours + others:
+        (tmp_path / n).mkdir() if n.endswith(("-state", "sample")) or n.startswith("resume-") else (tmp_path / n).write_text(n)
+    aside, count = move_aside(tmp_path, "orbit")
+    assert count == len(ours) and sorted(p.name for p in aside.iterdir()) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir() if p != aside) == sorted(others)
+

@@ -97,16 +97,21 @@ class Terminated(KeyboardInterrupt):
 _SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
 if hasattr(signal, "SIGHUP"):
     _SIGNAL_WORDS[signal.SIGHUP] = "terminal closed (SIGHUP)"
+if hasattr(signal, "SIGQUIT"):
+    _SIGNAL_WORDS[signal.SIGQUIT] = "quit (SIGQUIT)"
 
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` while a command runs (main thread only), unless
-    the process was started ignoring them: ``nohup circle-rotate merge ... &`` must outlive its terminal."""
+    """SIGTERM, SIGHUP and SIGQUIT raise :class:`Terminated` while a command runs (main thread only), unless
+    the process was started ignoring them: ``nohup circle-rotate merge ... &`` must outlive its terminal.
+    SIGQUIT (Ctrl-\\, pressed when Ctrl-C seems stuck) would otherwise end this process at once, leaving
+    a trainer that runs in its own process group (musubi/processes.py) with no one to stop it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None),
+                          getattr(signal, "SIGQUIT", None))
               if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
 
     def handler(signum, frame):

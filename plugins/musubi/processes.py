@@ -7,6 +7,8 @@ draw as usual. Ctrl-C (or SIGTERM/SIGHUP, raised as an interrupt by the CLI) sto
 everything it started: each command runs in its own session (process group), and the whole group is
 signalled, because ``accelerate launch`` with one process only ``Popen``s the trainer and waits, forwarding
 no signal: stopping the launcher alone would leave the trainer running, reparented to init.
+Ctrl-\\ (SIGQUIT) is an interrupt too (the CLI raises it as one), and Ctrl-Z stops the groups with
+this process and ``fg``/``bg`` resumes them (:func:`_job_control`), as when they shared the terminal's group.
 SIGKILL cannot be forwarded: ``kill -9`` of circle-rotate, or of its process group (which the
 commands are no longer in), leaves them running; their own group is the launcher's pid.
 """
@@ -151,6 +153,37 @@ def _run_chain(label: str, commands: Sequence[MusubiCommand], *, prefix: bool, e
     return ChainResult(label, tuple(codes))
 
 
+@contextlib.contextmanager
+def _job_control(procs: list, lock: threading.Lock):
+    """Ctrl-Z (SIGTSTP) stops the commands' process groups with this process, and ``fg``/``bg``
+    (SIGCONT) resumes them: in their own sessions they are no longer in the terminal's foreground
+    group, so the terminal's Ctrl-Z reaches this process alone and would leave training running on
+    the GPU behind a shell prompt. Main thread, POSIX, and only where SIGTSTP is not ignored."""
+    tstp = getattr(signal, "SIGTSTP", None)
+    if (not _NEW_GROUP or tstp is None or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(tstp) is signal.SIG_IGN):
+        yield
+        return
+
+    def on_stop(signum, frame):
+        with lock:
+            groups = [p.pid for p in procs if p.poll() is None]
+        for g in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(g, signal.SIGSTOP)
+        # SIGSTOP, not SIGTSTP again: a stop signal's default action is dropped in an orphaned process group
+        os.kill(os.getpid(), signal.SIGSTOP)  # stopped here until SIGCONT (fg/bg)
+        for g in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(g, signal.SIGCONT)
+
+    old = signal.signal(tstp, on_stop)
+    try:
+        yield
+    finally:
+        signal.signal(tstp, old)
+
+
 def run_chains(chains: Mapping[str, Sequence[MusubiCommand]], *, env: Optional[Mapping[str, str]] = None,
                out: Optional[TextIO] = None,
                on_start: Optional[Callable[[str, int], None]] = None) -> List[ChainResult]:
@@ -180,11 +213,12 @@ def run_chains(chains: Mapping[str, Sequence[MusubiCommand]], *, env: Optional[M
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(labels))]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+        with _job_control(procs, lock):
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
     except KeyboardInterrupt:
         with lock:
             stopping.set()

@@ -283,7 +283,7 @@ def _interrupted(plan: TrainPlan, request: TrainRequest, started: set, datasets:
                  extra: Dict[str, object], exc: BaseException) -> None:
     """Ctrl-C or SIGTERM: each run.json says interrupted (or not started), and the message says
     what was kept: musubi's epoch checkpoints (and states) stay, resumable with --save-state."""
-    kept = []
+    kept, resumable = [], []
     for i in (i for _, idx in plan.chains for i in idx):  # this node's runs: another node records its own
         run = plan.runs[i]
         if i not in started:
@@ -292,12 +292,20 @@ def _interrupted(plan: TrainPlan, request: TrainRequest, started: set, datasets:
             continue
         if run.record:
             _record(run, request, "interrupted", datasets[i], {**extra, "interrupted_at": time.time()})
-        if run.output_dir not in kept:
-            kept.append(run.output_dir)
+        first = run.final_lora.parent  # the first run's folder: its resume folders are read from there
+        status = resume_status(first, run.output_name)
+        if status.started and first not in kept:
+            kept.append(first)
+        if status.latest is not None and first not in resumable:
+            resumable.append(first)
     if not kept:
+        exc.kept = "no epoch was saved yet, so there is nothing to resume; the same command starts over"
         return
     where = ", ".join(str(d) for d in kept)
-    if request.save_state or request.resume:
+    if (request.save_state or request.resume) and not resumable:
+        exc.kept = (f"the epoch checkpoints so far are kept in {where}, but no saved state is complete yet, so "
+                    "--resume has nothing to continue from; the same command starts over (moving them aside)")
+    elif request.save_state or request.resume:
         exc.kept = (f"the epoch checkpoints and saved states so far are kept in {where}; the same `circle-rotate "
                     "train` command with --resume continues from the last complete one")
     else:

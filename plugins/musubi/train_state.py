@@ -154,6 +154,11 @@ def resume_status(output_dir: Path, name: str) -> ResumeStatus:
     return ResumeStatus(output_dir, name, latest, passed, finished, started or bool(last), last[-1] if last else None)
 
 
+def _musubi_save(name: str) -> "re.Pattern[str]":
+    """The names musubi gives ``name``'s epoch and step saves and their states."""
+    return re.compile(rf"^{re.escape(name)}-(?:\d{{6}}|step\d{{8}})(?:\.safetensors|-state)$")
+
+
 def _earlier_run_files(output_dir: Path, name: str) -> List[Path]:
     """What an earlier run of ``name`` left in ``output_dir``: its LoRAs (final, epoch and step ones),
     states, resume folders and run.json; nothing else (samples, the user's own files) is touched."""
@@ -162,8 +167,9 @@ def _earlier_run_files(output_dir: Path, name: str) -> List[Path]:
     found = []
     for entry in output_dir.iterdir():
         n = entry.name
-        if (n in (f"{name}.safetensors", f"{name}-state", "run.json") or _RESUME_DIR.match(n)
-                or (n.startswith(f"{name}-") and (n.endswith(".safetensors") or n.endswith("-state")))):
+        # musubi's own names only (train_utils: <name>-<epoch:06d>, <name>-step<step:08d>, each with -state):
+        # another expert's files named <name>-low... or a user's <name>-best.safetensors are not the earlier run
+        if n in (f"{name}.safetensors", f"{name}-state", "run.json") or _RESUME_DIR.match(n) or _musubi_save(name).match(n):
             found.append(entry)
     return sorted(found)
 
