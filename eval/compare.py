@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from circle_rotate.eval.paired_stats import Comparison, compare_column, paired_values
-from circle_rotate.eval.pairing import Pair, _unpaired, different_starts, pair_rows
+from circle_rotate.eval.pairing import Pair, _unpaired, different_starts, pair_rows, video_name
 from circle_rotate.eval.registry import COLUMNS, MASK_COLUMNS
 from circle_rotate.kernel.errors import UserError
-
-
-def _nfc(name: str) -> str:
-    return unicodedata.normalize("NFC", name)  # as pairing compares names: one spelling, whatever the OS
 
 
 def unreliable_pairs(pairs: Sequence[Pair]) -> List[Tuple[Pair, str]]:
@@ -312,7 +307,7 @@ def _compare(sides: List[Path], out: Path, *, stage, metrics: Sequence[str], job
     notes += [_unpaired(r, lora_rows, base_rows) for r in base_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [_unpaired(r, base_rows, lora_rows) for r in lora_rows if r.get("status") == "ok" and id(r) not in paired]
     notes += [f"{p.name}: left out of every statistic: {why}" + (f" ({p.baseline['video']} beside {p.lora['video']})"
-              if _nfc(p.baseline["video"]) != _nfc(p.lora["video"]) else "") for p, why in differ]
+              if video_name(p.baseline) != video_name(p.lora) else "") for p, why in differ]
     if differ:
         notes.append("a LoRA that changes the whole first frame reads as another scene: if the pairs above are "
                      "right, run again with --no-start-check")

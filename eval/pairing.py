@@ -57,7 +57,7 @@ _MUSUBI_TIME = re.compile(r"^\d{8}-\d{6}-\d{3}_(?=.)")
 SIDE_MARK = re.compile(r"[_\-. ](base|baseline|orig|original|lora|ours|others|theirs)$", re.IGNORECASE)
 
 
-def _name(row: Mapping[str, Any]) -> str:
+def video_name(row: Mapping[str, Any]) -> str:
     """A row's file name in Unicode's composed form (NFC): macOS writes names decomposed (NFD: ``u``
     and a combining diaeresis for ``ü``), Linux and Windows keep them as typed, so one side's
     ``Müller_café.mp4`` and the other's look alike and differ in their code points."""
@@ -66,7 +66,7 @@ def _name(row: Mapping[str, Any]) -> str:
 
 def _stem(row: Mapping[str, Any]) -> str:
     """:func:`_name` without its extension."""
-    return Path(_name(row)).stem
+    return Path(video_name(row)).stem
 
 
 def _strip_marks(stem: str) -> Tuple[str, Tuple[str, ...]]:
@@ -235,9 +235,9 @@ def pair_rows(baseline: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str,
     # Where one side holds two videos of one stem (demo1.gif beside demo1.mp4), a stem names no
     # single video: those pair by their whole file name only, and the rest by stem as usual.
     twins = _twin_stems(base_ok) | _twin_stems(lora_ok)
-    by_name = {_name(r): r for r in lora_ok if _stem(r) in twins}
-    pairs = [Pair(_name(r), r, by_name[_name(r)]) for r in base_ok
-             if _stem(r) in twins and _name(r) in by_name]
+    by_name = {video_name(r): r for r in lora_ok if _stem(r) in twins}
+    pairs = [Pair(video_name(r), r, by_name[video_name(r)]) for r in base_ok
+             if _stem(r) in twins and video_name(r) in by_name]
     base_ok = [r for r in base_ok if _stem(r) not in twins]
     lora_ok = [r for r in lora_ok if _stem(r) not in twins]
     found = len(pairs)

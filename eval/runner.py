@@ -456,14 +456,19 @@ def _marked(marker: str, evaluate: Callable[..., Dict[str, Any]], *args, **kwarg
     return row
 
 
+def _error_row(video: Path, error: str) -> Dict[str, Any]:
+    """The row of a video that could not be evaluated in its worker (``error``: the one-line message)."""
+    return {"video": video.name, "path": str(video), "status": "error", "error": error}
+
+
 def _killed_row(video: Path, need: int = 0) -> Dict[str, Any]:
     """The row of a video whose worker process died under it alone (the OOM killer, most likely),
     with ``need`` (:func:`video_bytes`) where it was estimated: not probed now, in this process,
     as a file that crashed a codec in its worker would crash it here too."""
     size = f"; it needs about {need / 1e9:.1f} GB" if need >= 0.1e9 else ""
-    return {"video": video.name, "path": str(video), "status": "error",
-            "error": f"{video}: the worker process evaluating it was killed, most likely for want of memory{size}; "
-                     "fix: evaluate it alone (--jobs 1) with other programs closed, or trim it to the generated clip"}
+    return _error_row(video, f"{video}: the worker process evaluating it was killed, most likely for want of "
+                             f"memory{size}; fix: evaluate it alone (--jobs 1) with other programs closed, or trim it "
+                             "to the generated clip")
 
 
 def _evaluate_all(videos: Sequence[Path], names: Sequence[str], *, jobs: int, options: Optional[Mapping[str, Any]],
@@ -531,9 +536,8 @@ def _in_pools(videos: Sequence[Path], names: Sequence[str], rows: List[Optional[
             fruitless = 0 if killed else fruitless + 1
             if fruitless >= 2:  # no video to blame, and no progress: said, not tried for ever
                 for i in todo + alone:
-                    rows[i] = {"video": videos[i].name, "path": str(videos[i]), "status": "error",
-                               "error": f"{videos[i]}: not evaluated: worker processes died twice with no video "
-                                        "to blame; fix: rerun with --jobs 1"}
+                    rows[i] = _error_row(videos[i], f"{videos[i]}: not evaluated: worker processes died twice with "
+                                                    "no video to blame; fix: rerun with --jobs 1")
                     bar.update()
                 break
 
@@ -566,9 +570,8 @@ def _one_pool(videos: Sequence[Path], names: Sequence[str], rows: List[Optional[
                 broken.append(i)
                 continue
             except Exception as exc:  # its row could not be sent back: a bug
-                rows[i] = {"video": videos[i].name, "path": str(videos[i]), "status": "error",
-                           "error": f"{videos[i]}: internal error {exc.__class__.__name__}: {exc}; "
-                                    "fix: rerun with -v and report it"}
+                rows[i] = _error_row(videos[i], f"{videos[i]}: internal error {exc.__class__.__name__}: {exc}; "
+                                                "fix: rerun with -v and report it")
             bar.set_postfix_str(videos[i].name)
             bar.update()
     except BaseException:

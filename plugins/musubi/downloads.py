@@ -213,25 +213,24 @@ def check_disk(planned: Sequence[PlannedFile], *, cache_dir: Optional[Path] = No
 COPIES_RECORD = ".circle-rotate-copies.json"
 
 
-def _copies(folder: Path) -> Dict[str, Dict[str, int]]:
+def _record(folder: Path) -> Dict[str, object]:
+    """The copies record in ``folder`` as written ({} where there is none, or it is no JSON object)."""
     try:
         data = json.loads((folder / COPIES_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
-        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _copies(folder: Path) -> Dict[str, Dict[str, int]]:
     # an older record held the size alone: without a time, no copy of it counts as ours
-    return {str(k): {"size": int(v["size"]), "mtime_ns": int(v["mtime_ns"])} for k, v in data.items()
+    return {str(k): {"size": int(v["size"]), "mtime_ns": int(v["mtime_ns"])} for k, v in _record(folder).items()
             if isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int)}
 
 
 def _recorded_by_size_alone(dst: Path) -> bool:
     """Whether the record beside ``dst`` names it the way circle-rotate before modification times did."""
-    try:
-        data = json.loads((dst.parent / COPIES_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get(dst.name), int)
+    return isinstance(_record(dst.parent).get(dst.name), int)
 
 
 def _stamp(path: Path) -> Dict[str, int]:

@@ -9,11 +9,12 @@ by a hash over the config file and every clip's name, size and caption.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import time
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import circle_rotate
 from circle_rotate.kernel.atomic import write_json
@@ -64,10 +65,25 @@ def dataset_hash(plan: CachePlan) -> str:
     return digest.hexdigest()
 
 
+def read_run_record(output_dir: Path) -> Optional[Dict[str, object]]:
+    """``output_dir/run.json`` as written by :func:`write_run_record`; None where there is none, or it is
+    unreadable or no JSON object (a run started by hand, an older or damaged record)."""
+    try:
+        record = json.loads((Path(output_dir) / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+#: What :func:`write_run_record` stamps on every write: a record read back and written again gets them anew.
+_STAMPS = ("circle_rotate_version", "musubi_tuner_version", "written_at")
+
+
 def write_run_record(output_dir: Path, record: Mapping[str, object]) -> Path:
-    """Write ``output_dir/run.json`` atomically (with our and musubi-tuner's versions added)."""
+    """Write ``output_dir/run.json`` atomically (with our and musubi-tuner's versions and the time added)."""
     body = {"circle_rotate_version": circle_rotate.__version__, "musubi_tuner_version": musubi_version(),
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **{k: v for k, v in record.items() if k not in _STAMPS}}
     path = Path(output_dir) / RUN_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, body)

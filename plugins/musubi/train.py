@@ -28,7 +28,6 @@ LoRA and the chain of resumes, each with its own ``run.json`` in its ``resume-fr
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import threading
@@ -46,7 +45,7 @@ from circle_rotate.musubi.preflight import preflight
 from circle_rotate.musubi.preflight_findings import PreflightReport, TrainTarget
 from circle_rotate.musubi.processes import ChainResult, run_chains
 from circle_rotate.musubi.recipe_reader import EXPERTS, MusubiCommand, edit_options, option_values, train_command
-from circle_rotate.musubi.run_record import file_identity, write_run_record
+from circle_rotate.musubi.run_record import file_identity, read_run_record, write_run_record
 from circle_rotate.musubi.train_parallel import MathsChoice, apply_maths, describe, plan_parallel
 from circle_rotate.musubi.train_resume import settle
 from circle_rotate.musubi.train_state import ResumeStatus, move_aside, resume_status
@@ -216,23 +215,16 @@ def _finish_first_record(run: TrainRun, final: Path, finished_at: float) -> Opti
     """After a resume finished: the first run's run.json (beside the final LoRA) says so, names the
     final LoRA and lists every resume (its folder, state, epoch offset and status)."""
     first_dir = run.final_lora.parent
-    path = first_dir / "run.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = {}  # the first run was not ours (musubi by hand): start its record here
+    record = read_run_record(first_dir) or {}  # none: the first run was not ours (musubi by hand), start it here
     resumes = []
-    for sub in sorted(p for p in first_dir.glob("resume-from-epoch-*") if (p / "run.json").is_file()):
-        try:
-            r = json.loads((sub / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+    for sub in sorted(first_dir.glob("resume-from-epoch-*")):
+        r = read_run_record(sub)
+        if r is None:
             continue
         resumes.append({"folder": str(sub), "resumed_from": r.get("resumed_from"),
                         "epoch_offset": r.get("epoch_offset"), "status": r.get("status")})
     outputs = sorted(str(p.relative_to(first_dir)) for f in (first_dir, *(Path(r["folder"]) for r in resumes))
                      for p in f.glob(f"{run.output_name}*.safetensors"))
-    record = {k: v for k, v in record.items() if k not in ("circle_rotate_version", "musubi_tuner_version",
-                                                           "written_at")}
     record.update(status="finished", final_lora=str(final), finished_at=finished_at, resumes=resumes, outputs=outputs)
     return write_run_record(first_dir, record)
 

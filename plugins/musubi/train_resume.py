@@ -17,13 +17,13 @@ rate differs from the first run's ``run.json`` (another GPU count under ``--lr-r
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from circle_rotate.kernel.errors import UserError
 from circle_rotate.musubi.recipe_reader import MusubiCommand, edit_options, option_values
+from circle_rotate.musubi.run_record import read_run_record
 from circle_rotate.musubi.train_state import RESUME_DIR, ResumeStatus
 
 
@@ -81,9 +81,8 @@ def _learning_rate(argv: Sequence[str]) -> Optional[float]:
 def _same_learning_rate(run: TrainRun) -> None:
     """Refuse a resume whose learning rate differs from the first run's: it would be printed and
     recorded but never used (accelerate's load_state restores the first run's rate)."""
-    try:
-        first = json.loads((run.output_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    first = read_run_record(run.output_dir)
+    if first is None:
         return  # no record of the first run (musubi run by hand): nothing to compare
     old, new = _learning_rate(first.get("command") or []), _learning_rate(run.command.args)
     if old is None or new is None or abs(old - new) <= 1e-12 * max(abs(old), abs(new)):

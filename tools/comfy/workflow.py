@@ -80,7 +80,7 @@ def _already_merged(model: str, lora: str) -> Optional[str]:
     local = Path(model)
     if local.suffix.lower() in (".safetensors", ".sft") and local.is_file():
         from circle_rotate.kernel.safetensors_io import read_header  # torch: only when a file is read
-        from circle_rotate.tools.merge.provenance import merged_before
+        from circle_rotate.tools.merge.provenance import SAME, merged_before
 
         try:
             metadata = read_header(local).metadata
@@ -91,7 +91,7 @@ def _already_merged(model: str, lora: str) -> Optional[str]:
                          and isinstance(e.get("strength", 1.0), (int, float))]
             net = sum(strengths)
             # merged and taken out again at the opposite strength (merge's undo): the expert no longer holds it
-            if not strengths or abs(net) <= 0.02 * max(abs(x) for x in strengths):
+            if not strengths or abs(net) <= SAME * max(abs(x) for x in strengths):
                 return None
             return f"its metadata lists it at net strength {net:g}"
     stem = re.escape(PurePosixPath(lora_name).stem)
