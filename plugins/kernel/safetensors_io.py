@@ -247,6 +247,14 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
+def _encoded_header(header: Mapping[str, object]) -> bytes:
+    """The length prefix and JSON of a safetensors header, padded with spaces so that the data section
+    starts 8-byte aligned, as the format does."""
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
 class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, atomically.
 
@@ -279,9 +287,7 @@ class SafetensorsWriter:
                 nbytes *= int(s)
             header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": [int(s) for s in shape], "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
-        self._header = struct.pack("<Q", len(raw)) + raw
+        self._header = _encoded_header(header)
         self._data_bytes = offset
         self._ctx = None
         self._fh: Optional[BinaryIO] = None
@@ -367,7 +373,7 @@ def copy_raw(header: SafetensorsHeader, key: str, fh: BinaryIO, *, chunk: int = 
 
 def rewrite_metadata(path: PathLike, metadata: Mapping[str, str]) -> None:
     """Replace the ``__metadata__`` of the safetensors file at ``path`` with ``metadata``: the
-    header is written anew (padded with spaces to 8 bytes, as the format does), the tensor bytes
+    header is written anew (:func:`_encoded_header`), the tensor bytes
     copied as they are, and the file replaced atomically (a failure leaves it as it was)."""
     import shutil
 
@@ -375,9 +381,7 @@ def rewrite_metadata(path: PathLike, metadata: Mapping[str, str]) -> None:
         (size,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(size))
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-        body = json.dumps(header, separators=(",", ":")).encode()
-        body += b" " * (-len(body) % 8)
         with atomic_path(path) as tmp, open(tmp, "wb") as out:
-            out.write(struct.pack("<Q", len(body)) + body)
+            out.write(_encoded_header(header))
             shutil.copyfileobj(fh, out, 16 << 20)
 
